@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages mlaserve builds with, if any is missing.
+# Idempotent: does nothing (no apt-get update) when everything is present.
+set -euo pipefail
+
+PACKAGES=(
+  bazel-bootstrap bazel-platforms bazel-rules-java bazel-rules-proto bazel-skylib
+  g++ libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libre2-dev nlohmann-json3-dev libcpp-httplib-dev libgloo-dev
+  libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if [[ ! -x /usr/local/cuda/bin/nvcc ]]; then
+  echo "error: CUDA 13 (nvcc, cuBLAS, NCCL) is expected under /usr/local/cuda" >&2
+  exit 1
+fi

@@ -1,0 +1,450 @@
+// The float32 reference backend. Loops are plain and parallelized with OpenMP
+// over independent rows; every reduction accumulates in float32 (attention
+// softmax sums in double) so it can serve as the oracle for the CUDA kernels.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/ops.h"
+#include "kernels/shape_check.h"
+
+namespace mlaserve {
+namespace {
+
+float Dot(const float* a, const float* b, int64_t n) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+float Silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+// Softmax of scores[0, n) in place.
+void SoftmaxInPlace(float* scores, int64_t n) {
+  float max_score = *std::max_element(scores, scores + n);
+  double sum = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    scores[j] = std::exp(scores[j] - max_score);
+    sum += scores[j];
+  }
+  for (int64_t j = 0; j < n; ++j) scores[j] = static_cast<float>(scores[j] / sum);
+}
+
+// Row-wise y[t] = W x[t] over `rows` rows, parallel over (row, output) pairs.
+void MatVecRows(const float* x, const float* w, float* y, int64_t rows, int64_t n, int64_t k) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t j = 0; j < n; ++j) y[t * n + j] = Dot(x + t * k, w + j * k, k);
+  }
+}
+
+void RmsNormRow(const float* x, const float* w, float eps, int64_t d, float* out) {
+  double sum_sq = 0.0;
+  for (int64_t i = 0; i < d; ++i) sum_sq += double{x[i]} * x[i];
+  float inv_rms = 1.0f / std::sqrt(static_cast<float>(sum_sq / d) + eps);
+  for (int64_t i = 0; i < d; ++i) out[i] = w[i] * (x[i] * inv_rms);
+}
+
+// Picks the `k` largest of values[0, n) (ties to the lower index, as the
+// reference implementations' topk does in practice).
+std::vector<int64_t> TopK(const float* values, int64_t n, int64_t k) {
+  std::vector<int64_t> idx(n);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+  idx.resize(k);
+  return idx;
+}
+
+// Group-limited selection mask: experts outside the best `topk_groups` groups
+// get -inf. (transformers fills 0.0, DeepSeek's reference -inf; with -inf a
+// masked expert can never outrank a kept one whose biased score is negative.)
+void MaskGroups(const RouterConfig& config, const float* scores, int64_t num_experts, float* choice) {
+  const int64_t group_size = num_experts / config.num_groups;
+  std::vector<float> group_score(config.num_groups);
+  for (int64_t g = 0; g < config.num_groups; ++g) {
+    const float* in_group = (config.noaux_tc ? choice : scores) + g * group_size;
+    if (config.noaux_tc) {
+      std::vector<int64_t> best = TopK(in_group, group_size, std::min<int64_t>(2, group_size));
+      group_score[g] = 0;
+      for (int64_t e : best) group_score[g] += in_group[e];
+    } else {
+      group_score[g] = *std::max_element(in_group, in_group + group_size);
+    }
+  }
+  std::vector<int64_t> kept = TopK(group_score.data(), config.num_groups, config.topk_groups);
+  std::vector<bool> keep(config.num_groups, false);
+  for (int64_t g : kept) keep[g] = true;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (!keep[e / group_size]) choice[e] = -std::numeric_limits<float>::infinity();
+  }
+}
+
+void RouteToken(const RouterConfig& config, const float* logits, const float* bias, int64_t num_experts,
+                int32_t* ids, float* weights) {
+  std::vector<float> scores(logits, logits + num_experts);
+  if (config.sigmoid) {
+    for (float& s : scores) s = 1.0f / (1.0f + std::exp(-s));
+  } else {
+    SoftmaxInPlace(scores.data(), num_experts);
+  }
+  std::vector<float> choice = scores;
+  if (bias != nullptr) {
+    for (int64_t e = 0; e < num_experts; ++e) choice[e] += bias[e];
+  }
+  if ((config.noaux_tc || config.group_limited) && config.num_groups > 1) {
+    MaskGroups(config, scores.data(), num_experts, choice.data());
+  }
+  std::vector<int64_t> chosen = TopK(choice.data(), num_experts, config.top_k);
+  float sum = 0.0f;
+  for (int64_t k = 0; k < config.top_k; ++k) {
+    ids[k] = static_cast<int32_t>(chosen[k]);
+    weights[k] = scores[chosen[k]];
+    sum += weights[k];
+  }
+  for (int64_t k = 0; k < config.top_k; ++k) {
+    if (config.normalize) weights[k] /= sum + 1e-20f;
+    weights[k] *= config.scaling;
+  }
+}
+
+class CpuOps final : public Ops {
+ public:
+  std::string_view name() const override { return "cpu"; }
+  DType storage_dtype() const override { return DType::kF32; }
+
+  absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
+    Tensor t;
+    t.dtype = dtype;
+    t.device = Device::kCpu;
+    t.shape = std::move(shape);
+    for (int64_t d : t.shape) {
+      if (d < 0) return absl::InvalidArgumentError(absl::StrCat("negative extent in ", t.ShapeString()));
+    }
+    size_t bytes = std::max<size_t>(t.num_bytes(), 1);
+    void* data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (data == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes on the CPU"));
+    }
+    t.storage = std::shared_ptr<void>(data, std::free);
+    t.data = data;
+    return t;
+  }
+
+  absl::Status Upload(absl::Span<const float> src, Tensor* dst) override {
+    RETURN_IF_ERROR(CheckDType("Upload", "dst", *dst, DType::kF32));
+    if (static_cast<int64_t>(src.size()) != dst->numel()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Upload: ", src.size(), " values into a tensor of ", dst->numel()));
+    }
+    std::memcpy(dst->data, src.data(), src.size() * sizeof(float));
+    return absl::OkStatus();
+  }
+
+  absl::Status Download(const Tensor& src, absl::Span<float> dst) override {
+    if (static_cast<int64_t>(dst.size()) != src.numel()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Download: tensor of ", src.numel(), " values into ", dst.size()));
+    }
+    ConvertToF32(src.dtype, src.data, dst.size(), dst.data());
+    return absl::OkStatus();
+  }
+
+  absl::Status Fill(Tensor* dst, float value) override {
+    RETURN_IF_ERROR(CheckDType("Fill", "dst", *dst, DType::kF32));
+    std::fill_n(dst->as<float>(), dst->numel(), value);
+    return absl::OkStatus();
+  }
+
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor* out) override {
+    const int64_t vocab = table.dim(0), d = table.dim(1);
+    RETURN_IF_ERROR(CheckShape("Embedding", "out", *out, {static_cast<int64_t>(ids.size()), d}));
+    for (size_t t = 0; t < ids.size(); ++t) {
+      if (ids[t] < 0 || ids[t] >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", ids[t], " outside the vocabulary [0, ", vocab, ")"));
+      }
+      std::memcpy(out->as<float>() + t * d, table.as<float>() + ids[t] * d, d * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* out) override {
+    const int64_t d = weight.dim(0), rows = x.numel() / d;
+    RETURN_IF_ERROR(CheckShape("RmsNorm", "x", x, {rows, d}));
+    RETURN_IF_ERROR(CheckShape("RmsNorm", "out", *out, {rows, d}));
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < rows; ++t) {
+      RmsNormRow(x.as<float>() + t * d, weight.as<float>(), eps, d, out->as<float>() + t * d);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AddRmsNorm(Tensor* residual, const Tensor& x, const Tensor& weight, float eps,
+                          Tensor* out) override {
+    RETURN_IF_ERROR(Add(residual, x));
+    return RmsNorm(*residual, weight, eps, out);
+  }
+
+  absl::Status Linear(const Tensor& x, const Tensor& w, Tensor* out) override {
+    const int64_t n = w.dim(0), k = w.dim(1), rows = x.dim(0);
+    RETURN_IF_ERROR(CheckShape("Linear", "x", x, {rows, k}));
+    RETURN_IF_ERROR(CheckShape("Linear", "out", *out, {rows, n}));
+    MatVecRows(x.as<float>(), w.as<float>(), out->as<float>(), rows, n, k);
+    return absl::OkStatus();
+  }
+
+  absl::Status HeadLinear(const Tensor& x, const Tensor& w, Tensor* out) override {
+    const int64_t heads = w.dim(0), n = w.dim(1), k = w.dim(2), rows = x.dim(0);
+    RETURN_IF_ERROR(CheckShape("HeadLinear", "x", x, {rows, heads, k}));
+    RETURN_IF_ERROR(CheckShape("HeadLinear", "out", *out, {rows, heads, n}));
+    const float* xs = x.as<float>();
+    const float* ws = w.as<float>();
+    float* ys = out->as<float>();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t j = 0; j < n; ++j) {
+          ys[(t * heads + h) * n + j] = Dot(xs + (t * heads + h) * k, ws + (h * n + j) * k, k);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Rope(Tensor* x, absl::Span<const int32_t> positions, const RopeTable& table) override {
+    const int64_t rows = positions.size(), dim = table.rope_dim, half = dim / 2;
+    RETURN_IF_ERROR(CheckShape("Rope", "x", *x, {rows, -1, dim}));
+    const int64_t heads = x->dim(1);
+    float* xs = x->as<float>();
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        // float32 angle as transformers computes it; cos/sin scaled by YaRN's factor.
+        float angle = static_cast<float>(positions[t]) * table.inv_freq[i];
+        float c = std::cos(angle) * table.attention_factor;
+        float s = std::sin(angle) * table.attention_factor;
+        for (int64_t h = 0; h < heads; ++h) {
+          float* v = xs + (t * heads + h) * dim;
+          float* a = table.interleaved ? v + 2 * i : v + i;
+          float* b = table.interleaved ? v + 2 * i + 1 : v + i + half;
+          float a0 = *a, b0 = *b;
+          *a = a0 * c - b0 * s;
+          *b = b0 * c + a0 * s;
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Add(Tensor* a, const Tensor& b) override {
+    if (a->numel() != b.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat("Add: ", a->ShapeString(), " + ", b.ShapeString()));
+    }
+    float* as = a->as<float>();
+    const float* bs = b.as<float>();
+    const int64_t n = a->numel();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) as[i] += bs[i];
+    return absl::OkStatus();
+  }
+
+  absl::Status SiluMul(const Tensor& x, Tensor* out) override {
+    const int64_t rows = x.dim(0), inner = x.dim(1) / 2;
+    RETURN_IF_ERROR(CheckShape("SiluMul", "x", x, {rows, 2 * inner}));
+    RETURN_IF_ERROR(CheckShape("SiluMul", "out", *out, {rows, inner}));
+    const float* xs = x.as<float>();
+    float* ys = out->as<float>();
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t i = 0; i < inner; ++i) {
+        ys[t * inner + i] = Silu(xs[t * 2 * inner + i]) * xs[t * 2 * inner + inner + i];
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteLatentCache(const Tensor& c_kv, const Tensor& k_rope, absl::Span<const int64_t> slots,
+                                int64_t layer, Tensor* cache) override {
+    const int64_t rows = slots.size(), rank = c_kv.dim(1), rope = k_rope.dim(1);
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "c_kv", c_kv, {rows, rank}));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "k_rope", k_rope, {rows, rope}));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "cache", *cache, {-1, -1, -1, rank + rope}));
+    const int64_t block_size = cache->dim(2), num_slots = cache->dim(0) * block_size;
+    for (int64_t t = 0; t < rows; ++t) {
+      if (slots[t] < 0 || slots[t] >= num_slots) {
+        return absl::OutOfRangeError(absl::StrCat("cache slot ", slots[t], " outside [0, ", num_slots, ")"));
+      }
+      float* row = CacheRow(*cache, layer, slots[t] / block_size, slots[t] % block_size);
+      std::memcpy(row, c_kv.as<float>() + t * rank, rank * sizeof(float));
+      std::memcpy(row + rank, k_rope.as<float>() + t * rope, rope * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status GatherLatent(const Tensor& cache, int64_t layer, absl::Span<const int32_t> block_table,
+                            int64_t num_positions, Tensor* c_kv, Tensor* k_rope) override {
+    const int64_t block_size = cache.dim(2), rank = c_kv->dim(1), rope = k_rope->dim(1);
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "cache", cache, {-1, -1, block_size, rank + rope}));
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "c_kv", *c_kv, {num_positions, rank}));
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "k_rope", *k_rope, {num_positions, rope}));
+    SequenceSlice seq{.num_tokens = 0, .context_len = num_positions,
+                      .block_table = {block_table.begin(), block_table.end()}};
+    RETURN_IF_ERROR(CheckBlockTable(seq, block_size, cache.dim(0)));
+    for (int64_t p = 0; p < num_positions; ++p) {
+      const float* row = CacheRow(cache, layer, block_table[p / block_size], p % block_size);
+      std::memcpy(c_kv->as<float>() + p * rank, row, rank * sizeof(float));
+      std::memcpy(k_rope->as<float>() + p * rope, row + rank, rope * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MlaAbsorbedAttention(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache,
+                                    int64_t layer, const AttentionLayout& layout, float softmax_scale,
+                                    Tensor* out) override {
+    const int64_t rows = layout.num_tokens(), heads = q_latent.dim(1), rank = q_latent.dim(2);
+    const int64_t rope = q_rope.dim(2);
+    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_latent", q_latent, {rows, heads, rank}));
+    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_rope", q_rope, {rows, heads, rope}));
+    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "cache", cache, {-1, -1, layout.block_size, rank + rope}));
+    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "out", *out, {rows, heads, rank}));
+    for (const SequenceSlice& seq : layout.seqs) {
+      RETURN_IF_ERROR(CheckBlockTable(seq, layout.block_size, cache.dim(0)));
+#pragma omp parallel for collapse(2) schedule(dynamic)
+      for (int64_t i = 0; i < seq.num_tokens; ++i) {
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t t = seq.token_begin + i;
+          const int64_t num_keys = seq.context_len - seq.num_tokens + i + 1;
+          const float* ql = q_latent.as<float>() + (t * heads + h) * rank;
+          const float* qr = q_rope.as<float>() + (t * heads + h) * rope;
+          std::vector<float> scores(num_keys);
+          for (int64_t j = 0; j < num_keys; ++j) {
+            const float* kv = CacheRow(cache, layer, seq.block_table[j / layout.block_size], j % layout.block_size);
+            scores[j] = (Dot(ql, kv, rank) + Dot(qr, kv + rank, rope)) * softmax_scale;
+          }
+          SoftmaxInPlace(scores.data(), num_keys);
+          float* o = out->as<float>() + (t * heads + h) * rank;
+          std::fill_n(o, rank, 0.0f);
+          for (int64_t j = 0; j < num_keys; ++j) {
+            const float* kv = CacheRow(cache, layer, seq.block_table[j / layout.block_size], j % layout.block_size);
+            for (int64_t r = 0; r < rank; ++r) o[r] += scores[j] * kv[r];
+          }
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                                    const Tensor& k_rope, const Tensor& v, float softmax_scale,
+                                    Tensor* out) override {
+    const int64_t rows = q_nope.dim(0), heads = q_nope.dim(1), nope = q_nope.dim(2), rope = q_rope.dim(2);
+    const int64_t keys = k_nope.dim(0), dv = v.dim(2);
+    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "q_rope", q_rope, {rows, heads, rope}));
+    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "k_nope", k_nope, {keys, heads, nope}));
+    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "k_rope", k_rope, {keys, rope}));
+    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "v", v, {keys, heads, dv}));
+    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "out", *out, {rows, heads, dv}));
+    if (rows > keys) return absl::InvalidArgumentError("MlaExpandedAttention: more queries than keys");
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t num_keys = keys - rows + t + 1;
+        const float* qn = q_nope.as<float>() + (t * heads + h) * nope;
+        const float* qr = q_rope.as<float>() + (t * heads + h) * rope;
+        std::vector<float> scores(num_keys);
+        for (int64_t j = 0; j < num_keys; ++j) {
+          scores[j] = (Dot(qn, k_nope.as<float>() + (j * heads + h) * nope, nope) +
+                       Dot(qr, k_rope.as<float>() + j * rope, rope)) *
+                      softmax_scale;
+        }
+        SoftmaxInPlace(scores.data(), num_keys);
+        float* o = out->as<float>() + (t * heads + h) * dv;
+        std::fill_n(o, dv, 0.0f);
+        for (int64_t j = 0; j < num_keys; ++j) {
+          const float* vj = v.as<float>() + (j * heads + h) * dv;
+          for (int64_t r = 0; r < dv; ++r) o[r] += scores[j] * vj[r];
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MoeRoute(const Tensor& logits, const Tensor* bias, const RouterConfig& config, Tensor* topk_ids,
+                        Tensor* topk_weights) override {
+    const int64_t rows = logits.dim(0), experts = logits.dim(1);
+    if (config.top_k > experts || experts % config.num_groups != 0 || config.topk_groups > config.num_groups) {
+      return absl::InvalidArgumentError("MoeRoute: inconsistent router configuration");
+    }
+    RETURN_IF_ERROR(CheckShape("MoeRoute", "topk_ids", *topk_ids, {rows, config.top_k}));
+    RETURN_IF_ERROR(CheckDType("MoeRoute", "topk_ids", *topk_ids, DType::kI32));
+    RETURN_IF_ERROR(CheckShape("MoeRoute", "topk_weights", *topk_weights, {rows, config.top_k}));
+    if (bias != nullptr) RETURN_IF_ERROR(CheckShape("MoeRoute", "bias", *bias, {experts}));
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < rows; ++t) {
+      RouteToken(config, logits.as<float>() + t * experts, bias ? bias->as<float>() : nullptr, experts,
+                 topk_ids->as<int32_t>() + t * config.top_k, topk_weights->as<float>() + t * config.top_k);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MoeExperts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                          const Tensor& gate_up, const Tensor& down, int64_t first_expert, Tensor* out) override {
+    const int64_t rows = x.dim(0), d = x.dim(1), top_k = topk_ids.dim(1);
+    const int64_t local_experts = gate_up.dim(0), inner = gate_up.dim(1) / 2;
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "gate_up", gate_up, {local_experts, 2 * inner, d}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "down", down, {local_experts, d, inner}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "topk_weights", topk_weights, {rows, top_k}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "out", *out, {rows, d}));
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t t = 0; t < rows; ++t) {
+      std::vector<float> hidden(2 * inner), act(inner);
+      float* y = out->as<float>() + t * d;
+      std::fill_n(y, d, 0.0f);
+      for (int64_t k = 0; k < top_k; ++k) {
+        const int64_t e = topk_ids.as<int32_t>()[t * top_k + k] - first_expert;
+        if (e < 0 || e >= local_experts) continue;
+        const float weight = topk_weights.as<float>()[t * top_k + k];
+        MatVecRows(x.as<float>() + t * d, gate_up.as<float>() + e * 2 * inner * d, hidden.data(), 1, 2 * inner, d);
+        for (int64_t i = 0; i < inner; ++i) act[i] = Silu(hidden[i]) * hidden[inner + i];
+        const float* w_down = down.as<float>() + e * d * inner;
+        for (int64_t j = 0; j < d; ++j) y[j] += weight * Dot(act.data(), w_down + j * inner, inner);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  static float* CacheRow(const Tensor& cache, int64_t layer, int64_t block, int64_t offset) {
+    const int64_t layers = cache.dim(1), block_size = cache.dim(2), latent = cache.dim(3);
+    return cache.as<float>() + ((block * layers + layer) * block_size + offset) * latent;
+  }
+
+  static absl::Status CheckBlockTable(const SequenceSlice& seq, int64_t block_size, int64_t num_blocks) {
+    const int64_t needed = (seq.context_len + block_size - 1) / block_size;
+    if (static_cast<int64_t>(seq.block_table.size()) < needed || seq.num_tokens > seq.context_len) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence of ", seq.context_len, " positions has ",
+                                                     seq.block_table.size(), " blocks of ", block_size));
+    }
+    for (int64_t b = 0; b < needed; ++b) {
+      if (seq.block_table[b] < 0 || seq.block_table[b] >= num_blocks) {
+        return absl::OutOfRangeError(absl::StrCat("block ", seq.block_table[b], " outside the pool of ", num_blocks));
+      }
+    }
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Ops> NewCpuOps() { return std::make_unique<CpuOps>(); }
+
+}  // namespace mlaserve

@@ -1,0 +1,329 @@
+// Each CPU op against a direct double-precision computation on fresh random inputs.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+
+namespace mlaserve {
+namespace {
+
+class CpuOpsTest : public ::testing::Test {
+ protected:
+  Tensor Random(std::vector<int64_t> shape, float scale = 1.0f) {
+    Tensor t = Make(std::move(shape));
+    std::normal_distribution<float> normal(0.0f, scale);
+    for (int64_t i = 0; i < t.numel(); ++i) t.as<float>()[i] = normal(rng_);
+    return t;
+  }
+  Tensor Make(std::vector<int64_t> shape, DType dtype = DType::kF32) {
+    auto t = ops_->Empty(dtype, std::move(shape));
+    EXPECT_TRUE(t.ok());
+    // Poison so that unwritten outputs show.
+    if (dtype == DType::kF32) std::fill_n(t->as<float>(), t->numel(), std::nanf(""));
+    return *std::move(t);
+  }
+  static double RelErr(const Tensor& out, const std::vector<double>& ref) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      diff += (out.as<float>()[i] - ref[i]) * (out.as<float>()[i] - ref[i]);
+      norm += ref[i] * ref[i];
+    }
+    return std::sqrt(diff / norm);
+  }
+
+  std::unique_ptr<Ops> ops_ = NewCpuOps();
+  std::mt19937 rng_{std::random_device{}()};
+};
+
+TEST_F(CpuOpsTest, Linear) {
+  Tensor x = Random({7, 33}), w = Random({19, 33}), y = Make({7, 19});
+  ASSERT_TRUE(ops_->Linear(x, w, &y).ok());
+  std::vector<double> ref(7 * 19);
+  for (int t = 0; t < 7; ++t)
+    for (int j = 0; j < 19; ++j)
+      for (int k = 0; k < 33; ++k) ref[t * 19 + j] += double(x.as<float>()[t * 33 + k]) * w.as<float>()[j * 33 + k];
+  EXPECT_LT(RelErr(y, ref), 1e-6);
+  Tensor bad = Make({7, 18});
+  EXPECT_EQ(ops_->Linear(x, w, &bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CpuOpsTest, HeadLinear) {
+  Tensor x = Random({5, 3, 8}), w = Random({3, 6, 8}), y = Make({5, 3, 6});
+  ASSERT_TRUE(ops_->HeadLinear(x, w, &y).ok());
+  std::vector<double> ref(5 * 3 * 6);
+  for (int t = 0; t < 5; ++t)
+    for (int h = 0; h < 3; ++h)
+      for (int j = 0; j < 6; ++j)
+        for (int k = 0; k < 8; ++k)
+          ref[(t * 3 + h) * 6 + j] += double(x.as<float>()[(t * 3 + h) * 8 + k]) * w.as<float>()[(h * 6 + j) * 8 + k];
+  EXPECT_LT(RelErr(y, ref), 1e-6);
+}
+
+TEST_F(CpuOpsTest, RmsNormAndFusedAdd) {
+  Tensor x = Random({4, 50}), w = Random({50}), y = Make({4, 50});
+  ASSERT_TRUE(ops_->RmsNorm(x, w, 1e-6f, &y).ok());
+  std::vector<double> ref(200);
+  for (int t = 0; t < 4; ++t) {
+    double ms = 0;
+    for (int i = 0; i < 50; ++i) ms += double(x.as<float>()[t * 50 + i]) * x.as<float>()[t * 50 + i];
+    for (int i = 0; i < 50; ++i) ref[t * 50 + i] = x.as<float>()[t * 50 + i] / std::sqrt(ms / 50 + 1e-6) * w.as<float>()[i];
+  }
+  EXPECT_LT(RelErr(y, ref), 1e-6);
+
+  Tensor residual = Random({4, 50}), delta = Random({4, 50}), z = Make({4, 50});
+  std::vector<float> sum(200);
+  for (int i = 0; i < 200; ++i) sum[i] = residual.as<float>()[i] + delta.as<float>()[i];
+  ASSERT_TRUE(ops_->AddRmsNorm(&residual, delta, w, 1e-6f, &z).ok());
+  Tensor expected = Make({4, 50}), summed = Make({4, 50});
+  std::copy(sum.begin(), sum.end(), summed.as<float>());
+  ASSERT_TRUE(ops_->RmsNorm(summed, w, 1e-6f, &expected).ok());
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_EQ(residual.as<float>()[i], sum[i]);
+    EXPECT_EQ(z.as<float>()[i], expected.as<float>()[i]);
+  }
+}
+
+TEST_F(CpuOpsTest, RopeRotatesPairsByPositionTimesFrequency) {
+  for (bool interleaved : {true, false}) {
+    RopeTable table{.rope_dim = 8, .inv_freq = {1.0f, 0.5f, 0.1f, 0.01f}, .attention_factor = 1.3f,
+                    .interleaved = interleaved};
+    Tensor x = Random({3, 2, 8});
+    std::vector<float> before(x.as<float>(), x.as<float>() + x.numel());
+    std::vector<int32_t> positions = {0, 7, 1000};
+    ASSERT_TRUE(ops_->Rope(&x, positions, table).ok());
+    std::vector<double> ref(before.size());
+    for (int t = 0; t < 3; ++t)
+      for (int h = 0; h < 2; ++h)
+        for (int i = 0; i < 4; ++i) {
+          int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + 4;
+          double angle = positions[t] * double(table.inv_freq[i]);
+          const float* v = before.data() + (t * 2 + h) * 8;
+          ref[(t * 2 + h) * 8 + a] = 1.3 * (v[a] * std::cos(angle) - v[b] * std::sin(angle));
+          ref[(t * 2 + h) * 8 + b] = 1.3 * (v[b] * std::cos(angle) + v[a] * std::sin(angle));
+        }
+    EXPECT_LT(RelErr(x, ref), 1e-5) << interleaved;
+  }
+}
+
+TEST_F(CpuOpsTest, SiluMulAndEmbedding) {
+  Tensor x = Random({3, 10}), y = Make({3, 5});
+  ASSERT_TRUE(ops_->SiluMul(x, &y).ok());
+  std::vector<double> ref(15);
+  for (int t = 0; t < 3; ++t)
+    for (int i = 0; i < 5; ++i) {
+      double g = x.as<float>()[t * 10 + i];
+      ref[t * 5 + i] = g / (1 + std::exp(-g)) * x.as<float>()[t * 10 + 5 + i];
+    }
+  EXPECT_LT(RelErr(y, ref), 1e-6);
+
+  Tensor table = Random({6, 4}), e = Make({3, 4});
+  std::vector<int32_t> ids = {5, 0, 5};
+  ASSERT_TRUE(ops_->Embedding(table, ids, &e).ok());
+  for (int t = 0; t < 3; ++t)
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(e.as<float>()[t * 4 + i], table.as<float>()[ids[t] * 4 + i]);
+  std::vector<int32_t> bad = {6};
+  Tensor one = Make({1, 4});
+  EXPECT_EQ(ops_->Embedding(table, bad, &one).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Absorbed attention over a paged cache with shuffled blocks against expanded
+// attention computed densely here: W_UK and W_UV folded by hand.
+TEST_F(CpuOpsTest, AbsorbedAttentionOverPagedCacheMatchesDenseExpanded) {
+  const int64_t heads = 3, rank = 16, rope = 4, nope = 6, dv = 5, block = 4, layers = 2, layer = 1;
+  const std::vector<std::pair<int64_t, int64_t>> seqs = {{1, 1}, {9, 3}, {13, 13}};  // (context, new tokens)
+  Tensor cache = Random({20, layers, block, rank + rope});
+  Tensor w_uk = Random({heads, nope, rank}), w_uv = Random({heads, dv, rank});
+  AttentionLayout layout{.block_size = block};
+  std::vector<int32_t> free_blocks(20);
+  std::iota(free_blocks.begin(), free_blocks.end(), 0);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), rng_);
+  int64_t tokens = 0;
+  for (auto [context, count] : seqs) {
+    SequenceSlice s{.token_begin = tokens, .num_tokens = count, .context_len = context};
+    for (int64_t b = 0; b < (context + block - 1) / block; ++b) {
+      s.block_table.push_back(free_blocks.back());
+      free_blocks.pop_back();
+    }
+    layout.seqs.push_back(s);
+    tokens += count;
+  }
+  Tensor q_nope = Random({tokens, heads, nope}), q_rope = Random({tokens, heads, rope});
+  // q_latent = q_nope * W_UK (per head).
+  Tensor q_latent = Make({tokens, heads, rank});
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t r = 0; r < rank; ++r) {
+        double s = 0;
+        for (int64_t n = 0; n < nope; ++n) s += q_nope.as<float>()[(t * heads + h) * nope + n] * w_uk.as<float>()[(h * nope + n) * rank + r];
+        q_latent.as<float>()[(t * heads + h) * rank + r] = s;
+      }
+  Tensor o_latent = Make({tokens, heads, rank});
+  ASSERT_TRUE(ops_->MlaAbsorbedAttention(q_latent, q_rope, cache, layer, layout, 0.3f, &o_latent).ok());
+
+  std::vector<double> ref(tokens * heads * dv), got(tokens * heads * dv);
+  for (const SequenceSlice& s : layout.seqs) {
+    auto row = [&](int64_t p) {
+      return cache.as<float>() + ((s.block_table[p / block] * layers + layer) * block + p % block) * (rank + rope);
+    };
+    for (int64_t i = 0; i < s.num_tokens; ++i) {
+      const int64_t t = s.token_begin + i, pos = s.context_len - s.num_tokens + i;
+      for (int64_t h = 0; h < heads; ++h) {
+        std::vector<double> scores(pos + 1);
+        for (int64_t j = 0; j <= pos; ++j) {
+          double dot = 0;
+          for (int64_t n = 0; n < nope; ++n) {
+            double k = 0;  // expanded key: W_UK_h * c_kv
+            for (int64_t r = 0; r < rank; ++r) k += w_uk.as<float>()[(h * nope + n) * rank + r] * row(j)[r];
+            dot += q_nope.as<float>()[(t * heads + h) * nope + n] * k;
+          }
+          for (int64_t r = 0; r < rope; ++r) dot += q_rope.as<float>()[(t * heads + h) * rope + r] * row(j)[rank + r];
+          scores[j] = dot * 0.3;
+        }
+        double mx = *std::max_element(scores.begin(), scores.end()), sum = 0;
+        for (double& v : scores) sum += (v = std::exp(v - mx));
+        for (int64_t d = 0; d < dv; ++d) {
+          double acc = 0, out = 0;
+          for (int64_t j = 0; j <= pos; ++j) {
+            double v = 0;
+            for (int64_t r = 0; r < rank; ++r) v += w_uv.as<float>()[(h * dv + d) * rank + r] * row(j)[r];
+            acc += scores[j] / sum * v;
+          }
+          for (int64_t r = 0; r < rank; ++r) out += w_uv.as<float>()[(h * dv + d) * rank + r] * o_latent.as<float>()[(t * heads + h) * rank + r];
+          ref[(t * heads + h) * dv + d] = acc;
+          got[(t * heads + h) * dv + d] = out;
+        }
+      }
+    }
+  }
+  Tensor got_t = Make({tokens, heads, dv});
+  std::copy(got.begin(), got.end(), got_t.as<float>());
+  EXPECT_LT(RelErr(got_t, ref), 1e-5);
+}
+
+TEST_F(CpuOpsTest, ExpandedAttentionIsCausalOverTheSuffix) {
+  const int64_t heads = 2, nope = 4, rope = 2, dv = 3, keys = 6, queries = 2;
+  Tensor qn = Random({queries, heads, nope}), qr = Random({queries, heads, rope});
+  Tensor kn = Random({keys, heads, nope}), kr = Random({keys, rope}), v = Random({keys, heads, dv});
+  Tensor out = Make({queries, heads, dv});
+  ASSERT_TRUE(ops_->MlaExpandedAttention(qn, qr, kn, kr, v, 0.5f, &out).ok());
+  std::vector<double> ref(queries * heads * dv);
+  for (int64_t t = 0; t < queries; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t visible = keys - queries + t + 1;
+      std::vector<double> s(visible);
+      for (int64_t j = 0; j < visible; ++j) {
+        double dot = 0;
+        for (int64_t n = 0; n < nope; ++n) dot += qn.as<float>()[(t * heads + h) * nope + n] * kn.as<float>()[(j * heads + h) * nope + n];
+        for (int64_t r = 0; r < rope; ++r) dot += qr.as<float>()[(t * heads + h) * rope + r] * kr.as<float>()[j * rope + r];
+        s[j] = 0.5 * dot;
+      }
+      double mx = *std::max_element(s.begin(), s.end()), sum = 0;
+      for (double& x : s) sum += (x = std::exp(x - mx));
+      for (int64_t d = 0; d < dv; ++d)
+        for (int64_t j = 0; j < visible; ++j) ref[(t * heads + h) * dv + d] += s[j] / sum * v.as<float>()[(j * heads + h) * dv + d];
+    }
+  EXPECT_LT(RelErr(out, ref), 1e-6);
+}
+
+TEST_F(CpuOpsTest, LatentCacheWriteThenGatherRoundTrips) {
+  const int64_t rank = 6, rope = 2, block = 3;
+  Tensor cache = Make({5, 2, block, rank + rope});
+  Tensor c_kv = Random({7, rank}), k_rope = Random({7, rope});
+  std::vector<int32_t> table = {4, 0, 2};
+  std::vector<int64_t> slots;
+  for (int64_t p = 0; p < 7; ++p) slots.push_back(table[p / block] * block + p % block);
+  ASSERT_TRUE(ops_->WriteLatentCache(c_kv, k_rope, slots, 1, &cache).ok());
+  Tensor c2 = Make({7, rank}), r2 = Make({7, rope});
+  ASSERT_TRUE(ops_->GatherLatent(cache, 1, table, 7, &c2, &r2).ok());
+  for (int64_t i = 0; i < 7 * rank; ++i) EXPECT_EQ(c2.as<float>()[i], c_kv.as<float>()[i]);
+  for (int64_t i = 0; i < 7 * rope; ++i) EXPECT_EQ(r2.as<float>()[i], k_rope.as<float>()[i]);
+  std::vector<int64_t> bad_slot = {15};
+  EXPECT_FALSE(ops_->WriteLatentCache(SliceRows(c_kv, 0, 1), SliceRows(k_rope, 0, 1), bad_slot, 0, &cache).ok());
+}
+
+TEST_F(CpuOpsTest, RouterSigmoidGroupLimitedWithBias) {
+  // 8 experts in 4 groups of 2; bias steers selection, weights come from unbiased scores.
+  Tensor logits = Make({1, 8}), bias = Make({8});
+  std::vector<float> l = {2.0f, -1.0f, 0.5f, 0.4f, 3.0f, -3.0f, 0.0f, 0.1f};
+  std::vector<float> b = {0, 0, 0, 0, 0, 0, 5, 0};
+  std::copy(l.begin(), l.end(), logits.as<float>());
+  std::copy(b.begin(), b.end(), bias.as<float>());
+  RouterConfig config{.sigmoid = true, .noaux_tc = true, .num_groups = 4, .topk_groups = 2, .top_k = 2,
+                      .normalize = true, .scaling = 2.5f};
+  Tensor ids = Make({1, 2}, DType::kI32), weights = Make({1, 2});
+  ASSERT_TRUE(ops_->MoeRoute(logits, &bias, config, &ids, &weights).ok());
+  // Group scores (sum of top-2 biased): g0 = s(2)+s(-1), g1 = s(.5)+s(.4), g2 = s(3)+s(-3), g3 = 5+s(0)+s(.1).
+  auto sig = [](double x) { return 1 / (1 + std::exp(-x)); };
+  std::vector<double> group = {sig(2) + sig(-1), sig(0.5) + sig(0.4), sig(3) + sig(-3), 5 + sig(0) + sig(0.1)};
+  std::vector<int> order = {0, 1, 2, 3};
+  std::sort(order.begin(), order.end(), [&](int a, int c) { return group[a] > group[c]; });
+  std::vector<std::pair<double, int>> candidates;
+  for (int g : {order[0], order[1]})
+    for (int e : {2 * g, 2 * g + 1}) candidates.push_back({sig(l[e]) + b[e], e});
+  std::sort(candidates.rbegin(), candidates.rend());
+  int e0 = candidates[0].second, e1 = candidates[1].second;
+  EXPECT_EQ(ids.as<int32_t>()[0], e0);
+  EXPECT_EQ(ids.as<int32_t>()[1], e1);
+  double sum = sig(l[e0]) + sig(l[e1]);
+  EXPECT_NEAR(weights.as<float>()[0], 2.5 * sig(l[e0]) / sum, 1e-6);
+  EXPECT_NEAR(weights.as<float>()[1], 2.5 * sig(l[e1]) / sum, 1e-6);
+}
+
+TEST_F(CpuOpsTest, RouterSoftmaxGreedyScales) {
+  Tensor logits = Random({5, 6}), ids = Make({5, 3}, DType::kI32), weights = Make({5, 3});
+  RouterConfig config{.top_k = 3, .scaling = 16.0f};
+  ASSERT_TRUE(ops_->MoeRoute(logits, nullptr, config, &ids, &weights).ok());
+  for (int t = 0; t < 5; ++t) {
+    const float* l = logits.as<float>() + t * 6;
+    double mx = *std::max_element(l, l + 6), z = 0;
+    for (int e = 0; e < 6; ++e) z += std::exp(l[e] - mx);
+    std::vector<int> order = {0, 1, 2, 3, 4, 5};
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+    for (int k = 0; k < 3; ++k) {
+      EXPECT_EQ(ids.as<int32_t>()[t * 3 + k], order[k]);
+      EXPECT_NEAR(weights.as<float>()[t * 3 + k], 16.0 * std::exp(l[order[k]] - mx) / z, 1e-5);
+    }
+  }
+}
+
+TEST_F(CpuOpsTest, MoeExpertsSumWeightedExpertOutputsAndShardsAddUp) {
+  const int64_t tokens = 4, d = 6, inner = 3, experts = 4, top_k = 2;
+  Tensor x = Random({tokens, d}), gate_up = Random({experts, 2 * inner, d}), down = Random({experts, d, inner});
+  Tensor ids = Make({tokens, top_k}, DType::kI32), weights = Random({tokens, top_k});
+  std::vector<int32_t> chosen = {0, 3, 1, 2, 3, 2, 0, 1};
+  std::copy(chosen.begin(), chosen.end(), ids.as<int32_t>());
+  Tensor out = Make({tokens, d});
+  ASSERT_TRUE(ops_->MoeExperts(x, ids, weights, gate_up, down, 0, &out).ok());
+  std::vector<double> ref(tokens * d);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int64_t e = chosen[t * top_k + k];
+      std::vector<double> act(inner);
+      for (int64_t i = 0; i < inner; ++i) {
+        double g = 0, u = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          g += gate_up.as<float>()[(e * 2 * inner + i) * d + j] * x.as<float>()[t * d + j];
+          u += gate_up.as<float>()[(e * 2 * inner + inner + i) * d + j] * x.as<float>()[t * d + j];
+        }
+        act[i] = g / (1 + std::exp(-g)) * u;
+      }
+      for (int64_t j = 0; j < d; ++j) {
+        double y = 0;
+        for (int64_t i = 0; i < inner; ++i) y += down.as<float>()[(e * d + j) * inner + i] * act[i];
+        ref[t * d + j] += weights.as<float>()[t * top_k + k] * y;
+      }
+    }
+  EXPECT_LT(RelErr(out, ref), 1e-6);
+  // Two shards of two experts each add up to the whole.
+  Tensor lo = Make({tokens, d}), hi = Make({tokens, d});
+  ASSERT_TRUE(ops_->MoeExperts(x, ids, weights, SliceRows(gate_up, 0, 2), SliceRows(down, 0, 2), 0, &lo).ok());
+  ASSERT_TRUE(ops_->MoeExperts(x, ids, weights, SliceRows(gate_up, 2, 2), SliceRows(down, 2, 2), 2, &hi).ok());
+  ASSERT_TRUE(ops_->Add(&lo, hi).ok());
+  EXPECT_LT(RelErr(lo, ref), 1e-6);
+}
+
+}  // namespace
+}  // namespace mlaserve

@@ -1,0 +1,130 @@
+// The op interface the model is written against (one interface, one
+// implementation per backend, as in llama.cpp). `kernels/cpu` is the float32
+// reference; `kernels/cuda` the Hopper implementation tested against it.
+//
+// Conventions: x is [num_tokens, ...] row-major; weights follow Hugging Face's
+// [out_features, in_features]; every output tensor is allocated by the caller
+// with the stated shape (use Empty()). Token metadata (ids, positions, block
+// tables) comes as host arrays; a device backend uploads what it needs.
+#ifndef MLASERVE_KERNELS_OPS_H_
+#define MLASERVE_KERNELS_OPS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/rope_table.h"
+#include "kernels/tensor.h"
+
+namespace mlaserve {
+
+// Where one sequence's tokens sit in a batch and in the paged latent cache.
+// Token i of the sequence is at position context_len - num_tokens + i and
+// attends causally to cache positions [0, its position].
+struct SequenceSlice {
+  int64_t token_begin = 0;
+  int64_t num_tokens = 0;
+  int64_t context_len = 0;
+  std::vector<int32_t> block_table;  // cache block of positions [b*block_size, (b+1)*block_size)
+};
+
+struct AttentionLayout {
+  int64_t block_size = 64;
+  std::vector<SequenceSlice> seqs;
+  int64_t num_tokens() const;
+  // Cache slot (block * block_size + offset) of every token in batch order.
+  std::vector<int64_t> TokenSlots() const;
+  std::vector<int32_t> TokenPositions() const;
+};
+
+// Routing decided for each token: `top_k` expert ids and weights per row.
+struct RouterConfig {
+  bool sigmoid = false;          // else softmax
+  bool noaux_tc = false;         // V3 group ranking: sum of the two best biased scores
+  bool group_limited = false;    // V2 group ranking: best score of the group
+  int64_t num_groups = 1;
+  int64_t topk_groups = 1;
+  int64_t top_k = 1;
+  bool normalize = false;
+  float scaling = 1.0f;
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual std::string_view name() const = 0;
+  // The element type activations and weights are stored in on this backend.
+  virtual DType storage_dtype() const = 0;
+
+  // Memory.
+  virtual absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) = 0;
+  // float32 host values into `dst` (converted to its dtype) and back.
+  virtual absl::Status Upload(absl::Span<const float> src, Tensor* dst) = 0;
+  virtual absl::Status Download(const Tensor& src, absl::Span<float> dst) = 0;
+  virtual absl::Status Fill(Tensor* dst, float value) = 0;
+  virtual absl::Status Synchronize() = 0;
+
+  // out[t] = table[ids[t]].
+  virtual absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor* out) = 0;
+  // out = x / rms(x) * weight, per row.
+  virtual absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* out) = 0;
+  // residual += x; out = RmsNorm(residual).
+  virtual absl::Status AddRmsNorm(Tensor* residual, const Tensor& x, const Tensor& weight, float eps,
+                                  Tensor* out) = 0;
+  // out[T, N] = x[T, K] * w[N, K]^T.
+  virtual absl::Status Linear(const Tensor& x, const Tensor& w, Tensor* out) = 0;
+  // Per head h: out[T, h, N] = x[T, h, K] * w[h, N, K]^T.
+  virtual absl::Status HeadLinear(const Tensor& x, const Tensor& w, Tensor* out) = 0;
+  // Rotates x[T, H, rope_dim] in place at each token's position.
+  virtual absl::Status Rope(Tensor* x, absl::Span<const int32_t> positions, const RopeTable& table) = 0;
+  // a += b.
+  virtual absl::Status Add(Tensor* a, const Tensor& b) = 0;
+  // out[T, I] = silu(x[T, :I]) * x[T, I:], x is [T, 2I].
+  virtual absl::Status SiluMul(const Tensor& x, Tensor* out) = 0;
+
+  // Stores each token's c_kv [T, kv_lora_rank] and k_rope [T, rope_dim] into
+  // `cache` [num_blocks, num_layers, block_size, latent_dim] at layer `layer`.
+  virtual absl::Status WriteLatentCache(const Tensor& c_kv, const Tensor& k_rope,
+                                        absl::Span<const int64_t> slots, int64_t layer,
+                                        Tensor* cache) = 0;
+  // Copies a sequence's first `num_positions` cache rows of `layer` into
+  // c_kv [num_positions, kv_lora_rank] and k_rope [num_positions, rope_dim]
+  // (the expanded form's input).
+  virtual absl::Status GatherLatent(const Tensor& cache, int64_t layer,
+                                    absl::Span<const int32_t> block_table, int64_t num_positions,
+                                    Tensor* c_kv, Tensor* k_rope) = 0;
+  // Absorbed MLA: q_latent[T, H, rank] and q_rope[T, H, rope] attend to the
+  // latent cache; out[T, H, rank] is the attention-weighted sum of c_kv.
+  virtual absl::Status MlaAbsorbedAttention(const Tensor& q_latent, const Tensor& q_rope,
+                                            const Tensor& cache, int64_t layer,
+                                            const AttentionLayout& layout, float softmax_scale,
+                                            Tensor* out) = 0;
+  // Expanded MLA for one sequence: q_nope[T, H, nope], q_rope[T, H, rope]
+  // against k_nope[S, H, nope], k_rope[S, rope] (shared by heads), v[S, H, dv];
+  // query t sits at position S - T + t and sees keys [0, that position].
+  virtual absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope,
+                                            const Tensor& k_nope, const Tensor& k_rope,
+                                            const Tensor& v, float softmax_scale, Tensor* out) = 0;
+  // Router: scores from logits[T, E] (+ bias[E] for selection only when
+  // `bias` is given) into topk_ids[T, k] (I32) and topk_weights[T, k] (F32).
+  virtual absl::Status MoeRoute(const Tensor& logits, const Tensor* bias, const RouterConfig& config,
+                                Tensor* topk_ids, Tensor* topk_weights) = 0;
+  // out[T, D] = sum over k of topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]),
+  // expert e being down[e] * SiluMul(gate_up[e] * x); experts are numbered
+  // from `first_expert` (a shard owns a contiguous range); ids outside the
+  // range are skipped, so shards' outputs add up to the whole.
+  virtual absl::Status MoeExperts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                                  const Tensor& gate_up, const Tensor& down, int64_t first_expert,
+                                  Tensor* out) = 0;
+};
+
+// The reference backend (always available).
+std::unique_ptr<Ops> NewCpuOps();
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_KERNELS_OPS_H_

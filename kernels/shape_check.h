@@ -1,0 +1,22 @@
+// Shape validation at op boundaries: a mismatch is a programming error of the
+// caller, reported as InvalidArgument naming the op and the operand.
+#ifndef MLASERVE_KERNELS_SHAPE_CHECK_H_
+#define MLASERVE_KERNELS_SHAPE_CHECK_H_
+
+#include <cstdint>
+#include <initializer_list>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "kernels/tensor.h"
+
+namespace mlaserve {
+
+// -1 in `dims` matches any extent.
+absl::Status CheckShape(absl::string_view op, absl::string_view operand, const Tensor& t,
+                        std::initializer_list<int64_t> dims);
+absl::Status CheckDType(absl::string_view op, absl::string_view operand, const Tensor& t, DType dtype);
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_KERNELS_SHAPE_CHECK_H_

@@ -1,0 +1,58 @@
+#include "worker/kv_cache.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace mlaserve {
+
+int64_t BlocksFor(int64_t num_positions, int64_t block_size) {
+  return (num_positions + block_size - 1) / block_size;
+}
+
+absl::StatusOr<KvCache> KvCache::Create(Ops& ops, const ModelConfig& config, int64_t num_blocks,
+                                        int64_t block_size) {
+  if (num_blocks <= 0 || block_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache needs positive num_blocks and block_size, got ", num_blocks, " and ", block_size));
+  }
+  KvCache cache;
+  ASSIGN_OR_RETURN(cache.pool_, ops.Empty(ops.storage_dtype(), {num_blocks, config.num_hidden_layers, block_size,
+                                                                 config.latent_dim()}));
+  cache.block_size_ = block_size;
+  cache.num_blocks_ = num_blocks;
+  cache.allocated_.assign(num_blocks, false);
+  // Hand out low block ids first: deterministic layouts make failures reproducible.
+  for (int64_t b = num_blocks - 1; b >= 0; --b) cache.free_.push_back(static_cast<int32_t>(b));
+  return cache;
+}
+
+absl::StatusOr<std::vector<int32_t>> KvCache::Allocate(int64_t num_blocks) {
+  if (num_blocks > num_free_blocks()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache: ", num_blocks, " blocks wanted, ", num_free_blocks(), " free"));
+  }
+  std::vector<int32_t> blocks(free_.end() - num_blocks, free_.end());
+  free_.resize(free_.size() - num_blocks);
+  std::reverse(blocks.begin(), blocks.end());
+  for (int32_t b : blocks) allocated_[b] = true;
+  return blocks;
+}
+
+absl::Status KvCache::Free(const std::vector<int32_t>& blocks) {
+  std::vector<bool> seen(num_blocks_, false);
+  for (int32_t b : blocks) {
+    if (b < 0 || b >= num_blocks_ || !allocated_[b] || seen[b]) {
+      return absl::FailedPreconditionError(absl::StrCat("KV cache: block ", b, " freed but not allocated"));
+    }
+    seen[b] = true;
+  }
+  for (int32_t b : blocks) {
+    allocated_[b] = false;
+    free_.push_back(b);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mlaserve

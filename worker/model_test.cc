@@ -1,0 +1,214 @@
+// The CPU model against Hugging Face's logits and greedy tokens for the tiny
+// DeepSeek-V3 fixture, and against the naive reference for generated
+// DeepSeek-V2-style models (no q compression, softmax gates, fp8 weights).
+#include "worker/model.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "gtest/gtest.h"
+#include "worker/model_runner.h"
+#include "worker/random_checkpoint.h"
+#include "worker/reference_model.h"
+
+namespace mlaserve {
+namespace {
+
+constexpr char kTinyModel[] = "tests/testdata/tiny-deepseek-v3";
+
+double RelativeError(const std::vector<float>& out, const std::vector<float>& ref) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    diff += (double(out[i]) - ref[i]) * (double(out[i]) - ref[i]);
+    norm += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+std::vector<float> ReadF32(const SafetensorsFile& f, const std::string& name) {
+  const TensorView* t = f.Find(name);
+  EXPECT_NE(t, nullptr) << name;
+  std::vector<float> v(t->num_elements());
+  ConvertToF32(t->dtype, t->data, v.size(), v.data());
+  return v;
+}
+
+std::vector<int32_t> ReadIds(const SafetensorsFile& f, const std::string& name) {
+  std::vector<float> v = ReadF32(f, name);
+  return std::vector<int32_t>(v.begin(), v.end());
+}
+
+class TinyModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ops_ = NewCpuOps();
+    auto model = Model::Load(kTinyModel, *ops_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+    auto ref = SafetensorsFile::Open(absl::StrCat(kTinyModel, "/reference.safetensors"));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    reference_ = *std::move(ref);
+  }
+
+  std::unique_ptr<KvCache> NewCache(int64_t num_blocks, int64_t block_size) {
+    auto cache = KvCache::Create(*ops_, model_->config(), num_blocks, block_size);
+    EXPECT_TRUE(cache.ok()) << cache.status();
+    return std::make_unique<KvCache>(*std::move(cache));
+  }
+
+  std::unique_ptr<Ops> ops_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<SafetensorsFile> reference_;
+};
+
+TEST_F(TinyModelTest, LogitsMatchTransformersAtEveryPosition) {
+  auto cache = NewCache(16, 64);
+  ModelRunner runner(*model_, *cache);
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int32_t> ids = ReadIds(*reference_, absl::StrCat("prompt", i, ".ids"));
+    auto logits = runner.Score(ids);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    double err = RelativeError(*logits, ReadF32(*reference_, absl::StrCat("prompt", i, ".logits")));
+    EXPECT_LT(err, 1e-4) << "prompt " << i;
+    EXPECT_EQ(cache->num_free_blocks(), 16);
+  }
+}
+
+TEST_F(TinyModelTest, GreedyThroughPagedCacheMatchesTransformers) {
+  // Small blocks and uneven prefill chunks so that steps cross block boundaries.
+  for (auto [block_size, chunk] : {std::pair<int64_t, int64_t>{64, 0}, {16, 7}, {1, 33}}) {
+    auto cache = NewCache(256, block_size);
+    ModelRunner runner(*model_, *cache, {.prefill_chunk_tokens = chunk});
+    for (int i = 0; i < 3; ++i) {
+      std::vector<int32_t> ids = ReadIds(*reference_, absl::StrCat("prompt", i, ".ids"));
+      auto greedy = runner.GenerateGreedy(ids, 12);
+      ASSERT_TRUE(greedy.ok()) << greedy.status();
+      EXPECT_EQ(*greedy, ReadIds(*reference_, absl::StrCat("prompt", i, ".greedy")))
+          << "prompt " << i << " block_size " << block_size << " chunk " << chunk;
+    }
+  }
+}
+
+TEST_F(TinyModelTest, AbsorbedAndExpandedAgree) {
+  auto cache = NewCache(16, 16);
+  ModelRunner absorbed(*model_, *cache, {.prefill_chunk_tokens = 50, .attention_form = AttentionForm::kAbsorbed});
+  ModelRunner expanded(*model_, *cache, {.prefill_chunk_tokens = 50, .attention_form = AttentionForm::kExpanded});
+  std::vector<int32_t> ids = ReadIds(*reference_, "prompt2.ids");
+  auto a = absorbed.Score(ids);
+  auto e = expanded.Score(ids);
+  ASSERT_TRUE(a.ok() && e.ok());
+  EXPECT_LT(RelativeError(*a, *e), 1e-5);
+}
+
+TEST_F(TinyModelTest, NaiveReferenceMatchesTransformers) {
+  auto config = LoadModelConfig(absl::StrCat(kTinyModel, "/config.json"));
+  auto checkpoint = Checkpoint::Open(kTinyModel);
+  ASSERT_TRUE(config.ok() && checkpoint.ok());
+  std::vector<int32_t> ids = ReadIds(*reference_, "prompt1.ids");
+  auto logits = ReferenceForward(*config, **checkpoint, ids);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_LT(RelativeError(*logits, ReadF32(*reference_, "prompt1.logits")), 1e-5);
+}
+
+TEST_F(TinyModelTest, OutOfVocabularyIdIsAnError) {
+  auto cache = NewCache(4, 64);
+  ModelRunner runner(*model_, *cache);
+  std::vector<int32_t> ids = {5, 1024};
+  auto logits = runner.Score(ids);
+  EXPECT_EQ(logits.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->num_free_blocks(), 4);
+}
+
+TEST_F(TinyModelTest, CacheTooSmallIsAnErrorAndFreesBlocks) {
+  auto cache = NewCache(2, 16);
+  ModelRunner runner(*model_, *cache);
+  std::vector<int32_t> ids = ReadIds(*reference_, "prompt2.ids");
+  auto out = runner.GenerateGreedy(ids, 4);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(cache->num_free_blocks(), 2);
+}
+
+// A generated model of another architecture variant, checked against the naive reference.
+struct Variant {
+  std::string name;
+  std::string config_json;
+  DType dtype;
+};
+
+class GeneratedModelTest : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(GeneratedModelTest, MatchesNaiveReference) {
+  const Variant& v = GetParam();
+  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/", v.name);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << v.config_json;
+  auto config = LoadModelConfig(dir + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, /*seed=*/std::random_device{}(), v.dtype).ok());
+  auto ops = NewCpuOps();
+  auto model = Model::Load(dir, *ops);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto checkpoint = Checkpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok());
+
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int32_t> ids(29);
+  for (int32_t& id : ids) id = std::uniform_int_distribution<int32_t>(0, config->vocab_size - 1)(rng);
+  auto ref = ReferenceForward(*config, **checkpoint, ids);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  auto cache = KvCache::Create(*ops, *config, 64, 8);
+  ASSERT_TRUE(cache.ok());
+  for (AttentionForm form : {AttentionForm::kAbsorbed, AttentionForm::kExpanded}) {
+    ModelRunner runner(**model, *cache, {.prefill_chunk_tokens = 11, .attention_form = form});
+    auto logits = runner.Score(ids);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    EXPECT_LT(RelativeError(*logits, *ref), 1e-5) << v.name;
+  }
+}
+
+const char kV2Config[] = R"({
+  "model_type": "deepseek_v2", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96,
+  "moe_intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "q_lora_rank": null,
+  "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+  "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+  "rope_scaling": {"type": "yarn", "factor": 8, "original_max_position_embeddings": 16, "beta_fast": 32,
+                   "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+  "n_routed_experts": 8, "num_experts_per_tok": 3, "n_shared_experts": 2, "n_group": 4, "topk_group": 2,
+  "topk_method": "group_limited_greedy", "scoring_func": "softmax", "norm_topk_prob": false,
+  "routed_scaling_factor": 16.0, "first_k_dense_replace": 1, "moe_layer_freq": 1, "hidden_act": "silu",
+  "bos_token_id": 0, "eos_token_id": 1})";
+
+const char kV2GreedyNormConfig[] = R"({
+  "model_type": "deepseek_v2", "vocab_size": 257, "hidden_size": 48, "intermediate_size": 64,
+  "moe_intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 3, "q_lora_rank": null,
+  "kv_lora_rank": 24, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 12,
+  "max_position_embeddings": 512, "rope_theta": 10000.0, "rope_scaling": null,
+  "n_routed_experts": 6, "num_experts_per_tok": 2, "n_shared_experts": null, "topk_method": "greedy",
+  "norm_topk_prob": true, "routed_scaling_factor": 1.0, "first_k_dense_replace": 0,
+  "moe_layer_freq": 2, "tie_word_embeddings": true, "hidden_act": "silu"})";
+
+const char kV3NoInterleaveConfig[] = R"({
+  "model_type": "deepseek_v3", "vocab_size": 200, "hidden_size": 64, "intermediate_size": 80,
+  "moe_intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "q_lora_rank": 24,
+  "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8,
+  "max_position_embeddings": 2048, "rope_interleave": false,
+  "rope_parameters": {"rope_type": "yarn", "rope_theta": 500.0, "factor": 4.0,
+                      "original_max_position_embeddings": 32, "mscale": 1.0, "mscale_all_dim": 0.5},
+  "n_routed_experts": 16, "num_experts_per_tok": 4, "n_shared_experts": 1, "n_group": 8, "topk_group": 3,
+  "norm_topk_prob": true, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, "hidden_act": "silu"})";
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, GeneratedModelTest,
+    ::testing::Values(Variant{"v2_group_limited", kV2Config, DType::kBF16},
+                      Variant{"v2_greedy_norm_tied", kV2GreedyNormConfig, DType::kF32},
+                      Variant{"v3_no_interleave", kV3NoInterleaveConfig, DType::kBF16},
+                      Variant{"v2_fp8", kV2Config, DType::kF8E4M3}),
+    [](const ::testing::TestParamInfo<Variant>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace mlaserve

@@ -1,0 +1,67 @@
+// The weights of a DeepSeek-V2/V3 model as the forward pass consumes them,
+// rearranged at load time from the checkpoint's Hugging Face layout:
+// q and kv_a projections split into their no-rope and rope parts, kv_b_proj
+// split into W_UK / W_UV (and W_UK transposed per head for the absorbed form),
+// gate and up projections stacked, routed experts stacked per layer.
+// Every tensor is owned by the backend that loaded it.
+#ifndef MLASERVE_WORKER_MODEL_WEIGHTS_H_
+#define MLASERVE_WORKER_MODEL_WEIGHTS_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "kernels/ops.h"
+
+namespace mlaserve {
+
+struct MlpWeights {
+  Tensor gate_up;  // [2 * inner, hidden]: gate rows then up rows
+  Tensor down;     // [hidden, inner]
+};
+
+struct LayerWeights {
+  Tensor input_norm;           // [hidden]
+  Tensor post_attention_norm;  // [hidden]
+  // Attention. With q_lora_rank 0, q_a and q_a_norm are empty and the q
+  // projections read the hidden state directly.
+  Tensor q_a;           // [q_lora_rank, hidden]
+  Tensor q_a_norm;      // [q_lora_rank]
+  Tensor q_nope;        // [heads * nope, q_in]
+  Tensor q_rope;        // [heads * rope, q_in]
+  Tensor kv_a_latent;   // [kv_lora_rank, hidden]
+  Tensor kv_a_rope;     // [rope, hidden]
+  Tensor kv_a_norm;     // [kv_lora_rank]
+  Tensor w_uk;          // [heads * nope, kv_lora_rank]
+  Tensor w_uk_t;        // [heads, kv_lora_rank, nope]
+  Tensor w_uv;          // [heads, v_head_dim, kv_lora_rank]
+  Tensor o_proj;        // [hidden, heads * v_head_dim]
+  // Feed-forward: a dense MLP, or a router with experts plus shared experts.
+  bool is_moe = false;
+  MlpWeights mlp;             // dense layers, or the shared experts (absent if none)
+  bool has_shared_experts = false;
+  Tensor router;              // [n_routed_experts, hidden]
+  Tensor router_bias;         // [n_routed_experts], V3 only
+  Tensor experts_gate_up;     // [n_routed_experts, 2 * moe_inner, hidden]
+  Tensor experts_down;        // [n_routed_experts, hidden, moe_inner]
+};
+
+struct ModelWeights {
+  Tensor embed;       // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // [hidden]
+  Tensor lm_head;     // [vocab, hidden]
+};
+
+// Called after each layer with (layers done, total layers): progress display.
+using LoadProgress = std::function<void(int64_t, int64_t)>;
+
+absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint, const ModelConfig& config,
+                                              Ops& ops, const LoadProgress& progress = nullptr);
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_WORKER_MODEL_WEIGHTS_H_
