@@ -228,5 +228,22 @@ TEST(DTypeTest, ConvertZeroElementsTouchesNothing) {
   EXPECT_EQ(sentinel, 42.0f);
 }
 
+TEST(DtypeTest, F32ToF8E4M3RoundTripsEveryCodeAndRoundsToNearestEven) {
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7f) == 0x7f) continue;  // NaN
+    EXPECT_EQ(F32ToF8E4M3(F8E4M3ToF32(static_cast<uint8_t>(code))), code) << code;
+  }
+  // Between adjacent codes: nearest wins, the exact midpoint goes to the even code.
+  for (int code = 0; code < 0x7e; ++code) {
+    const float lo = F8E4M3ToF32(code), hi = F8E4M3ToF32(code + 1), mid = (lo + hi) / 2;
+    EXPECT_EQ(F32ToF8E4M3(lo + (hi - lo) * 0.25f), code);
+    EXPECT_EQ(F32ToF8E4M3(lo + (hi - lo) * 0.75f), code + 1);
+    EXPECT_EQ(F32ToF8E4M3(mid), (code % 2 == 0) ? code : code + 1);
+  }
+  EXPECT_EQ(F32ToF8E4M3(1e6f), 0x7e);  // saturates at 448
+  EXPECT_EQ(F32ToF8E4M3(-1e6f), 0xfe);
+  EXPECT_EQ(F32ToF8E4M3(std::nanf("")) & 0x7f, 0x7f);
+}
+
 }  // namespace
 }  // namespace mlaserve
