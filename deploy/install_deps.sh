@@ -7,7 +7,7 @@ PACKAGES=(
   bazel-bootstrap bazel-platforms bazel-rules-java bazel-rules-proto bazel-skylib
   g++ libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libre2-dev nlohmann-json3-dev libcpp-httplib-dev libgloo-dev
-  libgtest-dev libgmock-dev libbenchmark-dev gnuplot-nox
+  libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev gnuplot-nox
 )
 
 missing=()

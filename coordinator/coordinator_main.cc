@@ -1,0 +1,126 @@
+// The coordinator process: public gRPC and HTTP APIs, worker membership, one
+// engine group per worker (data-parallel replicas), scheduling and routing.
+#include <csignal>
+#include <filesystem>
+#include <future>
+#include <iostream>
+#include <memory>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "common/model_config.h"
+#include "common/status_macros.h"
+#include "coordinator/grpc_service.h"
+#include "coordinator/http_server.h"
+#include "coordinator/metrics.h"
+#include "coordinator/serving_engine.h"
+#include "coordinator/tokenizer.h"
+#include "coordinator/worker_registry.h"
+
+ABSL_FLAG(std::string, model, "", "model directory (config.json, safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, model_name, "", "name clients use for the model (default: the directory's name)");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve on");
+ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port (public API and worker registration)");
+ABSL_FLAG(int, workers, 1, "workers to wait for; each is one engine group");
+ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");
+ABSL_FLAG(double, heartbeat_timeout_s, 3, "a worker silent this long is dead");
+ABSL_FLAG(int64_t, kv_blocks, 256, "KV cache blocks per worker");
+ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
+ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
+ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
+ABSL_FLAG(int64_t, max_queued_requests, 1024, "requests admitted (waiting or running) before 429");
+
+namespace mlaserve {
+namespace {
+
+volatile std::sig_atomic_t g_signalled = 0;
+void HandleSignal(int) { g_signalled = 1; }
+
+absl::Status LoadShard(const WorkerInfo& worker, const std::string& model_dir, const GroupOptions& options) {
+  grpc::ClientContext context;
+  internal::v1::LoadShardRequest request;
+  request.set_model_dir(model_dir);
+  request.set_num_blocks(options.num_blocks);
+  request.set_block_size(options.block_size);
+  request.set_group_rank(0);
+  request.set_group_size(1);
+  internal::v1::LoadShardResponse response;
+  absl::Status status = FromGrpcStatus(worker.stub->LoadShard(&context, request, &response));
+  if (!status.ok()) return absl::Status(status.code(), absl::StrCat("worker ", worker.id, ": ", status.message()));
+  return absl::OkStatus();
+}
+
+absl::Status Run() {
+  const std::string model_dir = std::filesystem::absolute(absl::GetFlag(FLAGS_model)).string();
+  if (absl::GetFlag(FLAGS_model).empty()) return absl::InvalidArgumentError("--model is required");
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(model_dir + "/tokenizer.json"));
+  std::string model_name = absl::GetFlag(FLAGS_model_name);
+  if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
+
+  ServingMetrics metrics;
+  WorkerRegistry registry(absl::Seconds(absl::GetFlag(FLAGS_heartbeat_timeout_s)));
+  ServingEngine engine(*tokenizer, config,
+                       {.model_name = model_name, .max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests)},
+                       metrics, &registry);
+  registry.OnDeath([&engine](int32_t worker_id) { engine.OnWorkerDeath(worker_id); });
+  GroupOptions group_options{.num_blocks = absl::GetFlag(FLAGS_kv_blocks),
+                             .block_size = absl::GetFlag(FLAGS_block_size),
+                             .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+                                           .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)}};
+  GrpcService public_api(engine, group_options.block_size);
+
+  grpc::ServerBuilder builder;
+  const std::string grpc_address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_grpc_port));
+  int grpc_port = 0;
+  builder.AddListeningPort(grpc_address, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.RegisterService(&registry);
+  builder.RegisterService(&public_api);
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  if (grpc_server == nullptr || grpc_port == 0) return absl::UnavailableError("cannot listen on " + grpc_address);
+  std::cerr << "coordinator: gRPC on " << grpc_address << ", waiting for " << absl::GetFlag(FLAGS_workers)
+            << " workers\n";
+
+  ASSIGN_OR_RETURN(std::vector<WorkerInfo> workers,
+                   registry.WaitForWorkers(absl::GetFlag(FLAGS_workers), absl::Seconds(absl::GetFlag(FLAGS_worker_wait_s))));
+  std::vector<std::future<absl::Status>> loads;
+  for (const WorkerInfo& w : workers) {
+    loads.push_back(std::async(std::launch::async, [&, w] { return LoadShard(w, model_dir, group_options); }));
+  }
+  for (auto& load : loads) RETURN_IF_ERROR(load.get());
+  for (const WorkerInfo& w : workers) {
+    engine.AddGroup(std::make_unique<EngineGroup>(w.id, std::vector<WorkerInfo>{w}, group_options, config, metrics));
+  }
+
+  HttpServer http(engine, metrics, HttpOptions{});
+  RETURN_IF_ERROR(http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port)));
+  std::cerr << "coordinator: serving " << model_name << " on http://" << absl::GetFlag(FLAGS_host) << ":"
+            << http.port() << " with " << workers.size() << " engine groups\n";
+  while (!g_signalled) absl::SleepFor(absl::Milliseconds(100));
+  std::cerr << "coordinator: shutting down\n";
+  http.Stop();
+  registry.OnDeath(nullptr);  // the engine goes away before the registry
+  grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace mlaserve
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  std::signal(SIGINT, mlaserve::HandleSignal);
+  std::signal(SIGTERM, mlaserve::HandleSignal);
+  absl::Status status = mlaserve::Run();
+  if (!status.ok()) {
+    std::cerr << "coordinator: " << status << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,274 @@
+#include "coordinator/engine_group.h"
+
+#include <algorithm>
+#include <future>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+
+namespace mlaserve {
+namespace {
+
+bool Contains(const std::vector<int32_t>& ids, int32_t id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+void Emit(std::vector<std::pair<UpdateCallback, GenerateUpdate>> updates) {
+  for (auto& [callback, update] : updates) callback(update);
+}
+
+}  // namespace
+
+EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, GroupOptions options,
+                         const ModelConfig& config, ServingMetrics& metrics)
+    : group_id_(group_id),
+      workers_(std::move(workers)),
+      options_(options),
+      config_(config),
+      metrics_(metrics),
+      blocks_(options.num_blocks, options.block_size),
+      scheduler_(blocks_, options.scheduler),
+      loop_([this] { Loop(); }) {}
+
+EngineGroup::~EngineGroup() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  loop_.join();
+}
+
+void EngineGroup::Submit(std::unique_ptr<Sequence> seq) {
+  std::vector<Update> rejected;
+  {
+    absl::MutexLock lock(&mu_);
+    if (failure_.ok() && !stopping_) {
+      scheduler_.Add(std::move(seq));
+      wake_ = true;
+      return;
+    }
+    GenerateUpdate update;
+    Finish(*seq, FinishReason::kError, failure_.ok() ? absl::UnavailableError("engine group stopping") : failure_,
+           &update);
+    rejected.push_back({seq->on_update, std::move(update)});
+  }
+  for (Update& u : rejected) u.callback(u.update);
+}
+
+void EngineGroup::Cancel(int64_t request_id) {
+  absl::MutexLock lock(&mu_);
+  cancelled_.insert(request_id);
+  wake_ = true;
+}
+
+void EngineGroup::Fail(absl::Status why) {
+  absl::MutexLock lock(&mu_);
+  if (failure_.ok()) failure_ = std::move(why);
+  wake_ = true;
+}
+
+bool EngineGroup::alive() const {
+  absl::MutexLock lock(&mu_);
+  return failure_.ok() && !stopping_;
+}
+
+bool EngineGroup::HasWorker(int32_t worker_id) const {
+  return std::any_of(workers_.begin(), workers_.end(), [&](const WorkerInfo& w) { return w.id == worker_id; });
+}
+
+int64_t EngineGroup::CachedPrefixTokens(const std::vector<int32_t>& tokens) {
+  absl::MutexLock lock(&mu_);
+  return blocks_.Match(tokens, static_cast<int64_t>(tokens.size()) - 1).num_tokens;
+}
+
+int64_t EngineGroup::load() const {
+  absl::MutexLock lock(&mu_);
+  return scheduler_.num_running() + scheduler_.num_waiting();
+}
+
+bool EngineGroup::HasWork() const {
+  return stopping_ || wake_ || !failure_.ok() || scheduler_.num_running() > 0;
+}
+
+void EngineGroup::Loop() {
+  while (true) {
+    std::vector<ScheduledSequence> step;
+    std::vector<Update> updates;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(this, &EngineGroup::HasWork));
+      wake_ = false;
+      if (stopping_ || !failure_.ok()) {
+        const absl::Status why = failure_.ok() ? absl::CancelledError("shutting down") : failure_;
+        updates = EndAll(scheduler_.RemoveAll(), failure_.ok() ? FinishReason::kAbort : FinishReason::kError, why);
+        PublishGauges();
+      } else {
+        updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
+        step = scheduler_.Schedule();
+        PublishGauges();
+      }
+    }
+    for (Update& u : updates) u.callback(u.update);
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_ || !failure_.ok()) {
+        if (scheduler_.num_running() + scheduler_.num_waiting() == 0 && (stopping_ || !failure_.ok())) {
+          if (stopping_) return;
+        }
+      }
+    }
+    if (step.empty()) continue;
+    absl::StatusOr<std::vector<int32_t>> sampled = RunStep(step);
+    {
+      absl::MutexLock lock(&mu_);
+      if (sampled.ok()) {
+        updates = ApplyStep(step, *sampled);
+      } else if (failure_.ok()) {
+        failure_ = sampled.status();
+        updates.clear();
+      }
+    }
+    for (Update& u : updates) u.callback(u.update);
+  }
+}
+
+absl::StatusOr<std::vector<int32_t>> EngineGroup::RunStep(const std::vector<ScheduledSequence>& step) {
+  internal::v1::StepRequest request;
+  request.set_step_id(next_step_id_++);
+  for (const ScheduledSequence& s : step) {
+    const Sequence& seq = *s.seq;
+    internal::v1::StepSequence* q = request.add_sequences();
+    q->set_request_id(seq.id);
+    q->mutable_token_ids()->Add(seq.tokens.begin() + seq.num_computed,
+                                seq.tokens.begin() + seq.num_computed + s.num_tokens);
+    q->set_context_len(seq.num_computed + s.num_tokens);
+    q->mutable_block_table()->Add(seq.block_table.begin(), seq.block_table.end());
+    q->set_sample(s.sample);
+    q->mutable_sampling()->set_temperature(seq.sampling.temperature);
+    q->mutable_sampling()->set_top_k(seq.sampling.top_k);
+    q->mutable_sampling()->set_top_p(seq.sampling.top_p);
+    q->mutable_sampling()->set_seed(seq.seed);
+    q->set_sample_index(static_cast<int32_t>(seq.num_output()));
+  }
+  // Every rank of the group runs the same step; rank 0 samples.
+  std::vector<std::future<std::pair<grpc::Status, internal::v1::StepResponse>>> calls;
+  for (const WorkerInfo& worker : workers_) {
+    calls.push_back(std::async(std::launch::async, [&, stub = worker.stub] {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + options_.step_timeout));
+      internal::v1::StepResponse response;
+      grpc::Status status = stub->Step(&context, request, &response);
+      return std::make_pair(status, std::move(response));
+    }));
+  }
+  std::vector<int32_t> sampled;
+  absl::Status first_error;
+  for (size_t rank = 0; rank < calls.size(); ++rank) {
+    auto [status, response] = calls[rank].get();
+    if (!status.ok() && first_error.ok()) {
+      first_error = absl::UnavailableError(absl::StrCat("worker ", workers_[rank].id, " (", workers_[rank].address,
+                                                        ") failed a step: ", FromGrpcStatus(status).ToString()));
+    }
+    if (rank == 0) sampled.assign(response.sampled_token_ids().begin(), response.sampled_token_ids().end());
+  }
+  if (!first_error.ok()) return first_error;
+  const auto expected = std::count_if(step.begin(), step.end(), [](const auto& s) { return s.sample; });
+  if (static_cast<int64_t>(sampled.size()) != expected) {
+    return absl::InternalError(absl::StrCat("worker returned ", sampled.size(), " tokens for ", expected, " samples"));
+  }
+  return sampled;
+}
+
+std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const std::vector<ScheduledSequence>& step,
+                                                        const std::vector<int32_t>& sampled) {
+  scheduler_.Advance(step);
+  std::vector<Update> updates;
+  std::vector<int64_t> finished;
+  size_t next = 0;
+  const absl::Time now = absl::Now();
+  for (const ScheduledSequence& s : step) {
+    if (!s.sample) continue;
+    Sequence& seq = *s.seq;
+    const int32_t token = sampled[next++];
+    seq.tokens.push_back(token);
+    if (seq.num_output() == 1) {
+      seq.first_token_time = now;
+      metrics_.ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - seq.arrival));
+    }
+    GenerateUpdate update;
+    update.token_ids = {token};
+    FinishReason reason = FinishReason::kNone;
+    if (Contains(seq.sampling.stop_token_ids, token) ||
+        (!seq.sampling.ignore_eos && Contains(std::vector<int32_t>(config_.eos_token_ids.begin(),
+                                                                     config_.eos_token_ids.end()), token))) {
+      reason = FinishReason::kStop;  // the stop token's text is not part of the output
+      update.text = seq.detokenizer->Flush();
+    } else {
+      update.text = seq.detokenizer->Append(token);
+      if (seq.detokenizer->stopped()) reason = FinishReason::kStop;
+    }
+    if (reason == FinishReason::kNone && (seq.num_output() >= seq.sampling.max_tokens ||
+                                          static_cast<int64_t>(seq.tokens.size()) >= config_.max_position_embeddings)) {
+      reason = FinishReason::kLength;
+      update.text += seq.detokenizer->Flush();
+    }
+    if (reason != FinishReason::kNone) {
+      Finish(seq, reason, absl::OkStatus(), &update);
+      finished.push_back(seq.id);
+    }
+    updates.push_back({seq.on_update, std::move(update)});
+  }
+  metrics_.AddGenerationTokens(static_cast<double>(sampled.size()));
+  for (int64_t id : finished) scheduler_.Remove(id);
+  PublishGauges();
+  return updates;
+}
+
+void EngineGroup::Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update) {
+  update->finish_reason = reason;
+  update->error = std::move(error);
+  update->prompt_tokens = static_cast<int32_t>(seq.prompt_len);
+  update->completion_tokens = static_cast<int32_t>(seq.num_output());
+  update->cached_prompt_tokens = static_cast<int32_t>(seq.cached_prompt_tokens);
+  const absl::Time now = absl::Now();
+  metrics_.ObserveEndToEnd(absl::ToDoubleSeconds(now - seq.arrival));
+  if (seq.num_output() > 1) {
+    metrics_.ObserveTimePerOutputToken(absl::ToDoubleSeconds(now - seq.first_token_time) / (seq.num_output() - 1));
+  }
+  metrics_.AddPromptTokens(static_cast<double>(seq.prompt_len - seq.cached_prompt_tokens),
+                           static_cast<double>(seq.cached_prompt_tokens));
+  metrics_.CountFinished(reason);
+}
+
+std::vector<EngineGroup::Update> EngineGroup::EndAll(std::vector<std::unique_ptr<Sequence>> seqs,
+                                                     FinishReason reason, const absl::Status& error) {
+  std::vector<Update> updates;
+  for (std::unique_ptr<Sequence>& seq : seqs) {
+    GenerateUpdate update;
+    update.text = seq->detokenizer->Flush();
+    Finish(*seq, reason, reason == FinishReason::kError ? error : absl::OkStatus(), &update);
+    updates.push_back({seq->on_update, std::move(update)});
+  }
+  return updates;
+}
+
+std::vector<std::unique_ptr<Sequence>> EngineGroup::TakeCancelled() {
+  std::vector<std::unique_ptr<Sequence>> out;
+  for (int64_t id : cancelled_) {
+    if (std::unique_ptr<Sequence> seq = scheduler_.Remove(id)) out.push_back(std::move(seq));
+  }
+  cancelled_.clear();
+  return out;
+}
+
+void EngineGroup::PublishGauges() {
+  const std::string group = absl::StrCat(group_id_);
+  metrics_.SetQueued(group, static_cast<double>(scheduler_.num_waiting()));
+  metrics_.SetRunning(group, static_cast<double>(scheduler_.num_running()));
+  metrics_.SetKvBlocks(group, static_cast<double>(blocks_.num_referenced_blocks()),
+                       static_cast<double>(blocks_.num_free_blocks() + blocks_.num_evictable_blocks()));
+}
+
+}  // namespace mlaserve

@@ -1,0 +1,96 @@
+// One engine group: the workers that together hold one copy of the model,
+// with the scheduler, block manager and prefix index that drive them. A loop
+// thread plans each step, sends it to every worker of the group in lockstep,
+// applies the sampled tokens (detokenizing, checking stop conditions) and
+// emits request updates. Only the loop thread touches sequences or emits
+// updates, so each request sees its updates in order; other threads submit
+// and cancel under the lock and wake the loop.
+#ifndef MLASERVE_COORDINATOR_ENGINE_GROUP_H_
+#define MLASERVE_COORDINATOR_ENGINE_GROUP_H_
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "common/model_config.h"
+#include "coordinator/block_manager.h"
+#include "coordinator/metrics.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/worker_registry.h"
+
+namespace mlaserve {
+
+struct GroupOptions {
+  int64_t num_blocks = 0;
+  int64_t block_size = 64;
+  SchedulerOptions scheduler;
+  absl::Duration step_timeout = absl::Minutes(5);
+};
+
+class EngineGroup {
+ public:
+  EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, GroupOptions options, const ModelConfig& config,
+              ServingMetrics& metrics);
+  ~EngineGroup();  // stops the loop; pending requests end with kAbort
+
+  void Submit(std::unique_ptr<Sequence> seq);
+  // Asks the loop to end a request with kAbort and free its blocks.
+  void Cancel(int64_t request_id);
+  // The group cannot serve any more (a worker died): its requests end with
+  // kError carrying `why`, and it refuses new ones.
+  void Fail(absl::Status why);
+
+  bool alive() const;
+  bool HasWorker(int32_t worker_id) const;
+  // Tokens of `tokens` the prefix cache could serve now, and the queue length: for routing.
+  int64_t CachedPrefixTokens(const std::vector<int32_t>& tokens);
+  int64_t load() const;
+  int64_t num_blocks() const { return options_.num_blocks; }
+  int64_t block_size() const { return options_.block_size; }
+  int32_t id() const { return group_id_; }
+
+ private:
+  struct Update {
+    UpdateCallback callback;
+    GenerateUpdate update;
+  };
+
+  void Loop();
+  absl::StatusOr<std::vector<int32_t>> RunStep(const std::vector<ScheduledSequence>& step);
+  // Appends sampled tokens, detokenizes and checks stop conditions; returns
+  // the updates to emit (finished sequences are then removed).
+  std::vector<Update> ApplyStep(const std::vector<ScheduledSequence>& step, const std::vector<int32_t>& sampled)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fills the final fields of `update` and records the request's metrics.
+  void Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update);
+  // Removes `seqs` from the scheduler and returns their final updates.
+  std::vector<Update> EndAll(std::vector<std::unique_ptr<Sequence>> seqs, FinishReason reason, const absl::Status& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<std::unique_ptr<Sequence>> TakeCancelled() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PublishGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const int32_t group_id_;
+  const std::vector<WorkerInfo> workers_;
+  const GroupOptions options_;
+  const ModelConfig& config_;
+  ServingMetrics& metrics_;
+  int64_t next_step_id_ = 0;
+
+  mutable absl::Mutex mu_;
+  BlockManager blocks_ ABSL_GUARDED_BY(mu_);
+  Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
+  std::set<int64_t> cancelled_ ABSL_GUARDED_BY(mu_);
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread loop_;
+};
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_COORDINATOR_ENGINE_GROUP_H_

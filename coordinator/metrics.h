@@ -1,0 +1,62 @@
+// The coordinator's Prometheus metrics (prometheus-cpp's registry and text
+// serializer): request latency histograms, queue and batch gauges, KV block
+// usage, prefix-cache hits, requests by outcome. Thread-safe.
+#ifndef MLASERVE_COORDINATOR_METRICS_H_
+#define MLASERVE_COORDINATOR_METRICS_H_
+
+#include <memory>
+#include <string>
+
+#include "coordinator/request.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace mlaserve {
+
+class ServingMetrics {
+ public:
+  ServingMetrics();
+
+  void ObserveTimeToFirstToken(double seconds) { ttft_.Observe(seconds); }
+  void ObserveTimePerOutputToken(double seconds) { tpot_.Observe(seconds); }
+  void ObserveEndToEnd(double seconds) { e2e_.Observe(seconds); }
+  // Per engine group `group`.
+  void SetQueued(const std::string& group, double n) { queued_.Add({{"group", group}}).Set(n); }
+  void SetRunning(const std::string& group, double n) { running_.Add({{"group", group}}).Set(n); }
+  void SetKvBlocks(const std::string& group, double used, double free) {
+    kv_used_.Add({{"group", group}}).Set(used);
+    kv_free_.Add({{"group", group}}).Set(free);
+  }
+  void AddPromptTokens(double computed, double cached) {
+    prompt_tokens_.Increment(computed + cached);
+    prefix_hit_tokens_.Increment(cached);
+  }
+  void AddGenerationTokens(double n) { generation_tokens_.Increment(n); }
+  void CountFinished(FinishReason reason);
+  void CountRejected() { rejected_.Increment(); }
+
+  // Prometheus text exposition format.
+  std::string Serialize() const;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Histogram& ttft_;
+  prometheus::Histogram& tpot_;
+  prometheus::Histogram& e2e_;
+  prometheus::Family<prometheus::Gauge>& queued_;
+  prometheus::Family<prometheus::Gauge>& running_;
+  prometheus::Family<prometheus::Gauge>& kv_used_;
+  prometheus::Family<prometheus::Gauge>& kv_free_;
+  prometheus::Counter& prompt_tokens_;
+  prometheus::Counter& prefix_hit_tokens_;
+  prometheus::Counter& generation_tokens_;
+  prometheus::Family<prometheus::Counter>& finished_;
+  prometheus::Counter& rejected_;
+};
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_COORDINATOR_METRICS_H_

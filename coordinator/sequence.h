@@ -1,0 +1,41 @@
+// One request as the scheduler tracks it: its tokens (prompt, then output),
+// how many of them have KV in the cache, its block table, sampling state and
+// detokenizer. Owned by the engine group that serves it; touched only under
+// that group's lock.
+#ifndef MLASERVE_COORDINATOR_SEQUENCE_H_
+#define MLASERVE_COORDINATOR_SEQUENCE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "coordinator/detokenizer.h"
+#include "coordinator/request.h"
+
+namespace mlaserve {
+
+struct Sequence {
+  int64_t id = 0;
+  SamplingOptions sampling;
+  uint64_t seed = 0;  // the request's seed, or one drawn at submission
+  std::vector<int32_t> tokens;  // prompt followed by output
+  int64_t prompt_len = 0;
+  int64_t num_computed = 0;     // leading tokens whose KV is in the cache
+  int64_t cached_prompt_tokens = 0;  // served by the prefix cache at first admission
+  bool admitted_before = false;
+  std::vector<int32_t> block_table;
+  std::unique_ptr<Detokenizer> detokenizer;
+  UpdateCallback on_update;
+  absl::Time arrival;
+  absl::Time first_token_time = absl::InfiniteFuture();
+  FinishReason finish_reason = FinishReason::kNone;
+
+  int64_t num_output() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
+  // Tokens still to run through the model before the next sample.
+  int64_t num_pending() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
+};
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_COORDINATOR_SEQUENCE_H_

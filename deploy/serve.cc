@@ -1,0 +1,129 @@
+// Launches a local cluster: one coordinator and N workers as separate
+// processes on loopback. SIGINT/SIGTERM stop every process it started; the
+// launcher exits when the coordinator does. A worker that dies is reported
+// here and noticed by the coordinator through its missed heartbeats.
+//
+//   bazel run //:serve -- --model DIR --http_port 8000 --grpc_port 50051 --workers 2 [-- coordinator flags]
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+
+ABSL_FLAG(std::string, model, "", "model directory");
+ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
+ABSL_FLAG(int, grpc_port, 50051, "coordinator gRPC port");
+ABSL_FLAG(int, workers, 1, "worker processes");
+
+namespace {
+
+volatile sig_atomic_t g_signal = 0;
+void HandleSignal(int sig) { g_signal = sig; }
+
+// Binaries sit next to the launcher in Bazel's runfiles tree.
+std::string FindBinary(const char* argv0, const std::string& package_path) {
+  for (const std::string& root : {std::string(argv0) + ".runfiles/mlaserve/", std::string("")}) {
+    std::filesystem::path candidate = root + package_path;
+    if (std::filesystem::exists(candidate)) return std::filesystem::absolute(candidate).string();
+  }
+  if (const char* dir = std::getenv("RUNFILES_DIR")) return std::string(dir) + "/mlaserve/" + package_path;
+  return package_path;
+}
+
+std::string ResolvePath(const std::string& path) {
+  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");
+  if (path.empty() || path[0] == '/' || cwd == nullptr) return std::filesystem::absolute(path).string();
+  return (std::filesystem::path(cwd) / path).string();
+}
+
+pid_t Spawn(const std::vector<std::string>& args) {
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  // Children die with the launcher even if it is killed without cleanup.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != parent) _exit(1);
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  std::cerr << "serve: cannot run " << args[0] << "\n";
+  _exit(127);
+}
+
+void StopAll(const std::map<pid_t, std::string>& children) {
+  for (const auto& [pid, name] : children) kill(pid, SIGTERM);
+  for (int i = 0; i < 50; ++i) {
+    bool any = false;
+    for (const auto& [pid, name] : children) any |= waitpid(pid, nullptr, WNOHANG) == 0;
+    if (!any) return;
+    usleep(100000);
+  }
+  for (const auto& [pid, name] : children) kill(pid, SIGKILL);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_model).empty()) {
+    std::cerr << "serve: --model is required\n";
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_workers) < 1) {
+    std::cerr << "serve: --workers must be at least 1\n";
+    return 2;
+  }
+  const std::string model = ResolvePath(absl::GetFlag(FLAGS_model));
+  if (!std::filesystem::is_directory(model)) {
+    std::cerr << "serve: no model directory " << model << "\n";
+    return 2;
+  }
+  signal(SIGINT, HandleSignal);
+  signal(SIGTERM, HandleSignal);
+  const std::string grpc_port = absl::StrCat(absl::GetFlag(FLAGS_grpc_port));
+  std::vector<std::string> coordinator_args = {FindBinary(argv[0], "coordinator/coordinator"),
+                                               "--model=" + model,
+                                               absl::StrCat("--http_port=", absl::GetFlag(FLAGS_http_port)),
+                                               "--grpc_port=" + grpc_port,
+                                               absl::StrCat("--workers=", absl::GetFlag(FLAGS_workers))};
+  for (size_t i = 1; i < rest.size(); ++i) coordinator_args.push_back(rest[i]);
+  std::map<pid_t, std::string> children;
+  const pid_t coordinator = Spawn(coordinator_args);
+  children[coordinator] = "coordinator";
+  for (int i = 0; i < absl::GetFlag(FLAGS_workers); ++i) {
+    children[Spawn({FindBinary(argv[0], "worker/worker"), "--coordinator=127.0.0.1:" + grpc_port})] =
+        absl::StrCat("worker ", i);
+  }
+  int exit_code = 0;
+  while (g_signal == 0) {
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    const std::string name = children[pid];
+    children.erase(pid);
+    std::cerr << "serve: " << name << " exited ("
+              << (WIFEXITED(status) ? absl::StrCat("status ", WEXITSTATUS(status))
+                                    : absl::StrCat("signal ", WTERMSIG(status)))
+              << ")\n";
+    if (pid == coordinator) {
+      exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+      break;
+    }
+  }
+  StopAll(children);
+  return exit_code;
+}

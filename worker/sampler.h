@@ -1,0 +1,25 @@
+// Token sampling from one row of logits: greedy, or temperature with top-k
+// and top-p. The random draw is a function of (seed, sample_index) only, so
+// a seeded request samples the same tokens whatever batch it runs in and
+// however often it is preempted and recomputed.
+#ifndef MLASERVE_WORKER_SAMPLER_H_
+#define MLASERVE_WORKER_SAMPLER_H_
+
+#include <cstdint>
+
+#include "absl/types/span.h"
+
+namespace mlaserve {
+
+struct SamplerParams {
+  float temperature = 0.0f;  // 0: greedy (argmax, lowest id on ties)
+  int32_t top_k = 0;         // 0: all tokens
+  float top_p = 1.0f;        // 1: no nucleus cut
+  uint64_t seed = 0;
+};
+
+int32_t SampleToken(absl::Span<const float> logits, const SamplerParams& params, int64_t sample_index);
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_WORKER_SAMPLER_H_

@@ -1,0 +1,109 @@
+// The worker process: serves the internal Worker API on its own port,
+// registers with the coordinator, and heartbeats until the coordinator
+// forgets it, becomes unreachable, or a signal arrives.
+#include <csignal>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/grpc_status.h"
+#include "proto/worker.grpc.pb.h"
+#include "worker/worker_service.h"
+
+ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051", "coordinator's gRPC address");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve the Worker API on");
+ABSL_FLAG(int, port, 0, "port to serve the Worker API on (0: any free port)");
+ABSL_FLAG(double, heartbeat_interval_s, 0.5, "seconds between heartbeats");
+ABSL_FLAG(double, coordinator_timeout_s, 10, "exit after this long without reaching the coordinator");
+
+namespace mlaserve {
+namespace {
+
+// Set by SIGINT/SIGTERM; the heartbeat loop polls it (signal-safe).
+volatile std::sig_atomic_t g_signalled = 0;
+
+void HandleSignal(int) { g_signalled = 1; }
+
+int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
+  while (absl::Now() < deadline && !g_signalled) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    internal::v1::RegisterRequest request;
+    request.set_address(address);
+    request.set_device("cpu");
+    internal::v1::RegisterResponse response;
+    grpc::Status status = stub.Register(&context, request, &response);
+    if (status.ok()) return response.worker_id();
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  return -1;
+}
+
+// Heartbeats until told to stop; returns why it stopped.
+std::string Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
+  absl::Time last_contact = absl::Now();
+  const absl::Duration interval = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_interval_s));
+  const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
+  while (!g_signalled) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + interval * 4));
+    internal::v1::HeartbeatRequest request;
+    request.set_worker_id(worker_id);
+    internal::v1::HeartbeatResponse response;
+    if (stub.Heartbeat(&context, request, &response).ok()) {
+      if (!response.known()) return "the coordinator no longer knows this worker";
+      last_contact = absl::Now();
+    } else if (absl::Now() - last_contact > timeout) {
+      return "the coordinator is unreachable";
+    }
+    absl::SleepFor(interval);
+  }
+  return "signalled";
+}
+
+int Main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  std::signal(SIGINT, HandleSignal);
+  std::signal(SIGTERM, HandleSignal);
+  WorkerService service(NewCpuOps());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  builder.SetMaxSendMessageSize(256 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << "worker: cannot listen on " << listen << "\n";
+    return 1;
+  }
+  const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", port);
+  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_coordinator), grpc::InsecureChannelCredentials());
+  auto stub = internal::v1::Coordinator::NewStub(channel);
+  const int worker_id = RegisterWithRetry(*stub, address);
+  if (worker_id < 0) {
+    std::cerr << "worker: could not register with " << absl::GetFlag(FLAGS_coordinator) << "\n";
+    server->Shutdown();
+    return 1;
+  }
+  std::cerr << "worker " << worker_id << ": serving on " << address << "\n";
+  const std::string reason = Heartbeat(*stub, worker_id);
+  std::cerr << "worker " << worker_id << ": stopping (" << reason << ")\n";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
+
+}  // namespace
+}  // namespace mlaserve
+
+int main(int argc, char** argv) { return mlaserve::Main(argc, argv); }
