@@ -26,6 +26,26 @@ TEST(Utf8Test, IncompleteTail) {
   EXPECT_EQ(IncompleteUtf8Tail("a\x80"), 0u);  // can never complete
 }
 
+TEST(Utf8Test, AppendAndDecodeRoundTrip) {
+  for (char32_t c : {U'a', U'\u00e9', U'\u4f60', U'\U0001F600', U'\U0010FFFF'}) {
+    std::string s = "x";
+    AppendUtf8(c, &s);
+    const size_t len = Utf8CharLength(s, 1);
+    EXPECT_EQ(len, s.size() - 1);
+    EXPECT_EQ(Utf8DecodeAt(s, 1, len), c);
+    EXPECT_EQ(Utf8CharStartBefore(s, s.size()), 1u);
+  }
+  EXPECT_EQ(Utf8CharLength("\x80", 0), 1u);  // an invalid byte is walked as one character
+}
+
+TEST(Utf8Test, WhitespaceRunsAreUnicode) {
+  const std::string text = "\u3000 a\t\u00a0\u2009";
+  EXPECT_EQ(WhitespaceRunEnd(text, 0), 4u);
+  EXPECT_EQ(WhitespaceRunStart(text, text.size()), 5u);
+  EXPECT_EQ(WhitespaceRunStart("a\x80 ", 3), 2u);  // stops at a malformed byte
+  EXPECT_EQ(WhitespaceRunEnd("ab", 0), 0u);
+}
+
 // Splitting at the incomplete tail never changes the lossy result.
 TEST(Utf8Test, ChunkedLossyEqualsWholeLossy) {
   std::mt19937 rng(std::random_device{}());
