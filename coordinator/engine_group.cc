@@ -89,7 +89,10 @@ int64_t EngineGroup::load() const {
 }
 
 bool EngineGroup::HasWork() const {
-  return stopping_ || wake_ || !failure_.ok() || scheduler_.num_running() > 0;
+  // Sequences left to run keep the loop going unless the last Schedule could
+  // run none of them; then only a submission, cancellation or failure helps.
+  const bool pending = scheduler_.num_running() + scheduler_.num_waiting() > 0;
+  return stopping_ || wake_ || (pending && !stalled_);
 }
 
 void EngineGroup::Loop() {
@@ -106,18 +109,17 @@ void EngineGroup::Loop() {
         PublishGauges();
       } else {
         updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
+        const int64_t preemptions = scheduler_.num_preemptions();
         step = scheduler_.Schedule();
+        stalled_ = step.empty();
+        metrics_.CountPreemptions(static_cast<double>(scheduler_.num_preemptions() - preemptions));
         PublishGauges();
       }
     }
     for (Update& u : updates) u.callback(u.update);
     {
       absl::MutexLock lock(&mu_);
-      if (stopping_ || !failure_.ok()) {
-        if (scheduler_.num_running() + scheduler_.num_waiting() == 0 && (stopping_ || !failure_.ok())) {
-          if (stopping_) return;
-        }
-      }
+      if (stopping_) return;
     }
     if (step.empty()) continue;
     absl::StatusOr<std::vector<int32_t>> sampled = RunStep(step);

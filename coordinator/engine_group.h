@@ -88,6 +88,7 @@ class EngineGroup {
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
+  bool stalled_ ABSL_GUARDED_BY(mu_) = false;  // the last Schedule found nothing to run
   std::thread loop_;
 };
 

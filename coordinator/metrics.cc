@@ -45,7 +45,9 @@ ServingMetrics::ServingMetrics()
                     .Name("mlaserve_requests_total")
                     .Help("Finished requests by outcome")
                     .Register(*registry_)),
-      rejected_(MakeCounter(*registry_, "mlaserve_requests_rejected_total", "Requests refused at admission")) {}
+      rejected_(MakeCounter(*registry_, "mlaserve_requests_rejected_total", "Requests refused at admission")),
+      preemptions_(MakeCounter(*registry_, "mlaserve_preemptions_total",
+                               "Sequences preempted for lack of KV blocks (recomputed later)")) {}
 
 void ServingMetrics::CountFinished(FinishReason reason) {
   finished_.Add({{"outcome", FinishReasonName(reason)}}).Increment();

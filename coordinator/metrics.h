@@ -37,6 +37,7 @@ class ServingMetrics {
   void AddGenerationTokens(double n) { generation_tokens_.Increment(n); }
   void CountFinished(FinishReason reason);
   void CountRejected() { rejected_.Increment(); }
+  void CountPreemptions(double n) { preemptions_.Increment(n); }
 
   // Prometheus text exposition format.
   std::string Serialize() const;
@@ -55,6 +56,7 @@ class ServingMetrics {
   prometheus::Counter& generation_tokens_;
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Counter& rejected_;
+  prometheus::Counter& preemptions_;
 };
 
 }  // namespace mlaserve

@@ -89,8 +89,11 @@ int main(int argc, char** argv) {
     std::cerr << "serve: no model directory " << model << "\n";
     return 2;
   }
-  signal(SIGINT, HandleSignal);
-  signal(SIGTERM, HandleSignal);
+  // Without SA_RESTART, so that a signal interrupts waitpid below.
+  struct sigaction action = {};
+  action.sa_handler = HandleSignal;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
   const std::string grpc_port = absl::StrCat(absl::GetFlag(FLAGS_grpc_port));
   std::vector<std::string> coordinator_args = {FindBinary(argv[0], "coordinator/coordinator"),
                                                "--model=" + model,

@@ -1,0 +1,253 @@
+// The serving stack end to end on the CPU: a real coordinator and workers on
+// loopback, driven through HTTP and gRPC, checked against the fixture and
+// against the in-process engine (ModelRunner) as the oracle.
+#include <algorithm>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/safetensors.h"
+#include "gtest/gtest.h"
+#include "tests/local_cluster.h"
+#include "worker/model.h"
+#include "worker/model_runner.h"
+
+namespace mlaserve {
+namespace {
+
+using json = nlohmann::json;
+constexpr char kModel[] = "tests/testdata/tiny-deepseek-v3";
+
+std::vector<int32_t> Ints(const json& j) { return j.get<std::vector<int32_t>>(); }
+
+// Greedy continuation computed in-process: what the cluster must return.
+class Oracle {
+ public:
+  Oracle() : ops_(NewCpuOps()), model_(*Model::Load(kModel, *ops_)), cache_(*KvCache::Create(*ops_, model_->config(), 64, 64)) {}
+  std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int max_tokens) {
+    return *ModelRunner(*model_, cache_).GenerateGreedy(prompt, max_tokens);
+  }
+
+ private:
+  std::unique_ptr<Ops> ops_;
+  std::unique_ptr<Model> model_;
+  KvCache cache_;
+};
+
+struct GrpcOutput {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+  std::string text;
+  v1::Usage usage;
+  std::string finish_reason;
+};
+
+GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>& prompt, int max_tokens,
+                        float temperature = 0, std::optional<uint64_t> seed = std::nullopt) {
+  auto stub = cluster.GrpcStub();
+  grpc::ClientContext context;
+  v1::GenerateRequest request;
+  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+  request.mutable_sampling()->set_max_tokens(max_tokens);
+  request.mutable_sampling()->set_temperature(temperature);
+  request.mutable_sampling()->set_ignore_eos(true);
+  if (seed) request.mutable_sampling()->set_seed(*seed);
+  auto reader = stub->Generate(&context, request);
+  GrpcOutput out;
+  v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+    out.ids.insert(out.ids.end(), response.token_ids().begin(), response.token_ids().end());
+    out.text += response.text();
+    if (!response.finish_reason().empty()) {
+      out.finish_reason = response.finish_reason();
+      out.usage = response.usage();
+    }
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+json Completion(const std::vector<int32_t>& prompt, int max_tokens) {
+  return {{"model", "tiny-deepseek-v3"}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
+          {"ignore_eos", true}};
+}
+
+std::vector<int32_t> RandomPrompt(std::mt19937& rng, int length) {
+  std::vector<int32_t> ids(length);
+  for (int32_t& id : ids) id = 4 + rng() % 1000;
+  return ids;
+}
+
+class ServingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto cluster = LocalCluster::Start(kModel, 2, {"--max_batched_tokens=96"});
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = cluster->release();
+    oracle_ = new Oracle();
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    delete oracle_;
+  }
+  static LocalCluster* cluster_;
+  static Oracle* oracle_;
+};
+LocalCluster* ServingTest::cluster_ = nullptr;
+Oracle* ServingTest::oracle_ = nullptr;
+
+TEST_F(ServingTest, FixtureGreedyThroughHttpAndGrpc) {
+  std::ifstream in(std::string(kModel) + "/reference.json");
+  json reference = json::parse(in);
+  for (const json& prompt : reference) {
+    std::vector<int32_t> ids = Ints(prompt["ids"]);
+    HttpResult http = cluster_->Post("/v1/completions", Completion(ids, 12).dump());
+    ASSERT_EQ(http.status, 200) << http.body;
+    EXPECT_EQ(http.json()["choices"][0]["text"], prompt["greedy_text"]);
+    EXPECT_EQ(http.json()["usage"]["completion_tokens"], 12);
+    GrpcOutput grpc = GenerateGrpc(*cluster_, ids, 12);
+    ASSERT_TRUE(grpc.status.ok()) << grpc.status.error_message();
+    EXPECT_EQ(grpc.ids, Ints(prompt["greedy"]));
+    EXPECT_EQ(grpc.text, prompt["greedy_text"]);
+    EXPECT_EQ(grpc.finish_reason, "length");
+  }
+}
+
+TEST_F(ServingTest, ConcurrentRequestsReturnWhatTheyReturnAlone) {
+  std::mt19937 rng(std::random_device{}());
+  struct Case {
+    std::vector<int32_t> prompt;
+    int max_tokens;
+    float temperature;
+    uint64_t seed;
+    GrpcOutput alone, together;
+  };
+  std::vector<Case> cases(32);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    cases[i].prompt = RandomPrompt(rng, 1 + rng() % 150);
+    cases[i].max_tokens = 1 + rng() % 16;
+    cases[i].temperature = i % 2 == 0 ? 0.0f : 0.9f;  // half seeded sampling, half greedy
+    cases[i].seed = rng();
+  }
+  for (Case& c : cases) c.alone = GenerateGrpc(*cluster_, c.prompt, c.max_tokens, c.temperature, c.seed);
+  std::vector<std::thread> threads;
+  for (Case& c : cases) {
+    threads.emplace_back([&c] { c.together = GenerateGrpc(*cluster_, c.prompt, c.max_tokens, c.temperature, c.seed); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    ASSERT_TRUE(cases[i].together.status.ok()) << cases[i].together.status.error_message();
+    EXPECT_EQ(cases[i].together.ids, cases[i].alone.ids) << "request " << i;
+    EXPECT_EQ(static_cast<int>(cases[i].alone.ids.size()), cases[i].max_tokens);
+    if (cases[i].temperature == 0) EXPECT_EQ(cases[i].alone.ids, oracle_->Greedy(cases[i].prompt, cases[i].max_tokens));
+  }
+}
+
+TEST_F(ServingTest, SharedPrefixIsServedFromTheCacheWithTheSameOutput) {
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int32_t> prefix = RandomPrompt(rng, 140);
+  std::vector<int32_t> first = prefix, second = prefix;
+  for (int32_t id : RandomPrompt(rng, 9)) first.push_back(id);
+  for (int32_t id : RandomPrompt(rng, 13)) second.push_back(id);
+  HttpResult a = cluster_->Post("/v1/completions", Completion(first, 8).dump());
+  ASSERT_EQ(a.status, 200) << a.body;
+  EXPECT_EQ(a.json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  GrpcOutput b = GenerateGrpc(*cluster_, second, 8);
+  ASSERT_TRUE(b.status.ok());
+  EXPECT_EQ(b.usage.cached_prompt_tokens(), 128);  // two full blocks of 64
+  EXPECT_EQ(b.ids, oracle_->Greedy(second, 8));
+  EXPECT_GE(cluster_->Metric("mlaserve_prefix_cache_hit_tokens_total"), 128);
+}
+
+TEST_F(ServingTest, StreamedDeltasConcatenateToTheWholeText) {
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int32_t> prompt = RandomPrompt(rng, 20);
+  json body = Completion(prompt, 24);
+  HttpResult whole = cluster_->Post("/v1/completions", body.dump());
+  ASSERT_EQ(whole.status, 200);
+  body["stream"] = true;
+  StreamResult stream = cluster_->PostStream("/v1/completions", body);
+  EXPECT_EQ(stream.status, 200);
+  EXPECT_TRUE(stream.done);
+  std::string text;
+  for (const json& event : stream.events) {
+    if (event.contains("choices") && !event["choices"].empty()) text += event["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(text, whole.json()["choices"][0]["text"]);
+  ASSERT_FALSE(stream.events.empty());
+  EXPECT_EQ(stream.events.back()["choices"][0]["finish_reason"], "length");
+}
+
+TEST_F(ServingTest, BadInputsGetOpenAiErrorsAndTheServerKeepsServing) {
+  struct Bad {
+    std::string path, body;
+    int status;
+  };
+  const std::vector<Bad> cases = {
+      {"/v1/completions", "{not json", 400},
+      {"/v1/completions", R"({"model": "tiny-deepseek-v3", "prompt": [1, 5000]})", 400},
+      {"/v1/completions", R"({"model": "tiny-deepseek-v3", "prompt": "hi", "max_tokens": 5000})", 400},
+      {"/v1/completions", R"({"model": "no-such-model", "prompt": "hi"})", 404},
+      {"/v1/completions", R"({"model": "tiny-deepseek-v3", "prompt": "hi", "temperature": -1})", 400},
+      {"/v1/completions", R"({"model": "tiny-deepseek-v3"})", 400},
+      {"/v1/chat/completions", R"({"model": "tiny-deepseek-v3", "messages": "hello"})", 400},
+  };
+  for (const Bad& c : cases) {
+    HttpResult r = cluster_->Post(c.path, c.body);
+    EXPECT_EQ(r.status, c.status) << c.body << " -> " << r.body;
+    json error = r.json();
+    ASSERT_TRUE(error.is_object() && error.contains("error")) << r.body;
+    EXPECT_TRUE(error["error"]["message"].is_string());
+    EXPECT_TRUE(error["error"].contains("type") && error["error"].contains("param") && error["error"].contains("code"));
+  }
+  EXPECT_EQ(cluster_->Post("/v1/completions", Completion({5, 6, 7}, 2).dump()).status, 200);
+}
+
+TEST_F(ServingTest, ClosingTheStreamCancelsTheRequestAndFreesItsBlocks) {
+  json body = Completion({10, 11, 12, 13}, 1500);
+  body["stream"] = true;
+  const double aborted_before = cluster_->Metric("mlaserve_requests_total", "outcome=\"abort\"");
+  int events = 0;
+  cluster_->PostStream("/v1/completions", body, [&](const json&) { return ++events < 3; });
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline &&
+         cluster_->Metric("mlaserve_requests_total", "outcome=\"abort\"") < aborted_before + 1) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(cluster_->Metric("mlaserve_requests_total", "outcome=\"abort\""), aborted_before + 1);
+  EXPECT_EQ(cluster_->Metric("mlaserve_kv_blocks_used"), 0);
+  EXPECT_EQ(cluster_->Metric("mlaserve_num_requests_running"), 0);
+}
+
+// A pool far too small for the load: preemption and eviction happen, outputs stay exact.
+TEST(SmallCacheServingTest, PreemptionAndEvictionKeepOutputsExact) {
+  auto cluster = LocalCluster::Start(kModel, 1, {"--kv_blocks=8", "--block_size=16", "--max_batched_tokens=48"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Oracle oracle;
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int32_t> shared = RandomPrompt(rng, 32);
+  std::vector<std::vector<int32_t>> prompts(10);
+  for (auto& p : prompts) {
+    p = rng() % 2 ? shared : std::vector<int32_t>{};
+    for (int32_t id : RandomPrompt(rng, 8 + rng() % 30)) p.push_back(id);
+  }
+  std::vector<GrpcOutput> outputs(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 40); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, oracle.Greedy(prompts[i], 40)) << "request " << i;
+  }
+  EXPECT_GT((*cluster)->Metric("mlaserve_preemptions_total"), 0);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+}  // namespace
+}  // namespace mlaserve
