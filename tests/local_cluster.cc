@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include <grpcpp/grpcpp.h>
@@ -118,6 +120,20 @@ StreamResult LocalCluster::PostStream(const std::string& path, const nlohmann::j
   client.send(request, response, error);
   result.status = response.status;
   return result;
+}
+
+bool LocalCluster::KillWorker(int index) const {
+  std::vector<pid_t> workers;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream stat(entry.path() / "stat"), cmdline(entry.path() / "cmdline");
+    std::string pid, comm, state, ppid, command;
+    if (!(stat >> pid >> comm >> state >> ppid) || ppid != absl::StrCat(launcher_)) continue;
+    std::getline(cmdline, command, '\0');
+    if (absl::EndsWith(command, "worker/worker")) workers.push_back(std::stoi(pid));
+  }
+  std::sort(workers.begin(), workers.end());
+  if (index >= static_cast<int>(workers.size())) return false;
+  return kill(workers[index], SIGKILL) == 0;
 }
 
 std::unique_ptr<v1::Mlaserve::Stub> LocalCluster::GrpcStub() const {

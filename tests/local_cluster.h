@@ -45,6 +45,8 @@ class LocalCluster {
   StreamResult PostStream(const std::string& path, const nlohmann::json& body,
                           const std::function<bool(const nlohmann::json&)>& on_event = nullptr) const;
   std::unique_ptr<v1::Mlaserve::Stub> GrpcStub() const;
+  // SIGKILLs the launcher's `index`-th worker process; false if there is none.
+  bool KillWorker(int index) const;
   // The value of a metric line in /metrics (sum over label sets matching `labels`).
   double Metric(const std::string& name, const std::string& labels = "") const;
 

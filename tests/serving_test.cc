@@ -249,5 +249,40 @@ TEST(SmallCacheServingTest, PreemptionAndEvictionKeepOutputsExact) {
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
 
+// A dead worker fails the requests of its group and no others; the cluster keeps serving.
+TEST(WorkerFailureTest, DeadWorkerFailsItsRequestsAndOthersKeepServing) {
+  auto cluster = LocalCluster::Start(kModel, 2, {"--heartbeat_timeout_s=1"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::vector<GrpcOutput> outputs(6);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, {5, 6, 7, static_cast<int32_t>(8 + i)}, 1500); });
+  }
+  absl::SleepFor(absl::Milliseconds(500));
+  ASSERT_TRUE((*cluster)->KillWorker(0));
+  for (std::thread& t : threads) t.join();
+  int failed = 0;
+  for (const GrpcOutput& out : outputs) {
+    if (out.status.ok()) {
+      EXPECT_EQ(out.ids.size(), 1500u);
+    } else {
+      ++failed;
+      EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE) << out.status.error_message();
+      EXPECT_NE(out.status.error_message().find("worker"), std::string::npos);
+    }
+  }
+  EXPECT_GT(failed, 0);
+  EXPECT_LT(failed, 6);  // requests of the other group finished normally
+  GrpcOutput after = GenerateGrpc(**cluster, {9, 10, 11}, 4);
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  auto stub = (*cluster)->GrpcStub();
+  grpc::ClientContext context;
+  v1::HealthResponse health;
+  ASSERT_TRUE(stub->Health(&context, v1::HealthRequest(), &health).ok());
+  EXPECT_TRUE(health.serving());
+  EXPECT_EQ(health.live_workers(), 1);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
 }  // namespace
 }  // namespace mlaserve
