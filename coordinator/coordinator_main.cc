@@ -74,7 +74,7 @@ absl::Status Run() {
                              .block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
                                            .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)}};
-  GrpcService public_api(engine, group_options.block_size);
+  GrpcService public_api(engine, metrics, group_options.block_size);
 
   grpc::ServerBuilder builder;
   const std::string grpc_address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_grpc_port));

@@ -24,7 +24,8 @@ class Engine {
  public:
   virtual ~Engine() = default;
 
-  // Queues a request and returns its id. Errors, with nothing queued:
+  // Queues a request and returns its id. Errors, with nothing queued (front
+  // ends count them as rejected requests):
   // InvalidArgument (ids outside the vocabulary, prompt plus max_tokens
   // beyond the context, bad sampling values), ResourceExhausted (queue full),
   // Unavailable (no live worker group).

@@ -15,10 +15,6 @@ bool Contains(const std::vector<int32_t>& ids, int32_t id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
-void Emit(std::vector<std::pair<UpdateCallback, GenerateUpdate>> updates) {
-  for (auto& [callback, update] : updates) callback(update);
-}
-
 }  // namespace
 
 EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, GroupOptions options,
@@ -27,6 +23,7 @@ EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, Grou
       workers_(std::move(workers)),
       options_(options),
       config_(config),
+      eos_ids_(config.eos_token_ids.begin(), config.eos_token_ids.end()),
       metrics_(metrics),
       blocks_(options.num_blocks, options.block_size),
       scheduler_(blocks_, options.scheduler),
@@ -117,6 +114,7 @@ void EngineGroup::Loop() {
       }
     }
     for (Update& u : updates) u.callback(u.update);
+    updates.clear();
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
@@ -129,7 +127,6 @@ void EngineGroup::Loop() {
         updates = ApplyStep(step, *sampled);
       } else if (failure_.ok()) {
         failure_ = sampled.status();
-        updates.clear();
       }
     }
     for (Update& u : updates) u.callback(u.update);
@@ -202,9 +199,7 @@ std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const std::vector<Schedu
     GenerateUpdate update;
     update.token_ids = {token};
     FinishReason reason = FinishReason::kNone;
-    if (Contains(seq.sampling.stop_token_ids, token) ||
-        (!seq.sampling.ignore_eos && Contains(std::vector<int32_t>(config_.eos_token_ids.begin(),
-                                                                     config_.eos_token_ids.end()), token))) {
+    if (Contains(seq.sampling.stop_token_ids, token) || (!seq.sampling.ignore_eos && Contains(eos_ids_, token))) {
       reason = FinishReason::kStop;  // the stop token's text is not part of the output
       update.text = seq.detokenizer->Flush();
     } else {

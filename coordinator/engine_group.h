@@ -78,6 +78,7 @@ class EngineGroup {
   const std::vector<WorkerInfo> workers_;
   const GroupOptions options_;
   const ModelConfig& config_;
+  const std::vector<int32_t> eos_ids_;
   ServingMetrics& metrics_;
   int64_t next_step_id_ = 0;
 

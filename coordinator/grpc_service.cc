@@ -72,7 +72,10 @@ grpc::Status GrpcService::Generate(grpc::ServerContext* context, const v1::Gener
   auto queue = std::make_shared<UpdateQueue>();
   absl::StatusOr<int64_t> id =
       engine_.Submit(std::move(input), [queue](const GenerateUpdate& update) { queue->Push(update); });
-  if (!id.ok()) return ToGrpcStatus(id.status());
+  if (!id.ok()) {
+    metrics_.CountRejected();
+    return ToGrpcStatus(id.status());
+  }
   bool cancelled = false;
   while (true) {
     std::optional<GenerateUpdate> update = queue->Pop(absl::Milliseconds(100));

@@ -4,13 +4,15 @@
 #define MLASERVE_COORDINATOR_GRPC_SERVICE_H_
 
 #include "coordinator/engine.h"
+#include "coordinator/metrics.h"
 #include "proto/mlaserve.grpc.pb.h"
 
 namespace mlaserve {
 
 class GrpcService final : public v1::Mlaserve::Service {
  public:
-  GrpcService(Engine& engine, int64_t block_size) : engine_(engine), block_size_(block_size) {}
+  GrpcService(Engine& engine, ServingMetrics& metrics, int64_t block_size)
+      : engine_(engine), metrics_(metrics), block_size_(block_size) {}
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
@@ -25,6 +27,7 @@ class GrpcService final : public v1::Mlaserve::Service {
   GenerateInput ToInput(const v1::GenerateRequest& request) const;
 
   Engine& engine_;
+  ServingMetrics& metrics_;
   const int64_t block_size_;
 };
 

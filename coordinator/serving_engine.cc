@@ -96,14 +96,10 @@ absl::StatusOr<int64_t> ServingEngine::Submit(GenerateInput input, UpdateCallbac
   EngineGroup* group = nullptr;
   {
     absl::MutexLock lock(&mu_);
-    if (absl::Status valid = Validate(input); !valid.ok()) {
-      metrics_.CountRejected();
-      return valid;
-    }
+    RETURN_IF_ERROR(Validate(input));
     int64_t queued = 0;
     for (const auto& g : groups_) queued += g->alive() ? g->load() : 0;
     if (queued >= options_.max_queued_requests) {
-      metrics_.CountRejected();
       return absl::ResourceExhaustedError(
           absl::StrCat("the server is at its limit of ", options_.max_queued_requests, " queued requests"));
     }

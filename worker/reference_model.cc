@@ -18,7 +18,7 @@ using Mat = std::vector<Vec>;  // rows
 
 class Reference {
  public:
-  Reference(const ModelConfig& c, const Checkpoint& ck) : c_(c), ck_(ck) {}
+  Reference(const ModelConfig& c, const Checkpoint& ck) : c_(c), ck_(ck), rope_(RopeFreqs()) {}
 
   absl::StatusOr<std::vector<float>> Run(const std::vector<int32_t>& ids) {
     const int64_t n = ids.size();
@@ -101,7 +101,7 @@ class Reference {
 
   // Applies rope to x (length d) at `pos` the way transformers does.
   Vec Rope(Vec x, int64_t pos) const {
-    auto [inv, af] = RopeFreqs();
+    const auto& [inv, af] = rope_;
     const int64_t d = x.size(), half = d / 2;
     if (c_.rope_interleave) {  // view(d/2, 2).transpose: evens then odds
       Vec y(d);
@@ -244,6 +244,7 @@ class Reference {
 
   const ModelConfig& c_;
   const Checkpoint& ck_;
+  const std::pair<Vec, double> rope_;  // inverse frequencies, attention factor
 };
 
 }  // namespace
