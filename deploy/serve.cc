@@ -19,6 +19,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "common/user_path.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
@@ -38,12 +39,6 @@ std::string FindBinary(const char* argv0, const std::string& package_path) {
   }
   if (const char* dir = std::getenv("RUNFILES_DIR")) return std::string(dir) + "/mlaserve/" + package_path;
   return package_path;
-}
-
-std::string ResolvePath(const std::string& path) {
-  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");
-  if (path.empty() || path[0] == '/' || cwd == nullptr) return std::filesystem::absolute(path).string();
-  return (std::filesystem::path(cwd) / path).string();
 }
 
 pid_t Spawn(const std::vector<std::string>& args) {
@@ -84,7 +79,8 @@ int main(int argc, char** argv) {
     std::cerr << "serve: --workers must be at least 1\n";
     return 2;
   }
-  const std::string model = ResolvePath(absl::GetFlag(FLAGS_model));
+  // Absolute, because the coordinator and workers may not share our directory.
+  const std::string model = std::filesystem::absolute(mlaserve::ResolveUserPath(absl::GetFlag(FLAGS_model))).string();
   if (!std::filesystem::is_directory(model)) {
     std::cerr << "serve: no model directory " << model << "\n";
     return 2;

@@ -20,6 +20,8 @@
 #include "absl/strings/str_split.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
+#include "common/user_path.h"
+#include "coordinator/prompt.h"
 #include "coordinator/tokenizer.h"
 #include "worker/model.h"
 #include "worker/model_runner.h"
@@ -38,13 +40,6 @@ ABSL_FLAG(int64_t, prefill_chunk, 0, "prefill chunk in tokens (0: whole prompt)"
 namespace mlaserve {
 namespace {
 
-// `bazel run` changes directory; users expect paths relative to where they typed.
-std::string ResolvePath(const std::string& path) {
-  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");
-  if (path.empty() || path[0] == '/' || cwd == nullptr) return path;
-  return (std::filesystem::path(cwd) / path).string();
-}
-
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, int64_t vocab_size) {
   std::vector<int32_t> ids;
   for (absl::string_view piece : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
@@ -60,7 +55,7 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, int64_t v
 }
 
 absl::StatusOr<std::string> ModelDir() {
-  std::string dir = ResolvePath(absl::GetFlag(FLAGS_model));
+  std::string dir = ResolveUserPath(absl::GetFlag(FLAGS_model));
   if (dir.empty()) return absl::InvalidArgumentError("--model is required");
   if (!std::filesystem::is_directory(dir)) return absl::NotFoundError(absl::StrCat("--model: no directory ", dir));
   return dir;
@@ -90,7 +85,7 @@ absl::Status Tokenize() {
 
 absl::Status Score() {
   ASSIGN_OR_RETURN(std::string dir, ModelDir());
-  const std::string out = ResolvePath(absl::GetFlag(FLAGS_out));
+  const std::string out = ResolveUserPath(absl::GetFlag(FLAGS_out));
   if (out.empty()) return absl::InvalidArgumentError("--out is required");
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIds(absl::GetFlag(FLAGS_ids), config.vocab_size));
@@ -115,10 +110,8 @@ absl::Status Generate() {
   if (!absl::GetFlag(FLAGS_ids).empty()) {
     ASSIGN_OR_RETURN(prompt, ParseIds(absl::GetFlag(FLAGS_ids), config.vocab_size));
   } else {
-    prompt = tokenizer->Encode(absl::GetFlag(FLAGS_prompt));
-    if (absl::GetFlag(FLAGS_add_bos) && config.bos_token_id >= 0 && (prompt.empty() || prompt[0] != config.bos_token_id)) {
-      prompt.insert(prompt.begin(), static_cast<int32_t>(config.bos_token_id));
-    }
+    const std::string text = absl::GetFlag(FLAGS_prompt);
+    prompt = absl::GetFlag(FLAGS_add_bos) ? EncodeTextPrompt(*tokenizer, config, text) : tokenizer->Encode(text);
     if (prompt.empty()) return absl::InvalidArgumentError("give --prompt or --ids");
   }
   if (static_cast<int64_t>(prompt.size()) + max_tokens > config.max_position_embeddings) {
