@@ -421,6 +421,38 @@ absl::StatusOr<std::vector<float>> Checkpoint::ReadRowsF32(std::string_view name
   return ConvertRows(*tensor, row_begin, row_end);
 }
 
+absl::StatusOr<std::vector<float>> Checkpoint::ReadColumnsF32(std::string_view name,
+                                                              absl::Span<const int64_t> expected_shape,
+                                                              int64_t col_begin, int64_t col_end) const {
+  ASSIGN_OR_RETURN(const TensorView* tensor, Get(name));
+  const std::string file = FileOf(name);
+  RETURN_IF_ERROR(CheckShape(*tensor, file, expected_shape));
+  if (tensor->shape.size() != 2) return TensorError(file, tensor->name, "column slices need a 2-D tensor");
+  const int64_t rows = tensor->shape[0], cols = tensor->shape[1], width = col_end - col_begin;
+  if (col_begin < 0 || col_begin > col_end || col_end > cols) {
+    return absl::OutOfRangeError(absl::StrCat(file, ": tensor \"", Sv(name), "\": columns [", col_begin, ", ", col_end,
+                                              ") outside [0, ", cols, ")"));
+  }
+  std::vector<float> out(rows * width);
+  const size_t element_bytes = DTypeBytes(tensor->dtype);
+  for (int64_t r = 0; r < rows; ++r) {
+    ConvertToF32(tensor->dtype, tensor->data + (r * cols + col_begin) * element_bytes, width, out.data() + r * width);
+  }
+  if (tensor->dtype != DType::kF8E4M3 || rows == 0) return out;
+  const Fp8Block block{fp8_block_rows_, fp8_block_cols_};
+  if (block.rows <= 0 || block.cols <= 0) {
+    return TensorError(file, tensor->name, absl::StrCat("invalid fp8 block ", block.rows, "x", block.cols));
+  }
+  ASSIGN_OR_RETURN(std::vector<float> scales, ReadScaleRows(*this, *tensor, block, 0, (rows - 1) / block.rows));
+  const int64_t scale_cols = CeilDiv(cols, block.cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < width; ++c) {
+      out[r * width + c] *= scales[(r / block.rows) * scale_cols + (col_begin + c) / block.cols];
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------
 // Writing
 

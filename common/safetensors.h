@@ -74,6 +74,11 @@ class Checkpoint {
   absl::StatusOr<std::vector<float>> ReadRowsF32(std::string_view name,
                                                  absl::Span<const int64_t> expected_shape,
                                                  int64_t row_begin, int64_t row_end) const;
+  // Columns [col_begin, col_end) of every row of a 2-D tensor: the shard of a
+  // row-parallel weight (o_proj, down_proj) split along its input dimension.
+  absl::StatusOr<std::vector<float>> ReadColumnsF32(std::string_view name,
+                                                    absl::Span<const int64_t> expected_shape,
+                                                    int64_t col_begin, int64_t col_end) const;
   void set_fp8_block(int64_t rows, int64_t cols) { fp8_block_rows_ = rows; fp8_block_cols_ = cols; }
 
  private:

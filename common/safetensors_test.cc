@@ -240,6 +240,13 @@ TEST(SafetensorsTest, ShapeMismatchNamesTensorFileAndShapes) {
   EXPECT_FALSE((*checkpoint)->ReadRowsF32("model.embed_tokens.weight", {1024}, 0, 1).ok());
 }
 
+// Columns [begin, end) of a row-major matrix with `cols` columns.
+std::vector<float> ColumnsOf(const std::vector<float>& m, int64_t cols, int64_t begin, int64_t end) {
+  std::vector<float> out;
+  for (size_t r = 0; r < m.size() / cols; ++r) out.insert(out.end(), m.begin() + r * cols + begin, m.begin() + r * cols + end);
+  return out;
+}
+
 TEST(SafetensorsTest, RowRanges) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(kFixtureDir);
   ASSERT_TRUE(checkpoint.ok());
@@ -255,6 +262,16 @@ TEST(SafetensorsTest, RowRanges) {
     ASSERT_FALSE(bad.ok()) << begin << ".." << end;
     EXPECT_TRUE(Contains(bad.status().message(), name));
   }
+  absl::StatusOr<std::vector<float>> cols = ck.ReadColumnsF32(name, {1024, 256}, 17, 140);
+  ASSERT_TRUE(cols.ok()) << cols.status();
+  EXPECT_EQ(*cols, ColumnsOf(all, 256, 17, 140));
+  EXPECT_TRUE(ck.ReadColumnsF32(name, {1024, 256}, 9, 9)->empty());
+  for (auto [begin, end] : {std::pair<int64_t, int64_t>{-1, 3}, {0, 257}, {10, 9}}) {
+    absl::StatusOr<std::vector<float>> bad = ck.ReadColumnsF32(name, {1024, 256}, begin, end);
+    ASSERT_FALSE(bad.ok()) << begin << ".." << end;
+    EXPECT_TRUE(Contains(bad.status().message(), name));
+  }
+  EXPECT_FALSE(ck.ReadColumnsF32("model.norm.weight", {256}, 0, 1).ok());
   // A 1-D tensor is read by elements.
   const std::string norm = "model.norm.weight";
   std::vector<float> norm_all = *ck.ReadF32(norm, {256});
@@ -335,6 +352,11 @@ TEST_P(Fp8Test, MatchesHandDequantization) {
   absl::StatusOr<std::vector<float>> part = (*checkpoint)->ReadRowsF32("w", {c.rows, c.cols}, begin, end);
   ASSERT_TRUE(part.ok()) << part.status();
   EXPECT_EQ(*part, std::vector<float>(want.begin() + begin * c.cols, want.begin() + end * c.cols));
+
+  const int64_t col_begin = c.cols / 3, col_end = c.cols - 1;
+  absl::StatusOr<std::vector<float>> cols = (*checkpoint)->ReadColumnsF32("w", {c.rows, c.cols}, col_begin, col_end);
+  ASSERT_TRUE(cols.ok()) << cols.status();
+  EXPECT_EQ(*cols, ColumnsOf(want, c.cols, col_begin, col_end));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, Fp8Test,

@@ -1,5 +1,6 @@
-// The coordinator process: public gRPC and HTTP APIs, worker membership, one
-// engine group per worker (data-parallel replicas), scheduling and routing.
+// The coordinator process: public gRPC and HTTP APIs, worker membership and
+// the rendezvous store, the shard plan (engine groups of one or more workers),
+// scheduling and routing.
 #include <csignal>
 #include <filesystem>
 #include <future>
@@ -18,7 +19,9 @@
 #include "coordinator/grpc_service.h"
 #include "coordinator/http_server.h"
 #include "coordinator/metrics.h"
+#include "coordinator/rendezvous_service.h"
 #include "coordinator/serving_engine.h"
+#include "coordinator/shard_planner.h"
 #include "coordinator/tokenizer.h"
 #include "coordinator/worker_registry.h"
 
@@ -27,10 +30,14 @@ ABSL_FLAG(std::string, model_name, "", "name clients use for the model (default:
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve on");
 ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port (public API and worker registration)");
-ABSL_FLAG(int, workers, 1, "workers to wait for; each is one engine group");
+ABSL_FLAG(int, workers, 1, "workers to wait for; the shard planner forms engine groups from them");
+ABSL_FLAG(int, tp, 0, "attention heads split this many ways in a group (0: the planner's choice)");
+ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per group (0: the planner's choice)");
+ABSL_FLAG(int, ep, 0, "routed experts split this many ways in a group (0: the planner's choice)");
+ABSL_FLAG(double, comm_timeout_s, 30, "a collective waiting on a peer longer than this fails its group's step");
 ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");
 ABSL_FLAG(double, heartbeat_timeout_s, 3, "a worker silent this long is dead");
-ABSL_FLAG(int64_t, kv_blocks, 256, "KV cache blocks per worker");
+ABSL_FLAG(int64_t, kv_blocks, 256, "KV cache blocks per worker (per attention replica)");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
@@ -42,17 +49,55 @@ namespace {
 volatile std::sig_atomic_t g_signalled = 0;
 void HandleSignal(int) { g_signalled = 1; }
 
-absl::Status LoadShard(const WorkerInfo& worker, const std::string& model_dir, const GroupOptions& options) {
+absl::Status LoadShard(const WorkerInfo& worker, const std::string& model_dir, const GroupOptions& options,
+                       const ParallelPlan& plan, int group_rank, const std::string& rendezvous_prefix) {
   grpc::ClientContext context;
   internal::v1::LoadShardRequest request;
   request.set_model_dir(model_dir);
   request.set_num_blocks(options.num_blocks);
   request.set_block_size(options.block_size);
-  request.set_group_rank(0);
-  request.set_group_size(1);
+  request.set_group_rank(group_rank);
+  request.set_group_size(plan.group_size());
+  request.set_tp(plan.tp);
+  request.set_dp_attention(plan.dp_attention);
+  request.set_ep(plan.ep);
+  request.set_rendezvous_prefix(rendezvous_prefix);
+  request.set_comm_timeout_s(absl::GetFlag(FLAGS_comm_timeout_s));
   internal::v1::LoadShardResponse response;
   absl::Status status = FromGrpcStatus(worker.stub->LoadShard(&context, request, &response));
   if (!status.ok()) return absl::Status(status.code(), absl::StrCat("worker ", worker.id, ": ", status.message()));
+  return absl::OkStatus();
+}
+
+// Plans the cluster, has every worker load its shard (the ranks of a group
+// concurrently: they meet in the rendezvous store) and adds the groups.
+absl::Status StartGroups(const std::vector<WorkerInfo>& workers, const ModelConfig& config, const std::string& model_dir,
+                         GroupOptions options, ServingEngine& engine, ServingMetrics& metrics) {
+  std::vector<int64_t> memory;
+  for (const WorkerInfo& w : workers) memory.push_back(w.memory_bytes);
+  const int64_t kv_bytes = options.num_blocks * options.block_size * config.latent_dim() * config.num_hidden_layers *
+                           static_cast<int64_t>(sizeof(float));
+  ASSIGN_OR_RETURN(ClusterPlan cluster, PlanCluster(config, memory,
+                                                    {.tp = absl::GetFlag(FLAGS_tp),
+                                                     .dp_attention = absl::GetFlag(FLAGS_dp_attention),
+                                                     .ep = absl::GetFlag(FLAGS_ep),
+                                                     .kv_cache_bytes = kv_bytes}));
+  std::cerr << "coordinator: shard plan: " << cluster.ToString() << "\n";
+  options.tp = cluster.plan.tp;
+  options.dp_attention = cluster.plan.dp_attention;
+  const int size = cluster.plan.group_size();
+  std::vector<std::future<absl::Status>> loads;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const std::string prefix = absl::StrCat("group", workers[i - i % size].id);
+    loads.push_back(std::async(std::launch::async, [&, i, prefix] {
+      return LoadShard(workers[i], model_dir, options, cluster.plan, static_cast<int>(i % size), prefix);
+    }));
+  }
+  for (auto& load : loads) RETURN_IF_ERROR(load.get());
+  for (size_t first = 0; first < workers.size(); first += size) {
+    std::vector<WorkerInfo> members(workers.begin() + first, workers.begin() + first + size);
+    engine.AddGroup(std::make_unique<EngineGroup>(members[0].id, std::move(members), options, config, metrics));
+  }
   return absl::OkStatus();
 }
 
@@ -80,8 +125,10 @@ absl::Status Run() {
   const std::string grpc_address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_grpc_port));
   int grpc_port = 0;
   builder.AddListeningPort(grpc_address, grpc::InsecureServerCredentials(), &grpc_port);
+  RendezvousService rendezvous;
   builder.RegisterService(&registry);
   builder.RegisterService(&public_api);
+  builder.RegisterService(&rendezvous);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (grpc_server == nullptr || grpc_port == 0) return absl::UnavailableError("cannot listen on " + grpc_address);
   std::cerr << "coordinator: gRPC on " << grpc_address << ", waiting for " << absl::GetFlag(FLAGS_workers)
@@ -89,19 +136,12 @@ absl::Status Run() {
 
   ASSIGN_OR_RETURN(std::vector<WorkerInfo> workers,
                    registry.WaitForWorkers(absl::GetFlag(FLAGS_workers), absl::Seconds(absl::GetFlag(FLAGS_worker_wait_s))));
-  std::vector<std::future<absl::Status>> loads;
-  for (const WorkerInfo& w : workers) {
-    loads.push_back(std::async(std::launch::async, [&, w] { return LoadShard(w, model_dir, group_options); }));
-  }
-  for (auto& load : loads) RETURN_IF_ERROR(load.get());
-  for (const WorkerInfo& w : workers) {
-    engine.AddGroup(std::make_unique<EngineGroup>(w.id, std::vector<WorkerInfo>{w}, group_options, config, metrics));
-  }
+  RETURN_IF_ERROR(StartGroups(workers, config, model_dir, group_options, engine, metrics));
 
   HttpServer http(engine, metrics, HttpOptions{});
   RETURN_IF_ERROR(http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port)));
   std::cerr << "coordinator: serving " << model_name << " on http://" << absl::GetFlag(FLAGS_host) << ":"
-            << http.port() << " with " << workers.size() << " engine groups\n";
+            << http.port() << " with " << workers.size() << " workers\n";
   while (!g_signalled) absl::SleepFor(absl::Milliseconds(100));
   std::cerr << "coordinator: shutting down\n";
   http.Stop();

@@ -25,8 +25,13 @@ EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, Grou
       config_(config),
       eos_ids_(config.eos_token_ids.begin(), config.eos_token_ids.end()),
       metrics_(metrics),
-      blocks_(options.num_blocks, options.block_size),
-      scheduler_(blocks_, options.scheduler),
+      replicas_([&] {
+        std::vector<std::unique_ptr<Replica>> replicas;
+        for (int r = 0; r < std::max(1, options.dp_attention); ++r) {
+          replicas.push_back(std::make_unique<Replica>(options.num_blocks, options.block_size, options.scheduler));
+        }
+        return replicas;
+      }()),
       loop_([this] { Loop(); }) {}
 
 EngineGroup::~EngineGroup() {
@@ -42,7 +47,20 @@ void EngineGroup::Submit(std::unique_ptr<Sequence> seq) {
   {
     absl::MutexLock lock(&mu_);
     if (failure_.ok() && !stopping_) {
-      scheduler_.Add(std::move(seq));
+      // The replica holding the longest prefix of the prompt, the least
+      // loaded among equals.
+      int64_t best_cached = -1, best_load = 0;
+      for (size_t r = 0; r < replicas_.size(); ++r) {
+        Replica& replica = *replicas_[r];
+        const int64_t cached = replica.blocks.Match(seq->tokens, static_cast<int64_t>(seq->tokens.size()) - 1).num_tokens;
+        const int64_t load = replica.scheduler.num_running() + replica.scheduler.num_waiting();
+        if (cached > best_cached || (cached == best_cached && load < best_load)) {
+          seq->replica = static_cast<int>(r);
+          best_cached = cached;
+          best_load = load;
+        }
+      }
+      replicas_[seq->replica]->scheduler.Add(std::move(seq));
       wake_ = true;
       return;
     }
@@ -77,24 +95,34 @@ bool EngineGroup::HasWorker(int32_t worker_id) const {
 
 int64_t EngineGroup::CachedPrefixTokens(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  return blocks_.Match(tokens, static_cast<int64_t>(tokens.size()) - 1).num_tokens;
+  int64_t best = 0;
+  for (const auto& replica : replicas_) {
+    best = std::max(best, replica->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1).num_tokens);
+  }
+  return best;
 }
 
 int64_t EngineGroup::load() const {
   absl::MutexLock lock(&mu_);
-  return scheduler_.num_running() + scheduler_.num_waiting();
+  return Load();
+}
+
+int64_t EngineGroup::Load() const {
+  int64_t total = 0;
+  for (const auto& replica : replicas_) total += replica->scheduler.num_running() + replica->scheduler.num_waiting();
+  return total;
 }
 
 bool EngineGroup::HasWork() const {
   // Sequences left to run keep the loop going unless the last Schedule could
   // run none of them; then only a submission, cancellation or failure helps.
-  const bool pending = scheduler_.num_running() + scheduler_.num_waiting() > 0;
-  return stopping_ || wake_ || (pending && !stalled_);
+  return stopping_ || wake_ || (Load() > 0 && !stalled_);
 }
 
 void EngineGroup::Loop() {
   while (true) {
-    std::vector<ScheduledSequence> step;
+    Step step;
+    bool empty = true;
     std::vector<Update> updates;
     {
       absl::MutexLock lock(&mu_);
@@ -102,14 +130,17 @@ void EngineGroup::Loop() {
       wake_ = false;
       if (stopping_ || !failure_.ok()) {
         const absl::Status why = failure_.ok() ? absl::CancelledError("shutting down") : failure_;
-        updates = EndAll(scheduler_.RemoveAll(), failure_.ok() ? FinishReason::kAbort : FinishReason::kError, why);
+        updates = EndAll(RemoveAll(), failure_.ok() ? FinishReason::kAbort : FinishReason::kError, why);
         PublishGauges();
       } else {
         updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
-        const int64_t preemptions = scheduler_.num_preemptions();
-        step = scheduler_.Schedule();
-        stalled_ = step.empty();
-        metrics_.CountPreemptions(static_cast<double>(scheduler_.num_preemptions() - preemptions));
+        for (const auto& replica : replicas_) {
+          const int64_t preemptions = replica->scheduler.num_preemptions();
+          step.push_back(replica->scheduler.Schedule());
+          empty = empty && step.back().empty();
+          metrics_.CountPreemptions(static_cast<double>(replica->scheduler.num_preemptions() - preemptions));
+        }
+        stalled_ = empty;
         PublishGauges();
       }
     }
@@ -119,8 +150,8 @@ void EngineGroup::Loop() {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
     }
-    if (step.empty()) continue;
-    absl::StatusOr<std::vector<int32_t>> sampled = RunStep(step);
+    if (empty) continue;
+    absl::StatusOr<std::vector<std::vector<int32_t>>> sampled = RunStep(step);
     {
       absl::MutexLock lock(&mu_);
       if (sampled.ok()) {
@@ -133,25 +164,29 @@ void EngineGroup::Loop() {
   }
 }
 
-absl::StatusOr<std::vector<int32_t>> EngineGroup::RunStep(const std::vector<ScheduledSequence>& step) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> EngineGroup::RunStep(const Step& step) {
   internal::v1::StepRequest request;
   request.set_step_id(next_step_id_++);
-  for (const ScheduledSequence& s : step) {
-    const Sequence& seq = *s.seq;
-    internal::v1::StepSequence* q = request.add_sequences();
-    q->set_request_id(seq.id);
-    q->mutable_token_ids()->Add(seq.tokens.begin() + seq.num_computed,
-                                seq.tokens.begin() + seq.num_computed + s.num_tokens);
-    q->set_context_len(seq.num_computed + s.num_tokens);
-    q->mutable_block_table()->Add(seq.block_table.begin(), seq.block_table.end());
-    q->set_sample(s.sample);
-    q->mutable_sampling()->set_temperature(seq.sampling.temperature);
-    q->mutable_sampling()->set_top_k(seq.sampling.top_k);
-    q->mutable_sampling()->set_top_p(seq.sampling.top_p);
-    q->mutable_sampling()->set_seed(seq.seed);
-    q->set_sample_index(static_cast<int32_t>(seq.num_output()));
+  for (size_t r = 0; r < step.size(); ++r) {
+    for (const ScheduledSequence& s : step[r]) {
+      const Sequence& seq = *s.seq;
+      internal::v1::StepSequence* q = request.add_sequences();
+      q->set_request_id(seq.id);
+      q->set_replica(static_cast<int32_t>(r));
+      q->mutable_token_ids()->Add(seq.tokens.begin() + seq.num_computed,
+                                  seq.tokens.begin() + seq.num_computed + s.num_tokens);
+      q->set_context_len(seq.num_computed + s.num_tokens);
+      q->mutable_block_table()->Add(seq.block_table.begin(), seq.block_table.end());
+      q->set_sample(s.sample);
+      q->mutable_sampling()->set_temperature(seq.sampling.temperature);
+      q->mutable_sampling()->set_top_k(seq.sampling.top_k);
+      q->mutable_sampling()->set_top_p(seq.sampling.top_p);
+      q->mutable_sampling()->set_seed(seq.seed);
+      q->set_sample_index(static_cast<int32_t>(seq.num_output()));
+    }
   }
-  // Every rank of the group runs the same step; rank 0 samples.
+  // Every rank of the group runs the same step; each replica's first rank
+  // samples that replica's sequences.
   std::vector<std::future<std::pair<grpc::Status, internal::v1::StepResponse>>> calls;
   for (const WorkerInfo& worker : workers_) {
     calls.push_back(std::async(std::launch::async, [&, stub = worker.stub] {
@@ -162,7 +197,7 @@ absl::StatusOr<std::vector<int32_t>> EngineGroup::RunStep(const std::vector<Sche
       return std::make_pair(status, std::move(response));
     }));
   }
-  std::vector<int32_t> sampled;
+  std::vector<std::vector<int32_t>> sampled(step.size());
   absl::Status first_error;
   for (size_t rank = 0; rank < calls.size(); ++rank) {
     auto [status, response] = calls[rank].get();
@@ -170,20 +205,32 @@ absl::StatusOr<std::vector<int32_t>> EngineGroup::RunStep(const std::vector<Sche
       first_error = absl::UnavailableError(absl::StrCat("worker ", workers_[rank].id, " (", workers_[rank].address,
                                                         ") failed a step: ", FromGrpcStatus(status).ToString()));
     }
-    if (rank == 0) sampled.assign(response.sampled_token_ids().begin(), response.sampled_token_ids().end());
+    if (rank % options_.tp == 0 && rank / options_.tp < sampled.size()) {
+      sampled[rank / options_.tp].assign(response.sampled_token_ids().begin(), response.sampled_token_ids().end());
+    }
   }
   if (!first_error.ok()) return first_error;
-  const auto expected = std::count_if(step.begin(), step.end(), [](const auto& s) { return s.sample; });
-  if (static_cast<int64_t>(sampled.size()) != expected) {
-    return absl::InternalError(absl::StrCat("worker returned ", sampled.size(), " tokens for ", expected, " samples"));
+  for (size_t r = 0; r < step.size(); ++r) {
+    const auto expected = std::count_if(step[r].begin(), step[r].end(), [](const auto& s) { return s.sample; });
+    if (static_cast<int64_t>(sampled[r].size()) != expected) {
+      return absl::InternalError(absl::StrCat("replica ", r, " returned ", sampled[r].size(), " tokens for ", expected,
+                                              " samples"));
+    }
   }
   return sampled;
 }
 
-std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const std::vector<ScheduledSequence>& step,
-                                                        const std::vector<int32_t>& sampled) {
-  scheduler_.Advance(step);
+std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const Step& step,
+                                                        const std::vector<std::vector<int32_t>>& sampled) {
   std::vector<Update> updates;
+  for (size_t r = 0; r < step.size(); ++r) ApplyReplicaStep(*replicas_[r], step[r], sampled[r], &updates);
+  PublishGauges();
+  return updates;
+}
+
+void EngineGroup::ApplyReplicaStep(Replica& replica, const std::vector<ScheduledSequence>& step,
+                                   const std::vector<int32_t>& sampled, std::vector<Update>* updates) {
+  replica.scheduler.Advance(step);
   std::vector<int64_t> finished;
   size_t next = 0;
   const absl::Time now = absl::Now();
@@ -215,12 +262,10 @@ std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const std::vector<Schedu
       Finish(seq, reason, absl::OkStatus(), &update);
       finished.push_back(seq.id);
     }
-    updates.push_back({seq.on_update, std::move(update)});
+    updates->push_back({seq.on_update, std::move(update)});
   }
   metrics_.AddGenerationTokens(static_cast<double>(sampled.size()));
-  for (int64_t id : finished) scheduler_.Remove(id);
-  PublishGauges();
-  return updates;
+  for (int64_t id : finished) replica.scheduler.Remove(id);
 }
 
 void EngineGroup::Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update) {
@@ -254,18 +299,34 @@ std::vector<EngineGroup::Update> EngineGroup::EndAll(std::vector<std::unique_ptr
 std::vector<std::unique_ptr<Sequence>> EngineGroup::TakeCancelled() {
   std::vector<std::unique_ptr<Sequence>> out;
   for (int64_t id : cancelled_) {
-    if (std::unique_ptr<Sequence> seq = scheduler_.Remove(id)) out.push_back(std::move(seq));
+    for (const auto& replica : replicas_) {
+      if (std::unique_ptr<Sequence> seq = replica->scheduler.Remove(id)) out.push_back(std::move(seq));
+    }
   }
   cancelled_.clear();
   return out;
 }
 
+std::vector<std::unique_ptr<Sequence>> EngineGroup::RemoveAll() {
+  std::vector<std::unique_ptr<Sequence>> out;
+  for (const auto& replica : replicas_) {
+    for (std::unique_ptr<Sequence>& seq : replica->scheduler.RemoveAll()) out.push_back(std::move(seq));
+  }
+  return out;
+}
+
 void EngineGroup::PublishGauges() {
   const std::string group = absl::StrCat(group_id_);
-  metrics_.SetQueued(group, static_cast<double>(scheduler_.num_waiting()));
-  metrics_.SetRunning(group, static_cast<double>(scheduler_.num_running()));
-  metrics_.SetKvBlocks(group, static_cast<double>(blocks_.num_referenced_blocks()),
-                       static_cast<double>(blocks_.num_free_blocks() + blocks_.num_evictable_blocks()));
+  double waiting = 0, running = 0, used = 0, free = 0;
+  for (const auto& replica : replicas_) {
+    waiting += static_cast<double>(replica->scheduler.num_waiting());
+    running += static_cast<double>(replica->scheduler.num_running());
+    used += static_cast<double>(replica->blocks.num_referenced_blocks());
+    free += static_cast<double>(replica->blocks.num_free_blocks() + replica->blocks.num_evictable_blocks());
+  }
+  metrics_.SetQueued(group, waiting);
+  metrics_.SetRunning(group, running);
+  metrics_.SetKvBlocks(group, used, free);
 }
 
 }  // namespace mlaserve

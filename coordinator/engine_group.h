@@ -1,5 +1,7 @@
 // One engine group: the workers that together hold one copy of the model,
-// with the scheduler, block manager and prefix index that drive them. A loop
+// with the scheduler, block manager and prefix index that drive them (one of
+// each per attention replica: with data-parallel attention, each replica's
+// ranks hold the KV of their own sequences). A loop
 // thread plans each step, sends it to every worker of the group in lockstep,
 // applies the sampled tokens (detokenizing, checking stop conditions) and
 // emits request updates. Only the loop thread touches sequences or emits
@@ -25,7 +27,9 @@
 namespace mlaserve {
 
 struct GroupOptions {
-  int64_t num_blocks = 0;
+  int tp = 1;            // ranks per attention replica; workers are in rank order
+  int dp_attention = 1;  // attention replicas
+  int64_t num_blocks = 0;  // per replica
   int64_t block_size = 64;
   SchedulerOptions scheduler;
   absl::Duration step_timeout = absl::Minutes(5);
@@ -46,7 +50,8 @@ class EngineGroup {
 
   bool alive() const;
   bool HasWorker(int32_t worker_id) const;
-  // Tokens of `tokens` the prefix cache could serve now, and the queue length: for routing.
+  // Tokens of `tokens` the best replica's prefix cache could serve now, and
+  // the queue length: for routing.
   int64_t CachedPrefixTokens(const std::vector<int32_t>& tokens);
   int64_t load() const;
   int64_t num_blocks() const { return options_.num_blocks; }
@@ -59,18 +64,34 @@ class EngineGroup {
     GenerateUpdate update;
   };
 
+  // One attention replica's KV pool and the sequences living in it.
+  struct Replica {
+    Replica(int64_t num_blocks, int64_t block_size, const SchedulerOptions& options)
+        : blocks(num_blocks, block_size), scheduler(blocks, options) {}
+    BlockManager blocks;
+    Scheduler scheduler;
+  };
+  // A step: what each replica runs.
+  using Step = std::vector<std::vector<ScheduledSequence>>;
+
   void Loop();
-  absl::StatusOr<std::vector<int32_t>> RunStep(const std::vector<ScheduledSequence>& step);
+  // The sampled tokens of each replica's sampled sequences, in step order.
+  absl::StatusOr<std::vector<std::vector<int32_t>>> RunStep(const Step& step);
   // Appends sampled tokens, detokenizes and checks stop conditions; returns
   // the updates to emit (finished sequences are then removed).
-  std::vector<Update> ApplyStep(const std::vector<ScheduledSequence>& step, const std::vector<int32_t>& sampled)
+  std::vector<Update> ApplyStep(const Step& step, const std::vector<std::vector<int32_t>>& sampled)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyReplicaStep(Replica& replica, const std::vector<ScheduledSequence>& step,
+                        const std::vector<int32_t>& sampled, std::vector<Update>* updates)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int64_t Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills the final fields of `update` and records the request's metrics.
   void Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update);
   // Removes `seqs` from the scheduler and returns their final updates.
   std::vector<Update> EndAll(std::vector<std::unique_ptr<Sequence>> seqs, FinishReason reason, const absl::Status& error)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::unique_ptr<Sequence>> TakeCancelled() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<std::unique_ptr<Sequence>> RemoveAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -83,8 +104,7 @@ class EngineGroup {
   int64_t next_step_id_ = 0;
 
   mutable absl::Mutex mu_;
-  BlockManager blocks_ ABSL_GUARDED_BY(mu_);
-  Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Replica>> replicas_ ABSL_GUARDED_BY(mu_);
   std::set<int64_t> cancelled_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -17,6 +17,7 @@ namespace mlaserve {
 
 struct Sequence {
   int64_t id = 0;
+  int replica = 0;  // the attention replica of its engine group holding its KV
   SamplingOptions sampling;
   uint64_t seed = 0;  // the request's seed, or one drawn at submission
   std::vector<int32_t> tokens;  // prompt followed by output

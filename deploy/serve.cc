@@ -3,7 +3,8 @@
 // launcher exits when the coordinator does. A worker that dies is reported
 // here and noticed by the coordinator through its missed heartbeats.
 //
-//   bazel run //:serve -- --model DIR --http_port 8000 --grpc_port 50051 --workers 2 [-- coordinator flags]
+//   bazel run //:serve -- --model DIR --http_port 8000 --grpc_port 50051 --workers 4 \
+//       [--tp 2] [--dp_attention 1] [--ep 2] [-- coordinator flags]
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -25,6 +26,9 @@ ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
 ABSL_FLAG(int, grpc_port, 50051, "coordinator gRPC port");
 ABSL_FLAG(int, workers, 1, "worker processes");
+ABSL_FLAG(int, tp, 0, "attention heads split this many ways per engine group (0: the planner's choice)");
+ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per engine group (0: the planner's choice)");
+ABSL_FLAG(int, ep, 0, "routed experts split this many ways per engine group (0: the planner's choice)");
 
 namespace {
 
@@ -95,7 +99,10 @@ int main(int argc, char** argv) {
                                                "--model=" + model,
                                                absl::StrCat("--http_port=", absl::GetFlag(FLAGS_http_port)),
                                                "--grpc_port=" + grpc_port,
-                                               absl::StrCat("--workers=", absl::GetFlag(FLAGS_workers))};
+                                               absl::StrCat("--workers=", absl::GetFlag(FLAGS_workers)),
+                                               absl::StrCat("--tp=", absl::GetFlag(FLAGS_tp)),
+                                               absl::StrCat("--dp_attention=", absl::GetFlag(FLAGS_dp_attention)),
+                                               absl::StrCat("--ep=", absl::GetFlag(FLAGS_ep))};
   for (size_t i = 1; i < rest.size(); ++i) coordinator_args.push_back(rest[i]);
   std::map<pid_t, std::string> children;
   const pid_t coordinator = Spawn(coordinator_args);

@@ -83,6 +83,9 @@ class Ops {
   virtual absl::Status Rope(Tensor* x, absl::Span<const int32_t> positions, const RopeTable& table) = 0;
   // a += b.
   virtual absl::Status Add(Tensor* a, const Tensor& b) = 0;
+  // dst[rows[i]] += src[i] for every row i of src [n, D]; rows may repeat
+  // (the combine step of expert parallelism).
+  virtual absl::Status AddRows(const Tensor& src, absl::Span<const int32_t> rows, Tensor* dst) = 0;
   // out[T, I] = silu(x[T, :I]) * x[T, I:], x is [T, 2I].
   virtual absl::Status SiluMul(const Tensor& x, Tensor* out) = 0;
 

@@ -1,5 +1,6 @@
 #include "worker/model.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,24 +10,53 @@
 namespace mlaserve {
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Ops& ops, const LoadProgress& progress) {
+  return Load(dir, ops, ModelShard{}, progress);
+}
+
+namespace {
+
+absl::Status CheckCommunicator(const Communicator* comm, int size, const char* which) {
+  if (size == 1) return absl::OkStatus();
+  if (comm == nullptr || comm->size() != size) {
+    return absl::InvalidArgumentError(absl::StrCat("the plan needs a communicator over ", size, " ranks (", which,
+                                                   "), got ", comm == nullptr ? 0 : comm->size()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Ops& ops, const ModelShard& shard,
+                                                   const LoadProgress& progress) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
+  ASSIGN_OR_RETURN(ShardLayout layout, MakeShardLayout(config, shard.plan, shard.group_rank));
+  RETURN_IF_ERROR(CheckCommunicator(shard.group, shard.plan.group_size(), "the engine group"));
+  RETURN_IF_ERROR(CheckCommunicator(shard.attention, shard.plan.tp, "the attention replica"));
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   if (config.fp8_block_rows > 0) checkpoint->set_fp8_block(config.fp8_block_rows, config.fp8_block_cols);
-  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, config, ops, progress));
-  return FromWeights(config, std::move(weights), ops);
-}
-
-absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(const ModelConfig& config, ModelWeights weights, Ops& ops) {
+  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, config, layout, ops, progress));
   ASSIGN_OR_RETURN(RopeTable rope, MakeRopeTable(config));
-  return std::unique_ptr<Model>(new Model(config, std::move(weights), std::move(rope), ops));
+  return std::unique_ptr<Model>(new Model(config, std::move(weights), std::move(rope), ops, layout, shard));
 }
 
-Model::Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops)
+Model::Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops, const ShardLayout& layout,
+             const ModelShard& shard)
     : config_(config),
       weights_(std::move(weights)),
       rope_(std::move(rope)),
       softmax_scale_(MlaSoftmaxScale(config)),
-      ops_(ops) {}
+      ops_(ops),
+      layout_(layout),
+      shard_(shard) {
+  if (shard.plan.group_size() > 1 && config.n_routed_experts > 0) {
+    dispatch_.emplace(layout, config.n_routed_experts, ops, *shard.group);
+  }
+}
+
+absl::Status Model::SumOverHeads(Tensor* partial) {
+  if (shard_.plan.tp == 1) return absl::OkStatus();
+  return shard_.attention->AllReduceSum(partial->data, partial->numel(), partial->dtype);
+}
 
 absl::StatusOr<Tensor> Model::LinearOf(const Tensor& x, const Tensor& w) {
   ASSIGN_OR_RETURN(Tensor out, ops_.Empty(ops_.storage_dtype(), {x.dim(0), w.dim(0)}));
@@ -37,6 +67,10 @@ absl::StatusOr<Tensor> Model::LinearOf(const Tensor& x, const Tensor& w) {
 absl::StatusOr<std::vector<float>> Model::Forward(const ForwardBatch& batch, KvCache& cache, AttentionForm form) {
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
   const int64_t hidden = config_.hidden_size;
+  if (num_tokens == 0 && batch.layout.seqs.empty() && shard_.plan.dp_attention > 1) {
+    RETURN_IF_ERROR(IdleStep());
+    return std::vector<float>{};
+  }
   if (num_tokens == 0 || batch.layout.num_tokens() != num_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("batch of ", num_tokens, " tokens but its layout covers ",
                                                    batch.layout.num_tokens()));
@@ -45,8 +79,7 @@ absl::StatusOr<std::vector<float>> Model::Forward(const ForwardBatch& batch, KvC
     return absl::InvalidArgumentError("batch layout and cache disagree on the block size");
   }
   const std::vector<int32_t> positions = batch.layout.TokenPositions();
-  ASSIGN_OR_RETURN(Tensor residual, ops_.Empty(ops_.storage_dtype(), {num_tokens, hidden}));
-  RETURN_IF_ERROR(ops_.Embedding(weights_.embed, batch.token_ids, &residual));
+  ASSIGN_OR_RETURN(Tensor residual, Embed(batch.token_ids));
   ASSIGN_OR_RETURN(Tensor x, ops_.Empty(ops_.storage_dtype(), {num_tokens, hidden}));
   Tensor ffn_out;
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
@@ -61,23 +94,64 @@ absl::StatusOr<std::vector<float>> Model::Forward(const ForwardBatch& batch, KvC
     ASSIGN_OR_RETURN(ffn_out, FeedForward(w, x));
   }
   RETURN_IF_ERROR(ops_.AddRmsNorm(&residual, ffn_out, weights_.final_norm, config_.rms_norm_eps, &x));
-  std::vector<int32_t> rows(batch.logit_rows.begin(), batch.logit_rows.end());
-  for (int32_t r : rows) {
-    if (r < 0 || r >= num_tokens) return absl::InvalidArgumentError(absl::StrCat("logit row ", r, " not in batch"));
+  return Logits(x, batch.logit_rows);
+}
+
+absl::StatusOr<Tensor> Model::Embed(const std::vector<int32_t>& token_ids) {
+  // Ids outside this shard's vocabulary slice read the table's zero last row;
+  // the head shards' lookups then add up to the embedding.
+  const Range vocab = layout_.vocab;
+  std::vector<int32_t> local(token_ids.size());
+  for (size_t i = 0; i < token_ids.size(); ++i) {
+    const int32_t id = token_ids[i];
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary [0, ", config_.vocab_size, ")"));
+    }
+    local[i] = id >= vocab.begin && id < vocab.end ? static_cast<int32_t>(id - vocab.begin)
+                                                   : static_cast<int32_t>(layout_.vocab_shard_rows);
+  }
+  ASSIGN_OR_RETURN(Tensor out, ops_.Empty(ops_.storage_dtype(), {static_cast<int64_t>(local.size()), config_.hidden_size}));
+  RETURN_IF_ERROR(ops_.Embedding(weights_.embed, local, &out));
+  RETURN_IF_ERROR(SumOverHeads(&out));
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& hidden, const std::vector<int64_t>& logit_rows) {
+  const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
+  std::vector<int32_t> rows;
+  for (int64_t r : logit_rows) {
+    if (r < 0 || r >= hidden.dim(0)) return absl::InvalidArgumentError(absl::StrCat("logit row ", r, " not in batch"));
+    rows.push_back(static_cast<int32_t>(r));
   }
   // Gathering rows is an embedding lookup with the hidden states as the table.
-  ASSIGN_OR_RETURN(Tensor last, ops_.Empty(ops_.storage_dtype(), {static_cast<int64_t>(rows.size()), hidden}));
-  RETURN_IF_ERROR(ops_.Embedding(x, rows, &last));
-  ASSIGN_OR_RETURN(Tensor logits, LinearOf(last, weights_.lm_head));
-  std::vector<float> host(logits.numel());
-  RETURN_IF_ERROR(ops_.Download(logits, absl::MakeSpan(host)));
-  return host;
+  ASSIGN_OR_RETURN(Tensor last, ops_.Empty(ops_.storage_dtype(), {num_rows, config_.hidden_size}));
+  RETURN_IF_ERROR(ops_.Embedding(hidden, rows, &last));
+  ASSIGN_OR_RETURN(Tensor shard_logits, LinearOf(last, weights_.lm_head));
+  const int tp = shard_.plan.tp;
+  const int64_t vocab = config_.vocab_size, shard_rows = layout_.vocab_shard_rows;
+  Tensor all = shard_logits;
+  if (tp > 1) {
+    ASSIGN_OR_RETURN(all, ops_.Empty(shard_logits.dtype, {tp, num_rows, shard_rows}));
+    RETURN_IF_ERROR(shard_.attention->AllGather(shard_logits.data, all.data, shard_logits.numel(), all.dtype));
+  }
+  std::vector<float> gathered(all.numel());
+  RETURN_IF_ERROR(ops_.Download(all, absl::MakeSpan(gathered)));
+  // [tp, rows, shard_rows] -> [rows, vocab], dropping the padding columns.
+  std::vector<float> logits(num_rows * vocab);
+  for (int p = 0; p < tp; ++p) {
+    const int64_t width = std::min(shard_rows, vocab - p * shard_rows);
+    for (int64_t r = 0; r < num_rows && width > 0; ++r) {
+      const float* src = gathered.data() + (p * num_rows + r) * shard_rows;
+      std::copy(src, src + width, logits.data() + r * vocab + p * shard_rows);
+    }
+  }
+  return logits;
 }
 
 absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, const Tensor& x,
                                         const ForwardBatch& batch, const std::vector<int32_t>& positions,
                                         KvCache& cache, AttentionForm form) {
-  const int64_t num_tokens = x.dim(0), heads = config_.num_attention_heads;
+  const int64_t num_tokens = x.dim(0), heads = layout_.heads.size();
   Tensor q_in = x;
   if (config_.q_lora_rank > 0) {
     ASSIGN_OR_RETURN(Tensor q_a, LinearOf(x, w.q_a));
@@ -103,7 +177,9 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
   } else {
     RETURN_IF_ERROR(ExpandedAttention(w, layer, q_nope, q_rope, batch.layout, cache, &o));
   }
-  return LinearOf(Reshape(o, {num_tokens, heads * config_.v_head_dim}), w.o_proj);
+  ASSIGN_OR_RETURN(Tensor out, LinearOf(Reshape(o, {num_tokens, heads * config_.v_head_dim}), w.o_proj));
+  RETURN_IF_ERROR(SumOverHeads(&out));
+  return out;
 }
 
 absl::Status Model::AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope,
@@ -161,20 +237,49 @@ RouterConfig Model::MakeRouterConfig() const {
 }
 
 absl::StatusOr<Tensor> Model::FeedForward(const LayerWeights& w, const Tensor& x) {
-  if (!w.is_moe) return DenseMlp(w.mlp, x);
+  Tensor out;
+  if (w.is_moe) {
+    ASSIGN_OR_RETURN(out, RoutedExperts(w, x));
+    if (w.has_shared_experts) {
+      ASSIGN_OR_RETURN(Tensor shared, DenseMlp(w.mlp, x));
+      RETURN_IF_ERROR(ops_.Add(&out, shared));
+    }
+  } else {
+    ASSIGN_OR_RETURN(out, DenseMlp(w.mlp, x));
+  }
+  // Inner-dimension partials of the dense MLP and shared experts, and the
+  // routed outputs of the tokens each head shard dispatched, add up here.
+  RETURN_IF_ERROR(SumOverHeads(&out));
+  return out;
+}
+
+absl::StatusOr<Tensor> Model::RoutedExperts(const LayerWeights& w, const Tensor& x) {
   const int64_t num_tokens = x.dim(0), top_k = config_.num_experts_per_tok;
   ASSIGN_OR_RETURN(Tensor router_logits, LinearOf(x, w.router));
   ASSIGN_OR_RETURN(Tensor topk_ids, ops_.Empty(DType::kI32, {num_tokens, top_k}));
   ASSIGN_OR_RETURN(Tensor topk_weights, ops_.Empty(DType::kF32, {num_tokens, top_k}));
   const Tensor* bias = w.router_bias.data != nullptr ? &w.router_bias : nullptr;
   RETURN_IF_ERROR(ops_.MoeRoute(router_logits, bias, MakeRouterConfig(), &topk_ids, &topk_weights));
-  ASSIGN_OR_RETURN(Tensor out, ops_.Empty(ops_.storage_dtype(), {num_tokens, config_.hidden_size}));
-  RETURN_IF_ERROR(ops_.MoeExperts(x, topk_ids, topk_weights, w.experts_gate_up, w.experts_down, 0, &out));
-  if (w.has_shared_experts) {
-    ASSIGN_OR_RETURN(Tensor shared, DenseMlp(w.mlp, x));
-    RETURN_IF_ERROR(ops_.Add(&out, shared));
+  if (!dispatch_.has_value()) {
+    ASSIGN_OR_RETURN(Tensor out, ops_.Empty(ops_.storage_dtype(), {num_tokens, config_.hidden_size}));
+    RETURN_IF_ERROR(ops_.MoeExperts(x, topk_ids, topk_weights, w.experts_gate_up, w.experts_down, 0, &out));
+    return out;
   }
-  return out;
+  std::vector<float> ids(topk_ids.numel()), weights(topk_weights.numel());
+  RETURN_IF_ERROR(ops_.Download(topk_ids, absl::MakeSpan(ids)));
+  RETURN_IF_ERROR(ops_.Download(topk_weights, absl::MakeSpan(weights)));
+  return dispatch_->Run(x, ids, weights, top_k, w.experts_gate_up, w.experts_down);
+}
+
+absl::Status Model::IdleStep() {
+  if (!dispatch_.has_value()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(Tensor none, ops_.Empty(ops_.storage_dtype(), {0, config_.hidden_size}));
+  for (const LayerWeights& w : weights_.layers) {
+    if (!w.is_moe) continue;
+    RETURN_IF_ERROR(dispatch_->Run(none, {}, {}, config_.num_experts_per_tok, w.experts_gate_up, w.experts_down)
+                        .status());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mlaserve

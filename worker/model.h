@@ -1,18 +1,27 @@
 // The DeepSeek-V2/V3 forward pass (MLA attention over the paged latent cache,
 // dense and MoE feed-forward), written once against the Ops interface.
-// The model owns its weights; the caller owns the cache and the batch layout.
+// The model owns its weights; the caller owns the cache, the batch layout and
+// the communicators. A rank of a sharded engine group holds one shard
+// (common/shard_layout.h) and meets its peers at the same points of every
+// step: after attention, the dense MLP and the MoE (head and inner-dimension
+// partial sums), around the routed experts (expert dispatch), at the
+// embedding and the LM head (vocabulary slices).
 #ifndef MLASERVE_WORKER_MODEL_H_
 #define MLASERVE_WORKER_MODEL_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "common/shard_layout.h"
 #include "kernels/ops.h"
 #include "kernels/rope_table.h"
+#include "worker/comm/communicator.h"
+#include "worker/expert_dispatch.h"
 #include "worker/kv_cache.h"
 #include "worker/model_weights.h"
 
@@ -30,23 +39,37 @@ struct ForwardBatch {
   std::vector<int64_t> logit_rows;  // batch rows whose logits are wanted
 };
 
+// Where a rank sits in its group and whom it talks to (not owned; null when
+// that set of ranks is this rank alone).
+struct ModelShard {
+  ParallelPlan plan;
+  int group_rank = 0;
+  Communicator* group = nullptr;      // every rank of the engine group: expert dispatch
+  Communicator* attention = nullptr;  // the head shards of this rank's attention replica
+};
+
 class Model {
  public:
-  // Loads the checkpoint in `dir` (config.json plus safetensors) onto `ops`.
+  // Loads the checkpoint in `dir` (config.json plus safetensors) onto `ops`:
+  // the whole model, or the part `shard` holds.
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Ops& ops,
                                                      const LoadProgress& progress = nullptr);
-  static absl::StatusOr<std::unique_ptr<Model>> FromWeights(const ModelConfig& config, ModelWeights weights,
-                                                            Ops& ops);
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Ops& ops, const ModelShard& shard,
+                                                     const LoadProgress& progress = nullptr);
 
   // Runs the batch, writing its latent KV into `cache`, and returns the logits
-  // of `batch.logit_rows` as float32 [rows, vocab].
+  // of `batch.logit_rows` as float32 [rows, vocab]. With data-parallel
+  // attention a rank whose replica has no tokens this step still calls it
+  // with an empty batch: it takes part in the expert dispatch and returns no
+  // logits.
   absl::StatusOr<std::vector<float>> Forward(const ForwardBatch& batch, KvCache& cache,
                                              AttentionForm form = AttentionForm::kAbsorbed);
 
   const ModelConfig& config() const { return config_; }
 
  private:
-  Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops);
+  Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops, const ShardLayout& layout,
+        const ModelShard& shard);
 
   absl::StatusOr<Tensor> Attention(const LayerWeights& w, int64_t layer, const Tensor& x, const ForwardBatch& batch,
                                    const std::vector<int32_t>& positions, KvCache& cache, AttentionForm form);
@@ -54,9 +77,16 @@ class Model {
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
+  absl::StatusOr<Tensor> Embed(const std::vector<int32_t>& token_ids);
+  absl::StatusOr<std::vector<float>> Logits(const Tensor& hidden, const std::vector<int64_t>& rows);
   absl::StatusOr<Tensor> FeedForward(const LayerWeights& w, const Tensor& x);
+  absl::StatusOr<Tensor> RoutedExperts(const LayerWeights& w, const Tensor& x);
+  // A step without tokens: only the expert dispatch of every MoE layer.
+  absl::Status IdleStep();
   absl::StatusOr<Tensor> DenseMlp(const MlpWeights& w, const Tensor& x);
   absl::StatusOr<Tensor> LinearOf(const Tensor& x, const Tensor& w);
+  // Sums the head shards' partial results in place (no-op without TP).
+  absl::Status SumOverHeads(Tensor* partial);
   RouterConfig MakeRouterConfig() const;
 
   ModelConfig config_;
@@ -64,6 +94,9 @@ class Model {
   RopeTable rope_;
   float softmax_scale_;
   Ops& ops_;
+  ShardLayout layout_;
+  ModelShard shard_;
+  std::optional<ExpertDispatch> dispatch_;  // when experts live on several ranks
 };
 
 }  // namespace mlaserve

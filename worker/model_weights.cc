@@ -36,13 +36,14 @@ std::vector<float> TransposeHeads(const std::vector<float>& m, int64_t num_heads
 
 class Loader {
  public:
-  Loader(const Checkpoint& checkpoint, const ModelConfig& config, Ops& ops)
-      : checkpoint_(checkpoint), config_(config), ops_(ops) {}
+  Loader(const Checkpoint& checkpoint, const ModelConfig& config, const ShardLayout& shard, Ops& ops)
+      : checkpoint_(checkpoint), config_(config), shard_(shard), ops_(ops) {}
 
   absl::StatusOr<ModelWeights> LoadAll(const LoadProgress& progress) {
     const ModelConfig& c = config_;
     ModelWeights w;
-    ASSIGN_OR_RETURN(w.embed, Load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+    // The embedding shard gets one extra zero row: ids outside the shard look it up.
+    ASSIGN_OR_RETURN(w.embed, LoadVocabRows("model.embed_tokens.weight", shard_.vocab_shard_rows + 1));
     for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
       ASSIGN_OR_RETURN(LayerWeights lw, LoadLayer(layer));
       w.layers.push_back(std::move(lw));
@@ -50,7 +51,7 @@ class Loader {
     }
     ASSIGN_OR_RETURN(w.final_norm, Load("model.norm.weight", {c.hidden_size}));
     const char* head_name = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-    ASSIGN_OR_RETURN(w.lm_head, Load(head_name, {c.vocab_size, c.hidden_size}));
+    ASSIGN_OR_RETURN(w.lm_head, LoadVocabRows(head_name, shard_.vocab_shard_rows));
     return w;
   }
 
@@ -66,6 +67,20 @@ class Loader {
     return FromHost(values, std::move(shape));
   }
 
+  // This shard's vocabulary rows of a [vocab, hidden] table, zero-padded to `rows`.
+  absl::StatusOr<Tensor> LoadVocabRows(const std::string& name, int64_t rows) {
+    const int64_t d = config_.hidden_size;
+    ASSIGN_OR_RETURN(std::vector<float> values,
+                     checkpoint_.ReadRowsF32(name, {config_.vocab_size, d}, shard_.vocab.begin, shard_.vocab.end));
+    values.resize(rows * d, 0.0f);
+    return FromHost(values, {rows, d});
+  }
+
+  // Rows `range` of a [total_rows, cols] matrix.
+  absl::StatusOr<std::vector<float>> ReadRows(const std::string& name, int64_t total_rows, int64_t cols, Range range) {
+    return checkpoint_.ReadRowsF32(name, {total_rows, cols}, range.begin, range.end);
+  }
+
   absl::StatusOr<LayerWeights> LoadLayer(int64_t layer) {
     const std::string prefix = absl::StrCat("model.layers.", layer, ".");
     LayerWeights lw;
@@ -76,15 +91,18 @@ class Loader {
     if (lw.is_moe) {
       RETURN_IF_ERROR(LoadMoe(prefix + "mlp.", &lw));
     } else {
-      ASSIGN_OR_RETURN(lw.mlp, LoadMlp(prefix + "mlp.", config_.intermediate_size));
+      ASSIGN_OR_RETURN(lw.mlp, LoadMlp(prefix + "mlp.", config_.intermediate_size, shard_.dense_inner));
     }
     return lw;
   }
 
+  // Heads are split: the q and kv_b rows of this shard's heads, o_proj's
+  // matching columns. The latent projections are whole on every rank.
   absl::Status LoadAttention(const std::string& prefix, LayerWeights* lw) {
     const ModelConfig& c = config_;
     const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
-    const int64_t rank = c.kv_lora_rank, v = c.v_head_dim;
+    const int64_t rank = c.kv_lora_rank, v = c.v_head_dim, local = shard_.heads.size();
+    const Range h = shard_.heads;
     int64_t q_in = c.hidden_size;
     std::string q_name = prefix + "q_proj.weight";
     if (c.q_lora_rank > 0) {
@@ -93,10 +111,11 @@ class Loader {
       ASSIGN_OR_RETURN(lw->q_a, Load(prefix + "q_a_proj.weight", {q_in, c.hidden_size}));
       ASSIGN_OR_RETURN(lw->q_a_norm, Load(prefix + "q_a_layernorm.weight", {q_in}));
     }
-    ASSIGN_OR_RETURN(std::vector<float> q, checkpoint_.ReadF32(q_name, {heads * (nope + rope), q_in}));
-    auto [q_nope, q_rope] = SplitHeadRows(q, heads, nope, rope, q_in);
-    ASSIGN_OR_RETURN(lw->q_nope, FromHost(q_nope, {heads * nope, q_in}));
-    ASSIGN_OR_RETURN(lw->q_rope, FromHost(q_rope, {heads * rope, q_in}));
+    const int64_t qk = nope + rope;
+    ASSIGN_OR_RETURN(std::vector<float> q, ReadRows(q_name, heads * qk, q_in, {h.begin * qk, h.end * qk}));
+    auto [q_nope, q_rope] = SplitHeadRows(q, local, nope, rope, q_in);
+    ASSIGN_OR_RETURN(lw->q_nope, FromHost(q_nope, {local * nope, q_in}));
+    ASSIGN_OR_RETURN(lw->q_rope, FromHost(q_rope, {local * rope, q_in}));
 
     ASSIGN_OR_RETURN(std::vector<float> kv_a,
                      checkpoint_.ReadF32(prefix + "kv_a_proj_with_mqa.weight", {rank + rope, c.hidden_size}));
@@ -105,68 +124,82 @@ class Loader {
     ASSIGN_OR_RETURN(lw->kv_a_rope, FromHost(kv_rope, {rope, c.hidden_size}));
     ASSIGN_OR_RETURN(lw->kv_a_norm, Load(prefix + "kv_a_layernorm.weight", {rank}));
 
-    ASSIGN_OR_RETURN(std::vector<float> kv_b, checkpoint_.ReadF32(prefix + "kv_b_proj.weight", {heads * (nope + v), rank}));
-    auto [w_uk, w_uv] = SplitHeadRows(kv_b, heads, nope, v, rank);
-    ASSIGN_OR_RETURN(lw->w_uk, FromHost(w_uk, {heads * nope, rank}));
-    ASSIGN_OR_RETURN(lw->w_uk_t, FromHost(TransposeHeads(w_uk, heads, nope, rank), {heads, rank, nope}));
-    ASSIGN_OR_RETURN(lw->w_uv, FromHost(w_uv, {heads, v, rank}));
-    ASSIGN_OR_RETURN(lw->o_proj, Load(prefix + "o_proj.weight", {c.hidden_size, heads * v}));
+    ASSIGN_OR_RETURN(std::vector<float> kv_b,
+                     ReadRows(prefix + "kv_b_proj.weight", heads * (nope + v), rank, {h.begin * (nope + v), h.end * (nope + v)}));
+    auto [w_uk, w_uv] = SplitHeadRows(kv_b, local, nope, v, rank);
+    ASSIGN_OR_RETURN(lw->w_uk, FromHost(w_uk, {local * nope, rank}));
+    ASSIGN_OR_RETURN(lw->w_uk_t, FromHost(TransposeHeads(w_uk, local, nope, rank), {local, rank, nope}));
+    ASSIGN_OR_RETURN(lw->w_uv, FromHost(w_uv, {local, v, rank}));
+    ASSIGN_OR_RETURN(std::vector<float> o,
+                     checkpoint_.ReadColumnsF32(prefix + "o_proj.weight", {c.hidden_size, heads * v}, h.begin * v, h.end * v));
+    ASSIGN_OR_RETURN(lw->o_proj, FromHost(o, {c.hidden_size, local * v}));
     return absl::OkStatus();
   }
 
-  // gate_proj and up_proj of one MLP, stacked as [gate; up].
-  absl::StatusOr<std::vector<float>> ReadGateUp(const std::string& prefix, int64_t inner) {
-    ASSIGN_OR_RETURN(std::vector<float> gate_up, checkpoint_.ReadF32(prefix + "gate_proj.weight", {inner, config_.hidden_size}));
-    ASSIGN_OR_RETURN(std::vector<float> up, checkpoint_.ReadF32(prefix + "up_proj.weight", {inner, config_.hidden_size}));
+  // Inner slice `inner` of gate_proj and up_proj of one MLP (full inner size
+  // `total`), stacked as [gate; up].
+  absl::StatusOr<std::vector<float>> ReadGateUp(const std::string& prefix, int64_t total, Range inner) {
+    ASSIGN_OR_RETURN(std::vector<float> gate_up, ReadRows(prefix + "gate_proj.weight", total, config_.hidden_size, inner));
+    ASSIGN_OR_RETURN(std::vector<float> up, ReadRows(prefix + "up_proj.weight", total, config_.hidden_size, inner));
     gate_up.insert(gate_up.end(), up.begin(), up.end());
     return gate_up;
   }
 
-  absl::StatusOr<MlpWeights> LoadMlp(const std::string& prefix, int64_t inner) {
+  absl::StatusOr<std::vector<float>> ReadDown(const std::string& prefix, int64_t total, Range inner) {
+    return checkpoint_.ReadColumnsF32(prefix + "down_proj.weight", {config_.hidden_size, total}, inner.begin, inner.end);
+  }
+
+  // An MLP split along its inner dimension: this shard's slice `inner` of `total`.
+  absl::StatusOr<MlpWeights> LoadMlp(const std::string& prefix, int64_t total, Range inner) {
     MlpWeights m;
-    ASSIGN_OR_RETURN(std::vector<float> gate_up, ReadGateUp(prefix, inner));
-    ASSIGN_OR_RETURN(m.gate_up, FromHost(gate_up, {2 * inner, config_.hidden_size}));
-    ASSIGN_OR_RETURN(m.down, Load(prefix + "down_proj.weight", {config_.hidden_size, inner}));
+    ASSIGN_OR_RETURN(std::vector<float> gate_up, ReadGateUp(prefix, total, inner));
+    ASSIGN_OR_RETURN(m.gate_up, FromHost(gate_up, {2 * inner.size(), config_.hidden_size}));
+    ASSIGN_OR_RETURN(std::vector<float> down, ReadDown(prefix, total, inner));
+    ASSIGN_OR_RETURN(m.down, FromHost(down, {config_.hidden_size, inner.size()}));
     return m;
   }
 
+  // The router whole; this shard's experts (each its inner slice); the shared
+  // experts split like a dense MLP.
   absl::Status LoadMoe(const std::string& prefix, LayerWeights* lw) {
     const ModelConfig& c = config_;
-    const int64_t experts = c.n_routed_experts, inner = c.moe_intermediate_size, d = c.hidden_size;
+    const int64_t experts = c.n_routed_experts, total = c.moe_intermediate_size, d = c.hidden_size;
+    const int64_t local = shard_.experts.size(), inner = shard_.expert_inner.size();
     ASSIGN_OR_RETURN(lw->router, Load(prefix + "gate.weight", {experts, d}));
     const std::string bias_name = prefix + "gate.e_score_correction_bias";
     if (c.topk_method == TopkMethod::kNoauxTc) {
       ASSIGN_OR_RETURN(lw->router_bias, Load(bias_name, {experts}));
     }
     std::vector<float> gate_up, down;
-    gate_up.reserve(experts * 2 * inner * d);
-    down.reserve(experts * d * inner);
-    for (int64_t e = 0; e < experts; ++e) {
+    gate_up.reserve(local * 2 * inner * d);
+    down.reserve(local * d * inner);
+    for (int64_t e = shard_.experts.begin; e < shard_.experts.end; ++e) {
       const std::string expert = absl::StrCat(prefix, "experts.", e, ".");
-      ASSIGN_OR_RETURN(std::vector<float> gu, ReadGateUp(expert, inner));
-      ASSIGN_OR_RETURN(std::vector<float> dn, checkpoint_.ReadF32(expert + "down_proj.weight", {d, inner}));
+      ASSIGN_OR_RETURN(std::vector<float> gu, ReadGateUp(expert, total, shard_.expert_inner));
+      ASSIGN_OR_RETURN(std::vector<float> dn, ReadDown(expert, total, shard_.expert_inner));
       gate_up.insert(gate_up.end(), gu.begin(), gu.end());
       down.insert(down.end(), dn.begin(), dn.end());
     }
-    ASSIGN_OR_RETURN(lw->experts_gate_up, FromHost(gate_up, {experts, 2 * inner, d}));
-    ASSIGN_OR_RETURN(lw->experts_down, FromHost(down, {experts, d, inner}));
+    ASSIGN_OR_RETURN(lw->experts_gate_up, FromHost(gate_up, {local, 2 * inner, d}));
+    ASSIGN_OR_RETURN(lw->experts_down, FromHost(down, {local, d, inner}));
     lw->has_shared_experts = c.n_shared_experts > 0;
     if (lw->has_shared_experts) {
-      ASSIGN_OR_RETURN(lw->mlp, LoadMlp(prefix + "shared_experts.", inner * c.n_shared_experts));
+      ASSIGN_OR_RETURN(lw->mlp, LoadMlp(prefix + "shared_experts.", total * c.n_shared_experts, shard_.shared_inner));
     }
     return absl::OkStatus();
   }
 
   const Checkpoint& checkpoint_;
   const ModelConfig& config_;
+  const ShardLayout& shard_;
   Ops& ops_;
 };
 
 }  // namespace
 
-absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint, const ModelConfig& config, Ops& ops,
-                                              const LoadProgress& progress) {
-  return Loader(checkpoint, config, ops).LoadAll(progress);
+absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint, const ModelConfig& config,
+                                              const ShardLayout& shard, Ops& ops, const LoadProgress& progress) {
+  return Loader(checkpoint, config, shard, ops).LoadAll(progress);
 }
 
 }  // namespace mlaserve

@@ -3,7 +3,9 @@
 // q and kv_a projections split into their no-rope and rope parts, kv_b_proj
 // split into W_UK / W_UV (and W_UK transposed per head for the absorbed form),
 // gate and up projections stacked, routed experts stacked per layer.
-// Every tensor is owned by the backend that loaded it.
+// A rank of a sharded group loads only its part (common/shard_layout.h): the
+// shapes below are then per shard (local heads, inner slices, local experts,
+// vocabulary rows). Every tensor is owned by the backend that loaded it.
 #ifndef MLASERVE_WORKER_MODEL_WEIGHTS_H_
 #define MLASERVE_WORKER_MODEL_WEIGHTS_H_
 
@@ -14,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
+#include "common/shard_layout.h"
 #include "kernels/ops.h"
 
 namespace mlaserve {
@@ -50,17 +53,18 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  Tensor embed;       // [vocab, hidden]
+  Tensor embed;       // [vocab_shard_rows + 1, hidden], the last row zero
   std::vector<LayerWeights> layers;
   Tensor final_norm;  // [hidden]
-  Tensor lm_head;     // [vocab, hidden]
+  Tensor lm_head;     // [vocab_shard_rows, hidden], rows past the vocabulary zero
 };
 
 // Called after each layer with (layers done, total layers): progress display.
 using LoadProgress = std::function<void(int64_t, int64_t)>;
 
 absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                              Ops& ops, const LoadProgress& progress = nullptr);
+                                              const ShardLayout& shard, Ops& ops,
+                                              const LoadProgress& progress = nullptr);
 
 }  // namespace mlaserve
 

@@ -1,6 +1,8 @@
 // The worker process: serves the internal Worker API on its own port,
 // registers with the coordinator, and heartbeats until the coordinator
 // forgets it, becomes unreachable, or a signal arrives.
+#include <unistd.h>
+
 #include <csignal>
 #include <iostream>
 #include <memory>
@@ -16,6 +18,8 @@
 #include "absl/time/time.h"
 #include "common/grpc_status.h"
 #include "proto/worker.grpc.pb.h"
+#include "worker/comm/gloo_communicator.h"
+#include "worker/comm/grpc_rendezvous_store.h"
 #include "worker/worker_service.h"
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051", "coordinator's gRPC address");
@@ -23,6 +27,7 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve the Worker API on");
 ABSL_FLAG(int, port, 0, "port to serve the Worker API on (0: any free port)");
 ABSL_FLAG(double, heartbeat_interval_s, 0.5, "seconds between heartbeats");
 ABSL_FLAG(double, coordinator_timeout_s, 10, "exit after this long without reaching the coordinator");
+ABSL_FLAG(double, memory_gb, 0, "memory this worker offers for weights and KV cache (0: the machine's RAM)");
 
 namespace mlaserve {
 namespace {
@@ -32,6 +37,12 @@ volatile std::sig_atomic_t g_signalled = 0;
 
 void HandleSignal(int) { g_signalled = 1; }
 
+int64_t MemoryBytes() {
+  const double gb = absl::GetFlag(FLAGS_memory_gb);
+  if (gb > 0) return static_cast<int64_t>(gb * (1ull << 30));
+  return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+}
+
 int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address) {
   const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
   while (absl::Now() < deadline && !g_signalled) {
@@ -40,6 +51,7 @@ int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& 
     internal::v1::RegisterRequest request;
     request.set_address(address);
     request.set_device("cpu");
+    request.set_memory_bytes(MemoryBytes());
     internal::v1::RegisterResponse response;
     grpc::Status status = stub.Register(&context, request, &response);
     if (status.ok()) return response.worker_id();
@@ -74,7 +86,12 @@ int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   std::signal(SIGINT, HandleSignal);
   std::signal(SIGTERM, HandleSignal);
-  WorkerService service(NewCpuOps());
+  GrpcRendezvousStore store(absl::GetFlag(FLAGS_coordinator));
+  const std::string host = absl::GetFlag(FLAGS_host);
+  auto gloo = [host](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
+    return NewGlooCommunicator(s, prefix, rank, size, GlooOptions{.hostname = host, .timeout = timeout});
+  };
+  WorkerService service(NewCpuOps(), store, gloo);
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));

@@ -1,5 +1,6 @@
 #include "worker/worker_service.h"
 
+#include <algorithm>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -9,27 +10,46 @@
 
 namespace mlaserve {
 
-WorkerService::WorkerService(std::unique_ptr<Ops> ops) : ops_(std::move(ops)) {}
+WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory)
+    : ops_(std::move(ops)), store_(store), factory_(std::move(factory)) {}
 
 grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const internal::v1::LoadShardRequest* request,
                                       internal::v1::LoadShardResponse* response) {
   absl::MutexLock lock(&mu_);
-  if (request->group_size() != 1) {
-    return ToGrpcStatus(absl::UnimplementedError("sharded groups are not supported by this worker yet"));
+  return ToGrpcStatus(Load(*request, response));
+}
+
+absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
+                                 internal::v1::LoadShardResponse* response) {
+  // A reload replaces everything: the old model goes before its communicators.
+  cache_.reset();
+  model_.reset();
+  comms_ = GroupComms();
+  const ParallelPlan plan{.tp = std::max(1, request.tp()),
+                          .dp_attention = std::max(1, request.dp_attention()),
+                          .ep = std::max(1, request.ep())};
+  if (request.group_size() != plan.group_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("group_size ", request.group_size(), " does not match the plan ",
+                                                   plan.ToString()));
   }
+  if (plan.group_size() > 1) {
+    std::cerr << "worker: joining group " << request.rendezvous_prefix() << " as rank " << request.group_rank()
+              << " of " << plan.ToString() << "\n";
+    ASSIGN_OR_RETURN(comms_, ConnectGroup(store_, request.rendezvous_prefix(), plan, request.group_rank(),
+                                             absl::Seconds(std::max(1.0, request.comm_timeout_s())), factory_));
+  }
+  comms_.plan = plan;
+  comms_.group_rank = request.group_rank();
   auto progress = [](int64_t done, int64_t total) {
     std::cerr << "worker: loading weights, layer " << done << "/" << total << "\n";
   };
-  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(request->model_dir(), *ops_, progress);
-  if (!model.ok()) return ToGrpcStatus(model.status());
-  absl::StatusOr<KvCache> cache =
-      KvCache::Create(*ops_, (*model)->config(), request->num_blocks(), request->block_size());
-  if (!cache.ok()) return ToGrpcStatus(cache.status());
-  model_ = *std::move(model);
-  cache_.emplace(*std::move(cache));
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(request.model_dir(), *ops_, comms_.shard(), progress));
+  ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops_, model->config(), request.num_blocks(), request.block_size()));
+  model_ = std::move(model);
+  cache_.emplace(std::move(cache));
   response->set_num_blocks(cache_->num_blocks());
   response->set_bytes_per_block(cache_->bytes_per_block());
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 grpc::Status WorkerService::Step(grpc::ServerContext*, const internal::v1::StepRequest* request,
@@ -40,9 +60,22 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const internal::v1::StepR
 
 absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
   if (model_ == nullptr) return absl::FailedPreconditionError("Step before LoadShard");
+  // This rank computes its attention replica's sequences; the replica's first
+  // rank samples them.
+  const int replica = comms_.group_rank / comms_.plan.tp;
+  const bool samples = comms_.group_rank % comms_.plan.tp == 0;
+  std::vector<const internal::v1::StepSequence*> mine;
+  for (const internal::v1::StepSequence& s : request.sequences()) {
+    if (s.replica() < 0 || s.replica() >= comms_.plan.dp_attention) {
+      return absl::InvalidArgumentError(absl::StrCat("request ", s.request_id(), ": replica ", s.replica(),
+                                                     " outside the group's ", comms_.plan.dp_attention));
+    }
+    if (s.replica() == replica) mine.push_back(&s);
+  }
   ForwardBatch batch;
   batch.layout.block_size = cache_->block_size();
-  for (const internal::v1::StepSequence& s : request.sequences()) {
+  for (const internal::v1::StepSequence* sequence : mine) {
+    const internal::v1::StepSequence& s = *sequence;
     if (s.token_ids_size() == 0) return absl::InvalidArgumentError(absl::StrCat("request ", s.request_id(), ": no tokens"));
     SequenceSlice slice;
     slice.token_begin = static_cast<int64_t>(batch.token_ids.size());
@@ -56,8 +89,9 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
   ASSIGN_OR_RETURN(std::vector<float> logits, model_->Forward(batch, *cache_));
   const int64_t vocab = model_->config().vocab_size;
   int64_t row = 0;
-  for (const internal::v1::StepSequence& s : request.sequences()) {
-    if (!s.sample()) continue;
+  for (const internal::v1::StepSequence* sequence : mine) {
+    const internal::v1::StepSequence& s = *sequence;
+    if (!s.sample() || !samples) continue;
     const SamplerParams params{.temperature = s.sampling().temperature(), .top_k = s.sampling().top_k(),
                                .top_p = s.sampling().top_p(), .seed = s.sampling().seed()};
     response->add_sampled_token_ids(

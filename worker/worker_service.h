@@ -1,8 +1,10 @@
-// The internal gRPC Worker service: loads the model shard and the paged
-// latent cache on LoadShard, runs one engine step per Step call (forward pass
-// over the batch the coordinator planned, then sampling of the requested rows),
+// The internal gRPC Worker service: on LoadShard joins its engine group's
+// communicators (through the rendezvous store) and loads its shard of the
+// model and the paged latent cache; runs one engine step per Step call (the
+// forward pass over its attention replica's part of the batch the coordinator
+// planned, then, on the replica's first rank, sampling of the requested rows);
 // reports figures on GetStats. Steps are serialized: the coordinator owns the
-// schedule and block tables, the worker owns the memory.
+// schedule and block tables, the worker owns the memory and communicators.
 #ifndef MLASERVE_WORKER_WORKER_SERVICE_H_
 #define MLASERVE_WORKER_WORKER_SERVICE_H_
 
@@ -13,6 +15,8 @@
 #include "absl/synchronization/mutex.h"
 #include "kernels/ops.h"
 #include "proto/worker.grpc.pb.h"
+#include "worker/comm/rendezvous_store.h"
+#include "worker/group_comms.h"
 #include "worker/kv_cache.h"
 #include "worker/model.h"
 
@@ -20,7 +24,9 @@ namespace mlaserve {
 
 class WorkerService final : public internal::v1::Worker::Service {
  public:
-  explicit WorkerService(std::unique_ptr<Ops> ops);
+  // `store` (not owned) is where sharded groups rendezvous; `factory` makes
+  // the communicators matching `ops`' memory.
+  WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory);
 
   grpc::Status LoadShard(grpc::ServerContext* context, const internal::v1::LoadShardRequest* request,
                          internal::v1::LoadShardResponse* response) override;
@@ -30,11 +36,17 @@ class WorkerService final : public internal::v1::Worker::Service {
                         internal::v1::GetStatsResponse* response) override;
 
  private:
+  absl::Status Load(const internal::v1::LoadShardRequest& request, internal::v1::LoadShardResponse* response)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   std::unique_ptr<Ops> ops_;
+  RendezvousStore& store_;
+  const CommunicatorFactory factory_;
+  // Declared before the model, which uses them, so they outlive it.
+  GroupComms comms_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Model> model_ ABSL_GUARDED_BY(mu_);
   std::optional<KvCache> cache_ ABSL_GUARDED_BY(mu_);
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;

@@ -139,11 +139,15 @@ class CpuOps final : public Ops {
   }
 
   absl::Status Upload(absl::Span<const float> src, Tensor* dst) override {
-    RETURN_IF_ERROR(CheckDType("Upload", "dst", *dst, DType::kF32));
     if (static_cast<int64_t>(src.size()) != dst->numel()) {
       return absl::InvalidArgumentError(
           absl::StrCat("Upload: ", src.size(), " values into a tensor of ", dst->numel()));
     }
+    if (dst->dtype == DType::kI32) {
+      std::transform(src.begin(), src.end(), dst->as<int32_t>(), [](float v) { return static_cast<int32_t>(v); });
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(CheckDType("Upload", "dst", *dst, DType::kF32));
     std::memcpy(dst->data, src.data(), src.size() * sizeof(float));
     return absl::OkStatus();
   }
@@ -254,6 +258,20 @@ class CpuOps final : public Ops {
     const int64_t n = a->numel();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) as[i] += bs[i];
+    return absl::OkStatus();
+  }
+
+  absl::Status AddRows(const Tensor& src, absl::Span<const int32_t> rows, Tensor* dst) override {
+    const int64_t n = static_cast<int64_t>(rows.size()), d = dst->dim(1);
+    RETURN_IF_ERROR(CheckShape("AddRows", "src", src, {n, d}));
+    for (int64_t i = 0; i < n; ++i) {
+      if (rows[i] < 0 || rows[i] >= dst->dim(0)) {
+        return absl::InvalidArgumentError(absl::StrCat("AddRows: row ", rows[i], " outside [0, ", dst->dim(0), ")"));
+      }
+      const float* s = src.as<float>() + i * d;
+      float* t = dst->as<float>() + rows[i] * d;
+      for (int64_t j = 0; j < d; ++j) t[j] += s[j];
+    }
     return absl::OkStatus();
   }
 

@@ -86,6 +86,24 @@ TEST_F(CpuOpsTest, RmsNormAndFusedAdd) {
   }
 }
 
+TEST_F(CpuOpsTest, AddRowsAccumulatesRepeatedRows) {
+  Tensor dst = Random({6, 9}), src = Random({5, 9});
+  std::vector<double> ref(dst.as<float>(), dst.as<float>() + dst.numel());
+  const std::vector<int32_t> rows = {4, 0, 4, 5, 4};
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (int j = 0; j < 9; ++j) ref[rows[i] * 9 + j] += src.as<float>()[i * 9 + j];
+  ASSERT_TRUE(ops_->AddRows(src, rows, &dst).ok());
+  EXPECT_LT(RelErr(dst, ref), 1e-7);
+  EXPECT_EQ(ops_->AddRows(src, {0, 1, 2, 3, 6}, &dst).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ops_->AddRows(src, {0, 1}, &dst).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CpuOpsTest, UploadConvertsToTheTensorsType) {
+  Tensor ids = Make({3}, DType::kI32);
+  ASSERT_TRUE(ops_->Upload(std::vector<float>{7, 0, 1023}, &ids).ok());
+  EXPECT_EQ(std::vector<int32_t>(ids.as<int32_t>(), ids.as<int32_t>() + 3), (std::vector<int32_t>{7, 0, 1023}));
+}
+
 TEST_F(CpuOpsTest, RopeRotatesPairsByPositionTimesFrequency) {
   for (bool interleaved : {true, false}) {
     RopeTable table{.rope_dim = 8, .inv_freq = {1.0f, 0.5f, 0.1f, 0.01f}, .attention_factor = 1.3f,
