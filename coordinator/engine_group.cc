@@ -15,6 +15,12 @@ bool Contains(const std::vector<int32_t>& ids, int32_t id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
+TokenLogprobs FromProto(const internal::v1::TokenLogprobs& logprobs) {
+  return TokenLogprobs{logprobs.token_id(), logprobs.logprob(),
+                       std::vector<int32_t>(logprobs.top_token_ids().begin(), logprobs.top_token_ids().end()),
+                       std::vector<float>(logprobs.top_logprobs().begin(), logprobs.top_logprobs().end())};
+}
+
 }  // namespace
 
 EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, GroupOptions options,
@@ -151,7 +157,7 @@ void EngineGroup::Loop() {
       if (stopping_) return;
     }
     if (empty) continue;
-    absl::StatusOr<std::vector<std::vector<int32_t>>> sampled = RunStep(step);
+    absl::StatusOr<std::vector<internal::v1::StepResponse>> sampled = RunStep(step);
     {
       absl::MutexLock lock(&mu_);
       if (sampled.ok()) {
@@ -164,7 +170,7 @@ void EngineGroup::Loop() {
   }
 }
 
-absl::StatusOr<std::vector<std::vector<int32_t>>> EngineGroup::RunStep(const Step& step) {
+absl::StatusOr<std::vector<internal::v1::StepResponse>> EngineGroup::RunStep(const Step& step) {
   internal::v1::StepRequest request;
   request.set_step_id(next_step_id_++);
   for (size_t r = 0; r < step.size(); ++r) {
@@ -183,6 +189,8 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> EngineGroup::RunStep(const Ste
       q->mutable_sampling()->set_top_p(seq.sampling.top_p);
       q->mutable_sampling()->set_seed(seq.seed);
       q->set_sample_index(static_cast<int32_t>(seq.num_output()));
+      q->set_logprobs(seq.sampling.logprobs >= 0);
+      q->set_top_logprobs(std::max(0, seq.sampling.logprobs));
     }
   }
   // Every rank of the group runs the same step; each replica's first rank
@@ -197,7 +205,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> EngineGroup::RunStep(const Ste
       return std::make_pair(status, std::move(response));
     }));
   }
-  std::vector<std::vector<int32_t>> sampled(step.size());
+  std::vector<internal::v1::StepResponse> sampled(step.size());
   absl::Status first_error;
   for (size_t rank = 0; rank < calls.size(); ++rank) {
     auto [status, response] = calls[rank].get();
@@ -206,22 +214,23 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> EngineGroup::RunStep(const Ste
                                                         ") failed a step: ", FromGrpcStatus(status).ToString()));
     }
     if (rank % options_.tp == 0 && rank / options_.tp < sampled.size()) {
-      sampled[rank / options_.tp].assign(response.sampled_token_ids().begin(), response.sampled_token_ids().end());
+      sampled[rank / options_.tp] = std::move(response);
     }
   }
   if (!first_error.ok()) return first_error;
   for (size_t r = 0; r < step.size(); ++r) {
     const auto expected = std::count_if(step[r].begin(), step[r].end(), [](const auto& s) { return s.sample; });
-    if (static_cast<int64_t>(sampled[r].size()) != expected) {
-      return absl::InternalError(absl::StrCat("replica ", r, " returned ", sampled[r].size(), " tokens for ", expected,
-                                              " samples"));
+    const int tokens = sampled[r].sampled_token_ids_size();
+    if (tokens != expected || sampled[r].logprobs_size() != tokens) {
+      return absl::InternalError(absl::StrCat("replica ", r, " returned ", tokens, " tokens and ",
+                                              sampled[r].logprobs_size(), " logprobs for ", expected, " samples"));
     }
   }
   return sampled;
 }
 
 std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const Step& step,
-                                                        const std::vector<std::vector<int32_t>>& sampled) {
+                                                        const std::vector<internal::v1::StepResponse>& sampled) {
   std::vector<Update> updates;
   for (size_t r = 0; r < step.size(); ++r) ApplyReplicaStep(*replicas_[r], step[r], sampled[r], &updates);
   PublishGauges();
@@ -229,15 +238,15 @@ std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const Step& step,
 }
 
 void EngineGroup::ApplyReplicaStep(Replica& replica, const std::vector<ScheduledSequence>& step,
-                                   const std::vector<int32_t>& sampled, std::vector<Update>* updates) {
+                                   const internal::v1::StepResponse& sampled, std::vector<Update>* updates) {
   replica.scheduler.Advance(step);
   std::vector<int64_t> finished;
-  size_t next = 0;
+  int next = 0;
   const absl::Time now = absl::Now();
   for (const ScheduledSequence& s : step) {
     if (!s.sample) continue;
     Sequence& seq = *s.seq;
-    const int32_t token = sampled[next++];
+    const int32_t token = sampled.sampled_token_ids(next);
     seq.tokens.push_back(token);
     if (seq.num_output() == 1) {
       seq.first_token_time = now;
@@ -245,6 +254,8 @@ void EngineGroup::ApplyReplicaStep(Replica& replica, const std::vector<Scheduled
     }
     GenerateUpdate update;
     update.token_ids = {token};
+    if (seq.sampling.logprobs >= 0) update.logprobs = {FromProto(sampled.logprobs(next))};
+    ++next;
     FinishReason reason = FinishReason::kNone;
     if (Contains(seq.sampling.stop_token_ids, token) || (!seq.sampling.ignore_eos && Contains(eos_ids_, token))) {
       reason = FinishReason::kStop;  // the stop token's text is not part of the output
@@ -264,7 +275,7 @@ void EngineGroup::ApplyReplicaStep(Replica& replica, const std::vector<Scheduled
     }
     updates->push_back({seq.on_update, std::move(update)});
   }
-  metrics_.AddGenerationTokens(static_cast<double>(sampled.size()));
+  metrics_.AddGenerationTokens(static_cast<double>(sampled.sampled_token_ids_size()));
   for (int64_t id : finished) replica.scheduler.Remove(id);
 }
 

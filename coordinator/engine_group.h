@@ -75,14 +75,15 @@ class EngineGroup {
   using Step = std::vector<std::vector<ScheduledSequence>>;
 
   void Loop();
-  // The sampled tokens of each replica's sampled sequences, in step order.
-  absl::StatusOr<std::vector<std::vector<int32_t>>> RunStep(const Step& step);
+  // Each replica's step response (from its first rank): the sampled tokens of
+  // its sampled sequences, in step order, with their logprobs.
+  absl::StatusOr<std::vector<internal::v1::StepResponse>> RunStep(const Step& step);
   // Appends sampled tokens, detokenizes and checks stop conditions; returns
   // the updates to emit (finished sequences are then removed).
-  std::vector<Update> ApplyStep(const Step& step, const std::vector<std::vector<int32_t>>& sampled)
+  std::vector<Update> ApplyStep(const Step& step, const std::vector<internal::v1::StepResponse>& sampled)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyReplicaStep(Replica& replica, const std::vector<ScheduledSequence>& step,
-                        const std::vector<int32_t>& sampled, std::vector<Update>* updates)
+                        const internal::v1::StepResponse& sampled, std::vector<Update>* updates)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills the final fields of `update` and records the request's metrics.

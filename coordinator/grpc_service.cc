@@ -2,6 +2,7 @@
 
 #include <deque>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
 #include "coordinator/prompt.h"
@@ -34,6 +35,13 @@ class UpdateQueue {
 v1::GenerateResponse ToResponse(const GenerateUpdate& update) {
   v1::GenerateResponse response;
   response.mutable_token_ids()->Add(update.token_ids.begin(), update.token_ids.end());
+  for (const TokenLogprobs& logprobs : update.logprobs) {
+    v1::TokenLogprobs* out = response.add_logprobs();
+    out->set_token_id(logprobs.token);
+    out->set_logprob(logprobs.logprob);
+    out->mutable_top_token_ids()->Add(logprobs.top_ids.begin(), logprobs.top_ids.end());
+    out->mutable_top_logprobs()->Add(logprobs.top_logprobs.begin(), logprobs.top_logprobs.end());
+  }
   response.set_text(update.text);
   if (update.finished()) {
     response.set_finish_reason(FinishReasonName(update.finish_reason));
@@ -46,14 +54,17 @@ v1::GenerateResponse ToResponse(const GenerateUpdate& update) {
 
 }  // namespace
 
-GenerateInput GrpcService::ToInput(const v1::GenerateRequest& request) const {
+absl::StatusOr<GenerateInput> GrpcService::ToInput(const v1::GenerateRequest& request) const {
+  const v1::SamplingParams& p = request.sampling();
+  if (p.has_logprobs() && (p.logprobs() < 0 || p.logprobs() > kMaxLogprobs)) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.logprobs must be in [0, ", kMaxLogprobs, "]"));
+  }
   GenerateInput input;
   if (request.has_token_ids()) {
     input.prompt_ids.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
   } else {
     input.prompt_ids = EncodeTextPrompt(engine_.tokenizer(), engine_.model_config(), request.text());
   }
-  const v1::SamplingParams& p = request.sampling();
   SamplingOptions& s = input.sampling;
   s.temperature = p.temperature();
   s.top_k = p.top_k();
@@ -63,15 +74,17 @@ GenerateInput GrpcService::ToInput(const v1::GenerateRequest& request) const {
   s.stop_token_ids.assign(p.stop_token_ids().begin(), p.stop_token_ids().end());
   s.stop.assign(p.stop().begin(), p.stop().end());
   s.ignore_eos = p.has_ignore_eos() && p.ignore_eos();
+  s.logprobs = p.has_logprobs() ? p.logprobs() : -1;
   return input;
 }
 
 grpc::Status GrpcService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                    grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  GenerateInput input = ToInput(*request);
+  absl::StatusOr<GenerateInput> input = ToInput(*request);
+  if (!input.ok()) return ToGrpcStatus(input.status());
   auto queue = std::make_shared<UpdateQueue>();
   absl::StatusOr<int64_t> id =
-      engine_.Submit(std::move(input), [queue](const GenerateUpdate& update) { queue->Push(update); });
+      engine_.Submit(*std::move(input), [queue](const GenerateUpdate& update) { queue->Push(update); });
   if (!id.ok()) {
     metrics_.CountRejected();
     return ToGrpcStatus(id.status());

@@ -24,7 +24,8 @@ class GrpcService final : public v1::Mlaserve::Service {
                          v1::ModelInfoResponse* response) override;
 
  private:
-  GenerateInput ToInput(const v1::GenerateRequest& request) const;
+  // InvalidArgument for sampling values out of range.
+  absl::StatusOr<GenerateInput> ToInput(const v1::GenerateRequest& request) const;
 
   Engine& engine_;
   ServingMetrics& metrics_;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "coordinator/chat_template.h"
 #include "coordinator/prompt.h"
 
@@ -71,10 +72,10 @@ absl::Status ReadNumber(const json& body, const char* name, double min, bool min
   return absl::OkStatus();
 }
 
-absl::Status ReadInt32(const json& body, const char* name, int64_t min, int32_t* out) {
+absl::Status ReadInt32(const json& body, const char* name, int64_t min, int64_t max, int32_t* out) {
   const json* value = Field(body, name);
   if (value == nullptr) return absl::OkStatus();
-  ASSIGN_OR_RETURN(const int64_t n, ToInt(*value, name, min, kInt32Max));
+  ASSIGN_OR_RETURN(const int64_t n, ToInt(*value, name, min, max));
   *out = static_cast<int32_t>(n);
   return absl::OkStatus();
 }
@@ -133,8 +134,8 @@ bool Truthy(const json& value) {
 }
 
 absl::Status RejectUnsupported(ApiKind kind, const json& body) {
-  static const char* const kCompletionOnly[] = {"echo", "logprobs", "suffix", "logit_bias"};
-  static const char* const kChatOnly[] = {"logprobs", "top_logprobs", "logit_bias", "tools"};
+  static const char* const kCompletionOnly[] = {"echo", "suffix", "logit_bias"};
+  static const char* const kChatOnly[] = {"logit_bias", "tools"};
   for (const char* name :
        kind == ApiKind::kCompletion ? absl::MakeConstSpan(kCompletionOnly) : absl::MakeConstSpan(kChatOnly)) {
     const json* value = Field(body, name);
@@ -173,7 +174,7 @@ absl::Status CheckModel(const json& body, const Engine& engine) {
 
 // top_k: vLLM's -1 for "no limit" is the engine's 0.
 absl::Status ReadTopK(const json& body, int32_t* top_k) {
-  RETURN_IF_ERROR(ReadInt32(body, "top_k", -1, top_k));
+  RETURN_IF_ERROR(ReadInt32(body, "top_k", -1, kInt32Max, top_k));
   if (*top_k < 0) *top_k = 0;
   return absl::OkStatus();
 }
@@ -186,6 +187,21 @@ absl::Status ReadSampling(const json& body, SamplingOptions* sampling) {
   RETURN_IF_ERROR(ReadStop(body, &sampling->stop));
   RETURN_IF_ERROR(ReadStopTokenIds(body, &sampling->stop_token_ids));
   return ReadBool(body, "ignore_eos", &sampling->ignore_eos);
+}
+
+// Completions take the number of alternatives as `logprobs`; chat takes a
+// `logprobs` flag and the number as `top_logprobs`, which needs the flag.
+absl::Status ReadLogprobs(ApiKind kind, const json& body, int32_t* logprobs) {
+  if (kind == ApiKind::kCompletion) return ReadInt32(body, "logprobs", 0, kMaxLogprobs, logprobs);
+  bool wanted = false;
+  RETURN_IF_ERROR(ReadBool(body, "logprobs", &wanted));
+  int32_t top = 0;
+  RETURN_IF_ERROR(ReadInt32(body, "top_logprobs", 0, kMaxLogprobs, &top));
+  if (Field(body, "top_logprobs") != nullptr && !wanted) {
+    return InvalidParam("top_logprobs", "`top_logprobs` requires `logprobs` to be true");
+  }
+  if (wanted) *logprobs = top;
+  return absl::OkStatus();
 }
 
 absl::Status ReadStreaming(const json& body, ApiRequest* request) {
@@ -281,7 +297,7 @@ absl::Status ReadMaxTokens(ApiKind kind, const json& body, int64_t prompt_tokens
                            int32_t* max_tokens) {
   const char* name = "max_tokens";
   if (kind == ApiKind::kChat && Field(body, "max_completion_tokens") != nullptr) name = "max_completion_tokens";
-  if (Field(body, name) != nullptr) return ReadInt32(body, name, 1, max_tokens);
+  if (Field(body, name) != nullptr) return ReadInt32(body, name, 1, kInt32Max, max_tokens);
   if (kind == ApiKind::kCompletion) {
     *max_tokens = 16;
     return absl::OkStatus();
@@ -319,6 +335,62 @@ json Envelope(const ResponseHeader& header, const char* object, json choices) {
           {"created", header.created},
           {"model", header.model},
           {"choices", std::move(choices)}};
+}
+
+// -inf is not JSON: OpenAI and vLLM send -9999 for it.
+json LogprobJson(float logprob) { return std::max(logprob, -9999.0f); }
+
+// Characters (code points) of valid UTF-8 text, as Python counts them.
+int64_t CharCount(const std::string& text) {
+  return std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<uint8_t>(c) & 0xC0) != 0x80; });
+}
+
+// {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. Each position's
+// top_logprobs maps the text of the top tokens and of the sampled one to
+// their logprobs, so it may have one more entry than asked for, as OpenAI's.
+json CompletionLogprobs(const Tokenizer& tokenizer, absl::Span<const TokenLogprobs> logprobs, int64_t* text_offset) {
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), offsets = json::array();
+  for (const TokenLogprobs& position : logprobs) {
+    const std::string text = tokenizer.Decode({position.token});
+    // The sampled token first: where two tokens share a text, it keeps its own logprob.
+    json top = {{text, LogprobJson(position.logprob)}};
+    for (size_t i = 0; i < position.top_ids.size(); ++i) {
+      top.emplace(tokenizer.Decode({position.top_ids[i]}), LogprobJson(position.top_logprobs[i]));
+    }
+    tokens.push_back(text);
+    token_logprobs.push_back(LogprobJson(position.logprob));
+    top_logprobs.push_back(std::move(top));
+    offsets.push_back(*text_offset);
+    *text_offset += CharCount(text);
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top_logprobs)},
+          {"text_offset", std::move(offsets)}};
+}
+
+// {"token", "logprob", "bytes"}: the token's text as the tokenizer decodes it
+// alone, and its raw bytes, which may be part of a character that only
+// following tokens complete.
+json ChatTokenLogprob(const Tokenizer& tokenizer, int32_t token, float logprob) {
+  const std::string bytes = tokenizer.DecodeBytes({token});
+  return {{"token", Utf8Lossy(bytes)},
+          {"logprob", LogprobJson(logprob)},
+          {"bytes", std::vector<uint8_t>(bytes.begin(), bytes.end())}};
+}
+
+// {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}.
+json ChatLogprobs(const Tokenizer& tokenizer, absl::Span<const TokenLogprobs> logprobs) {
+  json content = json::array();
+  for (const TokenLogprobs& position : logprobs) {
+    json entry = ChatTokenLogprob(tokenizer, position.token, position.logprob);
+    entry["top_logprobs"] = json::array();
+    for (size_t i = 0; i < position.top_ids.size(); ++i) {
+      entry["top_logprobs"].push_back(ChatTokenLogprob(tokenizer, position.top_ids[i], position.top_logprobs[i]));
+    }
+    content.push_back(std::move(entry));
+  }
+  return {{"content", std::move(content)}};
 }
 
 json ChunkEnvelope(const ResponseHeader& header, json choices, bool include_usage) {
@@ -385,6 +457,7 @@ absl::StatusOr<ApiRequest> ParseGenerateRequest(ApiKind kind, const json& body, 
   request.input.sampling.temperature = 1.0f;  // OpenAI's default: sampling, not greedy
   RETURN_IF_ERROR(ReadStreaming(body, &request));
   RETURN_IF_ERROR(ReadSampling(body, &request.input.sampling));
+  RETURN_IF_ERROR(ReadLogprobs(kind, body, &request.input.sampling.logprobs));
   // Tokenizing is the costly step, so it comes after every cheap check.
   ASSIGN_OR_RETURN(request.input.prompt_ids,
                    kind == ApiKind::kCompletion ? ParsePrompt(body, engine) : ParseChatPrompt(body, engine));
@@ -408,8 +481,17 @@ ResponseHeader NewResponseHeader(ApiKind kind, const std::string& model) {
   return header;
 }
 
-json BuildResponse(const ResponseHeader& header, const std::string& text, const GenerateUpdate& final_update) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", FinishReasonJson(final_update.finish_reason)}};
+json BuildLogprobs(ApiKind kind, const Tokenizer& tokenizer, absl::Span<const TokenLogprobs> logprobs,
+                   int64_t* text_offset) {
+  return kind == ApiKind::kCompletion ? CompletionLogprobs(tokenizer, logprobs, text_offset)
+                                      : ChatLogprobs(tokenizer, logprobs);
+}
+
+json BuildResponse(const ResponseHeader& header, const std::string& text, const GenerateUpdate& final_update,
+                   json logprobs) {
+  json choice = {{"index", 0},
+                 {"logprobs", std::move(logprobs)},
+                 {"finish_reason", FinishReasonJson(final_update.finish_reason)}};
   if (header.kind == ApiKind::kCompletion) {
     choice["text"] = text;
   } else {
@@ -421,8 +503,9 @@ json BuildResponse(const ResponseHeader& header, const std::string& text, const 
   return response;
 }
 
-json BuildChunk(const ResponseHeader& header, const GenerateUpdate& update, bool include_usage) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", FinishReasonJson(update.finish_reason)}};
+json BuildChunk(const ResponseHeader& header, const GenerateUpdate& update, bool include_usage, json logprobs) {
+  json choice = {
+      {"index", 0}, {"logprobs", std::move(logprobs)}, {"finish_reason", FinishReasonJson(update.finish_reason)}};
   if (header.kind == ApiKind::kCompletion) {
     choice["text"] = update.text;
   } else {

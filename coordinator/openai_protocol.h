@@ -1,7 +1,8 @@
 // The OpenAI-compatible API's wire format, as vLLM and SGLang serve it: the
 // bodies of /v1/completions, /v1/chat/completions and /tokenize validated
-// into the engine's GenerateInput; the JSON of responses, streamed chunks and
-// model listings; and OpenAI's error body,
+// into the engine's GenerateInput; the JSON of responses, streamed chunks
+// (with the logprobs of their tokens when asked for) and model listings; and
+// OpenAI's error body,
 // {"error": {"message", "type", "param", "code"}}, for every failure.
 #ifndef MLASERVE_COORDINATOR_OPENAI_PROTOCOL_H_
 #define MLASERVE_COORDINATOR_OPENAI_PROTOCOL_H_
@@ -13,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "coordinator/engine.h"
 #include "coordinator/request.h"
 #include "nlohmann/json.hpp"
@@ -44,11 +46,23 @@ struct ResponseHeader {
 };
 ResponseHeader NewResponseHeader(ApiKind kind, const std::string& model);
 
-// A whole response: `text` is the request's output, `final_update` its last update.
-nlohmann::json BuildResponse(const ResponseHeader& header, const std::string& text, const GenerateUpdate& final_update);
-// A streamed update: its text delta, and its finish reason if it is the last.
-// With include_usage every chunk has "usage": null, as OpenAI's do.
-nlohmann::json BuildChunk(const ResponseHeader& header, const GenerateUpdate& update, bool include_usage);
+// A choice's "logprobs" for the tokens of a response or chunk, each token's
+// text decoded alone (invalid UTF-8 replaced by U+FFFD, as vLLM does).
+// Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"},
+// offsets counted from *text_offset (the characters of the choice's earlier
+// tokens), which advances past these. Chat: {"content": [{"token", "logprob",
+// "bytes", "top_logprobs": [{"token", "logprob", "bytes"}, ...]}, ...]}.
+nlohmann::json BuildLogprobs(ApiKind kind, const Tokenizer& tokenizer, absl::Span<const TokenLogprobs> logprobs,
+                             int64_t* text_offset);
+// A whole response: `text` is the request's output, `final_update` its last
+// update, `logprobs` the choice's (BuildLogprobs; null when not asked for).
+nlohmann::json BuildResponse(const ResponseHeader& header, const std::string& text, const GenerateUpdate& final_update,
+                             nlohmann::json logprobs = nullptr);
+// A streamed update: its text delta, its tokens' logprobs (as BuildResponse),
+// and its finish reason if it is the last. With include_usage every chunk has
+// "usage": null, as OpenAI's do.
+nlohmann::json BuildChunk(const ResponseHeader& header, const GenerateUpdate& update, bool include_usage,
+                          nlohmann::json logprobs = nullptr);
 // Chat streams open with the assistant's role and empty content.
 nlohmann::json BuildRoleChunk(const ResponseHeader& header, bool include_usage);
 // stream_options.include_usage's closing chunk: no choices, the usage.

@@ -56,6 +56,9 @@ absl::Status ServingEngine::Validate(const GenerateInput& input) const {
   if (!(s.temperature >= 0)) return absl::InvalidArgumentError("temperature must be non-negative");
   if (!(s.top_p > 0 && s.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
   if (s.top_k < 0) return absl::InvalidArgumentError("top_k must be non-negative (0: no limit)");
+  if (s.logprobs < -1 || s.logprobs > kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("logprobs must be in [0, ", kMaxLogprobs, "] (-1: none)"));
+  }
   // A request that cannot fit in a group's whole cache would wait forever.
   for (const auto& group : groups_) {
     if (BlocksFor(prompt_len + s.max_tokens, group->block_size()) > group->num_blocks()) {

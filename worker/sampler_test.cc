@@ -1,7 +1,9 @@
 #include "worker/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -54,6 +56,41 @@ TEST(SamplerTest, FrequenciesFollowTheSoftmax) {
   for (int i = 0; i < n; ++i) counts[SampleToken(logits, {.temperature = 1.0f, .seed = 11}, i)]++;
   EXPECT_NEAR(counts[0] / double(n), std::exp(1.0) / z, 0.02);
   EXPECT_NEAR(counts[2] / double(n), std::exp(-1.0) / z, 0.02);
+}
+
+TEST(LogprobsTest, MatchTheLogSoftmaxOfTheRawLogits) {
+  std::mt19937 rng(std::random_device{}());
+  std::vector<float> logits = RandomLogits(300, rng);
+  logits[7] = logits[250] = logits[3];  // ties rank the lower id first
+  double z = 0;
+  for (float x : logits) z += std::exp(double{x});
+  auto expected = [&](int32_t id) { return std::log(std::exp(double{logits[id]}) / z); };
+  std::vector<int32_t> ranked(logits.size());
+  std::iota(ranked.begin(), ranked.end(), 0);
+  std::stable_sort(ranked.begin(), ranked.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  for (int32_t top_n : {0, 1, 5, 20}) {
+    const int32_t token = static_cast<int32_t>(rng() % logits.size());
+    const SampledLogprobs lp = ComputeLogprobs(logits, token, top_n);
+    EXPECT_NEAR(lp.logprob, expected(token), 1e-5) << "top_n " << top_n;
+    ASSERT_EQ(lp.top_ids.size(), static_cast<size_t>(top_n));
+    ASSERT_EQ(lp.top_logprobs.size(), static_cast<size_t>(top_n));
+    for (int32_t i = 0; i < top_n; ++i) {
+      EXPECT_EQ(lp.top_ids[i], ranked[i]) << "rank " << i;
+      EXPECT_NEAR(lp.top_logprobs[i], expected(ranked[i]), 1e-5) << "rank " << i;
+    }
+  }
+  const std::vector<float> tied = {1.0f, 2.0f, 2.0f, 2.0f};
+  const SampledLogprobs lp = ComputeLogprobs(tied, 0, 3);
+  EXPECT_EQ(lp.top_ids, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(lp.top_logprobs[0], lp.top_logprobs[2]);
+  EXPECT_EQ(ComputeLogprobs(tied, 0, 10).top_ids.size(), tied.size());
+}
+
+TEST(LogprobsTest, StayFiniteForLargeLogits) {
+  // exp(1000) overflows a double: the log-sum-exp must subtract the maximum.
+  const SampledLogprobs lp = ComputeLogprobs(std::vector<float>{1000.0f, 999.0f}, 1, 2);
+  EXPECT_NEAR(lp.logprob, -1.0 - std::log1p(std::exp(-1.0)), 1e-6);
+  EXPECT_NEAR(lp.top_logprobs[0], -std::log1p(std::exp(-1.0)), 1e-6);
 }
 
 }  // namespace

@@ -9,6 +9,17 @@
 #include "worker/sampler.h"
 
 namespace mlaserve {
+namespace {
+
+void FillLogprobs(absl::Span<const float> logits, int32_t token, int32_t top_n, internal::v1::TokenLogprobs* out) {
+  const SampledLogprobs computed = ComputeLogprobs(logits, token, top_n);
+  out->set_token_id(token);
+  out->set_logprob(computed.logprob);
+  out->mutable_top_token_ids()->Add(computed.top_ids.begin(), computed.top_ids.end());
+  out->mutable_top_logprobs()->Add(computed.top_logprobs.begin(), computed.top_logprobs.end());
+}
+
+}  // namespace
 
 WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory)
     : ops_(std::move(ops)), store_(store), factory_(std::move(factory)) {}
@@ -94,8 +105,11 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
     if (!s.sample() || !samples) continue;
     const SamplerParams params{.temperature = s.sampling().temperature(), .top_k = s.sampling().top_k(),
                                .top_p = s.sampling().top_p(), .seed = s.sampling().seed()};
-    response->add_sampled_token_ids(
-        SampleToken(absl::MakeConstSpan(logits).subspan(row * vocab, vocab), params, s.sample_index()));
+    const absl::Span<const float> row_logits = absl::MakeConstSpan(logits).subspan(row * vocab, vocab);
+    const int32_t token = SampleToken(row_logits, params, s.sample_index());
+    response->add_sampled_token_ids(token);
+    internal::v1::TokenLogprobs* logprobs = response->add_logprobs();
+    if (s.logprobs()) FillLogprobs(row_logits, token, s.top_logprobs(), logprobs);
     ++row;
   }
   ++steps_;

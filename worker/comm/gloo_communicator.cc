@@ -173,8 +173,8 @@ class GlooCommunicator final : public Communicator {
     return Run("AllGather", [&] {
       RETURN_IF_ERROR(CheckCount(count));
       const size_t bytes = count * DTypeBytes(dtype);
-      // Every rank has the same count, so all skip together; Gloo would
-      // otherwise run its ring on empty chunks.
+      // Every rank has the same count, so all skip together rather than
+      // pass empty chunks round Gloo's ring.
       if (bytes == 0) return absl::OkStatus();
       // As bytes: allgather only moves memory, whole blocks per rank.
       gloo::AllgatherOptions opts(context_);
@@ -189,7 +189,7 @@ class GlooCommunicator final : public Communicator {
   // Gloo 2022's only reduce-scatter is ReduceScatterHalvingDoubling, an
   // old-style algorithm: it reserves context slots at construction (so every
   // rank must build it in lockstep), works in place on the whole input,
-  // counts with int and waits without the per-call timeout. Instead each
+  // counts with int and takes no per-call timeout. Instead each
   // rank sends block p to rank p (an all-to-all, the same (size - 1) * count
   // elements a ring reduce-scatter moves) and sums what it receives.
   absl::Status ReduceScatterSum(const void* send, void* recv, int64_t count, DType dtype) override {

@@ -8,6 +8,14 @@
 // Status after `options.timeout` instead of hanging on a silent peer; a peer
 // that dies shows as a closed connection and fails the call at once.
 //
+// Gloo sends nothing before the receiver is ready: a Send returns once the
+// peer has posted the matching Recv, so two ranks that both Send to each
+// other first wait on each other. Counts must agree between ranks, as the
+// Communicator contract says; Gloo cannot report a disagreement as an error
+// (a message longer than its receive fails a check on Gloo's I/O thread,
+// which aborts the process; a shorter one leaves the receive's tail as it
+// was).
+//
 // NewGlooCommunicator sets SIGPIPE to ignored unless the program handles it:
 // Gloo writes to sockets with writev(2), so a peer's closed connection would
 // otherwise kill this process instead of failing the call.

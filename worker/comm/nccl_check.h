@@ -21,23 +21,20 @@ inline absl::Status NcclStatus(ncclResult_t result, const char* expr, const char
   std::string message = absl::StrCat(file, ":", line, ": ", expr, " failed: ", ncclGetErrorString(result));
   switch (result) {
     case ncclRemoteError:
-    case ncclSystemError:
-      return absl::UnavailableError(message);
+    case ncclSystemError: return absl::UnavailableError(message);
     case ncclInvalidArgument:
-    case ncclInvalidUsage:
-      return absl::InvalidArgumentError(message);
-    default:
-      return absl::InternalError(message);
+    case ncclInvalidUsage: return absl::InvalidArgumentError(message);
+    default: return absl::InternalError(message);
   }
 }
 
 }  // namespace mlaserve
 
 // Returns the failure of an NCCL call as a Status.
-#define NCCL_RETURN_IF_ERROR(expr)                                                                \
-  do {                                                                                            \
-    absl::Status mla_nccl_status_ = ::mlaserve::NcclStatus((expr), #expr, __FILE__, __LINE__);    \
-    if (!mla_nccl_status_.ok()) return mla_nccl_status_;                                          \
+#define NCCL_RETURN_IF_ERROR(expr)                                                             \
+  do {                                                                                         \
+    absl::Status mla_nccl_status_ = ::mlaserve::NcclStatus((expr), #expr, __FILE__, __LINE__); \
+    if (!mla_nccl_status_.ok()) return mla_nccl_status_;                                       \
   } while (0)
 
 #endif  // MLASERVE_WORKER_COMM_NCCL_CHECK_H_

@@ -168,16 +168,15 @@ class NcclCommunicator final : public Communicator {
   // the NCCL communicator (which also stops its kernels) for good.
   absl::Status Run(const char* op, absl::FunctionRef<absl::Status()> fn) {
     if (!broken_.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("communicator broken by earlier error: ", broken_.ToString()));
+      return absl::FailedPreconditionError(absl::StrCat("communicator broken by earlier error: ", broken_.ToString()));
     }
     absl::Status status = [&]() -> absl::Status {
       CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
       return fn();
     }();
     if (!status.ok()) {
-      broken_ = absl::Status(status.code(), absl::StrCat("NCCL ", op, " on rank ", rank_, " of ", size_, ": ",
-                                                         status.message()));
+      broken_ = absl::Status(status.code(),
+                             absl::StrCat("NCCL ", op, " on rank ", rank_, " of ", size_, ": ", status.message()));
       if (comm_ != nullptr) ncclCommAbort(comm_);
       comm_ = nullptr;
     }
@@ -201,8 +200,8 @@ class NcclCommunicator final : public Communicator {
       ncclResult_t async = ncclSuccess;
       NCCL_RETURN_IF_ERROR(ncclCommGetAsyncError(comm_, &async));
       if (!Started(async)) {
-        return absl::UnavailableError(absl::StrCat(call, ": ", ncclGetErrorString(async), ": ",
-                                                   ncclGetLastError(comm_)));
+        return absl::UnavailableError(
+            absl::StrCat(call, ": ", ncclGetErrorString(async), ": ", ncclGetLastError(comm_)));
       }
       if (async == ncclSuccess) {
         const cudaError_t query = cudaStreamQuery(stream_);
@@ -211,9 +210,9 @@ class NcclCommunicator final : public Communicator {
       }
       const absl::Time now = absl::Now();
       if (now >= deadline) {
-        return absl::DeadlineExceededError(
-            absl::StrCat(call, ": not done after ", absl::FormatDuration(timeout_),
-                         async == ncclInProgress ? " (still being enqueued)" : " (running on the device)"));
+        return absl::DeadlineExceededError(absl::StrCat(
+            call, ": not done after ", absl::FormatDuration(timeout_),
+            async == ncclInProgress ? " (NCCL still busy on the host)" : " (still running on the device)"));
       }
       if (now - start < kSpinFor) {
         std::this_thread::yield();
@@ -274,7 +273,7 @@ class NcclCommunicator final : public Communicator {
   const int device_;
   const absl::Duration timeout_;
   cudaStream_t stream_ = nullptr;
-  void* barrier_ = nullptr;  // one int32 on the device
+  void* barrier_ = nullptr;    // one int32 on the device
   ncclComm_t comm_ = nullptr;  // null once aborted
   absl::Status broken_;        // OK until the first failed call
 };
@@ -282,7 +281,7 @@ class NcclCommunicator final : public Communicator {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(RendezvousStore& store, const std::string& prefix,
-                                                                 int rank, int size, const NcclOptions& options) {
+                                                                  int rank, int size, const NcclOptions& options) {
   if (size < 1 || rank < 0 || rank >= size) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", rank, " of ", size));
   }

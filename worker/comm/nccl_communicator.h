@@ -40,7 +40,7 @@ struct NcclOptions {
 };
 
 absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(RendezvousStore& store, const std::string& prefix,
-                                                                 int rank, int size, const NcclOptions& options);
+                                                                  int rank, int size, const NcclOptions& options);
 
 }  // namespace mlaserve
 

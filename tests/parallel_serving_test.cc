@@ -1,0 +1,130 @@
+// Sharded engine groups end to end on the CPU: tensor-parallel attention,
+// expert parallelism and data-parallel attention replicas, each rank a worker
+// process talking Gloo over loopback, must serve exactly what one worker
+// serves; a killed rank fails its group's requests and no others.
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/local_cluster.h"
+#include "tests/serving_client.h"
+
+namespace mlaserve {
+namespace {
+
+using json = nlohmann::json;
+
+struct ClusterShape {
+  const char* name;
+  int workers;
+  std::vector<std::string> flags;
+};
+
+class ShardedServingTest : public ::testing::TestWithParam<ClusterShape> {
+ protected:
+  static Oracle& oracle() {
+    static Oracle* oracle = new Oracle();
+    return *oracle;
+  }
+};
+
+TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
+  const ClusterShape& shape = GetParam();
+  std::vector<std::string> flags = shape.flags;
+  flags.push_back("--max_batched_tokens=64");
+  auto cluster = LocalCluster::Start(kTinyModelDir, shape.workers, flags);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+
+  std::ifstream in(std::string(kTinyModelDir) + "/reference.json");
+  for (const json& prompt : json::parse(in)) {
+    const std::vector<int32_t> ids = prompt["ids"].get<std::vector<int32_t>>();
+    HttpResult http = (*cluster)->Post("/v1/completions", Completion(ids, 12).dump());
+    ASSERT_EQ(http.status, 200) << http.body;
+    EXPECT_EQ(http.json()["choices"][0]["text"], prompt["greedy_text"]);
+    GrpcOutput grpc = GenerateGrpc(**cluster, ids, 12);
+    ASSERT_TRUE(grpc.status.ok()) << grpc.status.error_message();
+    EXPECT_EQ(grpc.ids, prompt["greedy"].get<std::vector<int32_t>>());
+  }
+
+  // Concurrent requests of mixed lengths: chunked prefills and decodes share
+  // steps, and with several attention replicas every replica gets some.
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::vector<int32_t>> prompts(10);
+  for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 120);
+  std::vector<GrpcOutput> outputs(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 10); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, oracle().Greedy(prompts[i], 10)) << "request " << i;
+  }
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ShardedServingTest,
+    ::testing::Values(ClusterShape{"tp2", 2, {"--tp=2", "--ep=1"}},
+                      ClusterShape{"ep2_dp_attention", 2, {"--tp=1", "--dp_attention=2", "--ep=2"}},
+                      ClusterShape{"ep4_dp_attention", 4, {"--tp=1", "--dp_attention=4", "--ep=4"}},
+                      ClusterShape{"tp2_x_ep2", 4, {"--tp=2", "--dp_attention=2", "--ep=2"}},
+                      ClusterShape{"two_groups_tp2_ep2", 4, {"--tp=2", "--ep=2"}}),
+    [](const ::testing::TestParamInfo<ClusterShape>& info) { return info.param.name; });
+
+// Two groups of two ranks: killing one rank fails the requests of its group,
+// with an error naming the worker; the other group's finish; new requests
+// go to the surviving group.
+TEST(ShardedFailureTest, KilledRankFailsItsGroupOnly) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 4,
+                                     {"--tp=2", "--ep=2", "--heartbeat_timeout_s=1", "--comm_timeout_s=5"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  constexpr int kTokens = 600;
+  std::vector<GrpcOutput> outputs(8);
+  std::vector<absl::Time> ended(outputs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    threads.emplace_back([&, i] {
+      outputs[i] = GenerateGrpc(**cluster, {5, 6, 7, static_cast<int32_t>(8 + i)}, kTokens);
+      ended[i] = absl::Now();
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(800));
+  const absl::Time killed = absl::Now();
+  ASSERT_TRUE((*cluster)->KillWorker(0));
+  for (std::thread& t : threads) t.join();
+  int failed = 0;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].status.ok()) {
+      EXPECT_EQ(outputs[i].ids.size(), static_cast<size_t>(kTokens));
+      continue;
+    }
+    ++failed;
+    EXPECT_EQ(outputs[i].status.error_code(), grpc::StatusCode::UNAVAILABLE) << outputs[i].status.error_message();
+    EXPECT_NE(outputs[i].status.error_message().find("worker"), std::string::npos) << outputs[i].status.error_message();
+    // Well within the collective timeout: the peer's closed socket or the
+    // missed heartbeats end the group's step.
+    EXPECT_LT(ended[i] - killed, absl::Seconds(5)) << "request " << i;
+    std::cerr << "request " << i << " failed " << ended[i] - killed << " after the kill: "
+              << outputs[i].status.error_message() << "\n";
+  }
+  EXPECT_GT(failed, 0);
+  EXPECT_LT(failed, 8);
+  for (int i = 0; i < 3; ++i) {
+    GrpcOutput after = GenerateGrpc(**cluster, {9, 10, static_cast<int32_t>(11 + i)}, 4);
+    EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  }
+  auto stub = (*cluster)->GrpcStub();
+  grpc::ClientContext context;
+  v1::HealthResponse health;
+  ASSERT_TRUE(stub->Health(&context, v1::HealthRequest(), &health).ok());
+  EXPECT_TRUE(health.serving());
+  EXPECT_EQ(health.live_workers(), 3);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+}  // namespace
+}  // namespace mlaserve
