@@ -11,6 +11,7 @@
 #include <exception>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -42,11 +43,11 @@ void Reply(httplib::Response& res, int http_status, const json& body) {
 
 void ReplyError(httplib::Response& res, const ApiError& error) { Reply(res, error.http_status, error.body); }
 
-void ReplyFinal(const ResponseHeader& header, const std::string& text, const GenerateUpdate& final_update,
-                httplib::Response& res) {
+void ReplyFinal(const ResponseHeader& header, const std::string& text, json logprobs,
+                const GenerateUpdate& final_update, httplib::Response& res) {
   const absl::Status status = FinalStatus(final_update);
   if (!status.ok()) return ReplyError(res, ToApiError(status));
-  Reply(res, 200, BuildResponse(header, text, final_update));
+  Reply(res, 200, BuildResponse(header, text, final_update, std::move(logprobs)));
 }
 
 // One request's updates, handed from engine threads to its connection's
@@ -196,7 +197,7 @@ class EventStream {
     }
     const std::optional<GenerateUpdate> update = queue_->Pop(kPollInterval);
     if (!update.has_value()) return !watch_.Lost();
-    if (!update->finished()) return update->text.empty() || Send(sink, BuildChunk(header_, *update, include_usage_));
+    if (!update->finished()) return (update->text.empty() && update->logprobs.empty()) || Send(sink, Chunk(*update));
     finished_ = true;
     return SendLast(sink, *update);
   }
@@ -213,12 +214,21 @@ class EventStream {
     if (!status.ok()) {
       ok = Send(sink, ToApiError(status).body);
     } else {
-      ok = Send(sink, BuildChunk(header_, update, include_usage_)) &&
+      ok = Send(sink, Chunk(update)) &&
            (!include_usage_ || Send(sink, BuildUsageChunk(header_, update)));
     }
     ok = ok && SendData(sink, "[DONE]");
     if (ok) sink.done();
     return ok;
+  }
+
+  // An update's chunk, with its tokens' logprobs when it has any.
+  json Chunk(const GenerateUpdate& update) {
+    json logprobs;
+    if (!update.logprobs.empty()) {
+      logprobs = BuildLogprobs(header_.kind, engine_.tokenizer(), update.logprobs, &text_offset_);
+    }
+    return BuildChunk(header_, update, include_usage_, std::move(logprobs));
   }
 
   static bool Send(httplib::DataSink& sink, const json& event) { return SendData(sink, Serialize(event)); }
@@ -236,6 +246,7 @@ class EventStream {
   ConnectionWatch watch_;
   bool opened_ = false;
   bool finished_ = false;
+  int64_t text_offset_ = 0;  // characters of the tokens sent so far, for completions' logprobs
 };
 
 std::string DefaultErrorMessage(const httplib::Request& req, int http_status, size_t max_body_bytes) {
@@ -366,25 +377,33 @@ void HttpServer::HandleGenerate(ApiKind kind, const std::string& body_text, cons
   if (!body.ok()) return ReplyError(res, ToApiError(body.status()));
   absl::StatusOr<ApiRequest> request = ParseGenerateRequest(kind, *body, engine_);
   if (!request.ok()) return ReplyError(res, ToApiError(request.status()));
+  const bool wants_logprobs = request->input.sampling.logprobs >= 0;
   absl::StatusOr<Submission> submission = Submit(std::move(request->input));
   if (!submission.ok()) return ReplyError(res, ToApiError(submission.status()));
   ResponseHeader header = NewResponseHeader(kind, engine_.model_name());
   if (request->stream) {
     RespondStream(*submission, std::move(header), request->include_usage, req, res);
   } else {
-    RespondWhole(*submission, header, req, res);
+    RespondWhole(*submission, header, wants_logprobs, req, res);
   }
 }
 
-void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader& header, const httplib::Request& req,
-                              httplib::Response& res) {
+void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs,
+                              const httplib::Request& req, httplib::Response& res) {
   ConnectionWatch watch(req, stopping_);
   std::string text;
+  std::vector<TokenLogprobs> logprobs;
   while (true) {
     const std::optional<GenerateUpdate> update = submission.queue->Pop(kPollInterval);
     if (update.has_value()) {
       text += update->text;
-      if (update->finished()) return ReplyFinal(header, text, *update, res);
+      logprobs.insert(logprobs.end(), update->logprobs.begin(), update->logprobs.end());
+      if (update->finished()) {
+        int64_t text_offset = 0;
+        json choice_logprobs =
+            wants_logprobs ? BuildLogprobs(header.kind, engine_.tokenizer(), logprobs, &text_offset) : json(nullptr);
+        return ReplyFinal(header, text, std::move(choice_logprobs), *update, res);
+      }
     }
     if (watch.Lost()) {
       Abandon(engine_, submission.id, *submission.queue);

@@ -56,8 +56,8 @@ class HttpServer {
   void AddRoutes();
   absl::StatusOr<Submission> Submit(GenerateInput input);
   void HandleGenerate(ApiKind kind, const std::string& body, const httplib::Request& req, httplib::Response& res);
-  void RespondWhole(const Submission& submission, const ResponseHeader& header, const httplib::Request& req,
-                    httplib::Response& res);
+  void RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs,
+                    const httplib::Request& req, httplib::Response& res);
   void RespondStream(const Submission& submission, ResponseHeader header, bool include_usage,
                      const httplib::Request& req, httplib::Response& res);
   void HandleTokenize(const std::string& body, httplib::Response& res);

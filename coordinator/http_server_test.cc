@@ -35,10 +35,22 @@ using ::testing::StartsWith;
 constexpr char kModelDir[] = "tests/testdata/tiny-deepseek-v3/";
 constexpr char kModel[] = "tiny-deepseek-v3";
 constexpr int64_t kContext = 4096;
-constexpr int32_t kFirstOutputId = 100;
+constexpr int32_t kFirstOutputId = 100;  // ids from here on are lone bytes >= 0x80: U+FFFD alone
+
+// Output token i has logprob -4 - i; the top-N are 'a', 'b', ... (ids 68...)
+// with logprobs -0.25, -0.5, ...
+TokenLogprobs FakeLogprobs(int32_t i, int32_t top_n) {
+  TokenLogprobs logprobs{kFirstOutputId + i, -4.0f - static_cast<float>(i), {}, {}};
+  for (int32_t j = 0; j < top_n; ++j) {
+    logprobs.top_ids.push_back(68 + j);
+    logprobs.top_logprobs.push_back(-0.25f * static_cast<float>(j + 1));
+  }
+  return logprobs;
+}
 
 // An engine that "generates" token kFirstOutputId + i with text "t<i> " for
 // i in [0, max_tokens), one every `token_delay`, on a thread per request.
+// Asked for logprobs, it gives FakeLogprobs.
 class FakeEngine : public Engine {
  public:
   FakeEngine(std::unique_ptr<Tokenizer> tokenizer, ModelConfig config)
@@ -144,6 +156,7 @@ class FakeEngine : public Engine {
       }
       const int32_t token = kFirstOutputId + i;
       update.token_ids = {token};
+      if (input.sampling.logprobs >= 0) update.logprobs = {FakeLogprobs(i, input.sampling.logprobs)};
       update.text = absl::StrCat("t", i, " ");
       update.completion_tokens = i + 1;
       if (i == fail_at) {
@@ -437,6 +450,58 @@ TEST_F(HttpServerTest, ErrorMidStreamIsAnErrorEvent) {
   ExpectError(Post("/v1/completions", R"({"prompt": "a"})"), 500, "server_error");
 }
 
+TEST_F(HttpServerTest, CompletionLogprobsWholeAndStreamed) {
+  const std::string request = R"({"prompt": "Hello", "max_tokens": 3, "logprobs": 2)";
+  const auto [status, whole] = Post("/v1/completions", request + "}");
+  ASSERT_EQ(status, 200) << whole;
+  EXPECT_EQ(engine_->last_input().sampling.logprobs, 2);
+  EXPECT_EQ(whole["choices"][0]["logprobs"], json::parse(R"({
+      "tokens": ["\ufffd", "\ufffd", "\ufffd"],
+      "token_logprobs": [-4.0, -5.0, -6.0],
+      "top_logprobs": [{"\ufffd": -4.0, "a": -0.25, "b": -0.5}, {"\ufffd": -5.0, "a": -0.25, "b": -0.5},
+                       {"\ufffd": -6.0, "a": -0.25, "b": -0.5}],
+      "text_offset": [0, 1, 2]})"));
+  const std::vector<std::string> events = PostStream("/v1/completions", request + R"(, "stream": true})");
+  ASSERT_EQ(events.size(), 4u);
+  json streamed = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+                   {"text_offset", json::array()}};
+  for (size_t i = 0; i < 3; ++i) {
+    const json logprobs = json::parse(events[i])["choices"][0]["logprobs"];
+    ASSERT_EQ(logprobs["tokens"].size(), 1u) << logprobs;
+    for (auto& [key, values] : streamed.items()) values.push_back(logprobs[key][0]);
+  }
+  EXPECT_EQ(streamed, whole["choices"][0]["logprobs"]);
+}
+
+TEST_F(HttpServerTest, ChatLogprobsWholeAndStreamed) {
+  const std::string request =
+      R"({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "logprobs": true, "top_logprobs": 1)";
+  const auto [status, whole] = Post("/v1/chat/completions", request + "}");
+  ASSERT_EQ(status, 200) << whole;
+  EXPECT_EQ(whole["choices"][0]["logprobs"], json::parse(R"({"content": [
+      {"token": "\ufffd", "logprob": -4.0, "bytes": [163],
+       "top_logprobs": [{"token": "a", "logprob": -0.25, "bytes": [97]}]},
+      {"token": "\ufffd", "logprob": -5.0, "bytes": [164],
+       "top_logprobs": [{"token": "a", "logprob": -0.25, "bytes": [97]}]}]})"));
+  const std::vector<std::string> events = PostStream("/v1/chat/completions", request + R"(, "stream": true})");
+  // Role, two tokens, [DONE].
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_TRUE(json::parse(events[0])["choices"][0]["logprobs"].is_null());
+  json content = json::array();
+  for (size_t i = 1; i <= 2; ++i) {
+    const json logprobs = json::parse(events[i])["choices"][0]["logprobs"];
+    ASSERT_EQ(logprobs["content"].size(), 1u) << logprobs;
+    content.push_back(logprobs["content"][0]);
+  }
+  EXPECT_EQ(content, whole["choices"][0]["logprobs"]["content"]);
+
+  // logprobs without top_logprobs: each token's own, no alternatives.
+  const auto [plain_status, plain] = Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}],
+                                                                       "max_tokens": 1, "logprobs": true})");
+  ASSERT_EQ(plain_status, 200) << plain;
+  EXPECT_EQ(plain["choices"][0]["logprobs"]["content"][0]["top_logprobs"], json::array());
+}
+
 struct BadInput {
   std::string path;
   std::string body;
@@ -460,7 +525,8 @@ TEST_F(HttpServerTest, BadInputsGetOpenAiErrorsAndTheServerCarriesOn) {
       {"/v1/completions", R"({"prompt": "a", "n": 2})", 400, "invalid_request_error", "n"},
       {"/v1/completions", R"({"prompt": "a", "echo": true})", 400, "invalid_request_error", "echo"},
       {"/v1/completions", R"({"prompt": "a", "best_of": 3})", 400, "invalid_request_error", "best_of"},
-      {"/v1/completions", R"({"prompt": "a", "logprobs": 1})", 400, "invalid_request_error", "logprobs"},
+      {"/v1/completions", R"({"prompt": "a", "logprobs": 21})", 400, "invalid_request_error", "logprobs"},
+      {"/v1/completions", R"({"prompt": "a", "logprobs": true})", 400, "invalid_request_error", "logprobs"},
       {"/v1/completions", R"({"prompt": "a", "temperature": 3})", 400, "invalid_request_error", "temperature"},
       {"/v1/completions", R"({"prompt": "a", "top_p": 0})", 400, "invalid_request_error", "top_p"},
       {"/v1/completions", R"({"prompt": "a", "top_k": -5})", 400, "invalid_request_error", "top_k"},
@@ -479,6 +545,8 @@ TEST_F(HttpServerTest, BadInputsGetOpenAiErrorsAndTheServerCarriesOn) {
        "messages[0].content"},
       {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 1.5})", 400,
        "invalid_request_error", "max_completion_tokens"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", 400,
+       "invalid_request_error", "top_logprobs"},
       {"/tokenize", R"({"prompt": 5})", 400, "invalid_request_error", "prompt"},
       {"/tokenize", "nope", 400, "invalid_request_error", nullptr},
   };

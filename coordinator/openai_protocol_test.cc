@@ -1,5 +1,6 @@
 #include "coordinator/openai_protocol.h"
 
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -147,6 +148,19 @@ TEST_F(OpenAiProtocolTest, ChatPrefersMaxCompletionTokens) {
             3);
 }
 
+TEST_F(OpenAiProtocolTest, LogprobsAreTheNumberOfAlternatives) {
+  EXPECT_EQ(ParseOk(ApiKind::kCompletion, R"({"prompt": "a"})").input.sampling.logprobs, -1);
+  EXPECT_EQ(ParseOk(ApiKind::kCompletion, R"({"prompt": "a", "logprobs": 0})").input.sampling.logprobs, 0);
+  EXPECT_EQ(ParseOk(ApiKind::kCompletion, R"({"prompt": "a", "logprobs": 20})").input.sampling.logprobs, 20);
+  const std::string messages = R"("messages": [{"role": "user", "content": "a"}])";
+  EXPECT_EQ(ParseOk(ApiKind::kChat, "{" + messages + "}").input.sampling.logprobs, -1);
+  EXPECT_EQ(ParseOk(ApiKind::kChat, "{" + messages + R"(, "logprobs": false})").input.sampling.logprobs, -1);
+  EXPECT_EQ(ParseOk(ApiKind::kChat, "{" + messages + R"(, "logprobs": true})").input.sampling.logprobs, 0);
+  EXPECT_EQ(ParseOk(ApiKind::kChat, "{" + messages + R"(, "logprobs": true, "top_logprobs": 5})").input.sampling.logprobs,
+            5);
+  EXPECT_EQ(ParseOk(ApiKind::kChat, "{" + messages + R"(, "top_logprobs": null})").input.sampling.logprobs, -1);
+}
+
 struct BadRequest {
   ApiKind kind;
   std::string body;
@@ -201,7 +215,11 @@ TEST_F(OpenAiProtocolTest, RejectsBadRequestsNamingTheField) {
       {c, R"({"prompt": "a", "n": "1"})", invalid, "n"},
       {c, R"({"prompt": "a", "best_of": 2})", invalid, "best_of"},
       {c, R"({"prompt": "a", "echo": true})", invalid, "echo"},
-      {c, R"({"prompt": "a", "logprobs": 2})", invalid, "logprobs"},
+      {c, R"({"prompt": "a", "logprobs": 21})", invalid, "logprobs"},
+      {c, R"({"prompt": "a", "logprobs": -1})", invalid, "logprobs"},
+      {c, R"({"prompt": "a", "logprobs": true})", invalid, "logprobs"},
+      {c, R"({"prompt": "a", "logprobs": "5"})", invalid, "logprobs"},
+      {c, R"({"prompt": "a", "logprobs": 1.5})", invalid, "logprobs"},
       {c, R"({"prompt": "a", "presence_penalty": 0.5})", invalid, "presence_penalty"},
       {c, R"({"prompt": "a", "frequency_penalty": "0"})", invalid, "frequency_penalty"},
       {chat, R"({})", invalid, "messages"},
@@ -220,7 +238,14 @@ TEST_F(OpenAiProtocolTest, RejectsBadRequestsNamingTheField) {
        "messages[0].content"},
       {chat, R"({"messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0})", invalid,
        "max_completion_tokens"},
-      {chat, R"({"messages": [{"role": "user", "content": "a"}], "logprobs": true})", invalid, "logprobs"},
+      {chat, R"({"messages": [{"role": "user", "content": "a"}], "logprobs": 1})", invalid, "logprobs"},
+      {chat, R"({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2})", invalid, "top_logprobs"},
+      {chat, R"({"messages": [{"role": "user", "content": "a"}], "logprobs": false, "top_logprobs": 0})", invalid,
+       "top_logprobs"},
+      {chat, R"({"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": 21})", invalid,
+       "top_logprobs"},
+      {chat, R"({"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": -1})", invalid,
+       "top_logprobs"},
       {chat, R"({"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]})", invalid, "tools"},
       {chat, long_chat, invalid, "messages"},
   };
@@ -324,6 +349,68 @@ TEST(ResponseTest, ChatChunks) {
   chunk = BuildUsageChunk(header, FinalUpdate(FinishReason::kLength, ""));
   EXPECT_THAT(chunk["choices"], IsEmpty());
   EXPECT_EQ(chunk["usage"]["completion_tokens"], 3);
+}
+
+// Tokens of the fixture: 'a' and 'b', a lone byte 0xE5 (the start of a
+// character, invalid alone) and "好" (0xE5 0xA5 0xBD).
+constexpr int32_t kA = 68, kB = 69, kByteE5 = 165, kHao = 325;
+
+std::vector<TokenLogprobs> SampleLogprobs() {
+  return {{kA, -0.5f, {kA, kB}, {-0.5f, -1.5f}},
+          {kByteE5, -2.0f, {kHao}, {-0.25f}},
+          {kHao, -0.125f, {}, {}},
+          {kB, -std::numeric_limits<float>::infinity(), {kA, kByteE5}, {-0.5f, -0.75f}}};
+}
+
+TEST_F(OpenAiProtocolTest, CompletionLogprobsMapTokenTextsAndCountOffsets) {
+  int64_t offset = 3;
+  const json logprobs = BuildLogprobs(ApiKind::kCompletion, engine_->tokenizer(), SampleLogprobs(), &offset);
+  // The sampled token is always among the top_logprobs; -inf is sent as -9999.
+  EXPECT_EQ(logprobs, json::parse(R"({
+      "tokens": ["a", "\ufffd", "好", "b"],
+      "token_logprobs": [-0.5, -2.0, -0.125, -9999.0],
+      "top_logprobs": [{"a": -0.5, "b": -1.5}, {"\ufffd": -2.0, "好": -0.25}, {"好": -0.125},
+                       {"b": -9999.0, "a": -0.5, "\ufffd": -0.75}],
+      "text_offset": [3, 4, 5, 6]})"));
+  EXPECT_EQ(offset, 7);
+  EXPECT_EQ(BuildLogprobs(ApiKind::kCompletion, engine_->tokenizer(), {}, &offset),
+            json::parse(R"({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []})"));
+}
+
+TEST_F(OpenAiProtocolTest, CompletionTopLogprobsKeepTheSampledTokensOwnValueForASharedText) {
+  int64_t offset = 0;
+  // 0xE4 and 0xE5 both read as U+FFFD alone.
+  const std::vector<TokenLogprobs> logprobs = {{kByteE5, -3.0f, {164, kByteE5}, {-1.0f, -3.0f}}};
+  EXPECT_EQ(BuildLogprobs(ApiKind::kCompletion, engine_->tokenizer(), logprobs, &offset)["top_logprobs"],
+            json::parse(R"([{"\ufffd": -3.0}])"));
+}
+
+TEST_F(OpenAiProtocolTest, ChatLogprobsCarryTokensBytesAndAlternatives) {
+  int64_t offset = 0;
+  const std::vector<TokenLogprobs> logprobs = SampleLogprobs();
+  const json built =
+      BuildLogprobs(ApiKind::kChat, engine_->tokenizer(), absl::MakeConstSpan(logprobs).subspan(0, 3), &offset);
+  EXPECT_EQ(built, json::parse(R"({"content": [
+      {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": [
+          {"token": "a", "logprob": -0.5, "bytes": [97]}, {"token": "b", "logprob": -1.5, "bytes": [98]}]},
+      {"token": "\ufffd", "logprob": -2.0, "bytes": [229], "top_logprobs": [
+          {"token": "好", "logprob": -0.25, "bytes": [229, 165, 189]}]},
+      {"token": "好", "logprob": -0.125, "bytes": [229, 165, 189], "top_logprobs": []}]})"));
+}
+
+TEST_F(OpenAiProtocolTest, ResponsesAndChunksCarryTheLogprobsGiven) {
+  int64_t offset = 0;
+  const std::vector<TokenLogprobs> logprobs = {SampleLogprobs()[0]};
+  for (ApiKind kind : {ApiKind::kCompletion, ApiKind::kChat}) {
+    const ResponseHeader header = NewResponseHeader(kind, kModel);
+    const json built = BuildLogprobs(kind, engine_->tokenizer(), logprobs, &offset);
+    EXPECT_EQ(BuildResponse(header, "a", FinalUpdate(FinishReason::kLength, "a"), built)["choices"][0]["logprobs"],
+              built);
+    GenerateUpdate update;
+    update.text = "a";
+    EXPECT_EQ(BuildChunk(header, update, false, built)["choices"][0]["logprobs"], built);
+    EXPECT_TRUE(BuildChunk(header, update, false)["choices"][0]["logprobs"].is_null());
+  }
 }
 
 TEST(ResponseTest, TokenizeAndModels) {

@@ -2,6 +2,7 @@
 // expert parallelism and data-parallel attention replicas, each rank a worker
 // process talking Gloo over loopback, must serve exactly what one worker
 // serves; a killed rank fails its group's requests and no others.
+#include <cmath>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -9,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/local_cluster.h"
+#include "coordinator/request.h"
 #include "tests/serving_client.h"
 
 namespace mlaserve {
@@ -28,6 +30,30 @@ class ShardedServingTest : public ::testing::TestWithParam<ClusterShape> {
     static Oracle* oracle = new Oracle();
     return *oracle;
   }
+
+  // The top logprobs the cluster reports for each output token are those of
+  // one worker's logits, within float32 summation-order noise (1e-5 relative).
+  static void ExpectOneWorkersLogprobs(const std::vector<int32_t>& prompt, const GrpcOutput& out) {
+    ASSERT_EQ(out.logprobs.size(), out.ids.size());
+    std::vector<int32_t> sequence = prompt;
+    sequence.insert(sequence.end(), out.ids.begin(), out.ids.end() - 1);
+    const std::vector<std::vector<double>> rows = oracle().LogSoftmax(sequence);
+    for (size_t k = 0; k < out.ids.size(); ++k) {
+      const std::vector<double>& row = rows[prompt.size() - 1 + k];
+      const v1::TokenLogprobs& got = out.logprobs[k];
+      ASSERT_EQ(got.top_token_ids_size(), kMaxLogprobs);
+      double diff = 0, norm = 0;
+      for (int i = 0; i < got.top_token_ids_size(); ++i) {
+        const double want = row[got.top_token_ids(i)];
+        diff += (got.top_logprobs(i) - want) * (got.top_logprobs(i) - want);
+        norm += want * want;
+      }
+      EXPECT_LT(std::sqrt(diff / norm), 1e-5) << "output token " << k;
+      EXPECT_EQ(got.token_id(), out.ids[k]);
+      // Greedy: the sampled token is the most likely one.
+      EXPECT_EQ(got.top_token_ids(0), out.ids[k]);
+    }
+  }
 };
 
 TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
@@ -43,9 +69,10 @@ TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
     HttpResult http = (*cluster)->Post("/v1/completions", Completion(ids, 12).dump());
     ASSERT_EQ(http.status, 200) << http.body;
     EXPECT_EQ(http.json()["choices"][0]["text"], prompt["greedy_text"]);
-    GrpcOutput grpc = GenerateGrpc(**cluster, ids, 12);
+    GrpcOutput grpc = GenerateGrpc(**cluster, ids, 12, 0, std::nullopt, kMaxLogprobs);
     ASSERT_TRUE(grpc.status.ok()) << grpc.status.error_message();
     EXPECT_EQ(grpc.ids, prompt["greedy"].get<std::vector<int32_t>>());
+    ExpectOneWorkersLogprobs(ids, grpc);
   }
 
   // Concurrent requests of mixed lengths: chunked prefills and decodes share

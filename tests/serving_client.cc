@@ -1,5 +1,8 @@
 #include "tests/serving_client.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "worker/model_runner.h"
 
 namespace mlaserve {
@@ -13,20 +16,23 @@ std::vector<int32_t> Oracle::Greedy(const std::vector<int32_t>& prompt, int max_
   return *ModelRunner(*model_, cache_).GenerateGreedy(prompt, max_tokens);
 }
 
-std::vector<std::vector<float>> Oracle::Logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& output) {
-  std::vector<int32_t> all = prompt;
-  all.insert(all.end(), output.begin(), output.end());
-  const std::vector<float> scores = *ModelRunner(*model_, cache_).Score(all);
-  const int64_t vocab = model_->config().vocab_size;
-  std::vector<std::vector<float>> rows;
-  for (size_t t = prompt.size() - 1; t < all.size(); ++t) {
-    rows.emplace_back(scores.begin() + t * vocab, scores.begin() + (t + 1) * vocab);
+std::vector<std::vector<double>> Oracle::LogSoftmax(const std::vector<int32_t>& ids) {
+  const std::vector<float> logits = *ModelRunner(*model_, cache_).Score(ids);
+  const size_t vocab = model_->config().vocab_size;
+  std::vector<std::vector<double>> rows;
+  for (size_t begin = 0; begin < logits.size(); begin += vocab) {
+    std::vector<double> row(logits.begin() + begin, logits.begin() + begin + vocab);
+    const double max = *std::max_element(row.begin(), row.end());
+    double sum = 0;
+    for (double x : row) sum += std::exp(x - max);
+    for (double& x : row) x -= max + std::log(sum);
+    rows.push_back(std::move(row));
   }
   return rows;
 }
 
 GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>& prompt, int max_tokens,
-                        float temperature, std::optional<uint64_t> seed) {
+                        float temperature, std::optional<uint64_t> seed, int logprobs) {
   auto stub = cluster.GrpcStub();
   grpc::ClientContext context;
   v1::GenerateRequest request;
@@ -35,12 +41,14 @@ GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>&
   request.mutable_sampling()->set_temperature(temperature);
   request.mutable_sampling()->set_ignore_eos(true);
   if (seed) request.mutable_sampling()->set_seed(*seed);
+  if (logprobs >= 0) request.mutable_sampling()->set_logprobs(logprobs);
   auto reader = stub->Generate(&context, request);
   GrpcOutput out;
   v1::GenerateResponse response;
   while (reader->Read(&response)) {
     out.ids.insert(out.ids.end(), response.token_ids().begin(), response.token_ids().end());
     out.text += response.text();
+    out.logprobs.insert(out.logprobs.end(), response.logprobs().begin(), response.logprobs().end());
     if (!response.finish_reason().empty()) {
       out.finish_reason = response.finish_reason();
       out.usage = response.usage();

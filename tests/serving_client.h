@@ -26,9 +26,8 @@ class Oracle {
  public:
   Oracle();
   std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int max_tokens);
-  // Logits [vocab] after each of prompt's tokens followed by `output`'s, from
-  // the last prompt token on: the distributions the output was sampled from.
-  std::vector<std::vector<float>> Logits(const std::vector<int32_t>& prompt, const std::vector<int32_t>& output);
+  // log_softmax, in double, of the logits at every position of `ids`: a row per position.
+  std::vector<std::vector<double>> LogSoftmax(const std::vector<int32_t>& ids);
 
  private:
   std::unique_ptr<Ops> ops_;
@@ -42,10 +41,12 @@ struct GrpcOutput {
   std::string text;
   v1::Usage usage;
   std::string finish_reason;
+  std::vector<v1::TokenLogprobs> logprobs;  // one per token when asked for
 };
 
+// `logprobs` >= 0 asks for each token's logprob and the top `logprobs` alternatives.
 GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>& prompt, int max_tokens,
-                        float temperature = 0, std::optional<uint64_t> seed = std::nullopt);
+                        float temperature = 0, std::optional<uint64_t> seed = std::nullopt, int logprobs = -1);
 
 // A greedy /v1/completions body that ignores EOS.
 nlohmann::json Completion(const std::vector<int32_t>& prompt, int max_tokens);

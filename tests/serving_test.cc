@@ -2,6 +2,7 @@
 // loopback, driven through HTTP and gRPC, checked against the fixture and
 // against the in-process engine (ModelRunner) as the oracle.
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -10,77 +11,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "tests/local_cluster.h"
-#include "worker/model.h"
-#include "worker/model_runner.h"
+#include "tests/serving_client.h"
 
 namespace mlaserve {
 namespace {
 
 using json = nlohmann::json;
-constexpr char kModel[] = "tests/testdata/tiny-deepseek-v3";
+constexpr const char* kModel = kTinyModelDir;
 
 std::vector<int32_t> Ints(const json& j) { return j.get<std::vector<int32_t>>(); }
-
-// Greedy continuation computed in-process: what the cluster must return.
-class Oracle {
- public:
-  Oracle() : ops_(NewCpuOps()), model_(*Model::Load(kModel, *ops_)), cache_(*KvCache::Create(*ops_, model_->config(), 64, 64)) {}
-  std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int max_tokens) {
-    return *ModelRunner(*model_, cache_).GenerateGreedy(prompt, max_tokens);
-  }
-
- private:
-  std::unique_ptr<Ops> ops_;
-  std::unique_ptr<Model> model_;
-  KvCache cache_;
-};
-
-struct GrpcOutput {
-  grpc::Status status;
-  std::vector<int32_t> ids;
-  std::string text;
-  v1::Usage usage;
-  std::string finish_reason;
-};
-
-GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>& prompt, int max_tokens,
-                        float temperature = 0, std::optional<uint64_t> seed = std::nullopt) {
-  auto stub = cluster.GrpcStub();
-  grpc::ClientContext context;
-  v1::GenerateRequest request;
-  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
-  request.mutable_sampling()->set_max_tokens(max_tokens);
-  request.mutable_sampling()->set_temperature(temperature);
-  request.mutable_sampling()->set_ignore_eos(true);
-  if (seed) request.mutable_sampling()->set_seed(*seed);
-  auto reader = stub->Generate(&context, request);
-  GrpcOutput out;
-  v1::GenerateResponse response;
-  while (reader->Read(&response)) {
-    out.ids.insert(out.ids.end(), response.token_ids().begin(), response.token_ids().end());
-    out.text += response.text();
-    if (!response.finish_reason().empty()) {
-      out.finish_reason = response.finish_reason();
-      out.usage = response.usage();
-    }
-  }
-  out.status = reader->Finish();
-  return out;
-}
-
-json Completion(const std::vector<int32_t>& prompt, int max_tokens) {
-  return {{"model", "tiny-deepseek-v3"}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
-          {"ignore_eos", true}};
-}
-
-std::vector<int32_t> RandomPrompt(std::mt19937& rng, int length) {
-  std::vector<int32_t> ids(length);
-  for (int32_t& id : ids) id = 4 + rng() % 1000;
-  return ids;
-}
 
 class ServingTest : public ::testing::Test {
  protected:
@@ -282,6 +223,51 @@ TEST(WorkerFailureTest, DeadWorkerFailsItsRequestsAndOthersKeepServing) {
   EXPECT_TRUE(health.serving());
   EXPECT_EQ(health.live_workers(), 1);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+// Greedy completions with logprobs=5: each sampled token's logprob is the
+// largest of its top_logprobs, and all are the log_softmax of the in-process
+// model's logits.
+TEST_F(ServingTest, GreedyLogprobsAreTheOraclesLogSoftmax) {
+  std::ifstream in(std::string(kModel) + "/reference.json");
+  const json reference = json::parse(in);
+  constexpr int kTokens = 8, kTop = 5;
+  for (const json& prompt : reference) {
+    const std::vector<int32_t> ids = Ints(prompt["ids"]);
+    json body = Completion(ids, kTokens);
+    body["logprobs"] = kTop;
+    HttpResult http = cluster_->Post("/v1/completions", body.dump());
+    ASSERT_EQ(http.status, 200) << http.body;
+    const json logprobs = http.json()["choices"][0]["logprobs"];
+    ASSERT_EQ(logprobs["token_logprobs"].size(), static_cast<size_t>(kTokens)) << logprobs;
+    // Output token k is sampled from the logits at position ids.size() - 1 + k.
+    const std::vector<int32_t> greedy = oracle_->Greedy(ids, kTokens);
+    std::vector<int32_t> sequence = ids;
+    sequence.insert(sequence.end(), greedy.begin(), greedy.end() - 1);
+    const std::vector<std::vector<double>> rows = oracle_->LogSoftmax(sequence);
+    for (int k = 0; k < kTokens; ++k) {
+      SCOPED_TRACE(absl::StrCat("prompt of ", ids.size(), " tokens, output token ", k));
+      const std::vector<double>& row = rows[ids.size() - 1 + k];
+      std::vector<double> top = row;
+      std::partial_sort(top.begin(), top.begin() + kTop, top.end(), [](double a, double b) { return a > b; });
+      top.resize(kTop);
+      const double token_logprob = logprobs["token_logprobs"][k];
+      EXPECT_NEAR(token_logprob, row[greedy[k]], 1e-4);
+      const json& alternatives = logprobs["top_logprobs"][k];
+      ASSERT_FALSE(alternatives.empty());
+      EXPECT_LE(alternatives.size(), static_cast<size_t>(kTop));  // the greedy token is one of the top
+      double max_alternative = alternatives.begin()->get<double>();
+      for (const json& value : alternatives) {
+        // Tokens whose texts coincide share an entry, so match values, not positions.
+        const double x = value.get<double>();
+        max_alternative = std::max(max_alternative, x);
+        EXPECT_TRUE(std::any_of(top.begin(), top.end(), [x](double e) { return std::abs(x - e) <= 1e-4; }))
+            << x << " is not among the top " << kTop << " logprobs";
+      }
+      EXPECT_EQ(token_logprob, max_alternative);
+      EXPECT_NEAR(token_logprob, top[0], 1e-4);
+    }
+  }
 }
 
 }  // namespace
