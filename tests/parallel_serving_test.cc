@@ -140,17 +140,7 @@ TEST(ShardedFailureTest, KilledRankFailsItsGroupOnly) {
   }
   EXPECT_GT(failed, 0);
   EXPECT_LT(failed, 8);
-  for (int i = 0; i < 3; ++i) {
-    GrpcOutput after = GenerateGrpc(**cluster, {9, 10, static_cast<int32_t>(11 + i)}, 4);
-    EXPECT_TRUE(after.status.ok()) << after.status.error_message();
-  }
-  auto stub = (*cluster)->GrpcStub();
-  grpc::ClientContext context;
-  v1::HealthResponse health;
-  ASSERT_TRUE(stub->Health(&context, v1::HealthRequest(), &health).ok());
-  EXPECT_TRUE(health.serving());
-  EXPECT_EQ(health.live_workers(), 3);
-  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+  ExpectStillServing(**cluster, 3);
 }
 
 }  // namespace

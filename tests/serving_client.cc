@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "gtest/gtest.h"
 #include "worker/model_runner.h"
 
 namespace mlaserve {
@@ -67,6 +68,20 @@ std::vector<int32_t> RandomPrompt(std::mt19937& rng, int length) {
   std::vector<int32_t> ids(length);
   for (int32_t& id : ids) id = 4 + rng() % 1000;
   return ids;
+}
+
+void ExpectStillServing(const LocalCluster& cluster, int live_workers) {
+  for (int i = 0; i < 3; ++i) {
+    GrpcOutput after = GenerateGrpc(cluster, {9, 10, static_cast<int32_t>(11 + i)}, 4);
+    EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  }
+  auto stub = cluster.GrpcStub();
+  grpc::ClientContext context;
+  v1::HealthResponse health;
+  ASSERT_TRUE(stub->Health(&context, v1::HealthRequest(), &health).ok());
+  EXPECT_TRUE(health.serving());
+  EXPECT_EQ(health.live_workers(), live_workers);
+  EXPECT_EQ(cluster.Metric("mlaserve_kv_blocks_used"), 0);
 }
 
 }  // namespace mlaserve

@@ -53,6 +53,10 @@ nlohmann::json Completion(const std::vector<int32_t>& prompt, int max_tokens);
 
 std::vector<int32_t> RandomPrompt(std::mt19937& rng, int length);
 
+// After a worker died: new requests are served, /health says serving with
+// `live_workers`, and no KV block stays referenced (gtest expectations).
+void ExpectStillServing(const LocalCluster& cluster, int live_workers);
+
 }  // namespace mlaserve
 
 #endif  // MLASERVE_TESTS_SERVING_CLIENT_H_

@@ -214,15 +214,7 @@ TEST(WorkerFailureTest, DeadWorkerFailsItsRequestsAndOthersKeepServing) {
   }
   EXPECT_GT(failed, 0);
   EXPECT_LT(failed, 6);  // requests of the other group finished normally
-  GrpcOutput after = GenerateGrpc(**cluster, {9, 10, 11}, 4);
-  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
-  auto stub = (*cluster)->GrpcStub();
-  grpc::ClientContext context;
-  v1::HealthResponse health;
-  ASSERT_TRUE(stub->Health(&context, v1::HealthRequest(), &health).ok());
-  EXPECT_TRUE(health.serving());
-  EXPECT_EQ(health.live_workers(), 1);
-  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+  ExpectStillServing(**cluster, 1);
 }
 
 // Greedy completions with logprobs=5: each sampled token's logprob is the
