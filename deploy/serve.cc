@@ -35,11 +35,15 @@ namespace {
 volatile sig_atomic_t g_signal = 0;
 void HandleSignal(int sig) { g_signal = sig; }
 
-// Binaries sit next to the launcher in Bazel's runfiles tree.
+// Binaries sit in Bazel's runfiles tree next to the launcher, or beside it
+// (a device bundle's bin/).
 std::string FindBinary(const char* argv0, const std::string& package_path) {
-  for (const std::string& root : {std::string(argv0) + ".runfiles/mlaserve/", std::string("")}) {
-    std::filesystem::path candidate = root + package_path;
-    if (std::filesystem::exists(candidate)) return std::filesystem::absolute(candidate).string();
+  const std::string beside = (std::filesystem::path(argv0).parent_path() /
+                              std::filesystem::path(package_path).filename()).string();
+  for (const std::string& candidate : {std::string(argv0) + ".runfiles/mlaserve/" + package_path, package_path, beside}) {
+    if (std::filesystem::exists(candidate) && !std::filesystem::is_directory(candidate)) {
+      return std::filesystem::absolute(candidate).string();
+    }
   }
   if (const char* dir = std::getenv("RUNFILES_DIR")) return std::string(dir) + "/mlaserve/" + package_path;
   return package_path;
