@@ -34,6 +34,8 @@ ABSL_FLAG(int, workers, 1, "workers to wait for; the shard planner forms engine 
 ABSL_FLAG(int, tp, 0, "attention heads split this many ways in a group (0: the planner's choice)");
 ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per group (0: the planner's choice)");
 ABSL_FLAG(int, ep, 0, "routed experts split this many ways in a group (0: the planner's choice)");
+ABSL_FLAG(bool, random_weights, false, "workers make seeded random weights from --model's config.json (no checkpoint)");
+ABSL_FLAG(uint64_t, random_seed, 0, "seed of --random_weights");
 ABSL_FLAG(double, comm_timeout_s, 30, "a collective waiting on a peer longer than this fails its group's step");
 ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");
 ABSL_FLAG(double, heartbeat_timeout_s, 3, "a worker silent this long is dead");
@@ -63,6 +65,8 @@ absl::Status LoadShard(const WorkerInfo& worker, const std::string& model_dir, c
   request.set_ep(plan.ep);
   request.set_rendezvous_prefix(rendezvous_prefix);
   request.set_comm_timeout_s(absl::GetFlag(FLAGS_comm_timeout_s));
+  request.set_random_weights(absl::GetFlag(FLAGS_random_weights));
+  request.set_random_seed(absl::GetFlag(FLAGS_random_seed));
   internal::v1::LoadShardResponse response;
   absl::Status status = FromGrpcStatus(worker.stub->LoadShard(&context, request, &response));
   if (!status.ok()) return absl::Status(status.code(), absl::StrCat("worker ", worker.id, ": ", status.message()));

@@ -66,6 +66,10 @@ class Ops {
   virtual absl::Status Upload(absl::Span<const float> src, Tensor* dst) = 0;
   virtual absl::Status Download(const Tensor& src, absl::Span<float> dst) = 0;
   virtual absl::Status Fill(Tensor* dst, float value) = 0;
+  // dst[i] = mean + stddev * RandomNormal(seed, i) (kernels/random_normal.h),
+  // generated where dst lives: random-weights models without a checkpoint,
+  // identical on every backend up to the storage dtype's rounding.
+  virtual absl::Status FillRandom(Tensor* dst, uint64_t seed, float mean, float stddev) = 0;
   virtual absl::Status Synchronize() = 0;
 
   // out[t] = table[ids[t]].

@@ -36,6 +36,8 @@ ABSL_FLAG(bool, add_bos, true, "prepend the model's BOS token to a text prompt, 
 ABSL_FLAG(bool, stop_at_eos, true, "stop generating at the model's EOS token");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, prefill_chunk, 0, "prefill chunk in tokens (0: whole prompt)");
+ABSL_FLAG(bool, random_weights, false, "seeded random weights from --model's config.json instead of a checkpoint");
+ABSL_FLAG(uint64_t, random_seed, 0, "seed of --random_weights");
 
 namespace mlaserve {
 namespace {
@@ -66,6 +68,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadWithProgress(const std::string& dir, 
     std::fprintf(stderr, "\rloading weights: layer %lld/%lld", static_cast<long long>(done), static_cast<long long>(total));
     if (done == total) std::fprintf(stderr, "\n");
   };
+  if (absl::GetFlag(FLAGS_random_weights)) return Model::LoadRandom(dir, ops, ModelShard{}, absl::GetFlag(FLAGS_random_seed));
   return Model::Load(dir, ops, progress);
 }
 

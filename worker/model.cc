@@ -28,13 +28,27 @@ absl::Status CheckCommunicator(const Communicator* comm, int size, const char* w
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Ops& ops, const ModelShard& shard,
                                                    const LoadProgress& progress) {
+  return Create(dir, ops, shard, [&](const ModelConfig& config, const ShardLayout& layout) -> absl::StatusOr<ModelWeights> {
+    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+    if (config.fp8_block_rows > 0) checkpoint->set_fp8_block(config.fp8_block_rows, config.fp8_block_cols);
+    return LoadModelWeights(*checkpoint, config, layout, ops, progress);
+  });
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::LoadRandom(const std::string& dir, Ops& ops, const ModelShard& shard,
+                                                         uint64_t seed) {
+  return Create(dir, ops, shard, [&](const ModelConfig& config, const ShardLayout& layout) {
+    return RandomModelWeights(config, layout, ops, seed);
+  });
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(const std::string& dir, Ops& ops, const ModelShard& shard,
+                                                     const WeightSource& weights_from) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
   ASSIGN_OR_RETURN(ShardLayout layout, MakeShardLayout(config, shard.plan, shard.group_rank));
   RETURN_IF_ERROR(CheckCommunicator(shard.group, shard.plan.group_size(), "the engine group"));
   RETURN_IF_ERROR(CheckCommunicator(shard.attention, shard.plan.tp, "the attention replica"));
-  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
-  if (config.fp8_block_rows > 0) checkpoint->set_fp8_block(config.fp8_block_rows, config.fp8_block_cols);
-  ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, config, layout, ops, progress));
+  ASSIGN_OR_RETURN(ModelWeights weights, weights_from(config, layout));
   ASSIGN_OR_RETURN(RopeTable rope, MakeRopeTable(config));
   return std::unique_ptr<Model>(new Model(config, std::move(weights), std::move(rope), ops, layout, shard));
 }

@@ -10,6 +10,7 @@
 #define MLASERVE_WORKER_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -56,6 +57,10 @@ class Model {
                                                      const LoadProgress& progress = nullptr);
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Ops& ops, const ModelShard& shard,
                                                      const LoadProgress& progress = nullptr);
+  // The model of `dir`/config.json with random weights made on `ops`
+  // (RandomModelWeights): real shapes without a checkpoint.
+  static absl::StatusOr<std::unique_ptr<Model>> LoadRandom(const std::string& dir, Ops& ops, const ModelShard& shard,
+                                                           uint64_t seed);
 
   // Runs the batch, writing its latent KV into `cache`, and returns the logits
   // of `batch.logit_rows` as float32 [rows, vocab]. With data-parallel
@@ -70,6 +75,11 @@ class Model {
  private:
   Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops, const ShardLayout& layout,
         const ModelShard& shard);
+  // Loads `weights_from` the checkpoint or random source, after checking the
+  // shard against the config.
+  using WeightSource = std::function<absl::StatusOr<ModelWeights>(const ModelConfig&, const ShardLayout&)>;
+  static absl::StatusOr<std::unique_ptr<Model>> Create(const std::string& dir, Ops& ops, const ModelShard& shard,
+                                                       const WeightSource& weights_from);
 
   absl::StatusOr<Tensor> Attention(const LayerWeights& w, int64_t layer, const Tensor& x, const ForwardBatch& batch,
                                    const std::vector<int32_t>& positions, KvCache& cache, AttentionForm form);

@@ -210,5 +210,67 @@ INSTANTIATE_TEST_SUITE_P(
                       Variant{"v2_fp8", kV2Config, DType::kF8E4M3}),
     [](const ::testing::TestParamInfo<Variant>& info) { return info.param.name; });
 
+// Every tensor of a model's weights with a name, for comparing two models' layouts.
+std::vector<std::pair<std::string, Tensor>> NamedTensors(const ModelWeights& w) {
+  std::vector<std::pair<std::string, Tensor>> out = {{"embed", w.embed}, {"final_norm", w.final_norm}, {"lm_head", w.lm_head}};
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LayerWeights& l = w.layers[i];
+    for (const auto& [name, t] : std::vector<std::pair<const char*, const Tensor*>>{
+             {"input_norm", &l.input_norm}, {"post_attention_norm", &l.post_attention_norm}, {"q_a", &l.q_a},
+             {"q_a_norm", &l.q_a_norm}, {"q_nope", &l.q_nope}, {"q_rope", &l.q_rope}, {"kv_a_latent", &l.kv_a_latent},
+             {"kv_a_rope", &l.kv_a_rope}, {"kv_a_norm", &l.kv_a_norm}, {"w_uk", &l.w_uk}, {"w_uk_t", &l.w_uk_t},
+             {"w_uv", &l.w_uv}, {"o_proj", &l.o_proj}, {"gate_up", &l.mlp.gate_up}, {"down", &l.mlp.down},
+             {"router", &l.router}, {"router_bias", &l.router_bias}, {"experts_gate_up", &l.experts_gate_up},
+             {"experts_down", &l.experts_down}}) {
+      out.push_back({absl::StrCat("layer ", i, " ", name), *t});
+    }
+  }
+  return out;
+}
+
+TEST(RandomWeightsTest, HaveTheShapesALoadedShardHas) {
+  auto ops = NewCpuOps();
+  auto config = LoadModelConfig(absl::StrCat(kTinyModel, "/config.json"));
+  ASSERT_TRUE(config.ok());
+  auto checkpoint = Checkpoint::Open(kTinyModel);
+  ASSERT_TRUE(checkpoint.ok());
+  for (ParallelPlan plan : {ParallelPlan{}, ParallelPlan{2, 1, 2}, ParallelPlan{4, 1, 2}, ParallelPlan{1, 2, 1}}) {
+    for (int rank = 0; rank < plan.group_size(); ++rank) {
+      const ShardLayout shard = *MakeShardLayout(*config, plan, rank);
+      auto loaded = LoadModelWeights(**checkpoint, *config, shard, *ops);
+      auto random = RandomModelWeights(*config, shard, *ops, 42);
+      ASSERT_TRUE(loaded.ok() && random.ok());
+      const auto want = NamedTensors(*loaded), got = NamedTensors(*random);
+      ASSERT_EQ(want.size(), got.size());
+      for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_EQ(got[i].second.shape, want[i].second.shape) << want[i].first << " of rank " << rank << " under "
+                                                              << plan.ToString();
+      }
+    }
+  }
+}
+
+TEST(RandomWeightsTest, SeededAndConsistentBetweenAttentionForms) {
+  auto ops = NewCpuOps();
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int32_t> ids(23);
+  for (int32_t& id : ids) id = rng() % 1024;
+  std::vector<std::vector<float>> logits;
+  for (uint64_t seed : {5, 5, 6}) {
+    auto model = Model::LoadRandom(kTinyModel, *ops, ModelShard{}, seed);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto cache = KvCache::Create(*ops, (*model)->config(), 8, 16);
+    ASSERT_TRUE(cache.ok());
+    for (AttentionForm form : {AttentionForm::kAbsorbed, AttentionForm::kExpanded}) {
+      auto out = ModelRunner(**model, *cache, {.attention_form = form}).Score(ids);
+      ASSERT_TRUE(out.ok()) << out.status();
+      logits.push_back(*out);
+    }
+  }
+  EXPECT_EQ(logits[0], logits[2]);               // same seed, same weights
+  EXPECT_LT(RelativeError(logits[1], logits[0]), 1e-5);  // W_UK_T is W_UK transposed
+  EXPECT_GT(RelativeError(logits[4], logits[0]), 0.1);   // another seed, other weights
+}
+
 }  // namespace
 }  // namespace mlaserve

@@ -1,9 +1,11 @@
 #include "worker/model_weights.h"
 
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/random_normal.h"
 
 namespace mlaserve {
 namespace {
@@ -195,7 +197,102 @@ class Loader {
   Ops& ops_;
 };
 
+// Makes the tensors of RandomModelWeights, each from its own seed.
+class RandomMaker {
+ public:
+  RandomMaker(Ops& ops, uint64_t seed) : ops_(ops), seed_(seed) {}
+
+  absl::StatusOr<Tensor> Normal(std::vector<int64_t> shape, float mean, float stddev) {
+    ASSIGN_OR_RETURN(Tensor t, ops_.Empty(ops_.storage_dtype(), std::move(shape)));
+    RETURN_IF_ERROR(ops_.FillRandom(&t, SplitMix64(seed_ + next_++), mean, stddev));
+    return t;
+  }
+  // A weight reading `fan_in` inputs (the whole model's, not the shard's).
+  absl::StatusOr<Tensor> Matrix(std::vector<int64_t> shape, int64_t fan_in) {
+    return Normal(std::move(shape), 0.0f, 1.0f / std::sqrt(static_cast<float>(fan_in)));
+  }
+  absl::StatusOr<Tensor> Norm(int64_t dim) { return Normal({dim}, 1.0f, 0.1f); }
+  absl::StatusOr<MlpWeights> Mlp(int64_t hidden, int64_t inner, int64_t total_inner) {
+    MlpWeights m;
+    ASSIGN_OR_RETURN(m.gate_up, Matrix({2 * inner, hidden}, hidden));
+    ASSIGN_OR_RETURN(m.down, Matrix({hidden, inner}, total_inner));
+    return m;
+  }
+
+ private:
+  Ops& ops_;
+  const uint64_t seed_;
+  uint64_t next_ = 0;
+};
+
+absl::Status RandomAttention(const ModelConfig& c, const ShardLayout& s, Ops& ops, RandomMaker& make,
+                             LayerWeights* lw) {
+  const int64_t d = c.hidden_size, heads = s.heads.size(), nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+  const int64_t rank = c.kv_lora_rank, v = c.v_head_dim;
+  int64_t q_in = d;
+  if (c.q_lora_rank > 0) {
+    q_in = c.q_lora_rank;
+    ASSIGN_OR_RETURN(lw->q_a, make.Matrix({q_in, d}, d));
+    ASSIGN_OR_RETURN(lw->q_a_norm, make.Norm(q_in));
+  }
+  ASSIGN_OR_RETURN(lw->q_nope, make.Matrix({heads * nope, q_in}, q_in));
+  ASSIGN_OR_RETURN(lw->q_rope, make.Matrix({heads * rope, q_in}, q_in));
+  ASSIGN_OR_RETURN(lw->kv_a_latent, make.Matrix({rank, d}, d));
+  ASSIGN_OR_RETURN(lw->kv_a_rope, make.Matrix({rope, d}, d));
+  ASSIGN_OR_RETURN(lw->kv_a_norm, make.Norm(rank));
+  ASSIGN_OR_RETURN(lw->w_uk, make.Matrix({heads * nope, rank}, rank));
+  // The absorbed form's W_UK_T must be W_UK's transpose: through the host.
+  std::vector<float> w_uk(lw->w_uk.numel());
+  RETURN_IF_ERROR(ops.Download(lw->w_uk, absl::MakeSpan(w_uk)));
+  ASSIGN_OR_RETURN(lw->w_uk_t, ops.Empty(ops.storage_dtype(), {heads, rank, nope}));
+  RETURN_IF_ERROR(ops.Upload(TransposeHeads(w_uk, heads, nope, rank), &lw->w_uk_t));
+  ASSIGN_OR_RETURN(lw->w_uv, make.Matrix({heads, v, rank}, rank));
+  ASSIGN_OR_RETURN(lw->o_proj, make.Matrix({d, heads * v}, c.num_attention_heads * v));
+  return absl::OkStatus();
+}
+
+absl::Status RandomMoe(const ModelConfig& c, const ShardLayout& s, RandomMaker& make, LayerWeights* lw) {
+  const int64_t d = c.hidden_size, experts = c.n_routed_experts, inner = s.expert_inner.size();
+  ASSIGN_OR_RETURN(lw->router, make.Matrix({experts, d}, d));
+  if (c.topk_method == TopkMethod::kNoauxTc) {
+    ASSIGN_OR_RETURN(lw->router_bias, make.Normal({experts}, 0.0f, 0.1f));
+  }
+  ASSIGN_OR_RETURN(lw->experts_gate_up, make.Matrix({s.experts.size(), 2 * inner, d}, d));
+  ASSIGN_OR_RETURN(lw->experts_down, make.Matrix({s.experts.size(), d, inner}, c.moe_intermediate_size));
+  lw->has_shared_experts = c.n_shared_experts > 0;
+  if (lw->has_shared_experts) {
+    ASSIGN_OR_RETURN(lw->mlp, make.Mlp(d, s.shared_inner.size(), c.moe_intermediate_size * c.n_shared_experts));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::StatusOr<ModelWeights> RandomModelWeights(const ModelConfig& c, const ShardLayout& shard, Ops& ops,
+                                                uint64_t seed) {
+  RandomMaker make(ops, SplitMix64(seed) ^ static_cast<uint64_t>(shard.group_rank));
+  const int64_t d = c.hidden_size;
+  ModelWeights w;
+  ASSIGN_OR_RETURN(w.embed, make.Matrix({shard.vocab_shard_rows + 1, d}, d));
+  Tensor padding = SliceRows(w.embed, shard.vocab_shard_rows, 1);
+  RETURN_IF_ERROR(ops.Fill(&padding, 0.0f));
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    LayerWeights lw;
+    ASSIGN_OR_RETURN(lw.input_norm, make.Norm(d));
+    ASSIGN_OR_RETURN(lw.post_attention_norm, make.Norm(d));
+    RETURN_IF_ERROR(RandomAttention(c, shard, ops, make, &lw));
+    lw.is_moe = c.is_moe_layer(layer);
+    if (lw.is_moe) {
+      RETURN_IF_ERROR(RandomMoe(c, shard, make, &lw));
+    } else {
+      ASSIGN_OR_RETURN(lw.mlp, make.Mlp(d, shard.dense_inner.size(), c.intermediate_size));
+    }
+    w.layers.push_back(std::move(lw));
+  }
+  ASSIGN_OR_RETURN(w.final_norm, make.Norm(d));
+  ASSIGN_OR_RETURN(w.lm_head, make.Matrix({shard.vocab_shard_rows, d}, d));
+  return w;
+}
 
 absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint, const ModelConfig& config,
                                               const ShardLayout& shard, Ops& ops, const LoadProgress& progress) {

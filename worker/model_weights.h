@@ -62,6 +62,14 @@ struct ModelWeights {
 // Called after each layer with (layers done, total layers): progress display.
 using LoadProgress = std::function<void(int64_t, int64_t)>;
 
+// A model of `config`'s shapes (the part `shard` holds) with random weights
+// made on the backend, for benchmarks at real dimensions without a checkpoint:
+// matrices N(0, 1/fan_in), norms N(1, 0.1), the embedding's padding row zero,
+// W_UK_T the per-head transpose of W_UK. Seeded: the same seed and shard give
+// the same weights.
+absl::StatusOr<ModelWeights> RandomModelWeights(const ModelConfig& config, const ShardLayout& shard, Ops& ops,
+                                                uint64_t seed);
+
 absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint, const ModelConfig& config,
                                               const ShardLayout& shard, Ops& ops,
                                               const LoadProgress& progress = nullptr);

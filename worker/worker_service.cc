@@ -54,7 +54,12 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   auto progress = [](int64_t done, int64_t total) {
     std::cerr << "worker: loading weights, layer " << done << "/" << total << "\n";
   };
-  ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(request.model_dir(), *ops_, comms_.shard(), progress));
+  std::unique_ptr<Model> model;
+  if (request.random_weights()) {
+    ASSIGN_OR_RETURN(model, Model::LoadRandom(request.model_dir(), *ops_, comms_.shard(), request.random_seed()));
+  } else {
+    ASSIGN_OR_RETURN(model, Model::Load(request.model_dir(), *ops_, comms_.shard(), progress));
+  }
   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops_, model->config(), request.num_blocks(), request.block_size()));
   model_ = std::move(model);
   cache_.emplace(std::move(cache));

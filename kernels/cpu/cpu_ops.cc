@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/ops.h"
+#include "kernels/random_normal.h"
 #include "kernels/shape_check.h"
 
 namespace mlaserve {
@@ -164,6 +165,15 @@ class CpuOps final : public Ops {
   absl::Status Fill(Tensor* dst, float value) override {
     RETURN_IF_ERROR(CheckDType("Fill", "dst", *dst, DType::kF32));
     std::fill_n(dst->as<float>(), dst->numel(), value);
+    return absl::OkStatus();
+  }
+
+  absl::Status FillRandom(Tensor* dst, uint64_t seed, float mean, float stddev) override {
+    RETURN_IF_ERROR(CheckDType("FillRandom", "dst", *dst, DType::kF32));
+    float* out = dst->as<float>();
+    const int64_t n = dst->numel();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) out[i] = mean + stddev * RandomNormal(seed, static_cast<uint64_t>(i));
     return absl::OkStatus();
   }
 

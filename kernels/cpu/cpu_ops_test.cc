@@ -104,6 +104,25 @@ TEST_F(CpuOpsTest, UploadConvertsToTheTensorsType) {
   EXPECT_EQ(std::vector<int32_t>(ids.as<int32_t>(), ids.as<int32_t>() + 3), (std::vector<int32_t>{7, 0, 1023}));
 }
 
+TEST_F(CpuOpsTest, FillRandomIsSeededNormal) {
+  Tensor a = Make({1000, 100}), b = Make({1000, 100}), c = Make({1000, 100});
+  ASSERT_TRUE(ops_->FillRandom(&a, 7, 0.5f, 2.0f).ok());
+  ASSERT_TRUE(ops_->FillRandom(&b, 7, 0.5f, 2.0f).ok());
+  ASSERT_TRUE(ops_->FillRandom(&c, 8, 0.5f, 2.0f).ok());
+  double sum = 0, sum_sq = 0;
+  int64_t same_as_c = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    ASSERT_EQ(a.as<float>()[i], b.as<float>()[i]);
+    same_as_c += a.as<float>()[i] == c.as<float>()[i];
+    sum += a.as<float>()[i];
+    sum_sq += double(a.as<float>()[i]) * a.as<float>()[i];
+  }
+  const double n = a.numel(), mean = sum / n, var = sum_sq / n - mean * mean;
+  EXPECT_NEAR(mean, 0.5, 0.02);
+  EXPECT_NEAR(std::sqrt(var), 2.0, 0.02);
+  EXPECT_LT(same_as_c, 10);
+}
+
 TEST_F(CpuOpsTest, RopeRotatesPairsByPositionTimesFrequency) {
   for (bool interleaved : {true, false}) {
     RopeTable table{.rope_dim = 8, .inv_freq = {1.0f, 0.5f, 0.1f, 0.01f}, .attention_factor = 1.3f,

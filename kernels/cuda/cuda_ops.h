@@ -1,0 +1,48 @@
+// The CUDA (Hopper) implementation of the Ops interface (kernels/ops.h).
+//
+// Tensors live on one GPU (Device::kCuda): bf16 activations, weights and
+// latent cache (storage_dtype() is kBF16), float32 router weights, int32
+// expert ids. Memory comes from the device's stream-ordered pool
+// (cudaMallocAsync/cudaFreeAsync on the backend's stream; a tensor may outlive
+// its Ops). All work is queued on one stream; Download and Upload wait for
+// it, Synchronize() waits for everything queued. Token metadata (ids,
+// positions, cache slots, block tables) arrives as host arrays, is checked
+// on the host (bad ids are InvalidArgument, bad slots OutOfRange, as on the
+// CPU) and is copied into device buffers the backend reuses.
+//
+// Matrix products are cuBLASLt bf16 GEMMs with float32 accumulation; the
+// MLA attention ops delegate to MlaAttention (kernels/cuda/mla_attention.h).
+//
+// Batch invariance: every custom kernel computes a row from that row alone.
+// For GEMMs, cuBLAS guarantees only run-to-run reproducibility for the same
+// problem (same shapes, toolkit, architecture, SM count; one stream or
+// CUBLAS_WORKSPACE_CONFIG) -- not that a row's result is the same when the
+// number of rows changes, since its heuristics pick other kernels (and
+// split-K / stream-K reductions) for other sizes. So the backend picks one
+// algorithm per weight shape (queried at a fixed reference row count),
+// forbids split-K reductions and workspace, and reuses that algorithm for
+// every row count it accepts: each output element is then one dot product in
+// the kernel's fixed K order, whatever the batch. (Shapes the chosen
+// algorithm rejects fall back to a per-size choice; see cuda_ops.cc.)
+//
+// Not thread-safe: one thread drives one CudaOps.
+#ifndef MLASERVE_KERNELS_CUDA_CUDA_OPS_H_
+#define MLASERVE_KERNELS_CUDA_CUDA_OPS_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "kernels/ops.h"
+
+namespace mlaserve {
+
+// The backend on GPU `device`; FailedPrecondition when there is no such GPU
+// (or no usable CUDA driver), naming the reason.
+absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device = 0);
+
+// Number of usable CUDA devices (0 when there is no GPU or driver).
+int CudaDeviceCount();
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_KERNELS_CUDA_CUDA_OPS_H_

@@ -1,0 +1,256 @@
+#include "kernels/cuda/elementwise.h"
+
+namespace mlaserve::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n elements.
+unsigned GridFor(int64_t n) {
+  int64_t blocks = (n + kThreads - 1) / kThreads;
+  if (blocks > 65536) blocks = 65536;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+__device__ __forceinline__ float ToF32(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToF32(float v) { return v; }
+template <typename T>
+__device__ __forceinline__ T FromF32(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF32<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __forceinline__ float FromF32<float>(float v) {
+  return v;
+}
+
+// ---- Row gather ----
+
+template <typename W>
+__global__ void GatherRowsKernel(const W* table, const int32_t* ids, int64_t words, W* out) {
+  const int64_t row = blockIdx.x;
+  const W* src = table + static_cast<int64_t>(ids[row]) * words;
+  W* dst = out + row * words;
+  for (int64_t i = threadIdx.x; i < words; i += blockDim.x) dst[i] = src[i];
+}
+
+template <typename W>
+cudaError_t LaunchGather(const void* table, const int32_t* ids, int64_t rows, int64_t row_bytes, void* out,
+                         cudaStream_t stream) {
+  const int64_t words = row_bytes / static_cast<int64_t>(sizeof(W));
+  const int threads = words >= 256 ? 256 : (words >= 64 ? 128 : 32);
+  GatherRowsKernel<W><<<static_cast<unsigned>(rows), threads, 0, stream>>>(static_cast<const W*>(table), ids, words,
+                                                                           static_cast<W*>(out));
+  return cudaGetLastError();
+}
+
+// ---- RoPE ----
+
+__global__ void RopeKernel(__nv_bfloat16* x, const int32_t* positions, const RopeParams p) {
+  __shared__ float cos_s[kMaxRopePairs], sin_s[kMaxRopePairs];
+  const int64_t row = blockIdx.x, half = p.dim / 2;
+  const float position = static_cast<float>(positions[row]);
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    // Accurate sincosf (no fast math): float32 angle as transformers computes it.
+    const float angle = position * p.inv_freq[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    cos_s[i] = c * p.attention_factor;
+    sin_s[i] = s * p.attention_factor;
+  }
+  __syncthreads();
+  __nv_bfloat16* base = x + row * p.heads * p.dim;
+  for (int64_t idx = threadIdx.x; idx < p.heads * half; idx += blockDim.x) {
+    const int64_t h = idx / half, i = idx % half;
+    __nv_bfloat16* v = base + h * p.dim;
+    const int64_t ia = p.interleaved ? 2 * i : i;
+    const int64_t ib = p.interleaved ? 2 * i + 1 : i + half;
+    const float a0 = __bfloat162float(v[ia]), b0 = __bfloat162float(v[ib]);
+    v[ia] = __float2bfloat16(a0 * cos_s[i] - b0 * sin_s[i]);
+    v[ib] = __float2bfloat16(b0 * cos_s[i] + a0 * sin_s[i]);
+  }
+}
+
+// ---- Elementwise ----
+
+template <typename T>
+__global__ void AddKernel(T* a, const T* b, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    a[i] = FromF32<T>(ToF32(a[i]) + ToF32(b[i]));
+  }
+}
+
+__global__ void SiluMulKernel(const __nv_bfloat16* x, int64_t rows, int64_t inner, __nv_bfloat16* out) {
+  const int64_t n = rows * inner;
+  for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n; idx += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = idx / inner, i = idx % inner;
+    const float g = __bfloat162float(x[r * 2 * inner + i]);
+    const float u = __bfloat162float(x[r * 2 * inner + inner + i]);
+    out[idx] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+template <typename T>
+__global__ void AddRowsGroupedKernel(const T* src, const int32_t* dst_rows, const int32_t* offsets,
+                                     const int32_t* src_index, int64_t dim, T* dst) {
+  const int64_t u = blockIdx.x;
+  T* row = dst + static_cast<int64_t>(dst_rows[u]) * dim;
+  const int32_t begin = offsets[u], end = offsets[u + 1];
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+    float acc = ToF32(row[j]);
+    for (int32_t s = begin; s < end; ++s) acc += ToF32(src[static_cast<int64_t>(src_index[s]) * dim + j]);
+    row[j] = FromF32<T>(acc);
+  }
+}
+
+template <typename T>
+cudaError_t LaunchAddRows(const T* src, const int32_t* dst_rows, const int32_t* offsets, const int32_t* src_index,
+                          int64_t num_dst, int64_t dim, T* dst, cudaStream_t stream) {
+  if (num_dst == 0 || dim == 0) return cudaSuccess;
+  AddRowsGroupedKernel<T><<<static_cast<unsigned>(num_dst), dim >= 256 ? 256 : 64, 0, stream>>>(
+      src, dst_rows, offsets, src_index, dim, dst);
+  return cudaGetLastError();
+}
+
+// ---- Latent cache ----
+
+__device__ __forceinline__ int64_t CacheRowOffset(const LatentCacheGeometry& g, int64_t block, int64_t offset) {
+  return ((block * g.layers + g.layer) * g.block_size + offset) * (g.rank + g.rope);
+}
+
+__global__ void WriteLatentKernel(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
+                                  const LatentCacheGeometry g, __nv_bfloat16* cache) {
+  const int64_t t = blockIdx.x, slot = slots[t];
+  __nv_bfloat16* row = cache + CacheRowOffset(g, slot / g.block_size, slot % g.block_size);
+  for (int64_t j = threadIdx.x; j < g.rank + g.rope; j += blockDim.x) {
+    row[j] = j < g.rank ? c_kv[t * g.rank + j] : k_rope[t * g.rope + (j - g.rank)];
+  }
+}
+
+__global__ void GatherLatentKernel(const __nv_bfloat16* cache, const int32_t* block_table,
+                                   const LatentCacheGeometry g, __nv_bfloat16* c_kv, __nv_bfloat16* k_rope) {
+  const int64_t p = blockIdx.x;
+  const __nv_bfloat16* row = cache + CacheRowOffset(g, block_table[p / g.block_size], p % g.block_size);
+  for (int64_t j = threadIdx.x; j < g.rank + g.rope; j += blockDim.x) {
+    if (j < g.rank) {
+      c_kv[p * g.rank + j] = row[j];
+    } else {
+      k_rope[p * g.rope + (j - g.rank)] = row[j];
+    }
+  }
+}
+
+// ---- Fill and conversions ----
+
+template <typename W>
+__global__ void FillKernel(W* dst, int64_t n, W bits) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = bits;
+  }
+}
+
+__global__ void Bf16ToF32Kernel(const __nv_bfloat16* src, int64_t n, float* dst) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = __bfloat162float(src[i]);
+  }
+}
+
+__global__ void F32ToBf16Kernel(const float* src, int64_t n, __nv_bfloat16* dst) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = __float2bfloat16(src[i]);
+  }
+}
+
+}  // namespace
+
+cudaError_t GatherRows(const void* table, const int32_t* ids, int64_t rows, int64_t row_bytes, void* out,
+                       cudaStream_t stream) {
+  if (rows == 0 || row_bytes == 0) return cudaSuccess;
+  const uintptr_t align = reinterpret_cast<uintptr_t>(table) | reinterpret_cast<uintptr_t>(out) |
+                          static_cast<uintptr_t>(row_bytes);
+  if (align % 16 == 0) return LaunchGather<uint4>(table, ids, rows, row_bytes, out, stream);
+  if (align % 8 == 0) return LaunchGather<uint2>(table, ids, rows, row_bytes, out, stream);
+  if (align % 4 == 0) return LaunchGather<uint32_t>(table, ids, rows, row_bytes, out, stream);
+  if (align % 2 == 0) return LaunchGather<uint16_t>(table, ids, rows, row_bytes, out, stream);
+  return LaunchGather<uint8_t>(table, ids, rows, row_bytes, out, stream);
+}
+
+cudaError_t Rope(__nv_bfloat16* x, const int32_t* positions, const RopeParams& params, cudaStream_t stream) {
+  if (params.rows == 0 || params.heads == 0 || params.dim == 0) return cudaSuccess;
+  if (params.dim % 2 != 0 || params.dim / 2 > kMaxRopePairs) return cudaErrorInvalidValue;
+  RopeKernel<<<static_cast<unsigned>(params.rows), 128, 0, stream>>>(x, positions, params);
+  return cudaGetLastError();
+}
+
+cudaError_t Add(__nv_bfloat16* a, const __nv_bfloat16* b, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  AddKernel<<<GridFor(n), kThreads, 0, stream>>>(a, b, n);
+  return cudaGetLastError();
+}
+
+cudaError_t Add(float* a, const float* b, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  AddKernel<<<GridFor(n), kThreads, 0, stream>>>(a, b, n);
+  return cudaGetLastError();
+}
+
+cudaError_t SiluMul(const __nv_bfloat16* x, int64_t rows, int64_t inner, __nv_bfloat16* out, cudaStream_t stream) {
+  if (rows * inner == 0) return cudaSuccess;
+  SiluMulKernel<<<GridFor(rows * inner), kThreads, 0, stream>>>(x, rows, inner, out);
+  return cudaGetLastError();
+}
+
+cudaError_t AddRowsGrouped(const __nv_bfloat16* src, const int32_t* dst_rows, const int32_t* offsets,
+                           const int32_t* src_index, int64_t num_dst, int64_t dim, __nv_bfloat16* dst,
+                           cudaStream_t stream) {
+  return LaunchAddRows(src, dst_rows, offsets, src_index, num_dst, dim, dst, stream);
+}
+
+cudaError_t AddRowsGrouped(const float* src, const int32_t* dst_rows, const int32_t* offsets,
+                           const int32_t* src_index, int64_t num_dst, int64_t dim, float* dst, cudaStream_t stream) {
+  return LaunchAddRows(src, dst_rows, offsets, src_index, num_dst, dim, dst, stream);
+}
+
+cudaError_t WriteLatentCache(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
+                             int64_t rows, const LatentCacheGeometry& geometry, __nv_bfloat16* cache,
+                             cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  WriteLatentKernel<<<static_cast<unsigned>(rows), 128, 0, stream>>>(c_kv, k_rope, slots, geometry, cache);
+  return cudaGetLastError();
+}
+
+cudaError_t GatherLatent(const __nv_bfloat16* cache, const int32_t* block_table, int64_t num_positions,
+                         const LatentCacheGeometry& geometry, __nv_bfloat16* c_kv, __nv_bfloat16* k_rope,
+                         cudaStream_t stream) {
+  if (num_positions == 0) return cudaSuccess;
+  GatherLatentKernel<<<static_cast<unsigned>(num_positions), 128, 0, stream>>>(cache, block_table, geometry, c_kv,
+                                                                               k_rope);
+  return cudaGetLastError();
+}
+
+cudaError_t Fill16(uint16_t* dst, int64_t n, uint16_t bits, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FillKernel<<<GridFor(n), kThreads, 0, stream>>>(dst, n, bits);
+  return cudaGetLastError();
+}
+
+cudaError_t Fill32(uint32_t* dst, int64_t n, uint32_t bits, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FillKernel<<<GridFor(n), kThreads, 0, stream>>>(dst, n, bits);
+  return cudaGetLastError();
+}
+
+cudaError_t Bf16ToF32(const __nv_bfloat16* src, int64_t n, float* dst, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  Bf16ToF32Kernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, dst);
+  return cudaGetLastError();
+}
+
+cudaError_t F32ToBf16(const float* src, int64_t n, __nv_bfloat16* dst, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  F32ToBf16Kernel<<<GridFor(n), kThreads, 0, stream>>>(src, n, dst);
+  return cudaGetLastError();
+}
+
+}  // namespace mlaserve::cuda
