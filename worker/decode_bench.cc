@@ -1,0 +1,164 @@
+// End-to-end decode throughput of a random-weights model at real shapes:
+// batches of sequences with a given context already in the paged latent
+// cache each decode one token per step; prints tokens/s per (batch, context)
+// against the roofline, the bytes a step must read (the weights it touches
+// plus the latent KV) over the bandwidth measured in the same run.
+//
+//   decode_bench --config tests/testdata/configs/deepseek-v2-lite.json --device cuda \
+//       --batch 1,16,64,256 --context 1024,4096 [--layers 4] [--csv out.csv]
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "worker/kv_cache.h"
+#include "worker/model.h"
+#include "worker/ops_factory.h"
+
+ABSL_FLAG(std::string, config, "", "a DeepSeek config.json (the model's shapes)");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, batch, "1,8,32", "batch sizes");
+ABSL_FLAG(std::string, context, "1024", "context lengths already cached per sequence");
+ABSL_FLAG(int, layers, 0, "override num_hidden_layers (0: the config's)");
+ABSL_FLAG(int, steps, 10, "timed decode steps per point");
+ABSL_FLAG(int64_t, block_size, 64, "tokens per cache block");
+ABSL_FLAG(std::string, csv, "", "also write the table here");
+
+namespace mlaserve {
+namespace {
+
+std::vector<int64_t> ParseList(const std::string& text) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t v = 0;
+    if (absl::SimpleAtoi(part, &v) && v > 0) out.push_back(v);
+  }
+  return out;
+}
+
+// A model directory holding the config (layers overridden), for LoadRandom.
+absl::StatusOr<std::string> ModelDir(const std::string& config_path, int layers) {
+  std::ifstream in(config_path);
+  if (!in) return absl::NotFoundError(absl::StrCat("no config ", config_path));
+  nlohmann::json config = nlohmann::json::parse(in, nullptr, false);
+  if (config.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(config_path, " is not JSON"));
+  if (layers > 0) config["num_hidden_layers"] = layers;
+  const std::string dir = (std::filesystem::temp_directory_path() / "mlaserve_decode_bench").string();
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << config.dump();
+  return dir;
+}
+
+double Seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Streaming bandwidth of this backend: a += b over 1 GiB-class tensors (reads
+// two, writes one), the best of a few runs.
+absl::StatusOr<double> MeasureBandwidth(Ops& ops, int64_t elements) {
+  ASSIGN_OR_RETURN(Tensor a, ops.Empty(ops.storage_dtype(), {elements}));
+  ASSIGN_OR_RETURN(Tensor b, ops.Empty(ops.storage_dtype(), {elements}));
+  RETURN_IF_ERROR(ops.Fill(&a, 0.0f));
+  RETURN_IF_ERROR(ops.Fill(&b, 1.0f));
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    RETURN_IF_ERROR(ops.Synchronize());
+    const auto start = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(ops.Add(&a, b));
+    RETURN_IF_ERROR(ops.Synchronize());
+    best = std::min(best, Seconds(std::chrono::steady_clock::now() - start));
+  }
+  return 3.0 * static_cast<double>(a.num_bytes()) / best;
+}
+
+// Bytes one decode step of `batch` sequences must read: every weight but the
+// routed experts, the routed experts the batch is expected to touch (each
+// token picks top_k of n_routed_experts), and the cached latent KV.
+double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t element_bytes) {
+  const ShardLayout whole = *MakeShardLayout(c, ParallelPlan{}, 0);
+  const int64_t expert_params = 3 * c.hidden_size * c.moe_intermediate_size;
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l);
+  const double all_experts = static_cast<double>(c.n_routed_experts) * expert_params * moe_layers;
+  double touched = 0;
+  if (c.n_routed_experts > 0) {
+    const double p_untouched = std::pow(1.0 - double(c.num_experts_per_tok) / c.n_routed_experts, double(batch));
+    touched = c.n_routed_experts * (1.0 - p_untouched) * expert_params * moe_layers;
+  }
+  // The embedding is read a row per token, not whole.
+  const double embedding = static_cast<double>(c.vocab_size) * c.hidden_size;
+  const double weights = static_cast<double>(ShardParameterCount(c, whole)) - all_experts - embedding + touched;
+  const double kv = static_cast<double>(batch) * (context + 1) * c.latent_dim() * c.num_hidden_layers;
+  return (weights + kv) * element_bytes;
+}
+
+absl::Status Run() {
+  ASSIGN_OR_RETURN(std::unique_ptr<Ops> ops, NewOps(absl::GetFlag(FLAGS_device)));
+  ASSIGN_OR_RETURN(std::string dir, ModelDir(absl::GetFlag(FLAGS_config), absl::GetFlag(FLAGS_layers)));
+  std::cerr << "decode_bench: making random weights on " << ops->name() << "\n";
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::LoadRandom(dir, *ops, ModelShard{}, 1));
+  const ModelConfig& c = model->config();
+  const size_t element_bytes = DTypeBytes(ops->storage_dtype());
+  ASSIGN_OR_RETURN(const double bandwidth, MeasureBandwidth(*ops, int64_t{1} << 28));
+  std::printf("# %s: %lld layers, hidden %lld, %lld heads, %lld experts (top %lld); backend %s; bandwidth %.1f GB/s\n",
+              absl::GetFlag(FLAGS_config).c_str(), static_cast<long long>(c.num_hidden_layers),
+              static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_attention_heads),
+              static_cast<long long>(c.n_routed_experts), static_cast<long long>(c.num_experts_per_tok),
+              std::string(ops->name()).c_str(), bandwidth / 1e9);
+  std::string table = "batch,context,step_ms,tokens_per_s,roofline_tokens_per_s,fraction_of_roofline\n";
+  std::printf("%6s %8s %10s %12s %14s %9s\n", "batch", "context", "step_ms", "tokens/s", "roofline t/s", "of roof");
+  const int64_t block_size = absl::GetFlag(FLAGS_block_size);
+  for (int64_t context : ParseList(absl::GetFlag(FLAGS_context))) {
+    for (int64_t batch : ParseList(absl::GetFlag(FLAGS_batch))) {
+      const int64_t blocks_per_seq = BlocksFor(context + 1, block_size);
+      ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops, c, batch * blocks_per_seq, block_size));
+      // The context is taken as already computed: random latent rows.
+      RETURN_IF_ERROR(ops->FillRandom(&cache.pool(), 7, 0.0f, 1.0f));
+      ForwardBatch step;
+      step.layout.block_size = block_size;
+      for (int64_t b = 0; b < batch; ++b) {
+        SequenceSlice slice{.token_begin = b, .num_tokens = 1, .context_len = context + 1};
+        for (int64_t k = 0; k < blocks_per_seq; ++k) slice.block_table.push_back(static_cast<int32_t>(b * blocks_per_seq + k));
+        step.layout.seqs.push_back(std::move(slice));
+        step.token_ids.push_back(static_cast<int32_t>((b * 7919) % c.vocab_size));
+        step.logit_rows.push_back(b);
+      }
+      RETURN_IF_ERROR(model->Forward(step, cache).status());  // warm-up
+      const int steps = absl::GetFlag(FLAGS_steps);
+      const auto start = std::chrono::steady_clock::now();
+      for (int s = 0; s < steps; ++s) RETURN_IF_ERROR(model->Forward(step, cache).status());
+      const double step_s = Seconds(std::chrono::steady_clock::now() - start) / steps;
+      const double roofline = batch / (StepBytes(c, batch, context, element_bytes) / bandwidth);
+      const double tokens = batch / step_s;
+      std::printf("%6lld %8lld %10.3f %12.1f %14.1f %8.1f%%\n", static_cast<long long>(batch),
+                  static_cast<long long>(context), step_s * 1e3, tokens, roofline, 100 * tokens / roofline);
+      std::fflush(stdout);
+      absl::StrAppend(&table, batch, ",", context, ",", step_s * 1e3, ",", tokens, ",", roofline, ",", tokens / roofline,
+                      "\n");
+    }
+  }
+  if (!absl::GetFlag(FLAGS_csv).empty()) std::ofstream(absl::GetFlag(FLAGS_csv)) << table;
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace mlaserve
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  absl::Status status = mlaserve::Run();
+  if (!status.ok()) {
+    std::cerr << "decode_bench: " << status << "\n";
+    return 1;
+  }
+  return 0;
+}
