@@ -20,6 +20,8 @@
 #include "proto/worker.grpc.pb.h"
 #include "worker/comm/gloo_communicator.h"
 #include "worker/comm/grpc_rendezvous_store.h"
+#include "worker/comm/nccl_communicator.h"
+#include "worker/ops_factory.h"
 #include "worker/worker_service.h"
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051", "coordinator's gRPC address");
@@ -27,6 +29,7 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve the Worker API on");
 ABSL_FLAG(int, port, 0, "port to serve the Worker API on (0: any free port)");
 ABSL_FLAG(double, heartbeat_interval_s, 0.5, "seconds between heartbeats");
 ABSL_FLAG(double, coordinator_timeout_s, 10, "exit after this long without reaching the coordinator");
+ABSL_FLAG(std::string, device, "cpu", "backend: cpu, or cuda[:N] (GPU N, with NCCL between the ranks of a group)");
 ABSL_FLAG(double, memory_gb, 0, "memory this worker offers for weights and KV cache (0: the machine's RAM)");
 
 namespace mlaserve {
@@ -36,6 +39,19 @@ namespace {
 volatile std::sig_atomic_t g_signalled = 0;
 
 void HandleSignal(int) { g_signalled = 1; }
+
+// Gloo over TCP for host tensors, NCCL for GPU ones.
+CommunicatorFactory CommunicatorsFor(const std::string& device, const std::string& host) {
+  if (device.rfind("cuda", 0) == 0) {
+    const int gpu = device.size() > 5 ? std::atoi(device.c_str() + 5) : 0;
+    return [gpu](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
+      return NewNcclCommunicator(s, prefix, rank, size, NcclOptions{.device = gpu, .timeout = timeout});
+    };
+  }
+  return [host](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
+    return NewGlooCommunicator(s, prefix, rank, size, GlooOptions{.hostname = host, .timeout = timeout});
+  };
+}
 
 int64_t MemoryBytes() {
   const double gb = absl::GetFlag(FLAGS_memory_gb);
@@ -50,7 +66,7 @@ int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& 
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
     internal::v1::RegisterRequest request;
     request.set_address(address);
-    request.set_device("cpu");
+    request.set_device(absl::GetFlag(FLAGS_device));
     request.set_memory_bytes(MemoryBytes());
     internal::v1::RegisterResponse response;
     grpc::Status status = stub.Register(&context, request, &response);
@@ -86,12 +102,14 @@ int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   std::signal(SIGINT, HandleSignal);
   std::signal(SIGTERM, HandleSignal);
+  const std::string device = absl::GetFlag(FLAGS_device);
+  absl::StatusOr<std::unique_ptr<Ops>> ops = NewOps(device);
+  if (!ops.ok()) {
+    std::cerr << "worker: " << ops.status() << "\n";
+    return 1;
+  }
   GrpcRendezvousStore store(absl::GetFlag(FLAGS_coordinator));
-  const std::string host = absl::GetFlag(FLAGS_host);
-  auto gloo = [host](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
-    return NewGlooCommunicator(s, prefix, rank, size, GlooOptions{.hostname = host, .timeout = timeout});
-  };
-  WorkerService service(NewCpuOps(), store, gloo);
+  WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)));
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
