@@ -11,11 +11,14 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/model_config.h"
 #include "common/status_macros.h"
+#include "coordinator/admin_service.h"
 #include "coordinator/grpc_service.h"
 #include "coordinator/http_server.h"
 #include "coordinator/metrics.h"
@@ -36,6 +39,10 @@ ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per group (0: 
 ABSL_FLAG(int, ep, 0, "routed experts split this many ways in a group (0: the planner's choice)");
 ABSL_FLAG(bool, random_weights, false, "workers make seeded random weights from --model's config.json (no checkpoint)");
 ABSL_FLAG(uint64_t, random_seed, 0, "seed of --random_weights");
+ABSL_FLAG(std::string, roles, "", "prefill/decode disaggregation, as prefill:N,decode:M engine groups (empty: every group does both)");
+ABSL_FLAG(std::string, migration, "auto", "move a prefix cached by a busy group to the chosen one: auto (when the calibrated cost model says it is cheaper), always, never");
+ABSL_FLAG(int64_t, cache_affinity_slack, 8, "a group caching a longer prefix wins while at most this many requests busier than the least loaded");
+ABSL_FLAG(double, transfer_timeout_s, 60, "a KV transfer between workers taking longer fails (the prefix is recomputed)");
 ABSL_FLAG(double, comm_timeout_s, 30, "a collective waiting on a peer longer than this fails its group's step");
 ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");
 ABSL_FLAG(double, heartbeat_timeout_s, 3, "a worker silent this long is dead");
@@ -51,8 +58,9 @@ namespace {
 volatile std::sig_atomic_t g_signalled = 0;
 void HandleSignal(int) { g_signalled = 1; }
 
-absl::Status LoadShard(const WorkerInfo& worker, const std::string& model_dir, const GroupOptions& options,
-                       const ParallelPlan& plan, int group_rank, const std::string& rendezvous_prefix) {
+// The KV block size in bytes on success.
+absl::StatusOr<int64_t> LoadShard(const WorkerInfo& worker, const std::string& model_dir, const GroupOptions& options,
+                                  const ParallelPlan& plan, int group_rank, const std::string& rendezvous_prefix) {
   grpc::ClientContext context;
   internal::v1::LoadShardRequest request;
   request.set_model_dir(model_dir);
@@ -70,13 +78,33 @@ absl::Status LoadShard(const WorkerInfo& worker, const std::string& model_dir, c
   internal::v1::LoadShardResponse response;
   absl::Status status = FromGrpcStatus(worker.stub->LoadShard(&context, request, &response));
   if (!status.ok()) return absl::Status(status.code(), absl::StrCat("worker ", worker.id, ": ", status.message()));
-  return absl::OkStatus();
+  return response.bytes_per_block();
+}
+
+// --roles prefill:N,decode:M as the role of each of `num_groups` groups.
+absl::StatusOr<std::vector<GroupRole>> ParseRoles(const std::string& text, int num_groups) {
+  if (text.empty()) return std::vector<GroupRole>(num_groups, GroupRole::kMixed);
+  std::vector<GroupRole> roles;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(part, ':');
+    int count = 0;
+    if (!absl::SimpleAtoi(kv.second, &count) || count < 0 || (kv.first != "prefill" && kv.first != "decode")) {
+      return absl::InvalidArgumentError(absl::StrCat("--roles: \"", std::string(part), "\" is not prefill:N or decode:N"));
+    }
+    roles.insert(roles.end(), count, kv.first == "prefill" ? GroupRole::kPrefill : GroupRole::kDecode);
+  }
+  if (static_cast<int>(roles.size()) != num_groups) {
+    return absl::InvalidArgumentError(absl::StrCat("--roles names ", roles.size(), " groups; the plan has ", num_groups));
+  }
+  return roles;
 }
 
 // Plans the cluster, has every worker load its shard (the ranks of a group
 // concurrently: they meet in the rendezvous store) and adds the groups.
-absl::Status StartGroups(const std::vector<WorkerInfo>& workers, const ModelConfig& config, const std::string& model_dir,
-                         GroupOptions options, ServingEngine& engine, ServingMetrics& metrics) {
+// Returns the KV block size in bytes.
+absl::StatusOr<int64_t> StartGroups(const std::vector<WorkerInfo>& workers, const ModelConfig& config,
+                                    const std::string& model_dir, GroupOptions options, ServingEngine& engine,
+                                    ServingMetrics& metrics) {
   std::vector<int64_t> memory;
   for (const WorkerInfo& w : workers) memory.push_back(w.memory_bytes);
   const int64_t kv_bytes = options.num_blocks * options.block_size * config.latent_dim() * config.num_hidden_layers *
@@ -87,22 +115,27 @@ absl::Status StartGroups(const std::vector<WorkerInfo>& workers, const ModelConf
                                                      .ep = absl::GetFlag(FLAGS_ep),
                                                      .kv_cache_bytes = kv_bytes}));
   std::cerr << "coordinator: shard plan: " << cluster.ToString() << "\n";
+  ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
   options.tp = cluster.plan.tp;
   options.dp_attention = cluster.plan.dp_attention;
   const int size = cluster.plan.group_size();
-  std::vector<std::future<absl::Status>> loads;
+  std::vector<std::future<absl::StatusOr<int64_t>>> loads;
   for (size_t i = 0; i < workers.size(); ++i) {
     const std::string prefix = absl::StrCat("group", workers[i - i % size].id);
     loads.push_back(std::async(std::launch::async, [&, i, prefix] {
       return LoadShard(workers[i], model_dir, options, cluster.plan, static_cast<int>(i % size), prefix);
     }));
   }
-  for (auto& load : loads) RETURN_IF_ERROR(load.get());
+  int64_t bytes_per_block = 0;
+  for (auto& load : loads) {
+    ASSIGN_OR_RETURN(bytes_per_block, load.get());
+  }
   for (size_t first = 0; first < workers.size(); first += size) {
     std::vector<WorkerInfo> members(workers.begin() + first, workers.begin() + first + size);
+    options.role = roles[first / size];
     engine.AddGroup(std::make_unique<EngineGroup>(members[0].id, std::move(members), options, config, metrics));
   }
-  return absl::OkStatus();
+  return bytes_per_block;
 }
 
 absl::Status Run() {
@@ -115,10 +148,22 @@ absl::Status Run() {
 
   ServingMetrics metrics;
   WorkerRegistry registry(absl::Seconds(absl::GetFlag(FLAGS_heartbeat_timeout_s)));
+  const std::string migration = absl::GetFlag(FLAGS_migration);
+  if (migration != "auto" && migration != "always" && migration != "never") {
+    return absl::InvalidArgumentError("--migration must be auto, always or never");
+  }
   ServingEngine engine(*tokenizer, config,
-                       {.model_name = model_name, .max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests)},
+                       {.model_name = model_name,
+                        .migration = migration == "always"  ? MigrationPolicy::kAlways
+                                     : migration == "never" ? MigrationPolicy::kNever
+                                                            : MigrationPolicy::kAuto,
+                        .transfer_timeout = absl::Seconds(absl::GetFlag(FLAGS_transfer_timeout_s)),
+                        .max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests),
+                        .cache_affinity_slack = absl::GetFlag(FLAGS_cache_affinity_slack)},
                        metrics, &registry);
   registry.OnDeath([&engine](int32_t worker_id) { engine.OnWorkerDeath(worker_id); });
+  registry.OnDrain([&engine](int32_t worker_id) { return engine.DrainWorker(worker_id); });
+  AdminService admin(engine);
   GroupOptions group_options{.num_blocks = absl::GetFlag(FLAGS_kv_blocks),
                              .block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
@@ -133,6 +178,7 @@ absl::Status Run() {
   builder.RegisterService(&registry);
   builder.RegisterService(&public_api);
   builder.RegisterService(&rendezvous);
+  builder.RegisterService(&admin);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (grpc_server == nullptr || grpc_port == 0) return absl::UnavailableError("cannot listen on " + grpc_address);
   std::cerr << "coordinator: gRPC on " << grpc_address << ", waiting for " << absl::GetFlag(FLAGS_workers)
@@ -140,7 +186,12 @@ absl::Status Run() {
 
   ASSIGN_OR_RETURN(std::vector<WorkerInfo> workers,
                    registry.WaitForWorkers(absl::GetFlag(FLAGS_workers), absl::Seconds(absl::GetFlag(FLAGS_worker_wait_s))));
-  RETURN_IF_ERROR(StartGroups(workers, config, model_dir, group_options, engine, metrics));
+  ASSIGN_OR_RETURN(const int64_t bytes_per_block, StartGroups(workers, config, model_dir, group_options, engine, metrics));
+  if (migration == "auto") {
+    if (absl::Status calibrated = engine.Calibrate(bytes_per_block); !calibrated.ok()) {
+      std::cerr << "coordinator: KV migration not calibrated (" << calibrated << "); it moves whenever it can\n";
+    }
+  }
 
   HttpServer http(engine, metrics, HttpOptions{});
   RETURN_IF_ERROR(http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port)));
@@ -150,6 +201,7 @@ absl::Status Run() {
   std::cerr << "coordinator: shutting down\n";
   http.Stop();
   registry.OnDeath(nullptr);  // the engine goes away before the registry
+  registry.OnDrain(nullptr);
   grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   return absl::OkStatus();
 }

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <future>
+#include <iostream>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "common/status_macros.h"
 
 namespace mlaserve {
 namespace {
@@ -92,7 +94,7 @@ void EngineGroup::Fail(absl::Status why) {
 
 bool EngineGroup::alive() const {
   absl::MutexLock lock(&mu_);
-  return failure_.ok() && !stopping_;
+  return failure_.ok() && !stopping_ && !draining_;
 }
 
 bool EngineGroup::HasWorker(int32_t worker_id) const {
@@ -130,6 +132,7 @@ void EngineGroup::Loop() {
     Step step;
     bool empty = true;
     std::vector<Update> updates;
+    std::vector<Handoff> handoffs;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(this, &EngineGroup::HasWork));
@@ -137,6 +140,11 @@ void EngineGroup::Loop() {
       if (stopping_ || !failure_.ok()) {
         const absl::Status why = failure_.ok() ? absl::CancelledError("shutting down") : failure_;
         updates = EndAll(RemoveAll(), failure_.ok() ? FinishReason::kAbort : FinishReason::kError, why);
+        PublishGauges();
+      } else if (draining_) {
+        updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
+        handoffs = DetachAll();
+        stalled_ = true;
         PublishGauges();
       } else {
         updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
@@ -152,6 +160,8 @@ void EngineGroup::Loop() {
     }
     for (Update& u : updates) u.callback(u.update);
     updates.clear();
+    HandOver(std::move(handoffs));
+    handoffs.clear();
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
@@ -161,12 +171,13 @@ void EngineGroup::Loop() {
     {
       absl::MutexLock lock(&mu_);
       if (sampled.ok()) {
-        updates = ApplyStep(step, *sampled);
+        updates = ApplyStep(step, *sampled, &handoffs);
       } else if (failure_.ok()) {
         failure_ = sampled.status();
       }
     }
     for (Update& u : updates) u.callback(u.update);
+    HandOver(std::move(handoffs));
   }
 }
 
@@ -230,17 +241,21 @@ absl::StatusOr<std::vector<internal::v1::StepResponse>> EngineGroup::RunStep(con
 }
 
 std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const Step& step,
-                                                        const std::vector<internal::v1::StepResponse>& sampled) {
+                                                        const std::vector<internal::v1::StepResponse>& sampled,
+                                                        std::vector<Handoff>* handoffs) {
   std::vector<Update> updates;
-  for (size_t r = 0; r < step.size(); ++r) ApplyReplicaStep(*replicas_[r], step[r], sampled[r], &updates);
+  for (size_t r = 0; r < step.size(); ++r) ApplyReplicaStep(static_cast<int>(r), step[r], sampled[r], &updates, handoffs);
   PublishGauges();
   return updates;
 }
 
-void EngineGroup::ApplyReplicaStep(Replica& replica, const std::vector<ScheduledSequence>& step,
-                                   const internal::v1::StepResponse& sampled, std::vector<Update>* updates) {
+void EngineGroup::ApplyReplicaStep(int r, const std::vector<ScheduledSequence>& step,
+                                   const internal::v1::StepResponse& sampled, std::vector<Update>* updates,
+                                   std::vector<Handoff>* handoffs) {
+  Replica& replica = *replicas_[r];
   replica.scheduler.Advance(step);
   std::vector<int64_t> finished;
+  std::vector<Sequence*> prefilled;
   int next = 0;
   const absl::Time now = absl::Now();
   for (const ScheduledSequence& s : step) {
@@ -272,11 +287,113 @@ void EngineGroup::ApplyReplicaStep(Replica& replica, const std::vector<Scheduled
     if (reason != FinishReason::kNone) {
       Finish(seq, reason, absl::OkStatus(), &update);
       finished.push_back(seq.id);
+    } else if (options_.role == GroupRole::kPrefill && seq.num_output() == 1) {
+      prefilled.push_back(&seq);
     }
     updates->push_back({seq.on_update, std::move(update)});
   }
   metrics_.AddGenerationTokens(static_cast<double>(sampled.sampled_token_ids_size()));
   for (int64_t id : finished) replica.scheduler.Remove(id);
+  for (Sequence* seq : prefilled) handoffs->push_back(Detach(r, seq));
+}
+
+EngineGroup::Handoff EngineGroup::Detach(int r, Sequence* seq) {
+  Replica& replica = *replicas_[r];
+  Handoff out;
+  out.hold.replica = r;
+  const int64_t whole_blocks = seq->num_computed / options_.block_size;
+  out.hold.blocks.assign(seq->block_table.begin(), seq->block_table.begin() + whole_blocks);
+  // The hold keeps the KV once the sequence lets go of its table; Remove
+  // leaves the sequence as if preempted, ready to resume elsewhere.
+  if (absl::Status held = replica.blocks.Acquire(out.hold.blocks); !held.ok()) {
+    std::cerr << "engine group " << group_id_ << ": " << held << "\n";
+    out.hold.blocks.clear();
+  }
+  out.seq = replica.scheduler.Remove(seq->id);
+  return out;
+}
+
+std::vector<EngineGroup::Handoff> EngineGroup::DetachAll() {
+  std::vector<Handoff> out;
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    for (Sequence* seq : replicas_[r]->scheduler.sequences()) out.push_back(Detach(static_cast<int>(r), seq));
+  }
+  return out;
+}
+
+void EngineGroup::HandOver(std::vector<Handoff> handoffs) {
+  if (handoffs.empty()) return;
+  HandoffCallback handoff;
+  {
+    absl::MutexLock lock(&mu_);
+    handoff = handoff_;
+  }
+  for (Handoff& h : handoffs) handoff(std::move(h.seq), std::move(h.hold));
+}
+
+void EngineGroup::SetHandoff(HandoffCallback handoff) {
+  absl::MutexLock lock(&mu_);
+  handoff_ = std::move(handoff);
+}
+
+void EngineGroup::Drain() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  wake_ = true;
+}
+
+bool EngineGroup::drained() const {
+  absl::MutexLock lock(&mu_);
+  return draining_ && Load() == 0;
+}
+
+BlockHold EngineGroup::HoldPrefix(const std::vector<int32_t>& tokens) {
+  absl::MutexLock lock(&mu_);
+  BlockHold best;
+  int64_t best_tokens = 0;
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    const PrefixMatch m = replicas_[r]->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1);
+    if (m.num_tokens > best_tokens) {
+      best = {static_cast<int>(r), m.blocks};
+      best_tokens = m.num_tokens;
+    }
+  }
+  if (!replicas_[best.replica]->blocks.Acquire(best.blocks).ok()) best.blocks.clear();
+  return best;
+}
+
+absl::StatusOr<BlockHold> EngineGroup::Reserve(int64_t num_blocks) {
+  absl::MutexLock lock(&mu_);
+  if (!failure_.ok() || stopping_ || draining_) return absl::UnavailableError("engine group cannot take KV now");
+  int best = 0;
+  for (size_t r = 1; r < replicas_.size(); ++r) {
+    const Scheduler& s = replicas_[r]->scheduler;
+    const Scheduler& b = replicas_[best]->scheduler;
+    if (s.num_running() + s.num_waiting() < b.num_running() + b.num_waiting()) best = static_cast<int>(r);
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> blocks, replicas_[best]->blocks.Allocate(num_blocks));
+  PublishGauges();
+  return BlockHold{best, std::move(blocks)};
+}
+
+void EngineGroup::CommitPrefix(const BlockHold& hold, const std::vector<int32_t>& tokens) {
+  absl::MutexLock lock(&mu_);
+  const size_t prefix = hold.blocks.size() * options_.block_size;
+  absl::Status cached = replicas_[hold.replica]->blocks.Cache(
+      absl::MakeConstSpan(tokens).subspan(0, std::min(prefix, tokens.size())), hold.blocks);
+  if (!cached.ok()) std::cerr << "engine group " << group_id_ << ": " << cached << "\n";
+}
+
+void EngineGroup::Release(const BlockHold& hold) {
+  absl::MutexLock lock(&mu_);
+  absl::Status released = replicas_[hold.replica]->blocks.Release(hold.blocks);
+  if (!released.ok()) std::cerr << "engine group " << group_id_ << ": " << released << "\n";
+  PublishGauges();
+}
+
+std::vector<WorkerInfo> EngineGroup::ReplicaWorkers(int replica) const {
+  return std::vector<WorkerInfo>(workers_.begin() + replica * options_.tp,
+                                 workers_.begin() + (replica + 1) * options_.tp);
 }
 
 void EngineGroup::Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update) {

@@ -11,6 +11,7 @@
 #define MLASERVE_COORDINATOR_ENGINE_GROUP_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <set>
 #include <thread>
@@ -26,7 +27,12 @@
 
 namespace mlaserve {
 
+// With prefill/decode disaggregation, new requests start in prefill groups,
+// which hand each sequence over after its first token to a decode group.
+enum class GroupRole { kMixed, kPrefill, kDecode };
+
 struct GroupOptions {
+  GroupRole role = GroupRole::kMixed;
   int tp = 1;            // ranks per attention replica; workers are in rank order
   int dp_attention = 1;  // attention replicas
   int64_t num_blocks = 0;  // per replica
@@ -34,6 +40,18 @@ struct GroupOptions {
   SchedulerOptions scheduler;
   absl::Duration step_timeout = absl::Minutes(5);
 };
+
+// Blocks of one replica kept referenced (never evicted or reused) for a KV
+// transfer until released.
+struct BlockHold {
+  int replica = 0;
+  std::vector<int32_t> blocks;
+};
+
+// Receives a sequence the group no longer serves (drain, disaggregation),
+// with its computed whole blocks held in `hold`; it owns the sequence now and
+// must release the hold. Called on the group's loop thread, without its lock.
+using HandoffCallback = std::function<void(std::unique_ptr<Sequence> seq, BlockHold hold)>;
 
 class EngineGroup {
  public:
@@ -48,6 +66,28 @@ class EngineGroup {
   // kError carrying `why`, and it refuses new ones.
   void Fail(absl::Status why);
 
+  // Sequences leave through `handoff` (set before the first Submit).
+  void SetHandoff(HandoffCallback handoff);
+  // Stops admitting and hands every sequence over, now and as they arrive;
+  // alive() turns false so routing skips the group.
+  void Drain();
+  // Whether a drain has handed every sequence over.
+  bool drained() const;
+
+  // KV migration. The longest cached prefix of `tokens` (whole blocks, at
+  // most all but the last token) in the replica holding the longest, held;
+  // empty when nothing is cached.
+  BlockHold HoldPrefix(const std::vector<int32_t>& tokens);
+  // `num_blocks` fresh blocks of the least loaded replica, held.
+  absl::StatusOr<BlockHold> Reserve(int64_t num_blocks);
+  // Enters held blocks, now holding the KV of `tokens` (whole blocks), into
+  // the replica's prefix index; they stay held until released.
+  void CommitPrefix(const BlockHold& hold, const std::vector<int32_t>& tokens);
+  void Release(const BlockHold& hold);
+  // The ranks of `replica`, in rank order.
+  std::vector<WorkerInfo> ReplicaWorkers(int replica) const;
+  const std::vector<WorkerInfo>& workers() const { return workers_; }
+
   bool alive() const;
   bool HasWorker(int32_t worker_id) const;
   // Tokens of `tokens` the best replica's prefix cache could serve now, and
@@ -57,6 +97,7 @@ class EngineGroup {
   int64_t num_blocks() const { return options_.num_blocks; }
   int64_t block_size() const { return options_.block_size; }
   int32_t id() const { return group_id_; }
+  GroupRole role() const { return options_.role; }
 
  private:
   struct Update {
@@ -80,11 +121,20 @@ class EngineGroup {
   absl::StatusOr<std::vector<internal::v1::StepResponse>> RunStep(const Step& step);
   // Appends sampled tokens, detokenizes and checks stop conditions; returns
   // the updates to emit (finished sequences are then removed).
-  std::vector<Update> ApplyStep(const Step& step, const std::vector<internal::v1::StepResponse>& sampled)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ApplyReplicaStep(Replica& replica, const std::vector<ScheduledSequence>& step,
-                        const internal::v1::StepResponse& sampled, std::vector<Update>* updates)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  struct Handoff {
+    std::unique_ptr<Sequence> seq;
+    BlockHold hold;
+  };
+  // A prefill group's sequences that got their first token go to `handoffs`.
+  std::vector<Update> ApplyStep(const Step& step, const std::vector<internal::v1::StepResponse>& sampled,
+                                std::vector<Handoff>* handoffs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ApplyReplicaStep(int replica, const std::vector<ScheduledSequence>& step,
+                        const internal::v1::StepResponse& sampled, std::vector<Update>* updates,
+                        std::vector<Handoff>* handoffs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `seq` out of `replica`, holding its computed whole blocks.
+  Handoff Detach(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<Handoff> DetachAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void HandOver(std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
   int64_t Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills the final fields of `update` and records the request's metrics.
   void Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update);
@@ -111,6 +161,8 @@ class EngineGroup {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;  // the last Schedule found nothing to run
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  HandoffCallback handoff_ ABSL_GUARDED_BY(mu_);
   std::thread loop_;
 };
 

@@ -47,7 +47,20 @@ ServingMetrics::ServingMetrics()
                     .Register(*registry_)),
       rejected_(MakeCounter(*registry_, "mlaserve_requests_rejected_total", "Requests refused at admission")),
       preemptions_(MakeCounter(*registry_, "mlaserve_preemptions_total",
-                               "Sequences preempted for lack of KV blocks (recomputed later)")) {}
+                               "Sequences preempted for lack of KV blocks (recomputed later)")),
+      kv_transfer_bytes_(MakeCounter(*registry_, "mlaserve_kv_transfer_bytes_total", "Latent KV bytes moved between workers")),
+      kv_transfer_blocks_(MakeCounter(*registry_, "mlaserve_kv_transfer_blocks_total", "KV blocks moved between groups")),
+      kv_transfer_seconds_(MakeHistogram(*registry_, "mlaserve_kv_transfer_seconds", "Latency of one KV transfer",
+                                         kLatencyBuckets)),
+      kv_transfer_failures_(MakeCounter(*registry_, "mlaserve_kv_transfer_failures_total", "KV transfers that failed")),
+      remote_prefix_tokens_(prometheus::BuildCounter()
+                                .Name("mlaserve_remote_prefix_tokens_total")
+                                .Help("Prompt tokens cached by another group: migrated or recomputed")
+                                .Register(*registry_)),
+      moved_(prometheus::BuildCounter()
+                 .Name("mlaserve_sequences_moved_total")
+                 .Help("Running sequences moved to another group, by reason")
+                 .Register(*registry_)) {}
 
 void ServingMetrics::CountFinished(FinishReason reason) {
   finished_.Add({{"outcome", FinishReasonName(reason)}}).Increment();

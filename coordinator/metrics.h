@@ -38,6 +38,20 @@ class ServingMetrics {
   void CountFinished(FinishReason reason);
   void CountRejected() { rejected_.Increment(); }
   void CountPreemptions(double n) { preemptions_.Increment(n); }
+  // KV transfers between workers: one finished or failed copy.
+  void ObserveKvTransfer(double bytes, double blocks, double seconds) {
+    kv_transfer_bytes_.Increment(bytes);
+    kv_transfer_blocks_.Increment(blocks);
+    kv_transfer_seconds_.Observe(seconds);
+  }
+  void CountKvTransferFailure() { kv_transfer_failures_.Increment(); }
+  // Prompt tokens another group had cached, by what happened to them:
+  // "migrated" (moved here) or "recomputed" (moving was dearer or failed).
+  void AddRemotePrefixTokens(const std::string& outcome, double n) {
+    remote_prefix_tokens_.Add({{"outcome", outcome}}).Increment(n);
+  }
+  // Running sequences moved to another group ("drain", "disaggregation").
+  void CountSequenceMoved(const std::string& reason) { moved_.Add({{"reason", reason}}).Increment(); }
 
   // Prometheus text exposition format.
   std::string Serialize() const;
@@ -57,6 +71,12 @@ class ServingMetrics {
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Counter& rejected_;
   prometheus::Counter& preemptions_;
+  prometheus::Counter& kv_transfer_bytes_;
+  prometheus::Counter& kv_transfer_blocks_;
+  prometheus::Histogram& kv_transfer_seconds_;
+  prometheus::Counter& kv_transfer_failures_;
+  prometheus::Family<prometheus::Counter>& remote_prefix_tokens_;
+  prometheus::Family<prometheus::Counter>& moved_;
 };
 
 }  // namespace mlaserve

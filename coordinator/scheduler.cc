@@ -107,6 +107,13 @@ void Scheduler::Advance(const std::vector<ScheduledSequence>& step) {
   }
 }
 
+std::vector<Sequence*> Scheduler::sequences() const {
+  std::vector<Sequence*> out;
+  for (const auto& s : running_) out.push_back(s.get());
+  for (const auto& s : waiting_) out.push_back(s.get());
+  return out;
+}
+
 std::unique_ptr<Sequence> Scheduler::Remove(int64_t id) {
   auto matches = [id](const std::unique_ptr<Sequence>& s) { return s->id == id; };
   std::unique_ptr<Sequence> seq;

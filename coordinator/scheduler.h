@@ -45,6 +45,8 @@ class Scheduler {
   std::unique_ptr<Sequence> Remove(int64_t id);
   // Removes every sequence (the group failed), releasing their blocks.
   std::vector<std::unique_ptr<Sequence>> RemoveAll();
+  // Every sequence, running ones first (they stay owned here).
+  std::vector<Sequence*> sequences() const;
 
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }

@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 
 namespace mlaserve {
 
@@ -65,6 +66,29 @@ absl::StatusOr<std::vector<WorkerInfo>> WorkerRegistry::WaitForWorkers(int count
 void WorkerRegistry::OnDeath(std::function<void(int32_t)> callback) {
   absl::MutexLock lock(&mu_);
   on_death_ = std::move(callback);
+}
+
+void WorkerRegistry::OnDrain(std::function<absl::Status(int32_t)> callback) {
+  absl::MutexLock lock(&mu_);
+  on_drain_ = std::move(callback);
+}
+
+grpc::Status WorkerRegistry::Drain(grpc::ServerContext*, const internal::v1::DrainRequest* request,
+                                   internal::v1::DrainResponse*) {
+  std::function<absl::Status(int32_t)> callback;
+  {
+    absl::MutexLock lock(&mu_);
+    callback = on_drain_;
+  }
+  if (!callback) return ToGrpcStatus(absl::FailedPreconditionError("this coordinator cannot drain workers now"));
+  return ToGrpcStatus(callback(request->worker_id()));
+}
+
+void WorkerRegistry::Retire(int32_t worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  if (it != workers_.end()) it->second.alive = false;
+  std::cerr << "coordinator: worker " << worker_id << " retired\n";
 }
 
 void WorkerRegistry::MarkDead(int32_t worker_id) {

@@ -36,6 +36,9 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
                         internal::v1::RegisterResponse* response) override;
   grpc::Status Heartbeat(grpc::ServerContext* context, const internal::v1::HeartbeatRequest* request,
                          internal::v1::HeartbeatResponse* response) override;
+  // Passes the request to the OnDrain callback (FAILED_PRECONDITION without one).
+  grpc::Status Drain(grpc::ServerContext* context, const internal::v1::DrainRequest* request,
+                     internal::v1::DrainResponse* response) override;
 
   // Blocks until `count` workers have registered (the first `count`, by id).
   absl::StatusOr<std::vector<WorkerInfo>> WaitForWorkers(int count, absl::Duration timeout);
@@ -43,6 +46,11 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
   void OnDeath(std::function<void(int32_t worker_id)> callback);
   // Declares a worker dead now (a failed RPC proved it); idempotent.
   void MarkDead(int32_t worker_id);
+  // Handles workers' drain requests (SIGTERM).
+  void OnDrain(std::function<absl::Status(int32_t worker_id)> callback);
+  // Lets a drained worker go: it is no longer live, its next heartbeat is
+  // told so (and it exits), and no death is reported.
+  void Retire(int32_t worker_id);
   int32_t num_live() const;
   int32_t num_registered() const;
 
@@ -58,6 +66,7 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
   mutable absl::Mutex mu_;
   std::map<int32_t, Entry> workers_ ABSL_GUARDED_BY(mu_);
   std::function<void(int32_t)> on_death_ ABSL_GUARDED_BY(mu_);
+  std::function<absl::Status(int32_t)> on_drain_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread monitor_;
 };

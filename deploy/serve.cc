@@ -65,7 +65,8 @@ pid_t Spawn(const std::vector<std::string>& args) {
 }
 
 void StopAll(const std::map<pid_t, std::string>& children) {
-  for (const auto& [pid, name] : children) kill(pid, SIGTERM);
+  // SIGINT, not SIGTERM: a worker takes SIGTERM as "drain me first".
+  for (const auto& [pid, name] : children) kill(pid, SIGINT);
   for (int i = 0; i < 50; ++i) {
     bool any = false;
     for (const auto& [pid, name] : children) any |= waitpid(pid, nullptr, WNOHANG) == 0;

@@ -1,6 +1,9 @@
 // The worker process: serves the internal Worker API on its own port,
 // registers with the coordinator, and heartbeats until the coordinator
-// forgets it, becomes unreachable, or a signal arrives.
+// forgets it, becomes unreachable, or a signal arrives. SIGTERM first asks the
+// coordinator to drain the worker's group (its requests move elsewhere) and
+// stops once the coordinator has let it go; SIGINT or a second signal stops
+// at once.
 #include <unistd.h>
 
 #include <csignal>
@@ -30,15 +33,33 @@ ABSL_FLAG(int, port, 0, "port to serve the Worker API on (0: any free port)");
 ABSL_FLAG(double, heartbeat_interval_s, 0.5, "seconds between heartbeats");
 ABSL_FLAG(double, coordinator_timeout_s, 10, "exit after this long without reaching the coordinator");
 ABSL_FLAG(std::string, device, "cpu", "backend: cpu, or cuda[:N] (GPU N, with NCCL between the ranks of a group)");
+ABSL_FLAG(double, drain_timeout_s, 120, "after SIGTERM, stop anyway after this long");
+ABSL_FLAG(double, transfer_chunk_delay_ms, 0, "pause after each KV transfer chunk sent (to exercise failures mid-transfer)");
 ABSL_FLAG(double, memory_gb, 0, "memory this worker offers for weights and KV cache (0: the machine's RAM)");
 
 namespace mlaserve {
 namespace {
 
-// Set by SIGINT/SIGTERM; the heartbeat loop polls it (signal-safe).
+// Signals received; the heartbeat loop polls them (signal-safe).
 volatile std::sig_atomic_t g_signalled = 0;
+volatile std::sig_atomic_t g_terminated = 0;
 
-void HandleSignal(int) { g_signalled = 1; }
+void HandleSignal(int sig) {
+  g_signalled = g_signalled + 1;
+  if (sig == SIGTERM) g_terminated = 1;
+}
+
+// Whether the coordinator took the drain request.
+bool RequestDrain(internal::v1::Coordinator::Stub& stub, int worker_id) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  internal::v1::DrainRequest request;
+  request.set_worker_id(worker_id);
+  internal::v1::DrainResponse response;
+  grpc::Status status = stub.Drain(&context, request, &response);
+  if (!status.ok()) std::cerr << "worker " << worker_id << ": drain refused: " << status.error_message() << "\n";
+  return status.ok();
+}
 
 // Gloo over TCP for host tensors, NCCL for GPU ones.
 CommunicatorFactory CommunicatorsFor(const std::string& device, const std::string& host) {
@@ -81,21 +102,31 @@ std::string Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
   absl::Time last_contact = absl::Now();
   const absl::Duration interval = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_interval_s));
   const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
-  while (!g_signalled) {
+  bool draining = false;
+  const absl::Duration drain_timeout = absl::Seconds(absl::GetFlag(FLAGS_drain_timeout_s));
+  absl::Time drain_deadline = absl::InfiniteFuture();
+  while (true) {
+    if (g_signalled > (draining ? 1 : 0)) {
+      // SIGTERM (once) drains first; anything else stops now.
+      if (draining || !g_terminated || !RequestDrain(stub, worker_id)) return "signalled";
+      draining = true;
+      drain_deadline = absl::Now() + drain_timeout;
+      std::cerr << "worker " << worker_id << ": draining\n";
+    }
+    if (absl::Now() > drain_deadline) return "drain timed out";
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + interval * 4));
     internal::v1::HeartbeatRequest request;
     request.set_worker_id(worker_id);
     internal::v1::HeartbeatResponse response;
     if (stub.Heartbeat(&context, request, &response).ok()) {
-      if (!response.known()) return "the coordinator no longer knows this worker";
+      if (!response.known()) return draining ? "drained" : "the coordinator no longer knows this worker";
       last_contact = absl::Now();
     } else if (absl::Now() - last_contact > timeout) {
       return "the coordinator is unreachable";
     }
     absl::SleepFor(interval);
   }
-  return "signalled";
 }
 
 int Main(int argc, char** argv) {
@@ -109,7 +140,8 @@ int Main(int argc, char** argv) {
     return 1;
   }
   GrpcRendezvousStore store(absl::GetFlag(FLAGS_coordinator));
-  WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)));
+  WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)),
+                        absl::Milliseconds(absl::GetFlag(FLAGS_transfer_chunk_delay_ms)));
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));

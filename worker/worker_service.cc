@@ -1,11 +1,15 @@
 #include "worker/worker_service.h"
 
 #include <algorithm>
+#include <cstring>
 #include <iostream>
+
+#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
+#include "worker/block_io.h"
 #include "worker/sampler.h"
 
 namespace mlaserve {
@@ -21,8 +25,12 @@ void FillLogprobs(absl::Span<const float> logits, int32_t token, int32_t top_n, 
 
 }  // namespace
 
-WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory)
-    : ops_(std::move(ops)), store_(store), factory_(std::move(factory)) {}
+WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory,
+                             absl::Duration transfer_chunk_delay)
+    : ops_(std::move(ops)),
+      store_(store),
+      factory_(std::move(factory)),
+      transfer_chunk_delay_(transfer_chunk_delay) {}
 
 grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const internal::v1::LoadShardRequest* request,
                                       internal::v1::LoadShardResponse* response) {
@@ -132,6 +140,94 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext*, const internal::v1::G
   response->set_steps(steps_);
   response->set_tokens_processed(tokens_processed_);
   return grpc::Status::OK;
+}
+
+int64_t WorkerService::BlocksPerChunk() {
+  const int64_t bytes = ValuesPerBlock(cache_->pool()) * static_cast<int64_t>(sizeof(float));
+  return std::max<int64_t>(1, (int64_t{4} << 20) / bytes);
+}
+
+grpc::Status WorkerService::ReadBlocks(grpc::ServerContext* context, const internal::v1::ReadBlocksRequest* request,
+                                       grpc::ServerWriter<internal::v1::BlockChunk>* writer) {
+  const std::vector<int32_t> blocks(request->blocks().begin(), request->blocks().end());
+  size_t next = 0;
+  while (next < blocks.size()) {
+    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "reader went away");
+    internal::v1::BlockChunk chunk;
+    {
+      // Between steps: the blocks read are full and pinned by the
+      // coordinator, but the pool is shared with the forward pass.
+      absl::MutexLock lock(&mu_);
+      if (!cache_.has_value()) return ToGrpcStatus(absl::FailedPreconditionError("ReadBlocks before LoadShard"));
+      const size_t count = std::min<size_t>(blocks.size() - next, BlocksPerChunk());
+      std::vector<float> values;
+      absl::Status read = mlaserve::ReadBlocks(*ops_, cache_->pool(), absl::MakeConstSpan(blocks).subspan(next, count), &values);
+      if (!read.ok()) return ToGrpcStatus(read);
+      chunk.set_values(values.data(), values.size() * sizeof(float));
+      next += count;
+    }
+    if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "reader went away");
+    if (transfer_chunk_delay_ > absl::ZeroDuration()) absl::SleepFor(transfer_chunk_delay_);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::PullBlocks(grpc::ServerContext*, const internal::v1::PullBlocksRequest* request,
+                                       internal::v1::PullBlocksResponse* response) {
+  int64_t bytes = 0;
+  absl::Status status = Pull(*request, &bytes);
+  response->set_bytes(bytes);
+  return ToGrpcStatus(status);
+}
+
+absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request, int64_t* bytes) {
+  if (request.source_blocks_size() != request.dest_blocks_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(request.source_blocks_size(), " source blocks for ",
+                                                   request.dest_blocks_size(), " destination blocks"));
+  }
+  int64_t per_block = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!cache_.has_value()) return absl::FailedPreconditionError("PullBlocks before LoadShard");
+    per_block = ValuesPerBlock(cache_->pool());
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto stub = internal::v1::Worker::NewStub(
+      grpc::CreateCustomChannel(request.source_address(), grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(std::max(1.0, request.timeout_s()))));
+  internal::v1::ReadBlocksRequest read;
+  *read.mutable_blocks() = request.source_blocks();
+  std::unique_ptr<grpc::ClientReader<internal::v1::BlockChunk>> reader = stub->ReadBlocks(&context, read);
+  const std::vector<int32_t> dest(request.dest_blocks().begin(), request.dest_blocks().end());
+  size_t next = 0;
+  internal::v1::BlockChunk chunk;
+  while (reader->Read(&chunk)) {
+    const size_t values = chunk.values().size() / sizeof(float);
+    const size_t count = values / per_block;
+    if (values % per_block != 0 || next + count > dest.size()) {
+      context.TryCancel();
+      return absl::DataLossError(absl::StrCat("KV transfer from ", request.source_address(), ": a chunk of ", values,
+                                              " values does not fit the remaining blocks"));
+    }
+    std::vector<float> host(values);
+    std::memcpy(host.data(), chunk.values().data(), values * sizeof(float));
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(WriteBlocks(*ops_, cache_->pool(), absl::MakeConstSpan(dest).subspan(next, count), host));
+    next += count;
+    *bytes += static_cast<int64_t>(chunk.values().size());
+  }
+  absl::Status status = FromGrpcStatus(reader->Finish());
+  if (!status.ok()) {
+    return absl::UnavailableError(absl::StrCat("KV transfer from ", request.source_address(), " failed after ", next,
+                                               " of ", dest.size(), " blocks: ", status.ToString()));
+  }
+  if (next != dest.size()) {
+    return absl::DataLossError(absl::StrCat("KV transfer from ", request.source_address(), " ended after ", next,
+                                            " of ", dest.size(), " blocks"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mlaserve

@@ -26,7 +26,10 @@ class WorkerService final : public internal::v1::Worker::Service {
  public:
   // `store` (not owned) is where sharded groups rendezvous; `factory` makes
   // the communicators matching `ops`' memory.
-  WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory);
+  // `transfer_chunk_delay` slows each chunk ReadBlocks sends (to exercise
+  // failures in the middle of a transfer); zero in production.
+  WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory,
+                absl::Duration transfer_chunk_delay = absl::ZeroDuration());
 
   grpc::Status LoadShard(grpc::ServerContext* context, const internal::v1::LoadShardRequest* request,
                          internal::v1::LoadShardResponse* response) override;
@@ -34,17 +37,25 @@ class WorkerService final : public internal::v1::Worker::Service {
                     internal::v1::StepResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const internal::v1::GetStatsRequest* request,
                         internal::v1::GetStatsResponse* response) override;
+  grpc::Status ReadBlocks(grpc::ServerContext* context, const internal::v1::ReadBlocksRequest* request,
+                          grpc::ServerWriter<internal::v1::BlockChunk>* writer) override;
+  grpc::Status PullBlocks(grpc::ServerContext* context, const internal::v1::PullBlocksRequest* request,
+                          internal::v1::PullBlocksResponse* response) override;
 
  private:
   absl::Status Load(const internal::v1::LoadShardRequest& request, internal::v1::LoadShardResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Pull(const internal::v1::PullBlocksRequest& request, int64_t* bytes);
+  // Blocks per ReadBlocks message: about 4 MiB of values.
+  int64_t BlocksPerChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;
   std::unique_ptr<Ops> ops_;
   RendezvousStore& store_;
   const CommunicatorFactory factory_;
+  const absl::Duration transfer_chunk_delay_;
   // Declared before the model, which uses them, so they outlive it.
   GroupComms comms_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Model> model_ ABSL_GUARDED_BY(mu_);

@@ -1,0 +1,43 @@
+#include "worker/block_io.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace mlaserve {
+namespace {
+
+absl::Status CheckBlock(const Tensor& pool, int32_t block) {
+  if (block >= 0 && block < pool.dim(0)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("block ", block, " outside the cache's ", pool.dim(0), " blocks"));
+}
+
+}  // namespace
+
+int64_t ValuesPerBlock(const Tensor& pool) { return pool.numel() / pool.dim(0); }
+
+absl::Status ReadBlocks(Ops& ops, const Tensor& pool, absl::Span<const int32_t> blocks, std::vector<float>* out) {
+  const int64_t per_block = ValuesPerBlock(pool);
+  for (int32_t block : blocks) {
+    RETURN_IF_ERROR(CheckBlock(pool, block));
+    const size_t at = out->size();
+    out->resize(at + per_block);
+    RETURN_IF_ERROR(ops.Download(SliceRows(pool, block, 1), absl::MakeSpan(out->data() + at, per_block)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteBlocks(Ops& ops, Tensor& pool, absl::Span<const int32_t> blocks, absl::Span<const float> values) {
+  const int64_t per_block = ValuesPerBlock(pool);
+  if (static_cast<int64_t>(values.size()) != per_block * static_cast<int64_t>(blocks.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(values.size(), " values for ", blocks.size(), " blocks of ", per_block));
+  }
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    RETURN_IF_ERROR(CheckBlock(pool, blocks[i]));
+    Tensor block = SliceRows(pool, blocks[i], 1);
+    RETURN_IF_ERROR(ops.Upload(values.subspan(i * per_block, per_block), &block));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mlaserve
