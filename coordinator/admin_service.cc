@@ -9,4 +9,17 @@ grpc::Status AdminService::DrainWorker(grpc::ServerContext*, const v1::DrainWork
   return ToGrpcStatus(engine_.DrainWorker(request->worker_id()));
 }
 
+grpc::Status AdminService::ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+                                       v1::ListWorkersResponse* response) {
+  for (const auto& [info, live] : registry_.List()) {
+    v1::WorkerStatus* w = response->add_workers();
+    w->set_worker_id(info.id);
+    w->set_address(info.address);
+    w->set_device(info.device);
+    w->set_pid(info.pid);
+    w->set_live(live);
+  }
+  return grpc::Status::OK;
+}
+
 }  // namespace mlaserve

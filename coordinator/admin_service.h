@@ -4,19 +4,23 @@
 #define MLASERVE_COORDINATOR_ADMIN_SERVICE_H_
 
 #include "coordinator/serving_engine.h"
+#include "coordinator/worker_registry.h"
 #include "proto/mlaserve.grpc.pb.h"
 
 namespace mlaserve {
 
 class AdminService final : public v1::Admin::Service {
  public:
-  explicit AdminService(ServingEngine& engine) : engine_(engine) {}
+  AdminService(ServingEngine& engine, const WorkerRegistry& registry) : engine_(engine), registry_(registry) {}
 
   grpc::Status DrainWorker(grpc::ServerContext* context, const v1::DrainWorkerRequest* request,
                            v1::DrainWorkerResponse* response) override;
+  grpc::Status ListWorkers(grpc::ServerContext* context, const v1::ListWorkersRequest* request,
+                           v1::ListWorkersResponse* response) override;
 
  private:
   ServingEngine& engine_;
+  const WorkerRegistry& registry_;
 };
 
 }  // namespace mlaserve

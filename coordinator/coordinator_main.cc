@@ -163,7 +163,7 @@ absl::Status Run() {
                        metrics, &registry);
   registry.OnDeath([&engine](int32_t worker_id) { engine.OnWorkerDeath(worker_id); });
   registry.OnDrain([&engine](int32_t worker_id) { return engine.DrainWorker(worker_id); });
-  AdminService admin(engine);
+  AdminService admin(engine, registry);
   GroupOptions group_options{.num_blocks = absl::GetFlag(FLAGS_kv_blocks),
                              .block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),

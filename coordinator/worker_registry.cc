@@ -31,7 +31,7 @@ grpc::Status WorkerRegistry::Register(grpc::ServerContext*, const internal::v1::
   const int32_t id = workers_.empty() ? 0 : workers_.rbegin()->first + 1;
   Entry& entry = workers_[id];
   entry.info = {id, request->address(), request->device(), request->memory_bytes(),
-                std::shared_ptr<internal::v1::Worker::Stub>(internal::v1::Worker::NewStub(channel))};
+                std::shared_ptr<internal::v1::Worker::Stub>(internal::v1::Worker::NewStub(channel)), request->pid()};
   entry.last_seen = absl::Now();
   response->set_worker_id(id);
   std::cerr << "coordinator: worker " << id << " registered at " << request->address() << "\n";
@@ -123,6 +123,13 @@ int32_t WorkerRegistry::num_live() const {
   int32_t n = 0;
   for (const auto& [id, entry] : workers_) n += entry.alive;
   return n;
+}
+
+std::vector<std::pair<WorkerInfo, bool>> WorkerRegistry::List() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::pair<WorkerInfo, bool>> out;
+  for (const auto& [id, entry] : workers_) out.emplace_back(entry.info, entry.alive);
+  return out;
 }
 
 int32_t WorkerRegistry::num_registered() const {

@@ -25,6 +25,7 @@ struct WorkerInfo {
   std::string device;
   int64_t memory_bytes = 0;
   std::shared_ptr<internal::v1::Worker::Stub> stub;
+  int64_t pid = 0;
 };
 
 class WorkerRegistry final : public internal::v1::Coordinator::Service {
@@ -52,6 +53,8 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
   // told so (and it exits), and no death is reported.
   void Retire(int32_t worker_id);
   int32_t num_live() const;
+  // Every registered worker with whether it is live, by id.
+  std::vector<std::pair<WorkerInfo, bool>> List() const;
   int32_t num_registered() const;
 
  private:

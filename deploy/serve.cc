@@ -20,12 +20,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/user_path.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
 ABSL_FLAG(int, grpc_port, 50051, "coordinator gRPC port");
 ABSL_FLAG(int, workers, 1, "worker processes");
+ABSL_FLAG(std::string, worker_flags, "", "space-separated flags for every worker (e.g. \"--memory_gb=4\")");
 ABSL_FLAG(int, tp, 0, "attention heads split this many ways per engine group (0: the planner's choice)");
 ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per engine group (0: the planner's choice)");
 ABSL_FLAG(int, ep, 0, "routed experts split this many ways per engine group (0: the planner's choice)");
@@ -112,10 +114,11 @@ int main(int argc, char** argv) {
   std::map<pid_t, std::string> children;
   const pid_t coordinator = Spawn(coordinator_args);
   children[coordinator] = "coordinator";
-  for (int i = 0; i < absl::GetFlag(FLAGS_workers); ++i) {
-    children[Spawn({FindBinary(argv[0], "worker/worker"), "--coordinator=127.0.0.1:" + grpc_port})] =
-        absl::StrCat("worker ", i);
+  std::vector<std::string> worker_args = {FindBinary(argv[0], "worker/worker"), "--coordinator=127.0.0.1:" + grpc_port};
+  for (absl::string_view flag : absl::StrSplit(absl::GetFlag(FLAGS_worker_flags), ' ', absl::SkipEmpty())) {
+    worker_args.emplace_back(flag);
   }
+  for (int i = 0; i < absl::GetFlag(FLAGS_workers); ++i) children[Spawn(worker_args)] = absl::StrCat("worker ", i);
   int exit_code = 0;
   while (g_signal == 0) {
     int status = 0;

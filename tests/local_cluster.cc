@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 
@@ -35,7 +36,8 @@ int FreePort() {
 }
 
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::string& model_dir, int workers,
-                                                                  const std::vector<std::string>& coordinator_flags) {
+                                                                  const std::vector<std::string>& coordinator_flags,
+                                                                  const std::vector<std::string>& worker_flags) {
   auto cluster = std::unique_ptr<LocalCluster>(new LocalCluster());
   cluster->http_port_ = FreePort();
   cluster->grpc_port_ = FreePort();
@@ -44,6 +46,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::str
                                    absl::StrCat("--http_port=", cluster->http_port_),
                                    absl::StrCat("--grpc_port=", cluster->grpc_port_),
                                    absl::StrCat("--workers=", workers),
+                                   "--worker_flags=" + absl::StrJoin(worker_flags, " "),
                                    "--"};
   args.insert(args.end(), coordinator_flags.begin(), coordinator_flags.end());
   cluster->launcher_ = fork();
@@ -122,18 +125,40 @@ StreamResult LocalCluster::PostStream(const std::string& path, const nlohmann::j
   return result;
 }
 
-bool LocalCluster::KillWorker(int index) const {
+std::vector<pid_t> LocalCluster::WorkerPids() const {
   std::vector<pid_t> workers;
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     std::ifstream stat(entry.path() / "stat"), cmdline(entry.path() / "cmdline");
     std::string pid, comm, state, ppid, command;
-    if (!(stat >> pid >> comm >> state >> ppid) || ppid != absl::StrCat(launcher_)) continue;
+    if (!(stat >> pid >> comm >> state >> ppid) || ppid != absl::StrCat(launcher_) || state == "Z") continue;
     std::getline(cmdline, command, '\0');
     if (absl::EndsWith(command, "worker/worker")) workers.push_back(std::stoi(pid));
   }
   std::sort(workers.begin(), workers.end());
+  return workers;
+}
+
+bool LocalCluster::SignalWorker(int index, int signal) const {
+  const std::vector<pid_t> workers = WorkerPids();
   if (index >= static_cast<int>(workers.size())) return false;
-  return kill(workers[index], SIGKILL) == 0;
+  return kill(workers[index], signal) == 0;
+}
+
+bool LocalCluster::SignalWorkerId(int32_t worker_id, int signal) const {
+  grpc::ClientContext context;
+  v1::ListWorkersResponse response;
+  if (!AdminStub()->ListWorkers(&context, v1::ListWorkersRequest(), &response).ok()) return false;
+  for (const v1::WorkerStatus& w : response.workers()) {
+    if (w.worker_id() == worker_id && w.pid() > 0) return kill(static_cast<pid_t>(w.pid()), signal) == 0;
+  }
+  return false;
+}
+
+int LocalCluster::NumWorkerProcesses() const { return static_cast<int>(WorkerPids().size()); }
+
+std::unique_ptr<v1::Admin::Stub> LocalCluster::AdminStub() const {
+  return v1::Admin::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port_), grpc::InsecureChannelCredentials()));
 }
 
 std::unique_ptr<v1::Mlaserve::Stub> LocalCluster::GrpcStub() const {

@@ -4,6 +4,7 @@
 #ifndef MLASERVE_TESTS_LOCAL_CLUSTER_H_
 #define MLASERVE_TESTS_LOCAL_CLUSTER_H_
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <functional>
@@ -31,9 +32,11 @@ struct StreamResult {
 
 class LocalCluster {
  public:
-  // Starts `workers` workers serving `model_dir`; extra flags go to the coordinator.
+  // Starts `workers` workers serving `model_dir`; extra flags go to the
+  // coordinator, `worker_flags` to every worker.
   static absl::StatusOr<std::unique_ptr<LocalCluster>> Start(const std::string& model_dir, int workers,
-                                                             const std::vector<std::string>& coordinator_flags = {});
+                                                             const std::vector<std::string>& coordinator_flags = {},
+                                                             const std::vector<std::string>& worker_flags = {});
   ~LocalCluster();
 
   int http_port() const { return http_port_; }
@@ -45,13 +48,20 @@ class LocalCluster {
   StreamResult PostStream(const std::string& path, const nlohmann::json& body,
                           const std::function<bool(const nlohmann::json&)>& on_event = nullptr) const;
   std::unique_ptr<v1::Mlaserve::Stub> GrpcStub() const;
+  std::unique_ptr<v1::Admin::Stub> AdminStub() const;
   // SIGKILLs the launcher's `index`-th worker process; false if there is none.
-  bool KillWorker(int index) const;
+  bool KillWorker(int index) const { return SignalWorker(index, SIGKILL); }
+  // Sends `signal` to the launcher's `index`-th live worker process.
+  bool SignalWorker(int index, int signal) const;
+  // Sends `signal` to the worker process the coordinator knows as `worker_id`.
+  bool SignalWorkerId(int32_t worker_id, int signal) const;
+  int NumWorkerProcesses() const;
   // The value of a metric line in /metrics (sum over label sets matching `labels`).
   double Metric(const std::string& name, const std::string& labels = "") const;
 
  private:
   LocalCluster() = default;
+  std::vector<pid_t> WorkerPids() const;
   pid_t launcher_ = -1;
   int http_port_ = 0;
   int grpc_port_ = 0;

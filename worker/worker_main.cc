@@ -89,6 +89,7 @@ int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& 
     request.set_address(address);
     request.set_device(absl::GetFlag(FLAGS_device));
     request.set_memory_bytes(MemoryBytes());
+    request.set_pid(getpid());
     internal::v1::RegisterResponse response;
     grpc::Status status = stub.Register(&context, request, &response);
     if (status.ok()) return response.worker_id();

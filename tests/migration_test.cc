@@ -1,0 +1,147 @@
+// Latent KV migration end to end on the CPU, through real processes: a prefix
+// computed on one engine group served from another, prefill/decode
+// disaggregation, draining a worker under load, and a source killed in the
+// middle of a transfer. Outputs must be exactly those of one worker.
+#include <random>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/local_cluster.h"
+#include "tests/serving_client.h"
+
+namespace mlaserve {
+namespace {
+
+Oracle& SharedOracle() {
+  static Oracle* oracle = new Oracle();
+  return *oracle;
+}
+
+// Occupies the first group (ties go to it) so that routing prefers the other.
+std::thread BusyFirstGroup(const LocalCluster& cluster, GrpcOutput* out, int tokens) {
+  std::thread busy([&cluster, out, tokens] { *out = GenerateGrpc(cluster, {3, 1, 4, 1, 5}, tokens); });
+  absl::SleepFor(absl::Milliseconds(300));
+  return busy;
+}
+
+TEST(MigrationTest, PrefixComputedOnAnotherGroupIsMovedAndServesTheSameOutput) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--cache_affinity_slack=0", "--migration=always"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::mt19937 rng(std::random_device{}());
+  const std::vector<int32_t> prefix = RandomPrompt(rng, 200);
+  ASSERT_TRUE(GenerateGrpc(**cluster, prefix, 1).status.ok());  // cached on the first group
+
+  GrpcOutput busy_out;
+  std::thread busy = BusyFirstGroup(**cluster, &busy_out, 300);
+  std::vector<int32_t> prompt = prefix;
+  for (int32_t id : RandomPrompt(rng, 21)) prompt.push_back(id);
+  const GrpcOutput out = GenerateGrpc(**cluster, prompt, 8);
+  busy.join();
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.ids, SharedOracle().Greedy(prompt, 8));
+  // 3 whole blocks of 64 moved, and the second group served them as cached.
+  EXPECT_EQ(out.usage.cached_prompt_tokens(), 192);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\""), 192);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_blocks_total"), 3);
+  EXPECT_GT((*cluster)->Metric("mlaserve_kv_transfer_bytes_total"), 0);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--roles=prefill:1,decode:1"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::vector<int32_t>> prompts(8);
+  for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 150);
+  std::vector<GrpcOutput> outputs(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 12); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, SharedOracle().Greedy(prompts[i], 12)) << "request " << i;
+  }
+  EXPECT_EQ((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"disaggregation\""), 8);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+// 50 concurrent requests; one group is drained in the middle (by the admin
+// RPC, or by SIGTERM to one of its workers): none is lost or altered.
+void DrainUnderLoad(bool by_signal) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 3, {"--max_num_seqs=16"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::mt19937 rng(std::random_device{}());
+  struct Case {
+    std::vector<int32_t> prompt;
+    int max_tokens;
+    GrpcOutput out;
+  };
+  std::vector<Case> cases(50);
+  for (Case& c : cases) {
+    c.prompt = RandomPrompt(rng, 1 + rng() % 100);
+    c.max_tokens = 20 + rng() % 30;
+  }
+  std::vector<std::thread> threads;
+  for (Case& c : cases) threads.emplace_back([&] { c.out = GenerateGrpc(**cluster, c.prompt, c.max_tokens); });
+  absl::SleepFor(absl::Milliseconds(1500));
+  if (by_signal) {
+    ASSERT_TRUE((*cluster)->SignalWorker(0, SIGTERM));
+  } else {
+    grpc::ClientContext context;
+    v1::DrainWorkerRequest request;
+    request.set_worker_id(1);
+    v1::DrainWorkerResponse response;
+    grpc::Status drained = (*cluster)->AdminStub()->DrainWorker(&context, request, &response);
+    ASSERT_TRUE(drained.ok()) << drained.error_message();
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    ASSERT_TRUE(cases[i].out.status.ok()) << "request " << i << ": " << cases[i].out.status.error_message();
+    EXPECT_EQ(cases[i].out.ids, SharedOracle().Greedy(cases[i].prompt, cases[i].max_tokens)) << "request " << i;
+  }
+  EXPECT_GT((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"drain\""), 0);
+  // The drained worker was let go and exited; the others serve on.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*cluster)->NumWorkerProcesses() > 2 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ((*cluster)->NumWorkerProcesses(), 2);
+  ExpectStillServing(**cluster, 2);
+}
+
+TEST(MigrationTest, DrainByAdminRpcUnderLoadLosesAndAltersNothing) { DrainUnderLoad(false); }
+TEST(MigrationTest, DrainBySigtermUnderLoadLosesAndAltersNothing) { DrainUnderLoad(true); }
+
+TEST(MigrationTest, SourceKilledMidTransferFailsTheTransferCleanly) {
+  // Each chunk the source sends is followed by a long pause: the kill lands
+  // while the transfer's stream is open.
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--cache_affinity_slack=0", "--migration=always",
+                                                        "--heartbeat_timeout_s=1"},
+                                     {"--transfer_chunk_delay_ms=3000"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::mt19937 rng(std::random_device{}());
+  const std::vector<int32_t> prefix = RandomPrompt(rng, 200);
+  ASSERT_TRUE(GenerateGrpc(**cluster, prefix, 1).status.ok());
+  GrpcOutput busy_out;
+  std::thread busy = BusyFirstGroup(**cluster, &busy_out, 2000);
+  std::vector<int32_t> prompt = prefix;
+  for (int32_t id : RandomPrompt(rng, 9)) prompt.push_back(id);
+  GrpcOutput out;
+  std::thread migrating([&] { out = GenerateGrpc(**cluster, prompt, 6); });
+  absl::SleepFor(absl::Milliseconds(1000));
+  // The first group is the first worker's.
+  ASSERT_TRUE((*cluster)->SignalWorkerId(0, SIGKILL));
+  migrating.join();
+  busy.join();
+  EXPECT_FALSE(busy_out.status.ok());  // lost with its worker
+  // The request recomputes what did not arrive, with the same output.
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.ids, SharedOracle().Greedy(prompt, 6));
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_failures_total"), 1);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"recomputed\""), 192);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+}  // namespace
+}  // namespace mlaserve
