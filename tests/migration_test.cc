@@ -5,6 +5,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/local_cluster.h"
@@ -25,8 +26,14 @@ std::thread BusyFirstGroup(const LocalCluster& cluster, GrpcOutput* out, int tok
   return busy;
 }
 
-TEST(MigrationTest, PrefixComputedOnAnotherGroupIsMovedAndServesTheSameOutput) {
-  auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--cache_affinity_slack=0", "--migration=always"});
+// Groups of one worker, and groups of two tensor-parallel ranks (the blocks
+// cross between groups once and fan out to the second rank).
+class PrefixMigrationTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(PrefixMigrationTest, PrefixComputedOnAnotherGroupIsMovedAndServesTheSameOutput) {
+  const int tp = GetParam();
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2 * tp,
+                                     {"--cache_affinity_slack=0", "--migration=always", absl::StrCat("--tp=", tp)});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   std::mt19937 rng(std::random_device{}());
   const std::vector<int32_t> prefix = RandomPrompt(rng, 200);
@@ -47,6 +54,9 @@ TEST(MigrationTest, PrefixComputedOnAnotherGroupIsMovedAndServesTheSameOutput) {
   EXPECT_GT((*cluster)->Metric("mlaserve_kv_transfer_bytes_total"), 0);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(GroupSizes, PrefixMigrationTest, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int>& info) { return absl::StrCat("tp", info.param); });
 
 TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
   auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--roles=prefill:1,decode:1"});
