@@ -40,4 +40,29 @@ absl::Status WriteBlocks(Ops& ops, Tensor& pool, absl::Span<const int32_t> block
   return absl::OkStatus();
 }
 
+namespace {
+
+// Where block `block` of `pool` starts.
+uint8_t* BlockData(const Tensor& pool, int32_t block) {
+  return static_cast<uint8_t*>(pool.data) + static_cast<size_t>(block) * ValuesPerBlock(pool) * DTypeBytes(pool.dtype);
+}
+
+}  // namespace
+
+absl::Status SendBlocks(Communicator& link, const Tensor& pool, absl::Span<const int32_t> blocks, int peer) {
+  for (int32_t block : blocks) {
+    RETURN_IF_ERROR(CheckBlock(pool, block));
+    RETURN_IF_ERROR(link.Send(BlockData(pool, block), ValuesPerBlock(pool), pool.dtype, peer));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RecvBlocks(Communicator& link, Tensor& pool, absl::Span<const int32_t> blocks, int peer) {
+  for (int32_t block : blocks) {
+    RETURN_IF_ERROR(CheckBlock(pool, block));
+    RETURN_IF_ERROR(link.Recv(BlockData(pool, block), ValuesPerBlock(pool), pool.dtype, peer));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace mlaserve

@@ -30,7 +30,8 @@ WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, C
     : ops_(std::move(ops)),
       store_(store),
       factory_(std::move(factory)),
-      transfer_chunk_delay_(transfer_chunk_delay) {}
+      transfer_chunk_delay_(transfer_chunk_delay),
+      links_(store, factory_) {}
 
 grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const internal::v1::LoadShardRequest* request,
                                       internal::v1::LoadShardResponse* response) {
@@ -227,6 +228,41 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
     return absl::DataLossError(absl::StrCat("KV transfer from ", request.source_address(), " ended after ", next,
                                             " of ", dest.size(), " blocks"));
   }
+  return absl::OkStatus();
+}
+
+grpc::Status WorkerService::SendBlocks(grpc::ServerContext*, const internal::v1::LinkBlocksRequest* request,
+                                       internal::v1::LinkBlocksResponse* response) {
+  int64_t bytes = 0;
+  absl::Status status = OverLink(*request, /*send=*/true, &bytes);
+  response->set_bytes(bytes);
+  return ToGrpcStatus(status);
+}
+
+grpc::Status WorkerService::RecvBlocks(grpc::ServerContext*, const internal::v1::LinkBlocksRequest* request,
+                                       internal::v1::LinkBlocksResponse* response) {
+  int64_t bytes = 0;
+  absl::Status status = OverLink(*request, /*send=*/false, &bytes);
+  response->set_bytes(bytes);
+  return ToGrpcStatus(status);
+}
+
+absl::Status WorkerService::OverLink(const internal::v1::LinkBlocksRequest& request, bool send, int64_t* bytes) {
+  Tensor pool;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!cache_.has_value()) return absl::FailedPreconditionError("KV transfer before LoadShard");
+    pool = cache_->pool();  // shares the memory; blocks in flight are reserved by the coordinator
+  }
+  const absl::Duration timeout = absl::Seconds(std::max(1.0, request.timeout_s()));
+  ASSIGN_OR_RETURN(Communicator * link, links_.Get(request.link(), send ? 0 : 1, timeout));
+  const std::vector<int32_t> blocks(request.blocks().begin(), request.blocks().end());
+  absl::Status status = send ? mlaserve::SendBlocks(*link, pool, blocks, 1) : mlaserve::RecvBlocks(*link, pool, blocks, 0);
+  if (!status.ok()) {
+    links_.Drop(request.link());
+    return status;
+  }
+  *bytes = static_cast<int64_t>(blocks.size()) * ValuesPerBlock(pool) * static_cast<int64_t>(DTypeBytes(pool.dtype));
   return absl::OkStatus();
 }
 

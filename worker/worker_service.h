@@ -19,6 +19,7 @@
 #include "worker/group_comms.h"
 #include "worker/kv_cache.h"
 #include "worker/model.h"
+#include "worker/peer_links.h"
 
 namespace mlaserve {
 
@@ -41,6 +42,10 @@ class WorkerService final : public internal::v1::Worker::Service {
                           grpc::ServerWriter<internal::v1::BlockChunk>* writer) override;
   grpc::Status PullBlocks(grpc::ServerContext* context, const internal::v1::PullBlocksRequest* request,
                           internal::v1::PullBlocksResponse* response) override;
+  grpc::Status SendBlocks(grpc::ServerContext* context, const internal::v1::LinkBlocksRequest* request,
+                          internal::v1::LinkBlocksResponse* response) override;
+  grpc::Status RecvBlocks(grpc::ServerContext* context, const internal::v1::LinkBlocksRequest* request,
+                          internal::v1::LinkBlocksResponse* response) override;
 
  private:
   absl::Status Load(const internal::v1::LoadShardRequest& request, internal::v1::LoadShardResponse* response)
@@ -48,6 +53,8 @@ class WorkerService final : public internal::v1::Worker::Service {
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Pull(const internal::v1::PullBlocksRequest& request, int64_t* bytes);
+  // SendBlocks (rank 0 of the link) or RecvBlocks (rank 1).
+  absl::Status OverLink(const internal::v1::LinkBlocksRequest& request, bool send, int64_t* bytes);
   // Blocks per ReadBlocks message: about 4 MiB of values.
   int64_t BlocksPerChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -56,6 +63,7 @@ class WorkerService final : public internal::v1::Worker::Service {
   RendezvousStore& store_;
   const CommunicatorFactory factory_;
   const absl::Duration transfer_chunk_delay_;
+  PeerLinks links_;
   // Declared before the model, which uses them, so they outlive it.
   GroupComms comms_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Model> model_ ABSL_GUARDED_BY(mu_);
