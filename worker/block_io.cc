@@ -50,19 +50,21 @@ uint8_t* BlockData(const Tensor& pool, int32_t block) {
 }  // namespace
 
 absl::Status SendBlocks(Communicator& link, const Tensor& pool, absl::Span<const int32_t> blocks, int peer) {
+  std::vector<const void*> buffers;
   for (int32_t block : blocks) {
     RETURN_IF_ERROR(CheckBlock(pool, block));
-    RETURN_IF_ERROR(link.Send(BlockData(pool, block), ValuesPerBlock(pool), pool.dtype, peer));
+    buffers.push_back(BlockData(pool, block));
   }
-  return absl::OkStatus();
+  return link.SendBatch(buffers, ValuesPerBlock(pool), pool.dtype, peer);
 }
 
 absl::Status RecvBlocks(Communicator& link, Tensor& pool, absl::Span<const int32_t> blocks, int peer) {
+  std::vector<void*> buffers;
   for (int32_t block : blocks) {
     RETURN_IF_ERROR(CheckBlock(pool, block));
-    RETURN_IF_ERROR(link.Recv(BlockData(pool, block), ValuesPerBlock(pool), pool.dtype, peer));
+    buffers.push_back(BlockData(pool, block));
   }
-  return absl::OkStatus();
+  return link.RecvBatch(buffers, ValuesPerBlock(pool), pool.dtype, peer);
 }
 
 }  // namespace mlaserve

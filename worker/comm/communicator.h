@@ -44,6 +44,21 @@ class Communicator {
                                  absl::Span<const int64_t> recv_counts, DType dtype) = 0;
   virtual absl::Status Send(const void* data, int64_t count, DType dtype, int peer) = 0;
   virtual absl::Status Recv(void* data, int64_t count, DType dtype, int peer) = 0;
+  // Several buffers of `count` elements each, in order, received by the
+  // peer's RecvBatch into as many buffers (scattered KV blocks). Here one
+  // Send or Recv per buffer; an implementation may move them together.
+  virtual absl::Status SendBatch(absl::Span<const void* const> buffers, int64_t count, DType dtype, int peer) {
+    for (const void* data : buffers) {
+      if (absl::Status s = Send(data, count, dtype, peer); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  virtual absl::Status RecvBatch(absl::Span<void* const> buffers, int64_t count, DType dtype, int peer) {
+    for (void* data : buffers) {
+      if (absl::Status s = Recv(data, count, dtype, peer); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
   virtual absl::Status Barrier() = 0;
 };
 

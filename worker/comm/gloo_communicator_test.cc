@@ -208,6 +208,29 @@ TEST_P(GlooTest, SendRecvRing) {
   });
 }
 
+// Rank 0 sends scattered buffers to the last rank in one batch.
+TEST_P(GlooTest, SendBatchArrivesInOrder) {
+  if (size() == 1) GTEST_SKIP() << "no peer to send to";
+  const uint64_t seed = FreshSeed();
+  std::mt19937 rng(seed);
+  std::vector<std::vector<float>> buffers;
+  for (int i = 0; i < 5; ++i) buffers.push_back(RandomValues<float>(rng, 37));
+  RunRanks(size(), seed, [&](Communicator& comm) {
+    const int last = comm.size() - 1;
+    if (comm.rank() == 0) {
+      std::vector<const void*> send;
+      for (const auto& b : buffers) send.push_back(b.data());
+      ASSERT_TRUE(comm.SendBatch(send, 37, DType::kF32, last).ok());
+    } else if (comm.rank() == last) {
+      std::vector<std::vector<float>> got(5, std::vector<float>(37, -1));
+      std::vector<void*> recv;
+      for (auto& g : got) recv.push_back(g.data());
+      ASSERT_TRUE(comm.RecvBatch(recv, 37, DType::kF32, 0).ok());
+      EXPECT_EQ(got, buffers);
+    }
+  });
+}
+
 TEST_P(GlooTest, Barrier) {
   std::atomic<int> arrived{0};
   RunRanks(size(), 0, [&](Communicator& comm) {

@@ -156,6 +156,36 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  // One NCCL group per kBatch buffers, so the transfer waits once per group
+  // instead of once per buffer.
+  absl::Status SendBatch(absl::Span<const void* const> buffers, int64_t count, DType dtype, int peer) override {
+    return Run("SendBatch", [&]() -> absl::Status {
+      RETURN_IF_ERROR(CheckPeer(peer));
+      RETURN_IF_ERROR(CheckCount(count));
+      if (count == 0) return absl::OkStatus();
+      for (size_t first = 0; first < buffers.size(); first += kBatch) {
+        RETURN_IF_ERROR(Await("ncclSend group", P2pGroup(buffers.subspan(first, kBatch).data(),
+                                                         std::min(kBatch, buffers.size() - first),
+                                                         count * DTypeBytes(dtype), peer, /*send=*/true)));
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  absl::Status RecvBatch(absl::Span<void* const> buffers, int64_t count, DType dtype, int peer) override {
+    return Run("RecvBatch", [&]() -> absl::Status {
+      RETURN_IF_ERROR(CheckPeer(peer));
+      RETURN_IF_ERROR(CheckCount(count));
+      if (count == 0) return absl::OkStatus();
+      for (size_t first = 0; first < buffers.size(); first += kBatch) {
+        RETURN_IF_ERROR(Await("ncclRecv group", P2pGroup(buffers.subspan(first, kBatch).data(),
+                                                         std::min(kBatch, buffers.size() - first),
+                                                         count * DTypeBytes(dtype), peer, /*send=*/false)));
+      }
+      return absl::OkStatus();
+    });
+  }
+
   absl::Status Barrier() override {
     return Run("Barrier", [&] {
       return Await("ncclAllReduce", ncclAllReduce(barrier_, barrier_, 1, ncclInt32, ncclSum, comm_, stream_));
@@ -220,6 +250,20 @@ class NcclCommunicator final : public Communicator {
         absl::SleepFor(kPollInterval);
       }
     }
+  }
+
+  static constexpr size_t kBatch = 64;
+
+  // `n` sends (or receives) of `bytes` each with `peer`, in one NCCL group.
+  ncclResult_t P2pGroup(const void* const* buffers, size_t n, size_t bytes, int peer, bool send) {
+    ncclResult_t result = ncclGroupStart();
+    if (result != ncclSuccess) return result;
+    for (size_t i = 0; i < n && Started(result); ++i) {
+      result = send ? ncclSend(buffers[i], bytes, ncclUint8, peer, comm_, stream_)
+                    : ncclRecv(const_cast<void*>(buffers[i]), bytes, ncclUint8, peer, comm_, stream_);
+    }
+    const ncclResult_t end = ncclGroupEnd();
+    return Started(result) ? end : result;
   }
 
   // One send and one receive per peer with a nonzero count, fused so that

@@ -399,6 +399,35 @@ TEST_P(NcclCollectivesTest, SendRecvAroundTheRing) {
   }
 }
 
+// Rank 0 sends scattered device buffers to rank 1 in batches (more than one
+// NCCL group's worth).
+TEST_P(NcclCollectivesTest, SendBatchArrivesInOrder) {
+  if (size_ < 2) GTEST_SKIP() << "Send and Recv need two ranks";
+  constexpr int kBuffers = 70;
+  constexpr int64_t kCount = 1000;
+  std::vector<Values> inputs;
+  for (int i = 0; i < kBuffers; ++i) inputs.push_back(RandomInputs(DType::kF32, kCount)[0]);
+  OnEveryRank(size_, [&](int r) {
+    if (r > 1) return;
+    std::vector<std::unique_ptr<DeviceBuffer>> buffers;
+    std::vector<void*> pointers;
+    for (int i = 0; i < kBuffers; ++i) {
+      buffers.push_back(std::make_unique<DeviceBuffer>(kCount * sizeof(float)));
+      if (r == 0) buffers.back()->Upload(Encode(DType::kF32, inputs[i]));
+      pointers.push_back(buffers.back()->get());
+    }
+    if (r == 0) {
+      ASSERT_OK(comm(r).SendBatch(std::vector<const void*>(pointers.begin(), pointers.end()), kCount, DType::kF32, 1));
+    } else {
+      ASSERT_OK(comm(r).RecvBatch(pointers, kCount, DType::kF32, 0));
+      for (int i = 0; i < kBuffers; ++i) {
+        ExpectSameElements(DType::kF32, buffers[i]->Download(), Encode(DType::kF32, inputs[i]),
+                           Label("RecvBatch", DType::kF32, kCount, i));
+      }
+    }
+  });
+}
+
 TEST_P(NcclCollectivesTest, ZeroSizedCallsSucceedAndKeepRanksInStep) {
   OnEveryRank(size_, [&](int r) {
     const std::vector<int64_t> zeros(size_, 0);
