@@ -44,6 +44,7 @@ absl::StatusOr<std::vector<int64_t>> ExpertDispatch::ExchangeCounts(const std::v
   ASSIGN_OR_RETURN(Tensor send, Upload(std::vector<float>(send_counts.begin(), send_counts.end()), DType::kF32, {ranks}));
   ASSIGN_OR_RETURN(Tensor recv, ops_.Empty(DType::kF32, {ranks}));
   const std::vector<int64_t> ones(ranks, 1);
+  RETURN_IF_ERROR(ReadyForCollective(ops_, group_));
   RETURN_IF_ERROR(group_.AllToAllV(send.data, ones, recv.data, ones, DType::kF32));
   std::vector<float> host(ranks);
   RETURN_IF_ERROR(ops_.Download(recv, absl::MakeSpan(host)));
@@ -58,6 +59,7 @@ absl::StatusOr<Tensor> ExpertDispatch::AllToAll(const Tensor& send, const std::v
   std::vector<int64_t> send_counts, recv_counts;
   for (int64_t r : send_rows) send_counts.push_back(r * send.dim(1));
   for (int64_t r : recv_rows) recv_counts.push_back(r * send.dim(1));
+  RETURN_IF_ERROR(ReadyForCollective(ops_, group_));
   RETURN_IF_ERROR(group_.AllToAllV(send.data, send_counts, recv.data, recv_counts, send.dtype));
   return recv;
 }

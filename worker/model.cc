@@ -69,6 +69,7 @@ Model::Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Op
 
 absl::Status Model::SumOverHeads(Tensor* partial) {
   if (shard_.plan.tp == 1) return absl::OkStatus();
+  RETURN_IF_ERROR(ReadyForCollective(ops_, *shard_.attention));
   return shard_.attention->AllReduceSum(partial->data, partial->numel(), partial->dtype);
 }
 
@@ -146,6 +147,7 @@ absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& hidden, const std
   Tensor all = shard_logits;
   if (tp > 1) {
     ASSIGN_OR_RETURN(all, ops_.Empty(shard_logits.dtype, {tp, num_rows, shard_rows}));
+    RETURN_IF_ERROR(ReadyForCollective(ops_, *shard_.attention));
     RETURN_IF_ERROR(shard_.attention->AllGather(shard_logits.data, all.data, shard_logits.numel(), all.dtype));
   }
   std::vector<float> gathered(all.numel());

@@ -1,5 +1,7 @@
 #include "kernels/cuda/elementwise.h"
 
+#include "kernels/random_normal.h"
+
 namespace mlaserve::cuda {
 namespace {
 
@@ -150,6 +152,14 @@ __global__ void FillKernel(W* dst, int64_t n, W bits) {
   }
 }
 
+template <typename T>
+__global__ void FillRandomKernel(T* dst, int64_t n, uint64_t seed, float mean, float stddev) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    // No fused multiply-add: the CPU computes mean + stddev * r with two roundings.
+    dst[i] = FromF32<T>(__fadd_rn(mean, __fmul_rn(stddev, RandomNormal(seed, static_cast<uint64_t>(i)))));
+  }
+}
+
 __global__ void Bf16ToF32Kernel(const __nv_bfloat16* src, int64_t n, float* dst) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
     dst[i] = __bfloat162float(src[i]);
@@ -238,6 +248,18 @@ cudaError_t Fill16(uint16_t* dst, int64_t n, uint16_t bits, cudaStream_t stream)
 cudaError_t Fill32(uint32_t* dst, int64_t n, uint32_t bits, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   FillKernel<<<GridFor(n), kThreads, 0, stream>>>(dst, n, bits);
+  return cudaGetLastError();
+}
+
+cudaError_t FillRandom(__nv_bfloat16* dst, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FillRandomKernel<<<GridFor(n), kThreads, 0, stream>>>(dst, n, seed, mean, stddev);
+  return cudaGetLastError();
+}
+
+cudaError_t FillRandom(float* dst, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FillRandomKernel<<<GridFor(n), kThreads, 0, stream>>>(dst, n, seed, mean, stddev);
   return cudaGetLastError();
 }
 

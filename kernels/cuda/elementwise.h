@@ -71,6 +71,11 @@ cudaError_t GatherLatent(const __nv_bfloat16* cache, const int32_t* block_table,
 cudaError_t Fill16(uint16_t* dst, int64_t n, uint16_t bits, cudaStream_t stream);
 cudaError_t Fill32(uint32_t* dst, int64_t n, uint32_t bits, cudaStream_t stream);
 
+// dst[i] = mean + stddev * RandomNormal(seed, i) (kernels/random_normal.h,
+// the same counter-based stream as the CPU backend), rounded to dst's dtype.
+cudaError_t FillRandom(__nv_bfloat16* dst, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream);
+cudaError_t FillRandom(float* dst, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream);
+
 // dtype conversions over n values (bf16 rounding: nearest even).
 cudaError_t Bf16ToF32(const __nv_bfloat16* src, int64_t n, float* dst, cudaStream_t stream);
 cudaError_t F32ToBf16(const float* src, int64_t n, __nv_bfloat16* dst, cudaStream_t stream);

@@ -62,6 +62,13 @@ class Communicator {
   virtual absl::Status Barrier() = 0;
 };
 
+// A communicator on device buffers runs on its own stream, which does not
+// wait for the backend's: the backend's queued work must finish first.
+template <typename OpsT>
+absl::Status ReadyForCollective(OpsT& ops, const Communicator& comm) {
+  return comm.device_buffers() ? ops.Synchronize() : absl::OkStatus();
+}
+
 }  // namespace mlaserve
 
 #endif  // MLASERVE_WORKER_COMM_COMMUNICATOR_H_

@@ -1,0 +1,1016 @@
+// CudaOps: the Ops interface on one Hopper GPU (see cuda_ops.h for the
+// conventions). Host side of every op: shape, dtype and id checks (as
+// kernels/cpu does them), metadata uploads, cuBLASLt GEMMs, kernel launches.
+#include "kernels/cuda/cuda_ops.h"
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "common/dtype.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/cublas_check.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/mla_attention.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/cuda/rms_norm.h"
+#include "kernels/shape_check.h"
+
+namespace mlaserve {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+// The device and stream shared by a CudaOps and every tensor it allocated:
+// tensors hold it through their deleters, so freeing stays valid after the
+// CudaOps is gone. At process exit the runtime may already be unloading;
+// the frees' errors are then ignored (the driver reclaims the memory).
+struct StreamContext {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  ~StreamContext() {
+    if (stream == nullptr) return;
+    int previous = -1;
+    if (cudaGetDevice(&previous) != cudaSuccess) return;
+    cudaSetDevice(device);
+    cudaStreamSynchronize(stream);
+    cudaStreamDestroy(stream);
+    cudaSetDevice(previous);
+  }
+};
+
+// Switches the calling thread to `device` for the scope (restoring the previous one).
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    if (cudaGetDevice(&previous_) == cudaSuccess && previous_ != device) {
+      cudaSetDevice(device);
+    } else {
+      previous_ = -1;
+    }
+  }
+  ~DeviceScope() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+};
+
+struct DeviceFree {
+  std::shared_ptr<StreamContext> context;
+  void operator()(void* ptr) const {
+    if (ptr == nullptr) return;
+    DeviceScope scope(context->device);
+    cudaFreeAsync(ptr, context->stream);  // errors at process exit are ignored
+  }
+};
+
+absl::Status CheckCuda(absl::string_view op, absl::string_view operand, const Tensor& t) {
+  if (t.device == Device::kCuda || t.numel() == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(op, ": ", operand, " is not a CUDA tensor"));
+}
+
+// CheckCuda and CheckDType together.
+absl::Status CheckOperand(absl::string_view op, absl::string_view operand, const Tensor& t, DType dtype) {
+  RETURN_IF_ERROR(CheckCuda(op, operand, t));
+  return CheckDType(op, operand, t, dtype);
+}
+
+bf16* Bf16(const Tensor& t) { return static_cast<bf16*>(t.data); }
+
+// Host arrays an op needs on the device, packed for one copy (16-byte aligned pieces).
+class MetaPack {
+ public:
+  template <typename T>
+  size_t Add(const T* data, size_t n) {
+    const size_t offset = (bytes_.size() + 15) / 16 * 16;
+    bytes_.resize(offset + n * sizeof(T));
+    if (n > 0) std::memcpy(bytes_.data() + offset, data, n * sizeof(T));
+    return offset;
+  }
+  template <typename T>
+  size_t Add(const std::vector<T>& v) {
+    return Add(v.data(), v.size());
+  }
+  const std::vector<char>& bytes() const { return bytes_; }
+
+ private:
+  std::vector<char> bytes_;
+};
+
+// Lowest power of two (at most 256) dividing the address and the batch stride.
+uint32_t Alignment(const void* ptr, int64_t stride_bytes) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(ptr) | static_cast<uintptr_t>(stride_bytes) | uintptr_t{256};
+  return static_cast<uint32_t>(v & (~v + 1));
+}
+
+// One column-major GEMM (batched with strides when batch > 1):
+// C[m, n] = A^T B with A stored k x m (lda), B stored k x n (ldb), C m x n (ldc),
+// A and B bf16, C bf16 or float32, float32 accumulation. A row-major
+// out[T, N] = x[T, K] w[N, K]^T is m = N, n = T, k = K, A = w, B = x.
+struct GemmShape {
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;
+  int64_t batch = 1;
+  cudaDataType_t c_type = CUDA_R_16BF;
+  uint32_t align_a = 256, align_b = 256, align_c = 256;
+  auto Tie() const {
+    return std::tie(m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch, c_type, align_a, align_b, align_c);
+  }
+  bool operator<(const GemmShape& other) const { return Tie() < other.Tie(); }
+};
+
+// cuBLASLt descriptors of one GemmShape.
+struct LtDescriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  LtDescriptors() = default;
+  LtDescriptors(const LtDescriptors&) = delete;
+  LtDescriptors& operator=(const LtDescriptors&) = delete;
+  ~LtDescriptors() {
+    if (op != nullptr) cublasLtMatmulDescDestroy(op);
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+  }
+};
+
+absl::Status SetBatch(cublasLtMatrixLayout_t layout, int64_t batch, int64_t stride) {
+  const int32_t count = static_cast<int32_t>(batch);
+  CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+  CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+  return absl::OkStatus();
+}
+
+absl::Status MakeDescriptors(const GemmShape& s, LtDescriptors* d) {
+  CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&d->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+  CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
+  CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->a, CUDA_R_16BF, s.k, s.m, s.lda));
+  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->b, CUDA_R_16BF, s.k, s.n, s.ldb));
+  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->c, s.c_type, s.m, s.n, s.ldc));
+  if (s.batch > 1) {
+    RETURN_IF_ERROR(SetBatch(d->a, s.batch, s.stride_a));
+    RETURN_IF_ERROR(SetBatch(d->b, s.batch, s.stride_b));
+    RETURN_IF_ERROR(SetBatch(d->c, s.batch, s.stride_c));
+  }
+  return absl::OkStatus();
+}
+
+// A GEMM algorithm chosen for a shape: cuBLASLt with `algo`, or (when
+// cuBLASLt offers nothing for the shape, e.g. odd leading dimensions)
+// cublasGemmStridedBatchedEx.
+struct GemmPlan {
+  bool use_lt = false;
+  bool batch_invariant = false;  // the algorithm of the reference row count
+  cublasLtMatmulAlgo_t algo{};
+  std::unique_ptr<LtDescriptors> descriptors;
+};
+
+// The row count (GEMM n) at which one algorithm per weight shape is chosen.
+constexpr int64_t kReferenceRows = 128;
+
+class CudaOps final : public Ops {
+ public:
+  explicit CudaOps(int device) : context_(std::make_shared<StreamContext>()) { context_->device = device; }
+
+  ~CudaOps() override {
+    DeviceScope scope(context_->device);
+    if (context_->stream != nullptr) cudaStreamSynchronize(context_->stream);
+    attention_.reset();
+    plans_.clear();
+    if (meta_device_ != nullptr && context_->stream != nullptr) {
+      cudaFreeAsync(meta_device_, context_->stream);
+      cudaStreamSynchronize(context_->stream);
+    }
+    if (staging_ != nullptr) cudaFreeHost(staging_);
+    if (staging_done_ != nullptr) cudaEventDestroy(staging_done_);
+    if (lt_ != nullptr) cublasLtDestroy(lt_);
+    if (blas_ != nullptr) cublasDestroy(blas_);
+  }
+
+  absl::Status Init() {
+    const int device = context_->device;
+    CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
+    cudaDeviceProp prop;
+    CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+    if (prop.major != 9 || prop.minor != 0) {
+      return absl::FailedPreconditionError(absl::StrCat("CUDA device ", device, " (", prop.name,
+                                                        ") has compute capability ", prop.major, ".", prop.minor,
+                                                        "; the kernels are built for sm_90a (Hopper) only"));
+    }
+    // Keep freed pool memory for reuse instead of returning it at every sync.
+    cudaMemPool_t pool;
+    CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, device));
+    uint64_t threshold = UINT64_MAX;
+    CUDA_RETURN_IF_ERROR(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&context_->stream, cudaStreamNonBlocking));
+    CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&staging_done_, cudaEventDisableTiming));
+    CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&lt_));
+    CUBLAS_RETURN_IF_ERROR(cublasCreate(&blas_));
+    CUBLAS_RETURN_IF_ERROR(cublasSetStream(blas_, context_->stream));
+    CUBLAS_RETURN_IF_ERROR(
+        cublasSetMathMode(blas_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                                           CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+    attention_ = std::make_unique<MlaAttention>(context_->stream);
+    return absl::OkStatus();
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  DType storage_dtype() const override { return DType::kBF16; }
+
+  // ---- Memory ----
+
+  absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
+    Tensor t;
+    t.dtype = dtype;
+    t.device = Device::kCuda;
+    t.shape = std::move(shape);
+    for (int64_t d : t.shape) {
+      if (d < 0) return absl::InvalidArgumentError(absl::StrCat("negative extent in ", t.ShapeString()));
+    }
+    const size_t bytes = t.num_bytes();
+    if (bytes == 0) return t;
+    DeviceScope scope(context_->device);
+    void* data = nullptr;
+    const cudaError_t err = cudaMallocAsync(&data, bytes, stream());
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free error state of the allocation failure
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes on CUDA device ",
+                                                       context_->device, ": ", cudaGetErrorString(err)));
+    }
+    t.storage = std::shared_ptr<void>(data, DeviceFree{context_});
+    t.data = data;
+    return t;
+  }
+
+  absl::Status Upload(absl::Span<const float> src, Tensor* dst) override {
+    RETURN_IF_ERROR(CheckCuda("Upload", "dst", *dst));
+    if (static_cast<int64_t>(src.size()) != dst->numel()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Upload: ", src.size(), " values into a tensor of ", dst->numel()));
+    }
+    if (src.empty()) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+    const void* host = nullptr;
+    std::vector<uint16_t> bf16_bits;
+    std::vector<int32_t> ints;
+    switch (dst->dtype) {
+      case DType::kF32:
+        host = src.data();
+        break;
+      case DType::kBF16:
+        bf16_bits.resize(src.size());
+        std::transform(src.begin(), src.end(), bf16_bits.begin(), F32ToBf16);
+        host = bf16_bits.data();
+        break;
+      case DType::kI32:
+        ints.resize(src.size());
+        std::transform(src.begin(), src.end(), ints.begin(), [](float v) { return static_cast<int32_t>(v); });
+        host = ints.data();
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat("Upload: unsupported dtype ",
+                                                       std::string(DTypeName(dst->dtype)),
+                                                       " (the CUDA backend uploads F32, BF16 and I32)"));
+    }
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst->data, host, dst->num_bytes(), cudaMemcpyHostToDevice, stream()));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status Download(const Tensor& src, absl::Span<float> dst) override {
+    RETURN_IF_ERROR(CheckCuda("Download", "src", src));
+    if (static_cast<int64_t>(dst.size()) != src.numel()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Download: tensor of ", src.numel(), " values into ", dst.size()));
+    }
+    if (dst.empty()) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+    if (src.dtype == DType::kF32) {
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst.data(), src.data, src.num_bytes(), cudaMemcpyDeviceToHost, stream()));
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+      return absl::OkStatus();
+    }
+    std::vector<char> host(src.num_bytes());
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host.data(), src.data, host.size(), cudaMemcpyDeviceToHost, stream()));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    ConvertToF32(src.dtype, host.data(), dst.size(), dst.data());
+    return absl::OkStatus();
+  }
+
+  absl::Status Fill(Tensor* dst, float value) override {
+    RETURN_IF_ERROR(CheckCuda("Fill", "dst", *dst));
+    DeviceScope scope(context_->device);
+    const int64_t n = dst->numel();
+    switch (dst->dtype) {
+      case DType::kBF16:
+        CUDA_RETURN_IF_ERROR(cuda::Fill16(static_cast<uint16_t*>(dst->data), n, F32ToBf16(value), stream()));
+        return absl::OkStatus();
+      case DType::kF32: {
+        uint32_t bits;
+        std::memcpy(&bits, &value, sizeof(bits));
+        CUDA_RETURN_IF_ERROR(cuda::Fill32(static_cast<uint32_t*>(dst->data), n, bits, stream()));
+        return absl::OkStatus();
+      }
+      case DType::kI32: {
+        const int32_t v = static_cast<int32_t>(value);
+        uint32_t bits;
+        std::memcpy(&bits, &v, sizeof(bits));
+        CUDA_RETURN_IF_ERROR(cuda::Fill32(static_cast<uint32_t*>(dst->data), n, bits, stream()));
+        return absl::OkStatus();
+      }
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("Fill: unsupported dtype ", std::string(DTypeName(dst->dtype))));
+    }
+  }
+
+  absl::Status FillRandom(Tensor* dst, uint64_t seed, float mean, float stddev) override {
+    RETURN_IF_ERROR(CheckCuda("FillRandom", "dst", *dst));
+    DeviceScope scope(context_->device);
+    if (dst->dtype == DType::kBF16) {
+      CUDA_RETURN_IF_ERROR(cuda::FillRandom(Bf16(*dst), dst->numel(), seed, mean, stddev, stream()));
+    } else if (dst->dtype == DType::kF32) {
+      CUDA_RETURN_IF_ERROR(cuda::FillRandom(dst->as<float>(), dst->numel(), seed, mean, stddev, stream()));
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("FillRandom: unsupported dtype ", std::string(DTypeName(dst->dtype))));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Synchronize() override {
+    DeviceScope scope(context_->device);
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    return absl::OkStatus();
+  }
+
+  // ---- Elementwise and row ops ----
+
+  absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor* out) override {
+    RETURN_IF_ERROR(CheckCuda("Embedding", "table", table));
+    RETURN_IF_ERROR(CheckShape("Embedding", "table", table, {-1, -1}));
+    const int64_t vocab = table.dim(0), d = table.dim(1), rows = static_cast<int64_t>(ids.size());
+    RETURN_IF_ERROR(CheckOperand("Embedding", "out", *out, table.dtype));
+    RETURN_IF_ERROR(CheckShape("Embedding", "out", *out, {rows, d}));
+    for (int32_t id : ids) {
+      if (id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    if (rows == 0 || d == 0) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+    MetaPack pack;
+    const size_t ids_at = pack.Add(ids.data(), ids.size());
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    CUDA_RETURN_IF_ERROR(cuda::GatherRows(table.data, reinterpret_cast<const int32_t*>(meta + ids_at), rows,
+                                          d * static_cast<int64_t>(DTypeBytes(table.dtype)), out->data, stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* out) override {
+    RETURN_IF_ERROR(CheckShape("RmsNorm", "weight", weight, {-1}));
+    const int64_t d = weight.dim(0), rows = d == 0 ? 0 : x.numel() / d;
+    RETURN_IF_ERROR(CheckOperand("RmsNorm", "x", x, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("RmsNorm", "weight", weight, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("RmsNorm", "out", *out, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("RmsNorm", "x", x, {rows, d}));
+    RETURN_IF_ERROR(CheckShape("RmsNorm", "out", *out, {rows, d}));
+    DeviceScope scope(context_->device);
+    CUDA_RETURN_IF_ERROR(cuda::RmsNorm(Bf16(x), Bf16(weight), eps, static_cast<int>(rows), static_cast<int>(d),
+                                       Bf16(*out), stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status AddRmsNorm(Tensor* residual, const Tensor& x, const Tensor& weight, float eps,
+                          Tensor* out) override {
+    RETURN_IF_ERROR(CheckShape("AddRmsNorm", "weight", weight, {-1}));
+    const int64_t d = weight.dim(0), rows = d == 0 ? 0 : residual->numel() / d;
+    RETURN_IF_ERROR(CheckOperand("AddRmsNorm", "residual", *residual, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("AddRmsNorm", "x", x, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("AddRmsNorm", "weight", weight, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("AddRmsNorm", "out", *out, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("AddRmsNorm", "residual", *residual, {rows, d}));
+    RETURN_IF_ERROR(CheckShape("AddRmsNorm", "out", *out, {rows, d}));
+    if (x.numel() != residual->numel()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AddRmsNorm: ", residual->ShapeString(), " + ", x.ShapeString()));
+    }
+    DeviceScope scope(context_->device);
+    CUDA_RETURN_IF_ERROR(cuda::AddRmsNorm(Bf16(*residual), Bf16(x), Bf16(weight), eps, static_cast<int>(rows),
+                                          static_cast<int>(d), Bf16(*out), stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status Linear(const Tensor& x, const Tensor& w, Tensor* out) override {
+    RETURN_IF_ERROR(CheckShape("Linear", "w", w, {-1, -1}));
+    const int64_t n = w.dim(0), k = w.dim(1), rows = x.rank() > 0 ? x.dim(0) : 0;
+    RETURN_IF_ERROR(CheckOperand("Linear", "x", x, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("Linear", "w", w, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("Linear", "x", x, {rows, k}));
+    RETURN_IF_ERROR(CheckShape("Linear", "out", *out, {rows, n}));
+    RETURN_IF_ERROR(CheckCuda("Linear", "out", *out));
+    ASSIGN_OR_RETURN(cudaDataType_t c_type, OutputType("Linear", *out));
+    GemmShape s;
+    s.m = n, s.n = rows, s.k = k;
+    s.lda = k, s.ldb = k, s.ldc = n;
+    s.c_type = c_type;
+    s.align_a = Alignment(w.data, 0), s.align_b = Alignment(x.data, 0), s.align_c = Alignment(out->data, 0);
+    DeviceScope scope(context_->device);
+    return Gemm(s, w.data, x.data, out->data);
+  }
+
+  absl::Status HeadLinear(const Tensor& x, const Tensor& w, Tensor* out) override {
+    RETURN_IF_ERROR(CheckShape("HeadLinear", "w", w, {-1, -1, -1}));
+    const int64_t heads = w.dim(0), n = w.dim(1), k = w.dim(2), rows = x.rank() > 0 ? x.dim(0) : 0;
+    RETURN_IF_ERROR(CheckOperand("HeadLinear", "x", x, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("HeadLinear", "w", w, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("HeadLinear", "x", x, {rows, heads, k}));
+    RETURN_IF_ERROR(CheckShape("HeadLinear", "out", *out, {rows, heads, n}));
+    RETURN_IF_ERROR(CheckCuda("HeadLinear", "out", *out));
+    ASSIGN_OR_RETURN(cudaDataType_t c_type, OutputType("HeadLinear", *out));
+    const int64_t c_bytes = c_type == CUDA_R_32F ? 4 : 2;
+    // Head h: A = w[h] (k x n stored), B = x[:, h, :] (ld heads * k), C = out[:, h, :] (ld heads * n).
+    GemmShape s;
+    s.m = n, s.n = rows, s.k = k;
+    s.lda = k, s.ldb = heads * k, s.ldc = heads * n;
+    s.stride_a = n * k, s.stride_b = k, s.stride_c = n;
+    s.batch = heads;
+    s.c_type = c_type;
+    s.align_a = Alignment(w.data, s.stride_a * 2), s.align_b = Alignment(x.data, s.stride_b * 2);
+    s.align_c = Alignment(out->data, s.stride_c * c_bytes);
+    DeviceScope scope(context_->device);
+    return Gemm(s, w.data, x.data, out->data);
+  }
+
+  absl::Status Rope(Tensor* x, absl::Span<const int32_t> positions, const RopeTable& table) override {
+    const int64_t rows = static_cast<int64_t>(positions.size()), dim = table.rope_dim;
+    RETURN_IF_ERROR(CheckOperand("Rope", "x", *x, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("Rope", "x", *x, {rows, -1, dim}));
+    if (dim % 2 != 0 || dim / 2 > cuda::kMaxRopePairs || static_cast<int64_t>(table.inv_freq.size()) != dim / 2) {
+      return absl::InvalidArgumentError(absl::StrCat("Rope: rope_dim ", dim, " with ", table.inv_freq.size(),
+                                                     " frequencies (even, at most ", 2 * cuda::kMaxRopePairs, ")"));
+    }
+    if (x->numel() == 0) return absl::OkStatus();
+    cuda::RopeParams params;
+    params.rows = rows;
+    params.heads = x->dim(1);
+    params.dim = dim;
+    params.interleaved = table.interleaved;
+    params.attention_factor = table.attention_factor;
+    std::copy(table.inv_freq.begin(), table.inv_freq.end(), params.inv_freq);
+    DeviceScope scope(context_->device);
+    MetaPack pack;
+    const size_t positions_at = pack.Add(positions.data(), positions.size());
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    CUDA_RETURN_IF_ERROR(
+        cuda::Rope(Bf16(*x), reinterpret_cast<const int32_t*>(meta + positions_at), params, stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status Add(Tensor* a, const Tensor& b) override {
+    RETURN_IF_ERROR(CheckCuda("Add", "a", *a));
+    RETURN_IF_ERROR(CheckCuda("Add", "b", b));
+    if (a->numel() != b.numel() || a->dtype != b.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat("Add: ", a->ShapeString(), " ", std::string(DTypeName(a->dtype)),
+                                                     " + ", b.ShapeString(), " ", std::string(DTypeName(b.dtype))));
+    }
+    DeviceScope scope(context_->device);
+    if (a->dtype == DType::kBF16) {
+      CUDA_RETURN_IF_ERROR(cuda::Add(Bf16(*a), Bf16(b), a->numel(), stream()));
+    } else if (a->dtype == DType::kF32) {
+      CUDA_RETURN_IF_ERROR(cuda::Add(a->as<float>(), b.as<float>(), a->numel(), stream()));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("Add: unsupported dtype ", std::string(DTypeName(a->dtype))));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AddRows(const Tensor& src, absl::Span<const int32_t> rows, Tensor* dst) override {
+    RETURN_IF_ERROR(CheckCuda("AddRows", "dst", *dst));
+    RETURN_IF_ERROR(CheckShape("AddRows", "dst", *dst, {-1, -1}));
+    const int64_t n = static_cast<int64_t>(rows.size()), d = dst->dim(1);
+    RETURN_IF_ERROR(CheckOperand("AddRows", "src", src, dst->dtype));
+    RETURN_IF_ERROR(CheckShape("AddRows", "src", src, {n, d}));
+    if (dst->dtype != DType::kBF16 && dst->dtype != DType::kF32) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AddRows: unsupported dtype ", std::string(DTypeName(dst->dtype))));
+    }
+    for (int32_t r : rows) {
+      if (r < 0 || r >= dst->dim(0)) {
+        return absl::InvalidArgumentError(absl::StrCat("AddRows: row ", r, " outside [0, ", dst->dim(0), ")"));
+      }
+    }
+    if (n == 0 || d == 0) return absl::OkStatus();
+    // Group the sources by destination (stable: sources add in their order).
+    std::vector<int32_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return rows[a] < rows[b]; });
+    std::vector<int32_t> dst_rows, offsets{0};
+    for (int64_t i = 0; i < n; ++i) {
+      if (i == 0 || rows[order[i]] != rows[order[i - 1]]) {
+        if (i > 0) offsets.push_back(static_cast<int32_t>(i));
+        dst_rows.push_back(rows[order[i]]);
+      }
+    }
+    offsets.push_back(static_cast<int32_t>(n));
+    DeviceScope scope(context_->device);
+    MetaPack pack;
+    const size_t rows_at = pack.Add(dst_rows), offsets_at = pack.Add(offsets), order_at = pack.Add(order);
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    const auto* dst_rows_d = reinterpret_cast<const int32_t*>(meta + rows_at);
+    const auto* offsets_d = reinterpret_cast<const int32_t*>(meta + offsets_at);
+    const auto* order_d = reinterpret_cast<const int32_t*>(meta + order_at);
+    const int64_t groups = static_cast<int64_t>(dst_rows.size());
+    if (dst->dtype == DType::kBF16) {
+      CUDA_RETURN_IF_ERROR(
+          cuda::AddRowsGrouped(Bf16(src), dst_rows_d, offsets_d, order_d, groups, d, Bf16(*dst), stream()));
+    } else {
+      CUDA_RETURN_IF_ERROR(cuda::AddRowsGrouped(src.as<float>(), dst_rows_d, offsets_d, order_d, groups, d,
+                                                dst->as<float>(), stream()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SiluMul(const Tensor& x, Tensor* out) override {
+    RETURN_IF_ERROR(CheckShape("SiluMul", "x", x, {-1, -1}));
+    const int64_t rows = x.dim(0), inner = x.dim(1) / 2;
+    RETURN_IF_ERROR(CheckOperand("SiluMul", "x", x, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("SiluMul", "out", *out, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("SiluMul", "x", x, {rows, 2 * inner}));
+    RETURN_IF_ERROR(CheckShape("SiluMul", "out", *out, {rows, inner}));
+    DeviceScope scope(context_->device);
+    CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(x), rows, inner, Bf16(*out), stream()));
+    return absl::OkStatus();
+  }
+
+  // ---- Latent cache ----
+
+  absl::Status WriteLatentCache(const Tensor& c_kv, const Tensor& k_rope, absl::Span<const int64_t> slots,
+                                int64_t layer, Tensor* cache) override {
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "c_kv", c_kv, {-1, -1}));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "k_rope", k_rope, {-1, -1}));
+    const int64_t rows = static_cast<int64_t>(slots.size()), rank = c_kv.dim(1), rope = k_rope.dim(1);
+    RETURN_IF_ERROR(CheckOperand("WriteLatentCache", "c_kv", c_kv, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("WriteLatentCache", "k_rope", k_rope, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("WriteLatentCache", "cache", *cache, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "c_kv", c_kv, {rows, rank}));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "k_rope", k_rope, {rows, rope}));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "cache", *cache, {-1, -1, -1, rank + rope}));
+    if (layer < 0 || layer >= cache->dim(1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("WriteLatentCache: layer ", layer, " outside [0, ", cache->dim(1), ")"));
+    }
+    const int64_t block_size = cache->dim(2), num_slots = cache->dim(0) * block_size;
+    for (int64_t slot : slots) {
+      if (slot < 0 || slot >= num_slots) {
+        return absl::OutOfRangeError(absl::StrCat("cache slot ", slot, " outside [0, ", num_slots, ")"));
+      }
+    }
+    if (rows == 0) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+    MetaPack pack;
+    const size_t slots_at = pack.Add(slots.data(), slots.size());
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    const cuda::LatentCacheGeometry geometry{
+        .layers = cache->dim(1), .block_size = block_size, .rank = rank, .rope = rope, .layer = layer};
+    CUDA_RETURN_IF_ERROR(cuda::WriteLatentCache(Bf16(c_kv), Bf16(k_rope),
+                                                reinterpret_cast<const int64_t*>(meta + slots_at), rows, geometry,
+                                                Bf16(*cache), stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status GatherLatent(const Tensor& cache, int64_t layer, absl::Span<const int32_t> block_table,
+                            int64_t num_positions, Tensor* c_kv, Tensor* k_rope) override {
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "cache", cache, {-1, -1, -1, -1}));
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "c_kv", *c_kv, {num_positions, -1}));
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "k_rope", *k_rope, {num_positions, -1}));
+    const int64_t block_size = cache.dim(2), rank = c_kv->dim(1), rope = k_rope->dim(1);
+    RETURN_IF_ERROR(CheckOperand("GatherLatent", "cache", cache, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("GatherLatent", "c_kv", *c_kv, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("GatherLatent", "k_rope", *k_rope, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "cache", cache, {-1, -1, block_size, rank + rope}));
+    if (layer < 0 || layer >= cache.dim(1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GatherLatent: layer ", layer, " outside [0, ", cache.dim(1), ")"));
+    }
+    const int64_t needed = block_size == 0 ? 0 : (num_positions + block_size - 1) / block_size;
+    if (static_cast<int64_t>(block_table.size()) < needed) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence of ", num_positions, " positions has ",
+                                                     block_table.size(), " blocks of ", block_size));
+    }
+    for (int64_t b = 0; b < needed; ++b) {
+      if (block_table[b] < 0 || block_table[b] >= cache.dim(0)) {
+        return absl::OutOfRangeError(absl::StrCat("block ", block_table[b], " outside the pool of ", cache.dim(0)));
+      }
+    }
+    if (num_positions == 0) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+    MetaPack pack;
+    const size_t table_at = pack.Add(block_table.data(), static_cast<size_t>(needed));
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    const cuda::LatentCacheGeometry geometry{
+        .layers = cache.dim(1), .block_size = block_size, .rank = rank, .rope = rope, .layer = layer};
+    CUDA_RETURN_IF_ERROR(cuda::GatherLatent(Bf16(cache), reinterpret_cast<const int32_t*>(meta + table_at),
+                                            num_positions, geometry, Bf16(*c_kv), Bf16(*k_rope), stream()));
+    return absl::OkStatus();
+  }
+
+  // ---- Attention (kernels/cuda/mla_attention) ----
+
+  absl::Status MlaAbsorbedAttention(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache,
+                                    int64_t layer, const AttentionLayout& layout, float softmax_scale,
+                                    Tensor* out) override {
+    RETURN_IF_ERROR(CheckCuda("MlaAbsorbedAttention", "q_latent", q_latent));
+    RETURN_IF_ERROR(CheckCuda("MlaAbsorbedAttention", "q_rope", q_rope));
+    RETURN_IF_ERROR(CheckCuda("MlaAbsorbedAttention", "cache", cache));
+    RETURN_IF_ERROR(CheckCuda("MlaAbsorbedAttention", "out", *out));
+    DeviceScope scope(context_->device);
+    return attention_->Absorbed(q_latent, q_rope, cache, layer, layout, softmax_scale, out);
+  }
+
+  absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                                    const Tensor& k_rope, const Tensor& v, float softmax_scale,
+                                    Tensor* out) override {
+    RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "q_nope", q_nope));
+    RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "q_rope", q_rope));
+    RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "k_nope", k_nope));
+    RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "k_rope", k_rope));
+    RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "v", v));
+    RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "out", *out));
+    DeviceScope scope(context_->device);
+    return attention_->Expanded(q_nope, q_rope, k_nope, k_rope, v, softmax_scale, out);
+  }
+
+  // ---- Mixture of experts ----
+
+  absl::Status MoeRoute(const Tensor& logits, const Tensor* bias, const RouterConfig& config, Tensor* topk_ids,
+                        Tensor* topk_weights) override {
+    RETURN_IF_ERROR(CheckCuda("MoeRoute", "logits", logits));
+    RETURN_IF_ERROR(CheckShape("MoeRoute", "logits", logits, {-1, -1}));
+    const int64_t rows = logits.dim(0), experts = logits.dim(1);
+    const bool grouped = (config.noaux_tc || config.group_limited) && config.num_groups > 1;
+    if (config.top_k < 1 || config.top_k > experts || config.num_groups < 1 || experts % config.num_groups != 0 ||
+        config.topk_groups > config.num_groups || (grouped && config.topk_groups < 1)) {
+      return absl::InvalidArgumentError("MoeRoute: inconsistent router configuration");
+    }
+    if (experts > cuda::kMaxRouterExperts) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MoeRoute: ", experts, " experts, at most ", cuda::kMaxRouterExperts, " supported"));
+    }
+    RETURN_IF_ERROR(CheckOperand("MoeRoute", "topk_ids", *topk_ids, DType::kI32));
+    RETURN_IF_ERROR(CheckShape("MoeRoute", "topk_ids", *topk_ids, {rows, config.top_k}));
+    RETURN_IF_ERROR(CheckOperand("MoeRoute", "topk_weights", *topk_weights, DType::kF32));
+    RETURN_IF_ERROR(CheckShape("MoeRoute", "topk_weights", *topk_weights, {rows, config.top_k}));
+    if (bias != nullptr) {
+      RETURN_IF_ERROR(CheckCuda("MoeRoute", "bias", *bias));
+      RETURN_IF_ERROR(CheckShape("MoeRoute", "bias", *bias, {experts}));
+    }
+    if (rows == 0) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+    ASSIGN_OR_RETURN(Tensor logits_f32, AsF32("MoeRoute", "logits", logits));
+    Tensor bias_f32;
+    if (bias != nullptr) {
+      ASSIGN_OR_RETURN(bias_f32, AsF32("MoeRoute", "bias", *bias));
+    }
+    cuda::RouterParams params{.rows = rows,
+                              .experts = experts,
+                              .sigmoid = config.sigmoid,
+                              .noaux_tc = config.noaux_tc,
+                              .group_limited = config.group_limited,
+                              .num_groups = config.num_groups,
+                              .topk_groups = config.topk_groups,
+                              .top_k = config.top_k,
+                              .normalize = config.normalize,
+                              .scaling = config.scaling};
+    CUDA_RETURN_IF_ERROR(cuda::MoeRoute(logits_f32.as<float>(), bias != nullptr ? bias_f32.as<float>() : nullptr,
+                                        params, topk_ids->as<int32_t>(), topk_weights->as<float>(), stream()));
+    return absl::OkStatus();
+  }
+
+  // Expert GEMMs grouped per local expert: the (token, k) pairs routed to
+  // this shard's experts are sorted by expert on the host (the ids are
+  // downloaded: one stream sync per call), their rows gathered, then per
+  // expert gate_up GEMM, SiLU-gating over all rows, down GEMM, and a
+  // per-token weighted sum in k order (deterministic, no atomics).
+  absl::Status MoeExperts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                          const Tensor& gate_up, const Tensor& down, int64_t first_expert, Tensor* out) override {
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "x", x, {-1, -1}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "topk_ids", topk_ids, {x.dim(0), -1}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "gate_up", gate_up, {-1, -1, x.dim(1)}));
+    const int64_t rows = x.dim(0), d = x.dim(1), top_k = topk_ids.dim(1);
+    const int64_t local_experts = gate_up.dim(0), inner = gate_up.dim(1) / 2;
+    RETURN_IF_ERROR(CheckOperand("MoeExperts", "x", x, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("MoeExperts", "topk_ids", topk_ids, DType::kI32));
+    RETURN_IF_ERROR(CheckOperand("MoeExperts", "topk_weights", topk_weights, DType::kF32));
+    RETURN_IF_ERROR(CheckOperand("MoeExperts", "gate_up", gate_up, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("MoeExperts", "down", down, DType::kBF16));
+    RETURN_IF_ERROR(CheckOperand("MoeExperts", "out", *out, DType::kBF16));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "gate_up", gate_up, {local_experts, 2 * inner, d}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "down", down, {local_experts, d, inner}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "topk_weights", topk_weights, {rows, top_k}));
+    RETURN_IF_ERROR(CheckShape("MoeExperts", "out", *out, {rows, d}));
+    if (rows == 0 || d == 0) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+
+    std::vector<int32_t> ids(rows * top_k);
+    if (!ids.empty()) {
+      CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(ids.data(), topk_ids.data, topk_ids.num_bytes(), cudaMemcpyDeviceToHost, stream()));
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    }
+    // Pairs sorted by local expert, in (token, k) order within an expert.
+    std::vector<int64_t> expert_begin(local_experts + 1, 0);
+    for (int32_t id : ids) {
+      const int64_t e = int64_t{id} - first_expert;
+      if (e >= 0 && e < local_experts) ++expert_begin[e + 1];
+    }
+    std::partial_sum(expert_begin.begin(), expert_begin.end(), expert_begin.begin());
+    const int64_t pairs = expert_begin[local_experts];
+    std::vector<int64_t> cursor(expert_begin.begin(), expert_begin.end() - 1);
+    std::vector<int32_t> gather_token(pairs), pair_row(rows * top_k, -1);
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t k = 0; k < top_k; ++k) {
+        const int64_t e = int64_t{ids[t * top_k + k]} - first_expert;
+        if (e < 0 || e >= local_experts) continue;
+        const int64_t p = cursor[e]++;
+        gather_token[p] = static_cast<int32_t>(t);
+        pair_row[t * top_k + k] = static_cast<int32_t>(p);
+      }
+    }
+    // Per token, its pairs' rows and weight indices in k order.
+    std::vector<int32_t> token_begin{0}, y_row, weight_index;
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t k = 0; k < top_k; ++k) {
+        if (pair_row[t * top_k + k] < 0) continue;
+        y_row.push_back(pair_row[t * top_k + k]);
+        weight_index.push_back(static_cast<int32_t>(t * top_k + k));
+      }
+      token_begin.push_back(static_cast<int32_t>(y_row.size()));
+    }
+    MetaPack pack;
+    const size_t gather_at = pack.Add(gather_token), begin_at = pack.Add(token_begin);
+    const size_t y_row_at = pack.Add(y_row), weight_at = pack.Add(weight_index);
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+
+    Tensor y;
+    if (pairs > 0) {
+      ASSIGN_OR_RETURN(Tensor xs, Empty(DType::kBF16, {pairs, d}));
+      ASSIGN_OR_RETURN(Tensor hidden, Empty(DType::kBF16, {pairs, 2 * inner}));
+      ASSIGN_OR_RETURN(Tensor act, Empty(DType::kBF16, {pairs, inner}));
+      ASSIGN_OR_RETURN(y, Empty(DType::kBF16, {pairs, d}));
+      CUDA_RETURN_IF_ERROR(cuda::GatherRows(x.data, reinterpret_cast<const int32_t*>(meta + gather_at), pairs,
+                                            d * 2, xs.data, stream()));
+      for (int64_t e = 0; e < local_experts; ++e) {
+        const int64_t begin = expert_begin[e], count = expert_begin[e + 1] - begin;
+        if (count == 0) continue;
+        RETURN_IF_ERROR(ExpertGemm(Bf16(gate_up) + e * 2 * inner * d, Bf16(xs) + begin * d,
+                                   Bf16(hidden) + begin * 2 * inner, 2 * inner, count, d));
+      }
+      CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(hidden), pairs, inner, Bf16(act), stream()));
+      for (int64_t e = 0; e < local_experts; ++e) {
+        const int64_t begin = expert_begin[e], count = expert_begin[e + 1] - begin;
+        if (count == 0) continue;
+        RETURN_IF_ERROR(ExpertGemm(Bf16(down) + e * d * inner, Bf16(act) + begin * inner, Bf16(y) + begin * d, d,
+                                   count, inner));
+      }
+    }
+    CUDA_RETURN_IF_ERROR(cuda::MoeCombine(Bf16(y), topk_weights.as<float>(),
+                                          reinterpret_cast<const int32_t*>(meta + begin_at),
+                                          reinterpret_cast<const int32_t*>(meta + y_row_at),
+                                          reinterpret_cast<const int32_t*>(meta + weight_at), rows, d, Bf16(*out),
+                                          stream()));
+    return absl::OkStatus();
+  }
+
+ private:
+  cudaStream_t stream() const { return context_->stream; }
+
+  static absl::StatusOr<cudaDataType_t> OutputType(absl::string_view op, const Tensor& out) {
+    if (out.dtype == DType::kBF16) return CUDA_R_16BF;
+    if (out.dtype == DType::kF32) return CUDA_R_32F;
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": out has dtype ", std::string(DTypeName(out.dtype)), ", expected BF16 or F32"));
+  }
+
+  // `t` as float32 on the device (a converted copy when it is bf16).
+  absl::StatusOr<Tensor> AsF32(absl::string_view op, absl::string_view operand, const Tensor& t) {
+    if (t.dtype == DType::kF32) return t;
+    if (t.dtype != DType::kBF16) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": ", operand, " has dtype ",
+                                                     std::string(DTypeName(t.dtype)), ", expected BF16 or F32"));
+    }
+    ASSIGN_OR_RETURN(Tensor f32, Empty(DType::kF32, t.shape));
+    CUDA_RETURN_IF_ERROR(cuda::Bf16ToF32(Bf16(t), t.numel(), f32.as<float>(), stream()));
+    return f32;
+  }
+
+  // y[count, m] = x[count, k] * w[m, k]^T for one expert (bf16 out).
+  absl::Status ExpertGemm(const bf16* w, const bf16* x, bf16* y, int64_t m, int64_t count, int64_t k) {
+    GemmShape s;
+    s.m = m, s.n = count, s.k = k;
+    s.lda = k, s.ldb = k, s.ldc = m;
+    s.align_a = Alignment(w, 0), s.align_b = Alignment(x, 0), s.align_c = Alignment(y, 0);
+    return Gemm(s, w, x, y);
+  }
+
+  // Copies the packed metadata to the device (through pinned staging memory,
+  // so the copy is asynchronous) and returns its device address. The device
+  // buffer is reused by the next op: stream order keeps that safe.
+  absl::StatusOr<const char*> UploadMeta(const MetaPack& pack) {
+    const size_t bytes = pack.bytes().size();
+    if (bytes == 0) return static_cast<const char*>(meta_device_);
+    const size_t rounded = (bytes + 255) / 256 * 256;
+    if (rounded > meta_device_bytes_) {
+      const size_t capacity = std::max<size_t>({rounded, 2 * meta_device_bytes_, size_t{1} << 16});
+      if (meta_device_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeAsync(meta_device_, stream()));
+      meta_device_ = nullptr;
+      meta_device_bytes_ = 0;
+      CUDA_RETURN_IF_ERROR(cudaMallocAsync(&meta_device_, capacity, stream()));
+      meta_device_bytes_ = capacity;
+    }
+    if (staging_used_ + rounded > staging_bytes_) {
+      // Every earlier copy out of the staging buffer must be done before it is reused.
+      CUDA_RETURN_IF_ERROR(cudaEventSynchronize(staging_done_));
+      staging_used_ = 0;
+      if (rounded > staging_bytes_) {
+        if (staging_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(staging_));
+        staging_ = nullptr;
+        staging_bytes_ = std::max<size_t>(rounded, 4 << 20);
+        CUDA_RETURN_IF_ERROR(cudaMallocHost(&staging_, staging_bytes_));
+      }
+    }
+    char* host = static_cast<char*>(staging_) + staging_used_;
+    std::memcpy(host, pack.bytes().data(), bytes);
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_device_, host, bytes, cudaMemcpyHostToDevice, stream()));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(staging_done_, stream()));
+    staging_used_ += rounded;
+    return static_cast<const char*>(meta_device_);
+  }
+
+  // The best cuBLASLt algorithm for `s` with no split-K reduction and no
+  // workspace; nullopt when cuBLASLt has none.
+  absl::StatusOr<std::optional<cublasLtMatmulAlgo_t>> Heuristic(const GemmShape& s) {
+    LtDescriptors d;
+    RETURN_IF_ERROR(MakeDescriptors(s, &d));
+    cublasLtMatmulPreference_t preference = nullptr;
+    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&preference));
+    std::unique_ptr<std::remove_pointer_t<cublasLtMatmulPreference_t>, decltype(&cublasLtMatmulPreferenceDestroy)>
+        preference_owner(preference, cublasLtMatmulPreferenceDestroy);
+    const uint64_t workspace = 0;
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
+    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                                &workspace, sizeof(workspace)));
+    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction, sizeof(reduction)));
+    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &s.align_a, sizeof(s.align_a)));
+    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &s.align_b, sizeof(s.align_b)));
+    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &s.align_c, sizeof(s.align_c)));
+    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &s.align_c, sizeof(s.align_c)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int count = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(lt_, d.op, d.a, d.b, d.c, d.c, preference, 1, &result, &count);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && count == 0)) {
+      return std::optional<cublasLtMatmulAlgo_t>();
+    }
+    CUBLAS_RETURN_IF_ERROR(status);
+    return std::optional<cublasLtMatmulAlgo_t>(result.algo);
+  }
+
+  // The plan of `s`: the algorithm chosen for its weight shape at
+  // kReferenceRows rows when cuBLASLt accepts it at s.n rows without
+  // workspace (batch invariance), else the best for s itself, else the
+  // cublasGemmEx fallback.
+  absl::StatusOr<const GemmPlan*> Plan(const GemmShape& s) {
+    auto it = plans_.find(s);
+    if (it != plans_.end()) return &it->second;
+    GemmPlan plan;
+    plan.descriptors = std::make_unique<LtDescriptors>();
+    RETURN_IF_ERROR(MakeDescriptors(s, plan.descriptors.get()));
+    // The reference also assumes only 16-byte alignment (what TMA needs), so
+    // that the algorithm does not change with where a slice of rows starts
+    // (expert segments, SliceRows): only with the weight shape.
+    GemmShape reference = s;
+    reference.n = kReferenceRows;
+    reference.align_a = std::min<uint32_t>(s.align_a, 16);
+    reference.align_b = std::min<uint32_t>(s.align_b, 16);
+    reference.align_c = std::min<uint32_t>(s.align_c, 16);
+    auto ref = reference_algos_.find(reference);
+    if (ref == reference_algos_.end()) {
+      ASSIGN_OR_RETURN(std::optional<cublasLtMatmulAlgo_t> algo, Heuristic(reference));
+      ref = reference_algos_.emplace(reference, algo).first;
+    }
+    if (ref->second.has_value()) {
+      cublasLtMatmulHeuristicResult_t check{};
+      const LtDescriptors& d = *plan.descriptors;
+      if (cublasLtMatmulAlgoCheck(lt_, d.op, d.a, d.b, d.c, d.c, &*ref->second, &check) == CUBLAS_STATUS_SUCCESS &&
+          check.workspaceSize == 0) {
+        plan.use_lt = true;
+        plan.batch_invariant = true;
+        plan.algo = *ref->second;
+      }
+    }
+    if (!plan.use_lt) {
+      ASSIGN_OR_RETURN(std::optional<cublasLtMatmulAlgo_t> algo, Heuristic(s));
+      if (algo.has_value()) {
+        plan.use_lt = true;
+        plan.algo = *algo;
+      }
+    }
+    return &plans_.emplace(s, std::move(plan)).first->second;
+  }
+
+  absl::Status Gemm(const GemmShape& s, const void* a, const void* b, void* c) {
+    if (s.m == 0 || s.n == 0 || s.batch == 0) return absl::OkStatus();
+    if (s.k == 0) {
+      if (s.batch != 1 || s.ldc != s.m) return absl::UnimplementedError("GEMM with k = 0 on a strided output");
+      CUDA_RETURN_IF_ERROR(
+          cudaMemsetAsync(c, 0, static_cast<size_t>(s.m * s.n) * (s.c_type == CUDA_R_32F ? 4 : 2), stream()));
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(const GemmPlan* plan, Plan(s));
+    const float alpha = 1.0f, beta = 0.0f;
+    if (plan->use_lt) {
+      const LtDescriptors& d = *plan->descriptors;
+      CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, d.op, &alpha, a, d.a, b, d.b, &beta, c, d.c, c, d.c, &plan->algo,
+                                            nullptr, 0, stream()));
+      return absl::OkStatus();
+    }
+    CUBLAS_RETURN_IF_ERROR(cublasGemmStridedBatchedEx(
+        blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(s.m), static_cast<int>(s.n), static_cast<int>(s.k), &alpha,
+        a, CUDA_R_16BF, static_cast<int>(s.lda), s.stride_a, b, CUDA_R_16BF, static_cast<int>(s.ldb), s.stride_b,
+        &beta, c, s.c_type, static_cast<int>(s.ldc), s.stride_c, static_cast<int>(s.batch), CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT));
+    return absl::OkStatus();
+  }
+
+  std::shared_ptr<StreamContext> context_;
+  cublasLtHandle_t lt_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::unique_ptr<MlaAttention> attention_;
+  std::map<GemmShape, GemmPlan> plans_;
+  std::map<GemmShape, std::optional<cublasLtMatmulAlgo_t>> reference_algos_;
+  // Metadata: one device buffer reused by every op, filled from pinned staging memory.
+  void* meta_device_ = nullptr;
+  size_t meta_device_bytes_ = 0;
+  void* staging_ = nullptr;
+  size_t staging_bytes_ = 0;
+  size_t staging_used_ = 0;
+  cudaEvent_t staging_done_ = nullptr;
+};
+
+}  // namespace
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(absl::StrCat("no usable CUDA GPU: cudaGetDeviceCount failed: ",
+                                                      cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+  }
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device ", device, " requested, ", count, " device(s) present"));
+  }
+  auto ops = std::make_unique<CudaOps>(device);
+  RETURN_IF_ERROR(ops->Init());
+  return std::unique_ptr<Ops>(std::move(ops));
+}
+
+}  // namespace mlaserve

@@ -1,0 +1,777 @@
+// CudaOps against the CPU reference (kernels/cpu): every op on fresh random
+// inputs (the seed is printed), the same float values uploaded to both
+// backends (rounded to bf16 first, so that copies must match exactly),
+// outputs poisoned before each op so that unwritten elements show, relative
+// error ||out - ref|| / ||ref|| under 1e-2 (bf16). Then batch invariance
+// (a row's result does not depend on its batch) and the whole tiny
+// DeepSeek-V3 model on both backends. Needs a Hopper GPU.
+#include "kernels/cuda/cuda_ops.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/dtype.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "worker/kv_cache.h"
+#include "worker/model.h"
+#include "worker/model_runner.h"
+
+namespace mlaserve {
+namespace {
+
+#define EXPECT_OK(expr)                          \
+  do {                                           \
+    const absl::Status status_ = (expr);         \
+    EXPECT_TRUE(status_.ok()) << status_;        \
+  } while (0)
+#define ASSERT_OK(expr)                          \
+  do {                                           \
+    const absl::Status status_ = (expr);         \
+    ASSERT_TRUE(status_.ok()) << status_;        \
+  } while (0)
+
+// Infinity when `out` has a non-finite value (NaN poison left unwritten).
+double RelErr(const std::vector<float>& out, const std::vector<float>& ref) {
+  if (out.size() != ref.size()) return INFINITY;
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(out[i])) return INFINITY;
+    diff += (double(out[i]) - ref[i]) * (double(out[i]) - ref[i]);
+    norm += double(ref[i]) * ref[i];
+  }
+  return norm == 0 ? std::sqrt(diff) : std::sqrt(diff / norm);
+}
+
+bool BitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+std::vector<float> RoundBf16(std::vector<float> v) {
+  for (float& x : v) x = Bf16ToF32(F32ToBf16(x));
+  return v;
+}
+
+class CudaOpsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto ops = NewCudaOps();
+    if (ops.ok()) {
+      gpu_ = ops->release();
+    } else {
+      init_error_ = new std::string(ops.status().ToString());
+    }
+  }
+  static void TearDownTestSuite() {
+    delete gpu_;
+    gpu_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(gpu_, nullptr) << "NewCudaOps failed: " << *init_error_;
+    const unsigned seed = std::random_device{}();
+    std::cout << "[ seed     ] " << seed << std::endl;
+    RecordProperty("seed", static_cast<int>(seed));
+    rng_.seed(seed);
+    cpu_ = NewCpuOps();
+  }
+
+  // bf16-representable normal values.
+  std::vector<float> Normal(size_t n, float mean = 0.0f, float stddev = 1.0f) {
+    std::normal_distribution<float> dist(mean, stddev);
+    std::vector<float> v(n);
+    for (float& x : v) x = dist(rng_);
+    return RoundBf16(std::move(v));
+  }
+  int Uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+
+  static Tensor Make(Ops& ops, const std::vector<float>& values, std::vector<int64_t> shape, DType dtype) {
+    auto t = ops.Empty(dtype, std::move(shape));
+    EXPECT_TRUE(t.ok()) << t.status();
+    if (!t.ok()) return Tensor{};
+    EXPECT_OK(ops.Upload(values, &*t));
+    return *t;
+  }
+  static int64_t Numel(const std::vector<int64_t>& shape) {
+    return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
+  }
+  Tensor Gpu(const std::vector<float>& v, std::vector<int64_t> shape, DType dtype = DType::kBF16) {
+    return Make(*gpu_, v, std::move(shape), dtype);
+  }
+  Tensor Cpu(const std::vector<float>& v, std::vector<int64_t> shape, DType dtype = DType::kF32) {
+    return Make(*cpu_, v, std::move(shape), dtype);
+  }
+  // GPU tensor full of NaN (I32: -7).
+  Tensor Poisoned(std::vector<int64_t> shape, DType dtype = DType::kBF16) {
+    const float poison = dtype == DType::kI32 ? -7.0f : NAN;
+    const std::vector<float> values(Numel(shape), poison);
+    return Gpu(values, std::move(shape), dtype);
+  }
+  Tensor CpuZeros(std::vector<int64_t> shape, DType dtype = DType::kF32) {
+    const std::vector<float> values(Numel(shape), 0.0f);
+    return Cpu(values, std::move(shape), dtype);
+  }
+  std::vector<float> Get(const Tensor& t) {
+    std::vector<float> v(t.numel());
+    Ops& ops = t.device == Device::kCuda ? *gpu_ : *cpu_;
+    EXPECT_OK(ops.Download(t, absl::MakeSpan(v)));
+    return v;
+  }
+
+  static Ops* gpu_;
+  static std::string* init_error_;
+  std::unique_ptr<Ops> cpu_;
+  std::mt19937 rng_;
+};
+
+Ops* CudaOpsTest::gpu_ = nullptr;
+std::string* CudaOpsTest::init_error_ = nullptr;
+
+TEST_F(CudaOpsTest, BackendBasics) {
+  EXPECT_EQ(gpu_->name(), "cuda");
+  EXPECT_EQ(gpu_->storage_dtype(), DType::kBF16);
+  auto t = gpu_->Empty(DType::kBF16, {3, 5});
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->device, Device::kCuda);
+  EXPECT_EQ(gpu_->Empty(DType::kBF16, {-1}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto empty = gpu_->Empty(DType::kF32, {0, 7});
+  ASSERT_TRUE(empty.ok());
+  EXPECT_OK(gpu_->Upload({}, &*empty));
+  EXPECT_OK(gpu_->Synchronize());
+  // The poison the op tests rely on really is there.
+  for (float v : Get(Poisoned({5, 3}))) EXPECT_TRUE(std::isnan(v));
+  for (float v : Get(Poisoned({4}, DType::kF32))) EXPECT_TRUE(std::isnan(v));
+  EXPECT_EQ(Get(Poisoned({2}, DType::kI32)), std::vector<float>(2, -7.0f));
+}
+
+TEST_F(CudaOpsTest, UploadDownloadRoundTripEachDType) {
+  for (DType dtype : {DType::kBF16, DType::kF32, DType::kI32}) {
+    for (const std::vector<int64_t>& shape : {std::vector<int64_t>{1}, {7, 3}, {513, 33}}) {
+      const int64_t n = Numel(shape);
+      std::vector<float> values;
+      if (dtype == DType::kI32) {
+        for (int64_t i = 0; i < n; ++i) values.push_back(static_cast<float>(Uniform(-100000, 100000)));
+      } else if (dtype == DType::kBF16) {
+        values = Normal(n);
+      } else {
+        std::normal_distribution<float> dist;
+        for (int64_t i = 0; i < n; ++i) values.push_back(dist(rng_));
+      }
+      Tensor t = Gpu(values, shape, dtype);
+      EXPECT_TRUE(BitwiseEqual(Get(t), values)) << DTypeName(dtype) << " " << t.ShapeString();
+    }
+  }
+  Tensor t = Poisoned({4});
+  EXPECT_EQ(gpu_->Upload(std::vector<float>(5, 1.0f), &t).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> three(3);
+  EXPECT_EQ(gpu_->Download(t, absl::MakeSpan(three)).code(), absl::StatusCode::kInvalidArgument);
+  Tensor host = CpuZeros({4});
+  EXPECT_EQ(gpu_->Upload(std::vector<float>(4, 1.0f), &host).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaOpsTest, FillEachDType) {
+  for (DType dtype : {DType::kBF16, DType::kF32, DType::kI32}) {
+    Tensor t = Poisoned({513, 7}, dtype);
+    ASSERT_OK(gpu_->Fill(&t, -3.0f));
+    EXPECT_TRUE(BitwiseEqual(Get(t), std::vector<float>(513 * 7, -3.0f))) << DTypeName(dtype);
+  }
+  Tensor t = Poisoned({9});
+  ASSERT_OK(gpu_->Fill(&t, 1.5f));
+  EXPECT_TRUE(BitwiseEqual(Get(t), std::vector<float>(9, 1.5f)));
+}
+
+TEST_F(CudaOpsTest, FillRandomMatchesCpu) {
+  const uint64_t seed = rng_();
+  const int64_t n = 100003;
+  Tensor ref = CpuZeros({n});
+  ASSERT_OK(cpu_->FillRandom(&ref, seed, 0.5f, 2.0f));
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    Tensor t = Poisoned({n}, dtype);
+    ASSERT_OK(gpu_->FillRandom(&t, seed, 0.5f, 2.0f));
+    const double err = RelErr(Get(t), Get(ref));
+    EXPECT_LT(err, dtype == DType::kF32 ? 1e-5 : 1e-2) << DTypeName(dtype);
+    std::cout << "FillRandom " << DTypeName(dtype) << " rel err " << err << std::endl;
+  }
+}
+
+TEST_F(CudaOpsTest, EmbeddingMatchesCpuExactly) {
+  for (int64_t d : {77, 256}) {
+    const int64_t vocab = 101;
+    std::vector<float> table = Normal(vocab * d);
+    Tensor g_table = Gpu(table, {vocab, d}), c_table = Cpu(table, {vocab, d});
+    for (int64_t rows : {1, 7, 513}) {
+      std::vector<int32_t> ids(rows);
+      for (int32_t& id : ids) id = Uniform(0, vocab - 1);
+      Tensor out = Poisoned({rows, d}), ref = CpuZeros({rows, d});
+      ASSERT_OK(gpu_->Embedding(g_table, ids, &out));
+      ASSERT_OK(cpu_->Embedding(c_table, ids, &ref));
+      EXPECT_TRUE(BitwiseEqual(Get(out), Get(ref))) << rows << "x" << d;
+    }
+    Tensor out = Poisoned({1, d});
+    EXPECT_EQ(gpu_->Embedding(g_table, std::vector<int32_t>{-1}, &out).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(gpu_->Embedding(g_table, std::vector<int32_t>{static_cast<int32_t>(vocab)}, &out).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_F(CudaOpsTest, RmsNormAndAddRmsNormMatchCpu) {
+  for (int64_t rows : {1, 7, 513}) {
+    for (int64_t d : {7, 512, 7168}) {
+      std::vector<float> x = Normal(rows * d), w = Normal(d, 1.0f, 0.2f), r = Normal(rows * d);
+      Tensor out = Poisoned({rows, d}), ref = CpuZeros({rows, d});
+      Tensor gx = Gpu(x, {rows, d}), gw = Gpu(w, {d}), cx = Cpu(x, {rows, d}), cw = Cpu(w, {d});
+      ASSERT_OK(gpu_->RmsNorm(gx, gw, 1e-6f, &out));
+      ASSERT_OK(cpu_->RmsNorm(cx, cw, 1e-6f, &ref));
+      EXPECT_LT(RelErr(Get(out), Get(ref)), 1e-2) << "RmsNorm " << rows << "x" << d;
+
+      Tensor g_res = Gpu(r, {rows, d}), c_res = Cpu(r, {rows, d});
+      Tensor out2 = Poisoned({rows, d});
+      ASSERT_OK(gpu_->AddRmsNorm(&g_res, gx, gw, 1e-6f, &out2));
+      ASSERT_OK(cpu_->AddRmsNorm(&c_res, cx, cw, 1e-6f, &ref));
+      EXPECT_LT(RelErr(Get(g_res), Get(c_res)), 1e-2) << "AddRmsNorm residual " << rows << "x" << d;
+      EXPECT_LT(RelErr(Get(out2), Get(ref)), 1e-2) << "AddRmsNorm out " << rows << "x" << d;
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, LinearMatchesCpu) {
+  struct Case {
+    int64_t k, n;
+    DType out_dtype;
+  };
+  for (const Case& c : {Case{256, 96, DType::kBF16}, Case{65, 33, DType::kBF16}, Case{2048, 576, DType::kBF16},
+                        Case{512, 160, DType::kF32}}) {
+    std::vector<float> w = Normal(c.n * c.k, 0.0f, 1.0f / std::sqrt(float(c.k)));
+    Tensor gw = Gpu(w, {c.n, c.k}), cw = Cpu(w, {c.n, c.k});
+    for (int64_t rows : {1, 7, 513}) {
+      std::vector<float> x = Normal(rows * c.k);
+      Tensor out = Poisoned({rows, c.n}, c.out_dtype), ref = CpuZeros({rows, c.n});
+      ASSERT_OK(gpu_->Linear(Gpu(x, {rows, c.k}), gw, &out));
+      ASSERT_OK(cpu_->Linear(Cpu(x, {rows, c.k}), cw, &ref));
+      const double err = RelErr(Get(out), Get(ref));
+      EXPECT_LT(err, 1e-2) << rows << "x" << c.k << " -> " << c.n;
+      if (rows == 513) std::cout << "Linear 513x" << c.k << "->" << c.n << " rel err " << err << std::endl;
+    }
+  }
+  Tensor bad = Poisoned({2, 3});
+  EXPECT_EQ(gpu_->Linear(Gpu(Normal(2 * 4), {2, 4}), Gpu(Normal(5 * 4), {5, 4}), &bad).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaOpsTest, HeadLinearMatchesCpu) {
+  struct Case {
+    int64_t heads, n, k;
+  };
+  for (const Case& c : {Case{16, 512, 128}, Case{16, 128, 512}, Case{3, 5, 7}}) {
+    std::vector<float> w = Normal(c.heads * c.n * c.k, 0.0f, 1.0f / std::sqrt(float(c.k)));
+    Tensor gw = Gpu(w, {c.heads, c.n, c.k}), cw = Cpu(w, {c.heads, c.n, c.k});
+    for (int64_t rows : {1, 7, 513}) {
+      std::vector<float> x = Normal(rows * c.heads * c.k);
+      Tensor out = Poisoned({rows, c.heads, c.n}), ref = CpuZeros({rows, c.heads, c.n});
+      ASSERT_OK(gpu_->HeadLinear(Gpu(x, {rows, c.heads, c.k}), gw, &out));
+      ASSERT_OK(cpu_->HeadLinear(Cpu(x, {rows, c.heads, c.k}), cw, &ref));
+      EXPECT_LT(RelErr(Get(out), Get(ref)), 1e-2) << rows << "x" << c.heads << "x" << c.k << " -> " << c.n;
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, RopeBothLayoutsMatchCpu) {
+  const int64_t dim = 64;
+  RopeTable table;
+  table.rope_dim = dim;
+  table.attention_factor = 1.2f;
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    table.inv_freq.push_back(1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / dim));
+  }
+  for (bool interleaved : {true, false}) {
+    table.interleaved = interleaved;
+    for (int64_t rows : {1, 7, 513}) {
+      for (int64_t heads : {1, 16}) {
+        std::vector<float> x = Normal(rows * heads * dim);
+        std::vector<int32_t> positions(rows);
+        for (int32_t& p : positions) p = Uniform(0, 200000);
+        Tensor gx = Gpu(x, {rows, heads, dim}), cx = Cpu(x, {rows, heads, dim});
+        ASSERT_OK(gpu_->Rope(&gx, positions, table));
+        ASSERT_OK(cpu_->Rope(&cx, positions, table));
+        EXPECT_LT(RelErr(Get(gx), Get(cx)), 1e-2)
+            << (interleaved ? "interleaved " : "half-split ") << rows << "x" << heads;
+      }
+    }
+  }
+  Tensor wrong = Gpu(Normal(2 * 32), {2, 1, 32});
+  EXPECT_EQ(gpu_->Rope(&wrong, std::vector<int32_t>{0, 1}, table).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaOpsTest, AddMatchesCpu) {
+  for (int64_t n : {1, 7 * 33, 513 * 1001}) {
+    std::vector<float> a = Normal(n), b = Normal(n);
+    Tensor ga = Gpu(a, {n}), ca = Cpu(a, {n});
+    ASSERT_OK(gpu_->Add(&ga, Gpu(b, {n})));
+    ASSERT_OK(cpu_->Add(&ca, Cpu(b, {n})));
+    EXPECT_LT(RelErr(Get(ga), Get(ca)), 1e-2) << n;
+  }
+  Tensor a = Poisoned({3});
+  EXPECT_EQ(gpu_->Add(&a, Poisoned({4})).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaOpsTest, AddRowsWithRepeatedRowsMatchesCpu) {
+  const int64_t m = 9, d = 129;
+  for (int64_t n : {1, 7, 513}) {
+    std::vector<float> dst = Normal(m * d), src = Normal(n * d);
+    std::vector<int32_t> rows(n);
+    for (int32_t& r : rows) r = Uniform(0, m - 1);
+    Tensor g_dst = Gpu(dst, {m, d}), c_dst = Cpu(dst, {m, d});
+    ASSERT_OK(gpu_->AddRows(Gpu(src, {n, d}), rows, &g_dst));
+    ASSERT_OK(cpu_->AddRows(Cpu(src, {n, d}), rows, &c_dst));
+    EXPECT_LT(RelErr(Get(g_dst), Get(c_dst)), 1e-2) << n;
+  }
+  Tensor g_dst = Gpu(Normal(m * d), {m, d});
+  EXPECT_EQ(gpu_->AddRows(Gpu(Normal(d), {1, d}), std::vector<int32_t>{static_cast<int32_t>(m)}, &g_dst).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaOpsTest, SiluMulMatchesCpu) {
+  for (int64_t rows : {1, 7, 513}) {
+    for (int64_t inner : {7, 1408}) {
+      std::vector<float> x = Normal(rows * 2 * inner, 0.0f, 2.0f);
+      Tensor out = Poisoned({rows, inner}), ref = CpuZeros({rows, inner});
+      ASSERT_OK(gpu_->SiluMul(Gpu(x, {rows, 2 * inner}), &out));
+      ASSERT_OK(cpu_->SiluMul(Cpu(x, {rows, 2 * inner}), &ref));
+      EXPECT_LT(RelErr(Get(out), Get(ref)), 1e-2) << rows << "x" << inner;
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, LatentCacheWriteAndGatherMatchCpuExactly) {
+  const int64_t blocks = 12, layers = 3, block_size = 16, rank = 512, rope = 64;
+  const std::vector<int64_t> shape{blocks, layers, block_size, rank + rope};
+  const std::vector<float> initial = Normal(Numel(shape));
+  Tensor g_cache = Gpu(initial, shape), c_cache = Cpu(initial, shape);
+  for (int64_t rows : {1, 7, 150}) {
+    std::vector<int64_t> all(blocks * block_size);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng_);
+    std::vector<int64_t> slots(all.begin(), all.begin() + rows);
+    std::vector<float> c_kv = Normal(rows * rank), k_rope = Normal(rows * rope);
+    const int64_t layer = rows % layers;
+    ASSERT_OK(gpu_->WriteLatentCache(Gpu(c_kv, {rows, rank}), Gpu(k_rope, {rows, rope}), slots, layer, &g_cache));
+    ASSERT_OK(cpu_->WriteLatentCache(Cpu(c_kv, {rows, rank}), Cpu(k_rope, {rows, rope}), slots, layer, &c_cache));
+    EXPECT_TRUE(BitwiseEqual(Get(g_cache), Get(c_cache))) << "write " << rows;
+  }
+  std::vector<int32_t> block_table(blocks);
+  std::iota(block_table.begin(), block_table.end(), 0);
+  std::shuffle(block_table.begin(), block_table.end(), rng_);
+  for (int64_t positions : {int64_t{1}, int64_t{7}, int64_t{100}, blocks * block_size}) {
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      Tensor g_kv = Poisoned({positions, rank}), g_rope = Poisoned({positions, rope});
+      Tensor c_kv = CpuZeros({positions, rank}), c_rope = CpuZeros({positions, rope});
+      ASSERT_OK(gpu_->GatherLatent(g_cache, layer, block_table, positions, &g_kv, &g_rope));
+      ASSERT_OK(cpu_->GatherLatent(c_cache, layer, block_table, positions, &c_kv, &c_rope));
+      EXPECT_TRUE(BitwiseEqual(Get(g_kv), Get(c_kv))) << "gather c_kv " << positions << " layer " << layer;
+      EXPECT_TRUE(BitwiseEqual(Get(g_rope), Get(c_rope))) << "gather k_rope " << positions << " layer " << layer;
+    }
+  }
+  Tensor kv = Gpu(Normal(rank), {1, rank}), kr = Gpu(Normal(rope), {1, rope});
+  EXPECT_EQ(gpu_->WriteLatentCache(kv, kr, std::vector<int64_t>{blocks * block_size}, 0, &g_cache).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(gpu_->GatherLatent(g_cache, 0, std::vector<int32_t>{static_cast<int32_t>(blocks)}, 1, &kv, &kr).code(),
+            absl::StatusCode::kOutOfRange);
+  Tensor kv2 = Poisoned({block_size + 1, rank}), kr2 = Poisoned({block_size + 1, rope});
+  EXPECT_EQ(gpu_->GatherLatent(g_cache, 0, std::vector<int32_t>{0}, block_size + 1, &kv2, &kr2).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaOpsTest, MoeRouteMatchesCpuForBothRouterKinds) {
+  struct Case {
+    const char* name;
+    int64_t experts;
+    bool with_bias;
+    RouterConfig config;
+  };
+  const std::vector<Case> cases = {
+      {"V3 sigmoid noaux_tc", 256, true,
+       {.sigmoid = true, .noaux_tc = true, .num_groups = 8, .topk_groups = 4, .top_k = 8, .normalize = true,
+        .scaling = 2.5f}},
+      {"tiny V3", 16, true,
+       {.sigmoid = true, .noaux_tc = true, .num_groups = 4, .topk_groups = 2, .top_k = 4, .normalize = true,
+        .scaling = 2.5f}},
+      {"V2 softmax group_limited", 160, false,
+       {.group_limited = true, .num_groups = 8, .topk_groups = 3, .top_k = 6, .scaling = 16.0f}},
+      {"V2-Lite softmax greedy", 64, false, {.top_k = 6, .scaling = 1.0f}},
+      {"softmax normalized", 7, false, {.top_k = 2, .normalize = true}},
+  };
+  for (const Case& c : cases) {
+    const std::vector<float> bias = Normal(c.experts, 0.0f, 0.1f);
+    for (int64_t rows : {1, 7, 513}) {
+      const std::vector<float> logits = Normal(rows * c.experts, 0.0f, 2.0f);
+      const int64_t k = c.config.top_k;
+      Tensor g_bias = Gpu(bias, {c.experts}), c_bias = Cpu(bias, {c.experts});
+      Tensor g_ids = Poisoned({rows, k}, DType::kI32), g_w = Poisoned({rows, k}, DType::kF32);
+      Tensor c_ids = CpuZeros({rows, k}, DType::kI32), c_w = CpuZeros({rows, k});
+      ASSERT_OK(gpu_->MoeRoute(Gpu(logits, {rows, c.experts}), c.with_bias ? &g_bias : nullptr, c.config, &g_ids,
+                               &g_w));
+      ASSERT_OK(cpu_->MoeRoute(Cpu(logits, {rows, c.experts}), c.with_bias ? &c_bias : nullptr, c.config, &c_ids,
+                               &c_w));
+      const std::vector<float> gi = Get(g_ids), ci = Get(c_ids);
+      int64_t differing_rows = 0;
+      for (int64_t t = 0; t < rows; ++t) {
+        if (!std::equal(gi.begin() + t * k, gi.begin() + (t + 1) * k, ci.begin() + t * k)) ++differing_rows;
+      }
+      EXPECT_EQ(differing_rows, 0) << c.name << " rows " << rows;
+      EXPECT_LT(RelErr(Get(g_w), Get(c_w)), 1e-5) << c.name << " rows " << rows;
+    }
+  }
+  // The same logits as float32 on the GPU route the same way.
+  const std::vector<float> logits = Normal(7 * 64);
+  Tensor g_ids = Poisoned({7, 6}, DType::kI32), g_w = Poisoned({7, 6}, DType::kF32);
+  Tensor c_ids = CpuZeros({7, 6}, DType::kI32), c_w = CpuZeros({7, 6});
+  const RouterConfig config{.top_k = 6};
+  ASSERT_OK(gpu_->MoeRoute(Gpu(logits, {7, 64}, DType::kF32), nullptr, config, &g_ids, &g_w));
+  ASSERT_OK(cpu_->MoeRoute(Cpu(logits, {7, 64}), nullptr, config, &c_ids, &c_w));
+  EXPECT_EQ(Get(g_ids), Get(c_ids));
+  EXPECT_EQ(gpu_->MoeRoute(Gpu(logits, {7, 64}), nullptr, RouterConfig{.top_k = 65}, &g_ids, &g_w).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaOpsTest, MoeExpertsWithExpertRangeMatchCpu) {
+  struct Case {
+    int64_t total_experts, first_expert, local_experts, d, inner, top_k;
+  };
+  for (const Case& c : {Case{16, 4, 8, 256, 64, 4}, Case{16, 0, 16, 1024, 352, 6}}) {
+    std::vector<float> gate_up = Normal(c.local_experts * 2 * c.inner * c.d, 0.0f, 1.0f / std::sqrt(float(c.d)));
+    std::vector<float> down = Normal(c.local_experts * c.d * c.inner, 0.0f, 1.0f / std::sqrt(float(c.inner)));
+    const std::vector<int64_t> gu_shape{c.local_experts, 2 * c.inner, c.d}, down_shape{c.local_experts, c.d, c.inner};
+    Tensor g_gu = Gpu(gate_up, gu_shape), g_down = Gpu(down, down_shape);
+    Tensor c_gu = Cpu(gate_up, gu_shape), c_down = Cpu(down, down_shape);
+    for (int64_t rows : {1, 7, 513}) {
+      std::vector<float> ids, weights;
+      std::uniform_real_distribution<float> weight(0.05f, 1.0f);
+      for (int64_t t = 0; t < rows; ++t) {
+        std::vector<int32_t> experts(c.total_experts);
+        std::iota(experts.begin(), experts.end(), 0);
+        std::shuffle(experts.begin(), experts.end(), rng_);
+        // Row 1 routes only outside this shard's range (when there is an outside).
+        if (t == 1 && c.first_expert > 0) std::iota(experts.begin(), experts.end(), 0);
+        for (int64_t k = 0; k < c.top_k; ++k) {
+          ids.push_back(static_cast<float>(experts[k]));
+          weights.push_back(weight(rng_));
+        }
+      }
+      const std::vector<float> x = Normal(rows * c.d);
+      Tensor out = Poisoned({rows, c.d}), ref = CpuZeros({rows, c.d});
+      ASSERT_OK(gpu_->MoeExperts(Gpu(x, {rows, c.d}), Gpu(ids, {rows, c.top_k}, DType::kI32),
+                                 Gpu(weights, {rows, c.top_k}, DType::kF32), g_gu, g_down, c.first_expert, &out));
+      ASSERT_OK(cpu_->MoeExperts(Cpu(x, {rows, c.d}), Cpu(ids, {rows, c.top_k}, DType::kI32),
+                                 Cpu(weights, {rows, c.top_k}), c_gu, c_down, c.first_expert, &ref));
+      const std::vector<float> got = Get(out), want = Get(ref);
+      const double err = RelErr(got, want);
+      EXPECT_LT(err, 1e-2) << "experts [" << c.first_expert << ", " << c.first_expert + c.local_experts << ") rows "
+                           << rows;
+      if (rows == 513) std::cout << "MoeExperts d=" << c.d << " inner=" << c.inner << " rel err " << err << std::endl;
+      if (rows > 1 && c.first_expert > 0) {
+        // Row 1's experts 0..top_k-1 all lie below first_expert: a zero row, written.
+        EXPECT_TRUE(BitwiseEqual(std::vector<float>(got.begin() + c.d, got.begin() + 2 * c.d),
+                                 std::vector<float>(c.d, 0.0f)));
+      }
+    }
+  }
+}
+
+// A row's result must not depend on the other rows of its batch.
+TEST_F(CudaOpsTest, BatchInvariance) {
+  const int64_t rows = 513, k = 2048, n = 576;
+  Tensor x = Gpu(Normal(rows * k), {rows, k}), w = Gpu(Normal(n * k, 0.0f, 0.02f), {n, k});
+  Tensor full = Poisoned({rows, n});
+  ASSERT_OK(gpu_->Linear(x, w, &full));
+  const std::vector<float> all = Get(full);
+  for (int64_t r : {1, 7, 64, 200}) {
+    Tensor part = Poisoned({r, n});
+    ASSERT_OK(gpu_->Linear(SliceRows(x, 0, r), w, &part));
+    EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(all.begin(), all.begin() + r * n)))
+        << "Linear: first " << r << " rows alone differ from the same rows in a batch of " << rows;
+  }
+
+  const int64_t heads = 16, hk = 128, hn = 512;
+  Tensor hx = Gpu(Normal(rows * heads * hk), {rows, heads, hk}), hw = Gpu(Normal(heads * hn * hk), {heads, hn, hk});
+  Tensor hfull = Poisoned({rows, heads, hn});
+  ASSERT_OK(gpu_->HeadLinear(hx, hw, &hfull));
+  const std::vector<float> hall = Get(hfull);
+  for (int64_t r : {1, 7, 64}) {
+    Tensor part = Poisoned({r, heads, hn});
+    ASSERT_OK(gpu_->HeadLinear(SliceRows(hx, 0, r), hw, &part));
+    EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(hall.begin(), hall.begin() + r * heads * hn)))
+        << "HeadLinear: first " << r << " rows";
+  }
+
+  const int64_t experts = 16, d = 1024, inner = 352, top_k = 6;
+  Tensor gu = Gpu(Normal(experts * 2 * inner * d, 0.0f, 0.03f), {experts, 2 * inner, d});
+  Tensor dn = Gpu(Normal(experts * d * inner, 0.0f, 0.05f), {experts, d, inner});
+  std::vector<float> ids, weights;
+  for (int64_t t = 0; t < rows; ++t) {
+    std::vector<int32_t> e(experts);
+    std::iota(e.begin(), e.end(), 0);
+    std::shuffle(e.begin(), e.end(), rng_);
+    for (int64_t j = 0; j < top_k; ++j) {
+      ids.push_back(static_cast<float>(e[j]));
+      weights.push_back(0.1f + 0.1f * static_cast<float>(j));
+    }
+  }
+  Tensor mx = Gpu(Normal(rows * d), {rows, d});
+  Tensor g_ids = Gpu(ids, {rows, top_k}, DType::kI32), g_w = Gpu(weights, {rows, top_k}, DType::kF32);
+  Tensor mfull = Poisoned({rows, d});
+  ASSERT_OK(gpu_->MoeExperts(mx, g_ids, g_w, gu, dn, 0, &mfull));
+  const std::vector<float> mall = Get(mfull);
+  for (int64_t r : {1, 7, 64}) {
+    Tensor part = Poisoned({r, d});
+    ASSERT_OK(gpu_->MoeExperts(SliceRows(mx, 0, r), SliceRows(g_ids, 0, r), SliceRows(g_w, 0, r), gu, dn, 0, &part));
+    EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(mall.begin(), mall.begin() + r * d)))
+        << "MoeExperts: first " << r << " rows";
+  }
+}
+
+// Not a check: times a few decode- and prefill-shaped GEMM ops for the record
+// (mean of 20 after 3 warm-up calls, host clock around Synchronize()).
+TEST_F(CudaOpsTest, TimingsForTheRecord) {
+  auto time_us = [&](const std::function<absl::Status()>& op) {
+    for (int i = 0; i < 3; ++i) EXPECT_OK(op());
+    EXPECT_OK(gpu_->Synchronize());
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 20; ++i) EXPECT_OK(op());
+    EXPECT_OK(gpu_->Synchronize());
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() / 20;
+  };
+  // Random values made on the GPU (zeros can run faster than real data).
+  auto random = [&](std::vector<int64_t> shape, float stddev) {
+    auto t = gpu_->Empty(DType::kBF16, std::move(shape));
+    EXPECT_TRUE(t.ok());
+    EXPECT_OK(gpu_->FillRandom(&*t, rng_(), 0.0f, stddev));
+    return *t;
+  };
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{576, 7168}, {1536, 7168}, {7168, 2048}}) {
+    Tensor w = random({n, k}, 0.02f);
+    for (int64_t rows : {1, 64, 512}) {
+      Tensor x = random({rows, k}, 1.0f);
+      Tensor out = Poisoned({rows, n});
+      const double us = time_us([&] { return gpu_->Linear(x, w, &out); });
+      std::cout << "Linear " << rows << "x" << k << " -> " << n << ": " << us << " us, weights at "
+                << n * k * 2 / us / 1e3 << " GB/s, " << 2.0 * rows * n * k / us / 1e6 << " TFLOP/s" << std::endl;
+    }
+  }
+  // DeepSeek-V2-Lite-shaped routed experts: 64 experts, hidden 2048, inner 1408, top 6.
+  const int64_t experts = 64, d = 2048, inner = 1408, top_k = 6;
+  Tensor gu = random({experts, 2 * inner, d}, 0.02f), dn = random({experts, d, inner}, 0.02f);
+  for (int64_t rows : {1, 64, 512}) {
+    std::vector<float> ids, weights;
+    for (int64_t t = 0; t < rows; ++t) {
+      std::vector<int32_t> e(experts);
+      std::iota(e.begin(), e.end(), 0);
+      std::shuffle(e.begin(), e.end(), rng_);
+      for (int64_t j = 0; j < top_k; ++j) {
+        ids.push_back(static_cast<float>(e[j]));
+        weights.push_back(0.2f);
+      }
+    }
+    Tensor x = random({rows, d}, 1.0f), out = Poisoned({rows, d});
+    Tensor g_ids = Gpu(ids, {rows, top_k}, DType::kI32), g_w = Gpu(weights, {rows, top_k}, DType::kF32);
+    const double us = time_us([&] { return gpu_->MoeExperts(x, g_ids, g_w, gu, dn, 0, &out); });
+    std::cout << "MoeExperts " << rows << " tokens x top " << top_k << " of " << experts << " (2048/1408): " << us
+              << " us" << std::endl;
+  }
+}
+
+// ---- The whole model ----
+
+constexpr char kTinyModel[] = "tests/testdata/tiny-deepseek-v3";
+
+std::vector<int32_t> ReadIds(const SafetensorsFile& f, const std::string& name) {
+  const TensorView* t = f.Find(name);
+  EXPECT_NE(t, nullptr) << name;
+  if (t == nullptr) return {};
+  std::vector<float> v(t->num_elements());
+  ConvertToF32(t->dtype, t->data, v.size(), v.data());
+  return std::vector<int32_t>(v.begin(), v.end());
+}
+
+// The CPU reference with every op's output rounded to bf16, as the CUDA
+// backend stores activations (weights and cache too): what the GPU computes,
+// up to summation order. Measured on the tiny model (2026-11-23), it
+// reproduces the GPU's deviation from float32 CPU logits to two digits
+// (1.0e-2, 5.7e-2, 5.7e-2 on the three prompts against 1.0e-2, 5.8e-2, 5.9e-2
+// on the H100) and the GPU's greedy tokens exactly, including the one place
+// (expanded form, prompt 1, step 8) where both leave the float32 path: bf16
+// storage, not a kernel, explains the gap.
+class Bf16StorageCpuOps final : public Ops {
+ public:
+  std::string_view name() const override { return "cpu-bf16-storage"; }
+  DType storage_dtype() const override { return DType::kF32; }
+  absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
+    return cpu_->Empty(dtype, std::move(shape));
+  }
+  absl::Status Upload(absl::Span<const float> src, Tensor* dst) override {
+    return Rounded(cpu_->Upload(src, dst), *dst);
+  }
+  absl::Status Download(const Tensor& src, absl::Span<float> dst) override { return cpu_->Download(src, dst); }
+  absl::Status Fill(Tensor* dst, float value) override { return Rounded(cpu_->Fill(dst, value), *dst); }
+  absl::Status FillRandom(Tensor* dst, uint64_t seed, float mean, float stddev) override {
+    return Rounded(cpu_->FillRandom(dst, seed, mean, stddev), *dst);
+  }
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+  absl::Status Embedding(const Tensor& table, absl::Span<const int32_t> ids, Tensor* out) override {
+    return cpu_->Embedding(table, ids, out);
+  }
+  absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* out) override {
+    return Rounded(cpu_->RmsNorm(x, weight, eps, out), *out);
+  }
+  absl::Status AddRmsNorm(Tensor* residual, const Tensor& x, const Tensor& weight, float eps,
+                          Tensor* out) override {
+    RETURN_IF_ERROR(Rounded(cpu_->Add(residual, x), *residual));
+    return Rounded(cpu_->RmsNorm(*residual, weight, eps, out), *out);
+  }
+  absl::Status Linear(const Tensor& x, const Tensor& w, Tensor* out) override {
+    return Rounded(cpu_->Linear(x, w, out), *out);
+  }
+  absl::Status HeadLinear(const Tensor& x, const Tensor& w, Tensor* out) override {
+    return Rounded(cpu_->HeadLinear(x, w, out), *out);
+  }
+  absl::Status Rope(Tensor* x, absl::Span<const int32_t> positions, const RopeTable& table) override {
+    return Rounded(cpu_->Rope(x, positions, table), *x);
+  }
+  absl::Status Add(Tensor* a, const Tensor& b) override { return Rounded(cpu_->Add(a, b), *a); }
+  absl::Status AddRows(const Tensor& src, absl::Span<const int32_t> rows, Tensor* dst) override {
+    return Rounded(cpu_->AddRows(src, rows, dst), *dst);
+  }
+  absl::Status SiluMul(const Tensor& x, Tensor* out) override { return Rounded(cpu_->SiluMul(x, out), *out); }
+  absl::Status WriteLatentCache(const Tensor& c_kv, const Tensor& k_rope, absl::Span<const int64_t> slots,
+                                int64_t layer, Tensor* cache) override {
+    return cpu_->WriteLatentCache(c_kv, k_rope, slots, layer, cache);
+  }
+  absl::Status GatherLatent(const Tensor& cache, int64_t layer, absl::Span<const int32_t> block_table,
+                            int64_t num_positions, Tensor* c_kv, Tensor* k_rope) override {
+    return cpu_->GatherLatent(cache, layer, block_table, num_positions, c_kv, k_rope);
+  }
+  absl::Status MlaAbsorbedAttention(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache, int64_t layer,
+                                    const AttentionLayout& layout, float softmax_scale, Tensor* out) override {
+    return Rounded(cpu_->MlaAbsorbedAttention(q_latent, q_rope, cache, layer, layout, softmax_scale, out), *out);
+  }
+  absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                                    const Tensor& k_rope, const Tensor& v, float softmax_scale,
+                                    Tensor* out) override {
+    return Rounded(cpu_->MlaExpandedAttention(q_nope, q_rope, k_nope, k_rope, v, softmax_scale, out), *out);
+  }
+  absl::Status MoeRoute(const Tensor& logits, const Tensor* bias, const RouterConfig& config, Tensor* topk_ids,
+                        Tensor* topk_weights) override {
+    return cpu_->MoeRoute(logits, bias, config, topk_ids, topk_weights);
+  }
+  absl::Status MoeExperts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
+                          const Tensor& gate_up, const Tensor& down, int64_t first_expert, Tensor* out) override {
+    return Rounded(cpu_->MoeExperts(x, topk_ids, topk_weights, gate_up, down, first_expert, out), *out);
+  }
+
+ private:
+  static absl::Status Rounded(absl::Status status, const Tensor& t) {
+    if (status.ok() && t.dtype == DType::kF32) {
+      float* p = t.as<float>();
+      for (int64_t i = 0; i < t.numel(); ++i) p[i] = Bf16ToF32(F32ToBf16(p[i]));
+    }
+    return status;
+  }
+  std::unique_ptr<Ops> cpu_ = NewCpuOps();
+};
+
+// Per-row relative errors of logits [rows, vocab].
+std::vector<double> RowErrors(const std::vector<float>& out, const std::vector<float>& ref, int64_t vocab) {
+  std::vector<double> errors;
+  for (size_t begin = 0; begin + vocab <= ref.size(); begin += vocab) {
+    errors.push_back(RelErr(std::vector<float>(out.begin() + begin, out.begin() + begin + vocab),
+                            std::vector<float>(ref.begin() + begin, ref.begin() + begin + vocab)));
+  }
+  return errors;
+}
+
+// The tiny DeepSeek-V3 (MLA, sigmoid noaux_tc router, shared expert) on the
+// GPU against the float32 CPU reference and against bf16 storage emulated on
+// the CPU. Against float32, bf16 activations leave most rows near 1e-2 and a
+// few (routing near-ties: 2 of 37, 5 of 150 rows in the emulation) far off,
+// so the whole-prompt error reaches ~6e-2: checked per row (median under
+// 2e-2, at most a tenth of the rows over 5e-2, all under 1e-1 in aggregate).
+// Greedy tokens must equal the bf16-storage reference's exactly.
+TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
+  auto gpu = NewCudaOps();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::unique_ptr<Ops> cpu = NewCpuOps();
+  Bf16StorageCpuOps emulated;
+  auto gpu_model = Model::Load(kTinyModel, **gpu);
+  ASSERT_TRUE(gpu_model.ok()) << gpu_model.status();
+  auto cpu_model = Model::Load(kTinyModel, *cpu);
+  ASSERT_TRUE(cpu_model.ok()) << cpu_model.status();
+  auto emulated_model = Model::Load(kTinyModel, emulated);
+  ASSERT_TRUE(emulated_model.ok()) << emulated_model.status();
+  auto reference = SafetensorsFile::Open(absl::StrCat(kTinyModel, "/reference.safetensors"));
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  const int64_t vocab = (*gpu_model)->config().vocab_size;
+
+  struct Setup {
+    int64_t block_size, chunk;
+    AttentionForm form;
+  };
+  for (const Setup& s : {Setup{64, 0, AttentionForm::kAbsorbed}, Setup{16, 7, AttentionForm::kAbsorbed},
+                         Setup{16, 0, AttentionForm::kExpanded}}) {
+    auto gpu_cache = KvCache::Create(**gpu, (*gpu_model)->config(), 64, s.block_size);
+    auto cpu_cache = KvCache::Create(*cpu, (*cpu_model)->config(), 64, s.block_size);
+    auto emulated_cache = KvCache::Create(emulated, (*emulated_model)->config(), 64, s.block_size);
+    ASSERT_TRUE(gpu_cache.ok() && cpu_cache.ok() && emulated_cache.ok());
+    const RunnerOptions options{.prefill_chunk_tokens = s.chunk, .attention_form = s.form};
+    ModelRunner gpu_runner(**gpu_model, *gpu_cache, options), cpu_runner(**cpu_model, *cpu_cache, options);
+    ModelRunner emulated_runner(**emulated_model, *emulated_cache, options);
+    const std::string setup = absl::StrCat("block_size ", s.block_size, " chunk ", s.chunk,
+                                           s.form == AttentionForm::kAbsorbed ? " absorbed" : " expanded");
+    for (int i = 0; i < 3; ++i) {
+      const std::vector<int32_t> ids = ReadIds(**reference, absl::StrCat("prompt", i, ".ids"));
+      auto gpu_logits = gpu_runner.Score(ids);
+      ASSERT_TRUE(gpu_logits.ok()) << gpu_logits.status();
+      auto cpu_logits = cpu_runner.Score(ids);
+      ASSERT_TRUE(cpu_logits.ok()) << cpu_logits.status();
+      auto emulated_logits = emulated_runner.Score(ids);
+      ASSERT_TRUE(emulated_logits.ok()) << emulated_logits.status();
+      const double err = RelErr(*gpu_logits, *cpu_logits);
+      std::vector<double> rows = RowErrors(*gpu_logits, *cpu_logits, vocab);
+      const int64_t far_rows = std::count_if(rows.begin(), rows.end(), [](double e) { return e > 5e-2; });
+      std::nth_element(rows.begin(), rows.begin() + rows.size() / 2, rows.end());
+      const double median = rows[rows.size() / 2];
+      EXPECT_LT(err, 1e-1) << setup << " prompt " << i;
+      EXPECT_LT(median, 2e-2) << setup << " prompt " << i;
+      EXPECT_LE(far_rows * 10, static_cast<int64_t>(ids.size())) << setup << " prompt " << i;
+
+      auto gpu_greedy = gpu_runner.GenerateGreedy(ids, 8);
+      ASSERT_TRUE(gpu_greedy.ok()) << gpu_greedy.status();
+      auto cpu_greedy = cpu_runner.GenerateGreedy(ids, 8);
+      ASSERT_TRUE(cpu_greedy.ok()) << cpu_greedy.status();
+      auto emulated_greedy = emulated_runner.GenerateGreedy(ids, 8);
+      ASSERT_TRUE(emulated_greedy.ok()) << emulated_greedy.status();
+      EXPECT_EQ(*gpu_greedy, *emulated_greedy) << setup << " prompt " << i;
+      std::vector<int32_t> hf = ReadIds(**reference, absl::StrCat("prompt", i, ".greedy"));
+      hf.resize(std::min<size_t>(hf.size(), gpu_greedy->size()));
+      std::cout << setup << " prompt " << i << " (" << ids.size() << " tokens): logits rel err " << err
+                << " vs float32 CPU (median row " << median << ", rows over 5e-2: " << far_rows << "), "
+                << RelErr(*gpu_logits, *emulated_logits) << " vs bf16-storage CPU; greedy "
+                << (*gpu_greedy == *emulated_greedy ? "same as" : "DIFFERS from") << " bf16-storage CPU, "
+                << (*gpu_greedy == *cpu_greedy ? "same as" : "differs from") << " float32 CPU, "
+                << (std::equal(hf.begin(), hf.end(), gpu_greedy->begin()) ? "same as" : "differs from")
+                << " transformers" << std::endl;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mlaserve

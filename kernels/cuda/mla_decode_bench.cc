@@ -1,0 +1,411 @@
+// Absorbed MLA decode (kernels/cuda/mla_attention) on the GPU: time per call,
+// latent bytes read per second against a device-to-device copy, and FLOP/s
+// against a cuBLAS bf16 GEMM, both measured in the same run.
+//
+// Shapes as kernels/cuda/flashmla_baseline/flashmla_bench.cu (so the tables
+// compare): one query token per sequence, h heads against the latent cache of
+// 576 (512 c_kv + 64 k_rope), output 512 wide, bf16, 64-token blocks in a
+// random block order, every sequence `context` tokens long, inputs uniform in
+// [-1, 1), softmax scale 1/sqrt(192). One call = MlaAttention::Absorbed for one
+// layer with the plan already made (it is made once per step, on the first
+// layer); the host cost of a call that plans is timed apart (us_plan, host
+// only), as is that of a call that reuses the plan (us_host).
+// Time per call = CUDA events over back-to-back calls after warm-up (>= 20 ms
+// or >= 10 calls), median of 3 repetitions; again with the calls captured in a
+// CUDA graph. Consecutive calls read different cache regions (and queries)
+// until >= --rotate_mb MiB has been touched, so small shapes do not run from L2.
+// TB/s = (batch * context * 576 * 2 + batch * heads * (576 + 512) * 2) / time;
+// TFLOP/s = 2 * heads * (576 + 512) * batch * context / time.
+//
+//   mla_decode_bench [--heads=128,16] [--batches=1,2,...,256]
+//                    [--contexts=1024,...,65536] [--max_cache_gb=40]
+//                    [--target_ms=20] [--rotate_mb=512] [--no_graph] [--csv=PATH]
+// CSV goes to --csv, else to $OUT/mla_decode.csv when OUT is set.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "kernels/cuda/mla_attention.h"
+#include "kernels/ops.h"
+#include "kernels/tensor.h"
+
+namespace mlaserve {
+namespace {
+
+constexpr int kRank = 512, kRope = 64, kD = kRank + kRope, kPage = 64;
+
+#define CK(expr)                                                                                        \
+  do {                                                                                                  \
+    cudaError_t e_ = (expr);                                                                            \
+    if (e_ != cudaSuccess) {                                                                            \
+      fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, #expr); \
+      exit(1);                                                                                          \
+    }                                                                                                   \
+  } while (0)
+
+#define OK(expr)                                                                      \
+  do {                                                                                \
+    absl::Status s_ = (expr);                                                         \
+    if (!s_.ok()) {                                                                   \
+      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
+      exit(1);                                                                        \
+    }                                                                                 \
+  } while (0)
+
+struct Options {
+  std::vector<int> heads = {128, 16};
+  std::vector<int> batches = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  std::vector<int> contexts = {1024, 2048, 4096, 8192, 16384, 32768, 65536};
+  double max_cache_gb = 40;
+  double target_ms = 20;
+  double rotate_mb = 512;
+  double softmax_scale = 1.0 / std::sqrt(192.0);
+  bool graph = true;
+  std::string csv;
+};
+
+std::vector<int> ParseList(const std::string& s) {
+  std::vector<int> v;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    v.push_back(std::atoi(s.substr(pos, comma - pos).c_str()));
+    pos = comma + 1;
+  }
+  return v;
+}
+
+Options ParseOptions(int argc, char** argv) {
+  Options o;
+  if (const char* out = getenv("OUT"); out != nullptr && *out) o.csv = std::string(out) + "/mla_decode.csv";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto val = [&](const char* name) -> const char* {
+      size_t n = strlen(name);
+      return a.compare(0, n, name) == 0 ? a.c_str() + n : nullptr;
+    };
+    if (const char* v = val("--heads=")) o.heads = ParseList(v);
+    else if (const char* v = val("--batches=")) o.batches = ParseList(v);
+    else if (const char* v = val("--contexts=")) o.contexts = ParseList(v);
+    else if (const char* v = val("--max_cache_gb=")) o.max_cache_gb = atof(v);
+    else if (const char* v = val("--target_ms=")) o.target_ms = atof(v);
+    else if (const char* v = val("--rotate_mb=")) o.rotate_mb = atof(v);
+    else if (const char* v = val("--csv=")) o.csv = v;
+    else if (a == "--no_graph") o.graph = false;
+    else {
+      fprintf(stderr, "unknown flag %s\n", a.c_str());
+      exit(2);
+    }
+  }
+  return o;
+}
+
+// Fills n bf16 values with copies of a 32 MiB block of uniform [-1, 1) values.
+void FillRandom(void* dst, size_t n, uint64_t seed, cudaStream_t s) {
+  static void* source = nullptr;
+  constexpr size_t kSourceElems = size_t{16} << 20;
+  if (source == nullptr) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+    std::vector<uint16_t> bits(kSourceElems);
+    for (uint16_t& b : bits) b = F32ToBf16(d(rng));
+    CK(cudaMalloc(&source, kSourceElems * 2));
+    CK(cudaMemcpy(source, bits.data(), kSourceElems * 2, cudaMemcpyHostToDevice));
+  }
+  // Start each fill at a seed-dependent offset so that different buffers differ.
+  size_t offset = (seed * 7919) % (kSourceElems / 2);
+  for (size_t done = 0; done < n;) {
+    const size_t count = std::min(n - done, kSourceElems - offset);
+    CK(cudaMemcpyAsync(static_cast<uint16_t*>(dst) + done, static_cast<uint16_t*>(source) + offset, count * 2,
+                       cudaMemcpyDeviceToDevice, s));
+    done += count;
+    offset = 0;
+  }
+}
+
+Tensor View(void* data, std::vector<int64_t> shape) {
+  Tensor t;
+  t.dtype = DType::kBF16;
+  t.device = Device::kCuda;
+  t.shape = std::move(shape);
+  t.data = data;
+  return t;
+}
+
+template <typename F>
+double TimeMs(cudaStream_t s, int iters, F&& f) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  CK(cudaEventRecord(a, s));
+  for (int i = 0; i < iters; ++i) f(i);
+  CK(cudaEventRecord(b, s));
+  CK(cudaEventSynchronize(b));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  return ms / iters;
+}
+
+double Median3(double a, double b, double c) { return std::max(std::min(a, b), std::min(std::max(a, b), c)); }
+
+double CopyTbps(cudaStream_t s) {
+  const size_t bytes = size_t{1} << 30;
+  void *a, *b;
+  CK(cudaMalloc(&a, bytes));
+  CK(cudaMalloc(&b, bytes));
+  FillRandom(a, bytes / 2, 3, s);
+  for (int i = 0; i < 3; ++i) CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s));
+  double t[3];
+  for (double& x : t) x = TimeMs(s, 20, [&](int) { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); });
+  CK(cudaFree(a));
+  CK(cudaFree(b));
+  return 2.0 * bytes / (Median3(t[0], t[1], t[2]) * 1e-3) / 1e12;
+}
+
+double GemmTflops(cudaStream_t s) {
+  cublasHandle_t handle;
+  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return 0;
+  cublasSetStream(handle, s);
+  const int n = 8192;
+  const size_t elems = static_cast<size_t>(n) * n;
+  void *a, *b, *c;
+  CK(cudaMalloc(&a, elems * 2));
+  CK(cudaMalloc(&b, elems * 2));
+  CK(cudaMalloc(&c, elems * 2));
+  FillRandom(a, elems, 1, s);
+  FillRandom(b, elems, 2, s);
+  const float alpha = 1, beta = 0;
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  auto run = [&](int) {
+    cublasStatus_t x = cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
+                                    CUDA_R_16BF, n, &beta, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (x != CUBLAS_STATUS_SUCCESS) st = x;
+  };
+  for (int i = 0; i < 3; ++i) run(i);
+  double t[3];
+  for (double& x : t) x = TimeMs(s, 10, run);
+  CK(cudaFree(a));
+  CK(cudaFree(b));
+  CK(cudaFree(c));
+  cublasDestroy(handle);
+  if (st != CUBLAS_STATUS_SUCCESS) return 0;
+  return 2.0 * n * n * static_cast<double>(n) / (Median3(t[0], t[1], t[2]) * 1e-3) / 1e12;
+}
+
+double HostUs(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
+
+}  // namespace
+}  // namespace mlaserve
+
+int main(int argc, char** argv) {
+  using namespace mlaserve;
+  Options opt = ParseOptions(argc, argv);
+  CK(cudaSetDevice(0));
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  printf("device: %s, sm_%d%d, %d SMs, %.1f GiB, L2 %.0f MB\n", prop.name, prop.major, prop.minor,
+         prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, prop.l2CacheSize / 1e6);
+  cudaStream_t stream;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+
+  struct Shape {
+    int heads, batch, context;
+  };
+  std::vector<Shape> shapes, skipped;
+  int64_t pool_blocks = 0;
+  for (int h : opt.heads) {
+    for (int b : opt.batches) {
+      for (int ctx : opt.contexts) {
+        const int64_t blocks = static_cast<int64_t>(b) * ((ctx + kPage - 1) / kPage);
+        if (blocks * kPage * kD * 2.0 / 1e9 > opt.max_cache_gb) {
+          skipped.push_back({h, b, ctx});
+          continue;
+        }
+        shapes.push_back({h, b, ctx});
+        pool_blocks = std::max(pool_blocks, blocks);
+      }
+    }
+  }
+  // Room to rotate small shapes over rotate_mb.
+  pool_blocks = std::max<int64_t>(pool_blocks, static_cast<int64_t>(opt.rotate_mb * 1048576.0 / (kPage * kD * 2)) + 1);
+
+  const double copy_tbps = CopyTbps(stream);
+  const double gemm_tflops = GemmTflops(stream);
+  printf("device-to-device copy: %.3f TB/s (read + write, 1 GiB)\n", copy_tbps);
+  printf("GEMM: %.1f TFLOP/s (cuBLAS bf16 8192^3, fp32 compute)\n", gemm_tflops);
+
+  void* pool = nullptr;
+  const size_t pool_elems = static_cast<size_t>(pool_blocks) * kPage * kD;
+  CK(cudaMalloc(&pool, pool_elems * 2));
+  FillRandom(pool, pool_elems, 42, stream);
+  CK(cudaStreamSynchronize(stream));
+  printf("cache pool: %lld blocks of 64 x 576 bf16 (%.2f GB)\n", (long long)pool_blocks, pool_elems * 2 / 1e9);
+
+  FILE* csv = nullptr;
+  if (!opt.csv.empty()) {
+    csv = fopen(opt.csv.c_str(), "w");
+    if (csv == nullptr) {
+      fprintf(stderr, "cannot write %s\n", opt.csv.c_str());
+      return 1;
+    }
+    fprintf(csv, "# device=%s sms=%d copy_tbps=%.3f gemm_tflops=%.1f softmax_scale=%.6f rotate_mb=%.0f\n", prop.name,
+            prop.multiProcessorCount, copy_tbps, gemm_tflops, opt.softmax_scale, opt.rotate_mb);
+    fprintf(csv,
+            "kernel,heads,batch,context,cache_gb,ctas,replicas,iters,us_per_call,tbps,tflops,us_graph,tbps_graph,"
+            "tflops_graph,us_plan,us_host\n");
+    for (const Shape& s : skipped) {
+      fprintf(csv, "mlaserve,%d,%d,%d,,,,,skipped(cache>%.0fGB),,,,,,,\n", s.heads, s.batch, s.context,
+              opt.max_cache_gb);
+    }
+  }
+  for (const Shape& s : skipped) {
+    printf("skip heads=%d batch=%d context=%d: cache above %.0f GB\n", s.heads, s.batch, s.context, opt.max_cache_gb);
+  }
+  printf("\n%6s %6s %8s %9s %7s %4s %10s %8s %8s %10s %8s %8s %8s %8s\n", "heads", "batch", "context", "cache_GB",
+         "CTAs", "rot", "us/call", "TB/s", "TFLOP/s", "us/graph", "TB/s", "TFLOP/s", "us_plan", "us_host");
+
+  uint64_t seed = 7;
+  for (const Shape& s : shapes) {
+    const int64_t blocks_per_seq = (s.context + kPage - 1) / kPage;
+    const int64_t blocks = s.batch * blocks_per_seq;
+    const double cache_bytes = static_cast<double>(blocks) * kPage * kD * 2;
+    int replicas = static_cast<int>(std::ceil(opt.rotate_mb * 1048576.0 / cache_bytes));
+    replicas = static_cast<int>(std::clamp<int64_t>(replicas, 1, pool_blocks / blocks));
+
+    // One layout (block ids within a replica's region, shuffled); replica r reads
+    // the pool from block r * blocks on, and its own queries.
+    std::mt19937_64 rng(seed++);
+    std::vector<int32_t> ids(blocks);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    AttentionLayout layout;
+    layout.block_size = kPage;
+    for (int b = 0; b < s.batch; ++b) {
+      SequenceSlice seq;
+      seq.token_begin = b;
+      seq.num_tokens = 1;
+      seq.context_len = s.context;
+      seq.block_table.assign(ids.begin() + b * blocks_per_seq, ids.begin() + (b + 1) * blocks_per_seq);
+      layout.seqs.push_back(std::move(seq));
+    }
+    const size_t q_elems = static_cast<size_t>(s.batch) * s.heads;
+    void *q_latent, *q_rope, *out;
+    CK(cudaMalloc(&q_latent, q_elems * kRank * 2 * replicas));
+    CK(cudaMalloc(&q_rope, q_elems * kRope * 2 * replicas));
+    CK(cudaMalloc(&out, q_elems * kRank * 2));
+    FillRandom(q_latent, q_elems * kRank * replicas, seed * 3, stream);
+    FillRandom(q_rope, q_elems * kRope * replicas, seed * 5, stream);
+    CK(cudaStreamSynchronize(stream));
+    std::vector<Tensor> ql, qr, cache;
+    for (int r = 0; r < replicas; ++r) {
+      ql.push_back(View(static_cast<uint16_t*>(q_latent) + r * q_elems * kRank, {s.batch, s.heads, kRank}));
+      qr.push_back(View(static_cast<uint16_t*>(q_rope) + r * q_elems * kRope, {s.batch, s.heads, kRope}));
+      cache.push_back(View(static_cast<uint16_t*>(pool) + static_cast<size_t>(r) * blocks * kPage * kD,
+                           {blocks, 1, kPage, kD}));
+    }
+    Tensor o = View(out, {s.batch, s.heads, kRank});
+    const float scale = static_cast<float>(opt.softmax_scale);
+    MlaAttention attention(stream);
+    auto call = [&](int i) {
+      const int r = i % replicas;
+      OK(attention.Absorbed(ql[r], qr[r], cache[r], 0, layout, scale, &o));
+    };
+
+    // Host cost of a call that plans (a new layout each time: one block id swapped
+    // back and forth) and of one that reuses the plan.
+    call(0);
+    CK(cudaStreamSynchronize(stream));
+    AttentionLayout other = layout;
+    if (blocks_per_seq > 1) std::swap(other.seqs[0].block_table[0], other.seqs[0].block_table[1]);
+    double plan_us[3], host_us[3];
+    for (int k = 0; k < 3; ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      OK(attention.Absorbed(ql[0], qr[0], cache[0], 0, k % 2 == 0 ? other : layout, scale, &o));
+      const auto t1 = std::chrono::steady_clock::now();
+      CK(cudaStreamSynchronize(stream));
+      plan_us[k] = HostUs(t0, t1);
+    }
+    call(0);  // back to `layout`
+    CK(cudaStreamSynchronize(stream));
+    for (int k = 0; k < 3; ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      call(0);
+      const auto t1 = std::chrono::steady_clock::now();
+      CK(cudaStreamSynchronize(stream));
+      host_us[k] = HostUs(t0, t1);
+    }
+
+    for (int i = 0; i < 3; ++i) call(i);
+    CK(cudaStreamSynchronize(stream));
+    const double est = TimeMs(stream, 5, call);
+    const int iters = static_cast<int>(std::clamp(opt.target_ms / std::max(est, 1e-4), 10.0, 5000.0));
+    double t[3];
+    for (double& x : t) x = TimeMs(stream, iters, call);
+    CK(cudaGetLastError());
+    const double us = 1e3 * Median3(t[0], t[1], t[2]);
+
+    double us_graph = NAN;
+    if (opt.graph) {
+      const int g = std::clamp(iters, 10, 200);
+      const int reps = std::max(1, iters / g);
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+      for (int i = 0; i < g; ++i) call(i);
+      CK(cudaStreamEndCapture(stream, &graph));
+      CK(cudaGraphInstantiate(&exec, graph, 0));
+      CK(cudaGraphLaunch(exec, stream));
+      CK(cudaStreamSynchronize(stream));
+      double tg[3];
+      for (double& x : tg) x = TimeMs(stream, reps, [&](int) { CK(cudaGraphLaunch(exec, stream)); });
+      CK(cudaGraphExecDestroy(exec));
+      CK(cudaGraphDestroy(graph));
+      us_graph = 1e3 * Median3(tg[0], tg[1], tg[2]) / g;
+    }
+
+    const int tiles = s.heads <= 32 ? (s.heads + 15) / 16 : (s.heads + 63) / 64;
+    const int64_t ctas = static_cast<int64_t>(s.batch) * tiles * ((s.context + 511) / 512);
+    const double bytes = static_cast<double>(s.batch) * s.context * kD * 2 +
+                         static_cast<double>(s.batch) * s.heads * (kD + kRank) * 2;
+    const double flops = 2.0 * s.heads * (kD + kRank) * static_cast<double>(s.batch) * s.context;
+    const double tbps = bytes / (us * 1e-6) / 1e12, tflops = flops / (us * 1e-6) / 1e12;
+    const double tbps_g = bytes / (us_graph * 1e-6) / 1e12, tflops_g = flops / (us_graph * 1e-6) / 1e12;
+    const double us_plan = Median3(plan_us[0], plan_us[1], plan_us[2]);
+    const double us_host = Median3(host_us[0], host_us[1], host_us[2]);
+    printf("%6d %6d %8d %9.3f %7lld %4d %10.1f %8.3f %8.1f %10.1f %8.3f %8.1f %8.1f %8.1f\n", s.heads, s.batch,
+           s.context, cache_bytes / 1e9, (long long)ctas, replicas, us, tbps, tflops, us_graph, tbps_g, tflops_g,
+           us_plan, us_host);
+    fflush(stdout);
+    if (csv) {
+      fprintf(csv, "mlaserve,%d,%d,%d,%.4f,%lld,%d,%d,%.2f,%.4f,%.2f,%.2f,%.4f,%.2f,%.1f,%.1f\n", s.heads, s.batch,
+              s.context, cache_bytes / 1e9, (long long)ctas, replicas, iters, us, tbps, tflops, us_graph, tbps_g,
+              tflops_g, us_plan, us_host);
+      fflush(csv);
+    }
+    CK(cudaFree(q_latent));
+    CK(cudaFree(q_rope));
+    CK(cudaFree(out));
+  }
+  if (csv) fclose(csv);
+  CK(cudaFree(pool));
+  CK(cudaStreamDestroy(stream));
+  printf("done\n");
+  return 0;
+}
