@@ -74,6 +74,7 @@ struct LaunchGroup {
   int64_t items_count[cuda::kMlaNumTileKinds] = {};
   int64_t combine_begin = 0;
   int64_t combine_count = 0;
+  int32_t combine_max_rows = 0;
 };
 
 // Everything one call launches, and the metadata image it uploads:
@@ -100,8 +101,9 @@ absl::StatusOr<Plan> MakePlan(const AttentionLayout& layout, int64_t heads, int6
     tables.insert(tables.end(), seq.block_table.begin(), seq.block_table.begin() + needed);
     const int64_t rows = seq.num_tokens * heads;
     if (rows == 0) continue;
-    const MlaTileKind kind =
-        !tensor_cores ? MlaTileKind::kGeneric : rows <= 32 ? MlaTileKind::kRows16 : MlaTileKind::kRows64;
+    const MlaTileKind kind = !tensor_cores ? MlaTileKind::kGeneric
+                             : rows <= 32  ? MlaTileKind::kRows16
+                                           : MlaTileKind::kRows64;
     const int64_t tile_rows = cuda::MlaTileRows(kind);
     const int64_t prefix = seq.context_len - seq.num_tokens;
     for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
@@ -151,6 +153,7 @@ absl::StatusOr<Plan> MakePlan(const AttentionLayout& layout, int64_t heads, int6
     for (size_t i = begin; i < end; ++i) {
       if (tiles[i].splits > 1) {
         partial[i - begin] = used;
+        group.combine_max_rows = std::max(group.combine_max_rows, tiles[i].num_rows);
         combines.push_back(MlaCombineItem{.q_row = tiles[i].q_row,
                                           .num_rows = tiles[i].num_rows,
                                           .partial = static_cast<int32_t>(used),
@@ -165,23 +168,23 @@ absl::StatusOr<Plan> MakePlan(const AttentionLayout& layout, int64_t heads, int6
     for (size_t run = begin; run < end;) {
       size_t run_end = run;
       int32_t max_splits = 0;
-      while (run_end < end && tiles[run_end].seq == tiles[run].seq) max_splits = std::max(max_splits, tiles[run_end++].splits);
+      while (run_end < end && tiles[run_end].seq == tiles[run].seq)
+        max_splits = std::max(max_splits, tiles[run_end++].splits);
       for (int32_t s = 0; s < max_splits; ++s) {
         for (size_t i = run; i < run_end; ++i) {
           const Tile& t = tiles[i];
           if (s >= t.splits) continue;
           const int64_t key_begin = s * kSplitKeys;
           const int64_t key_end = std::min<int64_t>(key_begin + kSplitKeys, t.max_keys);
-          items[static_cast<int>(t.kind)].push_back(
-              MlaWorkItem{.q_row = t.q_row,
-                          .num_rows = t.num_rows,
-                          .seq_row = t.seq_row,
-                          .prefix = t.prefix,
-                          .key_begin = static_cast<int32_t>(key_begin),
-                          .key_end = static_cast<int32_t>(key_end),
-                          .table = t.table,
-                          .partial = t.splits > 1 ? static_cast<int32_t>(partial[i - begin] + int64_t{s} * t.num_rows)
-                                                  : -1});
+          items[static_cast<int>(t.kind)].push_back(MlaWorkItem{
+              .q_row = t.q_row,
+              .num_rows = t.num_rows,
+              .seq_row = t.seq_row,
+              .prefix = t.prefix,
+              .key_begin = static_cast<int32_t>(key_begin),
+              .key_end = static_cast<int32_t>(key_end),
+              .table = t.table,
+              .partial = t.splits > 1 ? static_cast<int32_t>(partial[i - begin] + int64_t{s} * t.num_rows) : -1});
         }
       }
       run = run_end;
@@ -257,7 +260,8 @@ absl::Status Reserve(void** ptr, size_t* capacity, size_t bytes, cudaStream_t st
 MlaAttention::MlaAttention(cudaStream_t stream) : stream_(stream), buffers_(std::make_unique<Buffers>()) {}
 
 MlaAttention::~MlaAttention() {
-  for (void* p : {buffers_->meta, static_cast<void*>(buffers_->partial_out), static_cast<void*>(buffers_->partial_lse)}) {
+  for (void* p :
+       {buffers_->meta, static_cast<void*>(buffers_->partial_out), static_cast<void*>(buffers_->partial_lse)}) {
     if (p != nullptr) cudaFreeAsync(p, stream_);  // errors at process exit are ignored
   }
 }
@@ -284,8 +288,8 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
     return absl::InvalidArgumentError(absl::StrCat(kOp, ": ", rows, " tokens x ", heads, " heads is too many"));
   }
   if (rank + rope > cuda::kMlaGenericMaxDims) {
-    return absl::UnimplementedError(absl::StrCat(kOp, ": rank ", rank, " + rope ", rope, " above ",
-                                                 cuda::kMlaGenericMaxDims));
+    return absl::UnimplementedError(
+        absl::StrCat(kOp, ": rank ", rank, " + rope ", rope, " above ", cuda::kMlaGenericMaxDims));
   }
   if (rows * heads == 0 || rank == 0) return absl::OkStatus();
 
@@ -321,8 +325,8 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
     const size_t partial_rows = static_cast<size_t>(std::max<int64_t>(b.plan.partial_rows, 1));
     RETURN_IF_ERROR(Reserve(reinterpret_cast<void**>(&b.partial_out), &b.partial_out_bytes,
                             partial_rows * rank * sizeof(float), stream_));
-    RETURN_IF_ERROR(Reserve(reinterpret_cast<void**>(&b.partial_lse), &b.partial_lse_bytes,
-                            partial_rows * sizeof(float), stream_));
+    RETURN_IF_ERROR(
+        Reserve(reinterpret_cast<void**>(&b.partial_lse), &b.partial_lse_bytes, partial_rows * sizeof(float), stream_));
     b.block_size = layout.block_size;
     b.heads = heads;
     b.rank = rank;
@@ -356,7 +360,8 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
                                              params, stream_));
     }
     CUDA_RETURN_IF_ERROR(cuda::MlaCombine(combines + group.combine_begin, static_cast<int>(group.combine_count),
-                                          b.partial_out, b.partial_lse, static_cast<int>(rank), params.out, stream_));
+                                          group.combine_max_rows, b.partial_out, b.partial_lse, static_cast<int>(rank),
+                                          params.out, stream_));
   }
   return absl::OkStatus();
 }
@@ -381,8 +386,7 @@ absl::Status MlaAttention::Expanded(const Tensor& q_nope, const Tensor& q_rope, 
   const int64_t dv = v.dim(2);
   RETURN_IF_ERROR(CheckShape(kOp, "out", *out, {rows, heads, dv}));
   if (rows > keys) return absl::InvalidArgumentError(absl::StrCat(kOp, ": more queries than keys"));
-  if (keys * heads * std::max({nope, dv, int64_t{1}}) > (int64_t{1} << 62) || keys > kInt32Max ||
-      heads > 65535) {
+  if (keys * heads * std::max({nope, dv, int64_t{1}}) > (int64_t{1} << 62) || keys > kInt32Max || heads > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(kOp, ": too large"));
   }
   if (dv > cuda::kMlaExpandedMaxDv || nope + rope > cuda::kMlaGenericMaxDims) {

@@ -3,7 +3,8 @@
 // batches of mixed lengths, block sizes 64/16/1, mixed decode and prefill
 // chunks with cached prefixes, 128 and 16 heads at DeepSeek-V3 dims, a 64K
 // context, generic dims, the expanded form; batch invariance (bitwise) and
-// determinism. Outputs are poisoned with NaN before every run.
+// determinism. Outputs are poisoned with NaN before every run. The absorbed
+// cases run every kernel variant (persistent or not, wgmma or mma.sync).
 #include "kernels/cuda/mla_attention.h"
 
 #include <cuda_runtime.h>
@@ -19,6 +20,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/mla_decode.h"
 #include "kernels/ops.h"
 
 namespace mlaserve {
@@ -215,43 +217,76 @@ std::string Describe(const std::vector<SeqSpec>& seqs) {
   return s;
 }
 
-// GPU against CPU; returns the relative error.
+// The default, the plainest, and the other options (kernels/cuda/mla_decode.h).
+const int kVariants[] = {
+    cuda::kMlaDefaultVariant,
+    0,
+    cuda::kMlaPersistent,
+    cuda::kMlaWgmma,
+    cuda::kMlaPersistent | cuda::kMlaWgmma | cuda::kMlaPrefetch,
+    cuda::kMlaPersistent | cuda::kMlaWgmma | cuda::kMlaOverlap | cuda::kMlaPrefetch,
+    cuda::kMlaPersistent | cuda::kMlaWgmma | cuda::kMlaWgmmaSolo,
+    cuda::kMlaWgmma | cuda::kMlaWgmmaSolo,
+};
+
+// Restores the default kernel variant when a test ends.
+struct VariantScope {
+  ~VariantScope() { cuda::MlaSetVariant(cuda::kMlaDefaultVariant); }
+};
+
+// GPU (every kernel variant) against CPU; returns the largest relative error.
 double CheckAbsorbed(MlaAttention& attention, cudaStream_t stream, int64_t heads, int64_t rank, int64_t rope,
                      int64_t block_size, const std::vector<SeqSpec>& seqs) {
+  VariantScope restore;
   const uint64_t seed = FreshSeed();
   AbsorbedProblem p = AbsorbedProblem::Make(heads, rank, rope, block_size, seqs, seed);
-  const std::vector<float> gpu = ToHost(p.Run(attention, stream));
   const std::vector<float> ref = p.Reference();
-  const double err = RelErr(gpu, ref);
-  printf("absorbed heads=%lld rank=%lld rope=%lld block=%lld seqs=%s seed=%llu: rel err %.3e\n", (long long)heads,
-         (long long)rank, (long long)rope, (long long)block_size, Describe(seqs).c_str(), (unsigned long long)seed,
-         err);
-  fflush(stdout);
-  EXPECT_LT(err, 1e-2) << "seed " << seed << " seqs " << Describe(seqs);
-  // Every row, separately: an unwritten or wrong row would hide in the batch norm.
-  const int64_t width = heads * rank;
-  for (const SequenceSlice& s : p.layout.seqs) {
-    for (int64_t i = 0; i < s.num_tokens; ++i) {
-      const int64_t t = s.token_begin + i;
-      std::vector<float> g(gpu.begin() + t * width, gpu.begin() + (t + 1) * width);
-      std::vector<float> r(ref.begin() + t * width, ref.begin() + (t + 1) * width);
-      const double row_err = RelErr(g, r);
-      if (!(row_err < 2e-2)) {
-        ADD_FAILURE() << "token " << t << " (context " << s.context_len << ", " << s.num_tokens
-                      << " tokens): rel err " << row_err << ", seed " << seed;
-        return err;
+  double worst = 0;
+  for (int variant : kVariants) {
+    cuda::MlaSetVariant(variant);
+    const std::vector<float> gpu = ToHost(p.Run(attention, stream));
+    const double err = RelErr(gpu, ref);
+    worst = std::max(worst, err);
+    printf("absorbed v%d heads=%lld rank=%lld rope=%lld block=%lld seqs=%s seed=%llu: rel err %.3e\n", variant,
+           (long long)heads, (long long)rank, (long long)rope, (long long)block_size,
+           Describe(seqs).substr(0, 120).c_str(), (unsigned long long)seed, err);
+    fflush(stdout);
+    EXPECT_LT(err, 1e-2) << "variant " << variant << " seed " << seed << " seqs " << Describe(seqs);
+    // Every row, separately: an unwritten or wrong row would hide in the batch norm.
+    const int64_t width = heads * rank;
+    for (const SequenceSlice& s : p.layout.seqs) {
+      for (int64_t i = 0; i < s.num_tokens; ++i) {
+        const int64_t t = s.token_begin + i;
+        std::vector<float> g(gpu.begin() + t * width, gpu.begin() + (t + 1) * width);
+        std::vector<float> r(ref.begin() + t * width, ref.begin() + (t + 1) * width);
+        const double row_err = RelErr(g, r);
+        if (!(row_err < 2e-2)) {
+          ADD_FAILURE() << "variant " << variant << " token " << t << " (context " << s.context_len << ", "
+                        << s.num_tokens << " tokens): rel err " << row_err << ", seed " << seed;
+          return INFINITY;
+        }
       }
     }
   }
-  return err;
+  return worst;
 }
 
-const std::vector<SeqSpec> kMixedDecode = {{1, 1},   {1, 63},  {1, 64},   {1, 65},   {1, 1000},
-                                           {1, 777}, {1, 511}, {1, 513},  {1, 2049}, {1, 4097}};
-
-TEST_F(CudaMlaTest, DecodeMixedLengths128Heads) {
-  CheckAbsorbed(*attention_, stream_, 128, 512, 64, 64, kMixedDecode);
+// More work items than SMs: persistent CTAs loop over several items each.
+std::vector<SeqSpec> ManySeqs(uint64_t seed, int n) {
+  std::mt19937_64 rng(seed);
+  std::vector<SeqSpec> seqs;
+  for (int i = 0; i < n; ++i) {
+    const int64_t ctx = std::uniform_int_distribution<int64_t>(1, 4000)(rng);
+    const int64_t tokens = i % 7 == 3 ? std::min<int64_t>(ctx, 1 + i % 5) : 1;
+    seqs.push_back({tokens, ctx});
+  }
+  return seqs;
 }
+
+const std::vector<SeqSpec> kMixedDecode = {{1, 1},   {1, 63},  {1, 64},  {1, 65},   {1, 1000},
+                                           {1, 777}, {1, 511}, {1, 513}, {1, 2049}, {1, 4097}};
+
+TEST_F(CudaMlaTest, DecodeMixedLengths128Heads) { CheckAbsorbed(*attention_, stream_, 128, 512, 64, 64, kMixedDecode); }
 
 TEST_F(CudaMlaTest, DecodeMixedLengths16Heads) {
   CheckAbsorbed(*attention_, stream_, 16, 512, 64, 64, kMixedDecode);
@@ -286,6 +321,14 @@ TEST_F(CudaMlaTest, LongContext64K) {
   CheckAbsorbed(*attention_, stream_, 2, 512, 64, 64, {{3, 65536}, {1, 40000}});
 }
 
+TEST_F(CudaMlaTest, ManySequences128Heads) {
+  CheckAbsorbed(*attention_, stream_, 128, 512, 64, 64, ManySeqs(FreshSeed(), 48));
+}
+
+TEST_F(CudaMlaTest, ManySequences16Heads) {
+  CheckAbsorbed(*attention_, stream_, 16, 512, 64, 16, ManySeqs(FreshSeed(), 96));
+}
+
 TEST_F(CudaMlaTest, GenericDims) {
   // The tiny test model (rank 64, rope 16, 8 heads) and odd dims: the generic kernel.
   CheckAbsorbed(*attention_, stream_, 8, 64, 16, 16, {{1, 1}, {1, 17}, {6, 6}, {4, 600}, {1, 1100}});
@@ -295,26 +338,34 @@ TEST_F(CudaMlaTest, GenericDims) {
 // A sequence's output is bitwise the same alone and in any batch, and the same
 // batch gives the same bits twice (also after another layout was planned).
 void CheckInvariance(MlaAttention& attention, cudaStream_t stream, int64_t heads) {
+  VariantScope restore;
   const uint64_t seed = FreshSeed();
-  printf("batch invariance heads=%lld seed=%llu\n", (long long)heads, (unsigned long long)seed);
-  const std::vector<SeqSpec> seqs = {{1, 5000}, {1, 70}, {4, 900}, {1, 1}, {1, 2500}, {9, 1300}, {1, 64}};
-  AbsorbedProblem batch = AbsorbedProblem::Make(heads, 512, 64, 64, seqs, seed);
-  const std::vector<uint16_t> first = Bits(batch.Run(attention, stream));
-  for (size_t i : {size_t{0}, size_t{2}, size_t{3}, size_t{5}}) {
-    AbsorbedProblem alone = batch.Only(i);
-    const std::vector<uint16_t> bits = Bits(alone.Run(attention, stream));
-    const SequenceSlice& s = batch.layout.seqs[i];
-    const int64_t width = heads * 512;
-    const bool equal = std::equal(bits.begin(), bits.end(), first.begin() + s.token_begin * width);
-    EXPECT_TRUE(equal) << "sequence " << i << " (" << s.num_tokens << " tokens, context " << s.context_len
-                       << ") differs alone and in the batch, seed " << seed;
+  std::vector<SeqSpec> seqs = {{1, 5000}, {1, 70}, {4, 900}, {1, 1}, {1, 2500}, {9, 1300}, {1, 64}};
+  for (int i = 0; i < 40; ++i) seqs.push_back({1, 1500 + 37 * i});  // enough items for persistent CTAs to loop
+  const AbsorbedProblem batch = AbsorbedProblem::Make(heads, 512, 64, 64, seqs, seed);
+  const AbsorbedProblem other = AbsorbedProblem::Make(heads, 512, 64, 64, {{1, 3333}, {9, 1300}, {2, 40}}, seed + 1);
+  std::vector<AbsorbedProblem> alone;
+  for (size_t i : {size_t{0}, size_t{2}, size_t{3}, size_t{5}}) alone.push_back(batch.Only(i));
+  for (int variant : kVariants) {
+    cuda::MlaSetVariant(variant);
+    printf("batch invariance v%d heads=%lld seed=%llu\n", variant, (long long)heads, (unsigned long long)seed);
+    const std::vector<uint16_t> first = Bits(batch.Run(attention, stream));
+    for (const AbsorbedProblem& a : alone) {
+      const std::vector<uint16_t> bits = Bits(a.Run(attention, stream));
+      const SequenceSlice& s = a.layout.seqs[0];
+      const auto it = std::find_if(batch.layout.seqs.begin(), batch.layout.seqs.end(),
+                                   [&](const SequenceSlice& b) { return b.block_table == s.block_table; });
+      ASSERT_NE(it, batch.layout.seqs.end());
+      const int64_t width = heads * 512;
+      const bool equal = std::equal(bits.begin(), bits.end(), first.begin() + it->token_begin * width);
+      EXPECT_TRUE(equal) << "variant " << variant << ": a sequence of " << s.num_tokens << " tokens, context "
+                         << s.context_len << ", differs alone and in the batch, seed " << seed;
+    }
+    // Another batch planned in between; then the first again: the same bits.
+    (void)other.Run(attention, stream);
+    const std::vector<uint16_t> again = Bits(batch.Run(attention, stream));
+    EXPECT_TRUE(again == first) << "variant " << variant << ": the same batch gave different bits, seed " << seed;
   }
-  // The same sequences in another order, with others around them.
-  std::vector<SeqSpec> reordered = {{1, 3333}, {9, 1300}, {2, 40}, {1, 5000}};
-  AbsorbedProblem other = AbsorbedProblem::Make(heads, 512, 64, 64, reordered, seed + 1);
-  (void)other.Run(attention, stream);
-  const std::vector<uint16_t> again = Bits(batch.Run(attention, stream));
-  EXPECT_TRUE(again == first) << "the same batch gave different bits, seed " << seed;
 }
 
 TEST_F(CudaMlaTest, BatchInvariance128Heads) { CheckInvariance(*attention_, stream_, 128); }
@@ -372,8 +423,8 @@ TEST_F(CudaMlaTest, RejectsBadArguments) {
 
 // ---------------------------------------------------------------- expanded
 
-void CheckExpanded(MlaAttention& attention, cudaStream_t stream, int64_t heads, int64_t nope, int64_t rope,
-                   int64_t dv, int64_t queries, int64_t keys) {
+void CheckExpanded(MlaAttention& attention, cudaStream_t stream, int64_t heads, int64_t nope, int64_t rope, int64_t dv,
+                   int64_t queries, int64_t keys) {
   const uint64_t seed = FreshSeed();
   std::mt19937_64 rng(seed);
   std::vector<float> qn = Random(queries * heads * nope, rng), qr = Random(queries * heads * rope, rng);
@@ -388,9 +439,10 @@ void CheckExpanded(MlaAttention& attention, cudaStream_t stream, int64_t heads, 
   ASSERT_TRUE(st.ok()) << st;
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   Tensor ref = *Cpu().Empty(DType::kF32, {queries, heads, dv});
-  ASSERT_TRUE(Cpu().MlaExpandedAttention(CpuTensor(qn, {queries, heads, nope}), CpuTensor(qr, {queries, heads, rope}),
-                                         CpuTensor(kn, {keys, heads, nope}), CpuTensor(kr, {keys, rope}),
-                                         CpuTensor(v, {keys, heads, dv}), scale, &ref)
+  ASSERT_TRUE(Cpu()
+                  .MlaExpandedAttention(CpuTensor(qn, {queries, heads, nope}), CpuTensor(qr, {queries, heads, rope}),
+                                        CpuTensor(kn, {keys, heads, nope}), CpuTensor(kr, {keys, rope}),
+                                        CpuTensor(v, {keys, heads, dv}), scale, &ref)
                   .ok());
   const double err = RelErr(ToHost(out), std::vector<float>(ref.as<float>(), ref.as<float>() + ref.numel()));
   printf("expanded heads=%lld nope=%lld rope=%lld dv=%lld queries=%lld keys=%lld seed=%llu: rel err %.3e\n",

@@ -1,8 +1,9 @@
-#include "kernels/cuda/mla_decode.h"
-
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+
+#include "kernels/cuda/mla_decode.h"
 
 namespace mlaserve::cuda {
 namespace {
@@ -28,6 +29,10 @@ __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
 __device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
   const int bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+// Brings `bytes` (a multiple of 16) at p into L2, asynchronously.
+__device__ __forceinline__ void PrefetchL2(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void CpAsyncWaitAll() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
@@ -73,9 +78,7 @@ __device__ __forceinline__ float QuadSum(float v) {
 // rows of `kRowBytes`: chunks are XOR-swizzled within groups of 8 so that
 // ldmatrix over 8 consecutive rows of one chunk column hits 8 distinct bank
 // groups.
-__device__ __forceinline__ int SwizzledRow(int row, int chunk) {
-  return row * kRowBytes + ((chunk ^ (row & 7)) << 4);
-}
+__device__ __forceinline__ int SwizzledRow(int row, int chunk) { return row * kRowBytes + ((chunk ^ (row & 7)) << 4); }
 
 // ------------------------------------------------------------------ absorbed, tensor cores
 //
@@ -103,9 +106,13 @@ struct TileShape {
   static_assert(kPvTiles % 2 == 0, "");
 };
 
+// The per-row state and the work item a CTA is on. Persistent CTAs (grid smaller than
+// the item count) take items blockIdx.x, blockIdx.x + gridDim.x, ...; while the last
+// tile of an item is computed, the first cache tile of the next item is already loading
+// into the free stage, and its query tile is loaded as soon as the last Q K^T is done.
 template <int kMT, int kWM>
 __global__ void __launch_bounds__(kThreads, 1)
-    MlaAbsorbedTcKernel(const MlaWorkItem* __restrict__ items, const MlaAbsorbedParams p) {
+    MlaAbsorbedTcKernel(const MlaWorkItem* __restrict__ items, int num_items, const MlaAbsorbedParams p, int flags) {
   using S = TileShape<kMT, kWM>;
   constexpr int kWN = S::kWN, kRows = S::kRows;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -115,36 +122,38 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* const s_max = reinterpret_cast<float*>(s_p + S::kPBytes);
   float* const s_sum = s_max + kWN * kRows;
 
-  const MlaWorkItem item = items[blockIdx.x];
+  int idx = blockIdx.x;
+  if (idx >= num_items) return;
+  MlaWorkItem item = items[idx];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / kWN, wn = warp % kWN;
   const int g = lane >> 2, t4 = lane & 3;
   const float sl2 = p.softmax_scale * kLog2e;
 
   // Query tile: rows of q_latent ++ q_rope (padding rows zero-filled).
-  for (int i = tid; i < kRows * kRowChunks; i += kThreads) {
-    const int r = i / kRowChunks, c = i % kRowChunks;
-    const bool valid = r < item.num_rows;
-    const int64_t row = item.q_row + (valid ? r : 0);
-    const bf16* src = c < kRankChunks ? p.q_latent + row * kMlaRank + c * 8
-                                      : p.q_rope + row * kMlaRope + (c - kRankChunks) * 8;
-    CpAsync16(SmemAddr(s_q + SwizzledRow(r, c)), src, valid);
-  }
-
+  auto load_q = [&](const MlaWorkItem& it) {
+    for (int i = tid; i < kRows * kRowChunks; i += kThreads) {
+      const int r = i / kRowChunks, c = i % kRowChunks;
+      const bool valid = r < it.num_rows;
+      const int64_t row = it.q_row + (valid ? r : 0);
+      const bf16* src =
+          c < kRankChunks ? p.q_latent + row * kMlaRank + c * 8 : p.q_rope + row * kMlaRope + (c - kRankChunks) * 8;
+      CpAsync16(SmemAddr(s_q + SwizzledRow(r, c)), src, valid);
+    }
+  };
   // Cache rows of keys [key0, key0 + 64) through the block table; keys past the
   // split are zero-filled (their probabilities are 0, and 0 * garbage could be NaN).
-  const int num_tiles = (item.key_end - item.key_begin + kMlaTileKeys - 1) / kMlaTileKeys;
-  auto load_tile = [&](int tile) {
-    const int key0 = item.key_begin + tile * kMlaTileKeys;
-    const uint32_t dst = SmemAddr(s_k + (tile & 1) * S::kKBytes);
+  auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
+    const int key0 = it.key_begin + tile * kMlaTileKeys;
+    const uint32_t dst = SmemAddr(s_k + stage * S::kKBytes);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int r = (tid >> 3) + 32 * i;
       const int key = key0 + r;
-      const bool valid = key < item.key_end;
+      const bool valid = key < it.key_end;
       const bf16* src = p.cache;
       if (valid) {
-        const int block = p.block_tables[item.table + key / p.block_size];
+        const int block = p.block_tables[it.table + key / p.block_size];
         src = p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
       }
       const int c0 = tid & 7;
@@ -152,31 +161,60 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int j = 0; j < kRowChunks / 8; ++j) CpAsync16(dst_row + (j << 7), src + (c0 + 8 * j) * 8, valid);
     }
-    CpAsyncCommit();
   };
-  load_tile(0);  // (the same group as the query tile)
+  // L2 prefetch of the cache rows of the step after the next one (one bulk prefetch
+  // per row): the cp.async of the next step then mostly hits L2.
+  auto prefetch_tile = [&](const MlaWorkItem& it, int tile) {
+    const int key = it.key_begin + tile * kMlaTileKeys + tid;
+    if (key < it.key_end) {
+      const int block = p.block_tables[it.table + key / p.block_size];
+      PrefetchL2(
+          p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD,
+          kRowBytes);
+    }
+  };
+  auto prefetch_ahead = [&](const MlaWorkItem& it, int tile, int num_tiles, int next_idx) {
+    if (tid >= kMlaTileKeys) return;
+    if (tile + 2 < num_tiles) {
+      prefetch_tile(it, tile + 2);
+    } else if (next_idx < num_items) {
+      const MlaWorkItem next = items[next_idx];
+      const int k = tile + 2 - num_tiles;
+      if (next.key_begin + k * kMlaTileKeys < next.key_end) prefetch_tile(next, k);
+    }
+  };
+  load_q(item);
+  load_tile(item, 0, 0);
+  CpAsyncCommit();
 
   // Each thread's rows: (mt, h) -> row wm * 16 * kMT + mt * 16 + g + 8 * h, and the
   // keys each of them may see in this split (causal).
   int limit[kMT][2];
+  auto set_limits = [&](const MlaWorkItem& it) {
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = wm * 16 * kMT + mt * 16 + g + 8 * h;
-      limit[mt][h] = min(item.prefix + (item.seq_row + r) / p.heads + 1, item.key_end);
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 16 * kMT + mt * 16 + g + 8 * h;
+        limit[mt][h] = min(it.prefix + (it.seq_row + r) / p.heads + 1, it.key_end);
+      }
     }
-  }
+  };
+  set_limits(item);
+  int num_tiles = (item.key_end - item.key_begin + kMlaTileKeys - 1) / kMlaTileKeys;
 
   float o[kMT][S::kPvTiles][4];
   float m[kMT][2], l[kMT][2];
+  auto reset = [&]() {
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < S::kPvTiles; ++nt) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.0f;
-    m[mt][0] = m[mt][1] = -INFINITY;
-    l[mt][0] = l[mt][1] = 0.0f;
-  }
+      for (int nt = 0; nt < S::kPvTiles; ++nt) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.0f;
+      m[mt][0] = m[mt][1] = -INFINITY;
+      l[mt][0] = l[mt][1] = 0.0f;
+    }
+  };
+  reset();
 
   // Per-lane ldmatrix offsets. A operands (rows r of Q or P, 16-row tile): lane supplies
   // row (lane & 7) + 8 * ((lane >> 3) & 1) and chunk 2k + (lane >> 4).
@@ -188,11 +226,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t q_base = SmemAddr(s_q) + a_row * kRowBytes;
   const uint32_t p_base = SmemAddr(s_p) + a_row * 128;
 
-  for (int tile = 0; tile < num_tiles; ++tile) {
+  int tile = 0, stage = 0;
+  while (true) {
     CpAsyncWaitAll();
     __syncthreads();  // tile visible; every warp is done with the previous tile and with s_p
-    if (tile + 1 < num_tiles) load_tile(tile + 1);
-    const uint32_t k_base = SmemAddr(s_k + (tile & 1) * S::kKBytes);
+    const int next_idx = idx + gridDim.x;
+    const bool last = tile + 1 == num_tiles;
+    const bool has_next = last && next_idx < num_items;
+    MlaWorkItem next_item = item;
+    if (!last) {
+      load_tile(item, tile + 1, stage ^ 1);
+    } else if (has_next) {
+      next_item = items[next_idx];
+      load_tile(next_item, 0, stage ^ 1);
+    }
+    CpAsyncCommit();
+    if (flags & kMlaPrefetch) prefetch_ahead(item, tile, num_tiles, next_idx);
+    const uint32_t k_base = SmemAddr(s_k + stage * S::kKBytes);
 
     // ---- scores: S = Q K^T over 576 dims, rows x this warp's keys
     float s[kMT][S::kQkTiles][4];
@@ -264,6 +314,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     __syncthreads();
+    // Every warp is past its Q K^T: the next item's query tile may overwrite s_q.
+    if (has_next) {
+      load_q(next_item);
+      CpAsyncCommit();
+    }
 
     // ---- online softmax: new maxima (identical in every warp of the row group),
     // probabilities of this warp's keys into s_p, accumulators rescaled.
@@ -320,45 +375,657 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
-  }
 
-  // ---- epilogue: row sums across the quad and the warps of the row group
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float sum = QuadSum(l[mt][h]);
-      if (t4 == 0) s_sum[wn * kRows + wm * 16 * kMT + mt * 16 + g + 8 * h] = sum;
+    stage ^= 1;
+    if (!last) {
+      ++tile;
+      continue;
     }
-  }
-  __syncthreads();
+
+    // ---- epilogue: row sums across the quad and the warps of the row group
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float sum = QuadSum(l[mt][h]);
+        if (t4 == 0) s_sum[wn * kRows + wm * 16 * kMT + mt * 16 + g + 8 * h] = sum;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 16 * kMT + mt * 16 + g + 8 * h;
+        if (r >= item.num_rows) continue;
+        float total = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWN; ++w) total += s_sum[w * kRows + r];
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+        const int col0 = wn * S::kColsPerWarp + 2 * t4;
+        if (item.partial < 0) {
+          bf16* dst = p.out + static_cast<int64_t>(item.q_row + r) * kMlaRank + col0;
+#pragma unroll
+          for (int nt = 0; nt < S::kPvTiles; ++nt) {
+            *reinterpret_cast<uint32_t*>(dst + nt * 8) = PackBf16(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
+          }
+        } else {
+          const int64_t prow = static_cast<int64_t>(item.partial) + r;
+          float* dst = p.partial_out + prow * kMlaRank + col0;
+#pragma unroll
+          for (int nt = 0; nt < S::kPvTiles; ++nt) {
+            *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
+          }
+          if (wn == 0 && t4 == 0) p.partial_lse[prow] = total > 0.0f ? m[mt][h] * sl2 + log2f(total) : -INFINITY;
+        }
+      }
+    }
+    if (!has_next) break;
+    item = next_item;
+    idx = next_idx;
+    tile = 0;
+    num_tiles = (item.key_end - item.key_begin + kMlaTileKeys - 1) / kMlaTileKeys;
+    set_limits(item);
+    reset();
+  }
+}
+
+// ------------------------------------------------------------------ absorbed, wgmma (64 rows)
+//
+// Two warpgroups share one 64-row query tile. Shared memory holds Q and the cache tiles
+// in the canonical 128-byte-swizzled layout of wgmma: slabs of 64 rows x 64 bf16 (8 KiB),
+// row r of a slab at r * 128 bytes with its 16-byte chunks XOR-permuted by r % 8. Per
+// tile of 64 keys, warpgroup w computes S = Q K^T for keys [32w, 32w + 32) (m64n32k16,
+// both operands from shared memory), the warpgroups exchange row maxima, write their
+// probabilities into one 64 x 64 slab, and warpgroup w accumulates output columns
+// [256w, 256w + 256) with P (shared, K-major) times V (the cache tile, MN-major).
+constexpr int kSlabBytes = 64 * 128;
+constexpr int kSlabs = kD / 64;  // 9
+constexpr int kWgTileBytes = kSlabs * kSlabBytes;
+constexpr int kWgSmemBytes = 1024 /* alignment */ + 3 * kWgTileBytes + kSlabBytes + 4 * 64 * 4;
+
+__device__ __forceinline__ int SlabOffset(int row, int chunk) {
+  return (chunk >> 3) * kSlabBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
+// byte offsets (K-major: LBO unused, SBO = 8-row group stride; MN-major: LBO = stride of
+// 64-element MN blocks, SBO = 8-row K group stride).
+__device__ __forceinline__ uint64_t SmemDesc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (uint64_t{1} << 62);
+}
+__device__ __forceinline__ uint64_t KMajorDesc(uint32_t addr) { return SmemDesc(addr, 16, 1024); }
+__device__ __forceinline__ uint64_t MnMajorDesc(uint32_t addr) { return SmemDesc(addr, kSlabBytes, 1024); }
+
+__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void FenceRegs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// D[64 x 32] += A * B, both from shared memory (descriptors), K-major.
+__device__ __forceinline__ void WgmmaQk(float (&d)[16], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+      "}, %16, %17, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+// D[64 x 256] += A * B, both from shared memory (descriptors), B MN-major.
+__device__ __forceinline__ void WgmmaPv(float (&d)[128], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),
+        "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]),
+        "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]),
+        "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]),
+        "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]),
+        "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),
+        "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]),
+        "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]),
+        "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+template <bool kOverlap>
+__global__ void __launch_bounds__(kThreads, 1)
+    MlaAbsorbedWgKernel(const MlaWorkItem* __restrict__ items, int num_items, const MlaAbsorbedParams p, int flags) {
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  // 1024-byte alignment: the swizzle pattern is taken from address bits 4-9.
+  uint8_t* const s_q = smem_raw + ((1024 - (SmemAddr(smem_raw) & 1023)) & 1023);
+  uint8_t* const s_k = s_q + kWgTileBytes;  // two stages
+  uint8_t* const s_p = s_k + 2 * kWgTileBytes;
+  float* const s_max = reinterpret_cast<float*>(s_p + kSlabBytes);  // [2][64]
+  float* const s_sum = s_max + 2 * 64;                              // [2][64]
+
+  int idx = blockIdx.x;
+  if (idx >= num_items) return;
+  MlaWorkItem item = items[idx];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, wq = warp & 3;
+  const int g = lane >> 2, t4 = lane & 3;
+  const float sl2 = p.softmax_scale * kLog2e;
+
+  auto load_q = [&](const MlaWorkItem& it) {
+    for (int i = tid; i < 64 * kRowChunks; i += kThreads) {
+      const int r = i / kRowChunks, c = i % kRowChunks;
+      const bool valid = r < it.num_rows;
+      const int64_t row = it.q_row + (valid ? r : 0);
+      const bf16* src =
+          c < kRankChunks ? p.q_latent + row * kMlaRank + c * 8 : p.q_rope + row * kMlaRope + (c - kRankChunks) * 8;
+      CpAsync16(SmemAddr(s_q + SlabOffset(r, c)), src, valid);
+    }
+  };
+  auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
+    const int key0 = it.key_begin + tile * kMlaTileKeys;
+    const uint32_t dst = SmemAddr(s_k + stage * kWgTileBytes);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = (tid >> 3) + 32 * i;
+      const int key = key0 + r;
+      const bool valid = key < it.key_end;
+      const bf16* src = p.cache;
+      if (valid) {
+        const int block = p.block_tables[it.table + key / p.block_size];
+        src = p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
+      }
+      const int c0 = tid & 7;
+      const uint32_t dst_row = dst + r * 128 + ((c0 ^ (r & 7)) << 4);
+#pragma unroll
+      for (int j = 0; j < kSlabs; ++j) CpAsync16(dst_row + j * kSlabBytes, src + (c0 + 8 * j) * 8, valid);
+    }
+  };
+  // L2 prefetch of the cache rows of the step after the next one (one bulk prefetch
+  // per row): the cp.async of the next step then mostly hits L2.
+  auto prefetch_tile = [&](const MlaWorkItem& it, int tile) {
+    const int key = it.key_begin + tile * kMlaTileKeys + tid;
+    if (key < it.key_end) {
+      const int block = p.block_tables[it.table + key / p.block_size];
+      PrefetchL2(
+          p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD,
+          kRowBytes);
+    }
+  };
+  auto prefetch_ahead = [&](const MlaWorkItem& it, int tile, int num_tiles, int next_idx) {
+    if (tid >= kMlaTileKeys) return;
+    if (tile + 2 < num_tiles) {
+      prefetch_tile(it, tile + 2);
+    } else if (next_idx < num_items) {
+      const MlaWorkItem next = items[next_idx];
+      const int k = tile + 2 - num_tiles;
+      if (next.key_begin + k * kMlaTileKeys < next.key_end) prefetch_tile(next, k);
+    }
+  };
+  load_q(item);
+  load_tile(item, 0, 0);
+  CpAsyncCommit();
+
+  // This thread's rows (both warpgroups hold all 64 rows): 16 wq + g and + 8.
+  const int row0 = 16 * wq + g;
+  int limit[2];
+  auto set_limits = [&](const MlaWorkItem& it) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) limit[h] = min(it.prefix + (it.seq_row + row0 + 8 * h) / p.heads + 1, it.key_end);
+  };
+  set_limits(item);
+  int num_tiles = (item.key_end - item.key_begin + kMlaTileKeys - 1) / kMlaTileKeys;
+
+  // Accumulator layouts (per warp, rows 16 wq..): element 4 n + 2 h + e is row g + 8 h,
+  // column 8 n + 2 t4 + e of the warpgroup's slice.
+  float o[128];
+  float m[2], l[2];
+  auto reset = [&]() {
+#pragma unroll
+    for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+  };
+  reset();
+  const uint32_t q_addr = SmemAddr(s_q), p_addr = SmemAddr(s_p);
+
+  int tile = 0, stage = 0;
+  while (true) {
+    CpAsyncWaitAll();
+    FenceProxyAsync();  // cp.async data (generic proxy) -> wgmma operand reads (async proxy)
+    __syncthreads();
+    const int next_idx = idx + gridDim.x;
+    const bool last = tile + 1 == num_tiles;
+    const bool has_next = last && next_idx < num_items;
+    constexpr bool overlap = kOverlap;
+    const MlaWorkItem next_item = has_next ? items[next_idx] : item;
+    auto load_next = [&]() {
+      if (!last) {
+        load_tile(item, tile + 1, stage ^ 1);
+      } else if (has_next) {
+        load_tile(next_item, 0, stage ^ 1);
+      }
+      CpAsyncCommit();
+    };
+    if constexpr (!overlap) load_next();
+    if (flags & kMlaPrefetch) prefetch_ahead(item, tile, num_tiles, next_idx);
+    const uint32_t k_addr = SmemAddr(s_k + stage * kWgTileBytes);
+
+    // ---- S = Q K^T, keys [32 wg, 32 wg + 32) of the tile
+    float s[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) s[i] = 0.0f;
+    FenceRegs(s);
+    WgmmaFence();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      const uint32_t off = (ks >> 2) * kSlabBytes + (ks & 3) * 32;
+      WgmmaQk(s, KMajorDesc(q_addr + off), KMajorDesc(k_addr + wg * 32 * 128 + off));
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();  // (with overlap, also the previous tile's P V)
+    FenceRegs(s);
+    FenceRegs(o);
+
+    const int key_base = item.key_begin + tile * kMlaTileKeys + 32 * wg + 2 * t4;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = wm * 16 * kMT + mt * 16 + g + 8 * h;
-      if (r >= item.num_rows) continue;
-      float total = 0.0f;
+      float mx = -INFINITY;
 #pragma unroll
-      for (int w = 0; w < kWN; ++w) total += s_sum[w * kRows + r];
+      for (int n = 0; n < 4; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[4 * n + 2 * h + e];
+          if (key_base + 8 * n + e >= limit[h]) v = -INFINITY;
+          mx = fmaxf(mx, v);
+        }
+      }
+      mx = QuadMax(mx);
+      if (t4 == 0) s_max[wg * 64 + row0 + 8 * h] = mx;
+    }
+    __syncthreads();
+    // Both warpgroups are past Q K^T (and, with overlap, past the previous P V, so the
+    // other stage is free).
+    if constexpr (overlap) load_next();
+    if (has_next) {
+      load_q(next_item);
+      CpAsyncCommit();
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + 8 * h;
+      const float m_new = fmaxf(m[h], fmaxf(s_max[r], s_max[64 + r]));
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float neg = -m_use * sl2;
+      const float alpha = exp2f(fmaf(m[h], sl2, neg));
+      m[h] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        const uint32_t packed =
+            PackBf16(exp2f(fmaf(s[4 * n + 2 * h], sl2, neg)), exp2f(fmaf(s[4 * n + 2 * h + 1], sl2, neg)));
+        const float2 rounded = UnpackBf16(packed);
+        sum += rounded.x + rounded.y;
+        const int chunk = 4 * wg + n;  // keys 32 wg + 8 n .. of the P slab row
+        *reinterpret_cast<uint32_t*>(s_p + r * 128 + ((chunk ^ (r & 7)) << 4) + 4 * t4) = packed;
+      }
+      l[h] = l[h] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+        o[4 * n + 2 * h] *= alpha;
+        o[4 * n + 2 * h + 1] *= alpha;
+      }
+    }
+    FenceProxyAsync();  // P stores -> wgmma reads
+    __syncthreads();
+
+    // ---- O[:, 256 wg ..] += P V: A = P (64 x 64, K-major), B = the tile's dims
+    // [256 wg, 256 wg + 256) (slabs 4 wg.. 4 wg + 3, MN-major), 16 keys per step.
+    FenceRegs(o);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kMlaTileKeys / 16; ++kk) {
+      WgmmaPv(o, KMajorDesc(p_addr + kk * 32), MnMajorDesc(k_addr + 4 * wg * kSlabBytes + kk * 16 * 128));
+    }
+    WgmmaCommit();
+    // With overlap, P V runs on while the next tile's data is awaited and its Q K^T
+    // issued (the loop goes back to the top without touching o).
+    if constexpr (!overlap) {
+      WgmmaWaitAll();
+      FenceRegs(o);
+    }
+    stage ^= 1;
+    if (!last) {
+      ++tile;
+      continue;
+    }
+    if constexpr (overlap) {
+      WgmmaWaitAll();
+      FenceRegs(o);
+    }
+
+    // ---- epilogue
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float sum = QuadSum(l[h]);
+      if (t4 == 0) s_sum[wg * 64 + row0 + 8 * h] = sum;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + 8 * h;
+      if (r >= item.num_rows) continue;
+      const float total = s_sum[r] + s_sum[64 + r];
       const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-      const int col0 = wn * S::kColsPerWarp + 2 * t4;
+      const int col0 = 256 * wg + 2 * t4;
       if (item.partial < 0) {
         bf16* dst = p.out + static_cast<int64_t>(item.q_row + r) * kMlaRank + col0;
 #pragma unroll
-        for (int nt = 0; nt < S::kPvTiles; ++nt) {
-          *reinterpret_cast<uint32_t*>(dst + nt * 8) = PackBf16(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<uint32_t*>(dst + 8 * n) = PackBf16(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
         }
       } else {
         const int64_t prow = static_cast<int64_t>(item.partial) + r;
         float* dst = p.partial_out + prow * kMlaRank + col0;
 #pragma unroll
-        for (int nt = 0; nt < S::kPvTiles; ++nt) {
-          *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<float2*>(dst + 8 * n) = make_float2(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
         }
-        if (wn == 0 && t4 == 0) p.partial_lse[prow] = total > 0.0f ? m[mt][h] * sl2 + log2f(total) : -INFINITY;
+        if (wg == 0 && t4 == 0) p.partial_lse[prow] = total > 0.0f ? m[h] * sl2 + log2f(total) : -INFINITY;
       }
     }
+    if (!has_next) break;
+    item = next_item;
+    idx = next_idx;
+    tile = 0;
+    num_tiles = (item.key_end - item.key_begin + kMlaTileKeys - 1) / kMlaTileKeys;
+    set_limits(item);
+    reset();
+  }
+}
+
+// D[64 x 64] += A * B, both from shared memory (descriptors), K-major.
+__device__ __forceinline__ void WgmmaQk64(float (&d)[32], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+// D[64 x 256] += A * B, A from registers (the m16n8k16 A layout per warp), B MN-major.
+__device__ __forceinline__ void WgmmaPvRegs(float (&d)[128], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),
+        "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]),
+        "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]),
+        "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]),
+        "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]),
+        "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),
+        "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]),
+        "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]),
+        "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+// ------------------------------------------------------------------ absorbed, wgmma, no exchange (64 rows)
+//
+// The same shared-memory layout, but each warpgroup computes the scores of all 64 keys
+// (m64n64k16, the Q K^T work done twice) and so holds whole rows: its softmax needs no
+// exchange with the other warpgroup, the probabilities stay in registers as the A
+// operand of P V (m64n256k16, A from registers), and one barrier per tile remains
+// (the stage release). Both warpgroups compute bitwise the same scores, maxima and
+// sums, so their column halves are normalized alike.
+constexpr int kWgSoloSmemBytes = 1024 /* alignment */ + 3 * kWgTileBytes;
+
+__global__ void __launch_bounds__(kThreads, 1)
+    MlaAbsorbedWgSoloKernel(const MlaWorkItem* __restrict__ items, int num_items, const MlaAbsorbedParams p) {
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  uint8_t* const s_q = smem_raw + ((1024 - (SmemAddr(smem_raw) & 1023)) & 1023);
+  uint8_t* const s_k = s_q + kWgTileBytes;  // two stages
+
+  int idx = blockIdx.x;
+  if (idx >= num_items) return;
+  MlaWorkItem item = items[idx];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, wq = warp & 3;
+  const int g = lane >> 2, t4 = lane & 3;
+  const float sl2 = p.softmax_scale * kLog2e;
+
+  auto load_q = [&](const MlaWorkItem& it) {
+    for (int i = tid; i < 64 * kRowChunks; i += kThreads) {
+      const int r = i / kRowChunks, c = i % kRowChunks;
+      const bool valid = r < it.num_rows;
+      const int64_t row = it.q_row + (valid ? r : 0);
+      const bf16* src =
+          c < kRankChunks ? p.q_latent + row * kMlaRank + c * 8 : p.q_rope + row * kMlaRope + (c - kRankChunks) * 8;
+      CpAsync16(SmemAddr(s_q + SlabOffset(r, c)), src, valid);
+    }
+  };
+  auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
+    const int key0 = it.key_begin + tile * kMlaTileKeys;
+    const uint32_t dst = SmemAddr(s_k + stage * kWgTileBytes);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = (tid >> 3) + 32 * i;
+      const int key = key0 + r;
+      const bool valid = key < it.key_end;
+      const bf16* src = p.cache;
+      if (valid) {
+        const int block = p.block_tables[it.table + key / p.block_size];
+        src = p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
+      }
+      const int c0 = tid & 7;
+      const uint32_t dst_row = dst + r * 128 + ((c0 ^ (r & 7)) << 4);
+#pragma unroll
+      for (int j = 0; j < kSlabs; ++j) CpAsync16(dst_row + j * kSlabBytes, src + (c0 + 8 * j) * 8, valid);
+    }
+  };
+  load_q(item);
+  load_tile(item, 0, 0);
+  CpAsyncCommit();
+
+  const int row0 = 16 * wq + g;
+  int limit[2];
+  auto set_limits = [&](const MlaWorkItem& it) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) limit[h] = min(it.prefix + (it.seq_row + row0 + 8 * h) / p.heads + 1, it.key_end);
+  };
+  set_limits(item);
+  int num_tiles = (item.key_end - item.key_begin + kMlaTileKeys - 1) / kMlaTileKeys;
+
+  float o[128];
+  float m[2], l[2];
+  auto reset = [&]() {
+#pragma unroll
+    for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+  };
+  reset();
+  const uint32_t q_addr = SmemAddr(s_q);
+
+  int tile = 0, stage = 0;
+  while (true) {
+    CpAsyncWaitAll();
+    FenceProxyAsync();
+    __syncthreads();  // the tile is in; both warpgroups are done with the other stage
+    const int next_idx = idx + gridDim.x;
+    const bool last = tile + 1 == num_tiles;
+    const bool has_next = last && next_idx < num_items;
+    const MlaWorkItem next_item = has_next ? items[next_idx] : item;
+    if (!last) {
+      load_tile(item, tile + 1, stage ^ 1);
+    } else if (has_next) {
+      load_tile(next_item, 0, stage ^ 1);
+    }
+    CpAsyncCommit();
+    const uint32_t k_addr = SmemAddr(s_k + stage * kWgTileBytes);
+
+    // ---- S = Q K^T for all 64 keys of the tile (element 4 n + 2 h + e: row g + 8 h, key 8 n + 2 t4 + e)
+    float s[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+    FenceRegs(s);
+    WgmmaFence();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      const uint32_t off = (ks >> 2) * kSlabBytes + (ks & 3) * 32;
+      WgmmaQk64(s, KMajorDesc(q_addr + off), KMajorDesc(k_addr + off));
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    FenceRegs(s);
+    if (has_next) {  // s_q is free once both warpgroups are past Q K^T
+      __syncthreads();
+      load_q(next_item);
+      CpAsyncCommit();
+    }
+
+    // ---- softmax over whole rows (the quad holds a row), P into A fragments
+    const int key_base = item.key_begin + tile * kMlaTileKeys + 2 * t4;
+    uint32_t pf[4][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[4 * n + 2 * h + e];
+          if (key_base + 8 * n + e >= limit[h]) v = -INFINITY;
+          mx = fmaxf(mx, v);
+        }
+      }
+      mx = QuadMax(mx);
+      const float m_new = fmaxf(m[h], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float neg = -m_use * sl2;
+      const float alpha = exp2f(fmaf(m[h], sl2, neg));
+      m[h] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const uint32_t packed =
+            PackBf16(exp2f(fmaf(s[4 * n + 2 * h], sl2, neg)), exp2f(fmaf(s[4 * n + 2 * h + 1], sl2, neg)));
+        const float2 rounded = UnpackBf16(packed);
+        sum += rounded.x + rounded.y;
+        // (row g + 8 h, keys 8 n + 2 t4 ..) -> k step n / 2, register (n & 1) * 2 + h
+        pf[n >> 1][(n & 1) * 2 + h] = packed;
+      }
+      l[h] = l[h] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+        o[4 * n + 2 * h] *= alpha;
+        o[4 * n + 2 * h + 1] *= alpha;
+      }
+    }
+
+    // ---- O[:, 256 wg ..] += P V
+    FenceRegs(o);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kMlaTileKeys / 16; ++kk) {
+      WgmmaPvRegs(o, pf[kk], MnMajorDesc(k_addr + 4 * wg * kSlabBytes + kk * 16 * 128));
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    FenceRegs(o);
+
+    stage ^= 1;
+    if (!last) {
+      ++tile;
+      continue;
+    }
+
+    // ---- epilogue: both warpgroups hold the same row sums
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + 8 * h;
+      const float total = QuadSum(l[h]);
+      if (r >= item.num_rows) continue;
+      const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+      const int col0 = 256 * wg + 2 * t4;
+      if (item.partial < 0) {
+        bf16* dst = p.out + static_cast<int64_t>(item.q_row + r) * kMlaRank + col0;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<uint32_t*>(dst + 8 * n) = PackBf16(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+        }
+      } else {
+        const int64_t prow = static_cast<int64_t>(item.partial) + r;
+        float* dst = p.partial_out + prow * kMlaRank + col0;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<float2*>(dst + 8 * n) = make_float2(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+        }
+        if (wg == 0 && t4 == 0) p.partial_lse[prow] = total > 0.0f ? m[h] * sl2 + log2f(total) : -INFINITY;
+      }
+    }
+    if (!has_next) break;
+    item = next_item;
+    idx = next_idx;
+    tile = 0;
+    num_tiles = (item.key_end - item.key_begin + kMlaTileKeys - 1) / kMlaTileKeys;
+    set_limits(item);
+    reset();
   }
 }
 
@@ -386,10 +1053,10 @@ __global__ void __launch_bounds__(kGenericThreads)
     MlaAbsorbedGenericKernel(const MlaWorkItem* __restrict__ items, const MlaAbsorbedParams p) {
   extern __shared__ __align__(128) uint8_t smem[];
   const int dims = p.rank + p.rope;
-  int64_t* const s_row = reinterpret_cast<int64_t*>(smem);                    // [kMlaGenericMaxKeys]
+  int64_t* const s_row = reinterpret_cast<int64_t*>(smem);                      // [kMlaGenericMaxKeys]
   float* const s_score = reinterpret_cast<float*>(s_row + kMlaGenericMaxKeys);  // [kMlaGenericMaxKeys]
-  float* const s_red = s_score + kMlaGenericMaxKeys;                           // [32]
-  float* const s_q = s_red + 32;                                               // [dims]
+  float* const s_red = s_score + kMlaGenericMaxKeys;                            // [32]
+  float* const s_q = s_red + 32;                                                // [dims]
 
   const MlaWorkItem item = items[blockIdx.x];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -404,7 +1071,8 @@ __global__ void __launch_bounds__(kGenericThreads)
   for (int j = warp; j < n; j += kGenericThreads / 32) {
     const int key = item.key_begin + j;
     const int block = p.block_tables[item.table + key / p.block_size];
-    const int64_t offset = ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * dims;
+    const int64_t offset =
+        ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * dims;
     const bf16* kv = p.cache + offset;
     float dot = 0.0f;
     for (int d = lane; d < dims; d += 32) dot += s_q[d] * __bfloat162float(kv[d]);
@@ -504,6 +1172,70 @@ __global__ void __launch_bounds__(kCombineThreads)
   }
 }
 
+// rank 512: one CTA per (tile, row); four groups of 128 threads (a float4 column each)
+// take splits g, g + 4, ... with several loads in flight, and the groups' sums are
+// added in group order (deterministic).
+constexpr int kCombine512Threads = 512;
+constexpr int kCombineGroups = kCombine512Threads / 128;
+
+__global__ void __launch_bounds__(kCombine512Threads)
+    MlaCombine512Kernel(const MlaCombineItem* __restrict__ items, const float* __restrict__ partial_out,
+                        const float* __restrict__ partial_lse, bf16* __restrict__ out) {
+  const MlaCombineItem item = items[blockIdx.x];
+  const int r = blockIdx.y;
+  if (r >= item.num_rows) return;
+  __shared__ float4 s_acc[kCombineGroups - 1][128];
+  __shared__ float s_wsum[kCombineGroups - 1];
+  __shared__ float s_red[kCombine512Threads / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int group = tid >> 7, col = tid & 127;
+  const int64_t base = item.partial + r;
+  const int64_t stride = item.num_rows;
+  float mx = -INFINITY;
+  for (int s = tid; s < item.num_splits; s += kCombine512Threads) mx = fmaxf(mx, partial_lse[base + s * stride]);
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, off));
+  if (lane == 0) s_red[warp] = mx;
+  __syncthreads();
+  mx = s_red[0];
+#pragma unroll
+  for (int w = 1; w < kCombine512Threads / 32; ++w) mx = fmaxf(mx, s_red[w]);
+
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  float wsum = 0.0f;
+#pragma unroll 4
+  for (int s = group; s < item.num_splits; s += kCombineGroups) {
+    const int64_t prow = base + s * stride;
+    const float w = exp2f(partial_lse[prow] - mx);
+    const float4 v = reinterpret_cast<const float4*>(partial_out + prow * kMlaRank)[col];
+    wsum += w;
+    acc.x += w * v.x;
+    acc.y += w * v.y;
+    acc.z += w * v.z;
+    acc.w += w * v.w;
+  }
+  if (group > 0) {
+    s_acc[group - 1][col] = acc;
+    if (col == 0) s_wsum[group - 1] = wsum;
+  }
+  __syncthreads();
+  if (group == 0) {
+#pragma unroll
+    for (int k = 0; k < kCombineGroups - 1; ++k) {
+      const float4 v = s_acc[k][col];
+      acc.x += v.x;
+      acc.y += v.y;
+      acc.z += v.z;
+      acc.w += v.w;
+      wsum += s_wsum[k];
+    }
+    const float inv = 1.0f / wsum;
+    uint2 packed;
+    packed.x = PackBf16(acc.x * inv, acc.y * inv);
+    packed.y = PackBf16(acc.z * inv, acc.w * inv);
+    reinterpret_cast<uint2*>(out + static_cast<int64_t>(item.q_row + r) * kMlaRank)[col] = packed;
+  }
+}
+
 // ------------------------------------------------------------------ expanded, tensor cores
 //
 // FlashAttention-2 style for one sequence: a CTA of 4 warps takes 64 queries of one
@@ -530,8 +1262,8 @@ __global__ void __launch_bounds__(kExpThreads) MlaExpandedTcKernel(const MlaExpa
   using S = ExpShape<kDqk, kDv>;
   extern __shared__ __align__(128) uint8_t smem[];
   uint8_t* const s_q = smem;
-  uint8_t* const s_k = smem + S::kQBytes;           // two stages
-  uint8_t* const s_v = s_k + 2 * S::kKBytes;        // two stages
+  uint8_t* const s_k = smem + S::kQBytes;     // two stages
+  uint8_t* const s_v = s_k + 2 * S::kKBytes;  // two stages
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3, lo = lane & 7;
   const int q0 = blockIdx.x * kExpRows, h = blockIdx.y;
@@ -544,7 +1276,8 @@ __global__ void __launch_bounds__(kExpThreads) MlaExpandedTcKernel(const MlaExpa
     const int r = i / kQkChunks, c = i % kQkChunks;
     const bool valid = q0 + r < T;
     const int64_t row = static_cast<int64_t>(valid ? q0 + r : q0) * H + h;
-    const bf16* src = c < nope_chunks ? p.q_nope + row * p.nope + c * 8 : p.q_rope + row * p.rope + (c - nope_chunks) * 8;
+    const bf16* src =
+        c < nope_chunks ? p.q_nope + row * p.nope + c * 8 : p.q_rope + row * p.rope + (c - nope_chunks) * 8;
     CpAsync16(SmemAddr(s_q + r * S::kQStride + c * 16), src, valid);
   }
   const int last_pos = num_keys - T + min(q0 + kExpRows - 1, T - 1);
@@ -628,7 +1361,8 @@ __global__ void __launch_bounds__(kExpThreads) MlaExpandedTcKernel(const MlaExpa
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < kExpKeys / 8; ++nt) {
-        const uint32_t packed = PackBf16(exp2f(fmaf(s[nt][2 * hh], sl2, neg)), exp2f(fmaf(s[nt][2 * hh + 1], sl2, neg)));
+        const uint32_t packed =
+            PackBf16(exp2f(fmaf(s[nt][2 * hh], sl2, neg)), exp2f(fmaf(s[nt][2 * hh + 1], sl2, neg)));
         const float2 rounded = UnpackBf16(packed);
         sum += rounded.x + rounded.y;
         // accumulator (row g + 8 hh, keys nt * 8 + 2 t4) -> A fragment of k step nt / 2
@@ -723,7 +1457,8 @@ __global__ void __launch_bounds__(kGenericThreads) MlaExpandedGenericKernel(cons
       const int d = tid + i * kGenericThreads;
       if (d >= p.dv) break;
       float acc = o[i] * alpha;
-      for (int j = 0; j < jn; ++j) acc += s_score[j] * __bfloat162float(p.v[((j0 + j) * static_cast<int64_t>(H) + h) * p.dv + d]);
+      for (int j = 0; j < jn; ++j)
+        acc += s_score[j] * __bfloat162float(p.v[((j0 + j) * static_cast<int64_t>(H) + h) * p.dv + d]);
       o[i] = acc;
     }
     __syncthreads();
@@ -747,13 +1482,52 @@ cudaError_t AllowSmem(const void* kernel, int bytes, std::atomic<uint64_t>& done
   return err;
 }
 
+std::atomic<int> g_variant{kMlaDefaultVariant};
+
+// CTAs that fit on the device at once (one per SM), cached per device.
+int SmCount() {
+  static std::atomic<int> counts[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 132;
+  int n = counts[device & 63].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) n = 132;
+    counts[device & 63].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+int GridFor(int num_items) {
+  return (g_variant.load(std::memory_order_relaxed) & kMlaPersistent) ? std::min(num_items, SmCount()) : num_items;
+}
+
 template <int kMT, int kWM>
 cudaError_t LaunchTc(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params, cudaStream_t stream) {
   static std::atomic<uint64_t> done{0};
   constexpr int smem = TileShape<kMT, kWM>::kSmemBytes;
   cudaError_t err = AllowSmem(reinterpret_cast<const void*>(&MlaAbsorbedTcKernel<kMT, kWM>), smem, done);
   if (err != cudaSuccess) return err;
-  MlaAbsorbedTcKernel<kMT, kWM><<<num_items, kThreads, smem, stream>>>(items, params);
+  MlaAbsorbedTcKernel<kMT, kWM>
+      <<<GridFor(num_items), kThreads, smem, stream>>>(items, num_items, params, g_variant.load());
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchWgSolo(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params,
+                         cudaStream_t stream) {
+  static std::atomic<uint64_t> done{0};
+  cudaError_t err = AllowSmem(reinterpret_cast<const void*>(&MlaAbsorbedWgSoloKernel), kWgSoloSmemBytes, done);
+  if (err != cudaSuccess) return err;
+  MlaAbsorbedWgSoloKernel<<<GridFor(num_items), kThreads, kWgSoloSmemBytes, stream>>>(items, num_items, params);
+  return cudaGetLastError();
+}
+
+template <bool kOverlap>
+cudaError_t LaunchWg(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params, cudaStream_t stream) {
+  static std::atomic<uint64_t> done{0};
+  cudaError_t err = AllowSmem(reinterpret_cast<const void*>(&MlaAbsorbedWgKernel<kOverlap>), kWgSmemBytes, done);
+  if (err != cudaSuccess) return err;
+  MlaAbsorbedWgKernel<kOverlap>
+      <<<GridFor(num_items), kThreads, kWgSmemBytes, stream>>>(items, num_items, params, g_variant.load());
   return cudaGetLastError();
 }
 
@@ -779,6 +1553,11 @@ cudaError_t MlaAbsorbed(MlaTileKind kind, const MlaWorkItem* items, int num_item
       return LaunchTc<1, 1>(items, num_items, params, stream);
     case MlaTileKind::kRows64:
       if (params.rank != kMlaRank || params.rope != kMlaRope) return cudaErrorInvalidValue;
+      if (const int v = g_variant.load(std::memory_order_relaxed); v & kMlaWgmma) {
+        if (v & kMlaWgmmaSolo) return LaunchWgSolo(items, num_items, params, stream);
+        return (v & kMlaOverlap) ? LaunchWg<true>(items, num_items, params, stream)
+                                 : LaunchWg<false>(items, num_items, params, stream);
+      }
       return LaunchTc<2, 2>(items, num_items, params, stream);
     case MlaTileKind::kGeneric: {
       if (params.rank + params.rope > kMlaGenericMaxDims) return cudaErrorInvalidValue;
@@ -794,9 +1573,17 @@ cudaError_t MlaAbsorbed(MlaTileKind kind, const MlaWorkItem* items, int num_item
   return cudaErrorInvalidValue;
 }
 
-cudaError_t MlaCombine(const MlaCombineItem* items, int num_items, const float* partial_out, const float* partial_lse,
-                       int rank, __nv_bfloat16* out, cudaStream_t stream) {
+void MlaSetVariant(int flags) { g_variant.store(flags, std::memory_order_relaxed); }
+int MlaVariant() { return g_variant.load(std::memory_order_relaxed); }
+
+cudaError_t MlaCombine(const MlaCombineItem* items, int num_items, int max_rows, const float* partial_out,
+                       const float* partial_lse, int rank, __nv_bfloat16* out, cudaStream_t stream) {
   if (num_items == 0) return cudaSuccess;
+  if (rank == kMlaRank && max_rows <= 65535) {
+    MlaCombine512Kernel<<<dim3(num_items, max_rows), kCombine512Threads, 0, stream>>>(items, partial_out, partial_lse,
+                                                                                      out);
+    return cudaGetLastError();
+  }
   MlaCombineKernel<<<num_items, kCombineThreads, 0, stream>>>(items, partial_out, partial_lse, rank, out);
   return cudaGetLastError();
 }

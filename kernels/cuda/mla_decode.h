@@ -5,19 +5,22 @@
 // Absorbed form (the decode hot path): the rows of a sequence are its
 // (query token, head) pairs, row = token * heads + head, and a tile is up to
 // 16 or 64 consecutive rows of one sequence (or one row on the generic path).
-// Every CTA takes one work item: one tile against one split of the keys, a
-// fixed-size range of cache positions (the split size never depends on the
-// batch). A tile whose keys fit one split writes its rows to `out` directly;
-// otherwise each split writes normalized float32 partial rows and their
-// log2-sum-exp, and MlaCombine merges the splits of a tile in split order.
-// A row's result therefore depends only on its own sequence: bitwise the same
-// whatever else is in the batch.
+// A work item is one tile against one split of the keys, a fixed-size range of
+// cache positions (the split size never depends on the batch). A tile whose
+// keys fit one split writes its rows to `out` directly; otherwise each split
+// writes normalized float32 partial rows and their log2-sum-exp, and
+// MlaCombine merges the splits of a tile in split order. A row's result
+// therefore depends only on its own sequence: bitwise the same whatever else
+// is in the batch (and whichever CTA runs the item).
 //
 // The tensor-core path (kv_lora_rank 512, rope 64, as DeepSeek-V2/V3): the
 // query tile stays in shared memory, the cache rows of 64 keys are gathered
 // through the block table with cp.async (double-buffered) into shared memory
-// and read from there by all rows of the tile (mma.sync m16n8k16 bf16 for
-// Q K^T and P V). Other dims take a simple generic kernel.
+// and read from there by all rows of the tile. 16-row tiles (up to 16 heads,
+// the memory-bound case) run on mma.sync m16n8k16 with ldmatrix; 64-row tiles
+// on wgmma (two warpgroups splitting the keys of Q K^T and the columns of
+// P V). By default the grid is persistent (one CTA per SM looping over work
+// items). Other dims take a simple generic kernel.
 #ifndef MLASERVE_KERNELS_CUDA_MLA_DECODE_H_
 #define MLASERVE_KERNELS_CUDA_MLA_DECODE_H_
 
@@ -54,8 +57,8 @@ struct MlaWorkItem {
   int32_t prefix;     // context_len - num_tokens: row r of the sequence sees keys [0, prefix + r / heads]
   int32_t key_begin;  // this split's keys are [key_begin, key_end)
   int32_t key_end;
-  int32_t table;      // offset of the sequence's block table in the block-table array
-  int32_t partial;    // -1: write out; else partial row of the tile's row 0 in this split
+  int32_t table;    // offset of the sequence's block table in the block-table array
+  int32_t partial;  // -1: write out; else partial row of the tile's row 0 in this split
 };
 
 // One tile whose splits MlaCombine merges: split s of row r is partial row
@@ -88,9 +91,27 @@ struct MlaAbsorbedParams {
 cudaError_t MlaAbsorbed(MlaTileKind kind, const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params,
                         cudaStream_t stream);
 
-// Merges the splits of `num_items` tiles into out (bf16).
-cudaError_t MlaCombine(const MlaCombineItem* items, int num_items, const float* partial_out, const float* partial_lse,
-                       int rank, __nv_bfloat16* out, cudaStream_t stream);
+// Merges the splits of `num_items` tiles (of at most `max_rows` rows) into out (bf16).
+cudaError_t MlaCombine(const MlaCombineItem* items, int num_items, int max_rows, const float* partial_out,
+                       const float* partial_lse, int rank, __nv_bfloat16* out, cudaStream_t stream);
+
+// Kernel variants, for A/B measurements (a process-wide setting; every variant
+// is batch invariant, but their bits differ): kMlaPersistent runs the split
+// kernels on at most one CTA per SM, each looping over work items and loading
+// the next item's first tile while finishing the current one; kMlaWgmma runs
+// 64-row tiles on wgmma instead of mma.sync; kMlaPrefetch prefetches the cache
+// rows of the step after the next into L2; kMlaOverlap (wgmma only) lets a
+// tile's P V run on while the next tile's Q K^T is issued; kMlaWgmmaSolo (with
+// kMlaWgmma) has each warpgroup compute the scores of whole rows, so that no
+// row maxima or probabilities cross between warpgroups (twice the Q K^T work).
+inline constexpr int kMlaPersistent = 1;
+inline constexpr int kMlaWgmma = 2;
+inline constexpr int kMlaPrefetch = 4;
+inline constexpr int kMlaOverlap = 8;
+inline constexpr int kMlaWgmmaSolo = 16;
+inline constexpr int kMlaDefaultVariant = kMlaPersistent | kMlaWgmma | kMlaOverlap;
+void MlaSetVariant(int flags);
+int MlaVariant();
 
 // Expanded form for one sequence: q_nope[T, H, nope], q_rope[T, H, rope]
 // against k_nope[S, H, nope], k_rope[S, rope], v[S, H, dv]; query t sits at
