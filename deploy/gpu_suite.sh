@@ -10,6 +10,7 @@ deploy/gpu_run.sh rms_norm_test cuda_ops_test \
   "decode_bench --device cuda --config tests/testdata/configs/deepseek-v2-lite.json --batch 1,16,64,256 --context 1024,4096 --csv $OUT/decode_v2_lite.csv" \
   "decode_bench --device cuda --config tests/testdata/configs/deepseek-v3.json --layers 4 --batch 1,16,64 --context 1024,4096 --csv $OUT/decode_v3_4layers.csv"
 status=$?
+export LD_LIBRARY_PATH="$PWD/.bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The serving stack on the GPU: tiny model, one CUDA worker.
 .bundle/bin/serve --model tests/testdata/tiny-deepseek-v3 --http_port 8000 --grpc_port 50051 --workers 1 \
   --worker_flags="--device=cuda" >"$OUT/serve.log" 2>&1 &
