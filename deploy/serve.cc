@@ -27,6 +27,7 @@ ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
 ABSL_FLAG(int, grpc_port, 50051, "coordinator gRPC port");
 ABSL_FLAG(int, workers, 1, "worker processes");
+ABSL_FLAG(std::string, worker_devices, "", "comma-separated --device of the workers, in turn (e.g. \"cuda:0,cuda:1\")");
 ABSL_FLAG(std::string, worker_flags, "", "space-separated flags for every worker (e.g. \"--memory_gb=4\")");
 ABSL_FLAG(int, tp, 0, "attention heads split this many ways per engine group (0: the planner's choice)");
 ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per engine group (0: the planner's choice)");
@@ -118,7 +119,13 @@ int main(int argc, char** argv) {
   for (absl::string_view flag : absl::StrSplit(absl::GetFlag(FLAGS_worker_flags), ' ', absl::SkipEmpty())) {
     worker_args.emplace_back(flag);
   }
-  for (int i = 0; i < absl::GetFlag(FLAGS_workers); ++i) children[Spawn(worker_args)] = absl::StrCat("worker ", i);
+  const std::vector<std::string> devices =
+      absl::StrSplit(absl::GetFlag(FLAGS_worker_devices), ',', absl::SkipEmpty());
+  for (int i = 0; i < absl::GetFlag(FLAGS_workers); ++i) {
+    std::vector<std::string> args = worker_args;
+    if (!devices.empty()) args.push_back("--device=" + devices[i % devices.size()]);
+    children[Spawn(args)] = absl::StrCat("worker ", i);
+  }
   int exit_code = 0;
   while (g_signal == 0) {
     int status = 0;
