@@ -217,8 +217,10 @@ EngineGroup* ServingEngine::MoveDestination(EngineGroup* from) {
 
 void ServingEngine::Move(EngineGroup* from, std::unique_ptr<Sequence> seq, BlockHold hold) {
   EngineGroup* to = nullptr;
+  const int64_t id = seq->id;
   {
     absl::MutexLock lock(&mu_);
+    moving_.insert(id);
     to = MoveDestination(from);
     // Without a decode group a prefill group finishes its own sequences.
     if (to == nullptr && from->role() == GroupRole::kPrefill && from->alive()) to = from;
@@ -226,6 +228,11 @@ void ServingEngine::Move(EngineGroup* from, std::unique_ptr<Sequence> seq, Block
   }
   if (to == nullptr) {
     from->Release(hold);
+    {
+      absl::MutexLock lock(&mu_);
+      moving_.erase(id);
+      cancelled_while_moving_.erase(id);
+    }
     from->Submit(std::move(seq));  // a draining group with nowhere to go: the loop ends it
     return;
   }
@@ -236,7 +243,14 @@ void ServingEngine::Move(EngineGroup* from, std::unique_ptr<Sequence> seq, Block
   } else {
     from->Release(hold);
   }
+  bool cancelled = false;
+  {
+    absl::MutexLock lock(&mu_);
+    moving_.erase(id);
+    cancelled = cancelled_while_moving_.erase(id) > 0;
+  }
   to->Submit(std::move(seq));
+  if (cancelled) to->Cancel(id);
 }
 
 absl::Status ServingEngine::DrainWorker(int32_t worker_id) {
@@ -320,6 +334,7 @@ absl::Status ServingEngine::Calibrate(int64_t bytes_per_block) {
 
 void ServingEngine::Cancel(int64_t request_id) {
   absl::MutexLock lock(&mu_);
+  if (moving_.count(request_id) > 0) cancelled_while_moving_.insert(request_id);
   auto it = request_group_.find(request_id);
   if (it != request_group_.end()) it->second->Cancel(request_id);
 }

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,10 @@ class ServingEngine final : public Engine {
   std::mt19937_64 seed_rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
   // Moves and drains under way, by source group: the destructor waits for them.
   std::map<const EngineGroup*, int> moves_ ABSL_GUARDED_BY(mu_);
+  // Requests between groups, and those of them cancelled on the way (the
+  // cancellation is applied once they arrive).
+  std::set<int64_t> moving_ ABSL_GUARDED_BY(mu_);
+  std::set<int64_t> cancelled_while_moving_ ABSL_GUARDED_BY(mu_);
   bool has_prefill_groups_ ABSL_GUARDED_BY(mu_) = false;
   int drains_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -78,6 +78,28 @@ TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
 
+// A client hanging up while its sequence moves from the prefill group to the
+// decode group (a slow transfer keeps it on the way) cancels it on arrival.
+TEST(MigrationTest, CancelledWhileMovingEndsOnArrival) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--roles=prefill:1,decode:1"},
+                                     {"--transfer_chunk_delay_ms=1500"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::mt19937 rng(std::random_device{}());
+  nlohmann::json body = Completion(RandomPrompt(rng, 150), 200);
+  body["stream"] = true;
+  // The first event carries the first token: prefill is done and the move began.
+  (*cluster)->PostStream("/v1/completions", body, [](const nlohmann::json&) { return false; });
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline && (*cluster)->Metric("mlaserve_requests_total", "outcome=\"abort\"") < 1) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ((*cluster)->Metric("mlaserve_requests_total", "outcome=\"abort\""), 1);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"disaggregation\""), 1);
+  EXPECT_LT((*cluster)->Metric("mlaserve_generation_tokens_total"), 10);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_num_requests_running"), 0);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
 // 50 concurrent requests; one group is drained in the middle (by the admin
 // RPC, or by SIGTERM to one of its workers): none is lost or altered.
 void DrainUnderLoad(bool by_signal) {
