@@ -80,6 +80,18 @@ __device__ __forceinline__ float QuadSum(float v) {
 // groups.
 __device__ __forceinline__ int SwizzledRow(int row, int chunk) { return row * kRowBytes + ((chunk ^ (row & 7)) << 4); }
 
+// The cache row of `key` of a sequence whose block table starts at `table`.
+__device__ __forceinline__ const bf16* CacheRow(const MlaAbsorbedParams& p, int table, int key) {
+  const int block = p.block_tables[table + key / p.block_size];
+  return p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
+}
+
+// 16-byte chunk `chunk` of query row `row`: q_latent's chunks, then q_rope's.
+__device__ __forceinline__ const bf16* QueryChunk(const MlaAbsorbedParams& p, int64_t row, int chunk) {
+  return chunk < kRankChunks ? p.q_latent + row * kMlaRank + chunk * 8
+                             : p.q_rope + row * kMlaRope + (chunk - kRankChunks) * 8;
+}
+
 // ------------------------------------------------------------------ absorbed, tensor cores
 //
 // A CTA of 8 warps holds kRows = 16 * kMT * kWM query rows. Warps form a kWM x kWN grid
@@ -136,8 +148,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int r = i / kRowChunks, c = i % kRowChunks;
       const bool valid = r < it.num_rows;
       const int64_t row = it.q_row + (valid ? r : 0);
-      const bf16* src =
-          c < kRankChunks ? p.q_latent + row * kMlaRank + c * 8 : p.q_rope + row * kMlaRope + (c - kRankChunks) * 8;
+      const bf16* src = QueryChunk(p, row, c);
       CpAsync16(SmemAddr(s_q + SwizzledRow(r, c)), src, valid);
     }
   };
@@ -151,11 +162,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int r = (tid >> 3) + 32 * i;
       const int key = key0 + r;
       const bool valid = key < it.key_end;
-      const bf16* src = p.cache;
-      if (valid) {
-        const int block = p.block_tables[it.table + key / p.block_size];
-        src = p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
-      }
+      const bf16* src = valid ? CacheRow(p, it.table, key) : p.cache;
       const int c0 = tid & 7;
       const uint32_t dst_row = dst + r * kRowBytes + (((c0 ^ (r & 7))) << 4);
 #pragma unroll
@@ -167,10 +174,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto prefetch_tile = [&](const MlaWorkItem& it, int tile) {
     const int key = it.key_begin + tile * kMlaTileKeys + tid;
     if (key < it.key_end) {
-      const int block = p.block_tables[it.table + key / p.block_size];
-      PrefetchL2(
-          p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD,
-          kRowBytes);
+      PrefetchL2(CacheRow(p, it.table, key), kRowBytes);
     }
   };
   auto prefetch_ahead = [&](const MlaWorkItem& it, int tile, int num_tiles, int next_idx) {
@@ -448,6 +452,37 @@ __device__ __forceinline__ int SlabOffset(int row, int chunk) {
   return (chunk >> 3) * kSlabBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
 }
 
+// The warpgroup kernels' loads (both kernels below share them), in 64-column
+// slabs with the 128-byte swizzle: a query tile of 64 rows (padding rows
+// zero-filled), and the cache rows of 64 keys into one stage (keys past the
+// split zero-filled: their probabilities are 0, and 0 * garbage could be NaN).
+__device__ __forceinline__ void WgLoadQuery(uint8_t* s_q, const MlaWorkItem& it, const MlaAbsorbedParams& p,
+                                            int tid) {
+  for (int i = tid; i < 64 * kRowChunks; i += kThreads) {
+    const int r = i / kRowChunks, c = i % kRowChunks;
+    const bool valid = r < it.num_rows;
+    const int64_t row = it.q_row + (valid ? r : 0);
+    CpAsync16(SmemAddr(s_q + SlabOffset(r, c)), QueryChunk(p, row, c), valid);
+  }
+}
+
+__device__ __forceinline__ void WgLoadTile(uint8_t* s_stage, const MlaWorkItem& it, int tile,
+                                           const MlaAbsorbedParams& p, int tid) {
+  const int key0 = it.key_begin + tile * kMlaTileKeys;
+  const uint32_t dst = SmemAddr(s_stage);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = (tid >> 3) + 32 * i;
+    const int key = key0 + r;
+    const bool valid = key < it.key_end;
+    const bf16* src = valid ? CacheRow(p, it.table, key) : p.cache;
+    const int c0 = tid & 7;
+    const uint32_t dst_row = dst + r * 128 + ((c0 ^ (r & 7)) << 4);
+#pragma unroll
+    for (int j = 0; j < kSlabs; ++j) CpAsync16(dst_row + j * kSlabBytes, src + (c0 + 8 * j) * 8, valid);
+  }
+}
+
 // Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
 // byte offsets (K-major: LBO unused, SBO = 8-row group stride; MN-major: LBO = stride of
 // 64-element MN blocks, SBO = 8-row K group stride).
@@ -538,44 +573,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int g = lane >> 2, t4 = lane & 3;
   const float sl2 = p.softmax_scale * kLog2e;
 
-  auto load_q = [&](const MlaWorkItem& it) {
-    for (int i = tid; i < 64 * kRowChunks; i += kThreads) {
-      const int r = i / kRowChunks, c = i % kRowChunks;
-      const bool valid = r < it.num_rows;
-      const int64_t row = it.q_row + (valid ? r : 0);
-      const bf16* src =
-          c < kRankChunks ? p.q_latent + row * kMlaRank + c * 8 : p.q_rope + row * kMlaRope + (c - kRankChunks) * 8;
-      CpAsync16(SmemAddr(s_q + SlabOffset(r, c)), src, valid);
-    }
-  };
+  auto load_q = [&](const MlaWorkItem& it) { WgLoadQuery(s_q, it, p, tid); };
   auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
-    const int key0 = it.key_begin + tile * kMlaTileKeys;
-    const uint32_t dst = SmemAddr(s_k + stage * kWgTileBytes);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = (tid >> 3) + 32 * i;
-      const int key = key0 + r;
-      const bool valid = key < it.key_end;
-      const bf16* src = p.cache;
-      if (valid) {
-        const int block = p.block_tables[it.table + key / p.block_size];
-        src = p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
-      }
-      const int c0 = tid & 7;
-      const uint32_t dst_row = dst + r * 128 + ((c0 ^ (r & 7)) << 4);
-#pragma unroll
-      for (int j = 0; j < kSlabs; ++j) CpAsync16(dst_row + j * kSlabBytes, src + (c0 + 8 * j) * 8, valid);
-    }
+    WgLoadTile(s_k + stage * kWgTileBytes, it, tile, p, tid);
   };
   // L2 prefetch of the cache rows of the step after the next one (one bulk prefetch
   // per row): the cp.async of the next step then mostly hits L2.
   auto prefetch_tile = [&](const MlaWorkItem& it, int tile) {
     const int key = it.key_begin + tile * kMlaTileKeys + tid;
     if (key < it.key_end) {
-      const int block = p.block_tables[it.table + key / p.block_size];
-      PrefetchL2(
-          p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD,
-          kRowBytes);
+      PrefetchL2(CacheRow(p, it.table, key), kRowBytes);
     }
   };
   auto prefetch_ahead = [&](const MlaWorkItem& it, int tile, int num_tiles, int next_idx) {
@@ -849,34 +856,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int g = lane >> 2, t4 = lane & 3;
   const float sl2 = p.softmax_scale * kLog2e;
 
-  auto load_q = [&](const MlaWorkItem& it) {
-    for (int i = tid; i < 64 * kRowChunks; i += kThreads) {
-      const int r = i / kRowChunks, c = i % kRowChunks;
-      const bool valid = r < it.num_rows;
-      const int64_t row = it.q_row + (valid ? r : 0);
-      const bf16* src =
-          c < kRankChunks ? p.q_latent + row * kMlaRank + c * 8 : p.q_rope + row * kMlaRope + (c - kRankChunks) * 8;
-      CpAsync16(SmemAddr(s_q + SlabOffset(r, c)), src, valid);
-    }
-  };
+  auto load_q = [&](const MlaWorkItem& it) { WgLoadQuery(s_q, it, p, tid); };
   auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
-    const int key0 = it.key_begin + tile * kMlaTileKeys;
-    const uint32_t dst = SmemAddr(s_k + stage * kWgTileBytes);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = (tid >> 3) + 32 * i;
-      const int key = key0 + r;
-      const bool valid = key < it.key_end;
-      const bf16* src = p.cache;
-      if (valid) {
-        const int block = p.block_tables[it.table + key / p.block_size];
-        src = p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
-      }
-      const int c0 = tid & 7;
-      const uint32_t dst_row = dst + r * 128 + ((c0 ^ (r & 7)) << 4);
-#pragma unroll
-      for (int j = 0; j < kSlabs; ++j) CpAsync16(dst_row + j * kSlabBytes, src + (c0 + 8 * j) * 8, valid);
-    }
+    WgLoadTile(s_k + stage * kWgTileBytes, it, tile, p, tid);
   };
   load_q(item);
   load_tile(item, 0, 0);
