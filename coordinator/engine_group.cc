@@ -55,19 +55,7 @@ void EngineGroup::Submit(std::unique_ptr<Sequence> seq) {
   {
     absl::MutexLock lock(&mu_);
     if (failure_.ok() && !stopping_) {
-      // The replica holding the longest prefix of the prompt, the least
-      // loaded among equals.
-      int64_t best_cached = -1, best_load = 0;
-      for (size_t r = 0; r < replicas_.size(); ++r) {
-        Replica& replica = *replicas_[r];
-        const int64_t cached = replica.blocks.Match(seq->tokens, static_cast<int64_t>(seq->tokens.size()) - 1).num_tokens;
-        const int64_t load = replica.scheduler.num_running() + replica.scheduler.num_waiting();
-        if (cached > best_cached || (cached == best_cached && load < best_load)) {
-          seq->replica = static_cast<int>(r);
-          best_cached = cached;
-          best_load = load;
-        }
-      }
+      seq->replica = BestReplica(seq->tokens).replica;
       replicas_[seq->replica]->scheduler.Add(std::move(seq));
       wake_ = true;
       return;
@@ -101,13 +89,22 @@ bool EngineGroup::HasWorker(int32_t worker_id) const {
   return std::any_of(workers_.begin(), workers_.end(), [&](const WorkerInfo& w) { return w.id == worker_id; });
 }
 
-int64_t EngineGroup::CachedPrefixTokens(const std::vector<int32_t>& tokens) {
-  absl::MutexLock lock(&mu_);
-  int64_t best = 0;
-  for (const auto& replica : replicas_) {
-    best = std::max(best, replica->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1).num_tokens);
+EngineGroup::ReplicaMatch EngineGroup::BestReplica(const std::vector<int32_t>& tokens) {
+  ReplicaMatch best;
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    PrefixMatch m = replicas_[r]->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1);
+    const bool longer = m.num_tokens > best.match.num_tokens;
+    if (r == 0 || longer ||
+        (m.num_tokens == best.match.num_tokens && replicas_[r]->load() < replicas_[best.replica]->load())) {
+      best = {static_cast<int>(r), std::move(m)};
+    }
   }
   return best;
+}
+
+int64_t EngineGroup::CachedPrefixTokens(const std::vector<int32_t>& tokens) {
+  absl::MutexLock lock(&mu_);
+  return BestReplica(tokens).match.num_tokens;
 }
 
 int64_t EngineGroup::load() const {
@@ -117,7 +114,7 @@ int64_t EngineGroup::load() const {
 
 int64_t EngineGroup::Load() const {
   int64_t total = 0;
-  for (const auto& replica : replicas_) total += replica->scheduler.num_running() + replica->scheduler.num_waiting();
+  for (const auto& replica : replicas_) total += replica->load();
   return total;
 }
 
@@ -349,17 +346,10 @@ bool EngineGroup::drained() const {
 
 BlockHold EngineGroup::HoldPrefix(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  BlockHold best;
-  int64_t best_tokens = 0;
-  for (size_t r = 0; r < replicas_.size(); ++r) {
-    const PrefixMatch m = replicas_[r]->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1);
-    if (m.num_tokens > best_tokens) {
-      best = {static_cast<int>(r), m.blocks};
-      best_tokens = m.num_tokens;
-    }
-  }
-  if (!replicas_[best.replica]->blocks.Acquire(best.blocks).ok()) best.blocks.clear();
-  return best;
+  ReplicaMatch best = BestReplica(tokens);
+  BlockHold hold{best.replica, std::move(best.match.blocks)};
+  if (!replicas_[hold.replica]->blocks.Acquire(hold.blocks).ok()) hold.blocks.clear();
+  return hold;
 }
 
 absl::StatusOr<BlockHold> EngineGroup::Reserve(int64_t num_blocks) {
@@ -367,9 +357,7 @@ absl::StatusOr<BlockHold> EngineGroup::Reserve(int64_t num_blocks) {
   if (!failure_.ok() || stopping_ || draining_) return absl::UnavailableError("engine group cannot take KV now");
   int best = 0;
   for (size_t r = 1; r < replicas_.size(); ++r) {
-    const Scheduler& s = replicas_[r]->scheduler;
-    const Scheduler& b = replicas_[best]->scheduler;
-    if (s.num_running() + s.num_waiting() < b.num_running() + b.num_waiting()) best = static_cast<int>(r);
+    if (replicas_[r]->load() < replicas_[best]->load()) best = static_cast<int>(r);
   }
   ASSIGN_OR_RETURN(std::vector<int32_t> blocks, replicas_[best]->blocks.Allocate(num_blocks));
   PublishGauges();

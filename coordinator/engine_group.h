@@ -111,7 +111,15 @@ class EngineGroup {
         : blocks(num_blocks, block_size), scheduler(blocks, options) {}
     BlockManager blocks;
     Scheduler scheduler;
+    int64_t load() const { return scheduler.num_running() + scheduler.num_waiting(); }
   };
+  // The replica caching the longest prefix of `tokens` (whole blocks, at
+  // most all but the last token), the least loaded among equals.
+  struct ReplicaMatch {
+    int replica = 0;
+    PrefixMatch match;
+  };
+  ReplicaMatch BestReplica(const std::vector<int32_t>& tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A step: what each replica runs.
   using Step = std::vector<std::vector<ScheduledSequence>>;
 
