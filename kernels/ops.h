@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/rope_table.h"
+#include "kernels/sampler.h"
 #include "kernels/tensor.h"
 
 namespace mlaserve {
@@ -127,6 +128,16 @@ class Ops {
   virtual absl::Status MoeExperts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                                   const Tensor& gate_up, const Tensor& down, int64_t first_expert,
                                   Tensor* out) = 0;
+
+  // One token per row of `logits` [num_shards, rows, shard_vocab] (float32
+  // or the storage dtype): row r's logit of token v sits at [v / shard_vocab,
+  // r, v % shard_vocab], the vocabulary slices of tensor-parallel ranks side
+  // by side (one shard when unsharded); tokens at or past `vocab` are
+  // padding. Row r samples with params[r] and draw sample_indices[r] by the
+  // rule of kernels/sampler.h, so every backend picks the same tokens from
+  // the same logits. Only the tokens come back to the host.
+  virtual absl::Status SampleTokens(const Tensor& logits, int64_t vocab, absl::Span<const SamplerParams> params,
+                                    absl::Span<const int64_t> sample_indices, absl::Span<int32_t> tokens) = 0;
 };
 
 // The reference backend (always available).

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/status_macros.h"
 
 namespace mlaserve {
 
@@ -22,6 +23,24 @@ absl::Status CheckDType(absl::string_view op, absl::string_view operand, const T
   if (t.dtype == dtype) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(op, ": ", operand, " has dtype ", std::string(DTypeName(t.dtype)),
                                                  ", expected ", std::string(DTypeName(dtype))));
+}
+
+absl::Status CheckSampleArgs(const Tensor& logits, int64_t vocab, size_t num_params, size_t num_indices,
+                             size_t num_tokens) {
+  RETURN_IF_ERROR(CheckShape("SampleTokens", "logits", logits, {-1, -1, -1}));
+  const int64_t shards = logits.dim(0), rows = logits.dim(1), shard_vocab = logits.dim(2);
+  if (vocab <= 0 || vocab > shards * shard_vocab || vocab <= (shards - 1) * shard_vocab) {
+    return absl::InvalidArgumentError(absl::StrCat("SampleTokens: vocabulary of ", vocab, " in ", shards,
+                                                   " slices of ", shard_vocab));
+  }
+  for (size_t n : {num_params, num_indices, num_tokens}) {
+    if (static_cast<int64_t>(n) != rows) {
+      return absl::InvalidArgumentError(absl::StrCat("SampleTokens: ", rows, " rows but ", num_params,
+                                                     " parameter sets, ", num_indices, " draw indices and ",
+                                                     num_tokens, " token slots"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mlaserve

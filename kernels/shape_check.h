@@ -16,6 +16,10 @@ namespace mlaserve {
 absl::Status CheckShape(absl::string_view op, absl::string_view operand, const Tensor& t,
                         std::initializer_list<int64_t> dims);
 absl::Status CheckDType(absl::string_view op, absl::string_view operand, const Tensor& t, DType dtype);
+// Ops::SampleTokens' arguments: logits [shards, rows, shard_vocab] covering
+// `vocab` tokens, and one parameter set, draw index and token per row.
+absl::Status CheckSampleArgs(const Tensor& logits, int64_t vocab, size_t num_params, size_t num_indices,
+                             size_t num_tokens);
 
 }  // namespace mlaserve
 

@@ -132,10 +132,18 @@ absl::Status Run() {
         step.token_ids.push_back(static_cast<int32_t>((b * 7919) % c.vocab_size));
         step.logit_rows.push_back(b);
       }
-      RETURN_IF_ERROR(model->Forward(step, cache).status());  // warm-up
+      // A serving step: the forward pass, then greedy sampling where the logits are.
+      const std::vector<SamplerParams> greedy(batch);
+      std::vector<int64_t> draw_indices(batch);
+      std::vector<int32_t> sampled(batch);
+      auto decode_step = [&]() -> absl::Status {
+        ASSIGN_OR_RETURN(const Tensor logits, model->ForwardLogits(step, cache));
+        return ops->SampleTokens(logits, c.vocab_size, greedy, draw_indices, absl::MakeSpan(sampled));
+      };
+      RETURN_IF_ERROR(decode_step());  // warm-up
       const int steps = absl::GetFlag(FLAGS_steps);
       const auto start = std::chrono::steady_clock::now();
-      for (int s = 0; s < steps; ++s) RETURN_IF_ERROR(model->Forward(step, cache).status());
+      for (int s = 0; s < steps; ++s) RETURN_IF_ERROR(decode_step());
       const double step_s = Seconds(std::chrono::steady_clock::now() - start) / steps;
       const double roofline = batch / (StepBytes(c, batch, context, element_bytes) / bandwidth);
       const double tokens = batch / step_s;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
+#include "kernels/sampler.h"
 
 namespace mlaserve {
 
@@ -80,11 +81,22 @@ absl::StatusOr<Tensor> Model::LinearOf(const Tensor& x, const Tensor& w) {
 }
 
 absl::StatusOr<std::vector<float>> Model::Forward(const ForwardBatch& batch, KvCache& cache, AttentionForm form) {
+  ASSIGN_OR_RETURN(Tensor logits, ForwardLogits(batch, cache, form));
+  return LogitsToHost(logits);
+}
+
+absl::StatusOr<std::vector<float>> Model::LogitsToHost(const Tensor& logits) {
+  std::vector<float> sharded(logits.numel());
+  RETURN_IF_ERROR(ops_.Download(logits, absl::MakeSpan(sharded)));
+  return UnshardLogits(sharded, logits.dim(0), logits.dim(1), logits.dim(2), config_.vocab_size);
+}
+
+absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& cache, AttentionForm form) {
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
   const int64_t hidden = config_.hidden_size;
   if (num_tokens == 0 && batch.layout.seqs.empty() && shard_.plan.dp_attention > 1) {
     RETURN_IF_ERROR(IdleStep());
-    return std::vector<float>{};
+    return ops_.Empty(ops_.storage_dtype(), {shard_.plan.tp, 0, layout_.vocab_shard_rows});
   }
   if (num_tokens == 0 || batch.layout.num_tokens() != num_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("batch of ", num_tokens, " tokens but its layout covers ",
@@ -131,7 +143,7 @@ absl::StatusOr<Tensor> Model::Embed(const std::vector<int32_t>& token_ids) {
   return out;
 }
 
-absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& hidden, const std::vector<int64_t>& logit_rows) {
+absl::StatusOr<Tensor> Model::Logits(const Tensor& hidden, const std::vector<int64_t>& logit_rows) {
   const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
   std::vector<int32_t> rows;
   for (int64_t r : logit_rows) {
@@ -143,25 +155,11 @@ absl::StatusOr<std::vector<float>> Model::Logits(const Tensor& hidden, const std
   RETURN_IF_ERROR(ops_.Embedding(hidden, rows, &last));
   ASSIGN_OR_RETURN(Tensor shard_logits, LinearOf(last, weights_.lm_head));
   const int tp = shard_.plan.tp;
-  const int64_t vocab = config_.vocab_size, shard_rows = layout_.vocab_shard_rows;
-  Tensor all = shard_logits;
-  if (tp > 1) {
-    ASSIGN_OR_RETURN(all, ops_.Empty(shard_logits.dtype, {tp, num_rows, shard_rows}));
-    RETURN_IF_ERROR(ReadyForCollective(ops_, *shard_.attention));
-    RETURN_IF_ERROR(shard_.attention->AllGather(shard_logits.data, all.data, shard_logits.numel(), all.dtype));
-  }
-  std::vector<float> gathered(all.numel());
-  RETURN_IF_ERROR(ops_.Download(all, absl::MakeSpan(gathered)));
-  // [tp, rows, shard_rows] -> [rows, vocab], dropping the padding columns.
-  std::vector<float> logits(num_rows * vocab);
-  for (int p = 0; p < tp; ++p) {
-    const int64_t width = std::min(shard_rows, vocab - p * shard_rows);
-    for (int64_t r = 0; r < num_rows && width > 0; ++r) {
-      const float* src = gathered.data() + (p * num_rows + r) * shard_rows;
-      std::copy(src, src + width, logits.data() + r * vocab + p * shard_rows);
-    }
-  }
-  return logits;
+  if (tp == 1) return Reshape(shard_logits, {1, num_rows, layout_.vocab_shard_rows});
+  ASSIGN_OR_RETURN(Tensor all, ops_.Empty(shard_logits.dtype, {tp, num_rows, layout_.vocab_shard_rows}));
+  RETURN_IF_ERROR(ReadyForCollective(ops_, *shard_.attention));
+  RETURN_IF_ERROR(shard_.attention->AllGather(shard_logits.data, all.data, shard_logits.numel(), all.dtype));
+  return all;
 }
 
 absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, const Tensor& x,

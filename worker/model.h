@@ -63,10 +63,16 @@ class Model {
                                                            uint64_t seed);
 
   // Runs the batch, writing its latent KV into `cache`, and returns the logits
-  // of `batch.logit_rows` as float32 [rows, vocab]. With data-parallel
-  // attention a rank whose replica has no tokens this step still calls it
-  // with an empty batch: it takes part in the expert dispatch and returns no
-  // logits.
+  // of `batch.logit_rows` where they were computed, in Ops::SampleTokens'
+  // layout [tp, rows, vocab slice] (vocabulary slices of the head shards).
+  // With data-parallel attention a rank whose replica has no tokens this
+  // step still calls it with an empty batch: it takes part in the expert
+  // dispatch and returns no rows.
+  absl::StatusOr<Tensor> ForwardLogits(const ForwardBatch& batch, KvCache& cache,
+                                       AttentionForm form = AttentionForm::kAbsorbed);
+  // ForwardLogits' result as float32 [rows, vocab] on the host.
+  absl::StatusOr<std::vector<float>> LogitsToHost(const Tensor& logits);
+  // ForwardLogits then LogitsToHost.
   absl::StatusOr<std::vector<float>> Forward(const ForwardBatch& batch, KvCache& cache,
                                              AttentionForm form = AttentionForm::kAbsorbed);
 
@@ -88,7 +94,7 @@ class Model {
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
   absl::StatusOr<Tensor> Embed(const std::vector<int32_t>& token_ids);
-  absl::StatusOr<std::vector<float>> Logits(const Tensor& hidden, const std::vector<int64_t>& rows);
+  absl::StatusOr<Tensor> Logits(const Tensor& hidden, const std::vector<int64_t>& rows);
   absl::StatusOr<Tensor> FeedForward(const LayerWeights& w, const Tensor& x);
   absl::StatusOr<Tensor> RoutedExperts(const LayerWeights& w, const Tensor& x);
   // A step without tokens: only the expert dispatch of every MoE layer.

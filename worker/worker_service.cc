@@ -10,7 +10,7 @@
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "worker/block_io.h"
-#include "worker/sampler.h"
+#include "kernels/sampler.h"
 
 namespace mlaserve {
 namespace {
@@ -111,23 +111,41 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
     if (s.sample()) batch.logit_rows.push_back(slice.token_begin + slice.num_tokens - 1);
     batch.layout.seqs.push_back(std::move(slice));
   }
-  ASSIGN_OR_RETURN(std::vector<float> logits, model_->Forward(batch, *cache_));
-  const int64_t vocab = model_->config().vocab_size;
-  int64_t row = 0;
-  for (const internal::v1::StepSequence* sequence : mine) {
-    const internal::v1::StepSequence& s = *sequence;
-    if (!s.sample() || !samples) continue;
-    const SamplerParams params{.temperature = s.sampling().temperature(), .top_k = s.sampling().top_k(),
-                               .top_p = s.sampling().top_p(), .seed = s.sampling().seed()};
-    const absl::Span<const float> row_logits = absl::MakeConstSpan(logits).subspan(row * vocab, vocab);
-    const int32_t token = SampleToken(row_logits, params, s.sample_index());
-    response->add_sampled_token_ids(token);
-    internal::v1::TokenLogprobs* logprobs = response->add_logprobs();
-    if (s.logprobs()) FillLogprobs(row_logits, token, s.top_logprobs(), logprobs);
-    ++row;
-  }
+  ASSIGN_OR_RETURN(const Tensor logits, model_->ForwardLogits(batch, *cache_));
+  if (samples) RETURN_IF_ERROR(SampleRows(mine, logits, response));
   ++steps_;
   tokens_processed_ += static_cast<int64_t>(batch.token_ids.size());
+  return absl::OkStatus();
+}
+
+absl::Status WorkerService::SampleRows(const std::vector<const internal::v1::StepSequence*>& mine,
+                                       const Tensor& logits, internal::v1::StepResponse* response) {
+  std::vector<const internal::v1::StepSequence*> sampling;
+  std::vector<SamplerParams> params;
+  std::vector<int64_t> draw_indices;
+  bool logprobs = false;
+  for (const internal::v1::StepSequence* s : mine) {
+    if (!s->sample()) continue;
+    sampling.push_back(s);
+    params.push_back({.temperature = s->sampling().temperature(), .top_k = s->sampling().top_k(),
+                      .top_p = s->sampling().top_p(), .seed = s->sampling().seed()});
+    draw_indices.push_back(s->sample_index());
+    logprobs = logprobs || s->logprobs();
+  }
+  const int64_t vocab = model_->config().vocab_size;
+  std::vector<int32_t> tokens(sampling.size());
+  RETURN_IF_ERROR(ops_->SampleTokens(logits, vocab, params, draw_indices, absl::MakeSpan(tokens)));
+  std::vector<float> host_logits;
+  if (logprobs) {
+    ASSIGN_OR_RETURN(host_logits, model_->LogitsToHost(logits));
+  }
+  for (size_t row = 0; row < sampling.size(); ++row) {
+    response->add_sampled_token_ids(tokens[row]);
+    internal::v1::TokenLogprobs* out = response->add_logprobs();
+    if (!sampling[row]->logprobs()) continue;
+    FillLogprobs(absl::MakeConstSpan(host_logits).subspan(row * vocab, vocab), tokens[row],
+                 sampling[row]->top_logprobs(), out);
+  }
   return absl::OkStatus();
 }
 

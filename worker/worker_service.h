@@ -52,6 +52,11 @@ class WorkerService final : public internal::v1::Worker::Service {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Samples the next token of every sequence of `mine` that samples, in
+  // order, where the logits lie; logits come to the host only when some
+  // sequence asks for logprobs.
+  absl::Status SampleRows(const std::vector<const internal::v1::StepSequence*>& mine, const Tensor& logits,
+                          internal::v1::StepResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Pull(const internal::v1::PullBlocksRequest& request, int64_t* bytes);
   // SendBlocks (rank 0 of the link) or RecvBlocks (rank 1).
   absl::Status OverLink(const internal::v1::LinkBlocksRequest& request, bool send, int64_t* bytes);

@@ -450,6 +450,19 @@ class CpuOps final : public Ops {
     return absl::OkStatus();
   }
 
+  absl::Status SampleTokens(const Tensor& logits, int64_t vocab, absl::Span<const SamplerParams> params,
+                            absl::Span<const int64_t> sample_indices, absl::Span<int32_t> tokens) override {
+    RETURN_IF_ERROR(CheckSampleArgs(logits, vocab, params.size(), sample_indices.size(), tokens.size()));
+    RETURN_IF_ERROR(CheckDType("SampleTokens", "logits", logits, DType::kF32));
+    const int64_t rows = logits.dim(1);
+    const std::vector<float> unsharded =
+        UnshardLogits(absl::MakeConstSpan(logits.as<float>(), logits.numel()), logits.dim(0), rows, logits.dim(2), vocab);
+    for (int64_t r = 0; r < rows; ++r) {
+      tokens[r] = SampleToken(absl::MakeConstSpan(unsharded).subspan(r * vocab, vocab), params[r], sample_indices[r]);
+    }
+    return absl::OkStatus();
+  }
+
  private:
   static float* CacheRow(const Tensor& cache, int64_t layer, int64_t block, int64_t offset) {
     const int64_t layers = cache.dim(1), block_size = cache.dim(2), latent = cache.dim(3);

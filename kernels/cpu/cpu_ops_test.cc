@@ -50,6 +50,29 @@ TEST_F(CpuOpsTest, Linear) {
   EXPECT_EQ(ops_->Linear(x, w, &bad).code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(CpuOpsTest, SampleTokensReadsEachRowAcrossVocabularySlices) {
+  // 3 slices of 5 columns over a vocabulary of 13: the last two are padding
+  // set above every logit, which a wrong layout would sample.
+  const int64_t shards = 3, rows = 4, shard_vocab = 5, vocab = 13;
+  Tensor logits = Random({shards, rows, shard_vocab}, 2.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = vocab - 2 * shard_vocab; c < shard_vocab; ++c) logits.as<float>()[(2 * rows + r) * shard_vocab + c] = 1e4f;
+  }
+  const std::vector<SamplerParams> params = {{}, {.temperature = 1.0f, .seed = 1}, {.temperature = 0.5f, .top_k = 3, .seed = 2},
+                                             {.temperature = 2.0f, .top_p = 0.5f, .seed = 3}};
+  const std::vector<int64_t> draws = {0, 5, 6, 7};
+  std::vector<int32_t> tokens(rows, -1);
+  ASSERT_TRUE(ops_->SampleTokens(logits, vocab, params, draws, absl::MakeSpan(tokens)).ok());
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<float> row(vocab);
+    for (int64_t v = 0; v < vocab; ++v) row[v] = logits.as<float>()[((v / shard_vocab) * rows + r) * shard_vocab + v % shard_vocab];
+    EXPECT_EQ(tokens[r], SampleToken(row, params[r], draws[r])) << "row " << r;
+    EXPECT_LT(tokens[r], vocab);
+  }
+  EXPECT_FALSE(ops_->SampleTokens(logits, 16, params, draws, absl::MakeSpan(tokens)).ok());
+  EXPECT_FALSE(ops_->SampleTokens(logits, vocab, params, {0}, absl::MakeSpan(tokens)).ok());
+}
+
 TEST_F(CpuOpsTest, HeadLinear) {
   Tensor x = Random({5, 3, 8}), w = Random({3, 6, 8}), y = Make({5, 3, 6});
   ASSERT_TRUE(ops_->HeadLinear(x, w, &y).ok());

@@ -27,6 +27,7 @@
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/rms_norm.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/shape_check.h"
 
 namespace mlaserve {
@@ -801,6 +802,36 @@ class CudaOps final : public Ops {
                                           reinterpret_cast<const int32_t*>(meta + y_row_at),
                                           reinterpret_cast<const int32_t*>(meta + weight_at), rows, d, Bf16(*out),
                                           stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status SampleTokens(const Tensor& logits, int64_t vocab, absl::Span<const SamplerParams> params,
+                            absl::Span<const int64_t> sample_indices, absl::Span<int32_t> tokens) override {
+    RETURN_IF_ERROR(CheckCuda("SampleTokens", "logits", logits));
+    RETURN_IF_ERROR(CheckSampleArgs(logits, vocab, params.size(), sample_indices.size(), tokens.size()));
+    const int64_t rows = logits.dim(1);
+    if (rows == 0) return absl::OkStatus();
+    std::vector<cuda::SampleRow> rows_params(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      rows_params[r] = {.temperature = params[r].temperature, .top_k = params[r].top_k, .top_p = params[r].top_p,
+                        .seed = params[r].seed, .sample_index = static_cast<uint64_t>(sample_indices[r])};
+    }
+    DeviceScope scope(context_->device);
+    MetaPack pack;
+    const size_t params_at = pack.Add(rows_params);
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    ASSIGN_OR_RETURN(Tensor sampled, Empty(DType::kI32, {rows}));
+    const cuda::LogitsLayout layout{.shards = logits.dim(0), .rows = rows, .shard_vocab = logits.dim(2), .vocab = vocab};
+    const auto* rows_device = reinterpret_cast<const cuda::SampleRow*>(meta + params_at);
+    if (logits.dtype == DType::kF32) {
+      CUDA_RETURN_IF_ERROR(cuda::SampleTokens(logits.as<float>(), layout, rows_device, sampled.as<int32_t>(), stream()));
+    } else {
+      RETURN_IF_ERROR(CheckDType("SampleTokens", "logits", logits, DType::kBF16));
+      CUDA_RETURN_IF_ERROR(cuda::SampleTokens(Bf16(logits), layout, rows_device, sampled.as<int32_t>(), stream()));
+    }
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(tokens.data(), sampled.data, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream()));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
     return absl::OkStatus();
   }
 

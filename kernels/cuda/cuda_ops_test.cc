@@ -677,6 +677,10 @@ class Bf16StorageCpuOps final : public Ops {
                           const Tensor& gate_up, const Tensor& down, int64_t first_expert, Tensor* out) override {
     return Rounded(cpu_->MoeExperts(x, topk_ids, topk_weights, gate_up, down, first_expert, out), *out);
   }
+  absl::Status SampleTokens(const Tensor& logits, int64_t vocab, absl::Span<const SamplerParams> params,
+                            absl::Span<const int64_t> sample_indices, absl::Span<int32_t> tokens) override {
+    return cpu_->SampleTokens(logits, vocab, params, sample_indices, tokens);
+  }
 
  private:
   static absl::Status Rounded(absl::Status status, const Tensor& t) {

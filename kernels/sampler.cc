@@ -1,24 +1,17 @@
-#include "worker/sampler.h"
+#include "kernels/sampler.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <random>
 #include <vector>
+
+#include "kernels/random_normal.h"
 
 namespace mlaserve {
 namespace {
 
 int32_t Argmax(absl::Span<const float> logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
-
-// A uniform draw in [0, 1) determined by (seed, index) alone.
-double UniformDraw(uint64_t seed, int64_t index) {
-  std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
-                    static_cast<uint32_t>(index), static_cast<uint32_t>(static_cast<uint64_t>(index) >> 32)};
-  std::mt19937_64 rng(seq);
-  return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
 }
 
 // The ids of the k largest logits, largest first, ties to the lower id, so
@@ -37,32 +30,47 @@ std::vector<int32_t> TopIds(absl::Span<const float> logits, int64_t k) {
 }  // namespace
 
 int32_t SampleToken(absl::Span<const float> logits, const SamplerParams& params, int64_t sample_index) {
-  if (params.temperature <= 0.0f || params.top_k == 1) return Argmax(logits);
+  if (IsGreedy(params)) return Argmax(logits);
   const int64_t vocab = static_cast<int64_t>(logits.size());
   const int64_t k = params.top_k > 0 ? std::min<int64_t>(params.top_k, vocab) : vocab;
-  const std::vector<int32_t> order = TopIds(logits, k);
-  std::vector<double> probs(k);
-  const double max_logit = logits[order[0]];
-  double sum = 0.0;
-  for (int64_t i = 0; i < k; ++i) sum += probs[i] = std::exp((logits[order[i]] - max_logit) / params.temperature);
-  int64_t kept = k;
+  std::vector<int32_t> kept = TopIds(logits, k);
+  const double max_logit = logits[kept[0]];
+  auto mass = [&](int32_t id) { return std::exp((double{logits[id]} - max_logit) / double{params.temperature}); };
   if (params.top_p > 0.0f && params.top_p < 1.0f) {
+    double sum = 0.0;
+    for (int32_t id : kept) sum += mass(id);
+    const double target = double{params.top_p} * sum;
     double cumulative = 0.0;
-    for (int64_t i = 0; i < k; ++i) {
-      cumulative += probs[i] / sum;
-      if (cumulative >= params.top_p) {
-        kept = i + 1;
+    for (size_t i = 0; i < kept.size(); ++i) {
+      cumulative += mass(kept[i]);
+      if (cumulative >= target) {
+        kept.resize(i + 1);
         break;
       }
     }
   }
-  const double total = std::accumulate(probs.begin(), probs.begin() + kept, 0.0);
-  double target = UniformDraw(params.seed, sample_index) * total;
-  for (int64_t i = 0; i < kept; ++i) {
-    target -= probs[i];
-    if (target < 0) return order[i];
+  std::sort(kept.begin(), kept.end());
+  double total = 0.0;
+  for (int32_t id : kept) total += mass(id);
+  double target = RandomUniform(params.seed, static_cast<uint64_t>(sample_index)) * total;
+  for (int32_t id : kept) {
+    target -= mass(id);
+    if (target < 0) return id;
   }
-  return order[kept - 1];
+  return kept.back();
+}
+
+std::vector<float> UnshardLogits(absl::Span<const float> sharded, int64_t num_shards, int64_t rows,
+                                 int64_t shard_vocab, int64_t vocab) {
+  std::vector<float> logits(rows * vocab);
+  for (int64_t p = 0; p < num_shards; ++p) {
+    const int64_t width = std::min(shard_vocab, vocab - p * shard_vocab);
+    for (int64_t r = 0; r < rows && width > 0; ++r) {
+      const float* src = sharded.data() + (p * rows + r) * shard_vocab;
+      std::copy(src, src + width, logits.data() + r * vocab + p * shard_vocab);
+    }
+  }
+  return logits;
 }
 
 SampledLogprobs ComputeLogprobs(absl::Span<const float> logits, int32_t token, int32_t top_n) {

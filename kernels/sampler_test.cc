@@ -1,4 +1,4 @@
-#include "worker/sampler.h"
+#include "kernels/sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/random_normal.h"
 
 namespace mlaserve {
 namespace {
@@ -56,6 +57,25 @@ TEST(SamplerTest, FrequenciesFollowTheSoftmax) {
   for (int i = 0; i < n; ++i) counts[SampleToken(logits, {.temperature = 1.0f, .seed = 11}, i)]++;
   EXPECT_NEAR(counts[0] / double(n), std::exp(1.0) / z, 0.02);
   EXPECT_NEAR(counts[2] / double(n), std::exp(-1.0) / z, 0.02);
+}
+
+TEST(SamplerTest, TheDrawWalksTheKeptTokensInIdOrder) {
+  // Kept: ids 1, 2, 4 (rank order 2, 4, 1). A draw u picks the first id in
+  // id order whose cumulative mass exceeds u times their sum.
+  const std::vector<float> logits = {0.0f, 2.8f, 3.0f, -1.0f, 2.9f};
+  const double m1 = std::exp(-0.2), m2 = 1.0, m4 = std::exp(-0.1), total = m1 + m2 + m4;
+  const SamplerParams p{.temperature = 1.0f, .top_k = 3, .seed = 42};
+  for (int i = 0; i < 200; ++i) {
+    const double target = RandomUniform(p.seed, i) * total;
+    const int32_t expected = target < m1 ? 1 : target < m1 + m2 ? 2 : 4;
+    EXPECT_EQ(SampleToken(logits, p, i), expected) << "draw " << i;
+  }
+}
+
+TEST(SamplerTest, UnshardLogitsDropsThePadding) {
+  // 2 rows of a vocabulary of 5 in 2 slices of 3: [slice, row, column].
+  const std::vector<float> sharded = {0, 1, 2, 10, 11, 12, 3, 4, -1, 13, 14, -1};
+  EXPECT_EQ(UnshardLogits(sharded, 2, 2, 3, 5), (std::vector<float>{0, 1, 2, 3, 4, 10, 11, 12, 13, 14}));
 }
 
 TEST(LogprobsTest, MatchTheLogSoftmaxOfTheRawLogits) {
