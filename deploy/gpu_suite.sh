@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The single-GPU suite, run on the device machine from the repository root
-# after carrying .bundle.tar.gz (see deploy/gpu_run.sh): kernel tests, the MLA
-# decode benchmark, end-to-end decode throughput at V2-Lite and V3 shapes,
-# and the serving stack on the GPU driven by the bench client. Logs and CSVs
-# go to $OUT.
+# after carrying .bundle.tar.gz (see deploy/gpu_run.sh): kernel tests, the
+# serving acceptance tests on a CUDA worker (serving_gpu_test; it finds serve
+# beside itself and the fixture under tests/testdata), end-to-end decode
+# throughput at V2-Lite and V3 shapes, and the serving stack on the GPU driven
+# by the bench client. Logs and CSVs go to $OUT.
 set -uo pipefail
 # mla_attention_test and mla_decode_bench run on their own (see docs/perf.md): they take minutes.
-deploy/gpu_run.sh rms_norm_test cuda_ops_test \
+deploy/gpu_run.sh rms_norm_test cuda_ops_test sampling_test serving_gpu_test \
   "decode_bench --device cuda --config tests/testdata/configs/deepseek-v2-lite.json --batch 1,16,64,256 --context 1024,4096 --csv $OUT/decode_v2_lite.csv" \
   "decode_bench --device cuda --config tests/testdata/configs/deepseek-v3.json --layers 4 --batch 1,16,64 --context 1024,4096 --csv $OUT/decode_v3_4layers.csv"
 status=$?

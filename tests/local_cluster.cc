@@ -1,5 +1,6 @@
 #include "tests/local_cluster.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -7,9 +8,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
@@ -35,38 +41,140 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
+std::string TestDevice() {
+  const char* device = std::getenv("MLASERVE_TEST_DEVICE");
+  return device != nullptr && *device != '\0' ? device : "cpu";
+}
+
+// The lines the launcher, coordinator and workers print (all share the
+// launcher's stderr), kept to explain a failed start-up.
+class LauncherLog {
+ public:
+  void Add(std::string line) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // serve.cc reports a child's exit so; a worker that dies during start-up
+    // leaves the cluster unhealthy for good while the launcher keeps running.
+    if (absl::StartsWith(line, "serve: worker ") && absl::StrContains(line, " exited (")) worker_exited_ = true;
+    tail_.push_back(std::move(line));
+    if (tail_.size() > 20) tail_.pop_front();
+  }
+  bool worker_exited() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return worker_exited_;
+  }
+  std::string Tail() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return absl::StrCat("; the cluster's last lines:\n", absl::StrJoin(tail_, "\n"));
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::deque<std::string> tail_;
+  bool worker_exited_ = false;
+};
+
+namespace {
+
+// Copies what arrives on `fd` to our stderr, as before the pipe, and line by
+// line into `log`, until every writer has closed it.
+void Relay(int fd, std::shared_ptr<LauncherLog> log) {
+  char buffer[4096];
+  std::string pending;
+  for (;;) {
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    const ssize_t echoed = write(STDERR_FILENO, buffer, n);
+    (void)echoed;  // best effort: a lost echo loses no test result
+    pending.append(buffer, n);
+    for (size_t end; (end = pending.find('\n')) != std::string::npos; pending.erase(0, end + 1)) {
+      log->Add(pending.substr(0, end));
+    }
+  }
+  close(fd);
+}
+
+// The launcher: deploy/serve in Bazel's runfiles (a test's working directory),
+// else `serve` beside this binary (a device bundle's bin/, run without Bazel).
+absl::StatusOr<std::string> LauncherPath() {
+  if (std::filesystem::is_regular_file("deploy/serve")) return std::string("deploy/serve");
+  std::error_code error;
+  const std::filesystem::path beside = std::filesystem::read_symlink("/proc/self/exe", error).parent_path() / "serve";
+  if (!error && std::filesystem::is_regular_file(beside)) return beside.string();
+  return absl::NotFoundError(absl::StrCat("no launcher: neither deploy/serve (Bazel runfiles) nor ", beside.string()));
+}
+
+// `flags`, plus --device=TestDevice() unless they choose a device already.
+std::vector<std::string> WithTestDevice(std::vector<std::string> flags) {
+  for (const std::string& flag : flags) {
+    if (flag == "--device" || absl::StartsWith(flag, "--device=")) return flags;
+  }
+  flags.push_back("--device=" + TestDevice());
+  return flags;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::string& model_dir, int workers,
                                                                   const std::vector<std::string>& coordinator_flags,
                                                                   const std::vector<std::string>& worker_flags) {
+  absl::StatusOr<std::string> launcher = LauncherPath();
+  if (!launcher.ok()) return launcher.status();
   auto cluster = std::unique_ptr<LocalCluster>(new LocalCluster());
   cluster->http_port_ = FreePort();
   cluster->grpc_port_ = FreePort();
-  std::vector<std::string> args = {"deploy/serve",
+  std::vector<std::string> args = {*launcher,
                                    "--model=" + std::filesystem::absolute(model_dir).string(),
                                    absl::StrCat("--http_port=", cluster->http_port_),
                                    absl::StrCat("--grpc_port=", cluster->grpc_port_),
                                    absl::StrCat("--workers=", workers),
-                                   "--worker_flags=" + absl::StrJoin(worker_flags, " "),
+                                   "--worker_flags=" + absl::StrJoin(WithTestDevice(worker_flags), " "),
                                    "--"};
   args.insert(args.end(), coordinator_flags.begin(), coordinator_flags.end());
-  cluster->launcher_ = fork();
-  if (cluster->launcher_ == 0) {
+  if (absl::Status launched = cluster->Launch(std::move(args)); !launched.ok()) return launched;
+  if (absl::Status healthy = cluster->AwaitHealthy(absl::Seconds(120)); !healthy.ok()) return healthy;
+  return cluster;
+}
+
+absl::Status LocalCluster::Launch(std::vector<std::string> args) {
+  int pipe_fds[2];
+  // Close-on-exec, so that no other process started meanwhile holds the pipe open.
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe2");
+  launcher_ = fork();
+  if (launcher_ == 0) {
+    dup2(pipe_fds[1], STDERR_FILENO);
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     execv(argv[0], argv.data());
     _exit(127);
   }
-  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  const int fork_errno = errno;
+  close(pipe_fds[1]);
+  if (launcher_ < 0) {
+    close(pipe_fds[0]);
+    return absl::ErrnoToStatus(fork_errno, "fork");
+  }
+  log_ = std::make_shared<LauncherLog>();
+  // Detached: it ends when the last process of the cluster has exited, maybe after us.
+  std::thread(Relay, pipe_fds[0], log_).detach();
+  return absl::OkStatus();
+}
+
+absl::Status LocalCluster::AwaitHealthy(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
-    if (cluster->Get("/health").status == 200) return cluster;
-    if (waitpid(cluster->launcher_, nullptr, WNOHANG) == cluster->launcher_) {
-      cluster->launcher_ = -1;
-      return absl::InternalError("the cluster exited during start-up");
+    if (Get("/health").status == 200) return absl::OkStatus();
+    if (waitpid(launcher_, nullptr, WNOHANG) == launcher_) {
+      launcher_ = -1;
+      absl::SleepFor(absl::Milliseconds(200));  // lets the relay catch up with the last lines
+      return absl::InternalError(absl::StrCat("the cluster exited during start-up", log_->Tail()));
     }
+    if (log_->worker_exited()) return absl::InternalError(absl::StrCat("a worker exited during start-up", log_->Tail()));
     absl::SleepFor(absl::Milliseconds(100));
   }
-  return absl::DeadlineExceededError("the cluster did not become healthy within 120 s");
+  return absl::DeadlineExceededError(
+      absl::StrCat("the cluster did not become healthy within ", absl::FormatDuration(timeout), log_->Tail()));
 }
 
 LocalCluster::~LocalCluster() {
@@ -132,7 +240,8 @@ std::vector<pid_t> LocalCluster::WorkerPids() const {
     std::string pid, comm, state, ppid, command;
     if (!(stat >> pid >> comm >> state >> ppid) || ppid != absl::StrCat(launcher_) || state == "Z") continue;
     std::getline(cmdline, command, '\0');
-    if (absl::EndsWith(command, "worker/worker")) workers.push_back(std::stoi(pid));
+    // worker/worker in Bazel's runfiles, bin/worker in a device bundle.
+    if (std::filesystem::path(command).filename() == "worker") workers.push_back(std::stoi(pid));
   }
   std::sort(workers.begin(), workers.end());
   return workers;

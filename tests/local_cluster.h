@@ -1,6 +1,7 @@
-// Test harness: a real local cluster (the //:serve launcher, which starts a
-// coordinator and worker processes) on free loopback ports, plus small HTTP
-// and gRPC client helpers. The cluster is stopped (SIGTERM) on destruction.
+// Test harness: a real local cluster (the //deploy:serve launcher, which
+// starts a coordinator and worker processes) on free loopback ports, plus
+// small HTTP and gRPC client helpers. The cluster is stopped (SIGTERM) on
+// destruction.
 #ifndef MLASERVE_TESTS_LOCAL_CLUSTER_H_
 #define MLASERVE_TESTS_LOCAL_CLUSTER_H_
 
@@ -12,7 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "proto/mlaserve.grpc.pb.h"
 
@@ -30,10 +33,18 @@ struct StreamResult {
   bool done = false;                   // saw data: [DONE]
 };
 
+// The device the tests' workers run on: $MLASERVE_TEST_DEVICE (cpu, cuda or
+// cuda:N), "cpu" when unset.
+std::string TestDevice();
+
+class LauncherLog;  // what the cluster's processes print (local_cluster.cc)
+
 class LocalCluster {
  public:
   // Starts `workers` workers serving `model_dir`; extra flags go to the
-  // coordinator, `worker_flags` to every worker.
+  // coordinator, `worker_flags` to every worker. Workers run on TestDevice()
+  // unless `worker_flags` name a --device. Fails fast, with the cluster's last
+  // log lines, if the launcher or a worker exits before the cluster is healthy.
   static absl::StatusOr<std::unique_ptr<LocalCluster>> Start(const std::string& model_dir, int workers,
                                                              const std::vector<std::string>& coordinator_flags = {},
                                                              const std::vector<std::string>& worker_flags = {});
@@ -61,7 +72,11 @@ class LocalCluster {
 
  private:
   LocalCluster() = default;
+  // Forks the launcher with `args`, its stderr (and its children's) piped to `log_`.
+  absl::Status Launch(std::vector<std::string> args);
+  absl::Status AwaitHealthy(absl::Duration timeout);
   std::vector<pid_t> WorkerPids() const;
+  std::shared_ptr<LauncherLog> log_;
   pid_t launcher_ = -1;
   int http_port_ = 0;
   int grpc_port_ = 0;

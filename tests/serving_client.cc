@@ -17,6 +17,23 @@ std::vector<int32_t> Oracle::Greedy(const std::vector<int32_t>& prompt, int max_
   return *ModelRunner(*model_, cache_).GenerateGreedy(prompt, max_tokens);
 }
 
+::testing::AssertionResult Oracle::IsGreedy(const std::vector<int32_t>& prompt,
+                                            const std::vector<int32_t>& served) {
+  const std::vector<int32_t> expected = Greedy(prompt, static_cast<int>(served.size()));
+  const size_t parted = std::mismatch(served.begin(), served.end(), expected.begin()).first - served.begin();
+  if (parted == served.size()) return ::testing::AssertionSuccess();
+  std::vector<int32_t> context = prompt;
+  context.insert(context.end(), served.begin(), served.begin() + parted);
+  const std::vector<double> next = LogSoftmax(context).back();
+  const double gap = next[expected[parted]] - next[served[parted]];
+  if (gap <= GreedyTieTolerance()) {
+    return ::testing::AssertionSuccess() << "parts from the oracle at token " << parted << ", a near-tie of " << gap;
+  }
+  return ::testing::AssertionFailure() << "token " << parted << " is " << served[parted] << " where the oracle's "
+                                       << expected[parted] << " is more likely by " << gap << " in logprob (tolerance "
+                                       << GreedyTieTolerance() << ")";
+}
+
 std::vector<std::vector<double>> Oracle::LogSoftmax(const std::vector<int32_t>& ids) {
   const std::vector<float> logits = *ModelRunner(*model_, cache_).Score(ids);
   const size_t vocab = model_->config().vocab_size;
@@ -31,6 +48,10 @@ std::vector<std::vector<double>> Oracle::LogSoftmax(const std::vector<int32_t>& 
   }
   return rows;
 }
+
+double LogprobTolerance() { return TestDevice() == "cpu" ? kCpuLogprobTolerance : kBf16LogprobTolerance; }
+
+double GreedyTieTolerance() { return TestDevice() == "cpu" ? 0.0 : kBf16LogprobTolerance; }
 
 GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>& prompt, int max_tokens,
                         float temperature, std::optional<uint64_t> seed, int logprobs) {

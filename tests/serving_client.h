@@ -12,6 +12,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "gtest/gtest.h"
+
 #include "nlohmann/json.hpp"
 #include "tests/local_cluster.h"
 #include "worker/kv_cache.h"
@@ -19,13 +21,31 @@
 
 namespace mlaserve {
 
+// Relative to Bazel's runfiles, or to the repository root where a device bundle runs.
 inline constexpr char kTinyModelDir[] = "tests/testdata/tiny-deepseek-v3";
+
+// How far a served logprob may be from the oracle's float32 log_softmax. A CPU
+// worker computes what the oracle computes, summed in another order.
+inline constexpr double kCpuLogprobTolerance = 1e-4;
+// A CUDA worker keeps activations in bf16 (8 significant bits, up to 0.4% off
+// per rounding), which moves the tiny model's logprobs by hundredths.
+inline constexpr double kBf16LogprobTolerance = 0.1;
+// The tolerance for the workers' TestDevice().
+double LogprobTolerance();
+// How close the oracle's two best tokens must be for a served greedy
+// continuation to part from the oracle's there: exact ties only on a CPU;
+// on a GPU, gaps bf16 rounding can close (the logprob tolerance).
+double GreedyTieTolerance();
 
 // Greedy continuation computed in-process: what the cluster must return.
 class Oracle {
  public:
   Oracle();
   std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int max_tokens);
+  // Whether `served` is the greedy continuation of `prompt`: token for token,
+  // except that at a near-tie (the oracle's token beats the served one by at
+  // most GreedyTieTolerance() in log-probability) the two may part for good.
+  ::testing::AssertionResult IsGreedy(const std::vector<int32_t>& prompt, const std::vector<int32_t>& served);
   // log_softmax, in double, of the logits at every position of `ids`: a row per position.
   std::vector<std::vector<double>> LogSoftmax(const std::vector<int32_t>& ids);
 

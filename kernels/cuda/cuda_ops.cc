@@ -710,11 +710,11 @@ class CudaOps final : public Ops {
     return absl::OkStatus();
   }
 
-  // Expert GEMMs grouped per local expert: the (token, k) pairs routed to
-  // this shard's experts are sorted by expert on the host (the ids are
-  // downloaded: one stream sync per call), their rows gathered, then per
-  // expert gate_up GEMM, SiLU-gating over all rows, down GEMM, and a
-  // per-token weighted sum in k order (deterministic, no atomics).
+  // Expert GEMMs grouped per local expert, all on the device (kernels/cuda/moe.h):
+  // the pairs are grouped by expert, the gate_up GEMM gathers their tokens'
+  // rows, SiLU-gating, the down GEMM, then a per-token weighted sum in k
+  // order. Buffers are sized for every pair being local, so nothing about
+  // the routing comes back to the host.
   absl::Status MoeExperts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                           const Tensor& gate_up, const Tensor& down, int64_t first_expert, Tensor* out) override {
     RETURN_IF_ERROR(CheckShape("MoeExperts", "x", x, {-1, -1}));
@@ -732,76 +732,31 @@ class CudaOps final : public Ops {
     RETURN_IF_ERROR(CheckShape("MoeExperts", "down", down, {local_experts, d, inner}));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "topk_weights", topk_weights, {rows, top_k}));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "out", *out, {rows, d}));
+    if (d % 8 != 0 || inner % 8 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MoeExperts: hidden size ", d, " and expert size ", inner, " must be multiples of 8"));
+    }
     if (rows == 0 || d == 0) return absl::OkStatus();
     DeviceScope scope(context_->device);
-
-    std::vector<int32_t> ids(rows * top_k);
-    if (!ids.empty()) {
-      CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(ids.data(), topk_ids.data, topk_ids.num_bytes(), cudaMemcpyDeviceToHost, stream()));
-      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
-    }
-    // Pairs sorted by local expert, in (token, k) order within an expert.
-    std::vector<int64_t> expert_begin(local_experts + 1, 0);
-    for (int32_t id : ids) {
-      const int64_t e = int64_t{id} - first_expert;
-      if (e >= 0 && e < local_experts) ++expert_begin[e + 1];
-    }
-    std::partial_sum(expert_begin.begin(), expert_begin.end(), expert_begin.begin());
-    const int64_t pairs = expert_begin[local_experts];
-    std::vector<int64_t> cursor(expert_begin.begin(), expert_begin.end() - 1);
-    std::vector<int32_t> gather_token(pairs), pair_row(rows * top_k, -1);
-    for (int64_t t = 0; t < rows; ++t) {
-      for (int64_t k = 0; k < top_k; ++k) {
-        const int64_t e = int64_t{ids[t * top_k + k]} - first_expert;
-        if (e < 0 || e >= local_experts) continue;
-        const int64_t p = cursor[e]++;
-        gather_token[p] = static_cast<int32_t>(t);
-        pair_row[t * top_k + k] = static_cast<int32_t>(p);
-      }
-    }
-    // Per token, its pairs' rows and weight indices in k order.
-    std::vector<int32_t> token_begin{0}, y_row, weight_index;
-    for (int64_t t = 0; t < rows; ++t) {
-      for (int64_t k = 0; k < top_k; ++k) {
-        if (pair_row[t * top_k + k] < 0) continue;
-        y_row.push_back(pair_row[t * top_k + k]);
-        weight_index.push_back(static_cast<int32_t>(t * top_k + k));
-      }
-      token_begin.push_back(static_cast<int32_t>(y_row.size()));
-    }
-    MetaPack pack;
-    const size_t gather_at = pack.Add(gather_token), begin_at = pack.Add(token_begin);
-    const size_t y_row_at = pack.Add(y_row), weight_at = pack.Add(weight_index);
-    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
-
-    Tensor y;
-    if (pairs > 0) {
-      ASSIGN_OR_RETURN(Tensor xs, Empty(DType::kBF16, {pairs, d}));
-      ASSIGN_OR_RETURN(Tensor hidden, Empty(DType::kBF16, {pairs, 2 * inner}));
-      ASSIGN_OR_RETURN(Tensor act, Empty(DType::kBF16, {pairs, inner}));
-      ASSIGN_OR_RETURN(y, Empty(DType::kBF16, {pairs, d}));
-      CUDA_RETURN_IF_ERROR(cuda::GatherRows(x.data, reinterpret_cast<const int32_t*>(meta + gather_at), pairs,
-                                            d * 2, xs.data, stream()));
-      for (int64_t e = 0; e < local_experts; ++e) {
-        const int64_t begin = expert_begin[e], count = expert_begin[e + 1] - begin;
-        if (count == 0) continue;
-        RETURN_IF_ERROR(ExpertGemm(Bf16(gate_up) + e * 2 * inner * d, Bf16(xs) + begin * d,
-                                   Bf16(hidden) + begin * 2 * inner, 2 * inner, count, d));
-      }
-      CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(hidden), pairs, inner, Bf16(act), stream()));
-      for (int64_t e = 0; e < local_experts; ++e) {
-        const int64_t begin = expert_begin[e], count = expert_begin[e + 1] - begin;
-        if (count == 0) continue;
-        RETURN_IF_ERROR(ExpertGemm(Bf16(down) + e * d * inner, Bf16(act) + begin * inner, Bf16(y) + begin * d, d,
-                                   count, inner));
-      }
-    }
-    CUDA_RETURN_IF_ERROR(cuda::MoeCombine(Bf16(y), topk_weights.as<float>(),
-                                          reinterpret_cast<const int32_t*>(meta + begin_at),
-                                          reinterpret_cast<const int32_t*>(meta + y_row_at),
-                                          reinterpret_cast<const int32_t*>(meta + weight_at), rows, d, Bf16(*out),
-                                          stream()));
+    const int64_t max_pairs = rows * top_k, max_tiles = cuda::MaxExpertTiles(max_pairs, local_experts);
+    static_assert(sizeof(cuda::ExpertTile) == 4 * sizeof(int32_t));
+    ASSIGN_OR_RETURN(Tensor grouping, Empty(DType::kI32, {2 * max_pairs + 4 * max_tiles + 1}));
+    int32_t* pair_token = grouping.as<int32_t>();
+    int32_t* pair_of = pair_token + max_pairs;
+    auto* tiles = reinterpret_cast<cuda::ExpertTile*>(pair_of + max_pairs);
+    int32_t* num_tiles = pair_of + max_pairs + 4 * max_tiles;
+    CUDA_RETURN_IF_ERROR(cuda::MoeGroupPairs(topk_ids.as<int32_t>(), rows, top_k, first_expert, local_experts,
+                                             pair_token, pair_of, tiles, num_tiles, stream()));
+    ASSIGN_OR_RETURN(Tensor hidden, Empty(DType::kBF16, {max_pairs, 2 * inner}));
+    ASSIGN_OR_RETURN(Tensor act, Empty(DType::kBF16, {max_pairs, inner}));
+    ASSIGN_OR_RETURN(Tensor y, Empty(DType::kBF16, {max_pairs, d}));
+    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(gate_up), 2 * inner, d, Bf16(x), pair_token, tiles, num_tiles,
+                                                 max_tiles, Bf16(hidden), stream()));
+    CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(hidden), max_pairs, inner, Bf16(act), stream()));
+    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(down), d, inner, Bf16(act), nullptr, tiles, num_tiles,
+                                                 max_tiles, Bf16(y), stream()));
+    CUDA_RETURN_IF_ERROR(
+        cuda::MoeCombine(Bf16(y), topk_weights.as<float>(), pair_of, rows, top_k, d, Bf16(*out), stream()));
     return absl::OkStatus();
   }
 
@@ -857,14 +812,7 @@ class CudaOps final : public Ops {
     return f32;
   }
 
-  // y[count, m] = x[count, k] * w[m, k]^T for one expert (bf16 out).
-  absl::Status ExpertGemm(const bf16* w, const bf16* x, bf16* y, int64_t m, int64_t count, int64_t k) {
-    GemmShape s;
-    s.m = m, s.n = count, s.k = k;
-    s.lda = k, s.ldb = k, s.ldc = m;
-    s.align_a = Alignment(w, 0), s.align_b = Alignment(x, 0), s.align_c = Alignment(y, 0);
-    return Gemm(s, w, x, y);
-  }
+
 
   // Copies the packed metadata to the device (through pinned staging memory,
   // so the copy is asynchronous) and returns its device address. The device

@@ -314,7 +314,8 @@ TEST_F(CudaOpsTest, RopeBothLayoutsMatchCpu) {
 }
 
 TEST_F(CudaOpsTest, AddMatchesCpu) {
-  for (int64_t n : {1, 7 * 33, 513 * 1001}) {
+  // 513 * 1000 takes the 8-wide path, the others the scalar one.
+  for (int64_t n : {1, 7 * 33, 513 * 1000, 513 * 1001}) {
     std::vector<float> a = Normal(n), b = Normal(n);
     Tensor ga = Gpu(a, {n}), ca = Cpu(a, {n});
     ASSERT_OK(gpu_->Add(&ga, Gpu(b, {n})));
@@ -571,7 +572,7 @@ TEST_F(CudaOpsTest, TimingsForTheRecord) {
   // DeepSeek-V2-Lite-shaped routed experts: 64 experts, hidden 2048, inner 1408, top 6.
   const int64_t experts = 64, d = 2048, inner = 1408, top_k = 6;
   Tensor gu = random({experts, 2 * inner, d}, 0.02f), dn = random({experts, d, inner}, 0.02f);
-  for (int64_t rows : {1, 64, 512}) {
+  for (int64_t rows : {1, 16, 64, 512, 4096}) {
     std::vector<float> ids, weights;
     for (int64_t t = 0; t < rows; ++t) {
       std::vector<int32_t> e(experts);
@@ -585,8 +586,12 @@ TEST_F(CudaOpsTest, TimingsForTheRecord) {
     Tensor x = random({rows, d}, 1.0f), out = Poisoned({rows, d});
     Tensor g_ids = Gpu(ids, {rows, top_k}, DType::kI32), g_w = Gpu(weights, {rows, top_k}, DType::kF32);
     const double us = time_us([&] { return gpu_->MoeExperts(x, g_ids, g_w, gu, dn, 0, &out); });
+    std::vector<bool> touched(experts);
+    for (float id : ids) touched[static_cast<int64_t>(id)] = true;
+    const double weight_bytes = std::count(touched.begin(), touched.end(), true) * 3.0 * d * inner * 2;
     std::cout << "MoeExperts " << rows << " tokens x top " << top_k << " of " << experts << " (2048/1408): " << us
-              << " us" << std::endl;
+              << " us, expert weights at " << weight_bytes / us / 1e3 << " GB/s, "
+              << 2.0 * rows * top_k * 3 * d * inner / us / 1e6 << " TFLOP/s" << std::endl;
   }
 }
 

@@ -83,6 +83,23 @@ __global__ void AddKernel(T* a, const T* b, int64_t n) {
   }
 }
 
+// a += b for bf16, 8 values (16 bytes) per load: the same float32 sums and
+// roundings as AddKernel at full memory width.
+__global__ void AddBf16x8Kernel(__nv_bfloat16* a, const __nv_bfloat16* b, int64_t n8) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n8; i += int64_t{gridDim.x} * blockDim.x) {
+    uint4 va = reinterpret_cast<const uint4*>(a)[i];
+    const uint4 vb = reinterpret_cast<const uint4*>(b)[i];
+    __nv_bfloat162* pa = reinterpret_cast<__nv_bfloat162*>(&va);
+    const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&vb);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 x = __bfloat1622float2(pa[j]), y = __bfloat1622float2(pb[j]);
+      pa[j] = __floats2bfloat162_rn(x.x + y.x, x.y + y.y);
+    }
+    reinterpret_cast<uint4*>(a)[i] = va;
+  }
+}
+
 __global__ void SiluMulKernel(const __nv_bfloat16* x, int64_t rows, int64_t inner, __nv_bfloat16* out) {
   const int64_t n = rows * inner;
   for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n; idx += int64_t{gridDim.x} * blockDim.x) {
@@ -195,6 +212,11 @@ cudaError_t Rope(__nv_bfloat16* x, const int32_t* positions, const RopeParams& p
 
 cudaError_t Add(__nv_bfloat16* a, const __nv_bfloat16* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
+  const bool vectors = n % 8 == 0 && (reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) % 16 == 0;
+  if (vectors) {
+    AddBf16x8Kernel<<<GridFor(n / 8), kThreads, 0, stream>>>(a, b, n / 8);
+    return cudaGetLastError();
+  }
   AddKernel<<<GridFor(n), kThreads, 0, stream>>>(a, b, n);
   return cudaGetLastError();
 }

@@ -1,6 +1,9 @@
 #include "kernels/cuda/moe.h"
 
+#include <algorithm>
 #include <climits>
+
+#include "kernels/cuda/ptx.h"
 
 namespace mlaserve::cuda {
 namespace {
@@ -141,16 +144,177 @@ __global__ void __launch_bounds__(32) RouteKernel(const float* logits, const flo
   }
 }
 
-__global__ void CombineKernel(const __nv_bfloat16* y, const float* weights, const int32_t* offsets,
-                              const int32_t* y_row, const int32_t* weight_index, int64_t dim, __nv_bfloat16* out) {
+__global__ void CombineKernel(const __nv_bfloat16* y, const float* weights, const int32_t* pair_of, int64_t top_k,
+                              int64_t dim, __nv_bfloat16* out) {
   const int64_t t = blockIdx.x;
-  const int32_t begin = offsets[t], end = offsets[t + 1];
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
     float acc = 0.0f;
-    for (int32_t s = begin; s < end; ++s) {
-      acc += weights[weight_index[s]] * __bfloat162float(y[static_cast<int64_t>(y_row[s]) * dim + j]);
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int32_t pair = pair_of[t * top_k + k];
+      if (pair >= 0) acc += weights[t * top_k + k] * __bfloat162float(y[static_cast<int64_t>(pair) * dim + j]);
     }
     out[t * dim + j] = __float2bfloat16(acc);
+  }
+}
+
+// ------------------------------------------------------------------ pair grouping
+
+constexpr int kGroupThreads = 1024;
+
+// Shared memory: count[local_experts], begin[local_experts].
+__global__ void __launch_bounds__(kGroupThreads)
+    GroupPairsKernel(const int32_t* ids, int num_pairs, int top_k, int first_expert, int local_experts,
+                     int32_t* pair_token, int32_t* pair_of, ExpertTile* tiles, int32_t* num_tiles) {
+  extern __shared__ int32_t group_smem[];
+  int32_t* count = group_smem;
+  int32_t* begin = count + local_experts;
+  for (int e = threadIdx.x; e < local_experts; e += blockDim.x) count[e] = 0;
+  __syncthreads();
+  for (int j = threadIdx.x; j < num_pairs; j += blockDim.x) {
+    const int e = ids[j] - first_expert;
+    if (e >= 0 && e < local_experts) {
+      atomicAdd(&count[e], 1);  // a count: the order of the additions does not matter
+    } else {
+      pair_of[j] = -1;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int pairs = 0, n = 0;
+    for (int e = 0; e < local_experts; ++e) {
+      begin[e] = pairs;
+      for (int b = pairs; b < pairs + count[e]; b += kExpertTilePairs) {
+        tiles[n++] = ExpertTile{e, b, min(b + static_cast<int>(kExpertTilePairs), pairs + count[e]), 0};
+      }
+      pairs += count[e];
+    }
+    *num_tiles = n;
+  }
+  __syncthreads();
+  // A warp per expert lays out its pairs in (t, k) order, 32 pairs per ballot.
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int e = warp; e < local_experts; e += kGroupThreads / 32) {
+    int next = begin[e];
+    for (int base = 0; base < num_pairs; base += 32) {
+      const int j = base + lane;
+      const bool mine = j < num_pairs && ids[j] - first_expert == e;
+      const unsigned ballot = __ballot_sync(0xffffffff, mine);
+      if (mine) {
+        const int p = next + __popc(ballot & ((1u << lane) - 1));
+        pair_token[p] = j / top_k;
+        pair_of[j] = p;
+      }
+      next += __popc(ballot);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ grouped GEMM
+//
+// A CTA of 4 warps computes one tile's pairs (up to 32) against 128 rows of
+// its expert's weight, k in steps of 64 through a two-stage cp.async
+// pipeline. Warp w owns weight rows [32w, 32w + 32): two m16 tiles (weight
+// rows are the MMA's A) by four n8 tiles (pairs are its B). Shared rows are
+// 64 bf16 = 8 chunks of 16 bytes, XOR-swizzled by row so that ldmatrix over
+// 8 rows hits 8 bank groups.
+
+constexpr int kGemmThreads = 128;
+constexpr int kGemmRows = 128;  // weight rows per CTA
+constexpr int kGemmPairs = static_cast<int>(kExpertTilePairs);
+constexpr int kGemmK = 64;
+constexpr int kGemmRowBytes = kGemmK * 2;
+constexpr int kWeightTileBytes = kGemmRows * kGemmRowBytes;
+constexpr int kStageBytes = kWeightTileBytes + kGemmPairs * kGemmRowBytes;
+constexpr int kGemmSmemBytes = 2 * kStageBytes;
+static_assert(kGemmPairs == 32, "the warp layout covers 32 pairs");
+
+__device__ __forceinline__ uint32_t SwizzledChunk(int row, int chunk) {
+  return row * kGemmRowBytes + ((chunk ^ (row & 7)) << 4);
+}
+
+__global__ void __launch_bounds__(kGemmThreads)
+    GroupedGemmKernel(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x, const int32_t* x_rows,
+                      const ExpertTile* tiles, const int32_t* num_tiles, __nv_bfloat16* y) {
+  if (static_cast<int>(blockIdx.y) >= *num_tiles) return;
+  extern __shared__ __align__(128) char gemm_smem[];
+  const ExpertTile tile = tiles[blockIdx.y];
+  const int pairs = tile.pair_end - tile.pair_begin;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
+  const __nv_bfloat16* w_expert = w + static_cast<int64_t>(tile.expert) * n * k;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lo = lane & 7;
+
+  // This thread's two pair rows of every x tile (chunks tid and tid + 128).
+  const __nv_bfloat16* x_src[2];
+  bool x_valid[2];
+  for (int i = 0; i < 2; ++i) {
+    const int r = (threadIdx.x + i * kGemmThreads) / 8;
+    x_valid[i] = r < pairs;
+    const int64_t p = tile.pair_begin + (x_valid[i] ? r : 0);
+    x_src[i] = x + (x_rows != nullptr ? static_cast<int64_t>(x_rows[p]) : p) * k;
+  }
+  auto load = [&](int64_t kt, int stage) {
+    const uint32_t base = SmemAddr(gemm_smem + stage * kStageBytes);
+    const int64_t k0 = kt * kGemmK;
+    for (int c = threadIdx.x; c < kGemmRows * 8; c += kGemmThreads) {
+      const int r = c / 8, chunk = c % 8;
+      const int64_t kk = k0 + chunk * 8;
+      const bool valid = row0 + r < n && kk < k;
+      CpAsync16(base + SwizzledChunk(r, chunk), valid ? w_expert + (row0 + r) * k + kk : w_expert, valid);
+    }
+    for (int i = 0; i < 2; ++i) {
+      const int c = threadIdx.x + i * kGemmThreads, r = c / 8, chunk = c % 8;
+      const int64_t kk = k0 + chunk * 8;
+      const bool valid = x_valid[i] && kk < k;
+      CpAsync16(base + kWeightTileBytes + SwizzledChunk(r, chunk), valid ? x_src[i] + kk : x, valid);
+    }
+  };
+
+  float acc[2][4][4] = {};
+  const int64_t k_tiles = (k + kGemmK - 1) / kGemmK;
+  load(0, 0);
+  CpAsyncCommit();
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    if (kt + 1 < k_tiles) load(kt + 1, (kt + 1) & 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    const uint32_t w_base = SmemAddr(gemm_smem + (kt & 1) * kStageBytes);
+    const uint32_t x_base = w_base + kWeightTileBytes;
+#pragma unroll
+    for (int ks = 0; ks < kGemmK / 16; ++ks) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int r = warp * 32 + mt * 16 + lo + 8 * ((lane >> 3) & 1);
+        LdMatrixX4(w_base + SwizzledChunk(r, 2 * ks + (lane >> 4)), a[mt]);
+      }
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t b[4];
+        const int r = np * 16 + lo + 8 * (lane >> 4);
+        LdMatrixX4(x_base + SwizzledChunk(r, 2 * ks + ((lane >> 3) & 1)), b);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          Mma(acc[mt][2 * np], a[mt], b[0], b[1]);
+          Mma(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration's load overwrites this stage
+  }
+
+  // acc[mt][nt][i]: weight row 32w + 16mt + lane/4 (+8 for i >= 2), pair 8nt + 2(lane%4) + (i & 1).
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t r = row0 + warp * 32 + mt * 16 + lane / 4 + (i >= 2 ? 8 : 0);
+        const int pair = nt * 8 + 2 * (lane % 4) + (i & 1);
+        if (r < n && pair < pairs) y[(tile.pair_begin + pair) * n + r] = __float2bfloat16(acc[mt][nt][i]);
+      }
+    }
   }
 }
 
@@ -168,12 +332,39 @@ cudaError_t MoeRoute(const float* logits, const float* bias, const RouterParams&
   return cudaGetLastError();
 }
 
-cudaError_t MoeCombine(const __nv_bfloat16* y, const float* weights, const int32_t* offsets, const int32_t* y_row,
-                       const int32_t* weight_index, int64_t rows, int64_t dim, __nv_bfloat16* out,
-                       cudaStream_t stream) {
+int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts) {
+  return (max_pairs + kExpertTilePairs - 1) / kExpertTilePairs + std::min(max_pairs, local_experts);
+}
+
+cudaError_t MoeGroupPairs(const int32_t* ids, int64_t rows, int64_t top_k, int64_t first_expert,
+                          int64_t local_experts, int32_t* pair_token, int32_t* pair_of, ExpertTile* tiles,
+                          int32_t* num_tiles, cudaStream_t stream) {
+  if (local_experts <= 0 || local_experts > kMaxRouterExperts || rows * top_k > INT_MAX) return cudaErrorInvalidValue;
+  const size_t smem = 2 * sizeof(int32_t) * local_experts;
+  GroupPairsKernel<<<1, kGroupThreads, smem, stream>>>(ids, static_cast<int>(rows * top_k), static_cast<int>(top_k),
+                                                       static_cast<int>(first_expert), static_cast<int>(local_experts),
+                                                       pair_token, pair_of, tiles, num_tiles);
+  return cudaGetLastError();
+}
+
+cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
+                              const int32_t* x_rows, const ExpertTile* tiles, const int32_t* num_tiles,
+                              int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
+  if (max_tiles == 0 || n == 0) return cudaSuccess;
+  if (k % 8 != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
+  static const cudaError_t attribute = cudaFuncSetAttribute(
+      GroupedGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
+  if (attribute != cudaSuccess) return attribute;
+  const dim3 grid(static_cast<unsigned>((n + kGemmRows - 1) / kGemmRows), static_cast<unsigned>(max_tiles));
+  GroupedGemmKernel<<<grid, kGemmThreads, kGemmSmemBytes, stream>>>(w, n, k, x, x_rows, tiles, num_tiles, y);
+  return cudaGetLastError();
+}
+
+cudaError_t MoeCombine(const __nv_bfloat16* y, const float* weights, const int32_t* pair_of, int64_t rows,
+                       int64_t top_k, int64_t dim, __nv_bfloat16* out, cudaStream_t stream) {
   if (rows == 0 || dim == 0) return cudaSuccess;
-  CombineKernel<<<static_cast<unsigned>(rows), dim >= 256 ? 256 : 64, 0, stream>>>(y, weights, offsets, y_row,
-                                                                                   weight_index, dim, out);
+  CombineKernel<<<static_cast<unsigned>(rows), dim >= 256 ? 256 : 64, 0, stream>>>(y, weights, pair_of, top_k, dim,
+                                                                                   out);
   return cudaGetLastError();
 }
 

@@ -1,11 +1,13 @@
 // Mixture-of-experts kernels of the CUDA backend on raw device pointers: the
-// router (scores, group-limited selection, top-k, normalization) and the
-// weighted combine of expert outputs. The expert GEMMs themselves are cuBLAS
-// calls made by kernels/cuda/cuda_ops.cc, which sorts the (token, expert)
-// pairs by expert on the host.
+// router (scores, group-limited selection, top-k, normalization), the
+// grouping of (token, expert) pairs by expert, the grouped expert GEMMs and
+// the weighted combine of expert outputs. Everything stays on the device:
+// no routing decision comes back to the host, so an MoE layer costs no
+// stream synchronization and its launches do not depend on the routing.
 //
-// Both kernels handle one token per block (router: one warp) and read only
-// that token's inputs, so a token's result does not depend on its batch.
+// A token's result never depends on its batch: the router and the combine
+// read only that token's inputs, and the GEMM computes each output element
+// with the same k order in the same MMA shape wherever its row sits.
 #ifndef MLASERVE_KERNELS_CUDA_MOE_H_
 #define MLASERVE_KERNELS_CUDA_MOE_H_
 
@@ -41,12 +43,44 @@ constexpr int64_t kMaxRouterExperts = 4096;
 cudaError_t MoeRoute(const float* logits, const float* bias, const RouterParams& params, int32_t* ids,
                      float* weights, cudaStream_t stream);
 
-// out[t, :] = sum over j in [offsets[t], offsets[t + 1]) of
-// weights[weight_index[j]] * y[y_row[j], :], in float32 in that order (zero
-// for a token without entries); every row of out is written.
-cudaError_t MoeCombine(const __nv_bfloat16* y, const float* weights, const int32_t* offsets, const int32_t* y_row,
-                       const int32_t* weight_index, int64_t rows, int64_t dim, __nv_bfloat16* out,
-                       cudaStream_t stream);
+// A run of at most kExpertTilePairs consecutive pairs [pair_begin, pair_end)
+// routed to one local expert: the unit of work of the grouped GEMM.
+struct ExpertTile {
+  int32_t expert = 0;
+  int32_t pair_begin = 0;
+  int32_t pair_end = 0;
+  int32_t unused = 0;
+};
+constexpr int64_t kExpertTilePairs = 32;
+
+// The most tiles `max_pairs` pairs over `local_experts` experts can need.
+int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts);
+
+// Groups the pairs (t, k) of ids[rows, top_k] whose expert e = id -
+// first_expert is local (0 <= e < local_experts) by expert, in (t, k) order
+// within an expert: pair p's token is pair_token[p], pair_of[t * top_k + k]
+// is the pair of (t, k) (-1 when not local), and tiles[0, *num_tiles) cover
+// the pairs. pair_token and pair_of hold rows * top_k entries, tiles
+// MaxExpertTiles(rows * top_k, local_experts). One block: the grouping is
+// small next to the GEMMs it feeds.
+cudaError_t MoeGroupPairs(const int32_t* ids, int64_t rows, int64_t top_k, int64_t first_expert,
+                          int64_t local_experts, int32_t* pair_token, int32_t* pair_of, ExpertTile* tiles,
+                          int32_t* num_tiles, cudaStream_t stream);
+
+// For every pair p of tiles[0, *num_tiles): y[p, :] = x[row(p), :] w[e]^T,
+// e the tile's expert, w [experts, n, k], x rows of k values, row(p) =
+// x_rows[p] (a gather) or p when x_rows is null; y [pairs, n]. bf16 in and
+// out, float32 accumulation. k must be a multiple of 8 and the arrays
+// 16-byte aligned. Launches max_tiles tile rows; those past *num_tiles exit.
+cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
+                              const int32_t* x_rows, const ExpertTile* tiles, const int32_t* num_tiles,
+                              int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream);
+
+// out[t, :] = sum over k of weights[t, k] * y[pair_of[t, k], :], skipping
+// pairs of -1, in float32 in k order (zero for a token without local pairs);
+// every row of out is written.
+cudaError_t MoeCombine(const __nv_bfloat16* y, const float* weights, const int32_t* pair_of, int64_t rows,
+                       int64_t top_k, int64_t dim, __nv_bfloat16* out, cudaStream_t stream);
 
 }  // namespace mlaserve::cuda
 

@@ -36,7 +36,9 @@ struct ShardedLogits {
 // Normal logits with some values repeated (ties), padding set far above
 // every logit so that a kernel reading it would pick it.
 ShardedLogits RandomLogits(int64_t shards, int64_t rows, int64_t vocab, std::mt19937_64& rng) {
-  ShardedLogits l{.shards = shards, .rows = rows, .shard_vocab = (vocab + shards - 1) / shards + 3, .vocab = vocab};
+  // Unsharded rows get 3 padding columns; sharded ones the last slice's (as the LM head pads them).
+  const int64_t shard_vocab = shards == 1 ? vocab + 3 : (vocab + shards - 1) / shards;
+  ShardedLogits l{.shards = shards, .rows = rows, .shard_vocab = shard_vocab, .vocab = vocab};
   l.values.assign(shards * rows * l.shard_vocab, 1e4f);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   std::uniform_int_distribution<int64_t> token(0, vocab - 1);
@@ -100,7 +102,7 @@ class SamplingTest : public ::testing::Test {
 };
 
 TEST_F(SamplingTest, EveryRowPicksTheReferenceToken) {
-  for (int64_t vocab : {1, 7, 1000, 32000, 102400}) {
+  for (int64_t vocab : {1, 8, 1000, 32000, 102400}) {
     for (int64_t shards : {1, 3}) {
       if (shards > vocab) continue;
       for (DType dtype : {DType::kF32, DType::kBF16}) {
