@@ -738,7 +738,8 @@ class CudaOps final : public Ops {
     }
     if (rows == 0 || d == 0) return absl::OkStatus();
     DeviceScope scope(context_->device);
-    const int64_t max_pairs = rows * top_k, max_tiles = cuda::MaxExpertTiles(max_pairs, local_experts);
+    const int64_t max_pairs = rows * top_k, tile_pairs = cuda::ExpertTilePairs(max_pairs, local_experts);
+    const int64_t max_tiles = cuda::MaxExpertTiles(max_pairs, local_experts, tile_pairs);
     static_assert(sizeof(cuda::ExpertTile) == 4 * sizeof(int32_t));
     ASSIGN_OR_RETURN(Tensor grouping, Empty(DType::kI32, {2 * max_pairs + 4 * max_tiles + 1}));
     int32_t* pair_token = grouping.as<int32_t>();
@@ -746,15 +747,15 @@ class CudaOps final : public Ops {
     auto* tiles = reinterpret_cast<cuda::ExpertTile*>(pair_of + max_pairs);
     int32_t* num_tiles = pair_of + max_pairs + 4 * max_tiles;
     CUDA_RETURN_IF_ERROR(cuda::MoeGroupPairs(topk_ids.as<int32_t>(), rows, top_k, first_expert, local_experts,
-                                             pair_token, pair_of, tiles, num_tiles, stream()));
+                                             tile_pairs, pair_token, pair_of, tiles, num_tiles, stream()));
     ASSIGN_OR_RETURN(Tensor hidden, Empty(DType::kBF16, {max_pairs, 2 * inner}));
     ASSIGN_OR_RETURN(Tensor act, Empty(DType::kBF16, {max_pairs, inner}));
     ASSIGN_OR_RETURN(Tensor y, Empty(DType::kBF16, {max_pairs, d}));
-    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(gate_up), 2 * inner, d, Bf16(x), pair_token, tiles, num_tiles,
-                                                 max_tiles, Bf16(hidden), stream()));
+    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(gate_up), 2 * inner, d, Bf16(x), pair_token, tile_pairs, tiles,
+                                                 num_tiles, max_tiles, Bf16(hidden), stream()));
     CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(hidden), max_pairs, inner, Bf16(act), stream()));
-    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(down), d, inner, Bf16(act), nullptr, tiles, num_tiles,
-                                                 max_tiles, Bf16(y), stream()));
+    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(down), d, inner, Bf16(act), nullptr, tile_pairs, tiles,
+                                                 num_tiles, max_tiles, Bf16(y), stream()));
     CUDA_RETURN_IF_ERROR(
         cuda::MoeCombine(Bf16(y), topk_weights.as<float>(), pair_of, rows, top_k, d, Bf16(*out), stream()));
     return absl::OkStatus();

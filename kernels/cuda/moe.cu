@@ -164,7 +164,7 @@ constexpr int kGroupThreads = 1024;
 // Shared memory: count[local_experts], begin[local_experts].
 __global__ void __launch_bounds__(kGroupThreads)
     GroupPairsKernel(const int32_t* ids, int num_pairs, int top_k, int first_expert, int local_experts,
-                     int32_t* pair_token, int32_t* pair_of, ExpertTile* tiles, int32_t* num_tiles) {
+                     int tile_pairs, int32_t* pair_token, int32_t* pair_of, ExpertTile* tiles, int32_t* num_tiles) {
   extern __shared__ int32_t group_smem[];
   int32_t* count = group_smem;
   int32_t* begin = count + local_experts;
@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(kGroupThreads)
     int pairs = 0, n = 0;
     for (int e = 0; e < local_experts; ++e) {
       begin[e] = pairs;
-      for (int b = pairs; b < pairs + count[e]; b += kExpertTilePairs) {
-        tiles[n++] = ExpertTile{e, b, min(b + static_cast<int>(kExpertTilePairs), pairs + count[e]), 0};
+      for (int b = pairs; b < pairs + count[e]; b += tile_pairs) {
+        tiles[n++] = ExpertTile{e, b, min(b + tile_pairs, pairs + count[e]), 0};
       }
       pairs += count[e];
     }
@@ -211,30 +211,42 @@ __global__ void __launch_bounds__(kGroupThreads)
 
 // ------------------------------------------------------------------ grouped GEMM
 //
-// A CTA of 4 warps computes one tile's pairs (up to 32) against 128 rows of
-// its expert's weight, k in steps of 64 through a two-stage cp.async
-// pipeline. Warp w owns weight rows [32w, 32w + 32): two m16 tiles (weight
-// rows are the MMA's A) by four n8 tiles (pairs are its B). Shared rows are
-// 64 bf16 = 8 chunks of 16 bytes, XOR-swizzled by row so that ldmatrix over
-// 8 rows hits 8 bank groups.
+// A CTA computes one tile's pairs against 128 rows of its expert's weight, k
+// in steps of 64 through a two-stage cp.async pipeline. Its warps form a
+// kWarpsM x kWarpsN grid over (weight rows, pairs); each warp owns 16 * kMT
+// weight rows (the MMA's A) by 32 pairs (four n8 tiles of its B). Shared rows
+// are 64 bf16 = 8 chunks of 16 bytes, XOR-swizzled by row so that ldmatrix
+// over 8 rows hits 8 bank groups. Every output element sums k in the same
+// order with the same MMA shape in both tile shapes, so the shape chosen for
+// a batch never changes a token's result.
 
-constexpr int kGemmThreads = 128;
 constexpr int kGemmRows = 128;  // weight rows per CTA
-constexpr int kGemmPairs = static_cast<int>(kExpertTilePairs);
 constexpr int kGemmK = 64;
 constexpr int kGemmRowBytes = kGemmK * 2;
-constexpr int kWeightTileBytes = kGemmRows * kGemmRowBytes;
-constexpr int kStageBytes = kWeightTileBytes + kGemmPairs * kGemmRowBytes;
-constexpr int kGemmSmemBytes = 2 * kStageBytes;
-static_assert(kGemmPairs == 32, "the warp layout covers 32 pairs");
+
+template <int kPairs, int kWarpsM, int kWarpsN>
+struct GemmShape {
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kMT = kGemmRows / kWarpsM / 16;
+  static constexpr int kXChunks = kPairs * 8 / kThreads;  // x chunks each thread loads per stage
+  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
+  static constexpr int kStageBytes = kWeightBytes + kPairs * kGemmRowBytes;
+  static constexpr int kSmemBytes = 2 * kStageBytes;
+  static_assert(kPairs == 32 * kWarpsN, "each warp covers 32 pairs");
+  static_assert(kXChunks >= 1 && kPairs * 8 % kThreads == 0, "");
+};
+using SmallTiles = GemmShape<32, 4, 1>;   // decode: few pairs per expert, weights streamed
+using LargeTiles = GemmShape<128, 2, 4>;  // prefill: weight tiles reused by 128 pairs
 
 __device__ __forceinline__ uint32_t SwizzledChunk(int row, int chunk) {
   return row * kGemmRowBytes + ((chunk ^ (row & 7)) << 4);
 }
 
-__global__ void __launch_bounds__(kGemmThreads)
+template <int kPairs, int kWarpsM, int kWarpsN>
+__global__ void __launch_bounds__(GemmShape<kPairs, kWarpsM, kWarpsN>::kThreads)
     GroupedGemmKernel(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x, const int32_t* x_rows,
                       const ExpertTile* tiles, const int32_t* num_tiles, __nv_bfloat16* y) {
+  using S = GemmShape<kPairs, kWarpsM, kWarpsN>;
   if (static_cast<int>(blockIdx.y) >= *num_tiles) return;
   extern __shared__ __align__(128) char gemm_smem[];
   const ExpertTile tile = tiles[blockIdx.y];
@@ -242,34 +254,37 @@ __global__ void __launch_bounds__(kGemmThreads)
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
   const __nv_bfloat16* w_expert = w + static_cast<int64_t>(tile.expert) * n * k;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lo = lane & 7;
+  const int warp_row = (warp % kWarpsM) * 16 * S::kMT, warp_pair = (warp / kWarpsM) * 32;
 
-  // This thread's two pair rows of every x tile (chunks tid and tid + 128).
-  const __nv_bfloat16* x_src[2];
-  bool x_valid[2];
-  for (int i = 0; i < 2; ++i) {
-    const int r = (threadIdx.x + i * kGemmThreads) / 8;
+  // The pair rows of x this thread loads (chunks tid + i * threads), found once.
+  const __nv_bfloat16* x_src[S::kXChunks];
+  bool x_valid[S::kXChunks];
+#pragma unroll
+  for (int i = 0; i < S::kXChunks; ++i) {
+    const int r = (threadIdx.x + i * S::kThreads) / 8;
     x_valid[i] = r < pairs;
     const int64_t p = tile.pair_begin + (x_valid[i] ? r : 0);
     x_src[i] = x + (x_rows != nullptr ? static_cast<int64_t>(x_rows[p]) : p) * k;
   }
   auto load = [&](int64_t kt, int stage) {
-    const uint32_t base = SmemAddr(gemm_smem + stage * kStageBytes);
+    const uint32_t base = SmemAddr(gemm_smem + stage * S::kStageBytes);
     const int64_t k0 = kt * kGemmK;
-    for (int c = threadIdx.x; c < kGemmRows * 8; c += kGemmThreads) {
+    for (int c = threadIdx.x; c < kGemmRows * 8; c += S::kThreads) {
       const int r = c / 8, chunk = c % 8;
       const int64_t kk = k0 + chunk * 8;
       const bool valid = row0 + r < n && kk < k;
       CpAsync16(base + SwizzledChunk(r, chunk), valid ? w_expert + (row0 + r) * k + kk : w_expert, valid);
     }
-    for (int i = 0; i < 2; ++i) {
-      const int c = threadIdx.x + i * kGemmThreads, r = c / 8, chunk = c % 8;
+#pragma unroll
+    for (int i = 0; i < S::kXChunks; ++i) {
+      const int c = threadIdx.x + i * S::kThreads, r = c / 8, chunk = c % 8;
       const int64_t kk = k0 + chunk * 8;
       const bool valid = x_valid[i] && kk < k;
-      CpAsync16(base + kWeightTileBytes + SwizzledChunk(r, chunk), valid ? x_src[i] + kk : x, valid);
+      CpAsync16(base + S::kWeightBytes + SwizzledChunk(r, chunk), valid ? x_src[i] + kk : x, valid);
     }
   };
 
-  float acc[2][4][4] = {};
+  float acc[S::kMT][4][4] = {};
   const int64_t k_tiles = (k + kGemmK - 1) / kGemmK;
   load(0, 0);
   CpAsyncCommit();
@@ -278,23 +293,23 @@ __global__ void __launch_bounds__(kGemmThreads)
     CpAsyncCommit();
     CpAsyncWait<1>();
     __syncthreads();
-    const uint32_t w_base = SmemAddr(gemm_smem + (kt & 1) * kStageBytes);
-    const uint32_t x_base = w_base + kWeightTileBytes;
+    const uint32_t w_base = SmemAddr(gemm_smem + (kt & 1) * S::kStageBytes);
+    const uint32_t x_base = w_base + S::kWeightBytes;
 #pragma unroll
     for (int ks = 0; ks < kGemmK / 16; ++ks) {
-      uint32_t a[2][4];
+      uint32_t a[S::kMT][4];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        const int r = warp * 32 + mt * 16 + lo + 8 * ((lane >> 3) & 1);
+      for (int mt = 0; mt < S::kMT; ++mt) {
+        const int r = warp_row + mt * 16 + lo + 8 * ((lane >> 3) & 1);
         LdMatrixX4(w_base + SwizzledChunk(r, 2 * ks + (lane >> 4)), a[mt]);
       }
 #pragma unroll
       for (int np = 0; np < 2; ++np) {
         uint32_t b[4];
-        const int r = np * 16 + lo + 8 * (lane >> 4);
+        const int r = warp_pair + np * 16 + lo + 8 * (lane >> 4);
         LdMatrixX4(x_base + SwizzledChunk(r, 2 * ks + ((lane >> 3) & 1)), b);
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
+        for (int mt = 0; mt < S::kMT; ++mt) {
           Mma(acc[mt][2 * np], a[mt], b[0], b[1]);
           Mma(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
         }
@@ -303,19 +318,33 @@ __global__ void __launch_bounds__(kGemmThreads)
     __syncthreads();  // the next iteration's load overwrites this stage
   }
 
-  // acc[mt][nt][i]: weight row 32w + 16mt + lane/4 (+8 for i >= 2), pair 8nt + 2(lane%4) + (i & 1).
+  // acc[mt][nt][i]: weight row warp_row + 16mt + lane/4 (+8 for i >= 2), pair warp_pair + 8nt + 2(lane%4) + (i & 1).
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt) {
+  for (int mt = 0; mt < S::kMT; ++mt) {
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int64_t r = row0 + warp * 32 + mt * 16 + lane / 4 + (i >= 2 ? 8 : 0);
-        const int pair = nt * 8 + 2 * (lane % 4) + (i & 1);
+        const int64_t r = row0 + warp_row + mt * 16 + lane / 4 + (i >= 2 ? 8 : 0);
+        const int pair = warp_pair + nt * 8 + 2 * (lane % 4) + (i & 1);
         if (r < n && pair < pairs) y[(tile.pair_begin + pair) * n + r] = __float2bfloat16(acc[mt][nt][i]);
       }
     }
   }
+}
+
+template <int kPairs, int kWarpsM, int kWarpsN>
+cudaError_t LaunchGroupedGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
+                              const int32_t* x_rows, const ExpertTile* tiles, const int32_t* num_tiles,
+                              int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
+  using S = GemmShape<kPairs, kWarpsM, kWarpsN>;
+  static const cudaError_t attribute = cudaFuncSetAttribute(
+      GroupedGemmKernel<kPairs, kWarpsM, kWarpsN>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+  if (attribute != cudaSuccess) return attribute;
+  const dim3 grid(static_cast<unsigned>((n + kGemmRows - 1) / kGemmRows), static_cast<unsigned>(max_tiles));
+  GroupedGemmKernel<kPairs, kWarpsM, kWarpsN>
+      <<<grid, S::kThreads, S::kSmemBytes, stream>>>(w, n, k, x, x_rows, tiles, num_tiles, y);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -332,32 +361,33 @@ cudaError_t MoeRoute(const float* logits, const float* bias, const RouterParams&
   return cudaGetLastError();
 }
 
-int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts) {
-  return (max_pairs + kExpertTilePairs - 1) / kExpertTilePairs + std::min(max_pairs, local_experts);
+int64_t ExpertTilePairs(int64_t max_pairs, int64_t local_experts) {
+  return max_pairs >= kLargeTileMinPairsPerExpert * local_experts ? 128 : 32;
+}
+
+int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts, int64_t tile_pairs) {
+  return (max_pairs + tile_pairs - 1) / tile_pairs + std::min(max_pairs, local_experts);
 }
 
 cudaError_t MoeGroupPairs(const int32_t* ids, int64_t rows, int64_t top_k, int64_t first_expert,
-                          int64_t local_experts, int32_t* pair_token, int32_t* pair_of, ExpertTile* tiles,
-                          int32_t* num_tiles, cudaStream_t stream) {
+                          int64_t local_experts, int64_t tile_pairs, int32_t* pair_token, int32_t* pair_of,
+                          ExpertTile* tiles, int32_t* num_tiles, cudaStream_t stream) {
   if (local_experts <= 0 || local_experts > kMaxRouterExperts || rows * top_k > INT_MAX) return cudaErrorInvalidValue;
   const size_t smem = 2 * sizeof(int32_t) * local_experts;
   GroupPairsKernel<<<1, kGroupThreads, smem, stream>>>(ids, static_cast<int>(rows * top_k), static_cast<int>(top_k),
                                                        static_cast<int>(first_expert), static_cast<int>(local_experts),
-                                                       pair_token, pair_of, tiles, num_tiles);
+                                                       static_cast<int>(tile_pairs), pair_token, pair_of, tiles,
+                                                       num_tiles);
   return cudaGetLastError();
 }
 
 cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
-                              const int32_t* x_rows, const ExpertTile* tiles, const int32_t* num_tiles,
-                              int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
+                              const int32_t* x_rows, int64_t tile_pairs, const ExpertTile* tiles,
+                              const int32_t* num_tiles, int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
   if (max_tiles == 0 || n == 0) return cudaSuccess;
-  if (k % 8 != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
-  static const cudaError_t attribute = cudaFuncSetAttribute(
-      GroupedGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
-  if (attribute != cudaSuccess) return attribute;
-  const dim3 grid(static_cast<unsigned>((n + kGemmRows - 1) / kGemmRows), static_cast<unsigned>(max_tiles));
-  GroupedGemmKernel<<<grid, kGemmThreads, kGemmSmemBytes, stream>>>(w, n, k, x, x_rows, tiles, num_tiles, y);
-  return cudaGetLastError();
+  if (k % 8 != 0 || max_tiles > 65535 || (tile_pairs != 32 && tile_pairs != 128)) return cudaErrorInvalidValue;
+  return tile_pairs == 32 ? LaunchGroupedGemm<32, 4, 1>(w, n, k, x, x_rows, tiles, num_tiles, max_tiles, y, stream)
+                          : LaunchGroupedGemm<128, 2, 4>(w, n, k, x, x_rows, tiles, num_tiles, max_tiles, y, stream);
 }
 
 cudaError_t MoeCombine(const __nv_bfloat16* y, const float* weights, const int32_t* pair_of, int64_t rows,

@@ -43,7 +43,7 @@ constexpr int64_t kMaxRouterExperts = 4096;
 cudaError_t MoeRoute(const float* logits, const float* bias, const RouterParams& params, int32_t* ids,
                      float* weights, cudaStream_t stream);
 
-// A run of at most kExpertTilePairs consecutive pairs [pair_begin, pair_end)
+// A run of at most `tile_pairs` consecutive pairs [pair_begin, pair_end)
 // routed to one local expert: the unit of work of the grouped GEMM.
 struct ExpertTile {
   int32_t expert = 0;
@@ -51,30 +51,35 @@ struct ExpertTile {
   int32_t pair_end = 0;
   int32_t unused = 0;
 };
-constexpr int64_t kExpertTilePairs = 32;
 
+// Pairs per tile for up to `max_pairs` pairs over `local_experts`: 32 when
+// experts see few tokens (decode: the GEMMs stream weights), 128 when they
+// see many (prefill: each weight tile serves more pairs).
+constexpr int64_t kLargeTileMinPairsPerExpert = 64;
+int64_t ExpertTilePairs(int64_t max_pairs, int64_t local_experts);
 // The most tiles `max_pairs` pairs over `local_experts` experts can need.
-int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts);
+int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts, int64_t tile_pairs);
 
 // Groups the pairs (t, k) of ids[rows, top_k] whose expert e = id -
 // first_expert is local (0 <= e < local_experts) by expert, in (t, k) order
 // within an expert: pair p's token is pair_token[p], pair_of[t * top_k + k]
 // is the pair of (t, k) (-1 when not local), and tiles[0, *num_tiles) cover
-// the pairs. pair_token and pair_of hold rows * top_k entries, tiles
-// MaxExpertTiles(rows * top_k, local_experts). One block: the grouping is
-// small next to the GEMMs it feeds.
+// the pairs, `tile_pairs` at most each. pair_token and pair_of hold rows *
+// top_k entries, tiles MaxExpertTiles(rows * top_k, local_experts,
+// tile_pairs). One block: the grouping is small next to the GEMMs it feeds.
 cudaError_t MoeGroupPairs(const int32_t* ids, int64_t rows, int64_t top_k, int64_t first_expert,
-                          int64_t local_experts, int32_t* pair_token, int32_t* pair_of, ExpertTile* tiles,
-                          int32_t* num_tiles, cudaStream_t stream);
+                          int64_t local_experts, int64_t tile_pairs, int32_t* pair_token, int32_t* pair_of,
+                          ExpertTile* tiles, int32_t* num_tiles, cudaStream_t stream);
 
 // For every pair p of tiles[0, *num_tiles): y[p, :] = x[row(p), :] w[e]^T,
 // e the tile's expert, w [experts, n, k], x rows of k values, row(p) =
 // x_rows[p] (a gather) or p when x_rows is null; y [pairs, n]. bf16 in and
-// out, float32 accumulation. k must be a multiple of 8 and the arrays
-// 16-byte aligned. Launches max_tiles tile rows; those past *num_tiles exit.
+// out, float32 accumulation; tile_pairs is 32 or 128 (as grouped). k must be
+// a multiple of 8 and the arrays 16-byte aligned. Launches max_tiles tile
+// rows; those past *num_tiles exit.
 cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
-                              const int32_t* x_rows, const ExpertTile* tiles, const int32_t* num_tiles,
-                              int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream);
+                              const int32_t* x_rows, int64_t tile_pairs, const ExpertTile* tiles,
+                              const int32_t* num_tiles, int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream);
 
 // out[t, :] = sum over k of weights[t, k] * y[pair_of[t, k], :], skipping
 // pairs of -1, in float32 in k order (zero for a token without local pairs);
