@@ -10,6 +10,7 @@
 #define MLASERVE_KERNELS_OPS_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,23 @@ struct RouterConfig {
   int64_t top_k = 1;
   bool normalize = false;
   float scaling = 1.0f;
+};
+
+// What every layer of one forward step reads the same way. A backend may
+// keep one device copy for the whole step: an op called with one of these
+// very arrays (the same memory) may read that copy instead of uploading its
+// argument again. The arrays must stay alive and unchanged until EndStep.
+struct StepInputs {
+  absl::Span<const int32_t> token_ids;  // as passed to Embedding
+  absl::Span<const int32_t> positions;  // as passed to Rope
+  absl::Span<const int64_t> slots;      // as passed to WriteLatentCache
+  absl::Span<const int32_t> logit_rows;  // the Embedding that gathers the rows whose logits are wanted
+  const AttentionLayout* layout = nullptr;
+  const Tensor* latent_cache = nullptr;  // the cache MlaAbsorbedAttention reads
+  int64_t attention_heads = 0;           // q_latent's [heads, rank], q_rope's rope dim
+  int64_t latent_rank = 0;
+  int64_t rope_dim = 0;
+  uint64_t model_id = 0;  // unique per loaded model: steps of different models never share a recording
 };
 
 class Ops {
@@ -138,6 +156,19 @@ class Ops {
   // the same logits. Only the tokens come back to the host.
   virtual absl::Status SampleTokens(const Tensor& logits, int64_t vocab, absl::Span<const SamplerParams> params,
                                     absl::Span<const int64_t> sample_indices, absl::Span<int32_t> tokens) = 0;
+
+  // Brackets one forward step (see StepInputs); a step's ops come between.
+  virtual absl::Status BeginStep(const StepInputs&) { return absl::OkStatus(); }
+  virtual void EndStep() {}
+  // Runs `forward`, which enqueues the whole forward pass of the current
+  // step and returns its output. A backend that records steps (CUDA graphs)
+  // may instead replay its recording of an earlier step of the same shape
+  // and not call `forward` at all, so `forward` must do nothing but enqueue
+  // ops on this backend: no host round trip, no collective. The output must
+  // be released before the next step.
+  virtual absl::StatusOr<Tensor> RunStep(const std::function<absl::StatusOr<Tensor>()>& forward) {
+    return forward();
+  }
 };
 
 // The reference backend (always available).

@@ -28,6 +28,7 @@
 
 ABSL_FLAG(std::string, config, "", "a DeepSeek config.json (the model's shapes)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(bool, cuda_graphs, true, "on cuda: record decode steps as CUDA graphs and replay them");
 ABSL_FLAG(std::string, batch, "1,8,32", "batch sizes");
 ABSL_FLAG(std::string, context, "1024", "context lengths already cached per sequence");
 ABSL_FLAG(int, layers, 0, "override num_hidden_layers (0: the config's)");
@@ -102,7 +103,7 @@ double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t el
 }
 
 absl::Status Run() {
-  ASSIGN_OR_RETURN(std::unique_ptr<Ops> ops, NewOps(absl::GetFlag(FLAGS_device)));
+  ASSIGN_OR_RETURN(std::unique_ptr<Ops> ops, NewOps(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_cuda_graphs)));
   ASSIGN_OR_RETURN(std::string dir, ModelDir(absl::GetFlag(FLAGS_config), absl::GetFlag(FLAGS_layers)));
   std::cerr << "decode_bench: making random weights on " << ops->name() << "\n";
   ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::LoadRandom(dir, *ops, ModelShard{}, 1));

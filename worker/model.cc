@@ -1,6 +1,7 @@
 #include "worker/model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Ops& 
 }
 
 namespace {
+
+uint64_t NextModelId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1);
+}
 
 absl::Status CheckCommunicator(const Communicator* comm, int size, const char* which) {
   if (size == 1) return absl::OkStatus();
@@ -62,7 +68,8 @@ Model::Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Op
       softmax_scale_(MlaSoftmaxScale(config)),
       ops_(ops),
       layout_(layout),
-      shard_(shard) {
+      shard_(shard),
+      id_(NextModelId()) {
   if (shard.plan.group_size() > 1 && config.n_routed_experts > 0) {
     dispatch_.emplace(layout, config.n_routed_experts, ops, *shard.group);
   }
@@ -93,7 +100,6 @@ absl::StatusOr<std::vector<float>> Model::LogitsToHost(const Tensor& logits) {
 
 absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& cache, AttentionForm form) {
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
-  const int64_t hidden = config_.hidden_size;
   if (num_tokens == 0 && batch.layout.seqs.empty() && shard_.plan.dp_attention > 1) {
     RETURN_IF_ERROR(IdleStep());
     return ops_.Empty(ops_.storage_dtype(), {shard_.plan.tp, 0, layout_.vocab_shard_rows});
@@ -105,9 +111,64 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
   if (batch.layout.block_size != cache.block_size()) {
     return absl::InvalidArgumentError("batch layout and cache disagree on the block size");
   }
-  const std::vector<int32_t> positions = batch.layout.TokenPositions();
-  ASSIGN_OR_RETURN(Tensor residual, Embed(batch.token_ids));
-  ASSIGN_OR_RETURN(Tensor x, ops_.Empty(ops_.storage_dtype(), {num_tokens, hidden}));
+  ASSIGN_OR_RETURN(const StepArrays step, MakeStepArrays(batch));
+  const StepInputs inputs{.token_ids = step.local_ids,
+                          .positions = step.positions,
+                          .slots = step.slots,
+                          .logit_rows = step.logit_rows,
+                          .layout = &batch.layout,
+                          .latent_cache = &cache.pool(),
+                          .attention_heads = static_cast<int64_t>(layout_.heads.size()),
+                          .latent_rank = config_.kv_lora_rank,
+                          .rope_dim = config_.qk_rope_head_dim,
+                          .model_id = id_};
+  RETURN_IF_ERROR(ops_.BeginStep(inputs));
+  auto forward = [&]() { return RunLayers(batch, step, cache, form); };
+  absl::StatusOr<Tensor> logits = Replayable(batch, form) ? ops_.RunStep(forward) : forward();
+  ops_.EndStep();
+  return logits;
+}
+
+bool Model::Replayable(const ForwardBatch& batch, AttentionForm form) const {
+  // Decode steps only (one token per sequence), on one rank: the expanded
+  // form, expert dispatch and collectives make host round trips.
+  if (form != AttentionForm::kAbsorbed || shard_.group != nullptr || shard_.attention != nullptr ||
+      dispatch_.has_value()) {
+    return false;
+  }
+  for (const SequenceSlice& seq : batch.layout.seqs) {
+    if (seq.num_tokens != 1) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batch) const {
+  StepArrays step;
+  // Ids outside this shard's vocabulary slice read the table's zero last row;
+  // the head shards' lookups then add up to the embedding.
+  const Range vocab = layout_.vocab;
+  for (const int32_t id : batch.token_ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary [0, ", config_.vocab_size, ")"));
+    }
+    step.local_ids.push_back(id >= vocab.begin && id < vocab.end ? static_cast<int32_t>(id - vocab.begin)
+                                                                 : static_cast<int32_t>(layout_.vocab_shard_rows));
+  }
+  const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
+  for (int64_t r : batch.logit_rows) {
+    if (r < 0 || r >= num_tokens) return absl::InvalidArgumentError(absl::StrCat("logit row ", r, " not in batch"));
+    step.logit_rows.push_back(static_cast<int32_t>(r));
+  }
+  step.positions = batch.layout.TokenPositions();
+  step.slots = batch.layout.TokenSlots();
+  return step;
+}
+
+absl::StatusOr<Tensor> Model::RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
+                                        AttentionForm form) {
+  const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
+  ASSIGN_OR_RETURN(Tensor residual, Embed(step.local_ids));
+  ASSIGN_OR_RETURN(Tensor x, ops_.Empty(ops_.storage_dtype(), {num_tokens, config_.hidden_size}));
   Tensor ffn_out;
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
@@ -116,40 +177,24 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
     } else {
       RETURN_IF_ERROR(ops_.AddRmsNorm(&residual, ffn_out, w.input_norm, config_.rms_norm_eps, &x));
     }
-    ASSIGN_OR_RETURN(Tensor attn_out, Attention(w, layer, x, batch, positions, cache, form));
+    ASSIGN_OR_RETURN(Tensor attn_out, Attention(w, layer, x, batch, step, cache, form));
     RETURN_IF_ERROR(ops_.AddRmsNorm(&residual, attn_out, w.post_attention_norm, config_.rms_norm_eps, &x));
     ASSIGN_OR_RETURN(ffn_out, FeedForward(w, x));
   }
   RETURN_IF_ERROR(ops_.AddRmsNorm(&residual, ffn_out, weights_.final_norm, config_.rms_norm_eps, &x));
-  return Logits(x, batch.logit_rows);
+  return Logits(x, step.logit_rows);
 }
 
-absl::StatusOr<Tensor> Model::Embed(const std::vector<int32_t>& token_ids) {
-  // Ids outside this shard's vocabulary slice read the table's zero last row;
-  // the head shards' lookups then add up to the embedding.
-  const Range vocab = layout_.vocab;
-  std::vector<int32_t> local(token_ids.size());
-  for (size_t i = 0; i < token_ids.size(); ++i) {
-    const int32_t id = token_ids[i];
-    if (id < 0 || id >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary [0, ", config_.vocab_size, ")"));
-    }
-    local[i] = id >= vocab.begin && id < vocab.end ? static_cast<int32_t>(id - vocab.begin)
-                                                   : static_cast<int32_t>(layout_.vocab_shard_rows);
-  }
-  ASSIGN_OR_RETURN(Tensor out, ops_.Empty(ops_.storage_dtype(), {static_cast<int64_t>(local.size()), config_.hidden_size}));
-  RETURN_IF_ERROR(ops_.Embedding(weights_.embed, local, &out));
+absl::StatusOr<Tensor> Model::Embed(const std::vector<int32_t>& local_ids) {
+  ASSIGN_OR_RETURN(Tensor out,
+                   ops_.Empty(ops_.storage_dtype(), {static_cast<int64_t>(local_ids.size()), config_.hidden_size}));
+  RETURN_IF_ERROR(ops_.Embedding(weights_.embed, local_ids, &out));
   RETURN_IF_ERROR(SumOverHeads(&out));
   return out;
 }
 
-absl::StatusOr<Tensor> Model::Logits(const Tensor& hidden, const std::vector<int64_t>& logit_rows) {
-  const int64_t num_rows = static_cast<int64_t>(logit_rows.size());
-  std::vector<int32_t> rows;
-  for (int64_t r : logit_rows) {
-    if (r < 0 || r >= hidden.dim(0)) return absl::InvalidArgumentError(absl::StrCat("logit row ", r, " not in batch"));
-    rows.push_back(static_cast<int32_t>(r));
-  }
+absl::StatusOr<Tensor> Model::Logits(const Tensor& hidden, const std::vector<int32_t>& rows) {
+  const int64_t num_rows = static_cast<int64_t>(rows.size());
   // Gathering rows is an embedding lookup with the hidden states as the table.
   ASSIGN_OR_RETURN(Tensor last, ops_.Empty(ops_.storage_dtype(), {num_rows, config_.hidden_size}));
   RETURN_IF_ERROR(ops_.Embedding(hidden, rows, &last));
@@ -163,8 +208,8 @@ absl::StatusOr<Tensor> Model::Logits(const Tensor& hidden, const std::vector<int
 }
 
 absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, const Tensor& x,
-                                        const ForwardBatch& batch, const std::vector<int32_t>& positions,
-                                        KvCache& cache, AttentionForm form) {
+                                        const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
+                                        AttentionForm form) {
   const int64_t num_tokens = x.dim(0), heads = layout_.heads.size();
   Tensor q_in = x;
   if (config_.q_lora_rank > 0) {
@@ -176,14 +221,14 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
   ASSIGN_OR_RETURN(Tensor q_rope, LinearOf(q_in, w.q_rope));
   q_nope = Reshape(q_nope, {num_tokens, heads, config_.qk_nope_head_dim});
   q_rope = Reshape(q_rope, {num_tokens, heads, config_.qk_rope_head_dim});
-  RETURN_IF_ERROR(ops_.Rope(&q_rope, positions, rope_));
+  RETURN_IF_ERROR(ops_.Rope(&q_rope, step.positions, rope_));
 
   ASSIGN_OR_RETURN(Tensor c_kv, LinearOf(x, w.kv_a_latent));
   RETURN_IF_ERROR(ops_.RmsNorm(c_kv, w.kv_a_norm, config_.rms_norm_eps, &c_kv));
   ASSIGN_OR_RETURN(Tensor k_rope, LinearOf(x, w.kv_a_rope));
   Tensor k_rope_heads = Reshape(k_rope, {num_tokens, 1, config_.qk_rope_head_dim});
-  RETURN_IF_ERROR(ops_.Rope(&k_rope_heads, positions, rope_));
-  RETURN_IF_ERROR(ops_.WriteLatentCache(c_kv, k_rope, batch.layout.TokenSlots(), layer, &cache.pool()));
+  RETURN_IF_ERROR(ops_.Rope(&k_rope_heads, step.positions, rope_));
+  RETURN_IF_ERROR(ops_.WriteLatentCache(c_kv, k_rope, step.slots, layer, &cache.pool()));
 
   ASSIGN_OR_RETURN(Tensor o, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, config_.v_head_dim}));
   if (form == AttentionForm::kAbsorbed) {

@@ -87,14 +87,27 @@ class Model {
   static absl::StatusOr<std::unique_ptr<Model>> Create(const std::string& dir, Ops& ops, const ModelShard& shard,
                                                        const WeightSource& weights_from);
 
+  // The step's per-token arrays, made once and read by every layer (and
+  // handed to the backend as StepInputs).
+  struct StepArrays {
+    std::vector<int32_t> local_ids;  // ids in this rank's vocabulary slice (the zero row when outside)
+    std::vector<int32_t> positions;
+    std::vector<int64_t> slots;
+    std::vector<int32_t> logit_rows;
+  };
+  absl::StatusOr<StepArrays> MakeStepArrays(const ForwardBatch& batch) const;
+  // Whether the backend may record and replay the step (Ops::RunStep).
+  bool Replayable(const ForwardBatch& batch, AttentionForm form) const;
+  absl::StatusOr<Tensor> RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
+                                   AttentionForm form);
   absl::StatusOr<Tensor> Attention(const LayerWeights& w, int64_t layer, const Tensor& x, const ForwardBatch& batch,
-                                   const std::vector<int32_t>& positions, KvCache& cache, AttentionForm form);
+                                   const StepArrays& step, KvCache& cache, AttentionForm form);
   absl::Status AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
-  absl::StatusOr<Tensor> Embed(const std::vector<int32_t>& token_ids);
-  absl::StatusOr<Tensor> Logits(const Tensor& hidden, const std::vector<int64_t>& rows);
+  absl::StatusOr<Tensor> Embed(const std::vector<int32_t>& local_ids);
+  absl::StatusOr<Tensor> Logits(const Tensor& hidden, const std::vector<int32_t>& rows);
   absl::StatusOr<Tensor> FeedForward(const LayerWeights& w, const Tensor& x);
   absl::StatusOr<Tensor> RoutedExperts(const LayerWeights& w, const Tensor& x);
   // A step without tokens: only the expert dispatch of every MoE layer.
@@ -113,6 +126,7 @@ class Model {
   ShardLayout layout_;
   ModelShard shard_;
   std::optional<ExpertDispatch> dispatch_;  // when experts live on several ranks
+  const uint64_t id_;                         // unique per Model in this process (StepInputs::model_id)
 };
 
 }  // namespace mlaserve

@@ -33,6 +33,7 @@ ABSL_FLAG(int, port, 0, "port to serve the Worker API on (0: any free port)");
 ABSL_FLAG(double, heartbeat_interval_s, 0.5, "seconds between heartbeats");
 ABSL_FLAG(double, coordinator_timeout_s, 10, "exit after this long without reaching the coordinator");
 ABSL_FLAG(std::string, device, "cpu", "backend: cpu, or cuda[:N] (GPU N, with NCCL between the ranks of a group)");
+ABSL_FLAG(bool, cuda_graphs, true, "on cuda: record decode steps as CUDA graphs and replay them");
 ABSL_FLAG(double, drain_timeout_s, 120, "after SIGTERM, stop anyway after this long");
 ABSL_FLAG(double, transfer_chunk_delay_ms, 0, "pause after each KV transfer chunk sent (to exercise failures mid-transfer)");
 ABSL_FLAG(double, memory_gb, 0, "memory this worker offers for weights and KV cache (0: the machine's RAM)");
@@ -135,7 +136,7 @@ int Main(int argc, char** argv) {
   std::signal(SIGINT, HandleSignal);
   std::signal(SIGTERM, HandleSignal);
   const std::string device = absl::GetFlag(FLAGS_device);
-  absl::StatusOr<std::unique_ptr<Ops>> ops = NewOps(device);
+  absl::StatusOr<std::unique_ptr<Ops>> ops = NewOps(device, absl::GetFlag(FLAGS_cuda_graphs));
   if (!ops.ok()) {
     std::cerr << "worker: " << ops.status() << "\n";
     return 1;

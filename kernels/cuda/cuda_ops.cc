@@ -80,6 +80,17 @@ struct DeviceFree {
   }
 };
 
+// A CUDA tensor owning `data` (freed in stream order when the last copy goes).
+Tensor Adopt(const std::shared_ptr<StreamContext>& context, void* data, DType dtype, std::vector<int64_t> shape) {
+  Tensor t;
+  t.dtype = dtype;
+  t.device = Device::kCuda;
+  t.shape = std::move(shape);
+  t.storage = std::shared_ptr<void>(data, DeviceFree{context});
+  t.data = data;
+  return t;
+}
+
 absl::Status CheckCuda(absl::string_view op, absl::string_view operand, const Tensor& t) {
   if (t.device == Device::kCuda || t.numel() == 0) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(op, ": ", operand, " is not a CUDA tensor"));
@@ -193,19 +204,25 @@ constexpr int64_t kReferenceRows = 128;
 
 class CudaOps final : public Ops {
  public:
-  explicit CudaOps(int device) : context_(std::make_shared<StreamContext>()) { context_->device = device; }
+  CudaOps(int device, CudaOpsOptions options) : options_(options), context_(std::make_shared<StreamContext>()) {
+    context_->device = device;
+  }
 
   ~CudaOps() override {
     DeviceScope scope(context_->device);
     if (context_->stream != nullptr) cudaStreamSynchronize(context_->stream);
+    graphs_.reset();
     attention_.reset();
     plans_.clear();
+    if (step_device_ != nullptr && context_->stream != nullptr) cudaFreeAsync(step_device_, context_->stream);
+    if (step_host_ != nullptr) cudaFreeHost(step_host_);
     if (meta_device_ != nullptr && context_->stream != nullptr) {
       cudaFreeAsync(meta_device_, context_->stream);
       cudaStreamSynchronize(context_->stream);
     }
     if (staging_ != nullptr) cudaFreeHost(staging_);
     if (staging_done_ != nullptr) cudaEventDestroy(staging_done_);
+    if (step_copied_ != nullptr) cudaEventDestroy(step_copied_);
     if (lt_ != nullptr) cublasLtDestroy(lt_);
     if (blas_ != nullptr) cublasDestroy(blas_);
   }
@@ -234,8 +251,16 @@ class CudaOps final : public Ops {
         cublasSetMathMode(blas_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
                                                            CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
     attention_ = std::make_unique<MlaAttention>(context_->stream);
+    if (options_.step_graphs) {
+      graphs_ = std::make_unique<StepGraphs>(context_->stream, [context = context_](void* data, DType dtype,
+                                                                                    std::vector<int64_t> shape) {
+        return Adopt(context, data, dtype, std::move(shape));
+      });
+    }
     return absl::OkStatus();
   }
+
+  const StepGraphStats& step_graph_stats() const { return graphs_ != nullptr ? graphs_->stats() : no_graphs_; }
 
   std::string_view name() const override { return "cuda"; }
   DType storage_dtype() const override { return DType::kBF16; }
@@ -243,10 +268,7 @@ class CudaOps final : public Ops {
   // ---- Memory ----
 
   absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
-    Tensor t;
-    t.dtype = dtype;
-    t.device = Device::kCuda;
-    t.shape = std::move(shape);
+    Tensor t = Adopt(context_, nullptr, dtype, std::move(shape));
     for (int64_t d : t.shape) {
       if (d < 0) return absl::InvalidArgumentError(absl::StrCat("negative extent in ", t.ShapeString()));
     }
@@ -260,9 +282,7 @@ class CudaOps final : public Ops {
       return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes on CUDA device ",
                                                        context_->device, ": ", cudaGetErrorString(err)));
     }
-    t.storage = std::shared_ptr<void>(data, DeviceFree{context_});
-    t.data = data;
-    return t;
+    return Adopt(context_, data, dtype, std::move(t.shape));
   }
 
   absl::Status Upload(absl::Span<const float> src, Tensor* dst) override {
@@ -382,11 +402,9 @@ class CudaOps final : public Ops {
     }
     if (rows == 0 || d == 0) return absl::OkStatus();
     DeviceScope scope(context_->device);
-    MetaPack pack;
-    const size_t ids_at = pack.Add(ids.data(), ids.size());
-    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
-    CUDA_RETURN_IF_ERROR(cuda::GatherRows(table.data, reinterpret_cast<const int32_t*>(meta + ids_at), rows,
-                                          d * static_cast<int64_t>(DTypeBytes(table.dtype)), out->data, stream()));
+    ASSIGN_OR_RETURN(const int32_t* device_ids, DeviceArray(ids));
+    CUDA_RETURN_IF_ERROR(cuda::GatherRows(table.data, device_ids, rows, d * static_cast<int64_t>(DTypeBytes(table.dtype)),
+                                          out->data, stream()));
     return absl::OkStatus();
   }
 
@@ -482,11 +500,8 @@ class CudaOps final : public Ops {
     params.attention_factor = table.attention_factor;
     std::copy(table.inv_freq.begin(), table.inv_freq.end(), params.inv_freq);
     DeviceScope scope(context_->device);
-    MetaPack pack;
-    const size_t positions_at = pack.Add(positions.data(), positions.size());
-    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
-    CUDA_RETURN_IF_ERROR(
-        cuda::Rope(Bf16(*x), reinterpret_cast<const int32_t*>(meta + positions_at), params, stream()));
+    ASSIGN_OR_RETURN(const int32_t* device_positions, DeviceArray(positions));
+    CUDA_RETURN_IF_ERROR(cuda::Rope(Bf16(*x), device_positions, params, stream()));
     return absl::OkStatus();
   }
 
@@ -591,14 +606,11 @@ class CudaOps final : public Ops {
     }
     if (rows == 0) return absl::OkStatus();
     DeviceScope scope(context_->device);
-    MetaPack pack;
-    const size_t slots_at = pack.Add(slots.data(), slots.size());
-    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    ASSIGN_OR_RETURN(const int64_t* device_slots, DeviceArray(slots));
     const cuda::LatentCacheGeometry geometry{
         .layers = cache->dim(1), .block_size = block_size, .rank = rank, .rope = rope, .layer = layer};
-    CUDA_RETURN_IF_ERROR(cuda::WriteLatentCache(Bf16(c_kv), Bf16(k_rope),
-                                                reinterpret_cast<const int64_t*>(meta + slots_at), rows, geometry,
-                                                Bf16(*cache), stream()));
+    CUDA_RETURN_IF_ERROR(
+        cuda::WriteLatentCache(Bf16(c_kv), Bf16(k_rope), device_slots, rows, geometry, Bf16(*cache), stream()));
     return absl::OkStatus();
   }
 
@@ -791,7 +803,114 @@ class CudaOps final : public Ops {
     return absl::OkStatus();
   }
 
+  // ---- Steps ----
+
+  absl::Status BeginStep(const StepInputs& inputs) override {
+    DeviceScope scope(context_->device);
+    MetaPack pack;
+    const size_t ids_at = pack.Add(inputs.token_ids.data(), inputs.token_ids.size());
+    const size_t positions_at = pack.Add(inputs.positions.data(), inputs.positions.size());
+    const size_t slots_at = pack.Add(inputs.slots.data(), inputs.slots.size());
+    const size_t rows_at = pack.Add(inputs.logit_rows.data(), inputs.logit_rows.size());
+    RETURN_IF_ERROR(UploadStep(pack));
+    step_ = Step{.active = true, .inputs = inputs};
+    step_.copies = {{inputs.token_ids.data(), inputs.token_ids.size() * sizeof(int32_t), ids_at},
+                    {inputs.positions.data(), inputs.positions.size() * sizeof(int32_t), positions_at},
+                    {inputs.slots.data(), inputs.slots.size() * sizeof(int64_t), slots_at},
+                    {inputs.logit_rows.data(), inputs.logit_rows.size() * sizeof(int32_t), rows_at}};
+    if (inputs.layout != nullptr && inputs.latent_cache != nullptr) {
+      RETURN_IF_ERROR(attention_->Prepare(*inputs.layout, inputs.attention_heads, inputs.latent_rank,
+                                          inputs.rope_dim, inputs.latent_cache->dim(0)));
+    }
+    return absl::OkStatus();
+  }
+
+  void EndStep() override {
+    step_ = Step{};
+    attention_->EndStep();
+  }
+
+  absl::StatusOr<Tensor> RunStep(const std::function<absl::StatusOr<Tensor>()>& forward) override {
+    if (graphs_ == nullptr || !step_.active) return forward();
+    attention_->set_launch_only(true);
+    absl::StatusOr<Tensor> output = graphs_->Run(StepKey(), forward);
+    attention_->set_launch_only(false);
+    return output;
+  }
+
  private:
+  // One step's arrays, uploaded together by BeginStep (see StepInputs).
+  struct StepCopy {
+    const void* host = nullptr;
+    size_t bytes = 0;
+    size_t offset = 0;  // in step_device_
+  };
+  struct Step {
+    bool active = false;
+    StepInputs inputs;
+    std::vector<StepCopy> copies;
+  };
+
+  // Where BeginStep put `data` (bytes long) on the device, when it is one of
+  // the step's arrays; else null.
+  const char* StepCopyOf(const void* data, size_t bytes) const {
+    if (!step_.active || bytes == 0) return nullptr;
+    for (const StepCopy& c : step_.copies) {
+      if (c.host == data && c.bytes == bytes) return static_cast<const char*>(step_device_) + c.offset;
+    }
+    return nullptr;
+  }
+
+  // The device copy of `values`: the step's, or a fresh upload.
+  template <typename T>
+  absl::StatusOr<const T*> DeviceArray(absl::Span<const T> values) {
+    if (const char* copy = StepCopyOf(values.data(), values.size() * sizeof(T))) return reinterpret_cast<const T*>(copy);
+    MetaPack pack;
+    const size_t at = pack.Add(values.data(), values.size());
+    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
+    return reinterpret_cast<const T*>(meta + at);
+  }
+
+  // Everything a recorded step's launches depend on besides the weights'
+  // and cache's contents.
+  uint64_t StepKey() const {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+    const StepInputs& in = step_.inputs;
+    mix(in.token_ids.size()), mix(in.positions.size()), mix(in.slots.size()), mix(in.logit_rows.size());
+    mix(in.model_id), mix(reinterpret_cast<uintptr_t>(step_device_));
+    if (in.latent_cache != nullptr) {
+      // A recording bakes in the cache's address and geometry (a new cache may reuse the address).
+      mix(reinterpret_cast<uintptr_t>(in.latent_cache->data));
+      for (int64_t d : in.latent_cache->shape) mix(static_cast<uint64_t>(d));
+    }
+    mix(attention_->LaunchSignature());
+    return h;
+  }
+
+  // Copies a step's arrays to step_device_ through pinned memory. Both
+  // buffers are reused by every step: recordings read step_device_, so a
+  // bigger one drops them.
+  absl::Status UploadStep(const MetaPack& pack) {
+    const size_t bytes = std::max<size_t>(pack.bytes().size(), 16);
+    if (step_host_ != nullptr) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(step_copied_));
+    if (bytes > step_bytes_) {
+      if (graphs_ != nullptr) graphs_->Clear();
+      const size_t capacity = std::max<size_t>({bytes, 2 * step_bytes_, size_t{1} << 12});
+      if (step_device_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeAsync(step_device_, stream()));
+      if (step_host_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(step_host_));
+      step_device_ = nullptr, step_host_ = nullptr, step_bytes_ = 0;
+      CUDA_RETURN_IF_ERROR(cudaMallocAsync(&step_device_, capacity, stream()));
+      CUDA_RETURN_IF_ERROR(cudaMallocHost(&step_host_, capacity));
+      if (step_copied_ == nullptr) CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&step_copied_, cudaEventDisableTiming));
+      step_bytes_ = capacity;
+    }
+    std::memcpy(step_host_, pack.bytes().data(), pack.bytes().size());
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(step_device_, step_host_, bytes, cudaMemcpyHostToDevice, stream()));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(step_copied_, stream()));
+    return absl::OkStatus();
+  }
+
   cudaStream_t stream() const { return context_->stream; }
 
   static absl::StatusOr<cudaDataType_t> OutputType(absl::string_view op, const Tensor& out) {
@@ -820,6 +939,9 @@ class CudaOps final : public Ops {
   // buffer is reused by the next op: stream order keeps that safe.
   absl::StatusOr<const char*> UploadMeta(const MetaPack& pack) {
     const size_t bytes = pack.bytes().size();
+    if (graphs_ != nullptr && graphs_->capturing() && bytes > 0) {
+      return absl::FailedPreconditionError("an op uploads metadata inside a recorded step");
+    }
     if (bytes == 0) return static_cast<const char*>(meta_device_);
     const size_t rounded = (bytes + 255) / 256 * 256;
     if (rounded > meta_device_bytes_) {
@@ -950,6 +1072,7 @@ class CudaOps final : public Ops {
     return absl::OkStatus();
   }
 
+  const CudaOpsOptions options_;
   std::shared_ptr<StreamContext> context_;
   cublasLtHandle_t lt_ = nullptr;
   cublasHandle_t blas_ = nullptr;
@@ -963,6 +1086,14 @@ class CudaOps final : public Ops {
   size_t staging_bytes_ = 0;
   size_t staging_used_ = 0;
   cudaEvent_t staging_done_ = nullptr;
+  // Steps: their arrays (pinned and device copies), the current one, the recordings.
+  void* step_host_ = nullptr;
+  void* step_device_ = nullptr;
+  size_t step_bytes_ = 0;
+  cudaEvent_t step_copied_ = nullptr;
+  Step step_;
+  std::unique_ptr<StepGraphs> graphs_;
+  static constexpr StepGraphStats no_graphs_{};
 };
 
 }  // namespace
@@ -976,7 +1107,12 @@ int CudaDeviceCount() {
   return count;
 }
 
-absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device) {
+StepGraphStats GetStepGraphStats(const Ops& ops) {
+  const auto* cuda = dynamic_cast<const CudaOps*>(&ops);
+  return cuda != nullptr ? cuda->step_graph_stats() : StepGraphStats{};
+}
+
+absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device, CudaOpsOptions options) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
@@ -988,7 +1124,7 @@ absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device) {
     return absl::FailedPreconditionError(
         absl::StrCat("CUDA device ", device, " requested, ", count, " device(s) present"));
   }
-  auto ops = std::make_unique<CudaOps>(device);
+  auto ops = std::make_unique<CudaOps>(device, options);
   RETURN_IF_ERROR(ops->Init());
   return std::unique_ptr<Ops>(std::move(ops));
 }

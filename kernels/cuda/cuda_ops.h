@@ -25,6 +25,11 @@
 // the kernel's fixed K order, whatever the batch. (Shapes the chosen
 // algorithm rejects fall back to a per-size choice; see cuda_ops.cc.)
 //
+// Steps: BeginStep uploads the step's token arrays once (every layer's ops
+// read that copy) and plans the step's attention; RunStep records decode
+// steps as CUDA graphs and replays them for later steps of the same shape
+// (kernels/cuda/step_graphs.h).
+//
 // Not thread-safe: one thread drives one CudaOps.
 #ifndef MLASERVE_KERNELS_CUDA_CUDA_OPS_H_
 #define MLASERVE_KERNELS_CUDA_CUDA_OPS_H_
@@ -32,13 +37,21 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "kernels/cuda/step_graphs.h"
 #include "kernels/ops.h"
 
 namespace mlaserve {
 
+struct CudaOpsOptions {
+  bool step_graphs = true;  // record and replay decode steps (Ops::RunStep)
+};
+
 // The backend on GPU `device`; FailedPrecondition when there is no such GPU
 // (or no usable CUDA driver), naming the reason.
-absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device = 0);
+absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device = 0, CudaOpsOptions options = {});
+
+// How a CudaOps ran its steps so far (zeros for another backend).
+StepGraphStats GetStepGraphStats(const Ops& ops);
 
 // Number of usable CUDA devices (0 when there is no GPU or driver).
 int CudaDeviceCount();

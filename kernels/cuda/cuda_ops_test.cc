@@ -694,5 +694,65 @@ TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
   }
 }
 
+
+// Decode steps recorded as CUDA graphs and replayed (CudaOpsOptions::step_graphs)
+// against the same steps run op by op: logits bit for bit, through a batch
+// that shrinks and a sequence that crosses a 512-key split (each makes a new
+// recording), after a prefill (never recorded).
+TEST(CudaModelTest, RecordedDecodeStepsEqualEagerOnes) {
+  auto recorded_ops = NewCudaOps(0, {.step_graphs = true});
+  auto eager_ops = NewCudaOps(0, {.step_graphs = false});
+  ASSERT_TRUE(recorded_ops.ok() && eager_ops.ok()) << recorded_ops.status() << eager_ops.status();
+  auto recorded = Model::Load(kTinyModel, **recorded_ops);
+  auto eager = Model::Load(kTinyModel, **eager_ops);
+  ASSERT_TRUE(recorded.ok() && eager.ok()) << recorded.status() << eager.status();
+  const ModelConfig& config = (*recorded)->config();
+  constexpr int64_t kBlockSize = 16, kBlocksPerSeq = 40;
+  auto recorded_cache = KvCache::Create(**recorded_ops, config, 3 * kBlocksPerSeq, kBlockSize);
+  auto eager_cache = KvCache::Create(**eager_ops, config, 3 * kBlocksPerSeq, kBlockSize);
+  ASSERT_TRUE(recorded_cache.ok() && eager_cache.ok());
+
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int64_t> lengths = {500, 37, 5};
+  ForwardBatch batch;
+  batch.layout.block_size = kBlockSize;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    SequenceSlice seq{.token_begin = static_cast<int64_t>(batch.token_ids.size()), .num_tokens = lengths[i],
+                      .context_len = lengths[i]};
+    for (int64_t b = 0; b < kBlocksPerSeq; ++b) seq.block_table.push_back(static_cast<int32_t>(i * kBlocksPerSeq + b));
+    for (int64_t t = 0; t < lengths[i]; ++t) batch.token_ids.push_back(static_cast<int32_t>(rng() % config.vocab_size));
+    batch.logit_rows.push_back(seq.token_begin + seq.num_tokens - 1);
+    batch.layout.seqs.push_back(std::move(seq));
+  }
+  for (int step = 0; step <= 30; ++step) {
+    auto recorded_logits = (*recorded)->Forward(batch, *recorded_cache);
+    auto eager_logits = (*eager)->Forward(batch, *eager_cache);
+    ASSERT_TRUE(recorded_logits.ok() && eager_logits.ok()) << recorded_logits.status() << eager_logits.status();
+    ASSERT_TRUE(BitwiseEqual(*recorded_logits, *eager_logits)) << "step " << step;
+    // Next: one greedy token per sequence; the last sequence ends after step 15.
+    if (step == 15) lengths.pop_back();
+    ForwardBatch next;
+    next.layout.block_size = kBlockSize;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const float* row = recorded_logits->data() + i * config.vocab_size;
+      next.token_ids.push_back(static_cast<int32_t>(std::max_element(row, row + config.vocab_size) - row));
+      SequenceSlice seq = batch.layout.seqs[i];
+      seq.token_begin = static_cast<int64_t>(i);
+      seq.num_tokens = 1;
+      seq.context_len = ++lengths[i];
+      next.layout.seqs.push_back(std::move(seq));
+      next.logit_rows.push_back(static_cast<int64_t>(i));
+    }
+    batch = std::move(next);
+  }
+  const StepGraphStats stats = GetStepGraphStats(**recorded_ops);
+  std::cout << "step graphs: " << stats.captures << " captures, " << stats.replays << " replays, " << stats.eager
+            << " eager" << std::endl;
+  EXPECT_EQ(stats.eager, 0);
+  EXPECT_GE(stats.captures, 3);  // 3 sequences, 2 sequences, and past 512 keys
+  EXPECT_GE(stats.replays, 20);
+  EXPECT_EQ(GetStepGraphStats(**eager_ops).captures + GetStepGraphStats(**eager_ops).replays, 0);
+}
+
 }  // namespace
 }  // namespace mlaserve

@@ -78,12 +78,13 @@ struct LaunchGroup {
 };
 
 // Everything one call launches, and the metadata image it uploads:
-// block tables | work items of each kind | combine items (16-byte aligned sections).
+// work items of each kind | combine items | block tables (16-byte aligned sections).
 struct Plan {
   std::vector<LaunchGroup> groups;
   std::vector<uint8_t> image;
   size_t items_offset[cuda::kMlaNumTileKinds] = {};
   size_t combine_offset = 0;
+  size_t tables_offset = 0;
   int64_t partial_rows = 0;  // the most any group needs
 };
 
@@ -196,19 +197,23 @@ absl::StatusOr<Plan> MakePlan(const AttentionLayout& layout, int64_t heads, int6
     plan.groups.push_back(group);
   }
 
-  size_t size = AlignUp(tables.size() * sizeof(int32_t));
+  // Items and combines first: their offsets depend only on their counts, so a
+  // step whose block tables grew launches with the same arguments.
+  size_t size = 0;
   for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) {
     plan.items_offset[k] = size;
     size += AlignUp(items[k].size() * sizeof(MlaWorkItem));
   }
   plan.combine_offset = size;
   size += AlignUp(combines.size() * sizeof(MlaCombineItem));
+  plan.tables_offset = size;
+  size += AlignUp(tables.size() * sizeof(int32_t));
   plan.image.assign(size, 0);
-  std::memcpy(plan.image.data(), tables.data(), tables.size() * sizeof(int32_t));
   for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) {
     std::memcpy(plan.image.data() + plan.items_offset[k], items[k].data(), items[k].size() * sizeof(MlaWorkItem));
   }
   std::memcpy(plan.image.data() + plan.combine_offset, combines.data(), combines.size() * sizeof(MlaCombineItem));
+  std::memcpy(plan.image.data() + plan.tables_offset, tables.data(), tables.size() * sizeof(int32_t));
   return plan;
 }
 
@@ -293,13 +298,53 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
   }
   if (rows * heads == 0 || rank == 0) return absl::OkStatus();
 
-  Buffers& b = *buffers_;
   const bool tensor_cores = rank == cuda::kMlaRank && rope == cuda::kMlaRope && Aligned16(q_latent.data) &&
                             Aligned16(q_rope.data) && Aligned16(cache.data) && Aligned16(out->data);
-  const int64_t num_blocks = cache.dim(0);
-  const bool same = b.have_plan && b.block_size == layout.block_size && b.heads == heads && b.rank == rank &&
-                    b.num_blocks == num_blocks && b.tensor_cores == tensor_cores && SameSeqs(b.seqs, layout.seqs);
-  if (!same) {
+  RETURN_IF_ERROR(EnsurePlan(layout, heads, rank, cache.dim(0), tensor_cores));
+  const Buffers& b = *buffers_;
+  const uint8_t* meta = static_cast<const uint8_t*>(b.meta);
+  cuda::MlaAbsorbedParams params{.q_latent = q_latent.as<const bf16>(),
+                                 .q_rope = q_rope.as<const bf16>(),
+                                 .cache = cache.as<const bf16>(),
+                                 .block_tables = reinterpret_cast<const int32_t*>(meta + b.plan.tables_offset),
+                                 .out = out->as<bf16>(),
+                                 .partial_out = b.partial_out,
+                                 .partial_lse = b.partial_lse,
+                                 .layers = cache.dim(1),
+                                 .layer = layer,
+                                 .block_size = static_cast<int>(layout.block_size),
+                                 .heads = static_cast<int>(heads),
+                                 .rank = static_cast<int>(rank),
+                                 .rope = static_cast<int>(rope),
+                                 .softmax_scale = softmax_scale};
+  const auto* combines = reinterpret_cast<const MlaCombineItem*>(meta + b.plan.combine_offset);
+  for (const LaunchGroup& group : b.plan.groups) {
+    for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) {
+      if (group.items_count[k] == 0) continue;
+      const auto* items = reinterpret_cast<const MlaWorkItem*>(meta + b.plan.items_offset[k]) + group.items_begin[k];
+      CUDA_RETURN_IF_ERROR(cuda::MlaAbsorbed(static_cast<MlaTileKind>(k), items, static_cast<int>(group.items_count[k]),
+                                             params, stream_));
+    }
+    CUDA_RETURN_IF_ERROR(cuda::MlaCombine(combines + group.combine_begin, static_cast<int>(group.combine_count),
+                                          group.combine_max_rows, b.partial_out, b.partial_lse, static_cast<int>(rank),
+                                          params.out, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MlaAttention::EnsurePlan(const AttentionLayout& layout, int64_t heads, int64_t rank, int64_t num_blocks,
+                                bool tensor_cores) {
+  constexpr absl::string_view kOp = "MlaAbsorbedAttention";
+  Buffers& b = *buffers_;
+  const int64_t rows = layout.num_tokens();
+  const bool same_shape = b.have_plan && b.block_size == layout.block_size && b.heads == heads && b.rank == rank &&
+                          b.num_blocks == num_blocks && b.tensor_cores == tensor_cores;
+  // The layout prepared for this step is the plan's by construction: no need to compare every block table.
+  if (same_shape && (&layout == prepared_ || SameSeqs(b.seqs, layout.seqs))) return absl::OkStatus();
+  if (launch_only_) {
+    return absl::FailedPreconditionError(absl::StrCat(kOp, ": the step's attention was not prepared"));
+  }
+  {
     b.have_plan = false;
     for (const SequenceSlice& seq : layout.seqs) {
       const int64_t needed = (seq.context_len + layout.block_size - 1) / layout.block_size;
@@ -335,35 +380,33 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
     b.seqs = layout.seqs;
     b.have_plan = true;
   }
-
-  const uint8_t* meta = static_cast<const uint8_t*>(b.meta);
-  cuda::MlaAbsorbedParams params{.q_latent = q_latent.as<const bf16>(),
-                                 .q_rope = q_rope.as<const bf16>(),
-                                 .cache = cache.as<const bf16>(),
-                                 .block_tables = reinterpret_cast<const int32_t*>(meta),
-                                 .out = out->as<bf16>(),
-                                 .partial_out = b.partial_out,
-                                 .partial_lse = b.partial_lse,
-                                 .layers = cache.dim(1),
-                                 .layer = layer,
-                                 .block_size = static_cast<int>(layout.block_size),
-                                 .heads = static_cast<int>(heads),
-                                 .rank = static_cast<int>(rank),
-                                 .rope = static_cast<int>(rope),
-                                 .softmax_scale = softmax_scale};
-  const auto* combines = reinterpret_cast<const MlaCombineItem*>(meta + b.plan.combine_offset);
-  for (const LaunchGroup& group : b.plan.groups) {
-    for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) {
-      if (group.items_count[k] == 0) continue;
-      const auto* items = reinterpret_cast<const MlaWorkItem*>(meta + b.plan.items_offset[k]) + group.items_begin[k];
-      CUDA_RETURN_IF_ERROR(cuda::MlaAbsorbed(static_cast<MlaTileKind>(k), items, static_cast<int>(group.items_count[k]),
-                                             params, stream_));
-    }
-    CUDA_RETURN_IF_ERROR(cuda::MlaCombine(combines + group.combine_begin, static_cast<int>(group.combine_count),
-                                          group.combine_max_rows, b.partial_out, b.partial_lse, static_cast<int>(rank),
-                                          params.out, stream_));
-  }
   return absl::OkStatus();
+
+}
+
+absl::Status MlaAttention::Prepare(const AttentionLayout& layout, int64_t heads, int64_t rank, int64_t rope,
+                                   int64_t num_blocks) {
+  if (layout.num_tokens() * heads == 0 || rank == 0) return absl::OkStatus();
+  // Backend tensors are 256-byte aligned: the tensor-core path applies whenever the dims allow it.
+  RETURN_IF_ERROR(EnsurePlan(layout, heads, rank, num_blocks, rank == cuda::kMlaRank && rope == cuda::kMlaRope));
+  prepared_ = &layout;
+  return absl::OkStatus();
+}
+
+uint64_t MlaAttention::LaunchSignature() const {
+  const Buffers& b = *buffers_;
+  if (!b.have_plan) return 0;
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  for (const LaunchGroup& g : b.plan.groups) {
+    for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) mix(g.items_begin[k]), mix(g.items_count[k]);
+    mix(g.combine_begin), mix(g.combine_count), mix(g.combine_max_rows);
+  }
+  for (size_t offset : b.plan.items_offset) mix(offset);
+  mix(b.plan.combine_offset), mix(b.plan.tables_offset), mix(b.tensor_cores);
+  mix(reinterpret_cast<uintptr_t>(b.meta)), mix(reinterpret_cast<uintptr_t>(b.partial_out));
+  mix(reinterpret_cast<uintptr_t>(b.partial_lse));
+  return h;
 }
 
 absl::Status MlaAttention::Expanded(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,

@@ -19,6 +19,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <memory>
 
 #include "absl/status/status.h"
@@ -36,13 +37,33 @@ class MlaAttention {
 
   absl::Status Absorbed(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache, int64_t layer,
                         const AttentionLayout& layout, float softmax_scale, Tensor* out);
+  // Plans and uploads the absorbed form's work for `layout` ahead of the
+  // step's calls (queries of `heads` x `rank` + `rope`, cache of
+  // `num_blocks`), so that those calls only launch.
+  absl::Status Prepare(const AttentionLayout& layout, int64_t heads, int64_t rank, int64_t rope, int64_t num_blocks);
+  // The step `Prepare` was for is over: its layout may change or go away.
+  void EndStep() { prepared_ = nullptr; }
+  // Forbids (or allows again) planning and uploading inside Absorbed: a call
+  // whose plan was not prepared then fails instead (a recorded step must
+  // replay without them).
+  void set_launch_only(bool launch_only) { launch_only_ = launch_only; }
+  // Identifies everything the prepared plan's launches depend on (grid sizes,
+  // buffer addresses) but not the metadata it uploaded: equal signatures
+  // launch the same kernels with the same arguments.
+  uint64_t LaunchSignature() const;
   absl::Status Expanded(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope, const Tensor& k_rope,
                         const Tensor& v, float softmax_scale, Tensor* out);
 
  private:
   struct Buffers;
+  // The plan for `layout` made and uploaded, unless it is the current one.
+  absl::Status EnsurePlan(const AttentionLayout& layout, int64_t heads, int64_t rank, int64_t num_blocks,
+                    bool tensor_cores);
+
   cudaStream_t stream_;
   std::unique_ptr<Buffers> buffers_;
+  bool launch_only_ = false;
+  const AttentionLayout* prepared_ = nullptr;
 };
 
 }  // namespace mlaserve
