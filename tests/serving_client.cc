@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/bf16_storage_ops.h"
 #include "worker/model_runner.h"
@@ -76,16 +78,23 @@ std::vector<int32_t> RandomPrompt(std::mt19937& rng, int length) {
 }
 
 void ExpectStillServing(const LocalCluster& cluster, int live_workers) {
+  // A killed worker counts as live until its heartbeats are missed: on a fast
+  // backend the requests before can finish first, so wait for that verdict.
+  auto stub = cluster.GrpcStub();
+  v1::HealthResponse health;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  do {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Health(&context, v1::HealthRequest(), &health).ok());
+    if (health.live_workers() == live_workers) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  } while (absl::Now() < deadline);
+  EXPECT_TRUE(health.serving());
+  EXPECT_EQ(health.live_workers(), live_workers);
   for (int i = 0; i < 3; ++i) {
     GrpcOutput after = GenerateGrpc(cluster, {9, 10, static_cast<int32_t>(11 + i)}, 4);
     EXPECT_TRUE(after.status.ok()) << after.status.error_message();
   }
-  auto stub = cluster.GrpcStub();
-  grpc::ClientContext context;
-  v1::HealthResponse health;
-  ASSERT_TRUE(stub->Health(&context, v1::HealthRequest(), &health).ok());
-  EXPECT_TRUE(health.serving());
-  EXPECT_EQ(health.live_workers(), live_workers);
   EXPECT_EQ(cluster.Metric("mlaserve_kv_blocks_used"), 0);
 }
 
