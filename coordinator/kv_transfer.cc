@@ -69,8 +69,10 @@ absl::StatusOr<int64_t> KvTransfer::OverLink(const WorkerInfo& from, const std::
 
 absl::StatusOr<int64_t> KvTransfer::CopyBetween(const WorkerInfo& from, const std::vector<int32_t>& from_blocks,
                                                 const WorkerInfo& into, const std::vector<int32_t>& into_blocks) {
+  // NCCL links distinct GPUs only; two workers sharing one use the TCP pull.
   const bool gpus = absl::StartsWith(from.device, "cuda") && absl::StartsWith(into.device, "cuda");
-  if (gpus) return OverLink(from, from_blocks, into, into_blocks);
+  const bool same_gpu = !from.gpu_uuid.empty() && from.gpu_uuid == into.gpu_uuid;
+  if (gpus && !same_gpu) return OverLink(from, from_blocks, into, into_blocks);
   return Pull(into, from.address, from_blocks, into_blocks);
 }
 

@@ -31,7 +31,8 @@ grpc::Status WorkerRegistry::Register(grpc::ServerContext*, const internal::v1::
   const int32_t id = workers_.empty() ? 0 : workers_.rbegin()->first + 1;
   Entry& entry = workers_[id];
   entry.info = {id, request->address(), request->device(), request->memory_bytes(),
-                std::shared_ptr<internal::v1::Worker::Stub>(internal::v1::Worker::NewStub(channel)), request->pid()};
+                std::shared_ptr<internal::v1::Worker::Stub>(internal::v1::Worker::NewStub(channel)), request->pid(),
+                request->gpu_uuid()};
   entry.last_seen = absl::Now();
   response->set_worker_id(id);
   std::cerr << "coordinator: worker " << id << " registered at " << request->address() << "\n";

@@ -26,6 +26,7 @@ struct WorkerInfo {
   int64_t memory_bytes = 0;
   std::shared_ptr<internal::v1::Worker::Stub> stub;
   int64_t pid = 0;
+  std::string gpu_uuid;  // empty on a CPU
 };
 
 class WorkerRegistry final : public internal::v1::Coordinator::Service {

@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/grpc_status.h"
+#include "kernels/cuda/cuda_ops.h"
 #include "proto/worker.grpc.pb.h"
 #include "worker/comm/gloo_communicator.h"
 #include "worker/comm/grpc_rendezvous_store.h"
@@ -62,10 +63,15 @@ bool RequestDrain(internal::v1::Coordinator::Stub& stub, int worker_id) {
   return status.ok();
 }
 
+// The GPU index of a --device value ("cuda" is GPU 0), -1 for the CPU.
+int GpuIndex(const std::string& device) {
+  if (device.rfind("cuda", 0) != 0) return -1;
+  return device.size() > 5 ? std::atoi(device.c_str() + 5) : 0;
+}
+
 // Gloo over TCP for host tensors, NCCL for GPU ones.
 CommunicatorFactory CommunicatorsFor(const std::string& device, const std::string& host) {
-  if (device.rfind("cuda", 0) == 0) {
-    const int gpu = device.size() > 5 ? std::atoi(device.c_str() + 5) : 0;
+  if (const int gpu = GpuIndex(device); gpu >= 0) {
     return [gpu](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
       return NewNcclCommunicator(s, prefix, rank, size, NcclOptions{.device = gpu, .timeout = timeout});
     };
@@ -81,7 +87,8 @@ int64_t MemoryBytes() {
   return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
 }
 
-int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address) {
+int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address,
+                      const std::string& gpu_uuid) {
   const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
   while (absl::Now() < deadline && !g_signalled) {
     grpc::ClientContext context;
@@ -91,6 +98,7 @@ int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& 
     request.set_device(absl::GetFlag(FLAGS_device));
     request.set_memory_bytes(MemoryBytes());
     request.set_pid(getpid());
+    request.set_gpu_uuid(gpu_uuid);
     internal::v1::RegisterResponse response;
     grpc::Status status = stub.Register(&context, request, &response);
     if (status.ok()) return response.worker_id();
@@ -159,7 +167,16 @@ int Main(int argc, char** argv) {
   const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", port);
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_coordinator), grpc::InsecureChannelCredentials());
   auto stub = internal::v1::Coordinator::NewStub(channel);
-  const int worker_id = RegisterWithRetry(*stub, address);
+  std::string gpu_uuid;
+  if (const int gpu = GpuIndex(device); gpu >= 0) {
+    absl::StatusOr<std::string> uuid = CudaDeviceUuid(gpu);
+    if (!uuid.ok()) {
+      std::cerr << "worker: " << uuid.status() << "\n";
+      return 1;
+    }
+    gpu_uuid = *uuid;
+  }
+  const int worker_id = RegisterWithRetry(*stub, address, gpu_uuid);
   if (worker_id < 0) {
     std::cerr << "worker: could not register with " << absl::GetFlag(FLAGS_coordinator) << "\n";
     server->Shutdown();

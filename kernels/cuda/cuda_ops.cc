@@ -1107,6 +1107,14 @@ int CudaDeviceCount() {
   return count;
 }
 
+absl::StatusOr<std::string> CudaDeviceUuid(int device) {
+  cudaDeviceProp prop;
+  CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  std::string uuid;
+  for (char byte : prop.uuid.bytes) absl::StrAppend(&uuid, absl::Hex(static_cast<unsigned char>(byte), absl::kZeroPad2));
+  return uuid;
+}
+
 StepGraphStats GetStepGraphStats(const Ops& ops) {
   const auto* cuda = dynamic_cast<const CudaOps*>(&ops);
   return cuda != nullptr ? cuda->step_graph_stats() : StepGraphStats{};

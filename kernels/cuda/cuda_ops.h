@@ -35,6 +35,7 @@
 #define MLASERVE_KERNELS_CUDA_CUDA_OPS_H_
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/step_graphs.h"
@@ -55,6 +56,10 @@ StepGraphStats GetStepGraphStats(const Ops& ops);
 
 // Number of usable CUDA devices (0 when there is no GPU or driver).
 int CudaDeviceCount();
+
+// The UUID of GPU `device` (hex digits), which tells two processes whether
+// they share a GPU.
+absl::StatusOr<std::string> CudaDeviceUuid(int device);
 
 }  // namespace mlaserve
 
