@@ -67,12 +67,15 @@ absl::StatusOr<int64_t> KvTransfer::OverLink(const WorkerInfo& from, const std::
   return *received;
 }
 
-absl::StatusOr<int64_t> KvTransfer::CopyBetween(const WorkerInfo& from, const std::vector<int32_t>& from_blocks,
-                                                const WorkerInfo& into, const std::vector<int32_t>& into_blocks) {
-  // NCCL links distinct GPUs only; two workers sharing one use the TCP pull.
+bool UsesNcclLink(const WorkerInfo& from, const WorkerInfo& into) {
   const bool gpus = absl::StartsWith(from.device, "cuda") && absl::StartsWith(into.device, "cuda");
   const bool same_gpu = !from.gpu_uuid.empty() && from.gpu_uuid == into.gpu_uuid;
-  if (gpus && !same_gpu) return OverLink(from, from_blocks, into, into_blocks);
+  return gpus && !same_gpu;
+}
+
+absl::StatusOr<int64_t> KvTransfer::CopyBetween(const WorkerInfo& from, const std::vector<int32_t>& from_blocks,
+                                                const WorkerInfo& into, const std::vector<int32_t>& into_blocks) {
+  if (UsesNcclLink(from, into)) return OverLink(from, from_blocks, into, into_blocks);
   return Pull(into, from.address, from_blocks, into_blocks);
 }
 

@@ -1,8 +1,8 @@
 // Moves latent KV blocks between engine groups: the coordinator decides what
 // moves (it owns the block tables), the workers move the bytes. Between GPU
-// workers over a two-rank NCCL link per pair of workers (made on first use
-// through the rendezvous store, kept, renamed after a failure, one transfer
-// at a time); otherwise over TCP (Worker.PullBlocks / ReadBlocks, chunked and
+// workers on distinct GPUs over a two-rank NCCL link per pair of workers
+// (made on first use through the rendezvous store, kept, renamed after a
+// failure, one transfer at a time); otherwise over TCP (Worker.PullBlocks / ReadBlocks, chunked and
 // streamed, so a transfer's chunks are in flight while earlier ones are
 // written). Every rank of an attention replica
 // holds the same latent KV, so a copy crosses between groups once: from the
@@ -32,6 +32,10 @@ struct ReplicaBlocks {
   std::vector<WorkerInfo> ranks;
   std::vector<int32_t> blocks;
 };
+
+// Whether KV between two workers goes over a NCCL link (else the TCP pull):
+// both on GPUs, and not the same GPU, which NCCL cannot link to itself.
+bool UsesNcclLink(const WorkerInfo& from, const WorkerInfo& into);
 
 class KvTransfer {
  public:
