@@ -3,17 +3,12 @@
 // kernels/cpu does them), metadata uploads, cuBLASLt GEMMs, kernel launches.
 #include "kernels/cuda/cuda_ops.h"
 
-#include <cublasLt.h>
-#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <numeric>
-#include <optional>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -21,9 +16,9 @@
 #include "absl/strings/string_view.h"
 #include "common/dtype.h"
 #include "common/status_macros.h"
-#include "kernels/cuda/cublas_check.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/rms_norm.h"
@@ -124,84 +119,6 @@ class MetaPack {
   std::vector<char> bytes_;
 };
 
-// Lowest power of two (at most 256) dividing the address and the batch stride.
-uint32_t Alignment(const void* ptr, int64_t stride_bytes) {
-  const uintptr_t v = reinterpret_cast<uintptr_t>(ptr) | static_cast<uintptr_t>(stride_bytes) | uintptr_t{256};
-  return static_cast<uint32_t>(v & (~v + 1));
-}
-
-// One column-major GEMM (batched with strides when batch > 1):
-// C[m, n] = A^T B with A stored k x m (lda), B stored k x n (ldb), C m x n (ldc),
-// A and B bf16, C bf16 or float32, float32 accumulation. A row-major
-// out[T, N] = x[T, K] w[N, K]^T is m = N, n = T, k = K, A = w, B = x.
-struct GemmShape {
-  int64_t m = 0, n = 0, k = 0;
-  int64_t lda = 0, ldb = 0, ldc = 0;
-  int64_t stride_a = 0, stride_b = 0, stride_c = 0;
-  int64_t batch = 1;
-  cudaDataType_t c_type = CUDA_R_16BF;
-  uint32_t align_a = 256, align_b = 256, align_c = 256;
-  auto Tie() const {
-    return std::tie(m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch, c_type, align_a, align_b, align_c);
-  }
-  bool operator<(const GemmShape& other) const { return Tie() < other.Tie(); }
-};
-
-// cuBLASLt descriptors of one GemmShape.
-struct LtDescriptors {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  LtDescriptors() = default;
-  LtDescriptors(const LtDescriptors&) = delete;
-  LtDescriptors& operator=(const LtDescriptors&) = delete;
-  ~LtDescriptors() {
-    if (op != nullptr) cublasLtMatmulDescDestroy(op);
-    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
-    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
-    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
-  }
-};
-
-absl::Status SetBatch(cublasLtMatrixLayout_t layout, int64_t batch, int64_t stride) {
-  const int32_t count = static_cast<int32_t>(batch);
-  CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
-  CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
-  return absl::OkStatus();
-}
-
-absl::Status MakeDescriptors(const GemmShape& s, LtDescriptors* d) {
-  CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&d->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-  CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
-  CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
-  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->a, CUDA_R_16BF, s.k, s.m, s.lda));
-  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->b, CUDA_R_16BF, s.k, s.n, s.ldb));
-  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->c, s.c_type, s.m, s.n, s.ldc));
-  if (s.batch > 1) {
-    RETURN_IF_ERROR(SetBatch(d->a, s.batch, s.stride_a));
-    RETURN_IF_ERROR(SetBatch(d->b, s.batch, s.stride_b));
-    RETURN_IF_ERROR(SetBatch(d->c, s.batch, s.stride_c));
-  }
-  return absl::OkStatus();
-}
-
-// A GEMM algorithm chosen for a shape: cuBLASLt with `algo`, or (when
-// cuBLASLt offers nothing for the shape, e.g. odd leading dimensions)
-// cublasGemmStridedBatchedEx.
-struct GemmPlan {
-  bool use_lt = false;
-  bool batch_invariant = false;  // the algorithm of the reference row count
-  cublasLtMatmulAlgo_t algo{};
-  std::unique_ptr<LtDescriptors> descriptors;
-};
-
-// The row count (GEMM n) at which one algorithm per weight shape is chosen.
-constexpr int64_t kReferenceRows = 128;
-
 class CudaOps final : public Ops {
  public:
   CudaOps(int device, CudaOpsOptions options) : options_(options), context_(std::make_shared<StreamContext>()) {
@@ -213,7 +130,7 @@ class CudaOps final : public Ops {
     if (context_->stream != nullptr) cudaStreamSynchronize(context_->stream);
     graphs_.reset();
     attention_.reset();
-    plans_.clear();
+    gemm_.reset();
     if (step_device_ != nullptr && context_->stream != nullptr) cudaFreeAsync(step_device_, context_->stream);
     if (step_host_ != nullptr) cudaFreeHost(step_host_);
     if (meta_device_ != nullptr && context_->stream != nullptr) {
@@ -223,8 +140,6 @@ class CudaOps final : public Ops {
     if (staging_ != nullptr) cudaFreeHost(staging_);
     if (staging_done_ != nullptr) cudaEventDestroy(staging_done_);
     if (step_copied_ != nullptr) cudaEventDestroy(step_copied_);
-    if (lt_ != nullptr) cublasLtDestroy(lt_);
-    if (blas_ != nullptr) cublasDestroy(blas_);
   }
 
   absl::Status Init() {
@@ -244,12 +159,7 @@ class CudaOps final : public Ops {
     CUDA_RETURN_IF_ERROR(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
     CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&context_->stream, cudaStreamNonBlocking));
     CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&staging_done_, cudaEventDisableTiming));
-    CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&lt_));
-    CUBLAS_RETURN_IF_ERROR(cublasCreate(&blas_));
-    CUBLAS_RETURN_IF_ERROR(cublasSetStream(blas_, context_->stream));
-    CUBLAS_RETURN_IF_ERROR(
-        cublasSetMathMode(blas_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
-                                                           CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+    ASSIGN_OR_RETURN(gemm_, BatchInvariantGemm::Create(context_->stream));
     attention_ = std::make_unique<MlaAttention>(context_->stream);
     if (options_.step_graphs) {
       graphs_ = std::make_unique<StepGraphs>(context_->stream, [context = context_](void* data, DType dtype,
@@ -457,7 +367,7 @@ class CudaOps final : public Ops {
     s.c_type = c_type;
     s.align_a = Alignment(w.data, 0), s.align_b = Alignment(x.data, 0), s.align_c = Alignment(out->data, 0);
     DeviceScope scope(context_->device);
-    return Gemm(s, w.data, x.data, out->data);
+    return gemm_->Run(s, w.data, x.data, out->data);
   }
 
   absl::Status HeadLinear(const Tensor& x, const Tensor& w, Tensor* out) override {
@@ -480,7 +390,7 @@ class CudaOps final : public Ops {
     s.align_a = Alignment(w.data, s.stride_a * 2), s.align_b = Alignment(x.data, s.stride_b * 2);
     s.align_c = Alignment(out->data, s.stride_c * c_bytes);
     DeviceScope scope(context_->device);
-    return Gemm(s, w.data, x.data, out->data);
+    return gemm_->Run(s, w.data, x.data, out->data);
   }
 
   absl::Status Rope(Tensor* x, absl::Span<const int32_t> positions, const RopeTable& table) override {
@@ -971,114 +881,10 @@ class CudaOps final : public Ops {
     return static_cast<const char*>(meta_device_);
   }
 
-  // The best cuBLASLt algorithm for `s` with no split-K reduction and no
-  // workspace; nullopt when cuBLASLt has none.
-  absl::StatusOr<std::optional<cublasLtMatmulAlgo_t>> Heuristic(const GemmShape& s) {
-    LtDescriptors d;
-    RETURN_IF_ERROR(MakeDescriptors(s, &d));
-    cublasLtMatmulPreference_t preference = nullptr;
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&preference));
-    std::unique_ptr<std::remove_pointer_t<cublasLtMatmulPreference_t>, decltype(&cublasLtMatmulPreferenceDestroy)>
-        preference_owner(preference, cublasLtMatmulPreferenceDestroy);
-    const uint64_t workspace = 0;
-    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                                &workspace, sizeof(workspace)));
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction, sizeof(reduction)));
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &s.align_a, sizeof(s.align_a)));
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &s.align_b, sizeof(s.align_b)));
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &s.align_c, sizeof(s.align_c)));
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
-        preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &s.align_c, sizeof(s.align_c)));
-    cublasLtMatmulHeuristicResult_t result{};
-    int count = 0;
-    const cublasStatus_t status =
-        cublasLtMatmulAlgoGetHeuristic(lt_, d.op, d.a, d.b, d.c, d.c, preference, 1, &result, &count);
-    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && count == 0)) {
-      return std::optional<cublasLtMatmulAlgo_t>();
-    }
-    CUBLAS_RETURN_IF_ERROR(status);
-    return std::optional<cublasLtMatmulAlgo_t>(result.algo);
-  }
-
-  // The plan of `s`: the algorithm chosen for its weight shape at
-  // kReferenceRows rows when cuBLASLt accepts it at s.n rows without
-  // workspace (batch invariance), else the best for s itself, else the
-  // cublasGemmEx fallback.
-  absl::StatusOr<const GemmPlan*> Plan(const GemmShape& s) {
-    auto it = plans_.find(s);
-    if (it != plans_.end()) return &it->second;
-    GemmPlan plan;
-    plan.descriptors = std::make_unique<LtDescriptors>();
-    RETURN_IF_ERROR(MakeDescriptors(s, plan.descriptors.get()));
-    // The reference also assumes only 16-byte alignment (what TMA needs), so
-    // that the algorithm does not change with where a slice of rows starts
-    // (expert segments, SliceRows): only with the weight shape.
-    GemmShape reference = s;
-    reference.n = kReferenceRows;
-    reference.align_a = std::min<uint32_t>(s.align_a, 16);
-    reference.align_b = std::min<uint32_t>(s.align_b, 16);
-    reference.align_c = std::min<uint32_t>(s.align_c, 16);
-    auto ref = reference_algos_.find(reference);
-    if (ref == reference_algos_.end()) {
-      ASSIGN_OR_RETURN(std::optional<cublasLtMatmulAlgo_t> algo, Heuristic(reference));
-      ref = reference_algos_.emplace(reference, algo).first;
-    }
-    if (ref->second.has_value()) {
-      cublasLtMatmulHeuristicResult_t check{};
-      const LtDescriptors& d = *plan.descriptors;
-      if (cublasLtMatmulAlgoCheck(lt_, d.op, d.a, d.b, d.c, d.c, &*ref->second, &check) == CUBLAS_STATUS_SUCCESS &&
-          check.workspaceSize == 0) {
-        plan.use_lt = true;
-        plan.batch_invariant = true;
-        plan.algo = *ref->second;
-      }
-    }
-    if (!plan.use_lt) {
-      ASSIGN_OR_RETURN(std::optional<cublasLtMatmulAlgo_t> algo, Heuristic(s));
-      if (algo.has_value()) {
-        plan.use_lt = true;
-        plan.algo = *algo;
-      }
-    }
-    return &plans_.emplace(s, std::move(plan)).first->second;
-  }
-
-  absl::Status Gemm(const GemmShape& s, const void* a, const void* b, void* c) {
-    if (s.m == 0 || s.n == 0 || s.batch == 0) return absl::OkStatus();
-    if (s.k == 0) {
-      if (s.batch != 1 || s.ldc != s.m) return absl::UnimplementedError("GEMM with k = 0 on a strided output");
-      CUDA_RETURN_IF_ERROR(
-          cudaMemsetAsync(c, 0, static_cast<size_t>(s.m * s.n) * (s.c_type == CUDA_R_32F ? 4 : 2), stream()));
-      return absl::OkStatus();
-    }
-    ASSIGN_OR_RETURN(const GemmPlan* plan, Plan(s));
-    const float alpha = 1.0f, beta = 0.0f;
-    if (plan->use_lt) {
-      const LtDescriptors& d = *plan->descriptors;
-      CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, d.op, &alpha, a, d.a, b, d.b, &beta, c, d.c, c, d.c, &plan->algo,
-                                            nullptr, 0, stream()));
-      return absl::OkStatus();
-    }
-    CUBLAS_RETURN_IF_ERROR(cublasGemmStridedBatchedEx(
-        blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(s.m), static_cast<int>(s.n), static_cast<int>(s.k), &alpha,
-        a, CUDA_R_16BF, static_cast<int>(s.lda), s.stride_a, b, CUDA_R_16BF, static_cast<int>(s.ldb), s.stride_b,
-        &beta, c, s.c_type, static_cast<int>(s.ldc), s.stride_c, static_cast<int>(s.batch), CUBLAS_COMPUTE_32F,
-        CUBLAS_GEMM_DEFAULT));
-    return absl::OkStatus();
-  }
-
   const CudaOpsOptions options_;
   std::shared_ptr<StreamContext> context_;
-  cublasLtHandle_t lt_ = nullptr;
-  cublasHandle_t blas_ = nullptr;
+  std::unique_ptr<BatchInvariantGemm> gemm_;
   std::unique_ptr<MlaAttention> attention_;
-  std::map<GemmShape, GemmPlan> plans_;
-  std::map<GemmShape, std::optional<cublasLtMatmulAlgo_t>> reference_algos_;
   // Metadata: one device buffer reused by every op, filled from pinned staging memory.
   void* meta_device_ = nullptr;
   size_t meta_device_bytes_ = 0;

@@ -10,20 +10,15 @@
 // on the host (bad ids are InvalidArgument, bad slots OutOfRange, as on the
 // CPU) and is copied into device buffers the backend reuses.
 //
-// Matrix products are cuBLASLt bf16 GEMMs with float32 accumulation; the
-// MLA attention ops delegate to MlaAttention (kernels/cuda/mla_attention.h).
+// Matrix products are cuBLASLt bf16 GEMMs with float32 accumulation, one
+// algorithm per weight shape (kernels/cuda/gemm.h); the MLA attention ops
+// delegate to MlaAttention (kernels/cuda/mla_attention.h); routed experts
+// and sampling are this backend's own kernels (moe.h, sampling.h).
 //
-// Batch invariance: every custom kernel computes a row from that row alone.
-// For GEMMs, cuBLAS guarantees only run-to-run reproducibility for the same
-// problem (same shapes, toolkit, architecture, SM count; one stream or
-// CUBLAS_WORKSPACE_CONFIG) -- not that a row's result is the same when the
-// number of rows changes, since its heuristics pick other kernels (and
-// split-K / stream-K reductions) for other sizes. So the backend picks one
-// algorithm per weight shape (queried at a fixed reference row count),
-// forbids split-K reductions and workspace, and reuses that algorithm for
-// every row count it accepts: each output element is then one dot product in
-// the kernel's fixed K order, whatever the batch. (Shapes the chosen
-// algorithm rejects fall back to a per-size choice; see cuda_ops.cc.)
+// Batch invariance: every custom kernel computes a row from that row alone
+// (or, in the grouped expert GEMM, each element in a fixed k order), and the
+// GEMMs keep one algorithm whatever the row count, so a sequence's results
+// do not depend on the other sequences of its batch.
 //
 // Steps: BeginStep uploads the step's token arrays once (every layer's ops
 // read that copy) and plans the step's attention; RunStep records decode
