@@ -116,7 +116,8 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
                           .positions = step.positions,
                           .slots = step.slots,
                           .logit_rows = step.logit_rows,
-                          .layout = &batch.layout,
+                          // Only the absorbed form reads the cache through the step's attention plan.
+                          .layout = form == AttentionForm::kAbsorbed ? &batch.layout : nullptr,
                           .latent_cache = &cache.pool(),
                           .attention_heads = static_cast<int64_t>(layout_.heads.size()),
                           .latent_rank = config_.kv_lora_rank,

@@ -9,8 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
-#include "worker/block_io.h"
 #include "kernels/sampler.h"
+#include "worker/block_io.h"
 
 namespace mlaserve {
 namespace {

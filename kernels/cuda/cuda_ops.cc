@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/dtype.h"
@@ -667,7 +668,7 @@ class CudaOps final : public Ops {
     int32_t* pair_token = grouping.as<int32_t>();
     int32_t* pair_of = pair_token + max_pairs;
     auto* tiles = reinterpret_cast<cuda::ExpertTile*>(pair_of + max_pairs);
-    int32_t* num_tiles = pair_of + max_pairs + 4 * max_tiles;
+    auto* num_tiles = reinterpret_cast<int32_t*>(tiles + max_tiles);
     CUDA_RETURN_IF_ERROR(cuda::MoeGroupPairs(topk_ids.as<int32_t>(), rows, top_k, first_expert, local_experts,
                                              tile_pairs, pair_token, pair_of, tiles, num_tiles, stream()));
     ASSIGN_OR_RETURN(Tensor hidden, Empty(DType::kBF16, {max_pairs, 2 * inner}));
@@ -784,18 +785,12 @@ class CudaOps final : public Ops {
   // Everything a recorded step's launches depend on besides the weights'
   // and cache's contents.
   uint64_t StepKey() const {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
     const StepInputs& in = step_.inputs;
-    mix(in.token_ids.size()), mix(in.positions.size()), mix(in.slots.size()), mix(in.logit_rows.size());
-    mix(in.model_id), mix(reinterpret_cast<uintptr_t>(step_device_));
-    if (in.latent_cache != nullptr) {
-      // A recording bakes in the cache's address and geometry (a new cache may reuse the address).
-      mix(reinterpret_cast<uintptr_t>(in.latent_cache->data));
-      for (int64_t d : in.latent_cache->shape) mix(static_cast<uint64_t>(d));
-    }
-    mix(attention_->LaunchSignature());
-    return h;
+    // A recording bakes in the cache's address and geometry (a new cache may reuse the address).
+    const Tensor* cache = in.latent_cache;
+    return absl::HashOf(in.token_ids.size(), in.positions.size(), in.slots.size(), in.logit_rows.size(), in.model_id,
+                        step_device_, cache != nullptr ? cache->data : nullptr,
+                        cache != nullptr ? cache->shape : std::vector<int64_t>{}, attention_->LaunchSignature());
   }
 
   // Copies a step's arrays to step_device_ through pinned memory. Both
@@ -841,8 +836,6 @@ class CudaOps final : public Ops {
     CUDA_RETURN_IF_ERROR(cuda::Bf16ToF32(Bf16(t), t.numel(), f32.as<float>(), stream()));
     return f32;
   }
-
-
 
   // Copies the packed metadata to the device (through pinned staging memory,
   // so the copy is asynchronous) and returns its device address. The device

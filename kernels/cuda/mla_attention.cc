@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
@@ -332,8 +333,8 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
   return absl::OkStatus();
 }
 
-absl::Status MlaAttention::EnsurePlan(const AttentionLayout& layout, int64_t heads, int64_t rank, int64_t num_blocks,
-                                bool tensor_cores) {
+absl::Status MlaAttention::EnsurePlan(const AttentionLayout& layout, int64_t heads, int64_t rank,
+                                      int64_t num_blocks, bool tensor_cores) {
   constexpr absl::string_view kOp = "MlaAbsorbedAttention";
   Buffers& b = *buffers_;
   const int64_t rows = layout.num_tokens();
@@ -344,44 +345,41 @@ absl::Status MlaAttention::EnsurePlan(const AttentionLayout& layout, int64_t hea
   if (launch_only_) {
     return absl::FailedPreconditionError(absl::StrCat(kOp, ": the step's attention was not prepared"));
   }
-  {
-    b.have_plan = false;
-    for (const SequenceSlice& seq : layout.seqs) {
-      const int64_t needed = (seq.context_len + layout.block_size - 1) / layout.block_size;
-      if (seq.num_tokens < 0 || seq.token_begin < 0 || seq.token_begin + seq.num_tokens > rows ||
-          seq.num_tokens > seq.context_len || seq.context_len > kInt32Max - kSplitKeys ||
-          static_cast<int64_t>(seq.block_table.size()) < needed) {
-        return absl::InvalidArgumentError(absl::StrCat(kOp, ": sequence of ", seq.num_tokens, " tokens at ",
-                                                       seq.token_begin, " with ", seq.context_len, " positions and ",
-                                                       seq.block_table.size(), " blocks of ", layout.block_size,
-                                                       " in a batch of ", rows, " tokens"));
-      }
-      for (int64_t i = 0; i < needed; ++i) {
-        if (seq.block_table[i] < 0 || seq.block_table[i] >= num_blocks) {
-          return absl::OutOfRangeError(
-              absl::StrCat(kOp, ": block ", seq.block_table[i], " outside the pool of ", num_blocks));
-        }
+  b.have_plan = false;
+  for (const SequenceSlice& seq : layout.seqs) {
+    const int64_t needed = (seq.context_len + layout.block_size - 1) / layout.block_size;
+    if (seq.num_tokens < 0 || seq.token_begin < 0 || seq.token_begin + seq.num_tokens > rows ||
+        seq.num_tokens > seq.context_len || seq.context_len > kInt32Max - kSplitKeys ||
+        static_cast<int64_t>(seq.block_table.size()) < needed) {
+      return absl::InvalidArgumentError(absl::StrCat(kOp, ": sequence of ", seq.num_tokens, " tokens at ",
+                                                     seq.token_begin, " with ", seq.context_len, " positions and ",
+                                                     seq.block_table.size(), " blocks of ", layout.block_size,
+                                                     " in a batch of ", rows, " tokens"));
+    }
+    for (int64_t i = 0; i < needed; ++i) {
+      if (seq.block_table[i] < 0 || seq.block_table[i] >= num_blocks) {
+        return absl::OutOfRangeError(
+            absl::StrCat(kOp, ": block ", seq.block_table[i], " outside the pool of ", num_blocks));
       }
     }
-    ASSIGN_OR_RETURN(b.plan, MakePlan(layout, heads, rank, tensor_cores));
-    RETURN_IF_ERROR(Reserve(&b.meta, &b.meta_bytes, std::max<size_t>(b.plan.image.size(), 16), stream_));
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(b.meta, b.plan.image.data(), b.plan.image.size(), cudaMemcpyHostToDevice, stream_));
-    const size_t partial_rows = static_cast<size_t>(std::max<int64_t>(b.plan.partial_rows, 1));
-    RETURN_IF_ERROR(Reserve(reinterpret_cast<void**>(&b.partial_out), &b.partial_out_bytes,
-                            partial_rows * rank * sizeof(float), stream_));
-    RETURN_IF_ERROR(
-        Reserve(reinterpret_cast<void**>(&b.partial_lse), &b.partial_lse_bytes, partial_rows * sizeof(float), stream_));
-    b.block_size = layout.block_size;
-    b.heads = heads;
-    b.rank = rank;
-    b.num_blocks = num_blocks;
-    b.tensor_cores = tensor_cores;
-    b.seqs = layout.seqs;
-    b.have_plan = true;
   }
+  ASSIGN_OR_RETURN(b.plan, MakePlan(layout, heads, rank, tensor_cores));
+  RETURN_IF_ERROR(Reserve(&b.meta, &b.meta_bytes, std::max<size_t>(b.plan.image.size(), 16), stream_));
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(b.meta, b.plan.image.data(), b.plan.image.size(), cudaMemcpyHostToDevice, stream_));
+  const size_t partial_rows = static_cast<size_t>(std::max<int64_t>(b.plan.partial_rows, 1));
+  RETURN_IF_ERROR(Reserve(reinterpret_cast<void**>(&b.partial_out), &b.partial_out_bytes,
+                          partial_rows * rank * sizeof(float), stream_));
+  RETURN_IF_ERROR(
+      Reserve(reinterpret_cast<void**>(&b.partial_lse), &b.partial_lse_bytes, partial_rows * sizeof(float), stream_));
+  b.block_size = layout.block_size;
+  b.heads = heads;
+  b.rank = rank;
+  b.num_blocks = num_blocks;
+  b.tensor_cores = tensor_cores;
+  b.seqs = layout.seqs;
+  b.have_plan = true;
   return absl::OkStatus();
-
 }
 
 absl::Status MlaAttention::Prepare(const AttentionLayout& layout, int64_t heads, int64_t rank, int64_t rope,
@@ -396,17 +394,15 @@ absl::Status MlaAttention::Prepare(const AttentionLayout& layout, int64_t heads,
 uint64_t MlaAttention::LaunchSignature() const {
   const Buffers& b = *buffers_;
   if (!b.have_plan) return 0;
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  std::vector<int64_t> fields;
   for (const LaunchGroup& g : b.plan.groups) {
-    for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) mix(g.items_begin[k]), mix(g.items_count[k]);
-    mix(g.combine_begin), mix(g.combine_count), mix(g.combine_max_rows);
+    for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) fields.insert(fields.end(), {g.items_begin[k], g.items_count[k]});
+    fields.insert(fields.end(), {g.combine_begin, g.combine_count, g.combine_max_rows});
   }
-  for (size_t offset : b.plan.items_offset) mix(offset);
-  mix(b.plan.combine_offset), mix(b.plan.tables_offset), mix(b.tensor_cores);
-  mix(reinterpret_cast<uintptr_t>(b.meta)), mix(reinterpret_cast<uintptr_t>(b.partial_out));
-  mix(reinterpret_cast<uintptr_t>(b.partial_lse));
-  return h;
+  for (size_t offset : b.plan.items_offset) fields.push_back(static_cast<int64_t>(offset));
+  fields.insert(fields.end(), {static_cast<int64_t>(b.plan.combine_offset), static_cast<int64_t>(b.plan.tables_offset),
+                               b.tensor_cores});
+  return absl::HashOf(fields, b.meta, b.partial_out, b.partial_lse);
 }
 
 absl::Status MlaAttention::Expanded(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,

@@ -58,7 +58,7 @@ class MlaAttention {
   struct Buffers;
   // The plan for `layout` made and uploaded, unless it is the current one.
   absl::Status EnsurePlan(const AttentionLayout& layout, int64_t heads, int64_t rank, int64_t num_blocks,
-                    bool tensor_cores);
+                          bool tensor_cores);
 
   cudaStream_t stream_;
   std::unique_ptr<Buffers> buffers_;

@@ -4,26 +4,10 @@
 #include <climits>
 
 #include "kernels/cuda/ptx.h"
+#include "kernels/cuda/rank_order.h"
 
 namespace mlaserve::cuda {
 namespace {
-
-// The order of kernels/cpu's TopK: larger value first, ties to the lower index.
-__device__ __forceinline__ bool Better(float va, int ia, float vb, int ib) {
-  return va > vb || (va == vb && ia < ib);
-}
-
-// Every lane ends with the warp's best (value, index).
-__device__ __forceinline__ void WarpArgMax(float& value, int& index) {
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float other_value = __shfl_xor_sync(0xffffffff, value, offset);
-    const int other_index = __shfl_xor_sync(0xffffffff, index, offset);
-    if (Better(other_value, other_index, value, index)) {
-      value = other_value;
-      index = other_index;
-    }
-  }
-}
 
 __device__ __forceinline__ float WarpMax(float value) {
   for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffff, value, offset));

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/cuda/rank_order.h"
 #include "kernels/random_normal.h"
 
 namespace mlaserve::cuda {
@@ -26,11 +27,6 @@ __device__ __forceinline__ uint32_t OrderedKey(float x) {
 
 __device__ __forceinline__ float KeyValue(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
-
-// The reference's rank order: larger logit first, ties to the lower id.
-__device__ __forceinline__ bool Better(float va, int64_t ia, float vb, int64_t ib) {
-  return va > vb || (va == vb && ia < ib);
 }
 
 // One row of logits [shards, rows, shard_vocab], addressed by token id.
@@ -133,11 +129,7 @@ __device__ void BlockArgMax(const RowLogits<T>& logits, Range range, Shared& s, 
     const float x = logits(v);
     if (Better(x, v, value, id)) value = x, id = v;
   }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float other_value = __shfl_xor_sync(0xffffffff, value, offset);
-    const int64_t other_id = __shfl_xor_sync(0xffffffff, id, offset);
-    if (Better(other_value, other_id, value, id)) value = other_value, id = other_id;
-  }
+  WarpArgMax(value, id);
   if (threadIdx.x % 32 == 0) s.best_value[threadIdx.x / 32] = value, s.best_id[threadIdx.x / 32] = id;
   __syncthreads();
   value = s.best_value[0], id = s.best_id[0];
