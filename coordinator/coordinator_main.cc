@@ -20,6 +20,7 @@
 #include "common/status_macros.h"
 #include "coordinator/admin_service.h"
 #include "coordinator/grpc_service.h"
+#include "coordinator/grpc_step_executor.h"
 #include "coordinator/http_server.h"
 #include "coordinator/metrics.h"
 #include "coordinator/rendezvous_service.h"
@@ -133,7 +134,9 @@ absl::StatusOr<int64_t> StartGroups(const std::vector<WorkerInfo>& workers, cons
   for (size_t first = 0; first < workers.size(); first += size) {
     std::vector<WorkerInfo> members(workers.begin() + first, workers.begin() + first + size);
     options.role = roles[first / size];
-    engine.AddGroup(std::make_unique<EngineGroup>(members[0].id, std::move(members), options, config, metrics));
+    auto executor = std::make_unique<GrpcStepExecutor>(members, options.tp, options.step_timeout);
+    engine.AddGroup(std::make_unique<EngineGroup>(members[0].id, std::move(members), std::move(executor), options,
+                                                  config, metrics));
   }
   return bytes_per_block;
 }

@@ -1,21 +1,13 @@
 #include "coordinator/engine_group.h"
 
 #include <algorithm>
-#include <future>
 #include <iostream>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/strings/str_cat.h"
-#include "common/grpc_status.h"
 #include "common/status_macros.h"
 
 namespace mlaserve {
 namespace {
-
-bool Contains(const std::vector<int32_t>& ids, int32_t id) {
-  return std::find(ids.begin(), ids.end(), id) != ids.end();
-}
 
 TokenLogprobs FromProto(const internal::v1::TokenLogprobs& logprobs) {
   return TokenLogprobs{logprobs.token_id(), logprobs.logprob(),
@@ -25,18 +17,21 @@ TokenLogprobs FromProto(const internal::v1::TokenLogprobs& logprobs) {
 
 }  // namespace
 
-EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, GroupOptions options,
-                         const ModelConfig& config, ServingMetrics& metrics)
+EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, std::unique_ptr<StepExecutor> executor,
+                         GroupOptions options, const ModelConfig& config, ServingMetrics& metrics)
     : group_id_(group_id),
       workers_(std::move(workers)),
       options_(options),
-      config_(config),
-      eos_ids_(config.eos_token_ids.begin(), config.eos_token_ids.end()),
+      executor_(std::move(executor)),
       metrics_(metrics),
       replicas_([&] {
+        SchedulerOptions scheduler = options.scheduler;
+        scheduler.eos_token_ids.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
+        scheduler.max_model_len = config.max_position_embeddings;
+        scheduler.prefill_only = options.role == GroupRole::kPrefill;
         std::vector<std::unique_ptr<Replica>> replicas;
         for (int r = 0; r < std::max(1, options.dp_attention); ++r) {
-          replicas.push_back(std::make_unique<Replica>(options.num_blocks, options.block_size, options.scheduler));
+          replicas.push_back(std::make_unique<Replica>(options.num_blocks, options.block_size, scheduler));
         }
         return replicas;
       }()),
@@ -47,6 +42,8 @@ EngineGroup::~EngineGroup() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  // A step waiting on a hung worker would hold the loop up to its timeout.
+  executor_->Abort(absl::CancelledError("shutting down"));
   loop_.join();
 }
 
@@ -75,9 +72,12 @@ void EngineGroup::Cancel(int64_t request_id) {
 }
 
 void EngineGroup::Fail(absl::Status why) {
-  absl::MutexLock lock(&mu_);
-  if (failure_.ok()) failure_ = std::move(why);
-  wake_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    if (failure_.ok()) failure_ = why;
+    wake_ = true;
+  }
+  executor_->Abort(why);
 }
 
 bool EngineGroup::alive() const {
@@ -125,173 +125,159 @@ bool EngineGroup::HasWork() const {
 }
 
 void EngineGroup::Loop() {
+  std::optional<LaunchedStep> in_flight;
   while (true) {
-    Step step;
-    bool empty = true;
-    std::vector<Update> updates;
-    std::vector<Handoff> handoffs;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(this, &EngineGroup::HasWork));
-      wake_ = false;
-      if (stopping_ || !failure_.ok()) {
-        const absl::Status why = failure_.ok() ? absl::CancelledError("shutting down") : failure_;
-        updates = EndAll(RemoveAll(), failure_.ok() ? FinishReason::kAbort : FinishReason::kError, why);
-        PublishGauges();
-      } else if (draining_) {
-        updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
-        handoffs = DetachAll();
-        stalled_ = true;
-        PublishGauges();
-      } else {
-        updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
-        for (const auto& replica : replicas_) {
-          const int64_t preemptions = replica->scheduler.num_preemptions();
-          step.push_back(replica->scheduler.Schedule());
-          empty = empty && step.back().empty();
-          metrics_.CountPreemptions(static_cast<double>(replica->scheduler.num_preemptions() - preemptions));
-        }
-        stalled_ = empty;
-        PublishGauges();
-      }
-    }
-    for (Update& u : updates) u.callback(u.update);
-    updates.clear();
-    HandOver(std::move(handoffs));
-    handoffs.clear();
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-    }
-    if (empty) continue;
-    absl::StatusOr<std::vector<internal::v1::StepResponse>> sampled = RunStep(step);
-    {
-      absl::MutexLock lock(&mu_);
-      if (sampled.ok()) {
-        updates = ApplyStep(step, *sampled, &handoffs);
-      } else if (failure_.ok()) {
-        failure_ = sampled.status();
-      }
-    }
-    for (Update& u : updates) u.callback(u.update);
-    HandOver(std::move(handoffs));
+    Plan plan = Schedule(in_flight.has_value());
+    Emit(std::move(plan.updates), std::move(plan.handoffs));
+    if (plan.stop) return;
+    std::optional<LaunchedStep> launched;
+    if (plan.step.sequences_size() > 0) launched = Run(plan);
+    if (in_flight.has_value()) Postprocess(*in_flight);
+    in_flight = std::move(launched);
   }
 }
 
-absl::StatusOr<std::vector<internal::v1::StepResponse>> EngineGroup::RunStep(const Step& step) {
-  internal::v1::StepRequest request;
-  request.set_step_id(next_step_id_++);
-  for (size_t r = 0; r < step.size(); ++r) {
-    for (const ScheduledSequence& s : step[r]) {
-      const Sequence& seq = *s.seq;
-      internal::v1::StepSequence* q = request.add_sequences();
-      q->set_request_id(seq.id);
-      q->set_replica(static_cast<int32_t>(r));
-      q->mutable_token_ids()->Add(seq.tokens.begin() + seq.num_computed,
-                                  seq.tokens.begin() + seq.num_computed + s.num_tokens);
-      q->set_context_len(seq.num_computed + s.num_tokens);
-      q->mutable_block_table()->Add(seq.block_table.begin(), seq.block_table.end());
-      q->set_sample(s.sample);
+EngineGroup::Plan EngineGroup::Schedule(bool step_in_flight) {
+  absl::MutexLock lock(&mu_);
+  if (!step_in_flight) mu_.Await(absl::Condition(this, &EngineGroup::HasWork));
+  wake_ = false;
+  Plan plan;
+  if (stopping_ || !failure_.ok() || draining_) {
+    if (step_in_flight) return plan;  // its tokens first: they are the clients'
+    if (draining_ && !stopping_ && failure_.ok()) {
+      plan.updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
+      plan.handoffs = DetachAll();
+      stalled_ = true;
+    } else {
+      const absl::Status why = failure_.ok() ? absl::CancelledError("shutting down") : failure_;
+      plan.updates = EndAll(RemoveAll(), stopping_ ? FinishReason::kAbort : FinishReason::kError, why);
+      plan.stop = stopping_;
+    }
+    PublishGauges();
+    return plan;
+  }
+  plan.updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
+  plan.launched.slots.resize(replicas_.size());
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    Scheduler& scheduler = replicas_[r]->scheduler;
+    const int64_t preemptions = scheduler.num_preemptions();
+    BuildStep(static_cast<int>(r), scheduler.Schedule(), &plan);
+    metrics_.CountPreemptions(static_cast<double>(scheduler.num_preemptions() - preemptions));
+  }
+  if (plan.step.sequences_size() > 0) {
+    plan.step.set_step_id(next_step_id_++);
+    for (const auto& replica : replicas_) {
+      for (int64_t id : replica->scheduler.TakeReleased()) plan.step.add_released(id);
+    }
+  }
+  // Nothing to run and nothing coming back: wait for a submission,
+  // cancellation or failure.
+  stalled_ = plan.step.sequences_size() == 0 && !step_in_flight;
+  PublishGauges();
+  return plan;
+}
+
+void EngineGroup::BuildStep(int replica, const std::vector<ScheduledSequence>& scheduled, Plan* plan) {
+  for (const ScheduledSequence& s : scheduled) {
+    Sequence& seq = *s.seq;
+    internal::v1::StepSequence* q = plan->step.add_sequences();
+    q->set_request_id(seq.id);
+    q->set_replica(replica);
+    if (!seq.on_workers) {
+      q->set_start(true);
       q->mutable_sampling()->set_temperature(seq.sampling.temperature);
       q->mutable_sampling()->set_top_k(seq.sampling.top_k);
       q->mutable_sampling()->set_top_p(seq.sampling.top_p);
       q->mutable_sampling()->set_seed(seq.seed);
-      q->set_sample_index(static_cast<int32_t>(seq.num_output()));
       q->set_logprobs(seq.sampling.logprobs >= 0);
       q->set_top_logprobs(std::max(0, seq.sampling.logprobs));
+      seq.on_workers = true;
     }
-  }
-  // Every rank of the group runs the same step; each replica's first rank
-  // samples that replica's sequences.
-  std::vector<std::future<std::pair<grpc::Status, internal::v1::StepResponse>>> calls;
-  for (const WorkerInfo& worker : workers_) {
-    calls.push_back(std::async(std::launch::async, [&, stub = worker.stub] {
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(absl::Now() + options_.step_timeout));
-      internal::v1::StepResponse response;
-      grpc::Status status = stub->Step(&context, request, &response);
-      return std::make_pair(status, std::move(response));
-    }));
-  }
-  std::vector<internal::v1::StepResponse> sampled(step.size());
-  absl::Status first_error;
-  for (size_t rank = 0; rank < calls.size(); ++rank) {
-    auto [status, response] = calls[rank].get();
-    if (!status.ok() && first_error.ok()) {
-      first_error = absl::UnavailableError(absl::StrCat("worker ", workers_[rank].id, " (", workers_[rank].address,
-                                                        ") failed a step: ", FromGrpcStatus(status).ToString()));
-    }
-    if (rank % options_.tp == 0 && rank / options_.tp < sampled.size()) {
-      sampled[rank / options_.tp] = std::move(response);
-    }
-  }
-  if (!first_error.ok()) return first_error;
-  for (size_t r = 0; r < step.size(); ++r) {
-    const auto expected = std::count_if(step[r].begin(), step[r].end(), [](const auto& s) { return s.sample; });
-    const int tokens = sampled[r].sampled_token_ids_size();
-    if (tokens != expected || sampled[r].logprobs_size() != tokens) {
-      return absl::InternalError(absl::StrCat("replica ", r, " returned ", tokens, " tokens and ",
-                                              sampled[r].logprobs_size(), " logprobs for ", expected, " samples"));
-    }
-  }
-  return sampled;
-}
-
-std::vector<EngineGroup::Update> EngineGroup::ApplyStep(const Step& step,
-                                                        const std::vector<internal::v1::StepResponse>& sampled,
-                                                        std::vector<Handoff>* handoffs) {
-  std::vector<Update> updates;
-  for (size_t r = 0; r < step.size(); ++r) ApplyReplicaStep(static_cast<int>(r), step[r], sampled[r], &updates, handoffs);
-  PublishGauges();
-  return updates;
-}
-
-void EngineGroup::ApplyReplicaStep(int r, const std::vector<ScheduledSequence>& step,
-                                   const internal::v1::StepResponse& sampled, std::vector<Update>* updates,
-                                   std::vector<Handoff>* handoffs) {
-  Replica& replica = *replicas_[r];
-  replica.scheduler.Advance(step);
-  std::vector<int64_t> finished;
-  std::vector<Sequence*> prefilled;
-  int next = 0;
-  const absl::Time now = absl::Now();
-  for (const ScheduledSequence& s : step) {
-    if (!s.sample) continue;
-    Sequence& seq = *s.seq;
-    const int32_t token = sampled.sampled_token_ids(next);
-    seq.tokens.push_back(token);
-    if (seq.num_output() == 1) {
-      seq.first_token_time = now;
-      metrics_.ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - seq.arrival));
-    }
-    GenerateUpdate update;
-    update.token_ids = {token};
-    if (seq.sampling.logprobs >= 0) update.logprobs = {FromProto(sampled.logprobs(next))};
-    ++next;
-    FinishReason reason = FinishReason::kNone;
-    if (Contains(seq.sampling.stop_token_ids, token) || (!seq.sampling.ignore_eos && Contains(eos_ids_, token))) {
-      reason = FinishReason::kStop;  // the stop token's text is not part of the output
-      update.text = seq.detokenizer->Flush();
+    q->mutable_new_blocks()->Add(seq.block_table.begin() + seq.blocks_on_workers, seq.block_table.end());
+    seq.blocks_on_workers = static_cast<int64_t>(seq.block_table.size());
+    const auto first = seq.tokens.begin() + s.begin;
+    if (s.num_tokens == 1 && *first == kPendingToken) {
+      q->set_sampled_input(true);  // the token the workers sampled last step
     } else {
-      update.text = seq.detokenizer->Append(token);
-      if (seq.detokenizer->stopped()) reason = FinishReason::kStop;
+      q->mutable_token_ids()->Add(first, first + s.num_tokens);
     }
-    if (reason == FinishReason::kNone && (seq.num_output() >= seq.sampling.max_tokens ||
-                                          static_cast<int64_t>(seq.tokens.size()) >= config_.max_position_embeddings)) {
-      reason = FinishReason::kLength;
-      update.text += seq.detokenizer->Flush();
+    q->set_context_len(s.begin + s.num_tokens);
+    q->set_sample(s.sample);
+    if (s.sample) {
+      const int64_t position = s.begin + s.num_tokens;
+      q->set_sample_index(static_cast<int32_t>(position - seq.prompt_len));
+      plan->launched.slots[replica].push_back({seq.id, position});
     }
-    if (reason != FinishReason::kNone) {
-      Finish(seq, reason, absl::OkStatus(), &update);
-      finished.push_back(seq.id);
-    } else if (options_.role == GroupRole::kPrefill && seq.num_output() == 1) {
-      prefilled.push_back(&seq);
-    }
-    updates->push_back({seq.on_update, std::move(update)});
   }
-  metrics_.AddGenerationTokens(static_cast<double>(sampled.sampled_token_ids_size()));
-  for (int64_t id : finished) replica.scheduler.Remove(id);
-  for (Sequence* seq : prefilled) handoffs->push_back(Detach(r, seq));
+}
+
+std::optional<EngineGroup::LaunchedStep> EngineGroup::Run(Plan& plan) {
+  absl::Status launched = executor_->Launch(plan.step);
+  if (launched.ok()) return std::move(plan.launched);
+  absl::MutexLock lock(&mu_);
+  if (failure_.ok()) failure_ = launched;
+  return std::nullopt;
+}
+
+void EngineGroup::Postprocess(const LaunchedStep& step) {
+  absl::StatusOr<std::vector<internal::v1::StepResponse>> sampled = executor_->Collect();
+  std::vector<Update> updates;
+  std::vector<Handoff> handoffs;
+  std::vector<std::unique_ptr<Sequence>> finished;
+  {
+    absl::MutexLock lock(&mu_);
+    stalled_ = false;
+    for (size_t r = 0; sampled.ok() && r < step.slots.size(); ++r) {
+      const internal::v1::StepResponse& response = (*sampled)[r];
+      const size_t tokens = response.sampled_token_ids_size();
+      if (tokens != step.slots[r].size() || response.logprobs_size() != static_cast<int>(tokens)) {
+        sampled = absl::InternalError(absl::StrCat("replica ", r, " returned ", tokens, " tokens and ",
+                                                   response.logprobs_size(), " logprobs for ", step.slots[r].size(),
+                                                   " samples"));
+      }
+    }
+    if (!sampled.ok()) {
+      if (failure_.ok()) failure_ = sampled.status();
+      return;  // the next Schedule ends every request
+    }
+    const absl::Time now = absl::Now();
+    for (size_t r = 0; r < step.slots.size(); ++r) {
+      const internal::v1::StepResponse& response = (*sampled)[r];
+      Postprocessed done = replicas_[r]->scheduler.Postprocess(step.slots[r], response.sampled_token_ids());
+      for (SampleResult& sample : done.samples) {
+        Sequence& seq = *sample.seq;
+        if (seq.num_known_output() == 1) {
+          seq.first_token_time = now;
+          metrics_.ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - seq.arrival));
+        }
+        GenerateUpdate update;
+        update.token_ids = {sample.token};
+        update.text = std::move(sample.text);
+        if (seq.sampling.logprobs >= 0) update.logprobs = {FromProto(response.logprobs(sample.row))};
+        if (sample.reason != FinishReason::kNone) {
+          Finish(seq, sample.reason, absl::OkStatus(), &update);
+        } else if (options_.role == GroupRole::kPrefill && seq.num_known_output() == 1) {
+          handoffs.push_back(Detach(static_cast<int>(r), &seq));
+        }
+        updates.push_back({seq.on_update, std::move(update)});
+      }
+      metrics_.AddGenerationTokens(static_cast<double>(done.samples.size()));
+      for (auto& seq : done.finished) finished.push_back(std::move(seq));
+    }
+    PublishGauges();
+  }
+  Emit(std::move(updates), std::move(handoffs));
+}
+
+void EngineGroup::Emit(std::vector<Update> updates, std::vector<Handoff> handoffs) {
+  for (Update& u : updates) u.callback(u.update);
+  if (handoffs.empty()) return;
+  HandoffCallback handoff;
+  {
+    absl::MutexLock lock(&mu_);
+    handoff = handoff_;
+  }
+  for (Handoff& h : handoffs) handoff(std::move(h.seq), std::move(h.hold));
 }
 
 EngineGroup::Handoff EngineGroup::Detach(int r, Sequence* seq) {
@@ -316,16 +302,6 @@ std::vector<EngineGroup::Handoff> EngineGroup::DetachAll() {
     for (Sequence* seq : replicas_[r]->scheduler.sequences()) out.push_back(Detach(static_cast<int>(r), seq));
   }
   return out;
-}
-
-void EngineGroup::HandOver(std::vector<Handoff> handoffs) {
-  if (handoffs.empty()) return;
-  HandoffCallback handoff;
-  {
-    absl::MutexLock lock(&mu_);
-    handoff = handoff_;
-  }
-  for (Handoff& h : handoffs) handoff(std::move(h.seq), std::move(h.hold));
 }
 
 void EngineGroup::SetHandoff(HandoffCallback handoff) {

@@ -1,18 +1,20 @@
 // One engine group: the workers that together hold one copy of the model,
 // with the scheduler, block manager and prefix index that drive them (one of
 // each per attention replica: with data-parallel attention, each replica's
-// ranks hold the KV of their own sequences). A loop
-// thread plans each step, sends it to every worker of the group in lockstep,
-// applies the sampled tokens (detokenizing, checking stop conditions) and
-// emits request updates. Only the loop thread touches sequences or emits
-// updates, so each request sees its updates in order; other threads submit
-// and cancel under the lock and wake the loop.
+// ranks hold the KV of their own sequences). A loop thread runs
+// schedule -> run -> postprocess: it schedules step N+1 and launches it on
+// the workers (through a StepExecutor) before it collects step N and has the
+// schedulers postprocess its tokens, so the host's work on one step overlaps
+// the workers' work on the next. Only the loop thread touches sequences or
+// emits updates, so each request sees its updates in order; other threads
+// submit and cancel under the lock and wake the loop.
 #ifndef MLASERVE_COORDINATOR_ENGINE_GROUP_H_
 #define MLASERVE_COORDINATOR_ENGINE_GROUP_H_
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -23,6 +25,7 @@
 #include "coordinator/block_manager.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/step_executor.h"
 #include "coordinator/worker_registry.h"
 
 namespace mlaserve {
@@ -55,15 +58,17 @@ using HandoffCallback = std::function<void(std::unique_ptr<Sequence> seq, BlockH
 
 class EngineGroup {
  public:
-  EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, GroupOptions options, const ModelConfig& config,
-              ServingMetrics& metrics);
+  // `executor` reaches `workers` (in rank order).
+  EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, std::unique_ptr<StepExecutor> executor,
+              GroupOptions options, const ModelConfig& config, ServingMetrics& metrics);
   ~EngineGroup();  // stops the loop; pending requests end with kAbort
 
   void Submit(std::unique_ptr<Sequence> seq);
   // Asks the loop to end a request with kAbort and free its blocks.
   void Cancel(int64_t request_id);
-  // The group cannot serve any more (a worker died): its requests end with
-  // kError carrying `why`, and it refuses new ones.
+  // The group cannot serve any more (a worker died or hung): its requests
+  // end with kError carrying `why`, and it refuses new ones; a step waiting
+  // on a worker is given up.
   void Fail(absl::Status why);
 
   // Sequences leave through `handoff` (set before the first Submit).
@@ -120,29 +125,40 @@ class EngineGroup {
     PrefixMatch match;
   };
   ReplicaMatch BestReplica(const std::vector<int32_t>& tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A step: what each replica runs.
-  using Step = std::vector<std::vector<ScheduledSequence>>;
-
-  void Loop();
-  // Each replica's step response (from its first rank): the sampled tokens of
-  // its sampled sequences, in step order, with their logprobs.
-  absl::StatusOr<std::vector<internal::v1::StepResponse>> RunStep(const Step& step);
-  // Appends sampled tokens, detokenizes and checks stop conditions; returns
-  // the updates to emit (finished sequences are then removed).
   struct Handoff {
     std::unique_ptr<Sequence> seq;
     BlockHold hold;
   };
-  // A prefill group's sequences that got their first token go to `handoffs`.
-  std::vector<Update> ApplyStep(const Step& step, const std::vector<internal::v1::StepResponse>& sampled,
-                                std::vector<Handoff>* handoffs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ApplyReplicaStep(int replica, const std::vector<ScheduledSequence>& step,
-                        const internal::v1::StepResponse& sampled, std::vector<Update>* updates,
-                        std::vector<Handoff>* handoffs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A step launched on the workers: where each replica's samples go.
+  struct LaunchedStep {
+    std::vector<std::vector<SampleSlot>> slots;  // per replica
+  };
+  // What the loop does next, decided under the lock.
+  struct Plan {
+    std::vector<Update> updates;     // to emit first
+    std::vector<Handoff> handoffs;
+    internal::v1::StepRequest step;  // empty when nothing runs
+    LaunchedStep launched;
+    bool stop = false;
+  };
+
+  void Loop();
+  // Waits for work unless a step is in flight, then plans: ends what was
+  // cancelled, failed or stopped, hands over a drain, or schedules the next
+  // step. Stopping, failing and draining first let the step in flight finish.
+  Plan Schedule(bool step_in_flight) ABSL_LOCKS_EXCLUDED(mu_);
+  // The step's message: each sequence's change since the workers last saw it.
+  void BuildStep(int replica, const std::vector<ScheduledSequence>& scheduled, Plan* plan)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Launches the planned step; nullopt (and the group failed) on error.
+  std::optional<LaunchedStep> Run(Plan& plan) ABSL_LOCKS_EXCLUDED(mu_);
+  // Collects `step`, has the schedulers apply its tokens and emits the
+  // updates; a prefill group's sequences that got their first token leave.
+  void Postprocess(const LaunchedStep& step) ABSL_LOCKS_EXCLUDED(mu_);
+  void Emit(std::vector<Update> updates, std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes `seq` out of `replica`, holding its computed whole blocks.
   Handoff Detach(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<Handoff> DetachAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void HandOver(std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
   int64_t Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills the final fields of `update` and records the request's metrics.
   void Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update);
@@ -157,8 +173,7 @@ class EngineGroup {
   const int32_t group_id_;
   const std::vector<WorkerInfo> workers_;
   const GroupOptions options_;
-  const ModelConfig& config_;
-  const std::vector<int32_t> eos_ids_;
+  const std::unique_ptr<StepExecutor> executor_;
   ServingMetrics& metrics_;
   int64_t next_step_id_ = 0;
 

@@ -37,6 +37,8 @@ ABSL_FLAG(std::string, device, "cpu", "backend: cpu, or cuda[:N] (GPU N, with NC
 ABSL_FLAG(bool, cuda_graphs, true, "on cuda: record decode steps as CUDA graphs and replay them");
 ABSL_FLAG(double, drain_timeout_s, 120, "after SIGTERM, stop anyway after this long");
 ABSL_FLAG(double, transfer_chunk_delay_ms, 0, "pause after each KV transfer chunk sent (to exercise failures mid-transfer)");
+ABSL_FLAG(bool, mock_compute, false,
+          "answer steps without computing (no weights or KV memory): measures the serving path's own cost");
 ABSL_FLAG(double, memory_gb, 0, "memory this worker offers for weights and KV cache (0: the machine's RAM)");
 
 namespace mlaserve {
@@ -151,7 +153,8 @@ int Main(int argc, char** argv) {
   }
   GrpcRendezvousStore store(absl::GetFlag(FLAGS_coordinator));
   WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)),
-                        absl::Milliseconds(absl::GetFlag(FLAGS_transfer_chunk_delay_ms)));
+                        {.transfer_chunk_delay = absl::Milliseconds(absl::GetFlag(FLAGS_transfer_chunk_delay_ms)),
+                         .mock_compute = absl::GetFlag(FLAGS_mock_compute)});
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));

@@ -26,11 +26,11 @@ void FillLogprobs(absl::Span<const float> logits, int32_t token, int32_t top_n, 
 }  // namespace
 
 WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory,
-                             absl::Duration transfer_chunk_delay)
+                             WorkerOptions options)
     : ops_(std::move(ops)),
       store_(store),
       factory_(std::move(factory)),
-      transfer_chunk_delay_(transfer_chunk_delay),
+      options_(options),
       links_(store, factory_) {}
 
 grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const internal::v1::LoadShardRequest* request,
@@ -42,6 +42,8 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const internal::v1::
 absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
                                  internal::v1::LoadShardResponse* response) {
   // A reload replaces everything: the old model goes before its communicators.
+  loaded_ = false;
+  sequences_.clear();
   cache_.reset();
   model_.reset();
   comms_ = GroupComms();
@@ -60,6 +62,17 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   }
   comms_.plan = plan;
   comms_.group_rank = request.group_rank();
+  if (options_.mock_compute) {
+    ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(request.model_dir() + "/config.json"));
+    num_blocks_ = request.num_blocks();
+    block_size_ = request.block_size();
+    vocab_size_ = config.vocab_size;
+    loaded_ = true;
+    response->set_num_blocks(num_blocks_);
+    response->set_bytes_per_block(block_size_ * config.num_hidden_layers *
+                                  (config.kv_lora_rank + config.qk_rope_head_dim) * 2);
+    return absl::OkStatus();
+  }
   auto progress = [](int64_t done, int64_t total) {
     std::cerr << "worker: loading weights, layer " << done << "/" << total << "\n";
   };
@@ -72,81 +85,161 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops_, model->config(), request.num_blocks(), request.block_size()));
   model_ = std::move(model);
   cache_.emplace(std::move(cache));
+  num_blocks_ = cache_->num_blocks();
+  block_size_ = cache_->block_size();
+  vocab_size_ = model_->config().vocab_size;
+  loaded_ = true;
   response->set_num_blocks(cache_->num_blocks());
   response->set_bytes_per_block(cache_->bytes_per_block());
   return absl::OkStatus();
 }
 
-grpc::Status WorkerService::Step(grpc::ServerContext*, const internal::v1::StepRequest* request,
-                                 internal::v1::StepResponse* response) {
-  absl::MutexLock lock(&mu_);
-  return ToGrpcStatus(RunStep(*request, response));
+grpc::Status WorkerService::Steps(
+    grpc::ServerContext*, grpc::ServerReaderWriter<internal::v1::StepResponse, internal::v1::StepRequest>* stream) {
+  internal::v1::StepRequest request;
+  while (stream->Read(&request)) {
+    internal::v1::StepResponse response;
+    absl::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      status = RunStep(request, &response);
+    }
+    // A failed step ends the stream: the coordinator fails the group.
+    if (!status.ok()) return ToGrpcStatus(status);
+    if (!stream->Write(response)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator went away");
+  }
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<WorkerService::StepRow> WorkerService::ApplyChange(const internal::v1::StepSequence& s,
+                                                                  ForwardBatch* batch) {
+  const std::string who = absl::StrCat("request ", s.request_id(), ": ");
+  SequenceState* state;
+  if (s.start()) {
+    state = &sequences_[s.request_id()];
+    *state = SequenceState();
+    state->sampling = {.temperature = s.sampling().temperature(), .top_k = s.sampling().top_k(),
+                       .top_p = s.sampling().top_p(), .seed = s.sampling().seed()};
+    state->logprobs = s.logprobs();
+    state->top_logprobs = std::max(0, s.top_logprobs());
+  } else {
+    auto it = sequences_.find(s.request_id());
+    if (it == sequences_.end()) return absl::InvalidArgumentError(absl::StrCat(who, "unknown sequence"));
+    state = &it->second;
+  }
+  for (int32_t block : s.new_blocks()) {
+    if (block < 0 || block >= num_blocks_) {
+      return absl::InvalidArgumentError(absl::StrCat(who, "block ", block, " outside [0, ", num_blocks_, ")"));
+    }
+  }
+  state->block_table.insert(state->block_table.end(), s.new_blocks().begin(), s.new_blocks().end());
+  SequenceSlice slice;
+  slice.token_begin = static_cast<int64_t>(batch->token_ids.size());
+  if (s.sampled_input()) {
+    if (s.token_ids_size() != 0 || state->last_sample < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(who, "sampled input without a sample before it"));
+    }
+    batch->token_ids.push_back(state->last_sample);
+  } else {
+    if (s.token_ids_size() == 0) return absl::InvalidArgumentError(absl::StrCat(who, "no tokens"));
+    batch->token_ids.insert(batch->token_ids.end(), s.token_ids().begin(), s.token_ids().end());
+  }
+  slice.num_tokens = static_cast<int64_t>(batch->token_ids.size()) - slice.token_begin;
+  // A start may follow a prefix the cache already holds.
+  if (s.start()) state->context_len = std::max<int64_t>(0, s.context_len() - slice.num_tokens);
+  slice.context_len = state->context_len + slice.num_tokens;
+  if (s.context_len() != slice.context_len) {
+    return absl::InvalidArgumentError(absl::StrCat(who, "context_len ", s.context_len(), " but the worker has ",
+                                                   state->context_len, " tokens and ", slice.num_tokens, " new"));
+  }
+  if (slice.context_len > static_cast<int64_t>(state->block_table.size()) * block_size_) {
+    return absl::InvalidArgumentError(absl::StrCat(who, "context of ", slice.context_len, " tokens beyond its ",
+                                                   state->block_table.size(), " blocks"));
+  }
+  state->context_len = slice.context_len;
+  slice.block_table = state->block_table;
+  if (s.sample()) batch->logit_rows.push_back(slice.token_begin + slice.num_tokens - 1);
+  batch->layout.seqs.push_back(std::move(slice));
+  return StepRow{state, s.sample(), s.sample_index()};
 }
 
 absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
-  if (model_ == nullptr) return absl::FailedPreconditionError("Step before LoadShard");
-  // This rank computes its attention replica's sequences; the replica's first
-  // rank samples them.
+  if (!loaded_) return absl::FailedPreconditionError("Step before LoadShard");
+  response->set_step_id(request.step_id());
+  for (int64_t id : request.released()) sequences_.erase(id);
+  // This rank computes its attention replica's sequences; every rank of the
+  // replica samples them (the logits are gathered on each), the first reports.
   const int replica = comms_.group_rank / comms_.plan.tp;
-  const bool samples = comms_.group_rank % comms_.plan.tp == 0;
-  std::vector<const internal::v1::StepSequence*> mine;
+  const bool report = comms_.group_rank % comms_.plan.tp == 0;
+  ForwardBatch batch;
+  batch.layout.block_size = block_size_;
+  std::vector<StepRow> rows;
+  std::vector<int64_t> ids;
   for (const internal::v1::StepSequence& s : request.sequences()) {
     if (s.replica() < 0 || s.replica() >= comms_.plan.dp_attention) {
       return absl::InvalidArgumentError(absl::StrCat("request ", s.request_id(), ": replica ", s.replica(),
                                                      " outside the group's ", comms_.plan.dp_attention));
     }
-    if (s.replica() == replica) mine.push_back(&s);
+    if (s.replica() != replica) continue;
+    ASSIGN_OR_RETURN(StepRow row, ApplyChange(s, &batch));
+    rows.push_back(row);
+    ids.push_back(s.request_id());
   }
-  ForwardBatch batch;
-  batch.layout.block_size = cache_->block_size();
-  for (const internal::v1::StepSequence* sequence : mine) {
-    const internal::v1::StepSequence& s = *sequence;
-    if (s.token_ids_size() == 0) return absl::InvalidArgumentError(absl::StrCat("request ", s.request_id(), ": no tokens"));
-    SequenceSlice slice;
-    slice.token_begin = static_cast<int64_t>(batch.token_ids.size());
-    slice.num_tokens = s.token_ids_size();
-    slice.context_len = s.context_len();
-    slice.block_table.assign(s.block_table().begin(), s.block_table().end());
-    batch.token_ids.insert(batch.token_ids.end(), s.token_ids().begin(), s.token_ids().end());
-    if (s.sample()) batch.logit_rows.push_back(slice.token_begin + slice.num_tokens - 1);
-    batch.layout.seqs.push_back(std::move(slice));
+  if (options_.mock_compute) {
+    MockSampleRows(ids, rows, report, response);
+  } else {
+    ASSIGN_OR_RETURN(const Tensor logits, model_->ForwardLogits(batch, *cache_));
+    RETURN_IF_ERROR(SampleRows(rows, logits, report, response));
   }
-  ASSIGN_OR_RETURN(const Tensor logits, model_->ForwardLogits(batch, *cache_));
-  if (samples) RETURN_IF_ERROR(SampleRows(mine, logits, response));
   ++steps_;
   tokens_processed_ += static_cast<int64_t>(batch.token_ids.size());
   return absl::OkStatus();
 }
 
-absl::Status WorkerService::SampleRows(const std::vector<const internal::v1::StepSequence*>& mine,
-                                       const Tensor& logits, internal::v1::StepResponse* response) {
-  std::vector<const internal::v1::StepSequence*> sampling;
+absl::Status WorkerService::SampleRows(const std::vector<StepRow>& rows, const Tensor& logits, bool report,
+                                       internal::v1::StepResponse* response) {
+  std::vector<SequenceState*> sampling;
   std::vector<SamplerParams> params;
   std::vector<int64_t> draw_indices;
   bool logprobs = false;
-  for (const internal::v1::StepSequence* s : mine) {
-    if (!s->sample()) continue;
-    sampling.push_back(s);
-    params.push_back({.temperature = s->sampling().temperature(), .top_k = s->sampling().top_k(),
-                      .top_p = s->sampling().top_p(), .seed = s->sampling().seed()});
-    draw_indices.push_back(s->sample_index());
-    logprobs = logprobs || s->logprobs();
+  for (const StepRow& row : rows) {
+    if (!row.sample) continue;
+    sampling.push_back(row.state);
+    params.push_back(row.state->sampling);
+    draw_indices.push_back(row.sample_index);
+    logprobs = logprobs || row.state->logprobs;
   }
-  const int64_t vocab = model_->config().vocab_size;
+  const int64_t vocab = vocab_size_;
   std::vector<int32_t> tokens(sampling.size());
   RETURN_IF_ERROR(ops_->SampleTokens(logits, vocab, params, draw_indices, absl::MakeSpan(tokens)));
+  for (size_t i = 0; i < sampling.size(); ++i) sampling[i]->last_sample = tokens[i];
+  if (!report) return absl::OkStatus();
   std::vector<float> host_logits;
   if (logprobs) {
     ASSIGN_OR_RETURN(host_logits, model_->LogitsToHost(logits));
   }
-  for (size_t row = 0; row < sampling.size(); ++row) {
-    response->add_sampled_token_ids(tokens[row]);
+  for (size_t i = 0; i < sampling.size(); ++i) {
+    response->add_sampled_token_ids(tokens[i]);
     internal::v1::TokenLogprobs* out = response->add_logprobs();
-    if (!sampling[row]->logprobs()) continue;
-    FillLogprobs(absl::MakeConstSpan(host_logits).subspan(row * vocab, vocab), tokens[row],
-                 sampling[row]->top_logprobs(), out);
+    if (!sampling[i]->logprobs) continue;
+    FillLogprobs(absl::MakeConstSpan(host_logits).subspan(i * vocab, vocab), tokens[i], sampling[i]->top_logprobs,
+                 out);
   }
   return absl::OkStatus();
+}
+
+void WorkerService::MockSampleRows(const std::vector<int64_t>& ids, const std::vector<StepRow>& rows, bool report,
+                                   internal::v1::StepResponse* response) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!rows[i].sample) continue;
+    // Any function of the request and position will do; a prime stride keeps
+    // neighbours apart.
+    const int32_t token = static_cast<int32_t>((ids[i] * 7919 + rows[i].sample_index) % vocab_size_);
+    rows[i].state->last_sample = token;
+    if (!report) continue;
+    response->add_sampled_token_ids(token);
+    response->add_logprobs();
+  }
 }
 
 grpc::Status WorkerService::GetStats(grpc::ServerContext*, const internal::v1::GetStatsRequest*,
@@ -186,7 +279,7 @@ grpc::Status WorkerService::ReadBlocks(grpc::ServerContext* context, const inter
       next += count;
     }
     if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "reader went away");
-    if (transfer_chunk_delay_ > absl::ZeroDuration()) absl::SleepFor(transfer_chunk_delay_);
+    if (options_.transfer_chunk_delay > absl::ZeroDuration()) absl::SleepFor(options_.transfer_chunk_delay);
   }
   return grpc::Status::OK;
 }

@@ -1,10 +1,13 @@
 // The internal gRPC Worker service: on LoadShard joins its engine group's
 // communicators (through the rendezvous store) and loads its shard of the
-// model and the paged latent cache; runs one engine step per Step call (the
-// forward pass over its attention replica's part of the batch the coordinator
-// planned, then, on the replica's first rank, sampling of the requested rows);
-// reports figures on GetStats. Steps are serialized: the coordinator owns the
-// schedule and block tables, the worker owns the memory and communicators.
+// model and the paged latent cache; runs the engine steps that arrive on its
+// Steps stream one after the other (the forward pass over its attention
+// replica's part of the batch the coordinator planned, then sampling of the
+// requested rows, reported by the replica's first rank); reports figures on
+// GetStats. The coordinator owns the schedule and block tables; the worker
+// keeps a copy of each of its sequences' tables (a step carries only their
+// changes) and the token it last sampled for each, which a later step may
+// take as input before the coordinator has seen it.
 #ifndef MLASERVE_WORKER_WORKER_SERVICE_H_
 #define MLASERVE_WORKER_WORKER_SERVICE_H_
 
@@ -12,8 +15,10 @@
 #include <memory>
 #include <optional>
 
+#include "absl/container/node_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/ops.h"
+#include "kernels/sampler.h"
 #include "proto/worker.grpc.pb.h"
 #include "worker/comm/rendezvous_store.h"
 #include "worker/group_comms.h"
@@ -23,19 +28,27 @@
 
 namespace mlaserve {
 
+struct WorkerOptions {
+  // Slows each chunk ReadBlocks sends (to exercise failures in the middle of
+  // a transfer); zero in production.
+  absl::Duration transfer_chunk_delay = absl::ZeroDuration();
+  // Answers steps without computing (no weights, no cache memory; sampled
+  // tokens are a function of the request id and sample index): measures the
+  // serving path's own cost. Benchmarks only.
+  bool mock_compute = false;
+};
+
 class WorkerService final : public internal::v1::Worker::Service {
  public:
   // `store` (not owned) is where sharded groups rendezvous; `factory` makes
   // the communicators matching `ops`' memory.
-  // `transfer_chunk_delay` slows each chunk ReadBlocks sends (to exercise
-  // failures in the middle of a transfer); zero in production.
   WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, CommunicatorFactory factory,
-                absl::Duration transfer_chunk_delay = absl::ZeroDuration());
+                WorkerOptions options = {});
 
   grpc::Status LoadShard(grpc::ServerContext* context, const internal::v1::LoadShardRequest* request,
                          internal::v1::LoadShardResponse* response) override;
-  grpc::Status Step(grpc::ServerContext* context, const internal::v1::StepRequest* request,
-                    internal::v1::StepResponse* response) override;
+  grpc::Status Steps(grpc::ServerContext* context,
+                     grpc::ServerReaderWriter<internal::v1::StepResponse, internal::v1::StepRequest>* stream) override;
   grpc::Status GetStats(grpc::ServerContext* context, const internal::v1::GetStatsRequest* request,
                         internal::v1::GetStatsResponse* response) override;
   grpc::Status ReadBlocks(grpc::ServerContext* context, const internal::v1::ReadBlocksRequest* request,
@@ -50,13 +63,38 @@ class WorkerService final : public internal::v1::Worker::Service {
  private:
   absl::Status Load(const internal::v1::LoadShardRequest& request, internal::v1::LoadShardResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What the worker keeps of one of its replica's sequences between steps.
+  struct SequenceState {
+    std::vector<int32_t> block_table;
+    int64_t context_len = 0;
+    SamplerParams sampling;
+    bool logprobs = false;
+    int32_t top_logprobs = 0;
+    int32_t last_sample = -1;  // none yet
+  };
+  // A sequence's row of this step, once its change is applied.
+  struct StepRow {
+    SequenceState* state = nullptr;
+    bool sample = false;
+    int64_t sample_index = 0;
+  };
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Samples the next token of every sequence of `mine` that samples, in
-  // order, where the logits lie; logits come to the host only when some
-  // sequence asks for logprobs.
-  absl::Status SampleRows(const std::vector<const internal::v1::StepSequence*>& mine, const Tensor& logits,
+  // Applies `s`'s change to the worker's copy of its sequence and adds its
+  // tokens to `batch`. InvalidArgument when the change does not fit that copy
+  // or the cache (unknown sequence, block outside the pool, context beyond
+  // the table).
+  absl::StatusOr<StepRow> ApplyChange(const internal::v1::StepSequence& s, ForwardBatch* batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Samples the next token of every row that samples, in order, where the
+  // logits lie, and keeps it as the row's last sample; the replica's first
+  // rank reports them. Logits come to the host only when some row asks for
+  // logprobs.
+  absl::Status SampleRows(const std::vector<StepRow>& rows, const Tensor& logits, bool report,
                           internal::v1::StepResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Mock compute: SampleRows' tokens without a model.
+  void MockSampleRows(const std::vector<int64_t>& ids, const std::vector<StepRow>& rows, bool report,
+                      internal::v1::StepResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Pull(const internal::v1::PullBlocksRequest& request, int64_t* bytes);
   // SendBlocks (rank 0 of the link) or RecvBlocks (rank 1).
   absl::Status OverLink(const internal::v1::LinkBlocksRequest& request, bool send, int64_t* bytes);
@@ -67,12 +105,19 @@ class WorkerService final : public internal::v1::Worker::Service {
   std::unique_ptr<Ops> ops_;
   RendezvousStore& store_;
   const CommunicatorFactory factory_;
-  const absl::Duration transfer_chunk_delay_;
+  const WorkerOptions options_;
   PeerLinks links_;
   // Declared before the model, which uses them, so they outlive it.
   GroupComms comms_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Model> model_ ABSL_GUARDED_BY(mu_);
   std::optional<KvCache> cache_ ABSL_GUARDED_BY(mu_);
+  // The pool's geometry (also set under mock compute, which has no pool).
+  int64_t num_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t block_size_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t vocab_size_ ABSL_GUARDED_BY(mu_) = 0;
+  bool loaded_ ABSL_GUARDED_BY(mu_) = false;
+  // Node-based: a step holds pointers to states while it adds others.
+  absl::node_hash_map<int64_t, SequenceState> sequences_ ABSL_GUARDED_BY(mu_);
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t tokens_processed_ ABSL_GUARDED_BY(mu_) = 0;
 };

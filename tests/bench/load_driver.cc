@@ -9,8 +9,10 @@
 
 #include <httplib.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
@@ -42,8 +44,19 @@ std::string ErrorMessage(const std::string& body) {
   return ErrorMessage(nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false), body.substr(0, kMaxQuotedBody));
 }
 
-// The streamed events of one completion, consumed as they arrive: text
-// deltas time the request, the closing usage chunk counts its tokens.
+// The streamed events of one completion, consumed as they arrive: events
+// with a choice time the request, the closing usage chunk counts its tokens.
+//
+// Which events are timed: every event whose "choices" is not empty, its text
+// empty or not, as a random-weights model's tokens often detokenize to
+// nothing. mlaserve sends one such event per token, except that it drops a
+// token's event when both its text and its logprobs are empty (the token then
+// reaches the client with a later event; the last token's event always
+// comes). So TTFT is to the first event with a choice, ITL the gaps between
+// such events; where tokens had no event, a gap spans several tokens and TTFT
+// may be late (and TPOT, (e2e - TTFT) / (tokens - 1), low with it), unless the
+// request asks for logprobs (LoadOptions::logprobs). The token counts, from
+// usage, hold either way.
 class CompletionStream {
  public:
   CompletionStream(Clock::time_point start, RequestResult& result) : start_(start), result_(result) {}
@@ -69,7 +82,7 @@ class CompletionStream {
     if (!status_.ok()) return status_;
     if (!done_) return absl::DataLossError("the stream ended before data: [DONE]");
     if (!has_usage_) return absl::DataLossError("the stream had no usage chunk (stream_options.include_usage)");
-    if (!last_text_) return absl::DataLossError("the stream carried no text");
+    if (!last_choice_) return absl::DataLossError("the stream carried no choice");
     return absl::OkStatus();
   }
 
@@ -116,19 +129,20 @@ class CompletionStream {
     if (chunk.contains("error")) {
       return absl::InternalError(absl::StrCat("error in the stream: ", ErrorMessage(chunk, chunk.dump())));
     }
-    const nlohmann::json& choices = chunk.at("choices");
-    if (!choices.empty() && !choices.at(0).value("text", std::string()).empty()) OnText(now);
+    // A choice is a token arrival whatever its text; usage chunks have none.
+    if (!chunk.at("choices").empty()) OnChoice(now);
     if (chunk.contains("usage") && !chunk["usage"].is_null()) ReadUsage(chunk["usage"]);
     return absl::OkStatus();
   }
 
-  void OnText(Clock::time_point now) {
-    if (last_text_) {
-      result_.itl_ms.push_back(Milliseconds(now - *last_text_));
+  void OnChoice(Clock::time_point now) {
+    ++result_.choice_events;
+    if (last_choice_) {
+      result_.itl_ms.push_back(Milliseconds(now - *last_choice_));
     } else {
       result_.ttft_ms = Milliseconds(now - start_);
     }
-    last_text_ = now;
+    last_choice_ = now;
   }
 
   void ReadUsage(const nlohmann::json& usage) {
@@ -145,28 +159,32 @@ class CompletionStream {
   RequestResult& result_;
   std::string pending_;              // bytes after the last complete line
   std::optional<std::string> data_;  // the current event's data, once it has some
-  std::optional<Clock::time_point> last_text_;
+  std::optional<Clock::time_point> last_choice_;
   bool done_ = false;
   bool has_usage_ = false;
   absl::Status status_;
 };
 
-nlohmann::json CompletionBody(const std::string& model, const BenchRequest& request) {
-  return {{"model", model},
-          {"prompt", request.prompt},
-          {"max_tokens", request.max_tokens},
-          {"temperature", 0.0},
-          {"ignore_eos", true},
-          {"stream", true},
-          {"stream_options", {{"include_usage", true}}}};
+// The prompt goes as token ids, which the completions API takes as they are,
+// so its length is exact whatever the tokenizer.
+nlohmann::json CompletionBody(const LoadOptions& options, const BenchRequest& request) {
+  nlohmann::json body = {{"model", options.model},
+                         {"prompt", request.prompt},
+                         {"max_tokens", request.max_tokens},
+                         {"temperature", 0.0},
+                         {"stream", true},
+                         {"stream_options", {{"include_usage", true}}}};
+  if (options.ignore_eos) body["ignore_eos"] = true;
+  if (options.logprobs >= 0) body["logprobs"] = options.logprobs;
+  return body;
 }
 
-httplib::Request CompletionRequest(const std::string& model, const BenchRequest& request) {
+httplib::Request CompletionRequest(const LoadOptions& options, const BenchRequest& request) {
   httplib::Request http;
   http.method = "POST";
   http.path = "/v1/completions";
   http.headers = {{"Content-Type", "application/json"}, {"Accept", "text/event-stream"}};
-  http.body = CompletionBody(model, request).dump();
+  http.body = CompletionBody(options, request).dump();
   return http;
 }
 
@@ -203,7 +221,7 @@ RequestResult SendCompletion(const LoadOptions& options, const BenchRequest& req
   client.set_write_timeout(timeout);
   client.set_read_timeout(timeout);  // bounds each wait for bytes; `deadline` bounds the whole request
 
-  httplib::Request http = CompletionRequest(options.model, request);
+  httplib::Request http = CompletionRequest(options, request);
   Transfer transfer;
   const Clock::time_point start = Clock::now();
   const Clock::time_point deadline = start + timeout;
@@ -310,6 +328,7 @@ absl::Status Validate(const LoadOptions& options) {
     return absl::InvalidArgumentError("--request_rate must be positive (inf: all at once)");
   }
   if (options.timeout <= absl::ZeroDuration()) return absl::InvalidArgumentError("--timeout_s must be positive");
+  if (options.logprobs < -1) return absl::InvalidArgumentError("--logprobs must be -1 (none) or at least 0");
   return absl::OkStatus();
 }
 
@@ -383,6 +402,35 @@ absl::StatusOr<LoadResult> RunLoad(const std::vector<Session>& sessions, const L
   pool.Close();
   load.duration_s = std::chrono::duration<double>(Clock::now() - start).count();
   return load;
+}
+
+absl::StatusOr<std::vector<int64_t>> ParseConcurrencyList(absl::string_view list) {
+  std::vector<int64_t> levels;
+  for (absl::string_view entry : absl::StrSplit(list, ',')) {
+    int64_t level;
+    if (!absl::SimpleAtoi(entry, &level) || level < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--sweep takes positive integers separated by commas, as 1,16,64; not '", list, "'"));
+    }
+    levels.push_back(level);
+  }
+  return levels;
+}
+
+absl::StatusOr<std::vector<SweepPoint>> RunSweep(const std::vector<SweepLevel>& levels, const LoadOptions& options,
+                                                 const std::function<void(const SweepPoint&)>& on_level_done) {
+  for (const SweepLevel& level : levels) {
+    if (level.concurrency < 1) return absl::InvalidArgumentError("a sweep's concurrency levels must be positive");
+  }
+  std::vector<SweepPoint> points;
+  for (const SweepLevel& level : levels) {
+    LoadOptions closed_loop = options;
+    closed_loop.concurrency = level.concurrency;
+    ASSIGN_OR_RETURN(LoadResult load, RunLoad(level.sessions, closed_loop));
+    points.push_back({.concurrency = level.concurrency, .summary = Summarize(load.requests, load.duration_s)});
+    if (on_level_done) on_level_done(points.back());
+  }
+  return points;
 }
 
 }  // namespace mlaserve::bench

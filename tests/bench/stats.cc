@@ -1,11 +1,21 @@
 #include "tests/bench/stats.h"
 
+#include <spawn.h>
+#include <sys/wait.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <fstream>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+
+extern char** environ;
 
 namespace mlaserve::bench {
 namespace {
@@ -33,6 +43,18 @@ std::string DistributionRows(const std::string& title, const std::string& name, 
 
 nlohmann::json DistributionJson(const Distribution& d) {
   return {{"count", d.count}, {"mean", d.mean}, {"p50", d.p50}, {"p90", d.p90}, {"p99", d.p99}};
+}
+
+// A gnuplot single-quoted string: nothing is escaped inside one but the
+// quote, which doubles. Newlines would end the command, so they become spaces.
+std::string GnuplotString(const std::string& text) {
+  return absl::StrCat("'", absl::StrReplaceAll(text, {{"'", "''"}, {"\n", " "}}), "'");
+}
+
+// A percentile for the chart's data; NaN, which gnuplot leaves out, when the
+// level has no samples, as 0 would sit off a log axis.
+std::string PlotValue(const Distribution& d, double value) {
+  return d.count > 0 ? absl::StrFormat("%.6g", value) : "NaN";
 }
 
 }  // namespace
@@ -74,12 +96,14 @@ BenchmarkSummary Summarize(const std::vector<RequestResult>& results, double dur
     summary.input_tokens += r.prompt_tokens;
     summary.output_tokens += r.completion_tokens;
     summary.cached_tokens += r.cached_tokens;
+    if (r.choice_events < r.completion_tokens) ++summary.requests_missing_token_events;
     ttft.push_back(r.ttft_ms);
     e2e.push_back(r.e2e_ms);
     itl.insert(itl.end(), r.itl_ms.begin(), r.itl_ms.end());
     if (std::optional<double> t = TpotMs(r)) tpot.push_back(*t);
   }
   summary.request_throughput = Ratio(summary.completed, duration_s);
+  summary.input_throughput = Ratio(summary.input_tokens, duration_s);
   summary.output_throughput = Ratio(summary.output_tokens, duration_s);
   summary.total_token_throughput = Ratio(summary.input_tokens + summary.output_tokens, duration_s);
   summary.prefix_cache_hit_rate = Ratio(summary.cached_tokens, summary.input_tokens);
@@ -96,6 +120,7 @@ std::string FormatTable(const BenchmarkSummary& s) {
                       Row("Total input tokens:", s.input_tokens), Row("Total generated tokens:", s.output_tokens),
                       Row("Cached prompt tokens:", s.cached_tokens),
                       Row("Request throughput (req/s):", s.request_throughput),
+                      Row("Input token throughput (tok/s):", s.input_throughput),
                       Row("Output token throughput (tok/s):", s.output_throughput),
                       Row("Total token throughput (tok/s):", s.total_token_throughput),
                       Row("Prefix cache hit rate (%):", 100 * s.prefix_cache_hit_rate),
@@ -113,14 +138,122 @@ nlohmann::json ToJson(const BenchmarkSummary& s) {
           {"total_output_tokens", s.output_tokens},
           {"total_cached_tokens", s.cached_tokens},
           {"request_throughput", s.request_throughput},
+          {"input_throughput", s.input_throughput},
           {"output_throughput", s.output_throughput},
           {"total_token_throughput", s.total_token_throughput},
           {"prefix_cache_hit_rate", s.prefix_cache_hit_rate},
+          {"requests_missing_token_events", s.requests_missing_token_events},
           {"ttft_ms", DistributionJson(s.ttft_ms)},
           {"tpot_ms", DistributionJson(s.tpot_ms)},
           {"itl_ms", DistributionJson(s.itl_ms)},
           {"e2e_ms", DistributionJson(s.e2e_ms)},
           {"errors", s.first_errors}};
+}
+
+std::string FormatSweepLine(const SweepPoint& point) {
+  const BenchmarkSummary& s = point.summary;
+  return absl::StrFormat(
+      "concurrency %d: %.2f output tok/s, %.2f input tok/s, %.2f req/s, TTFT p50/p99 %.2f/%.2f ms, "
+      "TPOT p50/p99 %.2f/%.2f ms, ITL p50/p99 %.2f/%.2f ms, %d of %d requests failed",
+      point.concurrency, s.output_throughput, s.input_throughput, s.request_throughput, s.ttft_ms.p50, s.ttft_ms.p99,
+      s.tpot_ms.p50, s.tpot_ms.p99, s.itl_ms.p50, s.itl_ms.p99, s.failed, s.completed + s.failed);
+}
+
+std::string FormatSweepTable(const std::vector<SweepPoint>& points) {
+  constexpr char kRow[] = "%11s %9s %10s %10s %9s %9s %9s %9s %9s %9s %6s\n";
+  std::string table = absl::StrCat(Banner(" Concurrency Sweep (latencies in ms) ", '='),
+                                   absl::StrFormat(kRow, "concurrency", "req/s", "out tok/s", "in tok/s", "TTFT p50",
+                                                   "TTFT p99", "TPOT p50", "TPOT p99", "ITL p50", "ITL p99", "failed"));
+  for (const SweepPoint& point : points) {
+    const BenchmarkSummary& s = point.summary;
+    auto number = [](double value) { return absl::StrFormat("%.2f", value); };
+    absl::StrAppend(&table, absl::StrFormat(kRow, absl::StrCat(point.concurrency), number(s.request_throughput),
+                                            number(s.output_throughput), number(s.input_throughput),
+                                            number(s.ttft_ms.p50), number(s.ttft_ms.p99), number(s.tpot_ms.p50),
+                                            number(s.tpot_ms.p99), number(s.itl_ms.p50), number(s.itl_ms.p99),
+                                            absl::StrCat(s.failed)));
+  }
+  return table;
+}
+
+nlohmann::json SweepJson(const std::vector<SweepPoint>& points) {
+  nlohmann::json levels = nlohmann::json::array();
+  for (const SweepPoint& point : points) {
+    nlohmann::json level = ToJson(point.summary);
+    level["concurrency"] = point.concurrency;
+    levels.push_back(std::move(level));
+  }
+  return levels;
+}
+
+std::string GnuplotScript(const std::vector<SweepPoint>& points, const std::string& png_path,
+                          const std::string& title) {
+  std::vector<std::string> rows, tics;
+  for (const SweepPoint& p : points) {
+    const BenchmarkSummary& s = p.summary;
+    rows.push_back(absl::StrCat(p.concurrency, " ", absl::StrFormat("%.6g", s.output_throughput), " ",
+                                PlotValue(s.ttft_ms, s.ttft_ms.p50), " ", PlotValue(s.ttft_ms, s.ttft_ms.p99), " ",
+                                PlotValue(s.tpot_ms, s.tpot_ms.p50), " ", PlotValue(s.tpot_ms, s.tpot_ms.p99)));
+    tics.push_back(absl::StrCat("\"", p.concurrency, "\" ", p.concurrency));
+  }
+  auto line = [](int column, int point_type, int dash, const char* name) {
+    return absl::StrFormat("$sweep using 1:%d with linespoints lw 2 pt %d dt %d title '%s'", column, point_type, dash,
+                           name);
+  };
+  return absl::StrCat(
+      "# Written by //:bench --sweep; `gnuplot` on this file redraws the chart.\n",
+      // noenhanced: titles such as "shared_prefix" would otherwise turn "_" into a subscript.
+      "set terminal pngcairo noenhanced size 1400,560\n",
+      "set output ", GnuplotString(png_path), "\n",
+      "# concurrency, output tok/s, TTFT p50, TTFT p99, TPOT p50, TPOT p99 (ms); NaN: no samples\n",
+      "$sweep << EOD\n", absl::StrJoin(rows, "\n"), "\nEOD\n",
+      "set multiplot layout 1,2 title ", GnuplotString(title), "\n",
+      // Concurrency levels grow geometrically; ticks sit at the measured levels only.
+      "set logscale x 2\n",
+      "set xtics (", absl::StrJoin(tics, ", "), ")\n",
+      "set offsets graph 0.05, graph 0.05, 0, 0\n",
+      "set xlabel 'concurrency (requests in flight)'\n",
+      "set grid\n",
+      "set key top left\n",
+      "set ylabel 'output tokens/s'\n",
+      "set yrange [0:*]\n",
+      "plot ", line(2, 7, 1, "output tok/s"), "\n",
+      // TTFT and TPOT differ by orders of magnitude: on a linear axis TPOT would lie flat on the floor.
+      "set ylabel 'latency (ms)'\n",
+      "set yrange [*:*]\n",
+      "set logscale y 10\n",
+      "plot ", line(3, 7, 1, "TTFT p50"), ", \\\n     ", line(4, 7, 2, "TTFT p99"), ", \\\n     ",
+      line(5, 5, 1, "TPOT p50"), ", \\\n     ", line(6, 5, 2, "TPOT p99"), "\n",
+      "unset multiplot\n");
+}
+
+absl::Status RunGnuplot(const std::string& script, const std::string& script_path, const std::string& gnuplot) {
+  std::ofstream out(script_path);
+  out << script;
+  out.close();
+  if (!out) return absl::InternalError("cannot write " + script_path);
+
+  std::vector<std::string> args = {gnuplot, script_path};
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  pid_t pid;
+  // posix_spawnp reports a missing binary as its own error, which a shell would blur into exit status 127.
+  const int error = posix_spawnp(&pid, gnuplot.c_str(), nullptr, nullptr, argv.data(), environ);
+  if (error == ENOENT) {
+    return absl::NotFoundError(absl::StrCat("cannot run ", gnuplot,
+                                            ": not installed or not on PATH (Debian: apt-get install gnuplot-nox); ",
+                                            "its script is at ", script_path));
+  }
+  if (error != 0) return absl::InternalError(absl::StrCat("cannot run ", gnuplot, ": ", std::strerror(error)));
+  int wait_status = 0;
+  while (waitpid(pid, &wait_status, 0) < 0) {
+    if (errno != EINTR) return absl::InternalError(absl::StrCat("waiting for ", gnuplot, ": ", std::strerror(errno)));
+  }
+  if (!WIFEXITED(wait_status) || WEXITSTATUS(wait_status) != 0) {
+    return absl::InternalError(absl::StrCat(gnuplot, " failed (wait status ", wait_status, ") on ", script_path));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace mlaserve::bench
