@@ -140,6 +140,7 @@ class EngineGroup {
     internal::v1::StepRequest step;  // empty when nothing runs
     LaunchedStep launched;
     bool stop = false;
+    absl::Time begin;  // when planning started, after any wait for work
   };
 
   void Loop();
@@ -154,7 +155,8 @@ class EngineGroup {
   std::optional<LaunchedStep> Run(Plan& plan) ABSL_LOCKS_EXCLUDED(mu_);
   // Collects `step`, has the schedulers apply its tokens and emits the
   // updates; a prefill group's sequences that got their first token leave.
-  void Postprocess(const LaunchedStep& step) ABSL_LOCKS_EXCLUDED(mu_);
+  // Returns how long it waited for the workers.
+  absl::Duration Postprocess(const LaunchedStep& step) ABSL_LOCKS_EXCLUDED(mu_);
   void Emit(std::vector<Update> updates, std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes `seq` out of `replica`, holding its computed whole blocks.
   Handoff Detach(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -185,6 +187,9 @@ class EngineGroup {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;  // the last Schedule found nothing to run
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // Sequences detached but not yet given to the handoff callback: a drain is
+  // not over while one is on its way.
+  int64_t handoffs_in_progress_ ABSL_GUARDED_BY(mu_) = 0;
   HandoffCallback handoff_ ABSL_GUARDED_BY(mu_);
   std::thread loop_;
 };

@@ -41,6 +41,7 @@ class FakeWorkers final : public StepExecutor {
     auto out = std::move(pending_.front());
     pending_.pop_front();
     if (!out.ok()) failure_ = out.status();
+    if (collects_left_ > 0 && --collects_left_ == 0) open_ = false;
     return out;
   }
 
@@ -53,6 +54,12 @@ class FakeWorkers final : public StepExecutor {
   void SetOpen(bool open) {
     absl::MutexLock lock(&mu_);
     open_ = open;
+  }
+  // Closes after `collects` more steps complete: a test can act between
+  // steps however fast the fake runs.
+  void CloseAfter(int64_t collects) {
+    absl::MutexLock lock(&mu_);
+    collects_left_ = collects;
   }
   void FailNextCollect() {
     absl::MutexLock lock(&mu_);
@@ -115,6 +122,7 @@ class FakeWorkers final : public StepExecutor {
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   bool open_ ABSL_GUARDED_BY(mu_) = true;
   bool fail_next_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t collects_left_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t launched_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -268,9 +276,13 @@ TEST_F(EngineGroupTest, DrainHandsOverSequencesWithKnownTokensOnly) {
     absl::MutexLock lock(&handed_mu);
     handed.push_back(std::move(seq));
   });
+  fake_->SetOpen(false);  // all four arrive before the second step
   for (int64_t id = 0; id < 4; ++id) Submit(id, 6, 200);
+  fake_->CloseAfter(8);  // then a step stays in flight while the group drains
+  fake_->SetOpen(true);
   ASSERT_TRUE(WaitFor([](const auto& r) { return r.size() == 4 && r.at(3).tokens.size() >= 3; }));
   group_->Drain();
+  fake_->SetOpen(true);
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (!group_->drained() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
   ASSERT_TRUE(group_->drained());

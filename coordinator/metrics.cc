@@ -60,7 +60,14 @@ ServingMetrics::ServingMetrics()
       moved_(prometheus::BuildCounter()
                  .Name("mlaserve_sequences_moved_total")
                  .Help("Running sequences moved to another group, by reason")
-                 .Register(*registry_)) {}
+                 .Register(*registry_)),
+      engine_steps_(MakeCounter(*registry_, "mlaserve_engine_steps_total", "Turns of the engine loops")),
+      engine_step_sequences_(MakeCounter(*registry_, "mlaserve_engine_step_sequences_total",
+                                         "Sequences launched, summed over engine steps")),
+      engine_host_seconds_(MakeCounter(*registry_, "mlaserve_engine_host_seconds_total",
+                                       "Host time of the engine loops: scheduling, building steps, applying tokens")),
+      engine_wait_seconds_(MakeCounter(*registry_, "mlaserve_engine_wait_seconds_total",
+                                       "Time the engine loops waited for their workers' steps")) {}
 
 void ServingMetrics::CountFinished(FinishReason reason) {
   finished_.Add({{"outcome", FinishReasonName(reason)}}).Increment();

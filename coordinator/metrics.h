@@ -52,6 +52,14 @@ class ServingMetrics {
   }
   // Running sequences moved to another group ("drain", "disaggregation").
   void CountSequenceMoved(const std::string& reason) { moved_.Add({{"reason", reason}}).Increment(); }
+  // One turn of an engine loop: the sequences it launched, the host time it
+  // spent and the time it waited for the workers.
+  void ObserveEngineStep(double sequences, double host_seconds, double wait_seconds) {
+    engine_steps_.Increment();
+    engine_step_sequences_.Increment(sequences);
+    engine_host_seconds_.Increment(host_seconds);
+    engine_wait_seconds_.Increment(wait_seconds);
+  }
 
   // Prometheus text exposition format.
   std::string Serialize() const;
@@ -77,6 +85,10 @@ class ServingMetrics {
   prometheus::Counter& kv_transfer_failures_;
   prometheus::Family<prometheus::Counter>& remote_prefix_tokens_;
   prometheus::Family<prometheus::Counter>& moved_;
+  prometheus::Counter& engine_steps_;
+  prometheus::Counter& engine_step_sequences_;
+  prometheus::Counter& engine_host_seconds_;
+  prometheus::Counter& engine_wait_seconds_;
 };
 
 }  // namespace mlaserve

@@ -287,7 +287,8 @@ absl::Status Run() {
   std::cerr << "bench: " << CountRequests(sessions) << " requests to " << model.id << " at " << url << "\n";
   load.on_request_done = ProgressPrinter();
   ASSIGN_OR_RETURN(LoadResult result, RunLoad(sessions, load));
-  const BenchmarkSummary summary = Summarize(result.requests, result.duration_s);
+  BenchmarkSummary summary = Summarize(result.requests, result.duration_s);
+  summary.engine = result.engine;
   std::cout << FormatTable(summary);
   WarnIfCoarse(summary, "");
   if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {

@@ -351,6 +351,18 @@ absl::StatusOr<ModelInfo> FindModel(const nlohmann::json& listing, const std::st
       absl::StrCat("model '", model, "' is not served; /v1/models lists ", absl::StrJoin(ids, ", ")));
 }
 
+// The server's engine counters; nullopt when it has none to tell (another
+// server) or /metrics cannot be read: the run goes on without them.
+std::optional<EngineCounters> ScrapeEngineCounters(const std::string& url) {
+  httplib::Client client(url);
+  client.set_read_timeout(10, 0);
+  httplib::Result response = client.Get("/metrics");
+  if (!response || response->status != 200) return std::nullopt;
+  absl::StatusOr<EngineCounters> counters = ParseEngineCounters(response->body);
+  if (!counters.ok()) return std::nullopt;
+  return *counters;
+}
+
 }  // namespace
 
 absl::StatusOr<ModelInfo> FetchModelInfo(const std::string& url, const std::string& model) {
@@ -375,6 +387,7 @@ absl::StatusOr<ModelInfo> FetchModelInfo(const std::string& url, const std::stri
 
 absl::StatusOr<LoadResult> RunLoad(const std::vector<Session>& sessions, const LoadOptions& options) {
   RETURN_IF_ERROR(Validate(options));
+  const std::optional<EngineCounters> engine_before = ScrapeEngineCounters(options.url);
   LoadResult load;
   load.requests.resize(CountRequests(sessions));
   std::vector<size_t> first_request(sessions.size());
@@ -401,6 +414,10 @@ absl::StatusOr<LoadResult> RunLoad(const std::vector<Session>& sessions, const L
   }
   pool.Close();
   load.duration_s = std::chrono::duration<double>(Clock::now() - start).count();
+  if (const std::optional<EngineCounters> engine_after = ScrapeEngineCounters(options.url);
+      engine_before.has_value() && engine_after.has_value()) {
+    load.engine = EngineStepsBetween(*engine_before, *engine_after);
+  }
   return load;
 }
 
@@ -428,6 +445,7 @@ absl::StatusOr<std::vector<SweepPoint>> RunSweep(const std::vector<SweepLevel>& 
     closed_loop.concurrency = level.concurrency;
     ASSIGN_OR_RETURN(LoadResult load, RunLoad(level.sessions, closed_loop));
     points.push_back({.concurrency = level.concurrency, .summary = Summarize(load.requests, load.duration_s)});
+    points.back().summary.engine = load.engine;
     if (on_level_done) on_level_done(points.back());
   }
   return points;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,7 @@ struct LoadOptions {
 struct LoadResult {
   std::vector<RequestResult> requests;  // in workload order: session by session, turn by turn
   double duration_s = 0;                // from the start of the run to the end of its last response
+  std::optional<EngineSteps> engine;    // the server's engine loop meanwhile, when its /metrics tell
 };
 
 // Requests that fail are recorded in the result, not returned as errors;

@@ -13,7 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 
 extern char** environ;
 
@@ -114,7 +116,48 @@ BenchmarkSummary Summarize(const std::vector<RequestResult>& results, double dur
   return summary;
 }
 
+absl::StatusOr<EngineCounters> ParseEngineCounters(absl::string_view metrics) {
+  EngineCounters counters;
+  bool found = false;
+  for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
+    if (line.empty() || line.front() == '#') continue;
+    const size_t space = line.rfind(' ');
+    if (space == absl::string_view::npos) continue;
+    absl::string_view name = line.substr(0, space);
+    name = name.substr(0, name.find('{'));
+    double value = 0;
+    if (!absl::SimpleAtod(line.substr(space + 1), &value)) continue;
+    if (name == "mlaserve_engine_steps_total") {
+      counters.steps += value;
+      found = true;
+    } else if (name == "mlaserve_engine_step_sequences_total") {
+      counters.sequences += value;
+    } else if (name == "mlaserve_engine_host_seconds_total") {
+      counters.host_seconds += value;
+    } else if (name == "mlaserve_engine_wait_seconds_total") {
+      counters.wait_seconds += value;
+    }
+  }
+  if (!found) return absl::NotFoundError("the server reports no mlaserve_engine_steps_total");
+  return counters;
+}
+
+EngineSteps EngineStepsBetween(const EngineCounters& before, const EngineCounters& after) {
+  const double steps = after.steps - before.steps;
+  return {.steps = static_cast<int64_t>(steps),
+          .sequences_per_step = Ratio(after.sequences - before.sequences, steps),
+          .host_ms_per_step = 1e3 * Ratio(after.host_seconds - before.host_seconds, steps),
+          .wait_ms_per_step = 1e3 * Ratio(after.wait_seconds - before.wait_seconds, steps)};
+}
+
 std::string FormatTable(const BenchmarkSummary& s) {
+  std::string engine;
+  if (s.engine.has_value()) {
+    engine = absl::StrCat(Banner(" Server Engine Steps ", '-'), Row("Steps:", s.engine->steps),
+                          Row("Sequences per step:", s.engine->sequences_per_step),
+                          Row("Host time per step (ms):", s.engine->host_ms_per_step),
+                          Row("Worker wait per step (ms):", s.engine->wait_ms_per_step));
+  }
   return absl::StrCat(Banner(" Serving Benchmark Result ", '='), Row("Successful requests:", s.completed),
                       Row("Failed requests:", s.failed), Row("Benchmark duration (s):", s.duration_s),
                       Row("Total input tokens:", s.input_tokens), Row("Total generated tokens:", s.output_tokens),
@@ -127,11 +170,12 @@ std::string FormatTable(const BenchmarkSummary& s) {
                       DistributionRows("Time to First Token", "TTFT", s.ttft_ms),
                       DistributionRows("Time per Output Token (excl. 1st token)", "TPOT", s.tpot_ms),
                       DistributionRows("Inter-token Latency", "ITL", s.itl_ms),
-                      DistributionRows("End-to-end Latency", "E2E", s.e2e_ms), std::string(kTableWidth, '='), "\n");
+                      DistributionRows("End-to-end Latency", "E2E", s.e2e_ms), engine, std::string(kTableWidth, '='),
+                      "\n");
 }
 
 nlohmann::json ToJson(const BenchmarkSummary& s) {
-  return {{"completed", s.completed},
+  nlohmann::json json = {{"completed", s.completed},
           {"failed", s.failed},
           {"duration_s", s.duration_s},
           {"total_input_tokens", s.input_tokens},
@@ -148,15 +192,26 @@ nlohmann::json ToJson(const BenchmarkSummary& s) {
           {"itl_ms", DistributionJson(s.itl_ms)},
           {"e2e_ms", DistributionJson(s.e2e_ms)},
           {"errors", s.first_errors}};
+  if (s.engine.has_value()) {
+    json["engine"] = {{"steps", s.engine->steps},
+                      {"sequences_per_step", s.engine->sequences_per_step},
+                      {"host_ms_per_step", s.engine->host_ms_per_step},
+                      {"wait_ms_per_step", s.engine->wait_ms_per_step}};
+  }
+  return json;
 }
 
 std::string FormatSweepLine(const SweepPoint& point) {
   const BenchmarkSummary& s = point.summary;
   return absl::StrFormat(
       "concurrency %d: %.2f output tok/s, %.2f input tok/s, %.2f req/s, TTFT p50/p99 %.2f/%.2f ms, "
-      "TPOT p50/p99 %.2f/%.2f ms, ITL p50/p99 %.2f/%.2f ms, %d of %d requests failed",
+      "TPOT p50/p99 %.2f/%.2f ms, ITL p50/p99 %.2f/%.2f ms, %d of %d requests failed%s",
       point.concurrency, s.output_throughput, s.input_throughput, s.request_throughput, s.ttft_ms.p50, s.ttft_ms.p99,
-      s.tpot_ms.p50, s.tpot_ms.p99, s.itl_ms.p50, s.itl_ms.p99, s.failed, s.completed + s.failed);
+      s.tpot_ms.p50, s.tpot_ms.p99, s.itl_ms.p50, s.itl_ms.p99, s.failed, s.completed + s.failed,
+      s.engine.has_value() ? absl::StrFormat("; server: %.1f sequences/step, host %.3f ms + wait %.3f ms per step",
+                                             s.engine->sequences_per_step, s.engine->host_ms_per_step,
+                                             s.engine->wait_ms_per_step)
+                           : "");
 }
 
 std::string FormatSweepTable(const std::vector<SweepPoint>& points) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 
 namespace mlaserve::bench {
@@ -50,6 +51,29 @@ struct Distribution {
 };
 Distribution Summarize(const std::vector<double>& values);
 
+// The server's engine-loop counters (mlaserve's /metrics), summed over
+// engine groups.
+struct EngineCounters {
+  double steps = 0;
+  double sequences = 0;     // launched, summed over steps
+  double host_seconds = 0;  // scheduling, building steps, applying tokens
+  double wait_seconds = 0;  // waiting for the workers
+};
+// The counters in a Prometheus text exposition; NotFound unless it has
+// mlaserve_engine_steps_total (another server, or an older mlaserve).
+absl::StatusOr<EngineCounters> ParseEngineCounters(absl::string_view metrics);
+
+// What the engine loops did during a run: the serving path's own cost per
+// step beside the time the workers took.
+struct EngineSteps {
+  int64_t steps = 0;
+  double sequences_per_step = 0;
+  double host_ms_per_step = 0;
+  double wait_ms_per_step = 0;
+};
+// REQUIRES: `after` was read after `before` from the same server.
+EngineSteps EngineStepsBetween(const EngineCounters& before, const EngineCounters& after);
+
 struct BenchmarkSummary {
   int64_t completed = 0;
   int64_t failed = 0;
@@ -71,6 +95,7 @@ struct BenchmarkSummary {
   Distribution itl_ms;  // every gap of every request, pooled
   Distribution e2e_ms;
   std::vector<std::string> first_errors;  // of the first few failed requests
+  std::optional<EngineSteps> engine;      // when the server reports its engine loop
 };
 
 // `duration_s` is the wall time of the whole run.

@@ -271,5 +271,48 @@ TEST(RunGnuplotTest, FailingScriptIsAnError) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
 }
 
+// Two engine groups' counters, as prometheus-cpp writes them, with a comment
+// and an unrelated family that shares a prefix.
+constexpr char kMetrics[] = R"(# HELP mlaserve_engine_steps_total Turns of the engine loops
+# TYPE mlaserve_engine_steps_total counter
+mlaserve_engine_steps_total 100
+mlaserve_engine_steps_total{group="1"} 300
+mlaserve_engine_step_sequences_total 25600
+mlaserve_engine_host_seconds_total 0.05
+mlaserve_engine_wait_seconds_total 2
+mlaserve_engine_steps_total_extra 7
+)";
+
+TEST(EngineCountersTest, SumsEverySeriesOfEachCounter) {
+  absl::StatusOr<EngineCounters> counters = ParseEngineCounters(kMetrics);
+  ASSERT_TRUE(counters.ok()) << counters.status();
+  EXPECT_DOUBLE_EQ(counters->steps, 400);
+  EXPECT_DOUBLE_EQ(counters->sequences, 25600);
+  EXPECT_DOUBLE_EQ(counters->host_seconds, 0.05);
+  EXPECT_DOUBLE_EQ(counters->wait_seconds, 2);
+}
+
+TEST(EngineCountersTest, AServerWithoutThemIsNotFound) {
+  EXPECT_EQ(ParseEngineCounters("vllm:num_requests_running 3\n").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(EngineCountersTest, StepsBetweenTwoReadingsArePerStepMeans) {
+  const EngineSteps steps = EngineStepsBetween({.steps = 10, .sequences = 100, .host_seconds = 1, .wait_seconds = 1},
+                                               {.steps = 210, .sequences = 51300, .host_seconds = 1.1, .wait_seconds = 5});
+  EXPECT_EQ(steps.steps, 200);
+  EXPECT_DOUBLE_EQ(steps.sequences_per_step, 256);
+  EXPECT_NEAR(steps.host_ms_per_step, 0.5, 1e-9);
+  EXPECT_NEAR(steps.wait_ms_per_step, 20, 1e-9);
+  const nlohmann::json json = ToJson({.engine = steps});
+  EXPECT_EQ(json["engine"]["steps"], 200);
+  EXPECT_THAT(FormatTable({.engine = steps}), HasSubstr("Host time per step (ms):"));
+}
+
+TEST(EngineCountersTest, NoStepsMeanNoDivisionByZero) {
+  const EngineSteps steps = EngineStepsBetween({.steps = 5}, {.steps = 5});
+  EXPECT_EQ(steps.steps, 0);
+  EXPECT_EQ(steps.host_ms_per_step, 0);
+}
+
 }  // namespace
 }  // namespace mlaserve::bench
