@@ -197,7 +197,10 @@ class EventStream {
     }
     const std::optional<GenerateUpdate> update = queue_->Pop(kPollInterval);
     if (!update.has_value()) return !watch_.Lost();
-    if (!update->finished()) return (update->text.empty() && update->logprobs.empty()) || Send(sink, Chunk(*update));
+    // Every token gets its chunk, even one whose text is still empty (held
+    // back by a stop string, an unfinished UTF-8 character, or no text at
+    // all), as vLLM does: a client times each token.
+    if (!update->finished()) return Send(sink, Chunk(*update));
     finished_ = true;
     return SendLast(sink, *update);
   }

@@ -107,6 +107,11 @@ class FakeEngine : public Engine {
     fail_at_ = index;
     fail_with_ = std::move(error);
   }
+  // Every token's text is empty, as a random-weights model's often are.
+  void set_empty_text() {
+    absl::MutexLock lock(&mu_);
+    empty_text_ = true;
+  }
   void set_serving(bool serving) {
     absl::MutexLock lock(&mu_);
     serving_ = serving;
@@ -136,6 +141,7 @@ class FakeEngine : public Engine {
     absl::Duration delay;
     int32_t fail_at;
     absl::Status fail_with;
+    bool empty_text;
     {
       absl::MutexLock lock(&mu_);
       auto open = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return submitted_ >= start_gate_ || shutting_down_; };
@@ -143,6 +149,7 @@ class FakeEngine : public Engine {
       delay = token_delay_;
       fail_at = fail_at_;
       fail_with = fail_with_;
+      empty_text = empty_text_;
     }
     GenerateUpdate update;
     update.prompt_tokens = static_cast<int32_t>(input.prompt_ids.size());
@@ -157,7 +164,7 @@ class FakeEngine : public Engine {
       const int32_t token = kFirstOutputId + i;
       update.token_ids = {token};
       if (input.sampling.logprobs >= 0) update.logprobs = {FakeLogprobs(i, input.sampling.logprobs)};
-      update.text = absl::StrCat("t", i, " ");
+      update.text = empty_text ? "" : absl::StrCat("t", i, " ");
       update.completion_tokens = i + 1;
       if (i == fail_at) {
         update.text.clear();
@@ -196,6 +203,7 @@ class FakeEngine : public Engine {
   int32_t fail_at_ ABSL_GUARDED_BY(mu_) = -1;
   absl::Status fail_with_ ABSL_GUARDED_BY(mu_);
   bool serving_ ABSL_GUARDED_BY(mu_) = true;
+  bool empty_text_ ABSL_GUARDED_BY(mu_) = false;
   int64_t start_gate_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t submitted_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
@@ -410,6 +418,21 @@ TEST_F(HttpServerTest, StreamedCompletionConcatenatesToTheWholeText) {
     EXPECT_EQ(chunk["choices"][0]["finish_reason"], i + 2 == events.size() ? json("length") : json(nullptr));
   }
   EXPECT_EQ(text, whole["choices"][0]["text"]);
+}
+
+// A client times every token, so a token without text still gets its chunk.
+TEST_F(HttpServerTest, EveryTokenIsStreamedEvenWithoutText) {
+  engine_->set_empty_text();
+  const std::vector<std::string> events =
+      PostStream("/v1/completions", R"({"prompt": "Hello", "max_tokens": 7, "stream": true})");
+  ASSERT_EQ(events.size(), 8u);
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const json chunk = json::parse(events[i]);
+    EXPECT_EQ(chunk["choices"][0]["text"], "") << "chunk " << i;
+  }
+  const std::vector<std::string> chat = PostStream(
+      "/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "stream": true})");
+  EXPECT_EQ(chat.size(), 6u) << "the role chunk, one per token and [DONE]";
 }
 
 TEST_F(HttpServerTest, StreamedChatOpensWithTheRoleAndEndsWithUsage) {

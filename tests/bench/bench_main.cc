@@ -53,9 +53,9 @@ ABSL_FLAG(uint64_t, seed, 0, "seed of the prompts, lengths and arrival times");
 ABSL_FLAG(bool, ignore_eos, true,
           "send \"ignore_eos\": true so outputs run to their max_tokens; --noignore_eos lets them stop at EOS");
 ABSL_FLAG(int32_t, logprobs, -1,
-          "ask for this many logprobs (0: the sampled token's only) so that mlaserve streams an event for every "
-          "token, even one with no text (random weights), making TTFT/ITL exact; costs the workers a logits copy "
-          "per step, so it slows the server measured. -1: not asked for; usage counts the tokens either way");
+          "ask for this many logprobs (0: the sampled token's only), for a server that streams no event for a token "
+          "without text unless logprobs are asked for (mlaserve streams every token); costs the workers a logits "
+          "copy per step. -1: not asked for; usage counts the tokens either way");
 ABSL_FLAG(std::string, sweep, "",
           "concurrency levels, as 1,16,64,256: run the workload closed loop once per level (each with fresh prompts "
           "from its own seed) and report a row per level; --json_out gets an array of levels");
@@ -198,9 +198,9 @@ absl::Status ValidateSweepFlags() {
 void WarnIfCoarse(const BenchmarkSummary& summary, const std::string& where) {
   if (summary.requests_missing_token_events == 0) return;
   std::cerr << "bench: warning: " << where << summary.requests_missing_token_events << " of " << summary.completed
-            << " requests streamed fewer events than output tokens (mlaserve sends none for a token whose text is "
-               "empty, as a random-weights model's often are), so their TTFT/ITL/TPOT are coarse; token counts and "
-               "throughputs are exact. --logprobs=0 makes mlaserve stream every token.\n";
+            << " requests streamed fewer events than output tokens (the server sent none for some tokens, as some do "
+               "for tokens without text), so their TTFT/ITL/TPOT are coarse; token counts and throughputs are exact. "
+               "--logprobs=0 may make the server stream every token.\n";
 }
 
 // Level i of a sweep draws its workload from seed + i: repeating the same
