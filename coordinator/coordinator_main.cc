@@ -52,6 +52,9 @@ ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "requests admitted (waiting or running) before 429");
+ABSL_FLAG(int, http_threads, 0,
+          "HTTP connection threads; a streamed response holds one for its whole length (0: --max_queued_requests "
+          "+ 64, so every admitted request can stream and a few more connections still get their 429 or /health)");
 
 namespace mlaserve {
 namespace {
@@ -196,7 +199,11 @@ absl::Status Run() {
     }
   }
 
-  HttpServer http(engine, metrics, HttpOptions{});
+  HttpOptions http_options;
+  http_options.worker_threads = absl::GetFlag(FLAGS_http_threads) > 0
+                                    ? absl::GetFlag(FLAGS_http_threads)
+                                    : static_cast<int>(absl::GetFlag(FLAGS_max_queued_requests)) + 64;
+  HttpServer http(engine, metrics, http_options);
   RETURN_IF_ERROR(http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port)));
   std::cerr << "coordinator: serving " << model_name << " on http://" << absl::GetFlag(FLAGS_host) << ":"
             << http.port() << " with " << workers.size() << " workers\n";

@@ -45,6 +45,7 @@ EngineGroup::~EngineGroup() {
   // A step waiting on a hung worker would hold the loop up to its timeout.
   executor_->Abort(absl::CancelledError("shutting down"));
   loop_.join();
+  callbacks_.Flush();  // the final updates reach their requests before the group goes
 }
 
 void EngineGroup::Submit(std::unique_ptr<Sequence> seq) {
@@ -281,6 +282,14 @@ absl::Duration EngineGroup::Postprocess(const LaunchedStep& step) {
 }
 
 void EngineGroup::Emit(std::vector<Update> updates, std::vector<Handoff> handoffs) {
+  if (updates.empty() && handoffs.empty()) return;
+  // Shared: std::function wants a copyable callable, and handoffs own their sequences.
+  auto batch = std::make_shared<std::pair<std::vector<Update>, std::vector<Handoff>>>(std::move(updates),
+                                                                                        std::move(handoffs));
+  callbacks_.Post([this, batch] { Deliver(std::move(batch->first), std::move(batch->second)); });
+}
+
+void EngineGroup::Deliver(std::vector<Update> updates, std::vector<Handoff> handoffs) {
   for (Update& u : updates) u.callback(u.update);
   if (handoffs.empty()) return;
   HandoffCallback handoff;

@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/model_config.h"
 #include "coordinator/block_manager.h"
+#include "coordinator/callback_thread.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/step_executor.h"
@@ -157,7 +158,12 @@ class EngineGroup {
   // updates; a prefill group's sequences that got their first token leave.
   // Returns how long it waited for the workers.
   absl::Duration Postprocess(const LaunchedStep& step) ABSL_LOCKS_EXCLUDED(mu_);
+  // Hands `updates` and `handoffs` to the callback thread, behind those
+  // emitted before.
   void Emit(std::vector<Update> updates, std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
+  // On the callback thread: runs the requests' update callbacks, then the
+  // handoff callback.
+  void Deliver(std::vector<Update> updates, std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes `seq` out of `replica`, holding its computed whole blocks.
   Handoff Detach(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<Handoff> DetachAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -191,6 +197,9 @@ class EngineGroup {
   // not over while one is on its way.
   int64_t handoffs_in_progress_ ABSL_GUARDED_BY(mu_) = 0;
   HandoffCallback handoff_ ABSL_GUARDED_BY(mu_);
+  // Runs update and handoff callbacks off the loop: declared after what they
+  // touch, so that it is gone before them.
+  CallbackThread callbacks_;
   std::thread loop_;
 };
 

@@ -52,25 +52,28 @@ void ReplyFinal(const ResponseHeader& header, const std::string& text, json logp
 
 // One request's updates, handed from engine threads to its connection's
 // thread. Once closed, because nobody will read them, updates are dropped.
+// A streamed response wakes its thread for every update; a whole one only for
+// the last: a wake per token per request is what a busy server pays most for.
 class UpdateQueue {
  public:
+  explicit UpdateQueue(bool wake_on_each) : wake_on_each_(wake_on_each) {}
+
   void Push(const GenerateUpdate& update) {
     absl::MutexLock lock(&mu_);
     if (closed_) return;
     updates_.push_back(update);
-    ready_.Signal();
   }
 
-  // The next update, or nullopt after `timeout` without one.
-  std::optional<GenerateUpdate> Pop(absl::Duration timeout) {
+  // Every update there is once one is ready (for a whole response: the last
+  // has come); empty after `timeout` without.
+  std::vector<GenerateUpdate> Take(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
-    const absl::Time deadline = absl::Now() + timeout;
-    while (updates_.empty() && !ready_.WaitWithDeadline(&mu_, deadline)) {
-    }
-    if (updates_.empty()) return std::nullopt;
-    GenerateUpdate update = std::move(updates_.front());
-    updates_.pop_front();
-    return update;
+    mu_.AwaitWithTimeout(absl::Condition(this, &UpdateQueue::Ready), timeout);
+    if (!Ready()) return {};
+    std::vector<GenerateUpdate> out(std::make_move_iterator(updates_.begin()),
+                                    std::make_move_iterator(updates_.end()));
+    updates_.clear();
+    return out;
   }
 
   void Close() {
@@ -80,8 +83,12 @@ class UpdateQueue {
   }
 
  private:
+  bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !updates_.empty() && (wake_on_each_ || updates_.back().finished());
+  }
+
+  const bool wake_on_each_;
   absl::Mutex mu_;
-  absl::CondVar ready_;
   std::deque<GenerateUpdate> updates_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -188,21 +195,29 @@ class EventStream {
         include_usage_(include_usage),
         watch_(std::move(watch)) {}
 
-  // Sends what is ready. False ends the response early: the client is gone,
-  // or the server is stopping.
+  // Sends what is ready, in one write however many tokens came. False ends
+  // the response early: the client is gone, or the server is stopping.
   bool Pump(httplib::DataSink& sink) {
     if (!opened_) {
       opened_ = true;
-      if (header_.kind == ApiKind::kChat) return Send(sink, BuildRoleChunk(header_, include_usage_));
+      if (header_.kind == ApiKind::kChat) return Send(sink, Event(BuildRoleChunk(header_, include_usage_)));
     }
-    const std::optional<GenerateUpdate> update = queue_->Pop(kPollInterval);
-    if (!update.has_value()) return !watch_.Lost();
-    // Every token gets its chunk, even one whose text is still empty (held
-    // back by a stop string, an unfinished UTF-8 character, or no text at
-    // all), as vLLM does: a client times each token.
-    if (!update->finished()) return Send(sink, Chunk(*update));
-    finished_ = true;
-    return SendLast(sink, *update);
+    std::string events;
+    for (const GenerateUpdate& update : queue_->Take(kPollInterval)) {
+      if (update.finished()) {
+        finished_ = true;
+        AppendLast(update, &events);
+        break;
+      }
+      // Every token gets its chunk, even one whose text is still empty (held
+      // back by a stop string, an unfinished UTF-8 character, or no text at
+      // all), as vLLM does: a client times each token.
+      events += Event(Chunk(update));
+    }
+    if (events.empty()) return !watch_.Lost();
+    if (!Send(sink, events)) return false;
+    if (finished_) sink.done();
+    return true;
   }
 
   // httplib releases the provider when the response ends, however it ends.
@@ -211,18 +226,15 @@ class EventStream {
   }
 
  private:
-  bool SendLast(httplib::DataSink& sink, const GenerateUpdate& update) {
+  void AppendLast(const GenerateUpdate& update, std::string* events) {
     const absl::Status status = FinalStatus(update);
-    bool ok;
     if (!status.ok()) {
-      ok = Send(sink, ToApiError(status).body);
+      *events += Event(ToApiError(status).body);
     } else {
-      ok = Send(sink, Chunk(update)) &&
-           (!include_usage_ || Send(sink, BuildUsageChunk(header_, update)));
+      *events += Event(Chunk(update));
+      if (include_usage_) *events += Event(BuildUsageChunk(header_, update));
     }
-    ok = ok && SendData(sink, "[DONE]");
-    if (ok) sink.done();
-    return ok;
+    *events += RawEvent("[DONE]");
   }
 
   // An update's chunk, with its tokens' logprobs when it has any.
@@ -234,11 +246,10 @@ class EventStream {
     return BuildChunk(header_, update, include_usage_, std::move(logprobs));
   }
 
-  static bool Send(httplib::DataSink& sink, const json& event) { return SendData(sink, Serialize(event)); }
-
-  static bool SendData(httplib::DataSink& sink, absl::string_view data) {
-    const std::string event = absl::StrCat("data: ", data, "\n\n");
-    return sink.write(event.data(), event.size());
+  static std::string Event(const json& data) { return RawEvent(Serialize(data)); }
+  static std::string RawEvent(absl::string_view data) { return absl::StrCat("data: ", data, "\n\n"); }
+  static bool Send(httplib::DataSink& sink, const std::string& events) {
+    return sink.write(events.data(), events.size());
   }
 
   Engine& engine_;
@@ -363,8 +374,8 @@ void HttpServer::Stop() {
   thread_.join();
 }
 
-absl::StatusOr<HttpServer::Submission> HttpServer::Submit(GenerateInput input) {
-  auto queue = std::make_shared<UpdateQueue>();
+absl::StatusOr<HttpServer::Submission> HttpServer::Submit(GenerateInput input, bool stream) {
+  auto queue = std::make_shared<UpdateQueue>(/*wake_on_each=*/stream);
   absl::StatusOr<int64_t> id =
       engine_.Submit(std::move(input), [queue](const GenerateUpdate& update) { queue->Push(update); });
   if (!id.ok()) {
@@ -381,7 +392,7 @@ void HttpServer::HandleGenerate(ApiKind kind, const std::string& body_text, cons
   absl::StatusOr<ApiRequest> request = ParseGenerateRequest(kind, *body, engine_);
   if (!request.ok()) return ReplyError(res, ToApiError(request.status()));
   const bool wants_logprobs = request->input.sampling.logprobs >= 0;
-  absl::StatusOr<Submission> submission = Submit(std::move(request->input));
+  absl::StatusOr<Submission> submission = Submit(std::move(request->input), request->stream);
   if (!submission.ok()) return ReplyError(res, ToApiError(submission.status()));
   ResponseHeader header = NewResponseHeader(kind, engine_.model_name());
   if (request->stream) {
@@ -397,15 +408,14 @@ void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader
   std::string text;
   std::vector<TokenLogprobs> logprobs;
   while (true) {
-    const std::optional<GenerateUpdate> update = submission.queue->Pop(kPollInterval);
-    if (update.has_value()) {
-      text += update->text;
-      logprobs.insert(logprobs.end(), update->logprobs.begin(), update->logprobs.end());
-      if (update->finished()) {
+    for (const GenerateUpdate& update : submission.queue->Take(kPollInterval)) {
+      text += update.text;
+      logprobs.insert(logprobs.end(), update.logprobs.begin(), update.logprobs.end());
+      if (update.finished()) {
         int64_t text_offset = 0;
         json choice_logprobs =
             wants_logprobs ? BuildLogprobs(header.kind, engine_.tokenizer(), logprobs, &text_offset) : json(nullptr);
-        return ReplyFinal(header, text, std::move(choice_logprobs), *update, res);
+        return ReplyFinal(header, text, std::move(choice_logprobs), update, res);
       }
     }
     if (watch.Lost()) {

@@ -54,7 +54,7 @@ class HttpServer {
   using BodyHandler = std::function<void(const std::string& body, const httplib::Request&, httplib::Response&)>;
   void AddPost(const std::string& path, BodyHandler handler);
   void AddRoutes();
-  absl::StatusOr<Submission> Submit(GenerateInput input);
+  absl::StatusOr<Submission> Submit(GenerateInput input, bool stream);
   void HandleGenerate(ApiKind kind, const std::string& body, const httplib::Request& req, httplib::Response& res);
   void RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs,
                     const httplib::Request& req, httplib::Response& res);
