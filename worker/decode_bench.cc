@@ -2,10 +2,12 @@
 // batches of sequences with a given context already in the paged latent
 // cache each decode one token per step; prints tokens/s per (batch, context)
 // against the roofline, the bytes a step must read (the weights it touches
-// plus the latent KV) over the bandwidth measured in the same run.
+// plus the latent KV) over the bandwidth measured in the same run. With
+// --prefill, also the model's prompt rate: what a served workload's model
+// time is made of.
 //
 //   decode_bench --config tests/testdata/configs/deepseek-v2-lite.json --device cuda \
-//       --batch 1,16,64,256 --context 1024,4096 [--layers 4] [--csv out.csv]
+//       --batch 1,16,64,256 --context 1024,4096 [--layers 4] [--csv out.csv] [--prefill 512:8192]
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -35,6 +37,10 @@ ABSL_FLAG(int, layers, 0, "override num_hidden_layers (0: the config's)");
 ABSL_FLAG(int, steps, 10, "timed decode steps per point");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per cache block");
 ABSL_FLAG(std::string, csv, "", "also write the table here");
+ABSL_FLAG(std::string, prefill, "",
+          "also time prefill steps, as PROMPT:CHUNK (e.g. 512:8192): each step computes CHUNK / PROMPT whole prompts "
+          "of PROMPT tokens from an empty cache and samples their first tokens, as a serving step with "
+          "--max_batched_tokens CHUNK does");
 
 namespace mlaserve {
 namespace {
@@ -102,6 +108,40 @@ double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t el
   return (weights + kv) * element_bytes;
 }
 
+// Times steps that each compute `chunk / prompt` whole prompts from an empty
+// cache and sample their first tokens; prints ms per step and prompt tokens/s.
+absl::Status TimePrefill(Model& model, Ops& ops, int64_t prompt, int64_t chunk, int64_t block_size) {
+  const ModelConfig& c = model.config();
+  const int64_t batch = chunk / prompt;
+  if (prompt <= 0 || batch <= 0) return absl::InvalidArgumentError("--prefill wants PROMPT:CHUNK with CHUNK >= PROMPT > 0");
+  const int64_t blocks_per_seq = BlocksFor(prompt, block_size);
+  ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(ops, c, batch * blocks_per_seq, block_size));
+  ForwardBatch step;
+  step.layout.block_size = block_size;
+  for (int64_t b = 0; b < batch; ++b) {
+    SequenceSlice slice{.token_begin = b * prompt, .num_tokens = prompt, .context_len = prompt};
+    for (int64_t k = 0; k < blocks_per_seq; ++k) slice.block_table.push_back(static_cast<int32_t>(b * blocks_per_seq + k));
+    step.layout.seqs.push_back(std::move(slice));
+    for (int64_t t = 0; t < prompt; ++t) step.token_ids.push_back(static_cast<int32_t>((b * 7919 + t * 104729) % c.vocab_size));
+    step.logit_rows.push_back(b * prompt + prompt - 1);
+  }
+  const std::vector<SamplerParams> greedy(batch);
+  std::vector<int64_t> draw_indices(batch);
+  std::vector<int32_t> sampled(batch);
+  auto prefill_step = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(const Tensor logits, model.ForwardLogits(step, cache));
+    return ops.SampleTokens(logits, c.vocab_size, greedy, draw_indices, absl::MakeSpan(sampled));
+  };
+  RETURN_IF_ERROR(prefill_step());  // warm-up
+  const int steps = absl::GetFlag(FLAGS_steps);
+  const auto start = std::chrono::steady_clock::now();
+  for (int s = 0; s < steps; ++s) RETURN_IF_ERROR(prefill_step());
+  const double step_s = Seconds(std::chrono::steady_clock::now() - start) / steps;
+  std::printf("prefill: %lld prompts x %lld tokens per step: %.3f ms per step, %.1f prompt tokens/s\n",
+              static_cast<long long>(batch), static_cast<long long>(prompt), step_s * 1e3, batch * prompt / step_s);
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   ASSIGN_OR_RETURN(std::unique_ptr<Ops> ops, NewOps(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_cuda_graphs)));
   ASSIGN_OR_RETURN(std::string dir, ModelDir(absl::GetFlag(FLAGS_config), absl::GetFlag(FLAGS_layers)));
@@ -156,6 +196,14 @@ absl::Status Run() {
     }
   }
   if (!absl::GetFlag(FLAGS_csv).empty()) std::ofstream(absl::GetFlag(FLAGS_csv)) << table;
+  if (const std::string prefill = absl::GetFlag(FLAGS_prefill); !prefill.empty()) {
+    const std::vector<std::string> parts = absl::StrSplit(prefill, ':');
+    int64_t prompt = 0, chunk = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &prompt) || !absl::SimpleAtoi(parts[1], &chunk)) {
+      return absl::InvalidArgumentError(absl::StrCat("--prefill wants PROMPT:CHUNK, not ", prefill));
+    }
+    RETURN_IF_ERROR(TimePrefill(*model, *ops, prompt, chunk, block_size));
+  }
   return absl::OkStatus();
 }
 

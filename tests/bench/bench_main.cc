@@ -59,6 +59,9 @@ ABSL_FLAG(int32_t, logprobs, -1,
 ABSL_FLAG(std::string, sweep, "",
           "concurrency levels, as 1,16,64,256: run the workload closed loop once per level (each with fresh prompts "
           "from its own seed) and report a row per level; --json_out gets an array of levels");
+ABSL_FLAG(int64_t, sweep_waves, 0,
+          "with --sweep: each level sends this many times its concurrency in requests, so a level of 1 is as short as "
+          "one of 256 (random and shared_prefix workloads; 0: --num_requests at every level)");
 ABSL_FLAG(std::string, plot_out, "",
           "with --sweep: draw output tok/s and TTFT/TPOT p50/p99 against concurrency into this PNG with gnuplot "
           "(its script is written beside it, .gp)");
@@ -183,8 +186,10 @@ std::string PlotScriptPath(std::string png_path) {
 // Before anything runs, so a mistyped flag costs no warmup.
 absl::Status ValidateSweepFlags() {
   const std::string sweep = absl::GetFlag(FLAGS_sweep);
+  if (absl::GetFlag(FLAGS_sweep_waves) < 0) return absl::InvalidArgumentError("--sweep_waves must be 0 or more");
   if (sweep.empty()) {
     if (!absl::GetFlag(FLAGS_plot_out).empty()) return absl::InvalidArgumentError("--plot_out needs --sweep");
+    if (absl::GetFlag(FLAGS_sweep_waves) != 0) return absl::InvalidArgumentError("--sweep_waves needs --sweep");
     return absl::OkStatus();
   }
   if (absl::GetFlag(FLAGS_concurrency) != 0) {
@@ -205,8 +210,9 @@ void WarnIfCoarse(const BenchmarkSummary& summary, const std::string& where) {
 
 // Level i of a sweep draws its workload from seed + i: repeating the same
 // prompts would let later levels hit the prefix cache earlier levels filled.
-WorkloadOptions LevelWorkload(WorkloadOptions workload, size_t level) {
+WorkloadOptions LevelWorkload(WorkloadOptions workload, size_t level, int64_t concurrency) {
   workload.seed += level;
+  if (const int64_t waves = absl::GetFlag(FLAGS_sweep_waves); waves > 0) workload.num_requests = waves * concurrency;
   return workload;
 }
 
@@ -214,7 +220,7 @@ absl::StatusOr<std::vector<SweepLevel>> SweepLevels(const WorkloadOptions& workl
   ASSIGN_OR_RETURN(std::vector<int64_t> concurrencies, ParseConcurrencyList(absl::GetFlag(FLAGS_sweep)));
   std::vector<SweepLevel> levels;
   for (size_t i = 0; i < concurrencies.size(); ++i) {
-    ASSIGN_OR_RETURN(std::vector<Session> sessions, GenerateWorkload(LevelWorkload(workload, i)));
+    ASSIGN_OR_RETURN(std::vector<Session> sessions, GenerateWorkload(LevelWorkload(workload, i, concurrencies[i])));
     RETURN_IF_ERROR(CheckFitsContext(sessions, max_model_len));
     if (static_cast<int64_t>(sessions.size()) < concurrencies[i]) {
       std::cerr << "bench: warning: concurrency " << concurrencies[i] << " exceeds the " << sessions.size()
@@ -243,7 +249,7 @@ absl::Status RunSweepFromFlags(const ModelInfo& model, const WorkloadOptions& wo
     for (size_t i = 0; i < points.size(); ++i) {
       LoadOptions level_load = load;
       level_load.concurrency = points[i].concurrency;
-      json[i]["config"] = ConfigJson(model, LevelWorkload(workload, i), level_load);
+      json[i]["config"] = ConfigJson(model, LevelWorkload(workload, i, points[i].concurrency), level_load);
     }
     RETURN_IF_ERROR(WriteJson(path, json));
   }
