@@ -49,11 +49,16 @@ EngineGroup::~EngineGroup() {
 }
 
 void EngineGroup::Submit(std::unique_ptr<Sequence> seq) {
+  const Placement placement = Place(seq->tokens);
+  Submit(std::move(seq), placement);
+}
+
+void EngineGroup::Submit(std::unique_ptr<Sequence> seq, Placement placement) {
   std::vector<Update> rejected;
   {
     absl::MutexLock lock(&mu_);
     if (failure_.ok() && !stopping_) {
-      seq->replica = BestReplica(seq->tokens).replica;
+      seq->replica = placement.replica;
       replicas_[seq->replica]->scheduler.Add(std::move(seq));
       wake_ = true;
       return;
@@ -68,6 +73,7 @@ void EngineGroup::Submit(std::unique_ptr<Sequence> seq) {
 
 void EngineGroup::Cancel(int64_t request_id) {
   absl::MutexLock lock(&mu_);
+  if (auto it = moving_out_.find(request_id); it != moving_out_.end()) it->second = true;
   cancelled_.insert(request_id);
   wake_ = true;
 }
@@ -103,9 +109,10 @@ EngineGroup::ReplicaMatch EngineGroup::BestReplica(const std::vector<int32_t>& t
   return best;
 }
 
-int64_t EngineGroup::CachedPrefixTokens(const std::vector<int32_t>& tokens) {
+Placement EngineGroup::Place(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  return BestReplica(tokens).match.num_tokens;
+  const ReplicaMatch best = BestReplica(tokens);
+  return {best.replica, best.match.num_tokens};
 }
 
 int64_t EngineGroup::load() const {
@@ -129,7 +136,7 @@ void EngineGroup::Loop() {
   std::optional<LaunchedStep> in_flight;
   while (true) {
     Plan plan = Schedule(in_flight.has_value());
-    Emit(std::move(plan.updates), std::move(plan.handoffs));
+    Emit(std::move(plan.updates), std::move(plan.moves));
     if (plan.stop) return;
     std::optional<LaunchedStep> launched;
     const int sequences = plan.step.sequences_size();
@@ -155,7 +162,7 @@ EngineGroup::Plan EngineGroup::Schedule(bool step_in_flight) {
     if (step_in_flight) return plan;  // its tokens first: they are the clients'
     if (draining_ && !stopping_ && failure_.ok()) {
       plan.updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
-      plan.handoffs = DetachAll();
+      plan.moves = MoveOutAll();
       stalled_ = true;
     } else {
       const absl::Status why = failure_.ok() ? absl::CancelledError("shutting down") : failure_;
@@ -233,7 +240,7 @@ absl::Duration EngineGroup::Postprocess(const LaunchedStep& step) {
   absl::StatusOr<std::vector<internal::v1::StepResponse>> sampled = executor_->Collect();
   const absl::Duration wait = absl::Now() - waiting;
   std::vector<Update> updates;
-  std::vector<Handoff> handoffs;
+  std::vector<OutgoingMove> moves;
   std::vector<std::unique_ptr<Sequence>> finished;
   {
     absl::MutexLock lock(&mu_);
@@ -268,7 +275,7 @@ absl::Duration EngineGroup::Postprocess(const LaunchedStep& step) {
         if (sample.reason != FinishReason::kNone) {
           Finish(seq, sample.reason, absl::OkStatus(), &update);
         } else if (options_.role == GroupRole::kPrefill && seq.num_known_output() == 1) {
-          handoffs.push_back(Detach(static_cast<int>(r), &seq));
+          moves.push_back(MoveOut(static_cast<int>(r), &seq));
         }
         updates.push_back({seq.on_update, std::move(update)});
       }
@@ -277,34 +284,50 @@ absl::Duration EngineGroup::Postprocess(const LaunchedStep& step) {
     }
     PublishGauges();
   }
-  Emit(std::move(updates), std::move(handoffs));
+  Emit(std::move(updates), std::move(moves));
   return wait;
 }
 
-void EngineGroup::Emit(std::vector<Update> updates, std::vector<Handoff> handoffs) {
-  if (updates.empty() && handoffs.empty()) return;
-  // Shared: std::function wants a copyable callable, and handoffs own their sequences.
-  auto batch = std::make_shared<std::pair<std::vector<Update>, std::vector<Handoff>>>(std::move(updates),
-                                                                                        std::move(handoffs));
+void EngineGroup::Emit(std::vector<Update> updates, std::vector<OutgoingMove> moves) {
+  if (updates.empty() && moves.empty()) return;
+  // Shared: std::function wants a copyable callable, and moves own their sequences.
+  auto batch = std::make_shared<std::pair<std::vector<Update>, std::vector<OutgoingMove>>>(std::move(updates),
+                                                                                        std::move(moves));
   callbacks_.Post([this, batch] { Deliver(std::move(batch->first), std::move(batch->second)); });
 }
 
-void EngineGroup::Deliver(std::vector<Update> updates, std::vector<Handoff> handoffs) {
+void EngineGroup::Deliver(std::vector<Update> updates, std::vector<OutgoingMove> moves) {
   for (Update& u : updates) u.callback(u.update);
-  if (handoffs.empty()) return;
-  HandoffCallback handoff;
+  if (moves.empty()) return;
+  MoveCallback on_move;
   {
     absl::MutexLock lock(&mu_);
-    handoff = handoff_;
+    on_move = move_callback_;
   }
-  for (Handoff& h : handoffs) handoff(std::move(h.seq), std::move(h.hold));
-  absl::MutexLock lock(&mu_);
-  handoffs_in_progress_ -= static_cast<int64_t>(handoffs.size());
+  for (OutgoingMove& m : moves) {
+    bool cancelled;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = moving_out_.find(m.seq->id);
+      cancelled = it->second;
+      moving_out_.erase(it);
+    }
+    if (!cancelled) {
+      on_move(std::move(m.seq), std::move(m.hold));
+      continue;
+    }
+    // Cancelled after it left the scheduler, before it reached the mover:
+    // nobody else would see the cancellation.
+    Release(m.hold);
+    GenerateUpdate update;
+    Finish(*m.seq, FinishReason::kAbort, absl::CancelledError("cancelled"), &update);
+    m.seq->on_update(update);
+  }
 }
 
-EngineGroup::Handoff EngineGroup::Detach(int r, Sequence* seq) {
+EngineGroup::OutgoingMove EngineGroup::MoveOut(int r, Sequence* seq) {
   Replica& replica = *replicas_[r];
-  Handoff out;
+  OutgoingMove out;
   out.hold.replica = r;
   const int64_t whole_blocks = seq->num_computed / options_.block_size;
   out.hold.blocks.assign(seq->block_table.begin(), seq->block_table.begin() + whole_blocks);
@@ -315,21 +338,21 @@ EngineGroup::Handoff EngineGroup::Detach(int r, Sequence* seq) {
     out.hold.blocks.clear();
   }
   out.seq = replica.scheduler.Remove(seq->id);
-  ++handoffs_in_progress_;
+  moving_out_.emplace(out.seq->id, false);
   return out;
 }
 
-std::vector<EngineGroup::Handoff> EngineGroup::DetachAll() {
-  std::vector<Handoff> out;
+std::vector<EngineGroup::OutgoingMove> EngineGroup::MoveOutAll() {
+  std::vector<OutgoingMove> out;
   for (size_t r = 0; r < replicas_.size(); ++r) {
-    for (Sequence* seq : replicas_[r]->scheduler.sequences()) out.push_back(Detach(static_cast<int>(r), seq));
+    for (Sequence* seq : replicas_[r]->scheduler.sequences()) out.push_back(MoveOut(static_cast<int>(r), seq));
   }
   return out;
 }
 
-void EngineGroup::SetHandoff(HandoffCallback handoff) {
+void EngineGroup::SetMoveCallback(MoveCallback on_move) {
   absl::MutexLock lock(&mu_);
-  handoff_ = std::move(handoff);
+  move_callback_ = std::move(on_move);
 }
 
 void EngineGroup::Drain() {
@@ -340,7 +363,7 @@ void EngineGroup::Drain() {
 
 bool EngineGroup::drained() const {
   absl::MutexLock lock(&mu_);
-  return draining_ && Load() == 0 && handoffs_in_progress_ == 0;
+  return draining_ && Load() == 0 && moving_out_.empty();
 }
 
 BlockHold EngineGroup::HoldPrefix(const std::vector<int32_t>& tokens) {

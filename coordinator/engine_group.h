@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -52,10 +53,19 @@ struct BlockHold {
   std::vector<int32_t> blocks;
 };
 
+// Where a request would run in a group: the attention replica caching the
+// longest prefix of its prompt (whole blocks, at most all but the last token),
+// the least loaded among equals, and how long that prefix is.
+struct Placement {
+  int replica = 0;
+  int64_t cached_tokens = 0;
+};
+
 // Receives a sequence the group no longer serves (drain, disaggregation),
 // with its computed whole blocks held in `hold`; it owns the sequence now and
-// must release the hold. Called on the group's loop thread, without its lock.
-using HandoffCallback = std::function<void(std::unique_ptr<Sequence> seq, BlockHold hold)>;
+// must release the hold. Called on the group's callback thread, without its
+// lock.
+using MoveCallback = std::function<void(std::unique_ptr<Sequence> seq, BlockHold hold)>;
 
 class EngineGroup {
  public:
@@ -64,7 +74,12 @@ class EngineGroup {
               GroupOptions options, const ModelConfig& config, ServingMetrics& metrics);
   ~EngineGroup();  // stops the loop; pending requests end with kAbort
 
+  // Starts serving `seq` where Place() would put it now.
   void Submit(std::unique_ptr<Sequence> seq);
+  // Starts serving `seq` where `placement` says, without walking the prefix
+  // index again: routing's walk decided.
+  // REQUIRES: `placement` came from this group's Place().
+  void Submit(std::unique_ptr<Sequence> seq, Placement placement);
   // Asks the loop to end a request with kAbort and free its blocks.
   void Cancel(int64_t request_id);
   // The group cannot serve any more (a worker died or hung): its requests
@@ -72,12 +87,12 @@ class EngineGroup {
   // on a worker is given up.
   void Fail(absl::Status why);
 
-  // Sequences leave through `handoff` (set before the first Submit).
-  void SetHandoff(HandoffCallback handoff);
+  // Sequences move out through `on_move` (set before the first Submit).
+  void SetMoveCallback(MoveCallback on_move);
   // Stops admitting and hands every sequence over, now and as they arrive;
   // alive() turns false so routing skips the group.
   void Drain();
-  // Whether a drain has handed every sequence over.
+  // Whether a drain has moved every sequence out.
   bool drained() const;
 
   // KV migration. The longest cached prefix of `tokens` (whole blocks, at
@@ -96,9 +111,10 @@ class EngineGroup {
 
   bool alive() const;
   bool HasWorker(int32_t worker_id) const;
-  // Tokens of `tokens` the best replica's prefix cache could serve now, and
-  // the queue length: for routing.
-  int64_t CachedPrefixTokens(const std::vector<int32_t>& tokens);
+  // Where `tokens` would run now, for routing: one walk of each replica's
+  // prefix index.
+  Placement Place(const std::vector<int32_t>& tokens);
+  // Requests waiting or running.
   int64_t load() const;
   int64_t num_blocks() const { return options_.num_blocks; }
   int64_t block_size() const { return options_.block_size; }
@@ -126,7 +142,7 @@ class EngineGroup {
     PrefixMatch match;
   };
   ReplicaMatch BestReplica(const std::vector<int32_t>& tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  struct Handoff {
+  struct OutgoingMove {
     std::unique_ptr<Sequence> seq;
     BlockHold hold;
   };
@@ -137,7 +153,7 @@ class EngineGroup {
   // What the loop does next, decided under the lock.
   struct Plan {
     std::vector<Update> updates;     // to emit first
-    std::vector<Handoff> handoffs;
+    std::vector<OutgoingMove> moves;
     internal::v1::StepRequest step;  // empty when nothing runs
     LaunchedStep launched;
     bool stop = false;
@@ -146,7 +162,7 @@ class EngineGroup {
 
   void Loop();
   // Waits for work unless a step is in flight, then plans: ends what was
-  // cancelled, failed or stopped, hands over a drain, or schedules the next
+  // cancelled, failed or stopped, moves a drain's sequences out, or schedules the next
   // step. Stopping, failing and draining first let the step in flight finish.
   Plan Schedule(bool step_in_flight) ABSL_LOCKS_EXCLUDED(mu_);
   // The step's message: each sequence's change since the workers last saw it.
@@ -158,15 +174,15 @@ class EngineGroup {
   // updates; a prefill group's sequences that got their first token leave.
   // Returns how long it waited for the workers.
   absl::Duration Postprocess(const LaunchedStep& step) ABSL_LOCKS_EXCLUDED(mu_);
-  // Hands `updates` and `handoffs` to the callback thread, behind those
+  // Hands `updates` and `moves` to the callback thread, behind those
   // emitted before.
-  void Emit(std::vector<Update> updates, std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
+  void Emit(std::vector<Update> updates, std::vector<OutgoingMove> moves) ABSL_LOCKS_EXCLUDED(mu_);
   // On the callback thread: runs the requests' update callbacks, then the
-  // handoff callback.
-  void Deliver(std::vector<Update> updates, std::vector<Handoff> handoffs) ABSL_LOCKS_EXCLUDED(mu_);
+  // move callback.
+  void Deliver(std::vector<Update> updates, std::vector<OutgoingMove> moves) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes `seq` out of `replica`, holding its computed whole blocks.
-  Handoff Detach(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::vector<Handoff> DetachAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  OutgoingMove MoveOut(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<OutgoingMove> MoveOutAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills the final fields of `update` and records the request's metrics.
   void Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update);
@@ -193,11 +209,11 @@ class EngineGroup {
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   bool stalled_ ABSL_GUARDED_BY(mu_) = false;  // the last Schedule found nothing to run
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  // Sequences detached but not yet given to the handoff callback: a drain is
-  // not over while one is on its way.
-  int64_t handoffs_in_progress_ ABSL_GUARDED_BY(mu_) = 0;
-  HandoffCallback handoff_ ABSL_GUARDED_BY(mu_);
-  // Runs update and handoff callbacks off the loop: declared after what they
+  // Sequences taken out but not yet given to the move callback, and whether
+  // they were cancelled meanwhile: a drain is not over while one is on its way.
+  std::map<int64_t, bool> moving_out_ ABSL_GUARDED_BY(mu_);
+  MoveCallback move_callback_ ABSL_GUARDED_BY(mu_);
+  // Runs update and move callbacks off the loop: declared after what they
   // touch, so that it is gone before them.
   CallbackThread callbacks_;
   std::thread loop_;

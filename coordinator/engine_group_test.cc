@@ -267,14 +267,14 @@ TEST_F(EngineGroupTest, CancelMidStepEndsTheRequestAndFreesItsBlocks) {
   ExpectAllBlocksFree(64);
 }
 
-TEST_F(EngineGroupTest, DrainHandsOverSequencesWithKnownTokensOnly) {
+TEST_F(EngineGroupTest, DrainMovesOutSequencesWithKnownTokensOnly) {
   Start(64);
-  absl::Mutex handed_mu;
-  std::vector<std::unique_ptr<Sequence>> handed;
-  group_->SetHandoff([&](std::unique_ptr<Sequence> seq, BlockHold hold) {
+  absl::Mutex moved_mu;
+  std::vector<std::unique_ptr<Sequence>> moved;
+  group_->SetMoveCallback([&](std::unique_ptr<Sequence> seq, BlockHold hold) {
     group_->Release(hold);
-    absl::MutexLock lock(&handed_mu);
-    handed.push_back(std::move(seq));
+    absl::MutexLock lock(&moved_mu);
+    moved.push_back(std::move(seq));
   });
   fake_->SetOpen(false);  // all four arrive before the second step
   for (int64_t id = 0; id < 4; ++id) Submit(id, 6, 200);
@@ -286,9 +286,9 @@ TEST_F(EngineGroupTest, DrainHandsOverSequencesWithKnownTokensOnly) {
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (!group_->drained() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
   ASSERT_TRUE(group_->drained());
-  absl::MutexLock lock(&handed_mu);
-  ASSERT_EQ(handed.size(), 4u);
-  for (const auto& seq : handed) {
+  absl::MutexLock lock(&moved_mu);
+  ASSERT_EQ(moved.size(), 4u);
+  for (const auto& seq : moved) {
     const Received r = Get(seq->id);
     EXPECT_EQ(r.reason, FinishReason::kNone);  // it goes on elsewhere
     const std::vector<int32_t> output(seq->tokens.begin() + seq->prompt_len, seq->tokens.end());
@@ -297,27 +297,27 @@ TEST_F(EngineGroupTest, DrainHandsOverSequencesWithKnownTokensOnly) {
   }
 }
 
-TEST_F(EngineGroupTest, PrefillGroupHandsOffAfterTheFirstTokenWithoutSpeculating) {
+TEST_F(EngineGroupTest, PrefillGroupMovesSequencesOutAfterTheFirstTokenWithoutSpeculating) {
   Start(64, GroupRole::kPrefill);
-  absl::Mutex handed_mu;
-  std::vector<std::pair<std::unique_ptr<Sequence>, size_t>> handed;  // with its held blocks
-  group_->SetHandoff([&](std::unique_ptr<Sequence> seq, BlockHold hold) {
+  absl::Mutex moved_mu;
+  std::vector<std::pair<std::unique_ptr<Sequence>, size_t>> moved;  // with its held blocks
+  group_->SetMoveCallback([&](std::unique_ptr<Sequence> seq, BlockHold hold) {
     group_->Release(hold);
-    absl::MutexLock lock(&handed_mu);
-    handed.emplace_back(std::move(seq), hold.blocks.size());
+    absl::MutexLock lock(&moved_mu);
+    moved.emplace_back(std::move(seq), hold.blocks.size());
   });
   for (int64_t id = 0; id < 3; ++id) Submit(id, 9, 20);
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (absl::Now() < deadline) {
     {
-      absl::MutexLock lock(&handed_mu);
-      if (handed.size() == 3) break;
+      absl::MutexLock lock(&moved_mu);
+      if (moved.size() == 3) break;
     }
     absl::SleepFor(absl::Milliseconds(1));
   }
-  absl::MutexLock lock(&handed_mu);
-  ASSERT_EQ(handed.size(), 3u);
-  for (const auto& [seq, held] : handed) {
+  absl::MutexLock lock(&moved_mu);
+  ASSERT_EQ(moved.size(), 3u);
+  for (const auto& [seq, held] : moved) {
     EXPECT_EQ(seq->num_output(), 1);
     EXPECT_EQ(seq->tokens.back(), TokenFor(seq->id, 0));
     EXPECT_EQ(held, 2u);  // the 9 prompt tokens' whole blocks

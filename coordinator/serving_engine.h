@@ -1,10 +1,8 @@
-// The coordinator's Engine: validates requests, routes each to an engine
-// group (the longest cached prefix wins unless that group is much busier than
-// the least loaded one, in which case the prefix's latent KV may move to the
-// chosen group when moving costs less than recomputing), and keeps track of
-// which group serves which request so that cancellation and worker failure
-// reach it. Sequences leaving a group (drain, prefill/decode disaggregation)
-// move with their KV to another group and continue there unchanged.
+// The coordinator's Engine: validates requests, has the Router pick each
+// one's engine group (moving a prefix cached elsewhere when that is cheaper),
+// and keeps track of which group serves which request so that cancellation
+// and worker failure reach it. Sequences leaving a group (drain,
+// prefill/decode disaggregation) go through the SequenceMover.
 #ifndef MLASERVE_COORDINATOR_SERVING_ENGINE_H_
 #define MLASERVE_COORDINATOR_SERVING_ENGINE_H_
 
@@ -12,7 +10,6 @@
 #include <map>
 #include <memory>
 #include <random>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -21,10 +18,10 @@
 #include "coordinator/engine_group.h"
 #include "coordinator/kv_transfer.h"
 #include "coordinator/metrics.h"
+#include "coordinator/router.h"
+#include "coordinator/sequence_mover.h"
 
 namespace mlaserve {
-
-enum class MigrationPolicy { kAuto, kAlways, kNever };
 
 struct ServingOptions {
   std::string model_name;
@@ -67,26 +64,11 @@ class ServingEngine final : public Engine {
   EngineHealth Health() const override;
 
  private:
-  struct Routing {
-    EngineGroup* group = nullptr;
-    int64_t cached_tokens = 0;      // of the prompt, in `group`
-    EngineGroup* donor = nullptr;   // the group caching the longest prefix, if another
-    int64_t donor_tokens = 0;
-  };
   absl::Status Validate(const GenerateInput& input) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  Routing Route(const std::vector<int32_t>& prompt) ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // Copies the whole blocks `hold` keeps in `from` into fresh blocks of `to`
-  // and enters them into its prefix index for `tokens`; releases the hold.
-  absl::Status MigrateBlocks(EngineGroup* from, const BlockHold& hold, const std::vector<int32_t>& tokens,
-                             EngineGroup* to);
-  // Whether moving `num_blocks` blocks costs less than recomputing their tokens.
-  bool ShouldMigrate(int64_t num_blocks, int64_t block_size) const;
-  // Moves a sequence `from` hands over to another group (on its own thread).
-  void StartMove(EngineGroup* from, std::unique_ptr<Sequence> seq, BlockHold hold);
-  void Move(EngineGroup* from, std::unique_ptr<Sequence> seq, BlockHold hold);
-  EngineGroup* MoveDestination(EngineGroup* from) ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // Retires `group`'s workers once its drain and moves are done.
-  void FinishDrain(EngineGroup* group);
+  // Every group, for the router.
+  std::vector<EngineGroup*> Groups() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // SequenceMover's Claim.
+  EngineGroup* ClaimMoveDestination(EngineGroup* from, int64_t request_id) ABSL_LOCKS_EXCLUDED(mu_);
 
   const Tokenizer& tokenizer_;
   const ModelConfig& config_;
@@ -94,24 +76,16 @@ class ServingEngine final : public Engine {
   ServingMetrics& metrics_;
   WorkerRegistry* registry_;
   KvTransfer transfer_;
+  Router router_;
   std::atomic<int64_t> next_id_{1};
-  // Calibrated at start-up; 0 until then.
-  std::atomic<double> transfer_bytes_per_s_{0};
-  std::atomic<double> prefill_tokens_per_s_{0};
-  std::atomic<int64_t> bytes_per_block_{0};
 
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<EngineGroup>> groups_ ABSL_GUARDED_BY(mu_);
   std::map<int64_t, EngineGroup*> request_group_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 seed_rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
-  // Moves and drains under way, by source group: the destructor waits for them.
-  std::map<const EngineGroup*, int> moves_ ABSL_GUARDED_BY(mu_);
-  // Requests between groups, and those of them cancelled on the way (the
-  // cancellation is applied once they arrive).
-  std::set<int64_t> moving_ ABSL_GUARDED_BY(mu_);
-  std::set<int64_t> cancelled_while_moving_ ABSL_GUARDED_BY(mu_);
-  bool has_prefill_groups_ ABSL_GUARDED_BY(mu_) = false;
-  int drains_ ABSL_GUARDED_BY(mu_) = 0;
+  // Declared after what its moves use, so that it waits for them before
+  // those go.
+  SequenceMover mover_;
 };
 
 }  // namespace mlaserve
