@@ -10,7 +10,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/local_cluster.h"
-#include "coordinator/request.h"
+#include "coordinator/serving/request.h"
 #include "tests/serving_client.h"
 
 namespace mlaserve {

@@ -21,8 +21,8 @@
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "common/user_path.h"
-#include "coordinator/prompt.h"
-#include "coordinator/tokenizer.h"
+#include "tokenizer/prompt.h"
+#include "tokenizer/tokenizer.h"
 #include "worker/model.h"
 #include "worker/model_runner.h"
 

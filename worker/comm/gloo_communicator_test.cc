@@ -23,7 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "coordinator/rendezvous_service.h"
+#include "coordinator/cluster/rendezvous_service.h"
 #include "gtest/gtest.h"
 #include "worker/comm/grpc_rendezvous_store.h"
 #include "worker/comm/rendezvous_store.h"

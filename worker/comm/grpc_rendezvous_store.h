@@ -1,5 +1,5 @@
 // The rendezvous store of a cluster: a client of the coordinator's
-// internal.v1.Rendezvous service (coordinator/rendezvous_service.h), so the
+// internal.v1.Rendezvous service (coordinator/cluster/rendezvous_service.h), so the
 // ranks of a group meet through the coordinator they already know rather
 // than through a shared filesystem or a separate store server.
 //

@@ -1,0 +1,25 @@
+#include "coordinator/api/admin_service.h"
+
+#include "common/grpc_status.h"
+
+namespace mlaserve {
+
+grpc::Status AdminService::DrainWorker(grpc::ServerContext*, const v1::DrainWorkerRequest* request,
+                                       v1::DrainWorkerResponse*) {
+  return ToGrpcStatus(engine_.DrainWorker(request->worker_id()));
+}
+
+grpc::Status AdminService::ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+                                       v1::ListWorkersResponse* response) {
+  for (const auto& [info, live] : registry_.List()) {
+    v1::WorkerStatus* w = response->add_workers();
+    w->set_worker_id(info.id);
+    w->set_address(info.address);
+    w->set_device(info.device);
+    w->set_pid(info.pid);
+    w->set_live(live);
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace mlaserve

@@ -1,0 +1,46 @@
+// The serving engine as front ends see it: submit a tokenized request, get
+// updates through a callback, cancel it. The coordinator's ServingEngine
+// implements it over worker groups; tests substitute a fake.
+#ifndef MLASERVE_COORDINATOR_SERVING_ENGINE_H_
+#define MLASERVE_COORDINATOR_SERVING_ENGINE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "coordinator/serving/request.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mlaserve {
+
+struct EngineHealth {
+  bool serving = false;  // at least one group can take requests
+  int32_t live_workers = 0;
+  int32_t total_workers = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Queues a request and returns its id. Errors, with nothing queued (front
+  // ends count them as rejected requests):
+  // InvalidArgument (ids outside the vocabulary, prompt plus max_tokens
+  // beyond the context, bad sampling values), ResourceExhausted (queue full),
+  // Unavailable (no live worker group).
+  virtual absl::StatusOr<int64_t> Submit(GenerateInput input, UpdateCallback on_update) = 0;
+  // Stops a request and frees its blocks; its callback gets a final kAbort
+  // update unless it already finished. Unknown ids are ignored.
+  virtual void Cancel(int64_t request_id) = 0;
+
+  virtual const Tokenizer& tokenizer() const = 0;
+  virtual const ModelConfig& model_config() const = 0;
+  virtual const std::string& model_name() const = 0;  // as /v1/models lists it
+  virtual int64_t max_context() const = 0;
+  virtual EngineHealth Health() const = 0;
+};
+
+}  // namespace mlaserve
+
+#endif  // MLASERVE_COORDINATOR_SERVING_ENGINE_H_

@@ -1,0 +1,112 @@
+#include "coordinator/serving/kv_transfer.h"
+
+#include <future>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+
+namespace mlaserve {
+
+absl::StatusOr<int64_t> KvTransfer::Pull(const WorkerInfo& into, const std::string& from_address,
+                                         const std::vector<int32_t>& from_blocks,
+                                         const std::vector<int32_t>& into_blocks) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout_ + absl::Seconds(5)));
+  internal::v1::PullBlocksRequest request;
+  request.set_source_address(from_address);
+  request.mutable_source_blocks()->Add(from_blocks.begin(), from_blocks.end());
+  request.mutable_dest_blocks()->Add(into_blocks.begin(), into_blocks.end());
+  request.set_timeout_s(absl::ToDoubleSeconds(timeout_));
+  internal::v1::PullBlocksResponse response;
+  absl::Status status = FromGrpcStatus(into.stub->PullBlocks(&context, request, &response));
+  if (!status.ok()) {
+    return absl::UnavailableError(absl::StrCat("KV transfer into worker ", into.id, " from ", from_address, ": ",
+                                               status.message()));
+  }
+  return response.bytes();
+}
+
+KvTransfer::Link& KvTransfer::LinkBetween(int32_t from, int32_t into) {
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<Link>& link = links_[{from, into}];
+  if (link == nullptr) link = std::make_unique<Link>();
+  return *link;
+}
+
+absl::StatusOr<int64_t> KvTransfer::OverLink(const WorkerInfo& from, const std::vector<int32_t>& from_blocks,
+                                             const WorkerInfo& into, const std::vector<int32_t>& into_blocks) {
+  Link& link = LinkBetween(from.id, into.id);
+  absl::MutexLock lock(&link.mu);
+  const std::string name = absl::StrCat(from.id, "-", into.id, "-g", link.generation);
+  auto call = [&](const WorkerInfo& worker, const std::vector<int32_t>& blocks, bool send) -> absl::StatusOr<int64_t> {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout_ + absl::Seconds(5)));
+    internal::v1::LinkBlocksRequest request;
+    request.set_link(name);
+    request.mutable_blocks()->Add(blocks.begin(), blocks.end());
+    request.set_timeout_s(absl::ToDoubleSeconds(timeout_));
+    internal::v1::LinkBlocksResponse response;
+    grpc::Status status = send ? worker.stub->SendBlocks(&context, request, &response)
+                               : worker.stub->RecvBlocks(&context, request, &response);
+    if (!status.ok()) return FromGrpcStatus(status);
+    return response.bytes();
+  };
+  auto sent = std::async(std::launch::async, [&] { return call(from, from_blocks, true); });
+  absl::StatusOr<int64_t> received = call(into, into_blocks, false);
+  absl::StatusOr<int64_t> sent_bytes = sent.get();
+  absl::Status status = received.ok() ? sent_bytes.status() : received.status();
+  if (!status.ok()) {
+    ++link.generation;
+    return absl::UnavailableError(absl::StrCat("KV transfer from worker ", from.id, " to worker ", into.id,
+                                               " over NCCL: ", status.message()));
+  }
+  return *received;
+}
+
+bool UsesNcclLink(const WorkerInfo& from, const WorkerInfo& into) {
+  const bool gpus = absl::StartsWith(from.device, "cuda") && absl::StartsWith(into.device, "cuda");
+  const bool same_gpu = !from.gpu_uuid.empty() && from.gpu_uuid == into.gpu_uuid;
+  return gpus && !same_gpu;
+}
+
+absl::StatusOr<int64_t> KvTransfer::CopyBetween(const WorkerInfo& from, const std::vector<int32_t>& from_blocks,
+                                                const WorkerInfo& into, const std::vector<int32_t>& into_blocks) {
+  if (UsesNcclLink(from, into)) return OverLink(from, from_blocks, into, into_blocks);
+  return Pull(into, from.address, from_blocks, into_blocks);
+}
+
+absl::Status KvTransfer::Copy(const ReplicaBlocks& src, const ReplicaBlocks& dst) {
+  if (src.blocks.size() != dst.blocks.size() || src.ranks.empty() || dst.ranks.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("KV transfer of ", src.blocks.size(), " blocks into ",
+                                                   dst.blocks.size()));
+  }
+  if (src.blocks.empty()) return absl::OkStatus();
+  const absl::Time start = absl::Now();
+  absl::StatusOr<int64_t> bytes = CopyBetween(src.ranks[0], src.blocks, dst.ranks[0], dst.blocks);
+  std::vector<std::future<absl::StatusOr<int64_t>>> fan_out;
+  if (bytes.ok()) {
+    for (size_t r = 1; r < dst.ranks.size(); ++r) {
+      fan_out.push_back(std::async(std::launch::async, [&, r] {
+        return CopyBetween(dst.ranks[0], dst.blocks, dst.ranks[r], dst.blocks);
+      }));
+    }
+  }
+  absl::Status status = bytes.status();
+  for (auto& f : fan_out) {
+    absl::StatusOr<int64_t> peer = f.get();
+    if (status.ok()) status = peer.status();
+  }
+  if (!status.ok()) {
+    metrics_.CountKvTransferFailure();
+    return status;
+  }
+  metrics_.ObserveKvTransfer(static_cast<double>(*bytes), static_cast<double>(src.blocks.size()),
+                             absl::ToDoubleSeconds(absl::Now() - start));
+  return absl::OkStatus();
+}
+
+}  // namespace mlaserve
