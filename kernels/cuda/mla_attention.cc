@@ -17,7 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/mla_decode.h"
+#include "kernels/cuda/mla/kernels.h"
 #include "kernels/shape_check.h"
 
 namespace mlaserve {

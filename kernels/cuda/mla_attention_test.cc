@@ -3,8 +3,7 @@
 // batches of mixed lengths, block sizes 64/16/1, mixed decode and prefill
 // chunks with cached prefixes, 128 and 16 heads at DeepSeek-V3 dims, a 64K
 // context, generic dims, the expanded form; batch invariance (bitwise) and
-// determinism. Outputs are poisoned with NaN before every run. The absorbed
-// cases run every kernel variant (persistent or not, wgmma or mma.sync).
+// determinism. Outputs are poisoned with NaN before every run.
 #include "kernels/cuda/mla_attention.h"
 
 #include <cuda_runtime.h>
@@ -20,7 +19,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
-#include "kernels/cuda/mla_decode.h"
+#include "kernels/cuda/mla/kernels.h"
 #include "kernels/ops.h"
 
 namespace mlaserve {
@@ -217,58 +216,35 @@ std::string Describe(const std::vector<SeqSpec>& seqs) {
   return s;
 }
 
-// The default, the plainest, and the other options (kernels/cuda/mla_decode.h).
-const int kVariants[] = {
-    cuda::kMlaDefaultVariant,
-    0,
-    cuda::kMlaPersistent,
-    cuda::kMlaWgmma,
-    cuda::kMlaPersistent | cuda::kMlaWgmma | cuda::kMlaPrefetch,
-    cuda::kMlaPersistent | cuda::kMlaWgmma | cuda::kMlaOverlap | cuda::kMlaPrefetch,
-    cuda::kMlaPersistent | cuda::kMlaWgmma | cuda::kMlaWgmmaSolo,
-    cuda::kMlaWgmma | cuda::kMlaWgmmaSolo,
-};
-
-// Restores the default kernel variant when a test ends.
-struct VariantScope {
-  ~VariantScope() { cuda::MlaSetVariant(cuda::kMlaDefaultVariant); }
-};
-
-// GPU (every kernel variant) against CPU; returns the largest relative error.
+// GPU against CPU; returns the largest relative error.
 double CheckAbsorbed(MlaAttention& attention, cudaStream_t stream, int64_t heads, int64_t rank, int64_t rope,
                      int64_t block_size, const std::vector<SeqSpec>& seqs) {
-  VariantScope restore;
   const uint64_t seed = FreshSeed();
   AbsorbedProblem p = AbsorbedProblem::Make(heads, rank, rope, block_size, seqs, seed);
   const std::vector<float> ref = p.Reference();
-  double worst = 0;
-  for (int variant : kVariants) {
-    cuda::MlaSetVariant(variant);
-    const std::vector<float> gpu = ToHost(p.Run(attention, stream));
-    const double err = RelErr(gpu, ref);
-    worst = std::max(worst, err);
-    printf("absorbed v%d heads=%lld rank=%lld rope=%lld block=%lld seqs=%s seed=%llu: rel err %.3e\n", variant,
-           (long long)heads, (long long)rank, (long long)rope, (long long)block_size,
-           Describe(seqs).substr(0, 120).c_str(), (unsigned long long)seed, err);
-    fflush(stdout);
-    EXPECT_LT(err, 1e-2) << "variant " << variant << " seed " << seed << " seqs " << Describe(seqs);
-    // Every row, separately: an unwritten or wrong row would hide in the batch norm.
-    const int64_t width = heads * rank;
-    for (const SequenceSlice& s : p.layout.seqs) {
-      for (int64_t i = 0; i < s.num_tokens; ++i) {
-        const int64_t t = s.token_begin + i;
-        std::vector<float> g(gpu.begin() + t * width, gpu.begin() + (t + 1) * width);
-        std::vector<float> r(ref.begin() + t * width, ref.begin() + (t + 1) * width);
-        const double row_err = RelErr(g, r);
-        if (!(row_err < 2e-2)) {
-          ADD_FAILURE() << "variant " << variant << " token " << t << " (context " << s.context_len << ", "
-                        << s.num_tokens << " tokens): rel err " << row_err << ", seed " << seed;
-          return INFINITY;
-        }
+  const std::vector<float> gpu = ToHost(p.Run(attention, stream));
+  const double err = RelErr(gpu, ref);
+  printf("absorbed heads=%lld rank=%lld rope=%lld block=%lld seqs=%s seed=%llu: rel err %.3e\n", (long long)heads,
+         (long long)rank, (long long)rope, (long long)block_size, Describe(seqs).substr(0, 120).c_str(),
+         (unsigned long long)seed, err);
+  fflush(stdout);
+  EXPECT_LT(err, 1e-2) << "seed " << seed << " seqs " << Describe(seqs);
+  // Every row, separately: an unwritten or wrong row would hide in the batch norm.
+  const int64_t width = heads * rank;
+  for (const SequenceSlice& s : p.layout.seqs) {
+    for (int64_t i = 0; i < s.num_tokens; ++i) {
+      const int64_t t = s.token_begin + i;
+      std::vector<float> g(gpu.begin() + t * width, gpu.begin() + (t + 1) * width);
+      std::vector<float> r(ref.begin() + t * width, ref.begin() + (t + 1) * width);
+      const double row_err = RelErr(g, r);
+      if (!(row_err < 2e-2)) {
+        ADD_FAILURE() << "token " << t << " (context " << s.context_len << ", " << s.num_tokens
+                      << " tokens): rel err " << row_err << ", seed " << seed;
+        return INFINITY;
       }
     }
   }
-  return worst;
+  return err;
 }
 
 // More work items than SMs: persistent CTAs loop over several items each.
@@ -338,7 +314,6 @@ TEST_F(CudaMlaTest, GenericDims) {
 // A sequence's output is bitwise the same alone and in any batch, and the same
 // batch gives the same bits twice (also after another layout was planned).
 void CheckInvariance(MlaAttention& attention, cudaStream_t stream, int64_t heads) {
-  VariantScope restore;
   const uint64_t seed = FreshSeed();
   std::vector<SeqSpec> seqs = {{1, 5000}, {1, 70}, {4, 900}, {1, 1}, {1, 2500}, {9, 1300}, {1, 64}};
   for (int i = 0; i < 40; ++i) seqs.push_back({1, 1500 + 37 * i});  // enough items for persistent CTAs to loop
@@ -346,26 +321,23 @@ void CheckInvariance(MlaAttention& attention, cudaStream_t stream, int64_t heads
   const AbsorbedProblem other = AbsorbedProblem::Make(heads, 512, 64, 64, {{1, 3333}, {9, 1300}, {2, 40}}, seed + 1);
   std::vector<AbsorbedProblem> alone;
   for (size_t i : {size_t{0}, size_t{2}, size_t{3}, size_t{5}}) alone.push_back(batch.Only(i));
-  for (int variant : kVariants) {
-    cuda::MlaSetVariant(variant);
-    printf("batch invariance v%d heads=%lld seed=%llu\n", variant, (long long)heads, (unsigned long long)seed);
-    const std::vector<uint16_t> first = Bits(batch.Run(attention, stream));
-    for (const AbsorbedProblem& a : alone) {
-      const std::vector<uint16_t> bits = Bits(a.Run(attention, stream));
-      const SequenceSlice& s = a.layout.seqs[0];
-      const auto it = std::find_if(batch.layout.seqs.begin(), batch.layout.seqs.end(),
-                                   [&](const SequenceSlice& b) { return b.block_table == s.block_table; });
-      ASSERT_NE(it, batch.layout.seqs.end());
-      const int64_t width = heads * 512;
-      const bool equal = std::equal(bits.begin(), bits.end(), first.begin() + it->token_begin * width);
-      EXPECT_TRUE(equal) << "variant " << variant << ": a sequence of " << s.num_tokens << " tokens, context "
-                         << s.context_len << ", differs alone and in the batch, seed " << seed;
-    }
-    // Another batch planned in between; then the first again: the same bits.
-    (void)other.Run(attention, stream);
-    const std::vector<uint16_t> again = Bits(batch.Run(attention, stream));
-    EXPECT_TRUE(again == first) << "variant " << variant << ": the same batch gave different bits, seed " << seed;
+  printf("batch invariance heads=%lld seed=%llu\n", (long long)heads, (unsigned long long)seed);
+  const std::vector<uint16_t> first = Bits(batch.Run(attention, stream));
+  for (const AbsorbedProblem& a : alone) {
+    const std::vector<uint16_t> bits = Bits(a.Run(attention, stream));
+    const SequenceSlice& s = a.layout.seqs[0];
+    const auto it = std::find_if(batch.layout.seqs.begin(), batch.layout.seqs.end(),
+                                 [&](const SequenceSlice& b) { return b.block_table == s.block_table; });
+    ASSERT_NE(it, batch.layout.seqs.end());
+    const int64_t width = heads * 512;
+    const bool equal = std::equal(bits.begin(), bits.end(), first.begin() + it->token_begin * width);
+    EXPECT_TRUE(equal) << "a sequence of " << s.num_tokens << " tokens, context " << s.context_len
+                       << ", differs alone and in the batch, seed " << seed;
   }
+  // Another batch planned in between; then the first again: the same bits.
+  (void)other.Run(attention, stream);
+  const std::vector<uint16_t> again = Bits(batch.Run(attention, stream));
+  EXPECT_TRUE(again == first) << "the same batch gave different bits, seed " << seed;
 }
 
 TEST_F(CudaMlaTest, BatchInvariance128Heads) { CheckInvariance(*attention_, stream_, 128); }

@@ -19,10 +19,12 @@
 // and read from there by all rows of the tile. 16-row tiles (up to 16 heads,
 // the memory-bound case) run on mma.sync m16n8k16 with ldmatrix; 64-row tiles
 // on wgmma (two warpgroups splitting the keys of Q K^T and the columns of
-// P V). By default the grid is persistent (one CTA per SM looping over work
-// items). Other dims take a simple generic kernel.
-#ifndef MLASERVE_KERNELS_CUDA_MLA_DECODE_H_
-#define MLASERVE_KERNELS_CUDA_MLA_DECODE_H_
+// P V, which runs on while the next tile's Q K^T is issued). The grid is
+// persistent (one CTA per SM looping over work items). Other dims take a simple
+// generic kernel. One file per kernel under kernels/cuda/mla/; traits.h names
+// their tiles; retired variants are numbers in docs/perf.md.
+#ifndef MLASERVE_KERNELS_CUDA_MLA_KERNELS_H_
+#define MLASERVE_KERNELS_CUDA_MLA_KERNELS_H_
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -95,24 +97,6 @@ cudaError_t MlaAbsorbed(MlaTileKind kind, const MlaWorkItem* items, int num_item
 cudaError_t MlaCombine(const MlaCombineItem* items, int num_items, int max_rows, const float* partial_out,
                        const float* partial_lse, int rank, __nv_bfloat16* out, cudaStream_t stream);
 
-// Kernel variants, for A/B measurements (a process-wide setting; every variant
-// is batch invariant, but their bits differ): kMlaPersistent runs the split
-// kernels on at most one CTA per SM, each looping over work items and loading
-// the next item's first tile while finishing the current one; kMlaWgmma runs
-// 64-row tiles on wgmma instead of mma.sync; kMlaPrefetch prefetches the cache
-// rows of the step after the next into L2; kMlaOverlap (wgmma only) lets a
-// tile's P V run on while the next tile's Q K^T is issued; kMlaWgmmaSolo (with
-// kMlaWgmma) has each warpgroup compute the scores of whole rows, so that no
-// row maxima or probabilities cross between warpgroups (twice the Q K^T work).
-inline constexpr int kMlaPersistent = 1;
-inline constexpr int kMlaWgmma = 2;
-inline constexpr int kMlaPrefetch = 4;
-inline constexpr int kMlaOverlap = 8;
-inline constexpr int kMlaWgmmaSolo = 16;
-inline constexpr int kMlaDefaultVariant = kMlaPersistent | kMlaWgmma | kMlaOverlap;
-void MlaSetVariant(int flags);
-int MlaVariant();
-
 // Expanded form for one sequence: q_nope[T, H, nope], q_rope[T, H, rope]
 // against k_nope[S, H, nope], k_rope[S, rope], v[S, H, dv]; query t sits at
 // position S - T + t and sees keys [0, that position]. out[T, H, dv].
@@ -135,4 +119,4 @@ cudaError_t MlaExpanded(const MlaExpandedParams& params, cudaStream_t stream);
 
 }  // namespace mlaserve::cuda
 
-#endif  // MLASERVE_KERNELS_CUDA_MLA_DECODE_H_
+#endif  // MLASERVE_KERNELS_CUDA_MLA_KERNELS_H_

@@ -1,0 +1,168 @@
+// Device stages shared by the MLA kernels: warp reductions, the swizzled
+// shared-memory layouts and their loads through the block table, wgmma
+// descriptors and instructions. Internal to kernels/cuda/mla.
+#ifndef MLASERVE_KERNELS_CUDA_MLA_DEVICE_CUH_
+#define MLASERVE_KERNELS_CUDA_MLA_DEVICE_CUH_
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/mla/traits.h"
+#include "kernels/cuda/ptx.h"
+
+namespace mlaserve::cuda::mla {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float QuadMax(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffff, v, 2));
+}
+__device__ __forceinline__ float QuadSum(float v) {
+  v += __shfl_xor_sync(0xffffffff, v, 1);
+  return v + __shfl_xor_sync(0xffffffff, v, 2);
+}
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a shared array of
+// rows of `kRowBytes`: chunks are XOR-swizzled within groups of 8 so that
+// ldmatrix over 8 consecutive rows of one chunk column hits 8 distinct bank
+// groups.
+__device__ __forceinline__ int SwizzledRow(int row, int chunk) { return row * kRowBytes + ((chunk ^ (row & 7)) << 4); }
+
+// The cache row of `key` of a sequence whose block table starts at `table`.
+__device__ __forceinline__ const bf16* CacheRow(const MlaAbsorbedParams& p, int table, int key) {
+  const int block = p.block_tables[table + key / p.block_size];
+  return p.cache + ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * kD;
+}
+
+// 16-byte chunk `chunk` of query row `row`: q_latent's chunks, then q_rope's.
+__device__ __forceinline__ const bf16* QueryChunk(const MlaAbsorbedParams& p, int64_t row, int chunk) {
+  return chunk < kRankChunks ? p.q_latent + row * kMlaRank + chunk * 8
+                             : p.q_rope + row * kMlaRope + (chunk - kRankChunks) * 8;
+}
+
+__device__ __forceinline__ int SlabOffset(int row, int chunk) {
+  return (chunk >> 3) * kSlabBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
+}
+
+// The wgmma kernel's loads, in 64-column
+// slabs with the 128-byte swizzle: a query tile of 64 rows (padding rows
+// zero-filled), and the cache rows of 64 keys into one stage (keys past the
+// split zero-filled: their probabilities are 0, and 0 * garbage could be NaN).
+__device__ __forceinline__ void WgLoadQuery(uint8_t* s_q, const MlaWorkItem& it, const MlaAbsorbedParams& p,
+                                            int tid) {
+  for (int i = tid; i < 64 * kRowChunks; i += kThreads) {
+    const int r = i / kRowChunks, c = i % kRowChunks;
+    const bool valid = r < it.num_rows;
+    const int64_t row = it.q_row + (valid ? r : 0);
+    CpAsync16(SmemAddr(s_q + SlabOffset(r, c)), QueryChunk(p, row, c), valid);
+  }
+}
+
+__device__ __forceinline__ void WgLoadTile(uint8_t* s_stage, const MlaWorkItem& it, int tile,
+                                           const MlaAbsorbedParams& p, int tid) {
+  const int key0 = it.key_begin + tile * kMlaTileKeys;
+  const uint32_t dst = SmemAddr(s_stage);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = (tid >> 3) + 32 * i;
+    const int key = key0 + r;
+    const bool valid = key < it.key_end;
+    const bf16* src = valid ? CacheRow(p, it.table, key) : p.cache;
+    const int c0 = tid & 7;
+    const uint32_t dst_row = dst + r * 128 + ((c0 ^ (r & 7)) << 4);
+#pragma unroll
+    for (int j = 0; j < kSlabs; ++j) CpAsync16(dst_row + j * kSlabBytes, src + (c0 + 8 * j) * 8, valid);
+  }
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
+// byte offsets (K-major: LBO unused, SBO = 8-row group stride; MN-major: LBO = stride of
+// 64-element MN blocks, SBO = 8-row K group stride).
+__device__ __forceinline__ uint64_t SmemDesc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (uint64_t{1} << 62);
+}
+__device__ __forceinline__ uint64_t KMajorDesc(uint32_t addr) { return SmemDesc(addr, 16, 1024); }
+__device__ __forceinline__ uint64_t MnMajorDesc(uint32_t addr) { return SmemDesc(addr, kSlabBytes, 1024); }
+
+__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void FenceRegs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// D[64 x 32] += A * B, both from shared memory (descriptors), K-major.
+__device__ __forceinline__ void WgmmaQk(float (&d)[16], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+      "}, %16, %17, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+// D[64 x 256] += A * B, both from shared memory (descriptors), B MN-major.
+__device__ __forceinline__ void WgmmaPv(float (&d)[128], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]),
+        "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]),
+        "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]),
+        "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]),
+        "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]),
+        "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),
+        "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]),
+        "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]),
+        "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+// Sum or maximum over a CTA of kGenericThreads.
+__device__ __forceinline__ float BlockReduce(float v, float* red, bool is_max) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int off = 16; off > 0; off /= 2) {
+    const float other = __shfl_xor_sync(0xffffffff, v, off);
+    v = is_max ? fmaxf(v, other) : v + other;
+  }
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float r = red[0];
+  for (int w = 1; w < kGenericThreads / 32; ++w) r = is_max ? fmaxf(r, red[w]) : r + red[w];
+  return r;
+}
+
+}  // namespace mlaserve::cuda::mla
+
+#endif  // MLASERVE_KERNELS_CUDA_MLA_DEVICE_CUH_
