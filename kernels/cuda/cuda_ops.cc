@@ -1,6 +1,7 @@
 // CudaOps: the Ops interface on one Hopper GPU (see cuda_ops.h for the
 // conventions). Host side of every op: shape, dtype and id checks (as
-// kernels/cpu does them), metadata uploads, cuBLASLt GEMMs, kernel launches.
+// kernels/cpu does them), cuBLASLt GEMMs, kernel launches. Host arrays reach
+// the device through DeviceArrays; steps are recorded by StepGraphs.
 #include "kernels/cuda/cuda_ops.h"
 
 #include <cuda_bf16.h>
@@ -18,6 +19,7 @@
 #include "common/dtype.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_arrays.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/mla_attention.h"
@@ -100,26 +102,6 @@ absl::Status CheckOperand(absl::string_view op, absl::string_view operand, const
 
 bf16* Bf16(const Tensor& t) { return static_cast<bf16*>(t.data); }
 
-// Host arrays an op needs on the device, packed for one copy (16-byte aligned pieces).
-class MetaPack {
- public:
-  template <typename T>
-  size_t Add(const T* data, size_t n) {
-    const size_t offset = (bytes_.size() + 15) / 16 * 16;
-    bytes_.resize(offset + n * sizeof(T));
-    if (n > 0) std::memcpy(bytes_.data() + offset, data, n * sizeof(T));
-    return offset;
-  }
-  template <typename T>
-  size_t Add(const std::vector<T>& v) {
-    return Add(v.data(), v.size());
-  }
-  const std::vector<char>& bytes() const { return bytes_; }
-
- private:
-  std::vector<char> bytes_;
-};
-
 class CudaOps final : public Ops {
  public:
   CudaOps(int device, CudaOpsOptions options) : options_(options), context_(std::make_shared<StreamContext>()) {
@@ -132,15 +114,7 @@ class CudaOps final : public Ops {
     graphs_.reset();
     attention_.reset();
     gemm_.reset();
-    if (step_device_ != nullptr && context_->stream != nullptr) cudaFreeAsync(step_device_, context_->stream);
-    if (step_host_ != nullptr) cudaFreeHost(step_host_);
-    if (meta_device_ != nullptr && context_->stream != nullptr) {
-      cudaFreeAsync(meta_device_, context_->stream);
-      cudaStreamSynchronize(context_->stream);
-    }
-    if (staging_ != nullptr) cudaFreeHost(staging_);
-    if (staging_done_ != nullptr) cudaEventDestroy(staging_done_);
-    if (step_copied_ != nullptr) cudaEventDestroy(step_copied_);
+    arrays_.reset();
   }
 
   absl::Status Init() {
@@ -159,7 +133,7 @@ class CudaOps final : public Ops {
     uint64_t threshold = UINT64_MAX;
     CUDA_RETURN_IF_ERROR(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
     CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&context_->stream, cudaStreamNonBlocking));
-    CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&staging_done_, cudaEventDisableTiming));
+    arrays_ = std::make_unique<DeviceArrays>(context_->stream);
     ASSIGN_OR_RETURN(gemm_, BatchInvariantGemm::Create(context_->stream));
     attention_ = std::make_unique<MlaAttention>(context_->stream);
     if (options_.step_graphs) {
@@ -718,17 +692,9 @@ class CudaOps final : public Ops {
 
   absl::Status BeginStep(const StepInputs& inputs) override {
     DeviceScope scope(context_->device);
-    MetaPack pack;
-    const size_t ids_at = pack.Add(inputs.token_ids.data(), inputs.token_ids.size());
-    const size_t positions_at = pack.Add(inputs.positions.data(), inputs.positions.size());
-    const size_t slots_at = pack.Add(inputs.slots.data(), inputs.slots.size());
-    const size_t rows_at = pack.Add(inputs.logit_rows.data(), inputs.logit_rows.size());
-    RETURN_IF_ERROR(UploadStep(pack));
-    step_ = Step{.active = true, .inputs = inputs};
-    step_.copies = {{inputs.token_ids.data(), inputs.token_ids.size() * sizeof(int32_t), ids_at},
-                    {inputs.positions.data(), inputs.positions.size() * sizeof(int32_t), positions_at},
-                    {inputs.slots.data(), inputs.slots.size() * sizeof(int64_t), slots_at},
-                    {inputs.logit_rows.data(), inputs.logit_rows.size() * sizeof(int32_t), rows_at}};
+    bool moved = false;
+    RETURN_IF_ERROR(arrays_->BeginStep(inputs, &moved));
+    if (moved && graphs_ != nullptr) graphs_->Clear();  // recordings read the old step buffer
     if (inputs.layout != nullptr && inputs.latent_cache != nullptr) {
       RETURN_IF_ERROR(attention_->Prepare(*inputs.layout, inputs.attention_heads, inputs.latent_rank,
                                           inputs.rope_dim, inputs.latent_cache->dim(0)));
@@ -737,12 +703,12 @@ class CudaOps final : public Ops {
   }
 
   void EndStep() override {
-    step_ = Step{};
+    arrays_->EndStep();
     attention_->EndStep();
   }
 
   absl::StatusOr<Tensor> RunStep(const std::function<absl::StatusOr<Tensor>()>& forward) override {
-    if (graphs_ == nullptr || !step_.active) return forward();
+    if (graphs_ == nullptr || !arrays_->in_step()) return forward();
     attention_->set_launch_only(true);
     absl::StatusOr<Tensor> output = graphs_->Run(StepKey(), forward);
     attention_->set_launch_only(false);
@@ -750,70 +716,25 @@ class CudaOps final : public Ops {
   }
 
  private:
-  // One step's arrays, uploaded together by BeginStep (see StepInputs).
-  struct StepCopy {
-    const void* host = nullptr;
-    size_t bytes = 0;
-    size_t offset = 0;  // in step_device_
-  };
-  struct Step {
-    bool active = false;
-    StepInputs inputs;
-    std::vector<StepCopy> copies;
-  };
+  // While a step is being recorded, ops must not upload or synchronize.
+  bool capturing() const { return graphs_ != nullptr && graphs_->capturing(); }
 
-  // Where BeginStep put `data` (bytes long) on the device, when it is one of
-  // the step's arrays; else null.
-  const char* StepCopyOf(const void* data, size_t bytes) const {
-    if (!step_.active || bytes == 0) return nullptr;
-    for (const StepCopy& c : step_.copies) {
-      if (c.host == data && c.bytes == bytes) return static_cast<const char*>(step_device_) + c.offset;
-    }
-    return nullptr;
-  }
-
-  // The device copy of `values`: the step's, or a fresh upload.
+  // The device copy of `values` (see DeviceArrays::Get).
   template <typename T>
   absl::StatusOr<const T*> DeviceArray(absl::Span<const T> values) {
-    if (const char* copy = StepCopyOf(values.data(), values.size() * sizeof(T))) return reinterpret_cast<const T*>(copy);
-    MetaPack pack;
-    const size_t at = pack.Add(values.data(), values.size());
-    ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
-    return reinterpret_cast<const T*>(meta + at);
+    return arrays_->Get(values, capturing());
   }
+  absl::StatusOr<const char*> UploadMeta(const MetaPack& pack) { return arrays_->Upload(pack, capturing()); }
 
   // Everything a recorded step's launches depend on besides the weights'
   // and cache's contents.
   uint64_t StepKey() const {
-    const StepInputs& in = step_.inputs;
+    const StepInputs& in = arrays_->step_inputs();
     // A recording bakes in the cache's address and geometry (a new cache may reuse the address).
     const Tensor* cache = in.latent_cache;
     return absl::HashOf(in.token_ids.size(), in.positions.size(), in.slots.size(), in.logit_rows.size(), in.model_id,
-                        step_device_, cache != nullptr ? cache->data : nullptr,
+                        arrays_->step_buffer(), cache != nullptr ? cache->data : nullptr,
                         cache != nullptr ? cache->shape : std::vector<int64_t>{}, attention_->LaunchSignature());
-  }
-
-  // Copies a step's arrays to step_device_ through pinned memory. Both
-  // buffers are reused by every step: recordings read step_device_, so a
-  // bigger one drops them.
-  absl::Status UploadStep(const MetaPack& pack) {
-    const size_t bytes = std::max<size_t>(pack.bytes().size(), 16);
-    if (step_host_ != nullptr) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(step_copied_));
-    if (bytes > step_bytes_) {
-      if (graphs_ != nullptr) graphs_->Clear();
-      const size_t capacity = std::max<size_t>({bytes, 2 * step_bytes_, size_t{1} << 12});
-      if (step_device_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeAsync(step_device_, stream()));
-      if (step_host_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(step_host_));
-      step_device_ = nullptr, step_host_ = nullptr, step_bytes_ = 0;
-      CUDA_RETURN_IF_ERROR(cudaMallocAsync(&step_device_, capacity, stream()));
-      CUDA_RETURN_IF_ERROR(cudaMallocHost(&step_host_, capacity));
-      if (step_copied_ == nullptr) CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&step_copied_, cudaEventDisableTiming));
-      step_bytes_ = capacity;
-    }
-    std::memcpy(step_host_, pack.bytes().data(), pack.bytes().size());
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(step_device_, step_host_, bytes, cudaMemcpyHostToDevice, stream()));
-    CUDA_RETURN_IF_ERROR(cudaEventRecord(step_copied_, stream()));
-    return absl::OkStatus();
   }
 
   cudaStream_t stream() const { return context_->stream; }
@@ -837,60 +758,11 @@ class CudaOps final : public Ops {
     return f32;
   }
 
-  // Copies the packed metadata to the device (through pinned staging memory,
-  // so the copy is asynchronous) and returns its device address. The device
-  // buffer is reused by the next op: stream order keeps that safe.
-  absl::StatusOr<const char*> UploadMeta(const MetaPack& pack) {
-    const size_t bytes = pack.bytes().size();
-    if (graphs_ != nullptr && graphs_->capturing() && bytes > 0) {
-      return absl::FailedPreconditionError("an op uploads metadata inside a recorded step");
-    }
-    if (bytes == 0) return static_cast<const char*>(meta_device_);
-    const size_t rounded = (bytes + 255) / 256 * 256;
-    if (rounded > meta_device_bytes_) {
-      const size_t capacity = std::max<size_t>({rounded, 2 * meta_device_bytes_, size_t{1} << 16});
-      if (meta_device_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeAsync(meta_device_, stream()));
-      meta_device_ = nullptr;
-      meta_device_bytes_ = 0;
-      CUDA_RETURN_IF_ERROR(cudaMallocAsync(&meta_device_, capacity, stream()));
-      meta_device_bytes_ = capacity;
-    }
-    if (staging_used_ + rounded > staging_bytes_) {
-      // Every earlier copy out of the staging buffer must be done before it is reused.
-      CUDA_RETURN_IF_ERROR(cudaEventSynchronize(staging_done_));
-      staging_used_ = 0;
-      if (rounded > staging_bytes_) {
-        if (staging_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(staging_));
-        staging_ = nullptr;
-        staging_bytes_ = std::max<size_t>(rounded, 4 << 20);
-        CUDA_RETURN_IF_ERROR(cudaMallocHost(&staging_, staging_bytes_));
-      }
-    }
-    char* host = static_cast<char*>(staging_) + staging_used_;
-    std::memcpy(host, pack.bytes().data(), bytes);
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_device_, host, bytes, cudaMemcpyHostToDevice, stream()));
-    CUDA_RETURN_IF_ERROR(cudaEventRecord(staging_done_, stream()));
-    staging_used_ += rounded;
-    return static_cast<const char*>(meta_device_);
-  }
-
   const CudaOpsOptions options_;
   std::shared_ptr<StreamContext> context_;
   std::unique_ptr<BatchInvariantGemm> gemm_;
   std::unique_ptr<MlaAttention> attention_;
-  // Metadata: one device buffer reused by every op, filled from pinned staging memory.
-  void* meta_device_ = nullptr;
-  size_t meta_device_bytes_ = 0;
-  void* staging_ = nullptr;
-  size_t staging_bytes_ = 0;
-  size_t staging_used_ = 0;
-  cudaEvent_t staging_done_ = nullptr;
-  // Steps: their arrays (pinned and device copies), the current one, the recordings.
-  void* step_host_ = nullptr;
-  void* step_device_ = nullptr;
-  size_t step_bytes_ = 0;
-  cudaEvent_t step_copied_ = nullptr;
-  Step step_;
+  std::unique_ptr<DeviceArrays> arrays_;
   std::unique_ptr<StepGraphs> graphs_;
   static constexpr StepGraphStats no_graphs_{};
 };
