@@ -45,22 +45,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       CpAsync16(SmemAddr(s_q + SwizzledRow(r, c)), src, valid);
     }
   };
-  // Cache rows of keys [key0, key0 + 64) through the block table; keys past the
-  // split are zero-filled (their probabilities are 0, and 0 * garbage could be NaN).
+  // Whole cache rows of 1152 bytes, 128-byte chunk groups.
   auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
-    const int key0 = it.key_begin + tile * kMlaTileKeys;
-    const uint32_t dst = SmemAddr(s_k + stage * S::kKBytes);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = (tid >> 3) + 32 * i;
-      const int key = key0 + r;
-      const bool valid = key < it.key_end;
-      const bf16* src = valid ? CacheRow(p, it.table, key) : p.cache;
-      const int c0 = tid & 7;
-      const uint32_t dst_row = dst + r * kRowBytes + (((c0 ^ (r & 7))) << 4);
-#pragma unroll
-      for (int j = 0; j < kRowChunks / 8; ++j) CpAsync16(dst_row + (j << 7), src + (c0 + 8 * j) * 8, valid);
-    }
+    LoadCacheTile</*kRowStride=*/kRowBytes, /*kGroupStride=*/128>(SmemAddr(s_k + stage * S::kKBytes), it, tile, p,
+                                                                    tid);
   };
   load_q(item);
   load_tile(item, 0, 0);

@@ -60,10 +60,14 @@ __device__ __forceinline__ void WgLoadQuery(uint8_t* s_q, const MlaWorkItem& it,
   }
 }
 
-__device__ __forceinline__ void WgLoadTile(uint8_t* s_stage, const MlaWorkItem& it, int tile,
-                                           const MlaAbsorbedParams& p, int tid) {
+// The cache rows of the 64 keys of `tile` into shared memory at `dst`, gathered
+// through the block table, their 16-byte chunks XOR-swizzled in groups of 8: group j
+// of row r at dst + r * kRowStride + j * kGroupStride. Keys past the split are
+// zero-filled (their probabilities are 0, and 0 * garbage could be NaN).
+template <int kRowStride, int kGroupStride>
+__device__ __forceinline__ void LoadCacheTile(uint32_t dst, const MlaWorkItem& it, int tile,
+                                              const MlaAbsorbedParams& p, int tid) {
   const int key0 = it.key_begin + tile * kMlaTileKeys;
-  const uint32_t dst = SmemAddr(s_stage);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = (tid >> 3) + 32 * i;
@@ -71,10 +75,16 @@ __device__ __forceinline__ void WgLoadTile(uint8_t* s_stage, const MlaWorkItem& 
     const bool valid = key < it.key_end;
     const bf16* src = valid ? CacheRow(p, it.table, key) : p.cache;
     const int c0 = tid & 7;
-    const uint32_t dst_row = dst + r * 128 + ((c0 ^ (r & 7)) << 4);
+    const uint32_t dst_row = dst + r * kRowStride + ((c0 ^ (r & 7)) << 4);
 #pragma unroll
-    for (int j = 0; j < kSlabs; ++j) CpAsync16(dst_row + j * kSlabBytes, src + (c0 + 8 * j) * 8, valid);
+    for (int j = 0; j < kRowChunks / 8; ++j) CpAsync16(dst_row + j * kGroupStride, src + (c0 + 8 * j) * 8, valid);
   }
+}
+
+// The wgmma layout: rows of 128 bytes within 64-column slabs.
+__device__ __forceinline__ void WgLoadTile(uint8_t* s_stage, const MlaWorkItem& it, int tile,
+                                           const MlaAbsorbedParams& p, int tid) {
+  LoadCacheTile</*kRowStride=*/128, /*kGroupStride=*/kSlabBytes>(SmemAddr(s_stage), it, tile, p, tid);
 }
 
 // Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
