@@ -9,9 +9,12 @@ def cuda_library(name, srcs, hdrs = [], deps = [], **kwargs):
             name = obj + "_nvcc",
             srcs = [src] + hdrs,
             outs = [obj],
-            cmd = ("/usr/local/cuda/bin/nvcc -c -std=c++20 -O3 " +
+            # nvcc names its temporary files after its pid, and sandboxed
+            # actions (each in its own pid namespace) share /tmp: a private
+            # TMPDIR keeps two compiling at once apart.
+            cmd = ("tmp=$$(mktemp -d) && TMPDIR=$$tmp /usr/local/cuda/bin/nvcc -c -std=c++20 -O3 " +
                    "-gencode=arch=compute_90a,code=sm_90a " +
-                   "-Xcompiler -fPIC -I. $(location " + src + ") -o $@"),
+                   "-Xcompiler -fPIC -I. $(location " + src + ") -o $@; status=$$?; rm -rf $$tmp; exit $$status"),
         )
         objs.append(obj)
     native.cc_library(
