@@ -1,36 +1,14 @@
 #include "coordinator/api/grpc_service.h"
 
-#include <deque>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
+#include "coordinator/api/update_queue.h"
 #include "tokenizer/prompt.h"
 
 namespace mlaserve {
 namespace {
-
-// Updates handed from the engine thread to the RPC thread.
-class UpdateQueue {
- public:
-  void Push(const GenerateUpdate& update) {
-    absl::MutexLock lock(&mu_);
-    updates_.push_back(update);
-  }
-  // Waits up to `timeout` for an update.
-  std::optional<GenerateUpdate> Pop(absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !updates_.empty(); };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&ready), timeout)) return std::nullopt;
-    GenerateUpdate update = std::move(updates_.front());
-    updates_.pop_front();
-    return update;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::deque<GenerateUpdate> updates_ ABSL_GUARDED_BY(mu_);
-};
 
 v1::GenerateResponse ToResponse(const GenerateUpdate& update) {
   v1::GenerateResponse response;
@@ -82,7 +60,7 @@ grpc::Status GrpcService::Generate(grpc::ServerContext* context, const v1::Gener
                                    grpc::ServerWriter<v1::GenerateResponse>* writer) {
   absl::StatusOr<GenerateInput> input = ToInput(*request);
   if (!input.ok()) return ToGrpcStatus(input.status());
-  auto queue = std::make_shared<UpdateQueue>();
+  auto queue = std::make_shared<UpdateQueue>(/*wake_on_each=*/true);
   absl::StatusOr<int64_t> id =
       engine_.Submit(*std::move(input), [queue](const GenerateUpdate& update) { queue->Push(update); });
   if (!id.ok()) {
@@ -91,22 +69,22 @@ grpc::Status GrpcService::Generate(grpc::ServerContext* context, const v1::Gener
   }
   bool cancelled = false;
   while (true) {
-    std::optional<GenerateUpdate> update = queue->Pop(absl::Milliseconds(100));
-    if (!update.has_value()) {
-      if (context->IsCancelled() && !cancelled) {
-        engine_.Cancel(*id);  // the final kAbort update still arrives and ends the loop
-        cancelled = true;
-      }
-      continue;
-    }
-    if (update->finish_reason == FinishReason::kError) return ToGrpcStatus(update->error);
-    if (!cancelled && !writer->Write(ToResponse(*update))) {
-      engine_.Cancel(*id);
+    const std::vector<GenerateUpdate> updates = queue->Take(absl::Milliseconds(100));
+    if (updates.empty() && context->IsCancelled() && !cancelled) {
+      engine_.Cancel(*id);  // the final kAbort update still arrives and ends the loop
       cancelled = true;
     }
-    if (update->finished()) break;
+    for (const GenerateUpdate& update : updates) {
+      if (update.finish_reason == FinishReason::kError) return ToGrpcStatus(update.error);
+      if (!cancelled && !writer->Write(ToResponse(update))) {
+        engine_.Cancel(*id);
+        cancelled = true;
+      }
+      if (update.finished()) {
+        return cancelled ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away") : grpc::Status::OK;
+      }
+    }
   }
-  return cancelled ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away") : grpc::Status::OK;
 }
 
 grpc::Status GrpcService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,

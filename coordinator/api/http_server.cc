@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 
 #include <cerrno>
-#include <deque>
 #include <exception>
 #include <optional>
 #include <utility>
@@ -18,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "coordinator/api/update_queue.h"
 
 namespace mlaserve {
 
@@ -49,49 +49,6 @@ void ReplyFinal(const ResponseHeader& header, const std::string& text, json logp
   if (!status.ok()) return ReplyError(res, ToApiError(status));
   Reply(res, 200, BuildResponse(header, text, final_update, std::move(logprobs)));
 }
-
-// One request's updates, handed from engine threads to its connection's
-// thread. Once closed, because nobody will read them, updates are dropped.
-// A streamed response wakes its thread for every update; a whole one only for
-// the last: a wake per token per request is what a busy server pays most for.
-class UpdateQueue {
- public:
-  explicit UpdateQueue(bool wake_on_each) : wake_on_each_(wake_on_each) {}
-
-  void Push(const GenerateUpdate& update) {
-    absl::MutexLock lock(&mu_);
-    if (closed_) return;
-    updates_.push_back(update);
-  }
-
-  // Every update there is once one is ready (for a whole response: the last
-  // has come); empty after `timeout` without.
-  std::vector<GenerateUpdate> Take(absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(this, &UpdateQueue::Ready), timeout);
-    if (!Ready()) return {};
-    std::vector<GenerateUpdate> out(std::make_move_iterator(updates_.begin()),
-                                    std::make_move_iterator(updates_.end()));
-    updates_.clear();
-    return out;
-  }
-
-  void Close() {
-    absl::MutexLock lock(&mu_);
-    closed_ = true;
-    updates_.clear();
-  }
-
- private:
-  bool Ready() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return !updates_.empty() && (wake_on_each_ || updates_.back().finished());
-  }
-
-  const bool wake_on_each_;
-  absl::Mutex mu_;
-  std::deque<GenerateUpdate> updates_ ABSL_GUARDED_BY(mu_);
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
-};
 
 struct SocketAddress {
   std::string ip;

@@ -13,9 +13,9 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "coordinator/api/openai_protocol.h"
 #include "coordinator/serving/engine.h"
 #include "coordinator/serving/metrics.h"
-#include "coordinator/api/openai_protocol.h"
 
 namespace httplib {
 struct Request;
