@@ -5,8 +5,10 @@
 # its prefill steps; then serve (one CUDA worker) is driven over HTTP by the
 # bench, closed loop at each concurrency, with the server's own host and wait
 # time per engine step, and 256 clients with 512-token prompts; last, the same
-# sweep against a worker that answers without computing (--mock_compute): the
-# serving path's own cost per step. Logs, CSV, JSON and .gp go to $OUT.
+# sweep against a worker that answers without computing (--mock_compute) after
+# MOCK_STEP_MS (default 17, the model's step at batch 256), so that batches fill
+# as on the GPU: the serving path's own cost per step. Logs, CSV, JSON and .gp
+# go to $OUT.
 set -uo pipefail
 mkdir -p .bundle /tmp/v2lite && tar xzf .bundle.tar.gz -C .bundle
 export LD_LIBRARY_PATH="$PWD/.bundle/lib" NCCL_NVLS_ENABLE=0
@@ -27,7 +29,8 @@ timeout 120 .bundle/bin/bench --input_len 512 --output_len 128 --num_requests 25
 curl -s localhost:8000/metrics | grep -E "^mlaserve_engine" >"$OUT/engine_metrics.txt"
 kill -INT $serve; wait $serve
 .bundle/bin/serve --model /tmp/v2lite --workers 1 --http_port 8001 --grpc_port 50052 \
-  --worker_flags="--mock_compute --memory_gb=1000" -- --random_weights --kv_blocks 20000 --max_num_seqs 512 \
+  --worker_flags="--mock_compute --mock_step_ms=${MOCK_STEP_MS:-17} --memory_gb=1000" -- --random_weights \
+  --kv_blocks 20000 --max_num_seqs 512 \
   --max_batched_tokens 16384 >"$OUT/serve_mock.log" 2>&1 &
 serve=$!
 for _ in $(seq 120); do curl -sf localhost:8001/health >/dev/null && break; sleep 1; done

@@ -39,6 +39,8 @@ ABSL_FLAG(double, drain_timeout_s, 120, "after SIGTERM, stop anyway after this l
 ABSL_FLAG(double, transfer_chunk_delay_ms, 0, "pause after each KV transfer chunk sent (to exercise failures mid-transfer)");
 ABSL_FLAG(bool, mock_compute, false,
           "answer steps without computing (no weights or KV memory): measures the serving path's own cost");
+ABSL_FLAG(double, mock_step_ms, 0,
+          "with --mock_compute: each step takes this long, as a GPU's would, so batches fill as against a GPU");
 ABSL_FLAG(double, memory_gb, 0, "memory this worker offers for weights and KV cache (0: the machine's RAM)");
 
 namespace mlaserve {
@@ -154,7 +156,8 @@ int Main(int argc, char** argv) {
   GrpcRendezvousStore store(absl::GetFlag(FLAGS_coordinator));
   WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)),
                         {.transfer_chunk_delay = absl::Milliseconds(absl::GetFlag(FLAGS_transfer_chunk_delay_ms)),
-                         .mock_compute = absl::GetFlag(FLAGS_mock_compute)});
+                         .mock_compute = absl::GetFlag(FLAGS_mock_compute),
+                         .mock_step_time = absl::Milliseconds(absl::GetFlag(FLAGS_mock_step_ms))});
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));

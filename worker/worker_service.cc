@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "kernels/sampler.h"
@@ -186,6 +187,7 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
     ids.push_back(s.request_id());
   }
   if (options_.mock_compute) {
+    absl::SleepFor(options_.mock_step_time);
     MockSampleRows(ids, rows, report, response);
   } else {
     ASSIGN_OR_RETURN(const Tensor logits, model_->ForwardLogits(batch, *cache_));

@@ -36,6 +36,9 @@ struct WorkerOptions {
   // tokens are a function of the request id and sample index): measures the
   // serving path's own cost. Benchmarks only.
   bool mock_compute = false;
+  // With mock_compute, each step takes this long, as a GPU's would: clients
+  // then keep as many sequences in the batch as they would against a GPU.
+  absl::Duration mock_step_time = absl::ZeroDuration();
 };
 
 class WorkerService final : public internal::v1::Worker::Service {
