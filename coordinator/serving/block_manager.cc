@@ -19,16 +19,33 @@ BlockManager::BlockManager(int64_t num_blocks, int64_t block_size)
 }
 
 PrefixMatch BlockManager::Match(absl::Span<const int32_t> tokens, int64_t max_tokens) {
+  return Match(tokens, max_tokens, PrefixMatch{});
+}
+
+PrefixMatch BlockManager::Match(absl::Span<const int32_t> tokens, int64_t max_tokens, const PrefixMatch& earlier) {
   PrefixMatch match;
   const int64_t limit = std::min<int64_t>(tokens.size(), max_tokens) / block_size_;
   ++clock_;
   int32_t node = kRoot;
-  for (int64_t i = 0; i < limit; ++i) {
+  auto take = [&](int32_t id) {
+    node = id;
+    Touch(id);
+    match.blocks.push_back(id);
+    match.insertions.push_back(blocks_[id].insertion);
+  };
+  // A block still cached from the same insertion holds the same tokens under
+  // the same parent: the earlier walk's word for it still stands.
+  const int64_t trusted = std::min<int64_t>(
+      {limit, static_cast<int64_t>(earlier.blocks.size()), static_cast<int64_t>(earlier.insertions.size())});
+  for (int64_t i = 0; i < trusted; ++i) {
+    const int32_t id = earlier.blocks[i];
+    if (!blocks_[id].cached || blocks_[id].insertion != earlier.insertions[i]) break;
+    take(id);
+  }
+  for (int64_t i = static_cast<int64_t>(match.blocks.size()); i < limit; ++i) {
     auto it = children_.find(ChildKey{node, BlockTokens(tokens, i)});
     if (it == children_.end()) break;
-    node = it->second;
-    Touch(node);
-    match.blocks.push_back(node);
+    take(it->second);
   }
   match.num_tokens = static_cast<int64_t>(match.blocks.size()) * block_size_;
   return match;
@@ -189,6 +206,7 @@ void BlockManager::Insert(int32_t parent, absl::Span<const int32_t> tokens, int3
   b.num_children = 0;
   b.held_children = 0;
   b.last_use = clock_;
+  b.insertion = ++insertions_;
   b.tokens.assign(tokens.begin(), tokens.end());
   children_.emplace(ChildKey{parent, b.tokens}, id);
   // The block stays referenced, so only its ancestors' counts change.

@@ -44,6 +44,9 @@ namespace mlaserve {
 struct PrefixMatch {
   std::vector<int32_t> blocks;  // the cached path, root first
   int64_t num_tokens = 0;       // blocks.size() * block_size
+  // Which insertion into the index of each block matched: a later Match of
+  // the same tokens trusts the blocks still there from the same insertion.
+  std::vector<uint64_t> insertions;
 };
 
 class BlockManager {
@@ -60,6 +63,15 @@ class BlockManager {
   // before the next Allocate can evict it. Marks the matched blocks as used
   // now. O(tokens matched).
   PrefixMatch Match(absl::Span<const int32_t> tokens, int64_t max_tokens);
+
+  // The same as Match, resuming from `earlier`: its leading blocks still in
+  // the index from the same insertion are taken without hashing their tokens
+  // (O(1) each), and the walk goes on by hashing from the first that is not.
+  // So a request whose prefix was walked once (to route it) is not walked
+  // again when admitted, or when it waits for room step after step.
+  // REQUIRES: `earlier` came from Match on this manager for a prefix of
+  // `tokens` (or is empty).
+  PrefixMatch Match(absl::Span<const int32_t> tokens, int64_t max_tokens, const PrefixMatch& earlier);
 
   // Takes one reference on each block (a repeated id takes several): matched
   // blocks adopted by a sequence, or a held block shared further. Errors,
@@ -133,6 +145,7 @@ class BlockManager {
     int32_t num_children = 0;
     int32_t held_children = 0;  // children that are referenced (see Held)
     uint64_t last_use = 0;
+    uint64_t insertion = 0;       // which entry into the index this is (see PrefixMatch)
     bool in_lru = false;          // in lru_, i.e. an eviction candidate
     std::vector<int32_t> tokens;  // its own block_size tokens
   };
@@ -167,6 +180,7 @@ class BlockManager {
   int64_t num_evictable_ = 0;
   int64_t num_referenced_ = 0;
   uint64_t clock_ = 0;
+  uint64_t insertions_ = 0;  // entries into the index so far
 };
 
 }  // namespace mlaserve

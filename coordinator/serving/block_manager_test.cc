@@ -302,6 +302,33 @@ TEST_F(BlockManagerTest, MisuseIsRejectedWithoutChangingState) {
   EXPECT_EQ(Counts(bm), (std::array<int64_t, 4>{4, 2, 0, 2}));
 }
 
+// Resuming from an earlier match trusts only blocks still cached from the
+// same insertion: one evicted and reused for another prefix is walked again.
+TEST_F(BlockManagerTest, MatchResumesFromAnEarlierMatchOnlyWhereItStillHolds) {
+  BlockManager bm(3, 2);
+  const Tokens a = {1, 2, 3, 4, 5};
+  std::vector<int32_t> table = *bm.Allocate(3);
+  ASSERT_TRUE(bm.Cache(a, table).ok());
+  ASSERT_TRUE(bm.Release(table).ok());
+  const PrefixMatch earlier = bm.Match(a, 4);
+  ASSERT_EQ(earlier.blocks.size(), 2u);
+  ASSERT_EQ(earlier.insertions.size(), 2u);
+  // Unchanged: the same blocks, and one more cached since is found by walking on.
+  EXPECT_THAT(bm.Match(a, 4, earlier).blocks, ElementsAreArray(earlier.blocks));
+  // The second block is evicted and reused for another prefix at the same depth
+  // under the same parent: its id alone would mislead.
+  ASSERT_TRUE(bm.Acquire({earlier.blocks[0]}).ok());
+  std::vector<int32_t> fresh = *bm.Allocate(2);  // the free block, then the evictable leaf
+  ASSERT_THAT(fresh, ::testing::Contains(earlier.blocks[1]));
+  const int32_t other = fresh[0] == earlier.blocks[1] ? fresh[1] : fresh[0];
+  const Tokens b = {1, 2, 9, 9, 9};
+  ASSERT_TRUE(bm.Cache(b, {earlier.blocks[0], earlier.blocks[1], other}).ok());
+  const PrefixMatch resumed = bm.Match(a, 4, earlier);
+  EXPECT_THAT(resumed.blocks, ElementsAre(earlier.blocks[0]));
+  EXPECT_EQ(resumed.num_tokens, 2);
+  EXPECT_THAT(bm.Match(b, 4, earlier).blocks, ElementsAre(earlier.blocks[0], earlier.blocks[1]));
+}
+
 TEST_F(BlockManagerTest, AcquireSharesAPrivateBlock) {
   BlockManager bm(2, 2);
   const int32_t block = bm.Allocate(1).value()[0];
@@ -392,10 +419,18 @@ class RandomizedDriver {
     live_.erase(live_.begin() + i);
   }
 
+  // A fresh query, or one matched before (possibly many evictions ago)
+  // resumed from that earlier match, which may be stale.
   void Probe() {
+    if (!earlier_.empty() && Uniform(0, 1) == 0) {
+      auto& [query, earlier] = earlier_[Uniform(0, earlier_.size() - 1)];
+      earlier = MatchAndCheck(query, Uniform(-1, query.size() + 1), &earlier);
+      return;
+    }
     Tokens query = RandomPrompt();
     if (!live_.empty() && Uniform(0, 1) == 0) query = live_[Uniform(0, live_.size() - 1)].tokens;
-    MatchAndCheck(query, Uniform(-1, query.size() + 1));
+    PrefixMatch match = MatchAndCheck(query, Uniform(-1, query.size() + 1));
+    if (earlier_.size() < 8) earlier_.emplace_back(std::move(query), std::move(match));
   }
 
   // Grows the table to cover the tokens; false (nothing taken) if the pool
@@ -451,8 +486,8 @@ class RandomizedDriver {
     }
   }
 
-  PrefixMatch MatchAndCheck(const Tokens& query, int64_t max_tokens) {
-    PrefixMatch match = bm_.Match(query, max_tokens);
+  PrefixMatch MatchAndCheck(const Tokens& query, int64_t max_tokens, const PrefixMatch* earlier = nullptr) {
+    PrefixMatch match = earlier != nullptr ? bm_.Match(query, max_tokens, *earlier) : bm_.Match(query, max_tokens);
     std::vector<int32_t> expected;
     for (int64_t end = bs_; end <= std::min<int64_t>(query.size(), max_tokens); end += bs_) {
       auto it = block_of_.find(Prefix(query, end));
@@ -536,6 +571,7 @@ class RandomizedDriver {
   const int32_t vocab_;
   std::vector<Tokens> prefixes_;
   std::vector<Seq> live_;
+  std::vector<std::pair<Tokens, PrefixMatch>> earlier_;  // queries matched before, with that match
   std::map<Tokens, int32_t> block_of_;  // shadow index: whole prefix -> block
   std::map<int32_t, Tokens> prefix_of_;
   int64_t evictions_ = 0;

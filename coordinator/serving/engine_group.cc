@@ -59,6 +59,7 @@ void EngineGroup::Submit(std::unique_ptr<Sequence> seq, Placement placement) {
     absl::MutexLock lock(&mu_);
     if (failure_.ok() && !stopping_) {
       seq->replica = placement.replica;
+      seq->prefix_match = std::move(placement.prefix);
       replicas_[seq->replica]->scheduler.Add(std::move(seq));
       wake_ = true;
       return;
@@ -111,8 +112,8 @@ EngineGroup::ReplicaMatch EngineGroup::BestReplica(const std::vector<int32_t>& t
 
 Placement EngineGroup::Place(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  const ReplicaMatch best = BestReplica(tokens);
-  return {best.replica, best.match.num_tokens};
+  ReplicaMatch best = BestReplica(tokens);
+  return {best.replica, std::move(best.match)};
 }
 
 int64_t EngineGroup::load() const {

@@ -58,7 +58,8 @@ struct BlockHold {
 // the least loaded among equals, and how long that prefix is.
 struct Placement {
   int replica = 0;
-  int64_t cached_tokens = 0;
+  PrefixMatch prefix;  // the cached prefix in that replica (not held)
+  int64_t cached_tokens() const { return prefix.num_tokens; }
 };
 
 // Receives a sequence the group no longer serves (drain, disaggregation),
@@ -77,7 +78,7 @@ class EngineGroup {
   // Starts serving `seq` where Place() would put it now.
   void Submit(std::unique_ptr<Sequence> seq);
   // Starts serving `seq` where `placement` says, without walking the prefix
-  // index again: routing's walk decided.
+  // index again: routing's walk decided, and admission resumes from it.
   // REQUIRES: `placement` came from this group's Place().
   void Submit(std::unique_ptr<Sequence> seq, Placement placement);
   // Asks the loop to end a request with kAbort and free its blocks.

@@ -20,19 +20,19 @@ Router::Route Router::Choose(absl::Span<EngineGroup* const> groups, const std::v
       least_loaded = group;
       least_loaded_placement = placement;
     }
-    const int64_t cached = placement.cached_tokens, best = best_cached_placement.cached_tokens;
+    const int64_t cached = placement.cached_tokens(), best = best_cached_placement.cached_tokens();
     if (cached > best || (cached == best && best_cached != nullptr && load < best_cached_load)) {
       best_cached = group;
       best_cached_placement = placement;
       best_cached_load = load;
     }
   }
-  if (best_cached != nullptr && best_cached_placement.cached_tokens > 0 &&
+  if (best_cached != nullptr && best_cached_placement.cached_tokens() > 0 &&
       best_cached_load <= min_load + options_.cache_affinity_slack) {
     return {best_cached, best_cached_placement, nullptr, 0};
   }
   if (best_cached == least_loaded) return {least_loaded, least_loaded_placement, nullptr, 0};
-  return {least_loaded, least_loaded_placement, best_cached, best_cached_placement.cached_tokens};
+  return {least_loaded, least_loaded_placement, best_cached, best_cached_placement.cached_tokens()};
 }
 
 EngineGroup* Router::ChooseMoveDestination(absl::Span<EngineGroup* const> groups, EngineGroup* from) {

@@ -102,7 +102,7 @@ TEST_F(RouterTest, TheGroupCachingTheLongestPrefixWinsWithinTheSlack) {
   Load(b, 2);
   const Router::Route route = router.Choose(pointers_, prompt);
   EXPECT_EQ(route.group, b);
-  EXPECT_EQ(route.placement.cached_tokens, 3 * kBlockSize);
+  EXPECT_EQ(route.placement.cached_tokens(), 3 * kBlockSize);
   EXPECT_EQ(route.donor, nullptr);
 }
 
@@ -116,7 +116,7 @@ TEST_F(RouterTest, ABusierCachingGroupLosesToTheLeastLoadedAndBecomesTheDonor) {
   Load(b, 3);
   const Router::Route route = router.Choose(pointers_, prompt);
   EXPECT_EQ(route.group, a);
-  EXPECT_EQ(route.placement.cached_tokens, kBlockSize);
+  EXPECT_EQ(route.placement.cached_tokens(), kBlockSize);
   EXPECT_EQ(route.donor, b);
   EXPECT_EQ(route.donor_tokens, 3 * kBlockSize);
 }
@@ -130,10 +130,10 @@ TEST_F(RouterTest, ThePlacementNamesTheReplicaHoldingThePrefix) {
   const Router::Route route = router.Choose(pointers_, prompt);
   EXPECT_EQ(route.group, group);
   EXPECT_EQ(route.placement.replica, 1);
-  EXPECT_EQ(route.placement.cached_tokens, 2 * kBlockSize);
+  EXPECT_EQ(route.placement.cached_tokens(), 2 * kBlockSize);
   // The last token is never served from the cache: it must be computed.
   const Router::Route whole = router.Choose(pointers_, Prompt(8));
-  EXPECT_EQ(whole.placement.cached_tokens, kBlockSize);
+  EXPECT_EQ(whole.placement.cached_tokens(), kBlockSize);
 }
 
 TEST_F(RouterTest, NewRequestsStartInPrefillGroupsAndMovesGoToDecodeGroups) {

@@ -94,7 +94,8 @@ bool Scheduler::Admit(int64_t budget, std::vector<ScheduledSequence>* step) {
   if (seq->pending_samples > 0) return false;
   const int64_t total = static_cast<int64_t>(seq->tokens.size());
   // At least one token is computed so that the step yields logits to sample.
-  PrefixMatch match = blocks_.Match(seq->tokens, total - 1);
+  PrefixMatch match = blocks_.Match(seq->tokens, total - 1, seq->prefix_match);
+  seq->prefix_match = match;  // a head that waits for room resumes from here next step
   const int64_t n = std::min(total - match.num_tokens, budget);
   const int64_t fresh = BlocksFor(match.num_tokens + n, blocks_.block_size()) - static_cast<int64_t>(match.blocks.size());
   if (!blocks_.CanAllocate(fresh)) return false;  // FCFS: the head waits, nobody overtakes it

@@ -10,8 +10,9 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "tokenizer/detokenizer.h"
+#include "coordinator/serving/block_manager.h"
 #include "coordinator/serving/request.h"
+#include "tokenizer/detokenizer.h"
 
 namespace mlaserve {
 
@@ -36,6 +37,9 @@ struct Sequence {
   int64_t cached_prompt_tokens = 0;  // served by the prefix cache at first admission
   bool admitted_before = false;
   std::vector<int32_t> block_table;
+  // The last walk of its replica's prefix index for its tokens (routing's, or
+  // the last admission's): the next one resumes from it.
+  PrefixMatch prefix_match;
   std::unique_ptr<Detokenizer> detokenizer;
   UpdateCallback on_update;
   absl::Time arrival;

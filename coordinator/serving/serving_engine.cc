@@ -121,8 +121,8 @@ absl::StatusOr<int64_t> ServingEngine::Submit(GenerateInput input, UpdateCallbac
   // A busier group caches more of the prompt: move that prefix here unless
   // recomputing it is cheaper (or the move fails).
   bool migrated = false;
-  if (route.donor != nullptr && route.donor_tokens > route.placement.cached_tokens) {
-    const int64_t extra = route.donor_tokens - route.placement.cached_tokens;
+  if (route.donor != nullptr && route.donor_tokens > route.placement.cached_tokens()) {
+    const int64_t extra = route.donor_tokens - route.placement.cached_tokens();
     if (router_.ShouldMigrate(BlocksFor(route.donor_tokens, group->block_size()), group->block_size())) {
       const BlockHold hold = route.donor->HoldPrefix(input.prompt_ids);
       migrated = !hold.blocks.empty() && mover_.MigrateBlocks(route.donor, hold, input.prompt_ids, group).ok();
