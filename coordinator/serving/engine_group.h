@@ -6,8 +6,10 @@
 // the workers (through a StepExecutor) before it collects step N and has the
 // schedulers postprocess its tokens, so the host's work on one step overlaps
 // the workers' work on the next. Only the loop thread touches sequences or
-// emits updates, so each request sees its updates in order; other threads
-// submit and cancel under the lock and wake the loop.
+// emits updates; one callback thread delivers them (and the sequences moving
+// out) in emission order, so each request sees its updates in order and the
+// loop pays one wake per step for all of them. Other threads submit and
+// cancel under the lock and wake the loop.
 #ifndef MLASERVE_COORDINATOR_SERVING_ENGINE_GROUP_H_
 #define MLASERVE_COORDINATOR_SERVING_ENGINE_GROUP_H_
 
