@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -108,41 +109,56 @@ double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t el
   return (weights + kv) * element_bytes;
 }
 
-// Times steps that each compute `chunk / prompt` whole prompts from an empty
-// cache and sample their first tokens; prints ms per step and prompt tokens/s.
-absl::Status TimePrefill(Model& model, Ops& ops, int64_t prompt, int64_t chunk, int64_t block_size) {
-  const ModelConfig& c = model.config();
-  const int64_t batch = chunk / prompt;
-  if (prompt <= 0 || batch <= 0) return absl::InvalidArgumentError("--prefill wants PROMPT:CHUNK with CHUNK >= PROMPT > 0");
-  const int64_t blocks_per_seq = BlocksFor(prompt, block_size);
-  ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(ops, c, batch * blocks_per_seq, block_size));
+// `batch` sequences of `tokens` tokens each, the last at position
+// `context_len` - 1, with their own blocks in a fresh cache: a decode step
+// (tokens 1) or a prefill step of whole prompts (context_len == tokens).
+ForwardBatch MakeStep(const ModelConfig& c, int64_t batch, int64_t tokens, int64_t context_len, int64_t block_size) {
+  const int64_t blocks_per_seq = BlocksFor(context_len, block_size);
   ForwardBatch step;
   step.layout.block_size = block_size;
   for (int64_t b = 0; b < batch; ++b) {
-    SequenceSlice slice{.token_begin = b * prompt, .num_tokens = prompt, .context_len = prompt};
+    SequenceSlice slice{.token_begin = b * tokens, .num_tokens = tokens, .context_len = context_len};
     for (int64_t k = 0; k < blocks_per_seq; ++k) slice.block_table.push_back(static_cast<int32_t>(b * blocks_per_seq + k));
     step.layout.seqs.push_back(std::move(slice));
-    for (int64_t t = 0; t < prompt; ++t) step.token_ids.push_back(static_cast<int32_t>((b * 7919 + t * 104729) % c.vocab_size));
-    step.logit_rows.push_back(b * prompt + prompt - 1);
+    for (int64_t t = 0; t < tokens; ++t) step.token_ids.push_back(static_cast<int32_t>((b * 7919 + t * 104729) % c.vocab_size));
+    step.logit_rows.push_back(b * tokens + tokens - 1);
   }
-  const std::vector<SamplerParams> greedy(batch);
-  std::vector<int64_t> draw_indices(batch);
-  std::vector<int32_t> sampled(batch);
-  auto prefill_step = [&]() -> absl::Status {
+  return step;
+}
+
+// Seconds per serving step: the forward pass, then greedy sampling where the
+// logits are; --steps timed after one warm-up.
+absl::StatusOr<double> SecondsPerStep(Model& model, Ops& ops, const ForwardBatch& step, KvCache& cache) {
+  const int64_t rows = static_cast<int64_t>(step.logit_rows.size());
+  const std::vector<SamplerParams> greedy(rows);
+  std::vector<int64_t> draw_indices(rows);
+  std::vector<int32_t> sampled(rows);
+  auto run = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(const Tensor logits, model.ForwardLogits(step, cache));
-    return ops.SampleTokens(logits, c.vocab_size, greedy, draw_indices, absl::MakeSpan(sampled));
+    return ops.SampleTokens(logits, model.config().vocab_size, greedy, draw_indices, absl::MakeSpan(sampled));
   };
-  RETURN_IF_ERROR(prefill_step());  // warm-up
+  RETURN_IF_ERROR(run());  // warm-up
   const int steps = absl::GetFlag(FLAGS_steps);
   const auto start = std::chrono::steady_clock::now();
-  for (int s = 0; s < steps; ++s) RETURN_IF_ERROR(prefill_step());
-  const double step_s = Seconds(std::chrono::steady_clock::now() - start) / steps;
-  std::printf("prefill: %lld prompts x %lld tokens per step: %.3f ms per step, %.1f prompt tokens/s\n",
-              static_cast<long long>(batch), static_cast<long long>(prompt), step_s * 1e3, batch * prompt / step_s);
-  return absl::OkStatus();
+  for (int s = 0; s < steps; ++s) RETURN_IF_ERROR(run());
+  return Seconds(std::chrono::steady_clock::now() - start) / steps;
+}
+
+// --prefill PROMPT:CHUNK as {prompt, whole prompts per step}; {0, 0} when not asked.
+absl::StatusOr<std::pair<int64_t, int64_t>> ParsePrefill(const std::string& text) {
+  if (text.empty()) return std::pair<int64_t, int64_t>{0, 0};
+  const std::vector<std::string> parts = absl::StrSplit(text, ':');
+  int64_t prompt = 0, chunk = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &prompt) || !absl::SimpleAtoi(parts[1], &chunk) ||
+      prompt <= 0 || chunk < prompt) {
+    return absl::InvalidArgumentError(absl::StrCat("--prefill wants PROMPT:CHUNK with CHUNK >= PROMPT > 0, not ", text));
+  }
+  return std::pair<int64_t, int64_t>{prompt, chunk / prompt};
 }
 
 absl::Status Run() {
+  // Before the decode table, so that a mistyped flag costs no run.
+  ASSIGN_OR_RETURN(const auto prefill, ParsePrefill(absl::GetFlag(FLAGS_prefill)));
   ASSIGN_OR_RETURN(std::unique_ptr<Ops> ops, NewOps(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_cuda_graphs)));
   ASSIGN_OR_RETURN(std::string dir, ModelDir(absl::GetFlag(FLAGS_config), absl::GetFlag(FLAGS_layers)));
   std::cerr << "decode_bench: making random weights on " << ops->name() << "\n";
@@ -160,32 +176,12 @@ absl::Status Run() {
   const int64_t block_size = absl::GetFlag(FLAGS_block_size);
   for (int64_t context : ParseList(absl::GetFlag(FLAGS_context))) {
     for (int64_t batch : ParseList(absl::GetFlag(FLAGS_batch))) {
-      const int64_t blocks_per_seq = BlocksFor(context + 1, block_size);
-      ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops, c, batch * blocks_per_seq, block_size));
+      const ForwardBatch step = MakeStep(c, batch, /*tokens=*/1, context + 1, block_size);
+      ASSIGN_OR_RETURN(KvCache cache,
+                       KvCache::Create(*ops, c, batch * BlocksFor(context + 1, block_size), block_size));
       // The context is taken as already computed: random latent rows.
       RETURN_IF_ERROR(ops->FillRandom(&cache.pool(), 7, 0.0f, 1.0f));
-      ForwardBatch step;
-      step.layout.block_size = block_size;
-      for (int64_t b = 0; b < batch; ++b) {
-        SequenceSlice slice{.token_begin = b, .num_tokens = 1, .context_len = context + 1};
-        for (int64_t k = 0; k < blocks_per_seq; ++k) slice.block_table.push_back(static_cast<int32_t>(b * blocks_per_seq + k));
-        step.layout.seqs.push_back(std::move(slice));
-        step.token_ids.push_back(static_cast<int32_t>((b * 7919) % c.vocab_size));
-        step.logit_rows.push_back(b);
-      }
-      // A serving step: the forward pass, then greedy sampling where the logits are.
-      const std::vector<SamplerParams> greedy(batch);
-      std::vector<int64_t> draw_indices(batch);
-      std::vector<int32_t> sampled(batch);
-      auto decode_step = [&]() -> absl::Status {
-        ASSIGN_OR_RETURN(const Tensor logits, model->ForwardLogits(step, cache));
-        return ops->SampleTokens(logits, c.vocab_size, greedy, draw_indices, absl::MakeSpan(sampled));
-      };
-      RETURN_IF_ERROR(decode_step());  // warm-up
-      const int steps = absl::GetFlag(FLAGS_steps);
-      const auto start = std::chrono::steady_clock::now();
-      for (int s = 0; s < steps; ++s) RETURN_IF_ERROR(decode_step());
-      const double step_s = Seconds(std::chrono::steady_clock::now() - start) / steps;
+      ASSIGN_OR_RETURN(const double step_s, SecondsPerStep(*model, *ops, step, cache));
       const double roofline = batch / (StepBytes(c, batch, context, element_bytes) / bandwidth);
       const double tokens = batch / step_s;
       std::printf("%6lld %8lld %10.3f %12.1f %14.1f %8.1f%%\n", static_cast<long long>(batch),
@@ -196,13 +192,13 @@ absl::Status Run() {
     }
   }
   if (!absl::GetFlag(FLAGS_csv).empty()) std::ofstream(absl::GetFlag(FLAGS_csv)) << table;
-  if (const std::string prefill = absl::GetFlag(FLAGS_prefill); !prefill.empty()) {
-    const std::vector<std::string> parts = absl::StrSplit(prefill, ':');
-    int64_t prompt = 0, chunk = 0;
-    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &prompt) || !absl::SimpleAtoi(parts[1], &chunk)) {
-      return absl::InvalidArgumentError(absl::StrCat("--prefill wants PROMPT:CHUNK, not ", prefill));
-    }
-    RETURN_IF_ERROR(TimePrefill(*model, *ops, prompt, chunk, block_size));
+  if (const auto [prompt, prompts] = prefill; prompts > 0) {
+    const ForwardBatch step = MakeStep(c, prompts, prompt, prompt, block_size);
+    ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops, c, prompts * BlocksFor(prompt, block_size), block_size));
+    ASSIGN_OR_RETURN(const double step_s, SecondsPerStep(*model, *ops, step, cache));
+    std::printf("prefill: %lld prompts x %lld tokens per step: %.3f ms per step, %.1f prompt tokens/s\n",
+                static_cast<long long>(prompts), static_cast<long long>(prompt), step_s * 1e3,
+                prompts * prompt / step_s);
   }
   return absl::OkStatus();
 }
