@@ -97,13 +97,13 @@ bool EngineGroup::HasWorker(int32_t worker_id) const {
   return std::any_of(workers_.begin(), workers_.end(), [&](const WorkerInfo& w) { return w.id == worker_id; });
 }
 
-EngineGroup::ReplicaMatch EngineGroup::BestReplica(const std::vector<int32_t>& tokens) {
-  ReplicaMatch best;
+Placement EngineGroup::BestReplica(const std::vector<int32_t>& tokens) {
+  Placement best;
   for (size_t r = 0; r < replicas_.size(); ++r) {
     PrefixMatch m = replicas_[r]->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1);
-    const bool longer = m.num_tokens > best.match.num_tokens;
+    const bool longer = m.num_tokens > best.cached_tokens();
     if (r == 0 || longer ||
-        (m.num_tokens == best.match.num_tokens && replicas_[r]->load() < replicas_[best.replica]->load())) {
+        (m.num_tokens == best.cached_tokens() && replicas_[r]->load() < replicas_[best.replica]->load())) {
       best = {static_cast<int>(r), std::move(m)};
     }
   }
@@ -112,8 +112,7 @@ EngineGroup::ReplicaMatch EngineGroup::BestReplica(const std::vector<int32_t>& t
 
 Placement EngineGroup::Place(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  ReplicaMatch best = BestReplica(tokens);
-  return {best.replica, std::move(best.match)};
+  return BestReplica(tokens);
 }
 
 int64_t EngineGroup::load() const {
@@ -318,11 +317,13 @@ void EngineGroup::Deliver(std::vector<Update> updates, std::vector<OutgoingMove>
       continue;
     }
     // Cancelled after it left the scheduler, before it reached the mover:
-    // nobody else would see the cancellation.
+    // nobody else would see the cancellation, so it ends here as any cancel.
     Release(m.hold);
-    GenerateUpdate update;
-    Finish(*m.seq, FinishReason::kAbort, absl::CancelledError("cancelled"), &update);
-    m.seq->on_update(update);
+    std::vector<std::unique_ptr<Sequence>> ended;
+    ended.push_back(std::move(m.seq));
+    for (Update& u : EndAll(std::move(ended), FinishReason::kAbort, absl::CancelledError("cancelled"))) {
+      u.callback(u.update);
+    }
   }
 }
 
@@ -369,8 +370,8 @@ bool EngineGroup::drained() const {
 
 BlockHold EngineGroup::HoldPrefix(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  ReplicaMatch best = BestReplica(tokens);
-  BlockHold hold{best.replica, std::move(best.match.blocks)};
+  Placement best = BestReplica(tokens);
+  BlockHold hold{best.replica, std::move(best.prefix.blocks)};
   if (!replicas_[hold.replica]->blocks.Acquire(hold.blocks).ok()) hold.blocks.clear();
   return hold;
 }

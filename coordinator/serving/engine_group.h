@@ -138,13 +138,8 @@ class EngineGroup {
     Scheduler scheduler;
     int64_t load() const { return scheduler.num_running() + scheduler.num_waiting(); }
   };
-  // The replica caching the longest prefix of `tokens` (whole blocks, at
-  // most all but the last token), the least loaded among equals.
-  struct ReplicaMatch {
-    int replica = 0;
-    PrefixMatch match;
-  };
-  ReplicaMatch BestReplica(const std::vector<int32_t>& tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Place(), under the lock.
+  Placement BestReplica(const std::vector<int32_t>& tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   struct OutgoingMove {
     std::unique_ptr<Sequence> seq;
     BlockHold hold;
@@ -189,9 +184,11 @@ class EngineGroup {
   int64_t Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills the final fields of `update` and records the request's metrics.
   void Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update);
-  // Removes `seqs` from the scheduler and returns their final updates.
-  std::vector<Update> EndAll(std::vector<std::unique_ptr<Sequence>> seqs, FinishReason reason, const absl::Status& error)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The final updates of `seqs`, already out of their schedulers: the text
+  // their detokenizers held back, then the finish. Needs no lock: the
+  // sequences are the caller's.
+  std::vector<Update> EndAll(std::vector<std::unique_ptr<Sequence>> seqs, FinishReason reason,
+                             const absl::Status& error);
   std::vector<std::unique_ptr<Sequence>> TakeCancelled() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::unique_ptr<Sequence>> RemoveAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -5,11 +5,14 @@
 // schedule, overlap or preemption.
 #include "coordinator/serving/engine_group.h"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 
 namespace mlaserve {
@@ -60,6 +63,11 @@ class FakeWorkers final : public StepExecutor {
   void CloseAfter(int64_t collects) {
     absl::MutexLock lock(&mu_);
     collects_left_ = collects;
+  }
+  // Waits (bounded) until CloseAfter's count has run out; false on timeout.
+  bool WaitClosed() {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(+[](bool* open) { return !*open; }, &open_), absl::Seconds(10));
   }
   void FailNextCollect() {
     absl::MutexLock lock(&mu_);
@@ -281,6 +289,7 @@ TEST_F(EngineGroupTest, DrainMovesOutSequencesWithKnownTokensOnly) {
   fake_->CloseAfter(8);  // then a step stays in flight while the group drains
   fake_->SetOpen(true);
   ASSERT_TRUE(WaitFor([](const auto& r) { return r.size() == 4 && r.at(3).tokens.size() >= 3; }));
+  ASSERT_TRUE(fake_->WaitClosed());  // reopened before the count ran out, it would close on the drain
   group_->Drain();
   fake_->SetOpen(true);
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
@@ -295,6 +304,62 @@ TEST_F(EngineGroupTest, DrainMovesOutSequencesWithKnownTokensOnly) {
     EXPECT_EQ(output, r.tokens) << "request " << seq->id << ": the sequence carries exactly what was streamed";
     EXPECT_EQ(seq->pending_samples, 0);
   }
+}
+
+// A cancel that lands after the loop moved a sequence out but before the
+// callback thread handed it to the mover ends it there, with its blocks freed.
+TEST_F(EngineGroupTest, CancelWhileMovingOutEndsTheRequest) {
+  Start(64);
+  absl::Mutex moved_mu;
+  std::vector<int64_t> moved;
+  group_->SetMoveCallback([&](std::unique_ptr<Sequence> seq, BlockHold hold) {
+    group_->Release(hold);
+    absl::MutexLock lock(&moved_mu);
+    moved.push_back(seq->id);
+  });
+  // Request 9's first update holds the callback thread until released.
+  absl::Notification entered, release;
+  auto blocker = std::make_unique<Sequence>();
+  blocker->id = 9;
+  blocker->tokens = {700, 701, 702};
+  blocker->prompt_len = 3;
+  blocker->sampling.max_tokens = 200;
+  blocker->detokenizer = std::make_unique<Detokenizer>(*tokenizer_, std::vector<std::string>{});
+  blocker->on_update = [&](const GenerateUpdate&) {
+    if (entered.HasBeenNotified()) return;
+    entered.Notify();
+    release.WaitForNotification();
+  };
+  fake_->SetOpen(false);
+  for (int64_t id = 0; id < 3; ++id) Submit(id, 6, 200);
+  group_->Submit(std::move(blocker));
+  fake_->CloseAfter(3);
+  fake_->SetOpen(true);
+  // However the test ends, the callback thread goes free (the group's
+  // destructor waits for it).
+  const absl::Cleanup unblock = [&release] {
+    if (!release.HasBeenNotified()) release.Notify();
+  };
+  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(fake_->WaitClosed());
+  group_->Drain();
+  fake_->SetOpen(true);  // the step in flight comes back; then everything moves out
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (group_->load() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_EQ(group_->load(), 0) << "every sequence moved out, none delivered yet";
+  EXPECT_FALSE(group_->drained()) << "moves still on their way";
+  group_->Cancel(1);
+  release.Notify();
+  ASSERT_TRUE(WaitFor([](const auto& r) { return r.count(1) && r.at(1).reason == FinishReason::kAbort; }));
+  while (!group_->drained() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(group_->drained());
+  absl::MutexLock lock(&moved_mu);
+  std::sort(moved.begin(), moved.end());
+  EXPECT_EQ(moved, (std::vector<int64_t>{0, 2, 9}));
+  // A drained group takes no reservations: its gauges tell that every block
+  // came back (the moved ones released by the callback above).
+  EXPECT_NE(metrics_.Serialize().find("mlaserve_kv_blocks_used{group=\"1\"} 0\n"), std::string::npos)
+      << metrics_.Serialize();
 }
 
 TEST_F(EngineGroupTest, PrefillGroupMovesSequencesOutAfterTheFirstTokenWithoutSpeculating) {
