@@ -1,0 +1,111 @@
+#include "coordinator/cluster/weight_bytes.h"
+
+#include "gtest/gtest.h"
+
+namespace mlaserve {
+namespace {
+
+// tiny-deepseek-v3's shapes: 3 layers (layer 0 dense), hidden 256, 8 heads.
+ModelConfig Config() {
+  ModelConfig c;
+  c.vocab_size = 1024;
+  c.hidden_size = 256;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 8;
+  c.q_lora_rank = 96;
+  c.kv_lora_rank = 64;
+  c.qk_nope_head_dim = 32;
+  c.qk_rope_head_dim = 16;
+  c.v_head_dim = 32;
+  c.intermediate_size = 512;
+  c.moe_intermediate_size = 64;
+  c.n_shared_experts = 1;
+  c.n_routed_experts = 16;
+  c.num_experts_per_tok = 4;
+  c.first_k_dense_replace = 1;
+  c.topk_method = TopkMethod::kNoauxTc;
+  c.fp8_block_rows = 128;
+  c.fp8_block_cols = 128;
+  return c;
+}
+
+constexpr WeightFormat kFp8{.dense_bytes = 2, .fp8 = true};
+
+// An FP8 [n, k] projection: a byte per value and a float per row and 128 columns.
+int64_t Fp8(int64_t n, int64_t k) { return n * k + n * ((k + 127) / 128) * 4; }
+
+TEST(WeightBytesTest, UnquantizedIsTheParameterCountTimesTheElementSize) {
+  const ModelConfig c = Config();
+  for (ParallelPlan plan : {ParallelPlan{}, ParallelPlan{2, 1, 2}, ParallelPlan{2, 2, 4}}) {
+    for (int g = 0; g < plan.group_size(); ++g) {
+      const ShardLayout s = *MakeShardLayout(c, plan, g);
+      EXPECT_EQ(ShardWeightBytes(c, s, {.dense_bytes = 4}), 4 * ShardParameterCount(c, s)) << plan.ToString();
+      EXPECT_EQ(ShardWeightBytes(c, s, {.dense_bytes = 2}), 2 * ShardParameterCount(c, s)) << plan.ToString();
+    }
+  }
+}
+
+TEST(WeightBytesTest, Fp8WholeModelByHand) {
+  const ModelConfig c = Config();
+  const int64_t outside = (2 * 1024 + 1) * 256 * 2 + 256 * 2;  // embedding + zero row, LM head, final norm
+  const int64_t attention = 2 * 256 * 2                         // two norms
+                            + Fp8(96, 256) + 96 * 2             // q_a and its norm
+                            + Fp8(8 * 32, 96) + Fp8(8 * 16, 96)  // q_b: nope and rope rows
+                            + Fp8(64, 256) + Fp8(16, 256) + 64 * 2  // kv_a and its norm
+                            + 2 * (8 * 32 * 64) * 2              // W_UK twice, bf16
+                            + (8 * 32 * 64) * 2                  // W_UV, bf16
+                            + Fp8(256, 8 * 32);                  // o_proj
+  EXPECT_EQ(attention, 252096);
+  const int64_t dense = Fp8(2 * 512, 256) + Fp8(256, 512);
+  const int64_t expert = Fp8(2 * 64, 256) + Fp8(256, 64);
+  const int64_t moe = 16 * 256 * 2 + 16 * 2 + 16 * expert + expert;  // router, bias, routed, shared
+  EXPECT_EQ(outside + 3 * attention + dense + 2 * moe, 3968640);
+  EXPECT_EQ(ShardWeightBytes(c, *MakeShardLayout(c, ParallelPlan{}, 0), kFp8), 3968640);
+}
+
+TEST(WeightBytesTest, Fp8ShardByHand) {
+  const ModelConfig c = Config();
+  // tp=2 ep=2, rank 0: 4 heads, half the dense inner dimension and of the
+  // shared expert's, experts 0-7 whole, vocabulary rows 0-511.
+  const ShardLayout s = *MakeShardLayout(c, {.tp = 2, .dp_attention = 1, .ep = 2}, 0);
+  const int64_t outside = (2 * 512 + 1) * 256 * 2 + 256 * 2;
+  const int64_t attention = 2 * 256 * 2 + Fp8(96, 256) + 96 * 2 + Fp8(4 * 32, 96) + Fp8(4 * 16, 96) + Fp8(64, 256) +
+                            Fp8(16, 256) + 64 * 2 + 2 * (4 * 32 * 64) * 2 + (4 * 32 * 64) * 2 + Fp8(256, 4 * 32);
+  const int64_t dense = Fp8(2 * 256, 256) + Fp8(256, 256);
+  const int64_t moe = 16 * 256 * 2 + 16 * 2 + 8 * (Fp8(2 * 64, 256) + Fp8(256, 64)) + Fp8(2 * 32, 256) + Fp8(256, 32);
+  EXPECT_EQ(outside + 3 * attention + dense + 2 * moe, 2065792);
+  EXPECT_EQ(ShardWeightBytes(c, s, kFp8), 2065792);
+}
+
+TEST(WeightBytesTest, ScalesCoverAPartialColumnGroup) {
+  ModelConfig c = Config();
+  c.moe_intermediate_size = 192;  // the experts' down projection: 1.5 groups of columns
+  c.n_routed_experts = 1;
+  c.num_experts_per_tok = 1;
+  c.n_group = 1;
+  c.topk_method = TopkMethod::kGreedy;
+  const ShardLayout s = *MakeShardLayout(c, ParallelPlan{}, 0);
+  ModelConfig smaller = c;
+  smaller.moe_intermediate_size = 128;
+  const ShardLayout t = *MakeShardLayout(smaller, ParallelPlan{}, 0);
+  // Per MoE layer, routed and shared: gate_up gains 128 rows (each with 2
+  // scales), down 64 columns with a second scale per row.
+  const int64_t per_expert = 128 * 256 + 128 * 2 * 4 + 256 * 64 + 256 * 4;
+  EXPECT_EQ(ShardWeightBytes(c, s, kFp8) - ShardWeightBytes(smaller, t, kFp8), 2 * 2 * per_expert);
+}
+
+TEST(WeightBytesTest, WeightsDtypeChoice) {
+  ModelConfig c = Config();
+  EXPECT_TRUE(ChooseWeightFormat(c, "auto", true)->fp8);
+  EXPECT_EQ(ChooseWeightFormat(c, "auto", true)->dense_bytes, 2);
+  EXPECT_EQ(ChooseWeightFormat(c, "auto", false)->dense_bytes, 4);
+  EXPECT_FALSE(ChooseWeightFormat(c, "bf16", true)->fp8);
+  EXPECT_EQ(ChooseWeightFormat(c, "bf16", true)->name(), "bf16");
+  c.fp8_block_rows = c.fp8_block_cols = 0;  // a bf16 checkpoint
+  EXPECT_FALSE(ChooseWeightFormat(c, "auto", true)->fp8);
+  EXPECT_TRUE(ChooseWeightFormat(c, "fp8", true)->fp8);
+  EXPECT_EQ(ChooseWeightFormat(c, "int4", true).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace mlaserve
