@@ -85,6 +85,12 @@ class Ops {
   virtual absl::Status Upload(absl::Span<const float> src, Tensor* dst) = 0;
   virtual absl::Status Download(const Tensor& src, absl::Span<float> dst) = 0;
   virtual absl::Status Fill(Tensor* dst, float value) = 0;
+  // dst.num_bytes() bytes at `src`, already in dst's dtype (checkpoint bytes
+  // that need no conversion: bf16 weights on a bf16 backend, FP8 values).
+  virtual absl::Status UploadBytes(const void* src, size_t num_bytes, Tensor* dst) = 0;
+  // The FP8 form of weight `w` [..., K] (storage dtype): e4m3 values with a
+  // scale per row and 128-column group (see Linear), made on the backend.
+  virtual absl::StatusOr<Tensor> QuantizeFp8(const Tensor& w) = 0;
   // dst[i] = mean + stddev * RandomNormal(seed, i) (kernels/random_normal.h),
   // generated where dst lives: random-weights models without a checkpoint,
   // identical on every backend up to the storage dtype's rounding.
@@ -99,6 +105,10 @@ class Ops {
   virtual absl::Status AddRmsNorm(Tensor* residual, const Tensor& x, const Tensor& weight, float eps,
                                   Tensor* out) = 0;
   // out[T, N] = x[T, K] * w[N, K]^T.
+  // With an FP8 weight (F8E4M3 with `scale`, K a multiple of 16) the product
+  // is DeepSeek-V3's: each row of x is quantized per 128-column group g
+  // (s = max(amax, 1e-4) / 448, q = e4m3(x / s), ties to even) and
+  // out[t, n] = sum over g of (sum over k in g of q_x[t, k] q_w[n, k]) * (s_x[t, g] * s_w[n, g]).
   virtual absl::Status Linear(const Tensor& x, const Tensor& w, Tensor* out) = 0;
   // Per head h: out[T, h, N] = x[T, h, K] * w[h, N, K]^T.
   virtual absl::Status HeadLinear(const Tensor& x, const Tensor& w, Tensor* out) = 0;
@@ -142,7 +152,9 @@ class Ops {
   // out[T, D] = sum over k of topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]),
   // expert e being down[e] * SiluMul(gate_up[e] * x); experts are numbered
   // from `first_expert` (a shard owns a contiguous range); ids outside the
-  // range are skipped, so shards' outputs add up to the whole.
+  // range are skipped, so shards' outputs add up to the whole. FP8 experts
+  // (both gate_up and down) multiply as Linear does, the SiLU-gated
+  // activations quantized in turn.
   virtual absl::Status MoeExperts(const Tensor& x, const Tensor& topk_ids, const Tensor& topk_weights,
                                   const Tensor& gate_up, const Tensor& down, int64_t first_expert,
                                   Tensor* out) = 0;

@@ -25,6 +25,24 @@ absl::Status CheckDType(absl::string_view op, absl::string_view operand, const T
                                                  ", expected ", std::string(DTypeName(dtype))));
 }
 
+absl::Status CheckFp8Weight(absl::string_view op, absl::string_view operand, const Tensor& w) {
+  RETURN_IF_ERROR(CheckDType(op, operand, w, DType::kF8E4M3));
+  if (w.rank() == 0 || w.dim(-1) % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": FP8 ", operand, " ", w.ShapeString(), " needs a last dimension divisible by 16"));
+  }
+  if (w.scale == nullptr) return absl::InvalidArgumentError(absl::StrCat(op, ": FP8 ", operand, " has no scales"));
+  RETURN_IF_ERROR(CheckDType(op, absl::StrCat(operand, " scales"), *w.scale, DType::kF32));
+  std::vector<int64_t> expected = w.shape;
+  expected.back() = Fp8Groups(expected.back());
+  if (w.scale->shape != expected || w.scale->device != w.device) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": FP8 ", operand, " ", w.ShapeString(), " has scales ",
+                                                   w.scale->ShapeString(), ", expected [",
+                                                   absl::StrJoin(expected, ", "), "] on its device"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckSampleArgs(const Tensor& logits, int64_t vocab, size_t num_params, size_t num_indices,
                              size_t num_tokens) {
   RETURN_IF_ERROR(CheckShape("SampleTokens", "logits", logits, {-1, -1, -1}));

@@ -16,6 +16,9 @@ namespace mlaserve {
 absl::Status CheckShape(absl::string_view op, absl::string_view operand, const Tensor& t,
                         std::initializer_list<int64_t> dims);
 absl::Status CheckDType(absl::string_view op, absl::string_view operand, const Tensor& t, DType dtype);
+// An FP8 weight as Ops::Linear takes it: F8E4M3 values whose last dimension
+// is a multiple of 16, float32 scales of shape [leading dims..., Fp8Groups(last)].
+absl::Status CheckFp8Weight(absl::string_view op, absl::string_view operand, const Tensor& w);
 // Ops::SampleTokens' arguments: logits [shards, rows, shard_vocab] covering
 // `vocab` tokens, and one parameter set, draw index and token per row.
 absl::Status CheckSampleArgs(const Tensor& logits, int64_t vocab, size_t num_params, size_t num_indices,

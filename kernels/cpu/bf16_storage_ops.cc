@@ -22,6 +22,10 @@ class Bf16StorageCpuOps final : public Ops {
   }
   absl::Status Download(const Tensor& src, absl::Span<float> dst) override { return cpu_->Download(src, dst); }
   absl::Status Fill(Tensor* dst, float value) override { return Rounded(cpu_->Fill(dst, value), *dst); }
+  absl::Status UploadBytes(const void* src, size_t num_bytes, Tensor* dst) override {
+    return cpu_->UploadBytes(src, num_bytes, dst);
+  }
+  absl::StatusOr<Tensor> QuantizeFp8(const Tensor& w) override { return cpu_->QuantizeFp8(w); }
   absl::Status FillRandom(Tensor* dst, uint64_t seed, float mean, float stddev) override {
     return Rounded(cpu_->FillRandom(dst, seed, mean, stddev), *dst);
   }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/fp8_rows.h"
 #include "kernels/ops.h"
 #include "kernels/random_normal.h"
 #include "kernels/shape_check.h"
@@ -116,6 +117,33 @@ void RouteToken(const RouterConfig& config, const float* logits, const float* bi
   }
 }
 
+// rows of x [rows, k] quantized by QuantizeFp8Row: values then scales.
+struct Fp8Rows {
+  std::vector<uint8_t> values;
+  std::vector<float> scales;
+};
+Fp8Rows QuantizeRows(const float* x, int64_t rows, int64_t k) {
+  Fp8Rows q{std::vector<uint8_t>(rows * k), std::vector<float>(rows * Fp8Groups(k))};
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < rows; ++t) {
+    QuantizeFp8Row(x + t * k, k, q.values.data() + t * k, q.scales.data() + t * Fp8Groups(k));
+  }
+  return q;
+}
+
+// y[t, j] = Fp8RowDot of x's row t and w's row j (w [n, k] FP8 values and scales).
+void Fp8MatVecRows(const Fp8Rows& x, const uint8_t* w, const float* w_scales, float* y, int64_t rows, int64_t n,
+                   int64_t k) {
+  const int64_t groups = Fp8Groups(k);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t j = 0; j < n; ++j) {
+      y[t * n + j] = Fp8RowDot(x.values.data() + t * k, x.scales.data() + t * groups, w + j * k,
+                               w_scales + j * groups, k);
+    }
+  }
+}
+
 class CpuOps final : public Ops {
  public:
   std::string_view name() const override { return "cpu"; }
@@ -160,6 +188,32 @@ class CpuOps final : public Ops {
     }
     ConvertToF32(src.dtype, src.data, dst.size(), dst.data());
     return absl::OkStatus();
+  }
+
+  absl::Status UploadBytes(const void* src, size_t num_bytes, Tensor* dst) override {
+    if (num_bytes != dst->num_bytes()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("UploadBytes: ", num_bytes, " bytes into a tensor of ", dst->num_bytes()));
+    }
+    if (num_bytes > 0) std::memcpy(dst->data, src, num_bytes);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Tensor> QuantizeFp8(const Tensor& w) override {
+    RETURN_IF_ERROR(CheckDType("QuantizeFp8", "w", w, DType::kF32));
+    if (w.rank() == 0) return absl::InvalidArgumentError("QuantizeFp8: a scalar has no rows");
+    const int64_t k = w.dim(-1), rows = k == 0 ? 0 : w.numel() / k;
+    ASSIGN_OR_RETURN(Tensor q, Empty(DType::kF8E4M3, w.shape));
+    std::vector<int64_t> scale_shape = w.shape;
+    scale_shape.back() = Fp8Groups(k);
+    ASSIGN_OR_RETURN(Tensor scale, Empty(DType::kF32, std::move(scale_shape)));
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      QuantizeFp8Row(w.as<float>() + r * k, k, q.as<uint8_t>() + r * k, scale.as<float>() + r * Fp8Groups(k));
+    }
+    q.scale = std::make_shared<Tensor>(std::move(scale));
+    RETURN_IF_ERROR(CheckFp8Weight("QuantizeFp8", "w", q));
+    return q;
   }
 
   absl::Status Fill(Tensor* dst, float value) override {
@@ -212,6 +266,13 @@ class CpuOps final : public Ops {
     const int64_t n = w.dim(0), k = w.dim(1), rows = x.dim(0);
     RETURN_IF_ERROR(CheckShape("Linear", "x", x, {rows, k}));
     RETURN_IF_ERROR(CheckShape("Linear", "out", *out, {rows, n}));
+    if (w.dtype == DType::kF8E4M3) {
+      RETURN_IF_ERROR(CheckFp8Weight("Linear", "w", w));
+      Fp8MatVecRows(QuantizeRows(x.as<float>(), rows, k), w.as<uint8_t>(), w.scale->as<float>(), out->as<float>(),
+                    rows, n, k);
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(CheckDType("Linear", "w", w, DType::kF32));
     MatVecRows(x.as<float>(), w.as<float>(), out->as<float>(), rows, n, k);
     return absl::OkStatus();
   }
@@ -432,19 +493,34 @@ class CpuOps final : public Ops {
     RETURN_IF_ERROR(CheckShape("MoeExperts", "down", down, {local_experts, d, inner}));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "topk_weights", topk_weights, {rows, top_k}));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "out", *out, {rows, d}));
+    const bool fp8 = gate_up.dtype == DType::kF8E4M3;
+    if (fp8) {
+      RETURN_IF_ERROR(CheckFp8Weight("MoeExperts", "gate_up", gate_up));
+      RETURN_IF_ERROR(CheckFp8Weight("MoeExperts", "down", down));
+    } else {
+      RETURN_IF_ERROR(CheckDType("MoeExperts", "gate_up", gate_up, DType::kF32));
+      RETURN_IF_ERROR(CheckDType("MoeExperts", "down", down, DType::kF32));
+    }
+    const Fp8Rows x_q = fp8 ? QuantizeRows(x.as<float>(), rows, d) : Fp8Rows{};
 #pragma omp parallel for schedule(dynamic)
     for (int64_t t = 0; t < rows; ++t) {
-      std::vector<float> hidden(2 * inner), act(inner);
+      std::vector<float> hidden(2 * inner), act(inner), expert_out(d);
       float* y = out->as<float>() + t * d;
       std::fill_n(y, d, 0.0f);
       for (int64_t k = 0; k < top_k; ++k) {
         const int64_t e = topk_ids.as<int32_t>()[t * top_k + k] - first_expert;
         if (e < 0 || e >= local_experts) continue;
         const float weight = topk_weights.as<float>()[t * top_k + k];
-        MatVecRows(x.as<float>() + t * d, gate_up.as<float>() + e * 2 * inner * d, hidden.data(), 1, 2 * inner, d);
-        for (int64_t i = 0; i < inner; ++i) act[i] = Silu(hidden[i]) * hidden[inner + i];
-        const float* w_down = down.as<float>() + e * d * inner;
-        for (int64_t j = 0; j < d; ++j) y[j] += weight * Dot(act.data(), w_down + j * inner, inner);
+        if (fp8) {
+          ExpertFp8(x_q.values.data() + t * d, x_q.scales.data() + t * Fp8Groups(d), gate_up, down, e, inner, d,
+                    hidden.data(), act.data(), expert_out.data());
+        } else {
+          MatVecRows(x.as<float>() + t * d, gate_up.as<float>() + e * 2 * inner * d, hidden.data(), 1, 2 * inner, d);
+          for (int64_t i = 0; i < inner; ++i) act[i] = Silu(hidden[i]) * hidden[inner + i];
+          const float* w_down = down.as<float>() + e * d * inner;
+          for (int64_t j = 0; j < d; ++j) expert_out[j] = Dot(act.data(), w_down + j * inner, inner);
+        }
+        for (int64_t j = 0; j < d; ++j) y[j] += weight * expert_out[j];
       }
     }
     return absl::OkStatus();
@@ -464,6 +540,25 @@ class CpuOps final : public Ops {
   }
 
  private:
+  // Expert e of FP8 gate_up/down on one quantized row x_q, x_scales: out[d].
+  static void ExpertFp8(const uint8_t* x_q, const float* x_scales, const Tensor& gate_up, const Tensor& down, int64_t e, int64_t inner,
+                        int64_t d, float* hidden, float* act, float* out) {
+    const uint8_t* gu = gate_up.as<uint8_t>() + e * 2 * inner * d;
+    const float* gu_scales = gate_up.scale->as<float>() + e * 2 * inner * Fp8Groups(d);
+    for (int64_t j = 0; j < 2 * inner; ++j) {
+      hidden[j] = Fp8RowDot(x_q, x_scales, gu + j * d, gu_scales + j * Fp8Groups(d), d);
+    }
+    for (int64_t i = 0; i < inner; ++i) act[i] = Silu(hidden[i]) * hidden[inner + i];
+    std::vector<uint8_t> act_q(inner);
+    std::vector<float> act_scales(Fp8Groups(inner));
+    QuantizeFp8Row(act, inner, act_q.data(), act_scales.data());
+    const uint8_t* dn = down.as<uint8_t>() + e * d * inner;
+    const float* dn_scales = down.scale->as<float>() + e * d * Fp8Groups(inner);
+    for (int64_t j = 0; j < d; ++j) {
+      out[j] = Fp8RowDot(act_q.data(), act_scales.data(), dn + j * inner, dn_scales + j * Fp8Groups(inner), inner);
+    }
+  }
+
   static float* CacheRow(const Tensor& cache, int64_t layer, int64_t block, int64_t offset) {
     const int64_t layers = cache.dim(1), block_size = cache.dim(2), latent = cache.dim(3);
     return cache.as<float>() + ((block * layers + layer) * block_size + offset) * latent;

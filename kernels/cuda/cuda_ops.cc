@@ -22,8 +22,10 @@
 #include "kernels/cuda/device_arrays.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/moe.h"
+#include "kernels/cuda/pinned_upload.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/sampling.h"
 #include "kernels/shape_check.h"
@@ -102,6 +104,9 @@ absl::Status CheckOperand(absl::string_view op, absl::string_view operand, const
 
 bf16* Bf16(const Tensor& t) { return static_cast<bf16*>(t.data); }
 
+// An FP8 weight or activation as the GEMM kernels take it (scales checked by CheckFp8Weight).
+cuda::Fp8Operand Fp8(const Tensor& t) { return {t.as<uint8_t>(), t.scale->as<float>()}; }
+
 class CudaOps final : public Ops {
  public:
   CudaOps(int device, CudaOpsOptions options) : options_(options), context_(std::make_shared<StreamContext>()) {
@@ -114,6 +119,7 @@ class CudaOps final : public Ops {
     graphs_.reset();
     attention_.reset();
     gemm_.reset();
+    upload_.reset();
     arrays_.reset();
   }
 
@@ -203,6 +209,37 @@ class CudaOps final : public Ops {
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst->data, host, dst->num_bytes(), cudaMemcpyHostToDevice, stream()));
     CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
     return absl::OkStatus();
+  }
+
+  absl::Status UploadBytes(const void* src, size_t num_bytes, Tensor* dst) override {
+    RETURN_IF_ERROR(CheckCuda("UploadBytes", "dst", *dst));
+    if (num_bytes != dst->num_bytes()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("UploadBytes: ", num_bytes, " bytes into a tensor of ", dst->num_bytes()));
+    }
+    if (num_bytes == 0) return absl::OkStatus();
+    DeviceScope scope(context_->device);
+    if (upload_ == nullptr) {
+      ASSIGN_OR_RETURN(upload_, PinnedUpload::Create(stream()));
+    }
+    return upload_->Copy(src, num_bytes, dst->data);
+  }
+
+  absl::StatusOr<Tensor> QuantizeFp8(const Tensor& w) override {
+    RETURN_IF_ERROR(CheckOperand("QuantizeFp8", "w", w, DType::kBF16));
+    if (w.rank() == 0) return absl::InvalidArgumentError("QuantizeFp8: a scalar has no rows");
+    const int64_t k = w.dim(-1), rows = k == 0 ? 0 : w.numel() / k;
+    if (k % 16 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("QuantizeFp8: rows of ", k, " values (needs a multiple of 16)"));
+    }
+    ASSIGN_OR_RETURN(Tensor q, Empty(DType::kF8E4M3, w.shape));
+    std::vector<int64_t> scale_shape = w.shape;
+    scale_shape.back() = Fp8Groups(k);
+    ASSIGN_OR_RETURN(Tensor scale, Empty(DType::kF32, std::move(scale_shape)));
+    DeviceScope scope(context_->device);
+    CUDA_RETURN_IF_ERROR(cuda::QuantizeFp8Rows(Bf16(w), rows, k, q.as<uint8_t>(), scale.as<float>(), stream()));
+    q.scale = std::make_shared<Tensor>(std::move(scale));
+    return q;
   }
 
   absl::Status Download(const Tensor& src, absl::Span<float> dst) override {
@@ -331,10 +368,11 @@ class CudaOps final : public Ops {
     RETURN_IF_ERROR(CheckShape("Linear", "w", w, {-1, -1}));
     const int64_t n = w.dim(0), k = w.dim(1), rows = x.rank() > 0 ? x.dim(0) : 0;
     RETURN_IF_ERROR(CheckOperand("Linear", "x", x, DType::kBF16));
-    RETURN_IF_ERROR(CheckOperand("Linear", "w", w, DType::kBF16));
     RETURN_IF_ERROR(CheckShape("Linear", "x", x, {rows, k}));
     RETURN_IF_ERROR(CheckShape("Linear", "out", *out, {rows, n}));
     RETURN_IF_ERROR(CheckCuda("Linear", "out", *out));
+    if (w.dtype == DType::kF8E4M3) return LinearFp8(x, w, out);
+    RETURN_IF_ERROR(CheckOperand("Linear", "w", w, DType::kBF16));
     ASSIGN_OR_RETURN(cudaDataType_t c_type, OutputType("Linear", *out));
     GemmShape s;
     s.m = n, s.n = rows, s.k = k;
@@ -343,6 +381,21 @@ class CudaOps final : public Ops {
     s.align_a = Alignment(w.data, 0), s.align_b = Alignment(x.data, 0), s.align_c = Alignment(out->data, 0);
     DeviceScope scope(context_->device);
     return gemm_->Run(s, w.data, x.data, out->data);
+  }
+
+  // x quantized per row and group into pool memory, then the FP8 GEMM.
+  absl::Status LinearFp8(const Tensor& x, const Tensor& w, Tensor* out) {
+    RETURN_IF_ERROR(CheckCuda("Linear", "w", w));
+    RETURN_IF_ERROR(CheckFp8Weight("Linear", "w", w));
+    RETURN_IF_ERROR(CheckDType("Linear", "out", *out, DType::kBF16));
+    const int64_t n = w.dim(0), k = w.dim(1), rows = x.dim(0);
+    if (rows == 0 || n == 0) return absl::OkStatus();
+    ASSIGN_OR_RETURN(Tensor x_q, QuantizeFp8(x));
+    ASSIGN_OR_RETURN(Tensor workspace, Empty(DType::kF32, {cuda::DenseFp8WorkspaceFloats(rows, n, k)}));
+    DeviceScope scope(context_->device);
+    CUDA_RETURN_IF_ERROR(
+        cuda::DenseGemmFp8(Fp8(w), n, k, Fp8(x_q), rows, workspace.as<float>(), Bf16(*out), stream()));
+    return absl::OkStatus();
   }
 
   absl::Status HeadLinear(const Tensor& x, const Tensor& w, Tensor* out) override {
@@ -622,16 +675,25 @@ class CudaOps final : public Ops {
     RETURN_IF_ERROR(CheckOperand("MoeExperts", "x", x, DType::kBF16));
     RETURN_IF_ERROR(CheckOperand("MoeExperts", "topk_ids", topk_ids, DType::kI32));
     RETURN_IF_ERROR(CheckOperand("MoeExperts", "topk_weights", topk_weights, DType::kF32));
-    RETURN_IF_ERROR(CheckOperand("MoeExperts", "gate_up", gate_up, DType::kBF16));
-    RETURN_IF_ERROR(CheckOperand("MoeExperts", "down", down, DType::kBF16));
+    RETURN_IF_ERROR(CheckCuda("MoeExperts", "gate_up", gate_up));
+    RETURN_IF_ERROR(CheckCuda("MoeExperts", "down", down));
+    const bool fp8 = gate_up.dtype == DType::kF8E4M3;
+    if (fp8) {
+      RETURN_IF_ERROR(CheckFp8Weight("MoeExperts", "gate_up", gate_up));
+      RETURN_IF_ERROR(CheckFp8Weight("MoeExperts", "down", down));
+    } else {
+      RETURN_IF_ERROR(CheckDType("MoeExperts", "gate_up", gate_up, DType::kBF16));
+      RETURN_IF_ERROR(CheckDType("MoeExperts", "down", down, DType::kBF16));
+    }
     RETURN_IF_ERROR(CheckOperand("MoeExperts", "out", *out, DType::kBF16));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "gate_up", gate_up, {local_experts, 2 * inner, d}));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "down", down, {local_experts, d, inner}));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "topk_weights", topk_weights, {rows, top_k}));
     RETURN_IF_ERROR(CheckShape("MoeExperts", "out", *out, {rows, d}));
-    if (d % 8 != 0 || inner % 8 != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("MoeExperts: hidden size ", d, " and expert size ", inner, " must be multiples of 8"));
+    const int64_t multiple = fp8 ? 16 : 8;
+    if (d % multiple != 0 || inner % multiple != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("MoeExperts: hidden size ", d, " and expert size ", inner,
+                                                     " must be multiples of ", multiple));
     }
     if (rows == 0 || d == 0) return absl::OkStatus();
     DeviceScope scope(context_->device);
@@ -648,11 +710,22 @@ class CudaOps final : public Ops {
     ASSIGN_OR_RETURN(Tensor hidden, Empty(DType::kBF16, {max_pairs, 2 * inner}));
     ASSIGN_OR_RETURN(Tensor act, Empty(DType::kBF16, {max_pairs, inner}));
     ASSIGN_OR_RETURN(Tensor y, Empty(DType::kBF16, {max_pairs, d}));
-    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(gate_up), 2 * inner, d, Bf16(x), pair_token, tile_pairs, tiles,
-                                                 num_tiles, max_tiles, Bf16(hidden), stream()));
-    CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(hidden), max_pairs, inner, Bf16(act), stream()));
-    CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(down), d, inner, Bf16(act), nullptr, tile_pairs, tiles,
-                                                 num_tiles, max_tiles, Bf16(y), stream()));
+    if (fp8) {
+      // Tokens quantized once (the gather reads their rows), the gated activations per pair.
+      ASSIGN_OR_RETURN(Tensor x_q, QuantizeFp8(x));
+      CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemmFp8(Fp8(gate_up), 2 * inner, d, Fp8(x_q), pair_token, tile_pairs,
+                                                      tiles, num_tiles, max_tiles, Bf16(hidden), stream()));
+      CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(hidden), max_pairs, inner, Bf16(act), stream()));
+      ASSIGN_OR_RETURN(Tensor act_q, QuantizeFp8(act));
+      CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemmFp8(Fp8(down), d, inner, Fp8(act_q), nullptr, tile_pairs, tiles,
+                                                      num_tiles, max_tiles, Bf16(y), stream()));
+    } else {
+      CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(gate_up), 2 * inner, d, Bf16(x), pair_token, tile_pairs,
+                                                   tiles, num_tiles, max_tiles, Bf16(hidden), stream()));
+      CUDA_RETURN_IF_ERROR(cuda::SiluMul(Bf16(hidden), max_pairs, inner, Bf16(act), stream()));
+      CUDA_RETURN_IF_ERROR(cuda::GroupedExpertGemm(Bf16(down), d, inner, Bf16(act), nullptr, tile_pairs, tiles,
+                                                   num_tiles, max_tiles, Bf16(y), stream()));
+    }
     CUDA_RETURN_IF_ERROR(
         cuda::MoeCombine(Bf16(y), topk_weights.as<float>(), pair_of, rows, top_k, d, Bf16(*out), stream()));
     return absl::OkStatus();
@@ -761,6 +834,7 @@ class CudaOps final : public Ops {
   const CudaOpsOptions options_;
   std::shared_ptr<StreamContext> context_;
   std::unique_ptr<BatchInvariantGemm> gemm_;
+  std::unique_ptr<PinnedUpload> upload_;  // made at the first UploadBytes (weight loading)
   std::unique_ptr<MlaAttention> attention_;
   std::unique_ptr<DeviceArrays> arrays_;
   std::unique_ptr<StepGraphs> graphs_;

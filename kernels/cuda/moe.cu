@@ -193,147 +193,6 @@ __global__ void __launch_bounds__(kGroupThreads)
   }
 }
 
-// ------------------------------------------------------------------ grouped GEMM
-//
-// A CTA computes one tile's pairs against 128 rows of its expert's weight, k
-// in steps of 64 through a kStages-deep cp.async pipeline. Its warps form a
-// kWarpsM x kWarpsN grid over (weight rows, pairs); each warp owns 16 * kMT
-// weight rows (the MMA's A) by 8 * kNT pairs (n8 tiles of its B). Shared
-// rows are 64 bf16 = 8 chunks of 16 bytes, XOR-swizzled by row so that
-// ldmatrix over 8 rows hits 8 bank groups. Every output element sums k in the
-// same order with the same MMA shape in both tile shapes, so the shape chosen
-// for a batch never changes a token's result.
-
-constexpr int kGemmRows = 128;  // weight rows per CTA
-constexpr int kGemmK = 64;
-constexpr int kGemmRowBytes = kGemmK * 2;
-
-template <int kPairsArg, int kWarpsMArg, int kWarpsNArg, int kStagesArg>
-struct GemmShape {
-  static constexpr int kPairs = kPairsArg, kWarpsM = kWarpsMArg, kWarpsN = kWarpsNArg, kStages = kStagesArg;
-  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
-  static constexpr int kMT = kGemmRows / kWarpsM / 16;
-  static constexpr int kNT = kPairs / kWarpsN / 8;
-  static constexpr int kXChunks = kPairs * 8 / kThreads;  // x chunks each thread loads per stage
-  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
-  static constexpr int kStageBytes = kWeightBytes + kPairs * kGemmRowBytes;
-  static constexpr int kSmemBytes = kStages * kStageBytes;
-  static_assert(kNT % 2 == 0, "B fragments load two n8 tiles at a time");
-  static_assert(kXChunks >= 1 && kPairs * 8 % kThreads == 0, "");
-};
-// Decode: few pairs per expert, the weights streamed by many CTAs.
-using SmallTiles = GemmShape<32, 4, 1, 2>;
-// Prefill: 64 x 64 warp tiles reuse each fragment over more MMAs, three stages hide the loads.
-using LargeTiles = GemmShape<128, 2, 2, 3>;
-
-__device__ __forceinline__ uint32_t SwizzledChunk(int row, int chunk) {
-  return row * kGemmRowBytes + ((chunk ^ (row & 7)) << 4);
-}
-
-template <typename S>
-__global__ void __launch_bounds__(S::kThreads)
-    GroupedGemmKernel(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x, const int32_t* x_rows,
-                      const ExpertTile* tiles, const int32_t* num_tiles, __nv_bfloat16* y) {
-  if (static_cast<int>(blockIdx.y) >= *num_tiles) return;
-  extern __shared__ __align__(128) char gemm_smem[];
-  const ExpertTile tile = tiles[blockIdx.y];
-  const int pairs = tile.pair_end - tile.pair_begin;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
-  const __nv_bfloat16* w_expert = w + static_cast<int64_t>(tile.expert) * n * k;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lo = lane & 7;
-  const int warp_row = (warp % S::kWarpsM) * 16 * S::kMT, warp_pair = (warp / S::kWarpsM) * 8 * S::kNT;
-
-  // The pair rows of x this thread loads (chunks tid + i * threads), found once.
-  const __nv_bfloat16* x_src[S::kXChunks];
-  bool x_valid[S::kXChunks];
-#pragma unroll
-  for (int i = 0; i < S::kXChunks; ++i) {
-    const int r = (threadIdx.x + i * S::kThreads) / 8;
-    x_valid[i] = r < pairs;
-    const int64_t p = tile.pair_begin + (x_valid[i] ? r : 0);
-    x_src[i] = x + (x_rows != nullptr ? static_cast<int64_t>(x_rows[p]) : p) * k;
-  }
-  auto load = [&](int64_t kt, int stage) {
-    const uint32_t base = SmemAddr(gemm_smem + stage * S::kStageBytes);
-    const int64_t k0 = kt * kGemmK;
-    for (int c = threadIdx.x; c < kGemmRows * 8; c += S::kThreads) {
-      const int r = c / 8, chunk = c % 8;
-      const int64_t kk = k0 + chunk * 8;
-      const bool valid = row0 + r < n && kk < k;
-      CpAsync16(base + SwizzledChunk(r, chunk), valid ? w_expert + (row0 + r) * k + kk : w_expert, valid);
-    }
-#pragma unroll
-    for (int i = 0; i < S::kXChunks; ++i) {
-      const int c = threadIdx.x + i * S::kThreads, r = c / 8, chunk = c % 8;
-      const int64_t kk = k0 + chunk * 8;
-      const bool valid = x_valid[i] && kk < k;
-      CpAsync16(base + S::kWeightBytes + SwizzledChunk(r, chunk), valid ? x_src[i] + kk : x, valid);
-    }
-  };
-
-  float acc[S::kMT][S::kNT][4] = {};
-  const int64_t k_tiles = (k + kGemmK - 1) / kGemmK;
-#pragma unroll
-  for (int stage = 0; stage < S::kStages - 1; ++stage) {
-    if (stage < k_tiles) load(stage, stage);
-    CpAsyncCommit();
-  }
-  for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    CpAsyncWait<S::kStages - 2>();
-    __syncthreads();  // tile kt visible; every warp is done with the stage the next load overwrites
-    if (kt + S::kStages - 1 < k_tiles) load(kt + S::kStages - 1, (kt + S::kStages - 1) % S::kStages);
-    CpAsyncCommit();
-    const uint32_t w_base = SmemAddr(gemm_smem + (kt % S::kStages) * S::kStageBytes);
-    const uint32_t x_base = w_base + S::kWeightBytes;
-#pragma unroll
-    for (int ks = 0; ks < kGemmK / 16; ++ks) {
-      uint32_t a[S::kMT][4];
-#pragma unroll
-      for (int mt = 0; mt < S::kMT; ++mt) {
-        const int r = warp_row + mt * 16 + lo + 8 * ((lane >> 3) & 1);
-        LdMatrixX4(w_base + SwizzledChunk(r, 2 * ks + (lane >> 4)), a[mt]);
-      }
-#pragma unroll
-      for (int np = 0; np < S::kNT / 2; ++np) {
-        uint32_t b[4];
-        const int r = warp_pair + np * 16 + lo + 8 * (lane >> 4);
-        LdMatrixX4(x_base + SwizzledChunk(r, 2 * ks + ((lane >> 3) & 1)), b);
-#pragma unroll
-        for (int mt = 0; mt < S::kMT; ++mt) {
-          Mma(acc[mt][2 * np], a[mt], b[0], b[1]);
-          Mma(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
-        }
-      }
-    }
-  }
-
-  // acc[mt][nt][i]: weight row warp_row + 16mt + lane/4 (+8 for i >= 2), pair warp_pair + 8nt + 2(lane%4) + (i & 1).
-#pragma unroll
-  for (int mt = 0; mt < S::kMT; ++mt) {
-#pragma unroll
-    for (int nt = 0; nt < S::kNT; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t r = row0 + warp_row + mt * 16 + lane / 4 + (i >= 2 ? 8 : 0);
-        const int pair = warp_pair + nt * 8 + 2 * (lane % 4) + (i & 1);
-        if (r < n && pair < pairs) y[(tile.pair_begin + pair) * n + r] = __float2bfloat16(acc[mt][nt][i]);
-      }
-    }
-  }
-}
-
-template <typename S>
-cudaError_t LaunchGroupedGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
-                              const int32_t* x_rows, const ExpertTile* tiles, const int32_t* num_tiles,
-                              int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
-  static const cudaError_t attribute =
-      cudaFuncSetAttribute(GroupedGemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
-  if (attribute != cudaSuccess) return attribute;
-  const dim3 grid(static_cast<unsigned>((n + kGemmRows - 1) / kGemmRows), static_cast<unsigned>(max_tiles));
-  GroupedGemmKernel<S><<<grid, S::kThreads, S::kSmemBytes, stream>>>(w, n, k, x, x_rows, tiles, num_tiles, y);
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t MoeRoute(const float* logits, const float* bias, const RouterParams& params, int32_t* ids,
@@ -348,14 +207,6 @@ cudaError_t MoeRoute(const float* logits, const float* bias, const RouterParams&
   return cudaGetLastError();
 }
 
-int64_t ExpertTilePairs(int64_t max_pairs, int64_t local_experts) {
-  return max_pairs >= kLargeTileMinPairsPerExpert * local_experts ? LargeTiles::kPairs : SmallTiles::kPairs;
-}
-
-int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts, int64_t tile_pairs) {
-  return (max_pairs + tile_pairs - 1) / tile_pairs + std::min(max_pairs, local_experts);
-}
-
 cudaError_t MoeGroupPairs(const int32_t* ids, int64_t rows, int64_t top_k, int64_t first_expert,
                           int64_t local_experts, int64_t tile_pairs, int32_t* pair_token, int32_t* pair_of,
                           ExpertTile* tiles, int32_t* num_tiles, cudaStream_t stream) {
@@ -366,17 +217,6 @@ cudaError_t MoeGroupPairs(const int32_t* ids, int64_t rows, int64_t top_k, int64
                                                        static_cast<int>(tile_pairs), pair_token, pair_of, tiles,
                                                        num_tiles);
   return cudaGetLastError();
-}
-
-cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
-                              const int32_t* x_rows, int64_t tile_pairs, const ExpertTile* tiles,
-                              const int32_t* num_tiles, int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
-  if (max_tiles == 0 || n == 0) return cudaSuccess;
-  if (k % 8 != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
-  if (tile_pairs != SmallTiles::kPairs && tile_pairs != LargeTiles::kPairs) return cudaErrorInvalidValue;
-  return tile_pairs == SmallTiles::kPairs
-             ? LaunchGroupedGemm<SmallTiles>(w, n, k, x, x_rows, tiles, num_tiles, max_tiles, y, stream)
-             : LaunchGroupedGemm<LargeTiles>(w, n, k, x, x_rows, tiles, num_tiles, max_tiles, y, stream);
 }
 
 cudaError_t MoeCombine(const __nv_bfloat16* y, const float* weights, const int32_t* pair_of, int64_t rows,

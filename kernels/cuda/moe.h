@@ -1,7 +1,7 @@
 // Mixture-of-experts kernels of the CUDA backend on raw device pointers: the
 // router (scores, group-limited selection, top-k, normalization), the
-// grouping of (token, expert) pairs by expert, the grouped expert GEMMs and
-// the weighted combine of expert outputs. Everything stays on the device:
+// grouping of (token, expert) pairs by expert into the tiles of the grouped
+// GEMMs (grouped_gemm.h), and the weighted combine of expert outputs. Everything stays on the device:
 // no routing decision comes back to the host, so an MoE layer costs no
 // stream synchronization and its launches do not depend on the routing.
 //
@@ -15,6 +15,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "kernels/cuda/grouped_gemm.h"
 
 namespace mlaserve::cuda {
 
@@ -43,23 +45,6 @@ constexpr int64_t kMaxRouterExperts = 4096;
 cudaError_t MoeRoute(const float* logits, const float* bias, const RouterParams& params, int32_t* ids,
                      float* weights, cudaStream_t stream);
 
-// A run of at most `tile_pairs` consecutive pairs [pair_begin, pair_end)
-// routed to one local expert: the unit of work of the grouped GEMM.
-struct ExpertTile {
-  int32_t expert = 0;
-  int32_t pair_begin = 0;
-  int32_t pair_end = 0;
-  int32_t unused = 0;
-};
-
-// Pairs per tile for up to `max_pairs` pairs over `local_experts`: 32 when
-// experts see few tokens (decode: the GEMMs stream weights), 128 when they
-// see many (prefill: each weight tile serves more pairs).
-constexpr int64_t kLargeTileMinPairsPerExpert = 64;
-int64_t ExpertTilePairs(int64_t max_pairs, int64_t local_experts);
-// The most tiles `max_pairs` pairs over `local_experts` experts can need.
-int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts, int64_t tile_pairs);
-
 // Groups the pairs (t, k) of ids[rows, top_k] whose expert e = id -
 // first_expert is local (0 <= e < local_experts) by expert, in (t, k) order
 // within an expert: pair p's token is pair_token[p], pair_of[t * top_k + k]
@@ -70,16 +55,6 @@ int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts, int64_t tile_pa
 cudaError_t MoeGroupPairs(const int32_t* ids, int64_t rows, int64_t top_k, int64_t first_expert,
                           int64_t local_experts, int64_t tile_pairs, int32_t* pair_token, int32_t* pair_of,
                           ExpertTile* tiles, int32_t* num_tiles, cudaStream_t stream);
-
-// For every pair p of tiles[0, *num_tiles): y[p, :] = x[row(p), :] w[e]^T,
-// e the tile's expert, w [experts, n, k], x rows of k values, row(p) =
-// x_rows[p] (a gather) or p when x_rows is null; y [pairs, n]. bf16 in and
-// out, float32 accumulation; tile_pairs is 32 or 128 (as grouped). k must be
-// a multiple of 8 and the arrays 16-byte aligned. Launches max_tiles tile
-// rows; those past *num_tiles exit.
-cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
-                              const int32_t* x_rows, int64_t tile_pairs, const ExpertTile* tiles,
-                              const int32_t* num_tiles, int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream);
 
 // out[t, :] = sum over k of weights[t, k] * y[pair_of[t, k], :], skipping
 // pairs of -1, in float32 in k order (zero for a token without local pairs);

@@ -1,6 +1,6 @@
 // Inline-PTX wrappers the tensor-core kernels share (MLA attention, grouped
 // expert GEMMs): asynchronous global-to-shared copies, ldmatrix, the
-// m16n8k16 bf16 MMA with float32 accumulators, bf16 pair packing. Included
+// m16n8k16 bf16 and m16n8k32 e4m3 MMAs with float32 accumulators, bf16 pair packing. Included
 // by .cu files only.
 #ifndef MLASERVE_KERNELS_CUDA_PTX_H_
 #define MLASERVE_KERNELS_CUDA_PTX_H_
@@ -47,6 +47,17 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t addr, uint32_t (&r)[4])
 __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// c += a * b: m16n8k32, e4m3 inputs, float32 accumulators. Its fragments
+// hold the same bytes of a row as m16n8k16's (32 one-byte values where that
+// has 16 two-byte ones), so the same ldmatrix addressing loads both.
+__device__ __forceinline__ void MmaFp8(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
