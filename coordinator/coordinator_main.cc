@@ -111,13 +111,14 @@ absl::StatusOr<int64_t> StartGroups(const std::vector<WorkerInfo>& workers, cons
                                     ServingMetrics& metrics) {
   std::vector<int64_t> memory;
   for (const WorkerInfo& w : workers) memory.push_back(w.memory_bytes);
-  const int64_t kv_bytes = options.num_blocks * options.block_size * config.latent_dim() * config.num_hidden_layers *
-                           static_cast<int64_t>(sizeof(float));
-  ASSIGN_OR_RETURN(ClusterPlan cluster, PlanCluster(config, memory,
-                                                    {.tp = absl::GetFlag(FLAGS_tp),
-                                                     .dp_attention = absl::GetFlag(FLAGS_dp_attention),
-                                                     .ep = absl::GetFlag(FLAGS_ep),
-                                                     .kv_cache_bytes = kv_bytes}));
+  ASSIGN_OR_RETURN(ClusterPlan cluster,
+                   PlanCluster(config, memory,
+                               {.tp = absl::GetFlag(FLAGS_tp),
+                                .dp_attention = absl::GetFlag(FLAGS_dp_attention),
+                                .ep = absl::GetFlag(FLAGS_ep),
+                                .kv_bytes_per_token = config.latent_dim() * config.num_hidden_layers *
+                                                      static_cast<int64_t>(sizeof(float)),
+                                .kv_pool_tokens = options.num_blocks * options.block_size}));
   std::cerr << "coordinator: shard plan: " << cluster.ToString() << "\n";
   ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
   options.tp = cluster.plan.tp;

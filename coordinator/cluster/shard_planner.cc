@@ -1,29 +1,35 @@
 #include "coordinator/cluster/shard_planner.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 
 namespace mlaserve {
 namespace {
 
-// Weights and KV of the group's largest shard.
-int64_t BytesPerRank(const ModelConfig& config, const ParallelPlan& plan, const PlanRequest& request) {
-  int64_t most = 0;
-  for (int g = 0; g < plan.group_size(); ++g) {
-    const ShardLayout layout = *MakeShardLayout(config, plan, g);
-    most = std::max(most, ShardParameterCount(config, layout));
-  }
-  return most * request.bytes_per_parameter + request.kv_cache_bytes;
+// The tokens of latent KV each attention replica of `plan` must hold.
+int64_t NeededReplicaTokens(const ParallelPlan& plan, const PlanRequest& request) {
+  if (request.kv_pool_tokens > 0) return request.kv_pool_tokens;
+  const int64_t sequences = (request.kv_sequences + plan.dp_attention - 1) / plan.dp_attention;
+  return sequences * request.kv_context;
 }
 
-// The plan for a group of `size` ranks honouring the user's fixed degrees.
-absl::StatusOr<ParallelPlan> PlanForGroupSize(const ModelConfig& config, int size, const PlanRequest& request) {
+int64_t UsableBytes(int64_t memory_bytes, const PlanRequest& request) {
+  return static_cast<int64_t>(std::floor(static_cast<double>(memory_bytes) * request.memory_utilization));
+}
+
+// The plan of `dp_attention` replicas over a group of `size` ranks, experts
+// as the user fixed them or over as many ranks as they divide.
+absl::StatusOr<ParallelPlan> PlanForGroup(const ModelConfig& config, int size, int dp_attention,
+                                          const PlanRequest& request) {
   ParallelPlan plan;
-  plan.dp_attention = request.dp_attention > 0 ? request.dp_attention : 1;
-  plan.tp = request.tp > 0 ? request.tp : size / plan.dp_attention;
-  if (plan.group_size() != size) {
-    return absl::InvalidArgumentError(absl::StrCat("tp=", plan.tp, " x dp_attention=", plan.dp_attention,
+  plan.dp_attention = dp_attention;
+  plan.tp = size / dp_attention;
+  if (request.tp > 0 && request.tp != plan.tp) {
+    return absl::InvalidArgumentError(absl::StrCat("tp=", request.tp, " x dp_attention=", dp_attention,
                                                    " does not make a group of ", size));
   }
   if (request.ep > 0) {
@@ -44,12 +50,54 @@ absl::StatusOr<ParallelPlan> PlanForGroupSize(const ModelConfig& config, int siz
   return plan;
 }
 
-std::string GiB(int64_t bytes) { return absl::StrCat(static_cast<double>(bytes) / (1ull << 30)); }
+std::string KvDemand(const ParallelPlan& plan, const PlanRequest& request) {
+  if (request.kv_pool_tokens > 0) return absl::StrCat("a pool of ", request.kv_pool_tokens, " tokens");
+  return absl::StrCat((request.kv_sequences + plan.dp_attention - 1) / plan.dp_attention, " sequence(s) of ",
+                      request.kv_context, " tokens in each of ", plan.dp_attention, " replica(s)");
+}
 
 }  // namespace
 
+std::string GiB(int64_t bytes) { return absl::StrFormat("%.1f", static_cast<double>(bytes) / (1ull << 30)); }
+
 std::string ClusterPlan::ToString() const {
-  return absl::StrCat(num_groups, " group(s) of ", plan.ToString(), ", ", GiB(bytes_per_rank), " GiB per rank");
+  return absl::StrCat(num_groups, " group(s) of ", plan.ToString(), "; per rank ", GiB(rank.weight_bytes),
+                      " GiB weights, ", GiB(rank.reserve_bytes), " GiB reserve, ", GiB(rank.kv_bytes), " GiB KV (",
+                      rank.kv_tokens, " tokens per replica)");
+}
+
+absl::StatusOr<RankBudget> BudgetRank(const ModelConfig& config, const ParallelPlan& plan, int64_t memory_bytes,
+                                      const PlanRequest& request) {
+  RankBudget budget;
+  for (int g = 0; g < plan.group_size(); ++g) {
+    ASSIGN_OR_RETURN(const ShardLayout layout, MakeShardLayout(config, plan, g));
+    budget.weight_bytes = std::max(budget.weight_bytes, ShardWeightBytes(config, layout, request.weights));
+  }
+  budget.reserve_bytes = request.reserve_bytes;
+  budget.needed_kv_bytes = NeededReplicaTokens(plan, request) * request.kv_bytes_per_token;
+  if (request.kv_pool_tokens > 0) {
+    budget.kv_bytes = budget.needed_kv_bytes;
+  } else if (memory_bytes > 0) {
+    budget.kv_bytes =
+        std::max<int64_t>(0, UsableBytes(memory_bytes, request) - budget.weight_bytes - budget.reserve_bytes);
+  }
+  budget.kv_tokens = request.kv_bytes_per_token > 0 ? budget.kv_bytes / request.kv_bytes_per_token : 0;
+  return budget;
+}
+
+std::vector<absl::StatusOr<ParallelPlan>> CandidatePlans(const ModelConfig& config, int workers,
+                                                         const PlanRequest& request) {
+  const bool fixed = request.tp > 0 || request.dp_attention > 0;
+  const int fixed_size = std::max(1, request.tp) * std::max(1, request.dp_attention);
+  std::vector<absl::StatusOr<ParallelPlan>> plans;
+  for (int size = 1; size <= workers; ++size) {
+    if (workers % size != 0 || (fixed && size != fixed_size)) continue;
+    for (int dp = 1; dp <= size; ++dp) {
+      if (size % dp != 0 || (fixed && dp != std::max(1, request.dp_attention))) continue;
+      plans.push_back(PlanForGroup(config, size, dp, request));
+    }
+  }
+  return plans;
 }
 
 absl::StatusOr<ClusterPlan> PlanCluster(const ModelConfig& config, const std::vector<int64_t>& worker_memory_bytes,
@@ -60,26 +108,25 @@ absl::StatusOr<ClusterPlan> PlanCluster(const ModelConfig& config, const std::ve
   for (int64_t m : worker_memory_bytes) {
     if (m > 0) memory = memory == 0 ? m : std::min(memory, m);
   }
-  const bool fixed = request.tp > 0 || request.dp_attention > 0;
   std::string why_not;
-  for (int size = 1; size <= workers; ++size) {
-    if (workers % size != 0) continue;
-    if (fixed && size != std::max(1, request.tp) * std::max(1, request.dp_attention)) continue;
-    absl::StatusOr<ParallelPlan> plan = PlanForGroupSize(config, size, request);
+  for (const absl::StatusOr<ParallelPlan>& plan : CandidatePlans(config, workers, request)) {
     if (!plan.ok()) {
       why_not = std::string(plan.status().message());
-      if (fixed) break;
       continue;
     }
-    const int64_t bytes = BytesPerRank(config, *plan, request);
-    if (memory > 0 && bytes > memory) {
-      why_not = absl::StrCat("plan ", plan->ToString(), " needs ", GiB(bytes), " GiB per rank, workers have ",
-                             GiB(memory), " GiB");
+    ASSIGN_OR_RETURN(const RankBudget budget, BudgetRank(config, *plan, memory, request));
+    if (memory > 0 && budget.needed_bytes() > UsableBytes(memory, request)) {
+      why_not = absl::StrCat("plan ", plan->ToString(), " needs ", GiB(budget.needed_bytes()), " GiB per rank (",
+                             GiB(budget.weight_bytes), " weights, ", GiB(budget.reserve_bytes), " reserve, ",
+                             GiB(budget.needed_kv_bytes), " KV for ", KvDemand(*plan, request), "), workers offer ",
+                             GiB(UsableBytes(memory, request)), " GiB (", request.memory_utilization, " of ",
+                             GiB(memory), ")");
       continue;
     }
-    return ClusterPlan{*plan, workers / size, bytes};
+    return ClusterPlan{*plan, workers / plan->group_size(), budget};
   }
-  if (fixed && workers % (std::max(1, request.tp) * std::max(1, request.dp_attention)) != 0) {
+  const int fixed_size = std::max(1, request.tp) * std::max(1, request.dp_attention);
+  if ((request.tp > 0 || request.dp_attention > 0) && workers % fixed_size != 0) {
     return absl::InvalidArgumentError(absl::StrCat(workers, " workers cannot form groups of tp=", std::max(1, request.tp),
                                                    " x dp_attention=", std::max(1, request.dp_attention)));
   }

@@ -26,7 +26,7 @@ ModelConfig Config() {
 }
 
 int64_t WholeModelBytes(const ModelConfig& c) {
-  return ShardParameterCount(c, *MakeShardLayout(c, ParallelPlan{}, 0)) * 4;
+  return ShardWeightBytes(c, *MakeShardLayout(c, ParallelPlan{}, 0), WeightFormat{});
 }
 
 TEST(ShardPlannerTest, UnknownMemoryGivesOneReplicaPerWorker) {
@@ -45,7 +45,61 @@ TEST(ShardPlannerTest, SmallestGroupThatFitsSplitsHeadsAndExperts) {
   EXPECT_EQ(p->plan.tp, 4);
   EXPECT_EQ(p->plan.ep, 4);
   EXPECT_EQ(p->num_groups, 2);
-  EXPECT_LE(p->bytes_per_rank, whole * 4 / 10);
+  EXPECT_LE(p->rank.needed_bytes(), whole * 4 / 10);
+}
+
+TEST(ShardPlannerTest, KvDemandTurnsHeadParallelismIntoAttentionReplicas) {
+  const ModelConfig c = Config();
+  // 8 bf16 workers, half of whose memory holds the whole model's weights:
+  // 16 sequences of 64 tokens at 1 KiB per token (1 MiB per rank of a
+  // single replica) do not fit beside them, but beside half of them.
+  PlanRequest request{.weights = {.dense_bytes = 2},
+                      .memory_utilization = 0.5,
+                      .reserve_bytes = 1000,
+                      .kv_bytes_per_token = 1024,
+                      .kv_sequences = 16,
+                      .kv_context = 64};
+  const int64_t whole = ShardWeightBytes(c, *MakeShardLayout(c, ParallelPlan{}, 0), request.weights);
+  absl::StatusOr<ClusterPlan> p = PlanCluster(c, std::vector<int64_t>(8, 2 * whole), request);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->plan.group_size(), 2);  // one replica of 2 ranks: each holds half the weights and all of the KV
+  EXPECT_EQ(p->plan.dp_attention, 1);
+  EXPECT_EQ(p->rank.needed_kv_bytes, 16 * 64 * 1024);
+  EXPECT_EQ(p->rank.kv_bytes, whole - p->rank.weight_bytes - 1000);
+  EXPECT_EQ(p->rank.kv_tokens, p->rank.kv_bytes / 1024);
+
+  // At 16 KiB per token the sequences need 16 MiB per rank in one replica,
+  // 4 MiB in each of four. Memory for a group of 4 ranks as four replicas
+  // (attention replicated four ways, experts split four ways) and no less:
+  request.kv_bytes_per_token = 16 * 1024;
+  const ParallelPlan dp4{.tp = 1, .dp_attention = 4, .ep = 4};
+  const RankBudget replicated = *BudgetRank(c, dp4, 0, request);
+  EXPECT_EQ(replicated.needed_kv_bytes, 4 * 64 * 16 * 1024);
+  const int64_t memory = 2 * (replicated.needed_bytes() + 1024);
+  p = PlanCluster(c, std::vector<int64_t>(8, memory), request);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->plan.dp_attention, 4);
+  EXPECT_EQ(p->plan.tp, 1);
+  EXPECT_EQ(p->num_groups, 2);
+  EXPECT_EQ(p->rank.weight_bytes, replicated.weight_bytes);
+  EXPECT_EQ(p->rank.kv_bytes, memory / 2 - replicated.weight_bytes - 1000);
+
+  request.kv_sequences = 128;  // 16 per replica even in a group of 8: more than any plan holds
+  const absl::Status none = PlanCluster(c, std::vector<int64_t>(8, memory), request).status();
+  EXPECT_NE(none.message().find("16 sequence(s) of 64 tokens in each of 8 replica(s)"), std::string::npos) << none;
+}
+
+TEST(ShardPlannerTest, FixedKvPoolCountsOnEveryRank) {
+  const ModelConfig c = Config();
+  const PlanRequest request{.kv_bytes_per_token = 4096, .kv_pool_tokens = 256 * 64};
+  const int64_t whole = WholeModelBytes(c);
+  // One worker cannot hold the weights and the pool; two can, each with
+  // half the weights and a whole pool.
+  absl::StatusOr<ClusterPlan> p = PlanCluster(c, std::vector<int64_t>(2, whole * 6 / 10 + 256 * 64 * 4096), request);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->plan.group_size(), 2);
+  EXPECT_EQ(p->rank.kv_bytes, 256 * 64 * 4096);
+  EXPECT_EQ(p->rank.kv_tokens, 256 * 64);
 }
 
 TEST(ShardPlannerTest, UserChoicesAreHonouredOrRefusedWithTheReason) {

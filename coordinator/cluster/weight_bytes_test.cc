@@ -29,7 +29,7 @@ ModelConfig Config() {
   return c;
 }
 
-constexpr WeightFormat kFp8{.dense_bytes = 2, .fp8 = true};
+constexpr WeightFormat kFp8{.dense_bytes = 2, .keep_fp8 = true};
 
 // An FP8 [n, k] projection: a byte per value and a float per row and 128 columns.
 int64_t Fp8(int64_t n, int64_t k) { return n * k + n * ((k + 127) / 128) * 4; }
@@ -94,16 +94,37 @@ TEST(WeightBytesTest, ScalesCoverAPartialColumnGroup) {
   EXPECT_EQ(ShardWeightBytes(c, s, kFp8) - ShardWeightBytes(smaller, t, kFp8), 2 * 2 * per_expert);
 }
 
+TEST(WeightBytesTest, ColumnSlicesStartingInsideAScaleGroupStayUnquantized) {
+  const ModelConfig c = Config();
+  // tp=4: rank 1's o_proj columns start at head 2 (column 64) and its slice
+  // of the shared expert's down_proj at column 16; rank 0's at 0.
+  const ParallelPlan plan{.tp = 4, .dp_attention = 1, .ep = 4};
+  const ShardLayout first = *MakeShardLayout(c, plan, 0), second = *MakeShardLayout(c, plan, 1);
+  const int64_t o_proj = 256 * 64 * 2 - Fp8(256, 64), shared_down = 256 * 16 * 2 - Fp8(256, 16);
+  EXPECT_EQ(ShardWeightBytes(c, second, kFp8) - ShardWeightBytes(c, first, kFp8), 3 * o_proj + 2 * shared_down);
+  // Quantized at load, both are FP8 (rows of 64 and 16 values).
+  const WeightFormat quantized{.dense_bytes = 2, .keep_fp8 = true, .quantize_fp8 = true};
+  EXPECT_EQ(ShardWeightBytes(c, second, quantized), ShardWeightBytes(c, first, quantized));
+  // So is a bf16 checkpoint's every projection.
+  ModelConfig bf16 = c;
+  bf16.fp8_block_rows = bf16.fp8_block_cols = 0;
+  EXPECT_EQ(ShardWeightBytes(bf16, *MakeShardLayout(bf16, ParallelPlan{}, 0), {.dense_bytes = 2, .quantize_fp8 = true}),
+            3968640);
+}
+
 TEST(WeightBytesTest, WeightsDtypeChoice) {
   ModelConfig c = Config();
-  EXPECT_TRUE(ChooseWeightFormat(c, "auto", true)->fp8);
+  EXPECT_TRUE(ChooseWeightFormat(c, "auto", true)->keep_fp8);
+  EXPECT_FALSE(ChooseWeightFormat(c, "", true)->quantize_fp8);
   EXPECT_EQ(ChooseWeightFormat(c, "auto", true)->dense_bytes, 2);
   EXPECT_EQ(ChooseWeightFormat(c, "auto", false)->dense_bytes, 4);
-  EXPECT_FALSE(ChooseWeightFormat(c, "bf16", true)->fp8);
+  EXPECT_EQ(ChooseWeightFormat(c, "auto", true)->name(), "fp8");
+  EXPECT_FALSE(ChooseWeightFormat(c, "bf16", true)->keep_fp8);
   EXPECT_EQ(ChooseWeightFormat(c, "bf16", true)->name(), "bf16");
+  EXPECT_EQ(ChooseWeightFormat(c, "bf16", false)->name(), "f32");
   c.fp8_block_rows = c.fp8_block_cols = 0;  // a bf16 checkpoint
-  EXPECT_FALSE(ChooseWeightFormat(c, "auto", true)->fp8);
-  EXPECT_TRUE(ChooseWeightFormat(c, "fp8", true)->fp8);
+  EXPECT_EQ(ChooseWeightFormat(c, "auto", true)->name(), "bf16");
+  EXPECT_TRUE(ChooseWeightFormat(c, "fp8", true)->quantize_fp8);
   EXPECT_EQ(ChooseWeightFormat(c, "int4", true).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
