@@ -188,6 +188,10 @@ TEST_F(ServingTest, ClosingTheStreamCancelsTheRequestAndFreesItsBlocks) {
 TEST(SmallCacheServingTest, PreemptionAndEvictionKeepOutputsExact) {
   auto cluster = LocalCluster::Start(kModel, 1, {"--kv_blocks=8", "--block_size=16", "--max_batched_tokens=48"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
+  // /v1/models says what fits: --kv_blocks x --block_size.
+  const json kv = (*cluster)->Get("/v1/models").json()["data"][0]["kv_cache"];
+  EXPECT_EQ(kv["tokens"], 8 * 16) << kv;
+  EXPECT_EQ(kv["groups"][0]["tokens_per_replica"], 8 * 16) << kv;
   Oracle oracle;
   std::mt19937 rng(std::random_device{}());
   std::vector<int32_t> shared = RandomPrompt(rng, 32);

@@ -401,7 +401,7 @@ void HttpServer::HandleTokenize(const std::string& body_text, httplib::Response&
 }
 
 void HttpServer::HandleModels(httplib::Response& res) {
-  Reply(res, 200, BuildModelsResponse(engine_.model_name(), engine_.max_context()));
+  Reply(res, 200, BuildModelsResponse(engine_.model_name(), engine_.max_context(), engine_.KvCapacity()));
 }
 
 void HttpServer::HandleHealth(httplib::Response& res) {

@@ -88,6 +88,8 @@ class FakeEngine : public Engine {
   const ModelConfig& model_config() const override { return config_; }
   const std::string& model_name() const override { return name_; }
   int64_t max_context() const override { return kContext; }
+  // One group of two attention replicas of 4096 tokens.
+  std::vector<GroupKvCapacity> KvCapacity() const override { return {{0, 2, 4096}}; }
   EngineHealth Health() const override {
     absl::MutexLock lock(&mu_);
     return EngineHealth{serving_, serving_ ? 2 : 0, 2};
@@ -704,6 +706,8 @@ TEST_F(HttpServerTest, ModelsTokenizeHealthAndMetrics) {
   const json listing = json::parse(models->body);
   EXPECT_EQ(listing["data"][0]["id"], kModel);
   EXPECT_EQ(listing["data"][0]["max_model_len"], kContext);
+  EXPECT_EQ(listing["data"][0]["kv_cache"]["tokens"], 8192);
+  EXPECT_EQ(listing["data"][0]["kv_cache"]["groups"][0]["tokens_per_replica"], 4096);
 
   auto [status, tokens] = Post("/tokenize", R"({"prompt": "Hello"})");
   ASSERT_EQ(status, 200) << tokens;

@@ -533,13 +533,27 @@ json BuildTokenizeResponse(const std::vector<int32_t>& ids, int64_t max_model_le
   return {{"tokens", ids}, {"count", ids.size()}, {"max_model_len", max_model_len}};
 }
 
-json BuildModelsResponse(const std::string& model, int64_t max_model_len) {
+json BuildModelsResponse(const std::string& model, int64_t max_model_len,
+                         const std::vector<GroupKvCapacity>& kv_capacity) {
+  json groups = json::array();
+  int64_t tokens = 0;
+  for (const GroupKvCapacity& group : kv_capacity) {
+    groups.push_back({{"group", group.group_id},
+                      {"replicas", group.replicas},
+                      {"tokens_per_replica", group.tokens_per_replica},
+                      {"tokens", group.tokens()}});
+    tokens += group.tokens();
+  }
   json entry = {{"id", model},
                 {"object", "model"},
                 {"created", absl::ToUnixSeconds(absl::Now())},
                 {"owned_by", "mlaserve"},
                 {"root", model},
-                {"max_model_len", max_model_len}};
+                {"max_model_len", max_model_len},
+                {"kv_cache",
+                 {{"tokens", tokens},
+                  {"max_concurrency", static_cast<double>(tokens) / static_cast<double>(max_model_len)},
+                  {"groups", std::move(groups)}}}};
   return {{"object", "list"}, {"data", json::array({std::move(entry)})}};
 }
 

@@ -68,7 +68,11 @@ nlohmann::json BuildRoleChunk(const ResponseHeader& header, bool include_usage);
 // stream_options.include_usage's closing chunk: no choices, the usage.
 nlohmann::json BuildUsageChunk(const ResponseHeader& header, const GenerateUpdate& final_update);
 nlohmann::json BuildTokenizeResponse(const std::vector<int32_t>& ids, int64_t max_model_len);
-nlohmann::json BuildModelsResponse(const std::string& model, int64_t max_model_len);
+// The model's entry also says how many tokens fit in the KV cache, per group
+// and in all, and how many requests of max_model_len tokens that is (as
+// vLLM's startup log does: "GPU KV cache size", "Maximum concurrency").
+nlohmann::json BuildModelsResponse(const std::string& model, int64_t max_model_len,
+                                   const std::vector<GroupKvCapacity>& kv_capacity);
 
 // How a request that ended with `final_update` went: OK for "stop" and
 // "length", the engine's error, or Unavailable for an abort the client did

@@ -36,6 +36,7 @@ class ModelOnlyEngine : public Engine {
   const ModelConfig& model_config() const override { return config_; }
   const std::string& model_name() const override { return name_; }
   int64_t max_context() const override { return kContext; }
+  std::vector<GroupKvCapacity> KvCapacity() const override { return {}; }
   EngineHealth Health() const override { return {}; }
 
  private:
@@ -415,12 +416,19 @@ TEST_F(OpenAiProtocolTest, ResponsesAndChunksCarryTheLogprobsGiven) {
 
 TEST(ResponseTest, TokenizeAndModels) {
   EXPECT_EQ(BuildTokenizeResponse({0, 5}, 64), json::parse(R"({"tokens": [0, 5], "count": 2, "max_model_len": 64})"));
-  const json models = BuildModelsResponse(kModel, 64);
+  // Two groups: one of 4 attention replicas of 1000 tokens, one of a single
+  // replica of 3000.
+  const json models = BuildModelsResponse(kModel, 64, {{0, 4, 1000}, {8, 1, 3000}});
   EXPECT_EQ(models["object"], "list");
   ASSERT_EQ(models["data"].size(), 1u);
   EXPECT_EQ(models["data"][0]["id"], kModel);
   EXPECT_EQ(models["data"][0]["object"], "model");
   EXPECT_EQ(models["data"][0]["max_model_len"], 64);
+  const json& kv = models["data"][0]["kv_cache"];
+  EXPECT_EQ(kv["tokens"], 7000);
+  EXPECT_DOUBLE_EQ(kv["max_concurrency"].get<double>(), 7000.0 / 64);
+  EXPECT_EQ(kv["groups"], json::parse(R"([{"group": 0, "replicas": 4, "tokens_per_replica": 1000, "tokens": 4000},
+                                         {"group": 8, "replicas": 1, "tokens_per_replica": 3000, "tokens": 3000}])"));
 }
 
 TEST(ErrorTest, StatusCodesMapToHttpStatusesAndTypes) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
@@ -13,6 +14,14 @@
 #include "tokenizer/tokenizer.h"
 
 namespace mlaserve {
+
+// One engine group's KV cache: each attention replica holds its own.
+struct GroupKvCapacity {
+  int32_t group_id = 0;
+  int replicas = 1;
+  int64_t tokens_per_replica = 0;
+  int64_t tokens() const { return replicas * tokens_per_replica; }
+};
 
 struct EngineHealth {
   bool serving = false;  // at least one group can take requests
@@ -38,6 +47,8 @@ class Engine {
   virtual const ModelConfig& model_config() const = 0;
   virtual const std::string& model_name() const = 0;  // as /v1/models lists it
   virtual int64_t max_context() const = 0;
+  // The KV cache of every group, in the order groups were added.
+  virtual std::vector<GroupKvCapacity> KvCapacity() const = 0;
   virtual EngineHealth Health() const = 0;
 };
 

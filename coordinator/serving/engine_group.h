@@ -119,8 +119,9 @@ class EngineGroup {
   Placement Place(const std::vector<int32_t>& tokens);
   // Requests waiting or running.
   int64_t load() const;
-  int64_t num_blocks() const { return options_.num_blocks; }
+  int64_t num_blocks() const { return options_.num_blocks; }  // per replica
   int64_t block_size() const { return options_.block_size; }
+  int num_replicas() const { return options_.dp_attention; }
   int32_t id() const { return group_id_; }
   GroupRole role() const { return options_.role; }
 

@@ -224,6 +224,15 @@ void ServingEngine::Cancel(int64_t request_id) {
   if (it != request_group_.end()) it->second->Cancel(request_id);
 }
 
+std::vector<GroupKvCapacity> ServingEngine::KvCapacity() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<GroupKvCapacity> capacity;
+  for (const auto& group : groups_) {
+    capacity.push_back({group->id(), group->num_replicas(), group->num_blocks() * group->block_size()});
+  }
+  return capacity;
+}
+
 EngineHealth ServingEngine::Health() const {
   absl::MutexLock lock(&mu_);
   EngineHealth health;

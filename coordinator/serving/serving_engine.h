@@ -61,6 +61,7 @@ class ServingEngine final : public Engine {
   const ModelConfig& model_config() const override { return config_; }
   const std::string& model_name() const override { return options_.model_name; }
   int64_t max_context() const override { return config_.max_position_embeddings; }
+  std::vector<GroupKvCapacity> KvCapacity() const override;
   EngineHealth Health() const override;
 
  private:
