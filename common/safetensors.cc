@@ -453,6 +453,77 @@ absl::StatusOr<std::vector<float>> Checkpoint::ReadColumnsF32(std::string_view n
   return out;
 }
 
+void Checkpoint::Prefetch(std::string_view prefix) const {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  for (auto it = owner_.lower_bound(prefix); it != owner_.end() && std::string_view(it->first).starts_with(prefix); ++it) {
+    const TensorView* tensor = it->second->Find(it->first);
+    if (tensor == nullptr || tensor->num_bytes == 0) continue;
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(tensor->data) & ~(page - 1);
+    const uintptr_t end = reinterpret_cast<uintptr_t>(tensor->data) + tensor->num_bytes;
+    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);  // advice only: failure changes nothing
+  }
+}
+
+absl::StatusOr<std::string> Checkpoint::ReadBytes(std::string_view name, absl::Span<const int64_t> expected_shape,
+                                                  int64_t row_begin, int64_t row_end, int64_t col_begin,
+                                                  int64_t col_end) const {
+  ASSIGN_OR_RETURN(const TensorView* tensor, Get(name));
+  const std::string file = FileOf(name);
+  RETURN_IF_ERROR(CheckShape(*tensor, file, expected_shape));
+  if (tensor->shape.empty()) return TensorError(file, tensor->name, "cannot read rows of a scalar");
+  const int64_t rows = tensor->shape[0], cols = RowSize(*tensor);
+  if (row_begin < 0 || row_begin > row_end || row_end > rows || col_begin < 0 || col_begin > col_end ||
+      col_end > cols) {
+    return absl::OutOfRangeError(absl::StrCat(file, ": tensor \"", Sv(name), "\": rows [", row_begin, ", ", row_end,
+                                              ") x columns [", col_begin, ", ", col_end, ") outside ",
+                                              ShapeString(tensor->shape)));
+  }
+  const size_t element = DTypeBytes(tensor->dtype), width = (col_end - col_begin) * element;
+  std::string out((row_end - row_begin) * width, '\0');
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    std::memcpy(out.data() + (r - row_begin) * width, tensor->data + (r * cols + col_begin) * element, width);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> Checkpoint::ReadFp8RowScales(std::string_view name, int64_t row_begin,
+                                                                int64_t row_end, int64_t col_begin,
+                                                                int64_t col_end) const {
+  constexpr int64_t kGroup = 128;
+  ASSIGN_OR_RETURN(const TensorView* tensor, Get(name));
+  const std::string file = FileOf(name);
+  if (tensor->dtype != DType::kF8E4M3 || tensor->shape.size() != 2) {
+    return TensorError(file, tensor->name, "row scales need a 2-D F8_E4M3 tensor");
+  }
+  const Fp8Block block{fp8_block_rows_, fp8_block_cols_};
+  if (block.rows <= 0 || block.cols <= 0) {
+    return TensorError(file, tensor->name, absl::StrCat("invalid fp8 block ", block.rows, "x", block.cols));
+  }
+  if (block.cols % kGroup != 0 || col_begin % kGroup != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(file, ": tensor \"", Sv(name), "\": columns from ", col_begin,
+                                                      " in blocks of ", block.cols,
+                                                      " do not fall in 128-column groups"));
+  }
+  if (row_begin < 0 || row_begin > row_end || row_end > tensor->shape[0] || col_begin > col_end ||
+      col_end > tensor->shape[1]) {
+    return absl::OutOfRangeError(absl::StrCat(file, ": tensor \"", Sv(name), "\": rows [", row_begin, ", ", row_end,
+                                              ") x columns [", col_begin, ", ", col_end, ") outside ",
+                                              ShapeString(tensor->shape)));
+  }
+  const int64_t groups = CeilDiv(col_end - col_begin, kGroup);
+  std::vector<float> out((row_end - row_begin) * groups);
+  if (out.empty()) return out;
+  const int64_t first = row_begin / block.rows;
+  ASSIGN_OR_RETURN(std::vector<float> scales, ReadScaleRows(*this, *tensor, block, first, (row_end - 1) / block.rows));
+  const int64_t scale_cols = CeilDiv(tensor->shape[1], block.cols);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      out[(r - row_begin) * groups + g] = scales[(r / block.rows - first) * scale_cols + (col_begin + g * kGroup) / block.cols];
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------
 // Writing
 

@@ -79,6 +79,22 @@ class Checkpoint {
   absl::StatusOr<std::vector<float>> ReadColumnsF32(std::string_view name,
                                                     absl::Span<const int64_t> expected_shape,
                                                     int64_t col_begin, int64_t col_end) const;
+  // Bytes of rows [row_begin, row_end) x columns [col_begin, col_end) as
+  // stored (no conversion), after checking the shape is `expected_shape`;
+  // a row is everything past the first dimension (one element of a 1-D tensor).
+  absl::StatusOr<std::string> ReadBytes(std::string_view name, absl::Span<const int64_t> expected_shape,
+                                        int64_t row_begin, int64_t row_end, int64_t col_begin,
+                                        int64_t col_end) const;
+  // For an F8_E4M3 matrix: the scale of each row of [row_begin, row_end) and
+  // each 128-column group of [col_begin, col_end), i.e. its block's scale, as
+  // a [rows, ceil(cols / 128)] table (how the FP8 kernels read scales).
+  // FailedPrecondition when a group would straddle two blocks (blocks not a
+  // multiple of 128 columns wide, or col_begin not a multiple of 128).
+  absl::StatusOr<std::vector<float>> ReadFp8RowScales(std::string_view name, int64_t row_begin, int64_t row_end,
+                                                      int64_t col_begin, int64_t col_end) const;
+  // Asks the kernel to start reading every tensor whose name starts with
+  // `prefix` (madvise WILLNEED: read-ahead in the background, across files).
+  void Prefetch(std::string_view prefix) const;
   void set_fp8_block(int64_t rows, int64_t cols) { fp8_block_rows_ = rows; fp8_block_cols_ = cols; }
 
  private:

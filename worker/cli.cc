@@ -23,6 +23,7 @@
 #include "common/user_path.h"
 #include "tokenizer/prompt.h"
 #include "tokenizer/tokenizer.h"
+#include "worker/load_report.h"
 #include "worker/model.h"
 #include "worker/model_runner.h"
 
@@ -38,6 +39,8 @@ ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, prefill_chunk, 0, "prefill chunk in tokens (0: whole prompt)");
 ABSL_FLAG(bool, random_weights, false, "seeded random weights from --model's config.json instead of a checkpoint");
 ABSL_FLAG(uint64_t, random_seed, 0, "seed of --random_weights");
+ABSL_FLAG(std::string, weights_dtype, "auto",
+          "auto (as stored), bf16 (FP8 checkpoints dequantized) or fp8 (projections quantized at load)");
 
 namespace mlaserve {
 namespace {
@@ -64,12 +67,11 @@ absl::StatusOr<std::string> ModelDir() {
 }
 
 absl::StatusOr<std::unique_ptr<Model>> LoadWithProgress(const std::string& dir, Ops& ops) {
-  auto progress = [](int64_t done, int64_t total) {
-    std::fprintf(stderr, "\rloading weights: layer %lld/%lld", static_cast<long long>(done), static_cast<long long>(total));
-    if (done == total) std::fprintf(stderr, "\n");
-  };
-  if (absl::GetFlag(FLAGS_random_weights)) return Model::LoadRandom(dir, ops, ModelShard{}, absl::GetFlag(FLAGS_random_seed));
-  return Model::Load(dir, ops, progress);
+  ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(absl::GetFlag(FLAGS_weights_dtype)));
+  if (absl::GetFlag(FLAGS_random_weights)) {
+    return Model::LoadRandom(dir, ops, ModelShard{}, absl::GetFlag(FLAGS_random_seed), dtype);
+  }
+  return Model::Load(dir, ops, ModelShard{}, dtype, LoadReporter("cli"));
 }
 
 absl::StatusOr<KvCache> CacheFor(Ops& ops, const ModelConfig& config, int64_t tokens) {

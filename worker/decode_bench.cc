@@ -35,6 +35,7 @@ ABSL_FLAG(bool, cuda_graphs, true, "on cuda: record decode steps as CUDA graphs 
 ABSL_FLAG(std::string, batch, "1,8,32", "batch sizes");
 ABSL_FLAG(std::string, context, "1024", "context lengths already cached per sequence");
 ABSL_FLAG(int, layers, 0, "override num_hidden_layers (0: the config's)");
+ABSL_FLAG(std::string, weights_dtype, "auto", "auto (bf16: random weights), bf16 or fp8 (projections quantized)");
 ABSL_FLAG(int, steps, 10, "timed decode steps per point");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per cache block");
 ABSL_FLAG(std::string, csv, "", "also write the table here");
@@ -90,12 +91,26 @@ absl::StatusOr<double> MeasureBandwidth(Ops& ops, int64_t elements) {
 
 // Bytes one decode step of `batch` sequences must read: every weight but the
 // routed experts, the routed experts the batch is expected to touch (each
-// token picks top_k of n_routed_experts), and the cached latent KV.
-double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t element_bytes) {
+// token picks top_k of n_routed_experts), and the cached latent KV. Weights
+// are `element_bytes` each, but FP8 projections (`fp8`) one byte plus a
+// float scale per 128.
+double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t element_bytes, bool fp8) {
   const ShardLayout whole = *MakeShardLayout(c, ParallelPlan{}, 0);
+  const double projection_bytes = fp8 ? 1.0 + 4.0 / 128 : static_cast<double>(element_bytes);
   const int64_t expert_params = 3 * c.hidden_size * c.moe_intermediate_size;
+  const int64_t q_in = c.q_lora_rank > 0 ? c.q_lora_rank : c.hidden_size;
+  const int64_t heads = c.num_attention_heads;
+  const int64_t attention = (c.q_lora_rank > 0 ? c.q_lora_rank * c.hidden_size : 0) +
+                            heads * (c.qk_nope_head_dim + c.qk_rope_head_dim) * q_in +
+                            c.latent_dim() * c.hidden_size + c.hidden_size * heads * c.v_head_dim;
   int64_t moe_layers = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l);
+  double projections = 0;  // projections but the routed experts
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const bool moe = c.is_moe_layer(l);
+    moe_layers += moe;
+    projections += attention + 3.0 * c.hidden_size *
+                                   (moe ? c.moe_intermediate_size * c.n_shared_experts : c.intermediate_size);
+  }
   const double all_experts = static_cast<double>(c.n_routed_experts) * expert_params * moe_layers;
   double touched = 0;
   if (c.n_routed_experts > 0) {
@@ -104,9 +119,9 @@ double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t el
   }
   // The embedding is read a row per token, not whole.
   const double embedding = static_cast<double>(c.vocab_size) * c.hidden_size;
-  const double weights = static_cast<double>(ShardParameterCount(c, whole)) - all_experts - embedding + touched;
+  const double other = static_cast<double>(ShardParameterCount(c, whole)) - all_experts - embedding - projections;
   const double kv = static_cast<double>(batch) * (context + 1) * c.latent_dim() * c.num_hidden_layers;
-  return (weights + kv) * element_bytes;
+  return (other + kv) * element_bytes + (projections + touched) * projection_bytes;
 }
 
 // `batch` sequences of `tokens` tokens each, the last at position
@@ -162,15 +177,16 @@ absl::Status Run() {
   ASSIGN_OR_RETURN(std::unique_ptr<Ops> ops, NewOps(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_cuda_graphs)));
   ASSIGN_OR_RETURN(std::string dir, ModelDir(absl::GetFlag(FLAGS_config), absl::GetFlag(FLAGS_layers)));
   std::cerr << "decode_bench: making random weights on " << ops->name() << "\n";
-  ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::LoadRandom(dir, *ops, ModelShard{}, 1));
+  ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(absl::GetFlag(FLAGS_weights_dtype)));
+  ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::LoadRandom(dir, *ops, ModelShard{}, 1, dtype));
   const ModelConfig& c = model->config();
   const size_t element_bytes = DTypeBytes(ops->storage_dtype());
   ASSIGN_OR_RETURN(const double bandwidth, MeasureBandwidth(*ops, int64_t{1} << 28));
-  std::printf("# %s: %lld layers, hidden %lld, %lld heads, %lld experts (top %lld); backend %s; bandwidth %.1f GB/s\n",
+  std::printf("# %s: %lld layers, hidden %lld, %lld heads, %lld experts (top %lld); backend %s, weights %s; bandwidth %.1f GB/s\n",
               absl::GetFlag(FLAGS_config).c_str(), static_cast<long long>(c.num_hidden_layers),
               static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_attention_heads),
               static_cast<long long>(c.n_routed_experts), static_cast<long long>(c.num_experts_per_tok),
-              std::string(ops->name()).c_str(), bandwidth / 1e9);
+              std::string(ops->name()).c_str(), absl::GetFlag(FLAGS_weights_dtype).c_str(), bandwidth / 1e9);
   std::string table = "batch,context,step_ms,tokens_per_s,roofline_tokens_per_s,fraction_of_roofline\n";
   std::printf("%6s %8s %10s %12s %14s %9s\n", "batch", "context", "step_ms", "tokens/s", "roofline t/s", "of roof");
   const int64_t block_size = absl::GetFlag(FLAGS_block_size);
@@ -182,7 +198,7 @@ absl::Status Run() {
       // The context is taken as already computed: random latent rows.
       RETURN_IF_ERROR(ops->FillRandom(&cache.pool(), 7, 0.0f, 1.0f));
       ASSIGN_OR_RETURN(const double step_s, SecondsPerStep(*model, *ops, step, cache));
-      const double roofline = batch / (StepBytes(c, batch, context, element_bytes) / bandwidth);
+      const double roofline = batch / (StepBytes(c, batch, context, element_bytes, dtype == WeightsDtype::kFp8) / bandwidth);
       const double tokens = batch / step_s;
       std::printf("%6lld %8lld %10.3f %12.1f %14.1f %8.1f%%\n", static_cast<long long>(batch),
                   static_cast<long long>(context), step_s * 1e3, tokens, roofline, 100 * tokens / roofline);

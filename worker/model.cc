@@ -12,7 +12,7 @@
 namespace mlaserve {
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Ops& ops, const LoadProgress& progress) {
-  return Load(dir, ops, ModelShard{}, progress);
+  return Load(dir, ops, ModelShard{}, WeightsDtype::kAuto, progress);
 }
 
 namespace {
@@ -34,18 +34,18 @@ absl::Status CheckCommunicator(const Communicator* comm, int size, const char* w
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, Ops& ops, const ModelShard& shard,
-                                                   const LoadProgress& progress) {
+                                                   WeightsDtype dtype, const LoadProgress& progress) {
   return Create(dir, ops, shard, [&](const ModelConfig& config, const ShardLayout& layout) -> absl::StatusOr<ModelWeights> {
     ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
     if (config.fp8_block_rows > 0) checkpoint->set_fp8_block(config.fp8_block_rows, config.fp8_block_cols);
-    return LoadModelWeights(*checkpoint, config, layout, ops, progress);
+    return LoadModelWeights(*checkpoint, config, layout, ops, dtype, progress);
   });
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::LoadRandom(const std::string& dir, Ops& ops, const ModelShard& shard,
-                                                         uint64_t seed) {
+                                                         uint64_t seed, WeightsDtype dtype) {
   return Create(dir, ops, shard, [&](const ModelConfig& config, const ShardLayout& layout) {
-    return RandomModelWeights(config, layout, ops, seed);
+    return RandomModelWeights(config, layout, ops, seed, dtype);
   });
 }
 

@@ -55,12 +55,14 @@ class Model {
   // the whole model, or the part `shard` holds.
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Ops& ops,
                                                      const LoadProgress& progress = nullptr);
+  // `dtype` says which projections stay or become FP8 (WeightsDtype).
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, Ops& ops, const ModelShard& shard,
+                                                     WeightsDtype dtype = WeightsDtype::kAuto,
                                                      const LoadProgress& progress = nullptr);
   // The model of `dir`/config.json with random weights made on `ops`
   // (RandomModelWeights): real shapes without a checkpoint.
   static absl::StatusOr<std::unique_ptr<Model>> LoadRandom(const std::string& dir, Ops& ops, const ModelShard& shard,
-                                                           uint64_t seed);
+                                                           uint64_t seed, WeightsDtype dtype = WeightsDtype::kAuto);
 
   // Runs the batch, writing its latent KV into `cache`, and returns the logits
   // of `batch.logit_rows` where they were computed, in Ops::SampleTokens'

@@ -1,6 +1,7 @@
 #include "worker/model_weights.h"
 
 #include <cmath>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -36,20 +37,48 @@ std::vector<float> TransposeHeads(const std::vector<float>& m, int64_t num_heads
   return out;
 }
 
+// Rows `rows` of the checkpoint tensor `name` of shape `shape` (a row is
+// everything past the first dimension).
+struct RowPiece {
+  std::string name;
+  std::vector<int64_t> shape;
+  Range rows;
+};
+
+int64_t RowSize(const std::vector<int64_t>& shape) {
+  int64_t size = 1;
+  for (size_t i = 1; i < shape.size(); ++i) size *= shape[i];
+  return size;
+}
+
+// One head's block of rows per local head: rows [h * (a + b) + offset, + count) of each head h in `heads`.
+std::vector<RowPiece> HeadRows(const std::string& name, std::vector<int64_t> shape, Range heads, int64_t a, int64_t b,
+                               int64_t offset, int64_t count) {
+  std::vector<RowPiece> pieces;
+  for (int64_t h = heads.begin; h < heads.end; ++h) {
+    pieces.push_back({name, shape, {h * (a + b) + offset, h * (a + b) + offset + count}});
+  }
+  return pieces;
+}
+
 class Loader {
  public:
-  Loader(const Checkpoint& checkpoint, const ModelConfig& config, const ShardLayout& shard, Ops& ops)
-      : checkpoint_(checkpoint), config_(config), shard_(shard), ops_(ops) {}
+  Loader(const Checkpoint& checkpoint, const ModelConfig& config, const ShardLayout& shard, Ops& ops,
+         WeightsDtype dtype)
+      : checkpoint_(checkpoint), config_(config), shard_(shard), ops_(ops), dtype_(dtype) {}
 
   absl::StatusOr<ModelWeights> LoadAll(const LoadProgress& progress) {
     const ModelConfig& c = config_;
     ModelWeights w;
     // The embedding shard gets one extra zero row: ids outside the shard look it up.
     ASSIGN_OR_RETURN(w.embed, LoadVocabRows("model.embed_tokens.weight", shard_.vocab_shard_rows + 1));
+    checkpoint_.Prefetch("model.layers.0.");
     for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+      // The kernel reads the next layer's pages (from whichever files) while this one uploads.
+      checkpoint_.Prefetch(absl::StrCat("model.layers.", layer + 1, "."));
       ASSIGN_OR_RETURN(LayerWeights lw, LoadLayer(layer));
       w.layers.push_back(std::move(lw));
-      if (progress) progress(layer + 1, c.num_hidden_layers);
+      if (progress) progress(layer + 1, c.num_hidden_layers, bytes_read_);
     }
     ASSIGN_OR_RETURN(w.final_norm, Load("model.norm.weight", {c.hidden_size}));
     const char* head_name = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
@@ -64,23 +93,124 @@ class Loader {
     return t;
   }
 
+  // A whole tensor, unquantized.
   absl::StatusOr<Tensor> Load(const std::string& name, std::vector<int64_t> shape) {
-    ASSIGN_OR_RETURN(std::vector<float> values, checkpoint_.ReadF32(name, shape));
-    return FromHost(values, std::move(shape));
+    return LoadPieces({{name, shape, {0, shape[0]}}}, {0, RowSize(shape)}, shape, false);
+  }
+
+  // A projection: the pieces' rows stacked (columns `cols`), FP8 or not as dtype_ says.
+  absl::StatusOr<Tensor> Projection(const std::vector<RowPiece>& pieces, Range cols, std::vector<int64_t> shape) {
+    return LoadPieces(pieces, cols, std::move(shape), true);
+  }
+
+  // The pieces' rows stacked, columns `cols` of each, as a tensor of `shape`
+  // whose rows past the pieces' are zero.
+  absl::StatusOr<Tensor> LoadPieces(const std::vector<RowPiece>& pieces, Range cols, std::vector<int64_t> shape,
+                                    bool projection) {
+    ASSIGN_OR_RETURN(const TensorView* first, checkpoint_.Get(pieces.front().name));
+    const DType stored = first->dtype;
+    for (const RowPiece& piece : pieces) {
+      ASSIGN_OR_RETURN(const TensorView* view, checkpoint_.Get(piece.name));
+      if (view->dtype != stored) {
+        return absl::InvalidArgumentError(absl::StrCat(checkpoint_.FileOf(piece.name), ": tensor \"", piece.name,
+                                                       "\" is ", std::string(DTypeName(view->dtype)), ", expected ",
+                                                       std::string(DTypeName(stored)), " like \"", pieces.front().name, "\""));
+      }
+    }
+    // The FP8 GEMMs take rows of a multiple of 16 values.
+    const bool fp8_shape = shape.back() % 16 == 0;
+    if (projection && fp8_shape && stored == DType::kF8E4M3 && dtype_ != WeightsDtype::kBf16) {
+      ASSIGN_OR_RETURN(std::optional<Tensor> fp8, LoadFp8(pieces, cols, shape));
+      if (fp8.has_value()) return *std::move(fp8);
+    }
+    ASSIGN_OR_RETURN(Tensor t, ops_.Empty(ops_.storage_dtype(), shape));
+    int64_t rows = 0;
+    for (const RowPiece& piece : pieces) rows += piece.rows.size();
+    Tensor part = SliceRows(t, 0, rows);
+    if (stored == ops_.storage_dtype()) {
+      ASSIGN_OR_RETURN(std::string bytes, ReadPieces(pieces, cols));
+      RETURN_IF_ERROR(ops_.UploadBytes(bytes.data(), bytes.size(), &part));
+    } else {
+      std::vector<float> values;
+      values.reserve(rows * cols.size());
+      for (const RowPiece& piece : pieces) {
+        ASSIGN_OR_RETURN(std::vector<float> v, ReadF32(piece, cols));
+        values.insert(values.end(), v.begin(), v.end());
+      }
+      bytes_read_ += static_cast<int64_t>(values.size() * DTypeBytes(stored));
+      RETURN_IF_ERROR(ops_.Upload(values, &part));
+    }
+    if (rows < shape[0]) {
+      Tensor padding = SliceRows(t, rows, shape[0] - rows);
+      RETURN_IF_ERROR(ops_.Fill(&padding, 0.0f));
+    }
+    if (projection && fp8_shape && dtype_ == WeightsDtype::kFp8) return ops_.QuantizeFp8(t);
+    return t;
+  }
+
+  // The pieces' bytes as stored, concatenated.
+  absl::StatusOr<std::string> ReadPieces(const std::vector<RowPiece>& pieces, Range cols) {
+    std::string bytes;
+    for (const RowPiece& piece : pieces) {
+      ASSIGN_OR_RETURN(std::string b, checkpoint_.ReadBytes(piece.name, piece.shape, piece.rows.begin, piece.rows.end,
+                                                            cols.begin, cols.end));
+      bytes += b;
+    }
+    bytes_read_ += static_cast<int64_t>(bytes.size());
+    return bytes;
+  }
+
+  // An FP8 projection with its scales per row; nullopt when the columns split
+  // a 128-column group (the caller dequantizes instead).
+  absl::StatusOr<std::optional<Tensor>> LoadFp8(const std::vector<RowPiece>& pieces, Range cols,
+                                                const std::vector<int64_t>& shape) {
+    std::vector<float> scales;
+    for (const RowPiece& piece : pieces) {
+      absl::StatusOr<std::vector<float>> s =
+          checkpoint_.ReadFp8RowScales(piece.name, piece.rows.begin, piece.rows.end, cols.begin, cols.end);
+      if (absl::IsFailedPrecondition(s.status())) return std::optional<Tensor>();
+      if (!s.ok()) return s.status();
+      scales.insert(scales.end(), s->begin(), s->end());
+    }
+    ASSIGN_OR_RETURN(std::string bytes, ReadPieces(pieces, cols));
+    ASSIGN_OR_RETURN(Tensor q, ops_.Empty(DType::kF8E4M3, shape));
+    if (static_cast<int64_t>(bytes.size()) != q.numel()) {
+      return absl::InternalError(absl::StrCat("FP8 pieces of \"", pieces.front().name, "\": ", bytes.size(),
+                                              " bytes for ", q.ShapeString()));
+    }
+    RETURN_IF_ERROR(ops_.UploadBytes(bytes.data(), bytes.size(), &q));
+    std::vector<int64_t> scale_shape = shape;
+    scale_shape.back() = Fp8Groups(shape.back());
+    ASSIGN_OR_RETURN(Tensor scale, ops_.Empty(DType::kF32, std::move(scale_shape)));
+    RETURN_IF_ERROR(ops_.Upload(scales, &scale));
+    bytes_read_ += static_cast<int64_t>(scales.size() * sizeof(float));
+    q.scale = std::make_shared<Tensor>(std::move(scale));
+    return std::optional<Tensor>(std::move(q));
+  }
+
+  // A piece as float32 (FP8 dequantized), columns `cols` of each row.
+  absl::StatusOr<std::vector<float>> ReadF32(const RowPiece& piece, Range cols) {
+    const int64_t row_size = RowSize(piece.shape);
+    if (cols.begin == 0 && cols.end == row_size) {
+      return checkpoint_.ReadRowsF32(piece.name, piece.shape, piece.rows.begin, piece.rows.end);
+    }
+    if (piece.rows.begin == 0 && piece.rows.end == piece.shape[0]) {
+      return checkpoint_.ReadColumnsF32(piece.name, piece.shape, cols.begin, cols.end);
+    }
+    ASSIGN_OR_RETURN(std::vector<float> rows,
+                     checkpoint_.ReadRowsF32(piece.name, piece.shape, piece.rows.begin, piece.rows.end));
+    std::vector<float> out;
+    out.reserve(piece.rows.size() * cols.size());
+    for (int64_t r = 0; r < piece.rows.size(); ++r) {
+      out.insert(out.end(), rows.begin() + r * row_size + cols.begin, rows.begin() + r * row_size + cols.end);
+    }
+    return out;
   }
 
   // This shard's vocabulary rows of a [vocab, hidden] table, zero-padded to `rows`.
   absl::StatusOr<Tensor> LoadVocabRows(const std::string& name, int64_t rows) {
     const int64_t d = config_.hidden_size;
-    ASSIGN_OR_RETURN(std::vector<float> values,
-                     checkpoint_.ReadRowsF32(name, {config_.vocab_size, d}, shard_.vocab.begin, shard_.vocab.end));
-    values.resize(rows * d, 0.0f);
-    return FromHost(values, {rows, d});
-  }
-
-  // Rows `range` of a [total_rows, cols] matrix.
-  absl::StatusOr<std::vector<float>> ReadRows(const std::string& name, int64_t total_rows, int64_t cols, Range range) {
-    return checkpoint_.ReadRowsF32(name, {total_rows, cols}, range.begin, range.end);
+    return LoadPieces({{name, {config_.vocab_size, d}, shard_.vocab}}, {0, d}, {rows, d}, false);
   }
 
   absl::StatusOr<LayerWeights> LoadLayer(int64_t layer) {
@@ -103,61 +233,54 @@ class Loader {
   absl::Status LoadAttention(const std::string& prefix, LayerWeights* lw) {
     const ModelConfig& c = config_;
     const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
-    const int64_t rank = c.kv_lora_rank, v = c.v_head_dim, local = shard_.heads.size();
+    const int64_t rank = c.kv_lora_rank, v = c.v_head_dim, local = shard_.heads.size(), d = c.hidden_size;
     const Range h = shard_.heads;
-    int64_t q_in = c.hidden_size;
+    int64_t q_in = d;
     std::string q_name = prefix + "q_proj.weight";
     if (c.q_lora_rank > 0) {
       q_in = c.q_lora_rank;
       q_name = prefix + "q_b_proj.weight";
-      ASSIGN_OR_RETURN(lw->q_a, Load(prefix + "q_a_proj.weight", {q_in, c.hidden_size}));
+      ASSIGN_OR_RETURN(lw->q_a, Projection({{prefix + "q_a_proj.weight", {q_in, d}, {0, q_in}}}, {0, d}, {q_in, d}));
       ASSIGN_OR_RETURN(lw->q_a_norm, Load(prefix + "q_a_layernorm.weight", {q_in}));
     }
-    const int64_t qk = nope + rope;
-    ASSIGN_OR_RETURN(std::vector<float> q, ReadRows(q_name, heads * qk, q_in, {h.begin * qk, h.end * qk}));
-    auto [q_nope, q_rope] = SplitHeadRows(q, local, nope, rope, q_in);
-    ASSIGN_OR_RETURN(lw->q_nope, FromHost(q_nope, {local * nope, q_in}));
-    ASSIGN_OR_RETURN(lw->q_rope, FromHost(q_rope, {local * rope, q_in}));
+    const std::vector<int64_t> q_shape{heads * (nope + rope), q_in};
+    ASSIGN_OR_RETURN(lw->q_nope, Projection(HeadRows(q_name, q_shape, h, nope, rope, 0, nope), {0, q_in},
+                                            {local * nope, q_in}));
+    ASSIGN_OR_RETURN(lw->q_rope, Projection(HeadRows(q_name, q_shape, h, nope, rope, nope, rope), {0, q_in},
+                                            {local * rope, q_in}));
 
-    ASSIGN_OR_RETURN(std::vector<float> kv_a,
-                     checkpoint_.ReadF32(prefix + "kv_a_proj_with_mqa.weight", {rank + rope, c.hidden_size}));
-    auto [kv_latent, kv_rope] = SplitHeadRows(kv_a, 1, rank, rope, c.hidden_size);
-    ASSIGN_OR_RETURN(lw->kv_a_latent, FromHost(kv_latent, {rank, c.hidden_size}));
-    ASSIGN_OR_RETURN(lw->kv_a_rope, FromHost(kv_rope, {rope, c.hidden_size}));
+    const std::string kv_a = prefix + "kv_a_proj_with_mqa.weight";
+    ASSIGN_OR_RETURN(lw->kv_a_latent, Projection({{kv_a, {rank + rope, d}, {0, rank}}}, {0, d}, {rank, d}));
+    ASSIGN_OR_RETURN(lw->kv_a_rope, Projection({{kv_a, {rank + rope, d}, {rank, rank + rope}}}, {0, d}, {rope, d}));
     ASSIGN_OR_RETURN(lw->kv_a_norm, Load(prefix + "kv_a_layernorm.weight", {rank}));
 
-    ASSIGN_OR_RETURN(std::vector<float> kv_b,
-                     ReadRows(prefix + "kv_b_proj.weight", heads * (nope + v), rank, {h.begin * (nope + v), h.end * (nope + v)}));
+    // kv_b is absorbed (W_UK both ways, W_UV): rearranged on the host, unquantized.
+    const std::string kv_b_name = prefix + "kv_b_proj.weight";
+    ASSIGN_OR_RETURN(std::vector<float> kv_b, checkpoint_.ReadRowsF32(kv_b_name, {heads * (nope + v), rank},
+                                                                      h.begin * (nope + v), h.end * (nope + v)));
+    ASSIGN_OR_RETURN(const TensorView* kv_b_view, checkpoint_.Get(kv_b_name));
+    bytes_read_ += static_cast<int64_t>(kv_b.size() * DTypeBytes(kv_b_view->dtype));
     auto [w_uk, w_uv] = SplitHeadRows(kv_b, local, nope, v, rank);
     ASSIGN_OR_RETURN(lw->w_uk, FromHost(w_uk, {local * nope, rank}));
     ASSIGN_OR_RETURN(lw->w_uk_t, FromHost(TransposeHeads(w_uk, local, nope, rank), {local, rank, nope}));
     ASSIGN_OR_RETURN(lw->w_uv, FromHost(w_uv, {local, v, rank}));
-    ASSIGN_OR_RETURN(std::vector<float> o,
-                     checkpoint_.ReadColumnsF32(prefix + "o_proj.weight", {c.hidden_size, heads * v}, h.begin * v, h.end * v));
-    ASSIGN_OR_RETURN(lw->o_proj, FromHost(o, {c.hidden_size, local * v}));
+    ASSIGN_OR_RETURN(lw->o_proj, Projection({{prefix + "o_proj.weight", {d, heads * v}, {0, d}}},
+                                            {h.begin * v, h.end * v}, {d, local * v}));
     return absl::OkStatus();
   }
 
-  // Inner slice `inner` of gate_proj and up_proj of one MLP (full inner size
-  // `total`), stacked as [gate; up].
-  absl::StatusOr<std::vector<float>> ReadGateUp(const std::string& prefix, int64_t total, Range inner) {
-    ASSIGN_OR_RETURN(std::vector<float> gate_up, ReadRows(prefix + "gate_proj.weight", total, config_.hidden_size, inner));
-    ASSIGN_OR_RETURN(std::vector<float> up, ReadRows(prefix + "up_proj.weight", total, config_.hidden_size, inner));
-    gate_up.insert(gate_up.end(), up.begin(), up.end());
-    return gate_up;
-  }
-
-  absl::StatusOr<std::vector<float>> ReadDown(const std::string& prefix, int64_t total, Range inner) {
-    return checkpoint_.ReadColumnsF32(prefix + "down_proj.weight", {config_.hidden_size, total}, inner.begin, inner.end);
+  // Rows `inner` of gate_proj then of up_proj of one MLP of inner size `total`.
+  std::vector<RowPiece> GateUp(const std::string& prefix, int64_t total, Range inner) const {
+    const std::vector<int64_t> shape{total, config_.hidden_size};
+    return {{prefix + "gate_proj.weight", shape, inner}, {prefix + "up_proj.weight", shape, inner}};
   }
 
   // An MLP split along its inner dimension: this shard's slice `inner` of `total`.
   absl::StatusOr<MlpWeights> LoadMlp(const std::string& prefix, int64_t total, Range inner) {
+    const int64_t d = config_.hidden_size;
     MlpWeights m;
-    ASSIGN_OR_RETURN(std::vector<float> gate_up, ReadGateUp(prefix, total, inner));
-    ASSIGN_OR_RETURN(m.gate_up, FromHost(gate_up, {2 * inner.size(), config_.hidden_size}));
-    ASSIGN_OR_RETURN(std::vector<float> down, ReadDown(prefix, total, inner));
-    ASSIGN_OR_RETURN(m.down, FromHost(down, {config_.hidden_size, inner.size()}));
+    ASSIGN_OR_RETURN(m.gate_up, Projection(GateUp(prefix, total, inner), {0, d}, {2 * inner.size(), d}));
+    ASSIGN_OR_RETURN(m.down, Projection({{prefix + "down_proj.weight", {d, total}, {0, d}}}, inner, {d, inner.size()}));
     return m;
   }
 
@@ -172,18 +295,21 @@ class Loader {
     if (c.topk_method == TopkMethod::kNoauxTc) {
       ASSIGN_OR_RETURN(lw->router_bias, Load(bias_name, {experts}));
     }
-    std::vector<float> gate_up, down;
-    gate_up.reserve(local * 2 * inner * d);
-    down.reserve(local * d * inner);
+    std::vector<RowPiece> gate_up;
     for (int64_t e = shard_.experts.begin; e < shard_.experts.end; ++e) {
-      const std::string expert = absl::StrCat(prefix, "experts.", e, ".");
-      ASSIGN_OR_RETURN(std::vector<float> gu, ReadGateUp(expert, total, shard_.expert_inner));
-      ASSIGN_OR_RETURN(std::vector<float> dn, ReadDown(expert, total, shard_.expert_inner));
-      gate_up.insert(gate_up.end(), gu.begin(), gu.end());
-      down.insert(down.end(), dn.begin(), dn.end());
+      for (RowPiece& piece : GateUp(absl::StrCat(prefix, "experts.", e, "."), total, shard_.expert_inner)) {
+        gate_up.push_back(std::move(piece));
+      }
     }
-    ASSIGN_OR_RETURN(lw->experts_gate_up, FromHost(gate_up, {local, 2 * inner, d}));
-    ASSIGN_OR_RETURN(lw->experts_down, FromHost(down, {local, d, inner}));
+    ASSIGN_OR_RETURN(Tensor stacked, Projection(gate_up, {0, d}, {local * 2 * inner, d}));
+    lw->experts_gate_up = Reshape(stacked, {local, 2 * inner, d});
+    // Each expert's down_proj, columns `expert_inner`, one expert after the other.
+    std::vector<RowPiece> down;
+    for (int64_t e = shard_.experts.begin; e < shard_.experts.end; ++e) {
+      down.push_back({absl::StrCat(prefix, "experts.", e, ".down_proj.weight"), {d, total}, {0, d}});
+    }
+    ASSIGN_OR_RETURN(Tensor down_rows, Projection(down, shard_.expert_inner, {local * d, inner}));
+    lw->experts_down = Reshape(down_rows, {local, d, inner});
     lw->has_shared_experts = c.n_shared_experts > 0;
     if (lw->has_shared_experts) {
       ASSIGN_OR_RETURN(lw->mlp, LoadMlp(prefix + "shared_experts.", total * c.n_shared_experts, shard_.shared_inner));
@@ -195,12 +321,14 @@ class Loader {
   const ModelConfig& config_;
   const ShardLayout& shard_;
   Ops& ops_;
+  const WeightsDtype dtype_;
+  int64_t bytes_read_ = 0;
 };
 
 // Makes the tensors of RandomModelWeights, each from its own seed.
 class RandomMaker {
  public:
-  RandomMaker(Ops& ops, uint64_t seed) : ops_(ops), seed_(seed) {}
+  RandomMaker(Ops& ops, uint64_t seed, bool fp8) : ops_(ops), seed_(seed), fp8_(fp8) {}
 
   absl::StatusOr<Tensor> Normal(std::vector<int64_t> shape, float mean, float stddev) {
     ASSIGN_OR_RETURN(Tensor t, ops_.Empty(ops_.storage_dtype(), std::move(shape)));
@@ -211,17 +339,24 @@ class RandomMaker {
   absl::StatusOr<Tensor> Matrix(std::vector<int64_t> shape, int64_t fan_in) {
     return Normal(std::move(shape), 0.0f, 1.0f / std::sqrt(static_cast<float>(fan_in)));
   }
+  // A linear projection: a Matrix, quantized when the model is FP8.
+  absl::StatusOr<Tensor> Projection(std::vector<int64_t> shape, int64_t fan_in) {
+    ASSIGN_OR_RETURN(Tensor m, Matrix(shape, fan_in));
+    if (!fp8_ || shape.back() % 16 != 0) return m;
+    return ops_.QuantizeFp8(m);
+  }
   absl::StatusOr<Tensor> Norm(int64_t dim) { return Normal({dim}, 1.0f, 0.1f); }
   absl::StatusOr<MlpWeights> Mlp(int64_t hidden, int64_t inner, int64_t total_inner) {
     MlpWeights m;
-    ASSIGN_OR_RETURN(m.gate_up, Matrix({2 * inner, hidden}, hidden));
-    ASSIGN_OR_RETURN(m.down, Matrix({hidden, inner}, total_inner));
+    ASSIGN_OR_RETURN(m.gate_up, Projection({2 * inner, hidden}, hidden));
+    ASSIGN_OR_RETURN(m.down, Projection({hidden, inner}, total_inner));
     return m;
   }
 
  private:
   Ops& ops_;
   const uint64_t seed_;
+  const bool fp8_;
   uint64_t next_ = 0;
 };
 
@@ -232,13 +367,13 @@ absl::Status RandomAttention(const ModelConfig& c, const ShardLayout& s, Ops& op
   int64_t q_in = d;
   if (c.q_lora_rank > 0) {
     q_in = c.q_lora_rank;
-    ASSIGN_OR_RETURN(lw->q_a, make.Matrix({q_in, d}, d));
+    ASSIGN_OR_RETURN(lw->q_a, make.Projection({q_in, d}, d));
     ASSIGN_OR_RETURN(lw->q_a_norm, make.Norm(q_in));
   }
-  ASSIGN_OR_RETURN(lw->q_nope, make.Matrix({heads * nope, q_in}, q_in));
-  ASSIGN_OR_RETURN(lw->q_rope, make.Matrix({heads * rope, q_in}, q_in));
-  ASSIGN_OR_RETURN(lw->kv_a_latent, make.Matrix({rank, d}, d));
-  ASSIGN_OR_RETURN(lw->kv_a_rope, make.Matrix({rope, d}, d));
+  ASSIGN_OR_RETURN(lw->q_nope, make.Projection({heads * nope, q_in}, q_in));
+  ASSIGN_OR_RETURN(lw->q_rope, make.Projection({heads * rope, q_in}, q_in));
+  ASSIGN_OR_RETURN(lw->kv_a_latent, make.Projection({rank, d}, d));
+  ASSIGN_OR_RETURN(lw->kv_a_rope, make.Projection({rope, d}, d));
   ASSIGN_OR_RETURN(lw->kv_a_norm, make.Norm(rank));
   ASSIGN_OR_RETURN(lw->w_uk, make.Matrix({heads * nope, rank}, rank));
   // The absorbed form's W_UK_T must be W_UK's transpose: through the host.
@@ -247,7 +382,7 @@ absl::Status RandomAttention(const ModelConfig& c, const ShardLayout& s, Ops& op
   ASSIGN_OR_RETURN(lw->w_uk_t, ops.Empty(ops.storage_dtype(), {heads, rank, nope}));
   RETURN_IF_ERROR(ops.Upload(TransposeHeads(w_uk, heads, nope, rank), &lw->w_uk_t));
   ASSIGN_OR_RETURN(lw->w_uv, make.Matrix({heads, v, rank}, rank));
-  ASSIGN_OR_RETURN(lw->o_proj, make.Matrix({d, heads * v}, c.num_attention_heads * v));
+  ASSIGN_OR_RETURN(lw->o_proj, make.Projection({d, heads * v}, c.num_attention_heads * v));
   return absl::OkStatus();
 }
 
@@ -257,8 +392,8 @@ absl::Status RandomMoe(const ModelConfig& c, const ShardLayout& s, RandomMaker& 
   if (c.topk_method == TopkMethod::kNoauxTc) {
     ASSIGN_OR_RETURN(lw->router_bias, make.Normal({experts}, 0.0f, 0.1f));
   }
-  ASSIGN_OR_RETURN(lw->experts_gate_up, make.Matrix({s.experts.size(), 2 * inner, d}, d));
-  ASSIGN_OR_RETURN(lw->experts_down, make.Matrix({s.experts.size(), d, inner}, c.moe_intermediate_size));
+  ASSIGN_OR_RETURN(lw->experts_gate_up, make.Projection({s.experts.size(), 2 * inner, d}, d));
+  ASSIGN_OR_RETURN(lw->experts_down, make.Projection({s.experts.size(), d, inner}, c.moe_intermediate_size));
   lw->has_shared_experts = c.n_shared_experts > 0;
   if (lw->has_shared_experts) {
     ASSIGN_OR_RETURN(lw->mlp, make.Mlp(d, s.shared_inner.size(), c.moe_intermediate_size * c.n_shared_experts));
@@ -269,8 +404,8 @@ absl::Status RandomMoe(const ModelConfig& c, const ShardLayout& s, RandomMaker& 
 }  // namespace
 
 absl::StatusOr<ModelWeights> RandomModelWeights(const ModelConfig& c, const ShardLayout& shard, Ops& ops,
-                                                uint64_t seed) {
-  RandomMaker make(ops, SplitMix64(seed) ^ static_cast<uint64_t>(shard.group_rank));
+                                                uint64_t seed, WeightsDtype dtype) {
+  RandomMaker make(ops, SplitMix64(seed) ^ static_cast<uint64_t>(shard.group_rank), dtype == WeightsDtype::kFp8);
   const int64_t d = c.hidden_size;
   ModelWeights w;
   ASSIGN_OR_RETURN(w.embed, make.Matrix({shard.vocab_shard_rows + 1, d}, d));
@@ -295,8 +430,16 @@ absl::StatusOr<ModelWeights> RandomModelWeights(const ModelConfig& c, const Shar
 }
 
 absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                              const ShardLayout& shard, Ops& ops, const LoadProgress& progress) {
-  return Loader(checkpoint, config, shard, ops).LoadAll(progress);
+                                              const ShardLayout& shard, Ops& ops, WeightsDtype dtype,
+                                              const LoadProgress& progress) {
+  return Loader(checkpoint, config, shard, ops, dtype).LoadAll(progress);
+}
+
+absl::StatusOr<WeightsDtype> ParseWeightsDtype(std::string_view name) {
+  if (name.empty() || name == "auto") return WeightsDtype::kAuto;
+  if (name == "bf16") return WeightsDtype::kBf16;
+  if (name == "fp8") return WeightsDtype::kFp8;
+  return absl::InvalidArgumentError(absl::StrCat("weights dtype \"", std::string(name), "\": expected auto, bf16 or fp8"));
 }
 
 }  // namespace mlaserve

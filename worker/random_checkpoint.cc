@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace mlaserve {
 namespace {
@@ -95,6 +98,38 @@ std::vector<TensorShape> CheckpointTensorShapes(const ModelConfig& c) {
   return out;
 }
 
+bool IsFp8Projection(const std::string& name, const std::vector<int64_t>& shape) {
+  return shape.size() == 2 && !absl::StrContains(name, "embed") && !absl::StrContains(name, "lm_head") &&
+         !absl::StrContains(name, "mlp.gate.weight");
+}
+
+absl::Status QuantizeCheckpointFp8(const std::string& src_dir, const std::string& dst_dir) {
+  std::ifstream config_in(src_dir + "/config.json");
+  nlohmann::json config = nlohmann::json::parse(config_in, nullptr, false);
+  if (config.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(src_dir, "/config.json is not JSON"));
+  config["quantization_config"] = {{"quant_method", "fp8"},
+                                   {"fmt", "e4m3"},
+                                   {"activation_scheme", "dynamic"},
+                                   {"weight_block_size", {128, 128}}};
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> src, SafetensorsFile::Open(src_dir + "/model.safetensors"));
+  std::vector<TensorToWrite> tensors;
+  for (const std::string& name : src->TensorNames()) {
+    const TensorView& t = *src->Find(name);
+    if (IsFp8Projection(name, t.shape)) {
+      std::vector<float> values(t.num_elements());
+      ConvertToF32(t.dtype, t.data, values.size(), values.data());
+      auto [weight, scale] = QuantizeFp8({name, t.shape}, values);
+      tensors.push_back(std::move(weight));
+      tensors.push_back(std::move(scale));
+    } else {
+      tensors.push_back({name, t.dtype, t.shape, std::string(reinterpret_cast<const char*>(t.data), t.num_bytes)});
+    }
+  }
+  std::filesystem::create_directories(dst_dir);
+  std::ofstream(dst_dir + "/config.json") << config.dump(2);
+  return WriteSafetensors(dst_dir + "/model.safetensors", tensors);
+}
+
 absl::Status WriteRandomCheckpoint(const ModelConfig& config, const std::string& dir, uint64_t seed, DType dtype) {
   std::mt19937_64 rng(seed);
   std::vector<TensorToWrite> tensors;
@@ -107,8 +142,7 @@ absl::Status WriteRandomCheckpoint(const ModelConfig& config, const std::string&
     const double std = t.shape.size() == 2 ? 1.0 / std::sqrt(double(t.shape[1])) : 0.1;
     std::normal_distribution<double> normal(is_norm ? 1.0 : 0.0, is_norm || is_bias ? 0.1 : std);
     for (float& v : values) v = static_cast<float>(normal(rng));
-    if (dtype == DType::kF8E4M3 && t.shape.size() == 2 && !absl::StrContains(t.name, "embed") &&
-        !absl::StrContains(t.name, "mlp.gate.weight")) {
+    if (dtype == DType::kF8E4M3 && IsFp8Projection(t.name, t.shape)) {
       auto [weight, scale] = QuantizeFp8(t, values);
       tensors.push_back(std::move(weight));
       tensors.push_back(std::move(scale));

@@ -30,6 +30,16 @@ std::vector<TensorShape> CheckpointTensorShapes(const ModelConfig& config);
 absl::Status WriteRandomCheckpoint(const ModelConfig& config, const std::string& dir, uint64_t seed,
                                    DType dtype = DType::kBF16);
 
+// Whether DeepSeek's FP8 checkpoints store tensor `name` of `shape` in FP8:
+// the 2-D linear projections, not the embedding, the LM head or the router.
+bool IsFp8Projection(const std::string& name, const std::vector<int64_t>& shape);
+
+// The FP8 checkpoint of the (bf16 or float) checkpoint in `src_dir`, as
+// DeepSeek quantizes: every IsFp8Projection tensor in 128x128 blocks with its
+// `_scale_inv`, the rest copied; config.json gains the quantization_config.
+// Writes `dst_dir`/config.json and model.safetensors.
+absl::Status QuantizeCheckpointFp8(const std::string& src_dir, const std::string& dst_dir);
+
 }  // namespace mlaserve
 
 #endif  // MLASERVE_WORKER_RANDOM_CHECKPOINT_H_

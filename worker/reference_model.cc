@@ -18,7 +18,8 @@ using Mat = std::vector<Vec>;  // rows
 
 class Reference {
  public:
-  Reference(const ModelConfig& c, const Checkpoint& ck) : c_(c), ck_(ck), rope_(RopeFreqs()) {}
+  Reference(const ModelConfig& c, const Checkpoint& ck, ReferenceOptions options)
+      : c_(c), ck_(ck), options_(options), rope_(RopeFreqs()) {}
 
   absl::StatusOr<std::vector<float>> Run(const std::vector<int32_t>& ids) {
     const int64_t n = ids.size();
@@ -54,6 +55,24 @@ class Reference {
   absl::StatusOr<Vec> V(const std::string& name, int64_t n) {
     ASSIGN_OR_RETURN(std::vector<float> f, ck_.ReadF32(name, {n}));
     return Vec(f.begin(), f.end());
+  }
+  // x times the projection `name`, its input quantized first when the
+  // options ask for FP8 activations and the checkpoint stores it in FP8.
+  absl::StatusOr<Mat> Proj(const Mat& x, const std::string& name, std::vector<int64_t> shape) {
+    ASSIGN_OR_RETURN(Mat w, W(name, shape));
+    ASSIGN_OR_RETURN(const TensorView* stored, ck_.Get(name));
+    if (!options_.fp8_activations || stored->dtype != DType::kF8E4M3) return Lin(x, w);
+    Mat q = x;
+    for (Vec& row : q) {
+      for (size_t g = 0; g < row.size(); g += 128) {
+        const size_t end = std::min(row.size(), g + 128);
+        double amax = 0;
+        for (size_t i = g; i < end; ++i) amax = std::max(amax, std::fabs(row[i]));
+        const float s = std::max(static_cast<float>(amax), 1e-4f) / 448.0f;
+        for (size_t i = g; i < end; ++i) row[i] = double(F8E4M3ToF32(F32ToF8E4M3(static_cast<float>(row[i]) / s))) * s;
+      }
+    }
+    return Lin(q, w);
   }
   static Mat Lin(const Mat& x, const Mat& w) {
     Mat y(x.size(), Vec(w.size()));
@@ -122,19 +141,16 @@ class Reference {
     const int64_t rope = c_.qk_rope_head_dim, dv = c_.v_head_dim, rank = c_.kv_lora_rank;
     Mat q;
     if (c_.q_lora_rank > 0) {
-      ASSIGN_OR_RETURN(Mat qa, W(p + "q_a_proj.weight", {c_.q_lora_rank, c_.hidden_size}));
+      ASSIGN_OR_RETURN(Mat qa, Proj(x, p + "q_a_proj.weight", {c_.q_lora_rank, c_.hidden_size}));
       ASSIGN_OR_RETURN(Vec qn, V(p + "q_a_layernorm.weight", c_.q_lora_rank));
-      ASSIGN_OR_RETURN(Mat qb, W(p + "q_b_proj.weight", {H * (nope + rope), c_.q_lora_rank}));
-      q = Lin(Norm(Lin(x, qa), qn), qb);
+      ASSIGN_OR_RETURN(q, Proj(Norm(qa, qn), p + "q_b_proj.weight", {H * (nope + rope), c_.q_lora_rank}));
     } else {
-      ASSIGN_OR_RETURN(Mat qp, W(p + "q_proj.weight", {H * (nope + rope), c_.hidden_size}));
-      q = Lin(x, qp);
+      ASSIGN_OR_RETURN(q, Proj(x, p + "q_proj.weight", {H * (nope + rope), c_.hidden_size}));
     }
-    ASSIGN_OR_RETURN(Mat kva, W(p + "kv_a_proj_with_mqa.weight", {rank + rope, c_.hidden_size}));
     ASSIGN_OR_RETURN(Vec kvn, V(p + "kv_a_layernorm.weight", rank));
     ASSIGN_OR_RETURN(Mat kvb, W(p + "kv_b_proj.weight", {H * (nope + dv), rank}));
-    ASSIGN_OR_RETURN(Mat o_proj, W(p + "o_proj.weight", {c_.hidden_size, H * dv}));
-    Mat ckv = Lin(x, kva), latent(n), k_rot(n);
+    ASSIGN_OR_RETURN(Mat ckv, Proj(x, p + "kv_a_proj_with_mqa.weight", {rank + rope, c_.hidden_size}));
+    Mat latent(n), k_rot(n);
     for (int64_t t = 0; t < n; ++t) {
       latent[t] = Vec(ckv[t].begin(), ckv[t].begin() + rank);
       k_rot[t] = Rope(Vec(ckv[t].begin() + rank, ckv[t].end()), t);
@@ -163,17 +179,15 @@ class Reference {
           for (int64_t i = 0; i < dv; ++i) o[t][h * dv + i] += s[j] / sum * kv[j][h * (nope + dv) + nope + i];
       }
     }
-    return Lin(o, o_proj);
+    return Proj(o, p + "o_proj.weight", {c_.hidden_size, H * dv});
   }
 
   absl::StatusOr<Mat> Mlp(const std::string& p, const Mat& x, int64_t inner) {
-    ASSIGN_OR_RETURN(Mat g, W(p + "gate_proj.weight", {inner, c_.hidden_size}));
-    ASSIGN_OR_RETURN(Mat u, W(p + "up_proj.weight", {inner, c_.hidden_size}));
-    ASSIGN_OR_RETURN(Mat d, W(p + "down_proj.weight", {c_.hidden_size, inner}));
-    Mat a = Lin(x, g), b = Lin(x, u);
+    ASSIGN_OR_RETURN(Mat a, Proj(x, p + "gate_proj.weight", {inner, c_.hidden_size}));
+    ASSIGN_OR_RETURN(Mat b, Proj(x, p + "up_proj.weight", {inner, c_.hidden_size}));
     for (size_t t = 0; t < a.size(); ++t)
       for (int64_t i = 0; i < inner; ++i) a[t][i] = Silu(a[t][i]) * b[t][i];
-    return Lin(a, d);
+    return Proj(a, p + "down_proj.weight", {c_.hidden_size, inner});
   }
 
   // Expert choice for one token, following DeepSeek's gate: scores, optional
@@ -244,14 +258,15 @@ class Reference {
 
   const ModelConfig& c_;
   const Checkpoint& ck_;
+  const ReferenceOptions options_;
   const std::pair<Vec, double> rope_;  // inverse frequencies, attention factor
 };
 
 }  // namespace
 
 absl::StatusOr<std::vector<float>> ReferenceForward(const ModelConfig& config, const Checkpoint& checkpoint,
-                                                    const std::vector<int32_t>& ids) {
-  return Reference(config, checkpoint).Run(ids);
+                                                    const std::vector<int32_t>& ids, ReferenceOptions options) {
+  return Reference(config, checkpoint, options).Run(ids);
 }
 
 }  // namespace mlaserve

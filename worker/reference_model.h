@@ -16,9 +16,18 @@
 
 namespace mlaserve {
 
+struct ReferenceOptions {
+  // DeepSeek-V3's FP8 inference: the input of every projection the
+  // checkpoint stores in FP8 is quantized per token and 128 columns first
+  // (s = max(amax, 1e-4) / 448, x -> e4m3(x / s) * s), as its reference
+  // implementation's act_quant does -- except kv_b_proj's, which the absorbed
+  // attention applies in high precision. Weights are dequantized either way.
+  bool fp8_activations = false;
+};
+
 // Logits [ids.size(), vocab] at every position.
 absl::StatusOr<std::vector<float>> ReferenceForward(const ModelConfig& config, const Checkpoint& checkpoint,
-                                                    const std::vector<int32_t>& ids);
+                                                    const std::vector<int32_t>& ids, ReferenceOptions options = {});
 
 }  // namespace mlaserve
 

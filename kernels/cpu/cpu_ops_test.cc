@@ -4,6 +4,7 @@
 #include <numeric>
 #include <random>
 
+#include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
 
@@ -48,6 +49,64 @@ TEST_F(CpuOpsTest, Linear) {
   EXPECT_LT(RelErr(y, ref), 1e-6);
   Tensor bad = Make({7, 18});
   EXPECT_EQ(ops_->Linear(x, w, &bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// QuantizeFp8's rule, checked element by element: per row and 128 columns,
+// scale = amax / 448, values e4m3 of x / scale, the group's amax exactly 448.
+TEST_F(CpuOpsTest, QuantizeFp8PerRowAndGroup) {
+  const int64_t rows = 5, k = 272;  // two full groups and a partial one
+  Tensor w = Random({rows, k}, 3.0f);
+  std::fill_n(w.as<float>() + 2 * k, k, 0.0f);  // an all-zero row
+  auto q = ops_->QuantizeFp8(w);
+  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_EQ(q->dtype, DType::kF8E4M3);
+  ASSERT_NE(q->scale, nullptr);
+  ASSERT_EQ(q->scale->shape, (std::vector<int64_t>{rows, 3}));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < 3; ++g) {
+      const int64_t begin = g * 128, end = std::min<int64_t>(k, begin + 128);
+      float amax = 0;
+      for (int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(w.as<float>()[r * k + i]));
+      const float scale = q->scale->as<float>()[r * 3 + g];
+      EXPECT_EQ(scale, std::max(amax, 1e-4f) / 448.0f) << r << " " << g;
+      float qmax = 0;
+      for (int64_t i = begin; i < end; ++i) {
+        const float x = w.as<float>()[r * k + i];
+        const float v = F8E4M3ToF32(q->as<uint8_t>()[r * k + i]);
+        qmax = std::max(qmax, std::fabs(v));
+        EXPECT_LE(std::fabs(v * scale - x), std::fabs(x) / 16 + 1e-30) << r << " " << i;  // e4m3: 3 mantissa bits
+      }
+      EXPECT_EQ(qmax, amax > 0 ? 448.0f : 0.0f);
+    }
+  }
+}
+
+// FP8 Linear against the rule computed in double from the quantized values.
+TEST_F(CpuOpsTest, Fp8LinearIsTheGroupScaledProduct) {
+  const int64_t rows = 3, k = 400, n = 7;
+  Tensor x = Random({rows, k}), w = Random({n, k}, 0.05f);
+  auto wq = ops_->QuantizeFp8(w), xq = ops_->QuantizeFp8(x);
+  ASSERT_TRUE(wq.ok() && xq.ok());
+  Tensor out = Make({rows, n});
+  ASSERT_TRUE(ops_->Linear(x, *wq, &out).ok());
+  std::vector<double> ref(rows * n), exact(rows * n);
+  const int64_t groups = 4;
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t g = i / 128;
+        ref[t * n + j] += double(F8E4M3ToF32(xq->as<uint8_t>()[t * k + i])) * xq->scale->as<float>()[t * groups + g] *
+                          F8E4M3ToF32(wq->as<uint8_t>()[j * k + i]) * wq->scale->as<float>()[j * groups + g];
+        exact[t * n + j] += double(x.as<float>()[t * k + i]) * w.as<float>()[j * k + i];
+      }
+    }
+  }
+  EXPECT_LT(RelErr(out, ref), 1e-5);
+  EXPECT_LT(RelErr(out, exact), 0.1);  // FP8's own error: a few percent
+  EXPECT_GT(RelErr(out, exact), 1e-3);
+  Tensor no_scales = *wq;
+  no_scales.scale = nullptr;
+  EXPECT_EQ(ops_->Linear(x, no_scales, &out).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(CpuOpsTest, SampleTokensReadsEachRowAcrossVocabularySlices) {
