@@ -171,6 +171,31 @@ TEST_P(ModelParallelTest, GeneratedV2MatchesOneRank) {
   Check(dir, 3);
 }
 
+// An FP8 checkpoint (DeepSeek's 128x128 blocks) whose every shard boundary
+// falls on a 128-column group, as in DeepSeek-V3 (v_head_dim 128, inner sizes
+// of multiples of 128 per rank): each rank keeps its projections FP8 and
+// quantizes the same activation groups as one rank does.
+const char kV3Fp8Config[] = R"({
+  "model_type": "deepseek_v3", "vocab_size": 203, "hidden_size": 128, "intermediate_size": 512,
+  "moe_intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "q_lora_rank": 64,
+  "kv_lora_rank": 64, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 128,
+  "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+  "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "n_group": 4, "topk_group": 2,
+  "norm_topk_prob": true, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, "hidden_act": "silu"})";
+
+TEST_P(ModelParallelTest, Fp8CheckpointMatchesOneRank) {
+  const ParallelPlan plan = GetParam();
+  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/v3_fp8_", plan.tp, "_", plan.dp_attention, "_",
+                                       plan.ep);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << kV3Fp8Config;
+  auto config = LoadModelConfig(dir + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, std::random_device{}(), DType::kF32).ok());
+  ASSERT_TRUE(QuantizeCheckpointFp8(dir, dir + "/fp8").ok());
+  Check(dir + "/fp8", 3);
+}
+
 INSTANTIATE_TEST_SUITE_P(Plans, ModelParallelTest,
                          ::testing::Values(ParallelPlan{2, 1, 1}, ParallelPlan{2, 1, 2}, ParallelPlan{4, 1, 4},
                                            ParallelPlan{1, 2, 2}, ParallelPlan{1, 4, 4}, ParallelPlan{2, 2, 2},
