@@ -4,6 +4,7 @@
 #include <csignal>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <iostream>
 #include <memory>
 
@@ -13,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
@@ -25,7 +27,9 @@
 #include "coordinator/serving/metrics.h"
 #include "coordinator/cluster/rendezvous_service.h"
 #include "coordinator/serving/serving_engine.h"
+#include "coordinator/cluster/kv_sizing.h"
 #include "coordinator/cluster/shard_planner.h"
+#include "coordinator/cluster/weight_bytes.h"
 #include "tokenizer/tokenizer.h"
 #include "coordinator/cluster/worker_registry.h"
 
@@ -47,7 +51,14 @@ ABSL_FLAG(double, transfer_timeout_s, 60, "a KV transfer between workers taking 
 ABSL_FLAG(double, comm_timeout_s, 30, "a collective waiting on a peer longer than this fails its group's step");
 ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");
 ABSL_FLAG(double, heartbeat_timeout_s, 3, "a worker silent this long is dead");
-ABSL_FLAG(int64_t, kv_blocks, 256, "KV cache blocks per worker (per attention replica)");
+ABSL_FLAG(int64_t, kv_blocks, 0,
+          "KV cache blocks per attention replica (0: sized from the GPU memory the workers measure, see "
+          "--gpu_memory_utilization; 256 when a group has a worker without a GPU)");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "share of each GPU's memory a worker may use in all (weights, activations, KV cache); the KV cache gets "
+          "what is left of it after the weights and the largest step's activations");
+ABSL_FLAG(std::string, weights_dtype, "auto",
+          "how workers keep the weights: auto (as stored: an FP8 checkpoint's projections stay FP8), bf16, fp8");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
@@ -59,16 +70,21 @@ ABSL_FLAG(int, http_threads, 0,
 namespace mlaserve {
 namespace {
 
+// The KV pool of groups with a worker that measures no GPU memory (CPU
+// workers, mock compute), unless --kv_blocks says.
+constexpr int64_t kCpuKvBlocks = 256;
+
 volatile std::sig_atomic_t g_signalled = 0;
 void HandleSignal(int) { g_signalled = 1; }
 
-// The KV block size in bytes on success.
-absl::StatusOr<int64_t> LoadShard(const WorkerInfo& worker, const std::string& model_dir, const GroupOptions& options,
-                                  const ParallelPlan& plan, int group_rank, const std::string& rendezvous_prefix) {
+// What loading the worker's shard reported: the KV block size and, on a
+// GPU, the memory it then holds.
+absl::StatusOr<internal::v1::LoadShardResponse> LoadShard(const WorkerInfo& worker, const std::string& model_dir,
+                                                          const GroupOptions& options, const ParallelPlan& plan,
+                                                          int group_rank, const std::string& rendezvous_prefix) {
   grpc::ClientContext context;
   internal::v1::LoadShardRequest request;
   request.set_model_dir(model_dir);
-  request.set_num_blocks(options.num_blocks);
   request.set_block_size(options.block_size);
   request.set_group_rank(group_rank);
   request.set_group_size(plan.group_size());
@@ -79,10 +95,46 @@ absl::StatusOr<int64_t> LoadShard(const WorkerInfo& worker, const std::string& m
   request.set_comm_timeout_s(absl::GetFlag(FLAGS_comm_timeout_s));
   request.set_random_weights(absl::GetFlag(FLAGS_random_weights));
   request.set_random_seed(absl::GetFlag(FLAGS_random_seed));
+  request.set_weights_dtype(absl::GetFlag(FLAGS_weights_dtype));
+  request.set_max_step_tokens(options.scheduler.max_batched_tokens);
+  request.set_max_step_sequences(options.scheduler.max_num_seqs);
   internal::v1::LoadShardResponse response;
   absl::Status status = FromGrpcStatus(worker.stub->LoadShard(&context, request, &response));
   if (!status.ok()) return absl::Status(status.code(), absl::StrCat("worker ", worker.id, ": ", status.message()));
-  return response.bytes_per_block();
+  return response;
+}
+
+absl::Status CreateCache(const WorkerInfo& worker, int64_t num_blocks) {
+  grpc::ClientContext context;
+  internal::v1::CreateCacheRequest request;
+  request.set_num_blocks(num_blocks);
+  internal::v1::CreateCacheResponse response;
+  absl::Status status = FromGrpcStatus(worker.stub->CreateCache(&context, request, &response));
+  if (!status.ok()) return absl::Status(status.code(), absl::StrCat("worker ", worker.id, ": ", status.message()));
+  return absl::OkStatus();
+}
+
+// What the shard planner needs to know of the workers' format and memory.
+absl::StatusOr<PlanRequest> MakePlanRequest(const ModelConfig& config, bool gpu, int64_t block_size) {
+  // Random weights are made unquantized (FP8 only when asked for).
+  ModelConfig stored = config;
+  if (absl::GetFlag(FLAGS_random_weights)) stored.fp8_block_rows = stored.fp8_block_cols = 0;
+  ASSIGN_OR_RETURN(const WeightFormat weights, ChooseWeightFormat(stored, absl::GetFlag(FLAGS_weights_dtype), gpu));
+  PlanRequest request{.tp = absl::GetFlag(FLAGS_tp),
+                      .dp_attention = absl::GetFlag(FLAGS_dp_attention),
+                      .ep = absl::GetFlag(FLAGS_ep),
+                      .weights = weights,
+                      .kv_bytes_per_token = config.latent_dim() * config.num_hidden_layers * weights.dense_bytes};
+  if (gpu) {
+    request.memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
+    request.reserve_bytes = kGpuReserveBytes;
+  }
+  // Sized from memory, the cache must hold at least one sequence of the
+  // model's whole context.
+  const int64_t blocks = absl::GetFlag(FLAGS_kv_blocks) > 0 ? absl::GetFlag(FLAGS_kv_blocks) : gpu ? 0 : kCpuKvBlocks;
+  request.kv_pool_tokens = blocks * block_size;
+  request.kv_context = config.max_position_embeddings;
+  return request;
 }
 
 // --roles prefill:N,decode:M as the role of each of `num_groups` groups.
@@ -104,44 +156,85 @@ absl::StatusOr<std::vector<GroupRole>> ParseRoles(const std::string& text, int n
 }
 
 // Plans the cluster, has every worker load its shard (the ranks of a group
-// concurrently: they meet in the rendezvous store) and adds the groups.
-// Returns the KV block size in bytes.
+// concurrently: they meet in the rendezvous store), sizes each group's KV
+// pool from what its ranks measured, has them allocate it and adds the
+// groups. Returns the KV block size in bytes.
 absl::StatusOr<int64_t> StartGroups(const std::vector<WorkerInfo>& workers, const ModelConfig& config,
                                     const std::string& model_dir, GroupOptions options, ServingEngine& engine,
                                     ServingMetrics& metrics) {
   std::vector<int64_t> memory;
-  for (const WorkerInfo& w : workers) memory.push_back(w.memory_bytes);
-  ASSIGN_OR_RETURN(ClusterPlan cluster,
-                   PlanCluster(config, memory,
-                               {.tp = absl::GetFlag(FLAGS_tp),
-                                .dp_attention = absl::GetFlag(FLAGS_dp_attention),
-                                .ep = absl::GetFlag(FLAGS_ep),
-                                .kv_bytes_per_token = config.latent_dim() * config.num_hidden_layers *
-                                                      static_cast<int64_t>(sizeof(float)),
-                                .kv_pool_tokens = options.num_blocks * options.block_size}));
-  std::cerr << "coordinator: shard plan: " << cluster.ToString() << "\n";
+  std::map<std::string, int> per_gpu;  // workers on each GPU
+  bool gpu = true;
+  for (const WorkerInfo& w : workers) {
+    memory.push_back(w.memory_bytes);
+    gpu = gpu && !w.gpu_uuid.empty();
+    if (!w.gpu_uuid.empty()) ++per_gpu[w.gpu_uuid];
+  }
+  ASSIGN_OR_RETURN(const PlanRequest request, MakePlanRequest(config, gpu, options.block_size));
+  ASSIGN_OR_RETURN(const ClusterPlan cluster, PlanCluster(config, memory, request));
+  std::cerr << "coordinator: shard plan: " << cluster.ToString() << " (" << request.weights.name()
+            << " weights; estimates until the workers measure)\n";
   ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
   options.tp = cluster.plan.tp;
   options.dp_attention = cluster.plan.dp_attention;
   const int size = cluster.plan.group_size();
-  std::vector<std::future<absl::StatusOr<int64_t>>> loads;
+  std::vector<std::future<absl::StatusOr<internal::v1::LoadShardResponse>>> loads;
   for (size_t i = 0; i < workers.size(); ++i) {
     const std::string prefix = absl::StrCat("group", workers[i - i % size].id);
     loads.push_back(std::async(std::launch::async, [&, i, prefix] {
       return LoadShard(workers[i], model_dir, options, cluster.plan, static_cast<int>(i % size), prefix);
     }));
   }
-  int64_t bytes_per_block = 0;
+  std::vector<internal::v1::LoadShardResponse> loaded;
+  absl::Status failed;
   for (auto& load : loads) {
-    ASSIGN_OR_RETURN(bytes_per_block, load.get());
+    absl::StatusOr<internal::v1::LoadShardResponse> response = load.get();  // wait for every load, even after a failure
+    if (response.ok()) loaded.push_back(*std::move(response));
+    if (!response.ok() && failed.ok()) failed = response.status();
   }
+  RETURN_IF_ERROR(failed);
+  const int64_t bytes_per_block = loaded[0].bytes_per_block();
   for (size_t first = 0; first < workers.size(); first += size) {
     std::vector<WorkerInfo> members(workers.begin() + first, workers.begin() + first + size);
+    std::vector<RankMemoryReport> reports;
+    for (size_t i = first; i < first + size; ++i) {
+      const internal::v1::MemoryReport& m = loaded[i].memory();
+      reports.push_back({.worker_id = workers[i].id,
+                         .capacity_bytes = m.capacity_bytes(),
+                         .used_bytes = m.used_bytes(),
+                         .free_bytes = m.free_bytes(),
+                         .sharers = std::max(1, per_gpu[workers[i].gpu_uuid])});
+    }
+    ASSIGN_OR_RETURN(const KvSizing sizing,
+                     SizeKvPool(reports, {.kv_blocks = absl::GetFlag(FLAGS_kv_blocks),
+                                          .default_blocks = kCpuKvBlocks,
+                                          .gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization),
+                                          .bytes_per_block = bytes_per_block}));
+    std::vector<std::future<absl::Status>> creates;
+    for (const WorkerInfo& member : members) {
+      creates.push_back(std::async(std::launch::async, [&member, &sizing] {
+        return CreateCache(member, sizing.num_blocks);
+      }));
+    }
+    for (auto& create : creates) RETURN_IF_ERROR(create.get());
+    const int64_t tokens = sizing.num_blocks * options.block_size;
+    std::cerr << absl::StreamFormat(
+        "coordinator: group %d: KV cache of %d blocks = %d tokens per attention replica, %d in the group's %d "
+        "replica(s); %.2f GiB per rank (from %s)\n",
+        members[0].id, sizing.num_blocks, tokens, tokens * options.dp_attention, options.dp_attention,
+        static_cast<double>(sizing.num_blocks * bytes_per_block) / (1 << 30), sizing.ToString());
+    options.num_blocks = sizing.num_blocks;
     options.role = roles[first / size];
     auto executor = std::make_unique<GrpcStepExecutor>(members, options.tp, options.step_timeout);
     engine.AddGroup(std::make_unique<EngineGroup>(members[0].id, std::move(members), std::move(executor), options,
                                                   config, metrics));
   }
+  int64_t tokens = 0;
+  for (const GroupKvCapacity& group : engine.KvCapacity()) tokens += group.tokens();
+  std::cerr << absl::StreamFormat(
+      "coordinator: %sKV cache size: %d tokens; maximum concurrency for %d tokens per request: %.2fx\n",
+      gpu ? "GPU " : "", tokens, engine.max_context(),
+      static_cast<double>(tokens) / static_cast<double>(engine.max_context()));
   return bytes_per_block;
 }
 
@@ -171,8 +264,7 @@ absl::Status Run() {
   registry.OnDeath([&engine](int32_t worker_id) { engine.OnWorkerDeath(worker_id); });
   registry.OnDrain([&engine](int32_t worker_id) { return engine.DrainWorker(worker_id); });
   AdminService admin(engine, registry);
-  GroupOptions group_options{.num_blocks = absl::GetFlag(FLAGS_kv_blocks),
-                             .block_size = absl::GetFlag(FLAGS_block_size),
+  GroupOptions group_options{.block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
                                            .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)}};
   GrpcService public_api(engine, metrics, group_options.block_size);

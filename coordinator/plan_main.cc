@@ -118,7 +118,11 @@ absl::Status Run() {
     std::printf("no plan holds %lld sequences of %lld tokens per group (%s)\n",
                 static_cast<long long>(request.kv_sequences), static_cast<long long>(context),
                 std::string(chosen.status().message()).c_str());
-    if (best.sequences == 0) return absl::OkStatus();
+    if (best.sequences == 0) {
+      std::printf("no plan leaves room for one sequence of %lld tokens beside the weights\n",
+                  static_cast<long long>(context));
+      return absl::OkStatus();
+    }
     chosen = ClusterPlan{best_plan, gpus / best_plan.group_size(), best_budget};
     std::printf("most sequences: ");
   } else {

@@ -11,6 +11,10 @@ int64_t BlocksFor(int64_t num_positions, int64_t block_size) {
   return (num_positions + block_size - 1) / block_size;
 }
 
+int64_t KvBlockBytes(const ModelConfig& config, int64_t block_size, DType dtype) {
+  return config.num_hidden_layers * block_size * config.latent_dim() * static_cast<int64_t>(DTypeBytes(dtype));
+}
+
 absl::StatusOr<KvCache> KvCache::Create(Ops& ops, const ModelConfig& config, int64_t num_blocks,
                                         int64_t block_size) {
   if (num_blocks <= 0 || block_size <= 0) {

@@ -44,6 +44,11 @@ class KvCache {
 // The blocks a sequence needs for `num_positions` tokens.
 int64_t BlocksFor(int64_t num_positions, int64_t block_size);
 
+// The bytes of one block of `config`'s cache in `dtype` (what Create takes
+// per block on a backend storing `dtype`): what the coordinator divides a
+// worker's free memory by.
+int64_t KvBlockBytes(const ModelConfig& config, int64_t block_size, DType dtype);
+
 }  // namespace mlaserve
 
 #endif  // MLASERVE_WORKER_KV_CACHE_H_

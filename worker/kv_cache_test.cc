@@ -21,6 +21,8 @@ TEST(KvCacheTest, LayoutIsOneContiguousSpanPerBlock) {
   ASSERT_TRUE(cache.ok());
   EXPECT_EQ(cache->pool().shape, (std::vector<int64_t>{10, 3, 64, 80}));
   EXPECT_EQ(cache->bytes_per_block(), 3 * 64 * 80 * 4);
+  EXPECT_EQ(KvBlockBytes(TinyConfig(), 64, ops->storage_dtype()), cache->bytes_per_block());
+  EXPECT_EQ(KvBlockBytes(TinyConfig(), 64, DType::kBF16), 3 * 64 * 80 * 2);
 }
 
 TEST(KvCacheTest, AllocateFreeAndExhaust) {

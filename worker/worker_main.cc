@@ -9,6 +9,7 @@
 #include <csignal>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -20,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/grpc_status.h"
+#include "common/status_macros.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "proto/worker.grpc.pb.h"
 #include "worker/comm/gloo_communicator.h"
@@ -41,7 +43,9 @@ ABSL_FLAG(bool, mock_compute, false,
           "answer steps without computing (no weights or KV memory): measures the serving path's own cost");
 ABSL_FLAG(double, mock_step_ms, 0,
           "with --mock_compute: each step takes this long, as a GPU's would, so batches fill as against a GPU");
-ABSL_FLAG(double, memory_gb, 0, "memory this worker offers for weights and KV cache (0: the machine's RAM)");
+ABSL_FLAG(double, memory_gb, 0,
+          "memory this worker offers for weights, activations and KV cache (0: its GPU's on cuda, the machine's RAM "
+          "on cpu)");
 
 namespace mlaserve {
 namespace {
@@ -85,13 +89,16 @@ CommunicatorFactory CommunicatorsFor(const std::string& device, const std::strin
   };
 }
 
-int64_t MemoryBytes() {
-  const double gb = absl::GetFlag(FLAGS_memory_gb);
-  if (gb > 0) return static_cast<int64_t>(gb * (1ull << 30));
-  return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+// What the worker offers: --memory_gb, else its GPU's memory (the machine's
+// RAM on a CPU).
+absl::StatusOr<int64_t> MemoryBytes(int gpu) {
+  if (const double gb = absl::GetFlag(FLAGS_memory_gb); gb > 0) return static_cast<int64_t>(gb * (1ull << 30));
+  if (gpu < 0) return static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  ASSIGN_OR_RETURN(const DeviceMemory device, CudaMemoryInfo(gpu));
+  return device.total_bytes;
 }
 
-int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address,
+int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address, int64_t memory_bytes,
                       const std::string& gpu_uuid) {
   const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
   while (absl::Now() < deadline && !g_signalled) {
@@ -100,7 +107,7 @@ int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& 
     internal::v1::RegisterRequest request;
     request.set_address(address);
     request.set_device(absl::GetFlag(FLAGS_device));
-    request.set_memory_bytes(MemoryBytes());
+    request.set_memory_bytes(memory_bytes);
     request.set_pid(getpid());
     request.set_gpu_uuid(gpu_uuid);
     internal::v1::RegisterResponse response;
@@ -153,11 +160,27 @@ int Main(int argc, char** argv) {
     std::cerr << "worker: " << ops.status() << "\n";
     return 1;
   }
+  const int gpu = GpuIndex(device);
+  const absl::StatusOr<int64_t> memory = MemoryBytes(gpu);
+  if (!memory.ok()) {
+    std::cerr << "worker: " << memory.status() << "\n";
+    return 1;
+  }
+  std::optional<GpuMemory> gpu_memory;
+  if (gpu >= 0) {
+    gpu_memory = GpuMemory{.capacity_bytes = *memory,
+                           .free_bytes = [gpu]() -> absl::StatusOr<int64_t> {
+                             ASSIGN_OR_RETURN(const DeviceMemory device, CudaMemoryInfo(gpu));
+                             return device.free_bytes;
+                           },
+                           .release_cached = [gpu] { return CudaReleaseCachedMemory(gpu); }};
+  }
   GrpcRendezvousStore store(absl::GetFlag(FLAGS_coordinator));
   WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)),
                         {.transfer_chunk_delay = absl::Milliseconds(absl::GetFlag(FLAGS_transfer_chunk_delay_ms)),
                          .mock_compute = absl::GetFlag(FLAGS_mock_compute),
-                         .mock_step_time = absl::Milliseconds(absl::GetFlag(FLAGS_mock_step_ms))});
+                         .mock_step_time = absl::Milliseconds(absl::GetFlag(FLAGS_mock_step_ms)),
+                         .gpu_memory = std::move(gpu_memory)});
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
@@ -174,7 +197,7 @@ int Main(int argc, char** argv) {
   auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_coordinator), grpc::InsecureChannelCredentials());
   auto stub = internal::v1::Coordinator::NewStub(channel);
   std::string gpu_uuid;
-  if (const int gpu = GpuIndex(device); gpu >= 0) {
+  if (gpu >= 0) {
     absl::StatusOr<std::string> uuid = CudaDeviceUuid(gpu);
     if (!uuid.ok()) {
       std::cerr << "worker: " << uuid.status() << "\n";
@@ -182,7 +205,7 @@ int Main(int argc, char** argv) {
     }
     gpu_uuid = *uuid;
   }
-  const int worker_id = RegisterWithRetry(*stub, address, gpu_uuid);
+  const int worker_id = RegisterWithRetry(*stub, address, *memory, gpu_uuid);
   if (worker_id < 0) {
     std::cerr << "worker: could not register with " << absl::GetFlag(FLAGS_coordinator) << "\n";
     server->Shutdown();

@@ -7,11 +7,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "kernels/sampler.h"
 #include "worker/block_io.h"
+#include "worker/load_report.h"
+#include "worker/memory_profile.h"
 
 namespace mlaserve {
 namespace {
@@ -31,8 +34,9 @@ WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, C
     : ops_(std::move(ops)),
       store_(store),
       factory_(std::move(factory)),
-      options_(options),
-      links_(store, factory_) {}
+      options_(std::move(options)),
+      links_(store, factory_),
+      start_free_bytes_(options_.gpu_memory ? options_.gpu_memory->free_bytes() : absl::StatusOr<int64_t>(0)) {}
 
 grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const internal::v1::LoadShardRequest* request,
                                       internal::v1::LoadShardResponse* response) {
@@ -46,8 +50,12 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   loaded_ = false;
   sequences_.clear();
   cache_.reset();
+  num_blocks_ = 0;
   model_.reset();
   comms_ = GroupComms();
+  if (request.block_size() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("block_size ", request.block_size(), " is not positive"));
+  }
   const ParallelPlan plan{.tp = std::max(1, request.tp()),
                           .dp_attention = std::max(1, request.dp_attention()),
                           .ep = std::max(1, request.ep())};
@@ -63,35 +71,90 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   }
   comms_.plan = plan;
   comms_.group_rank = request.group_rank();
+  block_size_ = request.block_size();
   if (options_.mock_compute) {
     ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(request.model_dir() + "/config.json"));
-    num_blocks_ = request.num_blocks();
-    block_size_ = request.block_size();
     vocab_size_ = config.vocab_size;
+    bytes_per_block_ = KvBlockBytes(config, block_size_, DType::kBF16);  // as a GPU's
     loaded_ = true;
-    response->set_num_blocks(num_blocks_);
-    response->set_bytes_per_block(block_size_ * config.num_hidden_layers *
-                                  (config.kv_lora_rank + config.qk_rope_head_dim) * 2);
+    response->set_bytes_per_block(bytes_per_block_);
     return absl::OkStatus();
   }
-  auto progress = [](int64_t done, int64_t total) {
-    std::cerr << "worker: loading weights, layer " << done << "/" << total << "\n";
-  };
+  int64_t free_before_weights = 0;
+  if (options_.gpu_memory) {
+    RETURN_IF_ERROR(start_free_bytes_.status());
+    ASSIGN_OR_RETURN(free_before_weights, options_.gpu_memory->free_bytes());
+  }
+  ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(request.weights_dtype()));
   std::unique_ptr<Model> model;
   if (request.random_weights()) {
-    ASSIGN_OR_RETURN(model, Model::LoadRandom(request.model_dir(), *ops_, comms_.shard(), request.random_seed()));
+    ASSIGN_OR_RETURN(model,
+                     Model::LoadRandom(request.model_dir(), *ops_, comms_.shard(), request.random_seed(), dtype));
   } else {
-    ASSIGN_OR_RETURN(model, Model::Load(request.model_dir(), *ops_, comms_.shard(), progress));
+    ASSIGN_OR_RETURN(model, Model::Load(request.model_dir(), *ops_, comms_.shard(), dtype, LoadReporter("worker")));
   }
-  ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops_, model->config(), request.num_blocks(), request.block_size()));
+  if (options_.gpu_memory) {
+    RETURN_IF_ERROR(MeasureMemory(*model, request, free_before_weights, response->mutable_memory()));
+  }
   model_ = std::move(model);
-  cache_.emplace(std::move(cache));
-  num_blocks_ = cache_->num_blocks();
-  block_size_ = cache_->block_size();
   vocab_size_ = model_->config().vocab_size;
+  bytes_per_block_ = KvBlockBytes(model_->config(), block_size_, ops_->storage_dtype());
   loaded_ = true;
-  response->set_num_blocks(cache_->num_blocks());
-  response->set_bytes_per_block(cache_->bytes_per_block());
+  response->set_bytes_per_block(bytes_per_block_);
+  return absl::OkStatus();
+}
+
+absl::Status WorkerService::MeasureMemory(Model& model, const internal::v1::LoadShardRequest& request,
+                                          int64_t free_before_weights, internal::v1::MemoryReport* report) {
+  const GpuMemory& gpu = *options_.gpu_memory;
+  RETURN_IF_ERROR(gpu.release_cached());  // what loading freed
+  ASSIGN_OR_RETURN(const int64_t free_after_weights, gpu.free_bytes());
+  int64_t scratch_bytes = 0;
+  const StepShape step{.max_tokens = request.max_step_tokens(), .max_sequences = request.max_step_sequences()};
+  if (step.max_tokens > 0 && step.max_sequences > 0) {
+    ASSIGN_OR_RETURN(scratch_bytes, RunLargestStep(model, *ops_, block_size_, step));
+  }
+  ASSIGN_OR_RETURN(const int64_t free_after_step, gpu.free_bytes());
+  RETURN_IF_ERROR(gpu.release_cached());
+  ASSIGN_OR_RETURN(const int64_t free_now, gpu.free_bytes());
+  const int64_t activations = std::max<int64_t>(0, free_after_weights - free_after_step - scratch_bytes);
+  report->set_capacity_bytes(gpu.capacity_bytes);
+  report->set_free_bytes(free_now - activations);
+  report->set_used_bytes(*start_free_bytes_ - free_after_weights + activations);
+  report->set_weight_bytes(free_before_weights - free_after_weights);
+  report->set_activation_bytes(activations);
+  constexpr double kGiB = 1 << 30;
+  std::cerr << absl::StreamFormat(
+      "worker: memory after loading: %.2f GiB weights, %.2f GiB for the largest step (%d tokens, %d sequences), "
+      "%.2f GiB held in all of %.2f GiB; %.2f GiB free for the KV cache on the GPU\n",
+      report->weight_bytes() / kGiB, activations / kGiB, step.max_tokens, step.max_sequences,
+      report->used_bytes() / kGiB, report->capacity_bytes() / kGiB, report->free_bytes() / kGiB);
+  return absl::OkStatus();
+}
+
+grpc::Status WorkerService::CreateCache(grpc::ServerContext*, const internal::v1::CreateCacheRequest* request,
+                                        internal::v1::CreateCacheResponse* response) {
+  absl::MutexLock lock(&mu_);
+  return ToGrpcStatus(CreatePool(*request, response));
+}
+
+absl::Status WorkerService::CreatePool(const internal::v1::CreateCacheRequest& request,
+                                       internal::v1::CreateCacheResponse* response) {
+  if (!loaded_) return absl::FailedPreconditionError("CreateCache before LoadShard");
+  // A new pool holds none of the old one's KV.
+  sequences_.clear();
+  cache_.reset();
+  num_blocks_ = 0;
+  if (request.num_blocks() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("a KV cache of ", request.num_blocks(), " blocks"));
+  }
+  if (!options_.mock_compute) {
+    ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops_, model_->config(), request.num_blocks(), block_size_));
+    cache_.emplace(std::move(cache));
+  }
+  num_blocks_ = request.num_blocks();
+  response->set_num_blocks(num_blocks_);
+  response->set_bytes_per_block(bytes_per_block_);
   return absl::OkStatus();
 }
 
@@ -165,7 +228,7 @@ absl::StatusOr<WorkerService::StepRow> WorkerService::ApplyChange(const internal
 }
 
 absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
-  if (!loaded_) return absl::FailedPreconditionError("Step before LoadShard");
+  if (num_blocks_ == 0) return absl::FailedPreconditionError("Step before LoadShard and CreateCache");
   response->set_step_id(request.step_id());
   for (int64_t id : request.released()) sequences_.erase(id);
   // This rank computes its attention replica's sequences; every rank of the

@@ -1,6 +1,7 @@
 // The internal gRPC Worker service: on LoadShard joins its engine group's
-// communicators (through the rendezvous store) and loads its shard of the
-// model and the paged latent cache; runs the engine steps that arrive on its
+// communicators (through the rendezvous store), loads its shard of the model
+// and, on a GPU, reports the memory it then holds (worker/memory_profile.h);
+// on CreateCache allocates the paged latent cache the coordinator sized; runs the engine steps that arrive on its
 // Steps stream one after the other (the forward pass over its attention
 // replica's part of the batch the coordinator planned, then sampling of the
 // requested rows, reported by the replica's first rank); reports figures on
@@ -23,6 +24,7 @@
 #include "worker/comm/rendezvous_store.h"
 #include "worker/group_comms.h"
 #include "worker/kv_cache.h"
+#include "worker/memory_profile.h"
 #include "worker/model.h"
 #include "worker/peer_links.h"
 
@@ -39,6 +41,10 @@ struct WorkerOptions {
   // With mock_compute, each step takes this long, as a GPU's would: clients
   // then keep as many sequences in the batch as they would against a GPU.
   absl::Duration mock_step_time = absl::ZeroDuration();
+  // The GPU's memory (absent on a CPU, where nothing is measured): read when
+  // the service is made and again around loading, for LoadShard's memory
+  // report (worker/memory_profile.h).
+  std::optional<GpuMemory> gpu_memory;
 };
 
 class WorkerService final : public internal::v1::Worker::Service {
@@ -50,6 +56,8 @@ class WorkerService final : public internal::v1::Worker::Service {
 
   grpc::Status LoadShard(grpc::ServerContext* context, const internal::v1::LoadShardRequest* request,
                          internal::v1::LoadShardResponse* response) override;
+  grpc::Status CreateCache(grpc::ServerContext* context, const internal::v1::CreateCacheRequest* request,
+                           internal::v1::CreateCacheResponse* response) override;
   grpc::Status Steps(grpc::ServerContext* context,
                      grpc::ServerReaderWriter<internal::v1::StepResponse, internal::v1::StepRequest>* stream) override;
   grpc::Status GetStats(grpc::ServerContext* context, const internal::v1::GetStatsRequest* request,
@@ -66,6 +74,12 @@ class WorkerService final : public internal::v1::Worker::Service {
  private:
   absl::Status Load(const internal::v1::LoadShardRequest& request, internal::v1::LoadShardResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs the request's largest step on the freshly loaded `model` and fills
+  // `report` from the free memory before the weights, after them and now.
+  absl::Status MeasureMemory(Model& model, const internal::v1::LoadShardRequest& request, int64_t free_before_weights,
+                             internal::v1::MemoryReport* report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CreatePool(const internal::v1::CreateCacheRequest& request,
+                          internal::v1::CreateCacheResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What the worker keeps of one of its replica's sequences between steps.
   struct SequenceState {
     std::vector<int32_t> block_table;
@@ -114,11 +128,15 @@ class WorkerService final : public internal::v1::Worker::Service {
   GroupComms comms_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Model> model_ ABSL_GUARDED_BY(mu_);
   std::optional<KvCache> cache_ ABSL_GUARDED_BY(mu_);
-  // The pool's geometry (also set under mock compute, which has no pool).
+  // The pool's geometry (also set under mock compute, which has no pool);
+  // num_blocks_ is 0 until CreateCache.
   int64_t num_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t block_size_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t bytes_per_block_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t vocab_size_ ABSL_GUARDED_BY(mu_) = 0;
-  bool loaded_ ABSL_GUARDED_BY(mu_) = false;
+  bool loaded_ ABSL_GUARDED_BY(mu_) = false;  // LoadShard succeeded
+  // The GPU's free memory when the worker started (0 on a CPU).
+  const absl::StatusOr<int64_t> start_free_bytes_;
   // Node-based: a step holds pointers to states while it adds others.
   absl::node_hash_map<int64_t, SequenceState> sequences_ ABSL_GUARDED_BY(mu_);
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;

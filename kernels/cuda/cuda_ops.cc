@@ -882,4 +882,20 @@ absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device, CudaOpsOptions optio
   return std::unique_ptr<Ops>(std::move(ops));
 }
 
+absl::StatusOr<DeviceMemory> CudaMemoryInfo(int device) {
+  DeviceScope scope(device);  // cudaMemGetInfo reads the current device
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return DeviceMemory{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
+}
+
+absl::Status CudaReleaseCachedMemory(int device) {
+  DeviceScope scope(device);
+  CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  cudaMemPool_t pool;
+  CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, device));
+  CUDA_RETURN_IF_ERROR(cudaMemPoolTrimTo(pool, 0));
+  return absl::OkStatus();
+}
+
 }  // namespace mlaserve

@@ -56,6 +56,21 @@ int CudaDeviceCount();
 // they share a GPU.
 absl::StatusOr<std::string> CudaDeviceUuid(int device);
 
+// GPU memory as the driver counts it (cudaMemGetInfo): what every process
+// on the GPU holds is gone from `free_bytes`.
+struct DeviceMemory {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
+};
+
+// The memory of GPU `device` now.
+absl::StatusOr<DeviceMemory> CudaMemoryInfo(int device);
+
+// Waits for GPU `device`'s work, then hands back to the GPU what the
+// device's default memory pool (the backend's) keeps of the memory freed
+// into it, so that free memory counts only what is in use.
+absl::Status CudaReleaseCachedMemory(int device);
+
 }  // namespace mlaserve
 
 #endif  // MLASERVE_KERNELS_CUDA_CUDA_OPS_H_
