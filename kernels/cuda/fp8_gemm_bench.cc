@@ -99,10 +99,13 @@ double CublasLt(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, bool fp8, 
   void* a = Alloc(m * k * element);
   void* b = Alloc(n * k * element);
   void* d = Alloc(m * n * 2);
-  float* a_scale = static_cast<float*>(Alloc(((m + 127) / 128) * ((k + 127) / 128) * 4 + m * 4));
-  float* b_scale = static_cast<float*>(Alloc(((k + 127) / 128) * n * 4 + 4));
-  CK(cudaMemset(a_scale, 0x3f, ((m + 127) / 128) * ((k + 127) / 128) * 4 + m * 4));
-  CK(cudaMemset(b_scale, 0x3f, ((k + 127) / 128) * n * 4 + 4));
+  // Scale tables padded to whole 128-row tiles either way, whatever layout cuBLASLt reads.
+  const size_t a_scale_bytes = ((m + 127) / 128 * 128) * ((k + 127) / 128) * 4;
+  const size_t b_scale_bytes = ((k + 127) / 128) * ((n + 127) / 128 * 128) * 4;
+  float* a_scale = static_cast<float*>(Alloc(a_scale_bytes));
+  float* b_scale = static_cast<float*>(Alloc(b_scale_bytes));
+  CK(cudaMemset(a_scale, 0x3f, a_scale_bytes));
+  CK(cudaMemset(b_scale, 0x3f, b_scale_bytes));
   CK(cudaMemset(a, 0x11, m * k * element));
   CK(cudaMemset(b, 0x11, n * k * element));
   const size_t workspace_bytes = 64 << 20;
@@ -138,9 +141,17 @@ double CublasLt(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, bool fp8, 
            status == CUBLAS_STATUS_SUCCESS ? "none returned" : cublasLtGetStatusString(status));
   } else {
     const float alpha = 1, beta = 0;
+    cublasStatus_t run_status = CUBLAS_STATUS_SUCCESS;
     ms = TimeMs([&] {
-      cublasLtMatmul(lt, op, &alpha, a, la, b, lb, &beta, d, ld, d, ld, &result.algo, workspace, workspace_bytes, nullptr);
+      const cublasStatus_t s = cublasLtMatmul(lt, op, &alpha, a, la, b, lb, &beta, d, ld, d, ld, &result.algo,
+                                              workspace, workspace_bytes, nullptr);
+      if (s != CUBLAS_STATUS_SUCCESS) run_status = s;
     });
+    if (run_status != CUBLAS_STATUS_SUCCESS) {
+      printf("  cuBLASLt %s %ldx%ldx%ld: matmul failed (%s)\n", what, long(m), long(n), long(k),
+             cublasLtGetStatusString(run_status));
+      ms = -1;
+    }
   }
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(la);
