@@ -453,9 +453,10 @@ absl::StatusOr<std::vector<float>> Checkpoint::ReadColumnsF32(std::string_view n
   return out;
 }
 
-void Checkpoint::Prefetch(std::string_view prefix) const {
+void Checkpoint::Prefetch(std::string_view prefix, const std::function<bool(std::string_view)>& wanted) const {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   for (auto it = owner_.lower_bound(prefix); it != owner_.end() && std::string_view(it->first).starts_with(prefix); ++it) {
+    if (!wanted(it->first)) continue;
     const TensorView* tensor = it->second->Find(it->first);
     if (tensor == nullptr || tensor->num_bytes == 0) continue;
     const uintptr_t begin = reinterpret_cast<uintptr_t>(tensor->data) & ~(page - 1);

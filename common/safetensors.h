@@ -9,6 +9,7 @@
 #define MLASERVE_COMMON_SAFETENSORS_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -92,9 +93,9 @@ class Checkpoint {
   // multiple of 128 columns wide, or col_begin not a multiple of 128).
   absl::StatusOr<std::vector<float>> ReadFp8RowScales(std::string_view name, int64_t row_begin, int64_t row_end,
                                                       int64_t col_begin, int64_t col_end) const;
-  // Asks the kernel to start reading every tensor whose name starts with
-  // `prefix` (madvise WILLNEED: read-ahead in the background, across files).
-  void Prefetch(std::string_view prefix) const;
+  // Asks the kernel to read every tensor whose name starts with `prefix`
+  // and that `wanted` accepts (madvise WILLNEED: read-ahead, across files).
+  void Prefetch(std::string_view prefix, const std::function<bool(std::string_view)>& wanted) const;
   void set_fp8_block(int64_t rows, int64_t cols) { fp8_block_rows_ = rows; fp8_block_cols_ = cols; }
 
  private:

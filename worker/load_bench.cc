@@ -104,6 +104,7 @@ absl::Status WriteCheckpoint(const ModelConfig& config, const std::string& dir, 
   };
   uint64_t seed = 1;
   for (const TensorShape& t : CheckpointTensorShapes(config)) {
+    const size_t before = pending.size();
     if (fp8 && IsFp8Projection(t.name, t.shape)) {
       pending.push_back(RandomTensor(t.name, DType::kF8E4M3, t.shape, ++seed));
       pending.push_back(RandomTensor(t.name + "_scale_inv", DType::kF32,
@@ -111,7 +112,7 @@ absl::Status WriteCheckpoint(const ModelConfig& config, const std::string& dir, 
     } else {
       pending.push_back(RandomTensor(t.name, DType::kBF16, t.shape, ++seed));
     }
-    pending_bytes += pending.back().bytes.size();
+    for (size_t i = before; i < pending.size(); ++i) pending_bytes += pending[i].bytes.size();
     if (pending_bytes >= file_gb * 1e9) RETURN_IF_ERROR(flush());
   }
   RETURN_IF_ERROR(flush());

@@ -73,7 +73,10 @@ absl::StatusOr<std::vector<std::vector<float>>> RunSteps(Model& model, KvCache& 
 
 class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
  protected:
-  void Check(const std::string& dir, int num_seqs) {
+  // Every sequence's logits within `worst` of one rank's, and at least half
+  // within 1e-5 (float32 sums in another order; FP8 activations may also round
+  // the other way at a boundary, which moves a sequence by FP8's own error).
+  void Check(const std::string& dir, int num_seqs, double worst = 1e-5) {
     const ParallelPlan plan = GetParam();
     auto config = LoadModelConfig(dir + "/config.json");
     ASSERT_TRUE(config.ok()) << config.status();
@@ -129,6 +132,7 @@ class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
       });
     }
     for (std::thread& t : threads) t.join();
+    int close = 0, compared = 0;
     for (int g = 0; g < ranks; ++g) {
       ASSERT_TRUE(status[g].ok()) << "rank " << g << ": " << status[g];
       int row = 0;
@@ -137,12 +141,15 @@ class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
         for (int step = 0; step < 2; ++step) {
           ASSERT_EQ(got[g][step].size() % vocab, 0u);
           const double err = RelativeError(got[g][step].data() + row * vocab, (*ref)[step].data() + i * vocab, vocab);
-          EXPECT_LT(err, 1e-5) << "rank " << g << " seq " << i << " step " << step;
+          EXPECT_LT(err, worst) << "rank " << g << " seq " << i << " step " << step;
+          close += err < 1e-5;
+          ++compared;
         }
         ++row;
       }
       EXPECT_EQ(static_cast<int64_t>(got[g][0].size()), row * vocab) << "rank " << g;
     }
+    EXPECT_GE(2 * close, compared) << close << " of " << compared << " within 1e-5";
   }
 };
 
@@ -193,7 +200,7 @@ TEST_P(ModelParallelTest, Fp8CheckpointMatchesOneRank) {
   ASSERT_TRUE(config.ok()) << config.status();
   ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, std::random_device{}(), DType::kF32).ok());
   ASSERT_TRUE(QuantizeCheckpointFp8(dir, dir + "/fp8").ok());
-  Check(dir + "/fp8", 3);
+  Check(dir + "/fp8", 3, /*worst=*/5e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Plans, ModelParallelTest,

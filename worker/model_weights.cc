@@ -1,6 +1,7 @@
 #include "worker/model_weights.h"
 
 #include <cmath>
+#include <future>
 #include <optional>
 #include <utility>
 
@@ -72,10 +73,10 @@ class Loader {
     ModelWeights w;
     // The embedding shard gets one extra zero row: ids outside the shard look it up.
     ASSIGN_OR_RETURN(w.embed, LoadVocabRows("model.embed_tokens.weight", shard_.vocab_shard_rows + 1));
-    checkpoint_.Prefetch("model.layers.0.");
+    Prefetch(0).wait();
     for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
-      // The kernel reads the next layer's pages (from whichever files) while this one uploads.
-      checkpoint_.Prefetch(absl::StrCat("model.layers.", layer + 1, "."));
+      // The next layer's pages are read (from whichever files) while this one uploads.
+      std::future<void> next = Prefetch(layer + 1);
       ASSIGN_OR_RETURN(LayerWeights lw, LoadLayer(layer));
       w.layers.push_back(std::move(lw));
       if (progress) progress(layer + 1, c.num_hidden_layers, bytes_read_);
@@ -87,6 +88,23 @@ class Loader {
   }
 
  private:
+  // Starts reading layer `layer`'s tensors this shard uses (all but other
+  // shards' routed experts) on another thread.
+  std::future<void> Prefetch(int64_t layer) {
+    return std::async(std::launch::async, [this, layer] {
+      const std::string experts = absl::StrCat("model.layers.", layer, ".mlp.experts.");
+      checkpoint_.Prefetch(absl::StrCat("model.layers.", layer, "."), [&](std::string_view name) {
+        if (name.substr(0, experts.size()) != experts) return true;
+        int64_t e = 0;
+        for (char ch : name.substr(experts.size())) {
+          if (ch < '0' || ch > '9') break;
+          e = e * 10 + (ch - '0');
+        }
+        return e >= shard_.experts.begin && e < shard_.experts.end;
+      });
+    });
+  }
+
   absl::StatusOr<Tensor> FromHost(const std::vector<float>& values, std::vector<int64_t> shape) {
     ASSIGN_OR_RETURN(Tensor t, ops_.Empty(ops_.storage_dtype(), std::move(shape)));
     RETURN_IF_ERROR(ops_.Upload(values, &t));
@@ -182,7 +200,8 @@ class Loader {
     std::vector<int64_t> scale_shape = shape;
     scale_shape.back() = Fp8Groups(shape.back());
     ASSIGN_OR_RETURN(Tensor scale, ops_.Empty(DType::kF32, std::move(scale_shape)));
-    RETURN_IF_ERROR(ops_.Upload(scales, &scale));
+    // As bytes: scales are float32 on every backend (Upload would store them as the backend stores values).
+    RETURN_IF_ERROR(ops_.UploadBytes(scales.data(), scales.size() * sizeof(float), &scale));
     bytes_read_ += static_cast<int64_t>(scales.size() * sizeof(float));
     q.scale = std::make_shared<Tensor>(std::move(scale));
     return std::optional<Tensor>(std::move(q));

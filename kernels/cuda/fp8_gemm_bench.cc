@@ -12,12 +12,15 @@
 // [7168 x 2048] down), 8 experts per token chosen uniformly at random; FLOPs
 // count the pairs' work only, bytes the experts actually touched.
 //
-//   fp8_gemm_bench [--tokens=1,16,64,256,4096] [--csv=PATH]
+// First, a probe: which scale layout cuBLASLt's VEC128 x VEC128 mode reads.
+//
+//   fp8_gemm_bench [--tokens=1,16,64,256,4096] [--csv=PATH] [--probe_only]
 // CSV goes to --csv, else to $OUT/fp8_gemm.csv when OUT is set.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -162,6 +165,104 @@ double CublasLt(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, bool fp8, 
   return ms;
 }
 
+// Which scale layouts cuBLASLt's 1x128-by-1x128 block scaling (VEC128_32F on
+// both operands) reads, found by multiplying random FP8 operands both ways and
+// comparing with DenseGemmFp8 (this backend's kernel, tested against the CPU):
+// scales [groups][rows] ("outer-dim major") or [rows][groups] (ours).
+void ProbeVec128(cublasLtHandle_t lt) {
+  const int64_t m = 576, n = 64, k = 2048, groups = k / 128;
+  std::mt19937 rng(3);
+  std::vector<uint8_t> a(m * k), b(n * k);
+  for (uint8_t& v : a) v = static_cast<uint8_t>(rng() & 0xb7);
+  for (uint8_t& v : b) v = static_cast<uint8_t>(rng() & 0xb7);
+  std::vector<float> sa(m * groups), sb(n * groups);
+  std::uniform_real_distribution<float> scale(0.5f, 2.0f);
+  for (float& v : sa) v = scale(rng);
+  for (float& v : sb) v = scale(rng);
+  auto upload = [](const void* host, size_t bytes) {
+    void* d = Alloc(bytes);
+    CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    return d;
+  };
+  auto transpose = [](const std::vector<float>& v, int64_t rows, int64_t cols) {
+    std::vector<float> t(v.size());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) t[c * rows + r] = v[r * cols + c];
+    return t;
+  };
+  auto* da = static_cast<uint8_t*>(upload(a.data(), a.size()));
+  auto* db = static_cast<uint8_t*>(upload(b.data(), b.size()));
+  auto* dsa = static_cast<float*>(upload(sa.data(), sa.size() * 4));
+  auto* dsb = static_cast<float*>(upload(sb.data(), sb.size() * 4));
+  const std::vector<float> sa_t = transpose(sa, m, groups), sb_t = transpose(sb, n, groups);
+  auto* dsa_t = static_cast<float*>(upload(sa_t.data(), sa_t.size() * 4));
+  auto* dsb_t = static_cast<float*>(upload(sb_t.data(), sb_t.size() * 4));
+  auto* y_ref = static_cast<__nv_bfloat16*>(Alloc(m * n * 2));
+  auto* y = static_cast<__nv_bfloat16*>(Alloc(m * n * 2));
+  auto* workspace = static_cast<float*>(Alloc(DenseFp8WorkspaceFloats(n, m, k) * 4 + 4));
+  CK(DenseGemmFp8({da, dsa}, m, k, {db, dsb}, n, workspace, y_ref, nullptr));
+  std::vector<uint16_t> ref(m * n), got(m * n);
+  CK(cudaMemcpy(ref.data(), y_ref, ref.size() * 2, cudaMemcpyDeviceToHost));
+  auto to_float = [](uint16_t bits) {
+    uint32_t w = uint32_t{bits} << 16;
+    float f;
+    std::memcpy(&f, &w, 4);
+    return f;
+  };
+  for (bool outer_major : {true, false}) {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t));
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn));
+    const float* pa = outer_major ? dsa_t : dsa;
+    const float* pb = outer_major ? dsb_t : dsb;
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &pa, sizeof(pa));
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &pb, sizeof(pb));
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode));
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode));
+    cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, m, k);
+    cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, n, k);
+    cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, m, n, m);
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulHeuristicResult_t result{};
+    int count = 0;
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, pref, 1, &result, &count);
+    if (status == CUBLAS_STATUS_SUCCESS && count > 0) {
+      const float alpha = 1, beta = 0;
+      status = cublasLtMatmul(lt, op, &alpha, da, la, db, lb, &beta, y, ld, y, ld, &result.algo, nullptr, 0, nullptr);
+      CK(cudaDeviceSynchronize());
+    }
+    if (status != CUBLAS_STATUS_SUCCESS || count == 0) {
+      printf("probe: cuBLASLt VEC128 x VEC128 (%s scales): %s\n", outer_major ? "[groups][rows]" : "[rows][groups]",
+             count == 0 ? "no algorithm" : cublasLtGetStatusString(status));
+    } else {
+      CK(cudaMemcpy(got.data(), y, got.size() * 2, cudaMemcpyDeviceToHost));
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        const double d = double(to_float(got[i])) - to_float(ref[i]);
+        diff += d * d;
+        norm += double(to_float(ref[i])) * to_float(ref[i]);
+      }
+      printf("probe: cuBLASLt VEC128 x VEC128 (%s scales) against DenseGemmFp8: rel err %.3g\n",
+             outer_major ? "[groups][rows]" : "[rows][groups]", std::sqrt(diff / norm));
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(op);
+  }
+  for (void* p : {static_cast<void*>(da), static_cast<void*>(db), static_cast<void*>(dsa), static_cast<void*>(dsb),
+                  static_cast<void*>(dsa_t), static_cast<void*>(dsb_t), static_cast<void*>(y_ref), static_cast<void*>(y),
+                  static_cast<void*>(workspace)}) {
+    CK(cudaFree(p));
+  }
+}
+
 std::vector<int64_t> ParseList(const char* arg) {
   std::vector<int64_t> out;
   for (const char* p = arg; *p;) {
@@ -173,10 +274,12 @@ std::vector<int64_t> ParseList(const char* arg) {
 
 int Main(int argc, char** argv) {
   std::vector<int64_t> tokens_list{1, 16, 64, 256, 4096};
+  bool probe_only = false;
   std::string csv_path = getenv("OUT") != nullptr ? std::string(getenv("OUT")) + "/fp8_gemm.csv" : "";
   for (int i = 1; i < argc; ++i) {
     if (strncmp(argv[i], "--tokens=", 9) == 0) tokens_list = ParseList(argv[i] + 9);
     if (strncmp(argv[i], "--csv=", 6) == 0) csv_path = argv[i] + 6;
+    if (strcmp(argv[i], "--probe_only") == 0) probe_only = true;
   }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -194,6 +297,8 @@ int Main(int argc, char** argv) {
   CK(cudaFree(dst));
   cublasLtHandle_t lt;
   cublasLtCreate(&lt);
+  ProbeVec128(lt);
+  if (probe_only) return 0;
   const int64_t big = 8192;
   const double fp8_ms = CublasLt(lt, big, big, big, true, false, "fp8 per-tensor");
   const double bf16_ms = CublasLt(lt, big, big, big, false, false, "bf16");
