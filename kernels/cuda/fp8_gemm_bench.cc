@@ -31,8 +31,10 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe.h"
+#include "kernels/ops.h"
 
 namespace mlaserve::cuda {
 namespace {
@@ -329,6 +331,12 @@ int Main(int argc, char** argv) {
   const Dense dense[] = {{"q_a", 1536, 7168},     {"q_b", 24576, 1536},    {"kv_a", 576, 7168},
                          {"o_proj", 7168, 16384}, {"mlp_gate_up", 36864, 7168}, {"mlp_down", 7168, 18432}};
   const int64_t max_tokens = *std::max_element(tokens_list.begin(), tokens_list.end());
+  auto ops_or = NewCudaOps(0, {.step_graphs = false});
+  if (!ops_or.ok()) {
+    fprintf(stderr, "%s\n", ops_or.status().ToString().c_str());
+    return 1;
+  }
+  Ops& ops = **ops_or;
   for (const Dense& s : dense) {
     const Fp8Operand w = Filled(s.n, s.k);
     const Fp8Operand x = Filled(max_tokens, s.k);
@@ -339,6 +347,23 @@ int Main(int argc, char** argv) {
     for (int64_t tokens : tokens_list) {
       const double ms = TimeMs([&] { CK(DenseGemmFp8(w, s.n, s.k, x, tokens, workspace, y, nullptr)); });
       report("dense_fp8", shape, tokens, ms, 2.0 * tokens * s.n * s.k, weight_bytes);
+      // The op as the model calls it: quantizing x, the weight's scales laid out for cuBLASLt, the GEMM.
+      {
+        auto w_t = ops.Empty(mlaserve::DType::kF8E4M3, {s.n, s.k});
+        auto w_s = ops.Empty(mlaserve::DType::kF32, {s.n, (s.k + 127) / 128});
+        auto x_t = ops.Empty(mlaserve::DType::kBF16, {tokens, s.k});
+        auto y_t = ops.Empty(mlaserve::DType::kBF16, {tokens, s.n});
+        if (!w_t.ok() || !w_s.ok() || !x_t.ok() || !y_t.ok()) return 1;
+        CK(cudaMemcpy(w_t->data, w.values, s.n * s.k, cudaMemcpyDeviceToDevice));
+        CK(cudaMemcpy(w_s->data, w.scale, w_s->num_bytes(), cudaMemcpyDeviceToDevice));
+        w_t->scale = std::make_shared<Tensor>(*w_s);
+        if (!ops.Fill(&*x_t, 0.5f).ok()) return 1;
+        const double op_ms = TimeMs([&] {
+          const absl::Status st = ops.Linear(*x_t, *w_t, &*y_t);
+          if (!st.ok()) fprintf(stderr, "Linear: %s\n", st.ToString().c_str());
+        });
+        report("linear_fp8", shape, tokens, op_ms, 2.0 * tokens * s.n * s.k, weight_bytes);
+      }
       const double lt_ms = CublasLt(lt, s.n, tokens, s.k, true, true, "block-scaled fp8");
       if (lt_ms > 0) report("cublaslt_block", shape, tokens, lt_ms, 2.0 * tokens * s.n * s.k, weight_bytes);
       const double lt_tensor_ms = CublasLt(lt, s.n, tokens, s.k, true, false, "per-tensor fp8");
