@@ -383,51 +383,16 @@ class CudaOps final : public Ops {
     return gemm_->Run(s, w.data, x.data, out->data);
   }
 
-  // x quantized per row and group into pool memory, then the FP8 GEMM:
-  // cuBLASLt's block-scaled one where it has a batch-invariant algorithm for
-  // the weight's shape (row counts padded to 16, the fewest it takes; scale
-  // tables column-major), else this backend's (grouped_gemm.h).
+  // x quantized per row and group into pool memory, then the FP8 GEMM.
   absl::Status LinearFp8(const Tensor& x, const Tensor& w, Tensor* out) {
     RETURN_IF_ERROR(CheckCuda("Linear", "w", w));
     RETURN_IF_ERROR(CheckFp8Weight("Linear", "w", w));
     RETURN_IF_ERROR(CheckDType("Linear", "out", *out, DType::kBF16));
-    const int64_t n = w.dim(0), k = w.dim(1), rows = x.dim(0), groups = Fp8Groups(k);
-    if (rows == 0 || n == 0) return absl::OkStatus();
-    DeviceScope scope(context_->device);
-    const int64_t padded = (rows + 15) / 16 * 16;
-    ASSIGN_OR_RETURN(Tensor x_q, Empty(DType::kF8E4M3, {padded, k}));
-    ASSIGN_OR_RETURN(Tensor x_scale, Empty(DType::kF32, {groups, padded}));
-    if (padded > rows) {
-      CUDA_RETURN_IF_ERROR(cudaMemsetAsync(x_q.as<uint8_t>() + rows * k, 0, (padded - rows) * k, stream()));
-      CUDA_RETURN_IF_ERROR(cudaMemsetAsync(x_scale.data, 0, x_scale.num_bytes(), stream()));
-    }
-    CUDA_RETURN_IF_ERROR(
-        cuda::QuantizeFp8Rows(Bf16(x), rows, k, x_q.as<uint8_t>(), x_scale.as<float>(), stream(), padded));
-    ASSIGN_OR_RETURN(Tensor w_scale, Empty(DType::kF32, {groups, n}));
-    CUDA_RETURN_IF_ERROR(cuda::TransposeScales(w.scale->as<float>(), n, groups, w_scale.as<float>(), stream()));
-    Tensor y = *out;
-    if (padded > rows) {
-      ASSIGN_OR_RETURN(y, Empty(DType::kBF16, {padded, n}));
-    }
-    GemmShape s;
-    s.m = n, s.n = padded, s.k = k;
-    s.lda = k, s.ldb = k, s.ldc = n;
-    s.fp8 = true;
-    s.align_a = Alignment(w.data, 0), s.align_b = Alignment(x_q.data, 0), s.align_c = Alignment(y.data, 0);
-    ASSIGN_OR_RETURN(const bool done,
-                     gemm_->RunFp8(s, w.data, w_scale.as<float>(), x_q.data, x_scale.as<float>(), y.data));
-    if (!done) return OwnLinearFp8(x, w, out);
-    if (padded > rows) {
-      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->data, y.data, rows * n * 2, cudaMemcpyDeviceToDevice, stream()));
-    }
-    return absl::OkStatus();
-  }
-
-  // LinearFp8 on this backend's kernel (per-row scales as the weight keeps them).
-  absl::Status OwnLinearFp8(const Tensor& x, const Tensor& w, Tensor* out) {
     const int64_t n = w.dim(0), k = w.dim(1), rows = x.dim(0);
+    if (rows == 0 || n == 0) return absl::OkStatus();
     ASSIGN_OR_RETURN(Tensor x_q, QuantizeFp8(x));
     ASSIGN_OR_RETURN(Tensor workspace, Empty(DType::kF32, {cuda::DenseFp8WorkspaceFloats(rows, n, k)}));
+    DeviceScope scope(context_->device);
     CUDA_RETURN_IF_ERROR(
         cuda::DenseGemmFp8(Fp8(w), n, k, Fp8(x_q), rows, workspace.as<float>(), Bf16(*out), stream()));
     return absl::OkStatus();

@@ -42,14 +42,8 @@ absl::Status MakeDescriptors(const GemmShape& s, LtDescriptors* d) {
       cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
   CUBLAS_RETURN_IF_ERROR(
       cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
-  const cudaDataType_t ab_type = s.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
-  if (s.fp8) {
-    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)));
-    CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
-  }
-  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->a, ab_type, s.k, s.m, s.lda));
-  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->b, ab_type, s.k, s.n, s.ldb));
+  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->a, CUDA_R_16BF, s.k, s.m, s.lda));
+  CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->b, CUDA_R_16BF, s.k, s.n, s.ldb));
   CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d->c, s.c_type, s.m, s.n, s.ldc));
   if (s.batch > 1) {
     RETURN_IF_ERROR(SetBatch(d->a, s.batch, s.stride_a));
@@ -165,7 +159,7 @@ absl::StatusOr<const BatchInvariantGemm::Plan*> BatchInvariantGemm::PlanFor(cons
       plan->algo = *ref->second;
     }
   }
-  if (!plan->use_lt && !s.fp8) {
+  if (!plan->use_lt) {
     ASSIGN_OR_RETURN(std::optional<cublasLtMatmulAlgo_t> algo, Heuristic(s));
     if (algo.has_value()) {
       plan->use_lt = true;
@@ -173,23 +167,6 @@ absl::StatusOr<const BatchInvariantGemm::Plan*> BatchInvariantGemm::PlanFor(cons
     }
   }
   return plans_.emplace(s, std::move(plan)).first->second.get();
-}
-
-absl::StatusOr<bool> BatchInvariantGemm::RunFp8(const GemmShape& s, const void* a, const float* a_scale,
-                                                const void* b, const float* b_scale, void* c) {
-  if (!s.fp8 || s.batch != 1) return absl::InvalidArgumentError("RunFp8 takes one FP8 GEMM");
-  if (s.m == 0 || s.n == 0) return true;
-  ASSIGN_OR_RETURN(const Plan* plan, PlanFor(s));
-  if (!plan->batch_invariant) return false;
-  const LtDescriptors& d = *plan->descriptors;
-  CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
-  CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
-  const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatmul(lt_, d.op, &alpha, a, d.a, b, d.b, &beta, c, d.c, c, d.c, &plan->algo, nullptr, 0, stream_));
-  return true;
 }
 
 absl::Status BatchInvariantGemm::Run(const GemmShape& s, const void* a, const void* b, void* c) {

@@ -11,12 +11,6 @@
 // chosen algorithm rejects fall back to a per-size choice, then to
 // cublasGemmStridedBatchedEx. Owns its cuBLAS handles; runs on one stream;
 // not thread-safe.
-//
-// FP8 (RunFp8): e4m3 A and B with DeepSeek-V3's scaling, one float per row and
-// 128 k values on both (cuBLASLt's VEC128_32F mode, column-major scale tables:
-// scale of (row r, group g) at g * rows + r), bf16 C; only with the algorithm
-// of the reference row count (no per-size fallback, which would break batch
-// invariance): the caller's own kernel takes shapes cuBLASLt has none for.
 #ifndef MLASERVE_KERNELS_CUDA_GEMM_H_
 #define MLASERVE_KERNELS_CUDA_GEMM_H_
 
@@ -49,10 +43,8 @@ struct GemmShape {
   int64_t batch = 1;
   cudaDataType_t c_type = CUDA_R_16BF;
   uint32_t align_a = 256, align_b = 256, align_c = 256;
-  bool fp8 = false;  // e4m3 A and B with VEC128 scales (RunFp8)
   auto Tie() const {
-    return std::tie(m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch, c_type, align_a, align_b, align_c,
-                    fp8);
+    return std::tie(m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch, c_type, align_a, align_b, align_c);
   }
   bool operator<(const GemmShape& other) const { return Tie() < other.Tie(); }
 };
@@ -66,10 +58,6 @@ class BatchInvariantGemm {
 
   // C = A^T B as `s` describes, queued on the stream.
   absl::Status Run(const GemmShape& s, const void* a, const void* b, void* c);
-  // The FP8 product (s.fp8; scales as described above). False, with nothing
-  // queued, when cuBLASLt has no batch-invariant algorithm for the shape.
-  absl::StatusOr<bool> RunFp8(const GemmShape& s, const void* a, const float* a_scale, const void* b,
-                              const float* b_scale, void* c);
 
  private:
   struct Plan;

@@ -242,8 +242,7 @@ cudaError_t Launch(const GemmArgs& args, int64_t tile_rows, int64_t splits, cuda
 }
 
 // One warp per (row, 128-column group), 4 values per lane.
-__global__ void QuantizeFp8Kernel(const __nv_bfloat16* x, int64_t rows, int64_t k, uint8_t* q, float* scale,
-                                  int64_t scale_ld) {
+__global__ void QuantizeFp8Kernel(const __nv_bfloat16* x, int64_t rows, int64_t k, uint8_t* q, float* scale) {
   const int64_t k_groups = (k + kFp8Group - 1) / kFp8Group;
   const int64_t unit = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (unit >= rows * k_groups) return;
@@ -267,19 +266,7 @@ __global__ void QuantizeFp8Kernel(const __nv_bfloat16* x, int64_t rows, int64_t 
     }
     *reinterpret_cast<uint32_t*>(q + row * k + col) = packed;
   }
-  if (threadIdx.x % 32 == 0) {
-    const int64_t g = unit % k_groups;
-    scale[scale_ld > 0 ? g * scale_ld + row : row * k_groups + g] = s;
-  }
-}
-
-__global__ void TransposeScalesKernel(const float* in, int64_t rows, int64_t groups, float* out) {
-  const int64_t count = rows * groups;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t g = i / rows, r = i % rows;  // coalesced writes
-    out[i] = in[r * groups + g];
-  }
+  if (threadIdx.x % 32 == 0) scale[row * k_groups + unit % k_groups] = s;
 }
 
 // y[i] = sum over s of parts[s][i], in s order.
@@ -321,20 +308,12 @@ cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, cons
 }
 
 cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t k, uint8_t* q, float* scale,
-                            cudaStream_t stream, int64_t scale_ld) {
+                            cudaStream_t stream) {
   if (rows == 0 || k == 0) return cudaSuccess;
-  if (k % 16 != 0 || (scale_ld > 0 && scale_ld < rows)) return cudaErrorInvalidValue;
+  if (k % 16 != 0) return cudaErrorInvalidValue;
   const int64_t units = rows * ((k + kFp8Group - 1) / kFp8Group), warps_per_block = 8;
   QuantizeFp8Kernel<<<static_cast<unsigned>((units + warps_per_block - 1) / warps_per_block), 32 * warps_per_block, 0,
-                      stream>>>(x, rows, k, q, scale, scale_ld);
-  return cudaGetLastError();
-}
-
-cudaError_t TransposeScales(const float* in, int64_t rows, int64_t groups, float* out, cudaStream_t stream) {
-  const int64_t count = rows * groups;
-  if (count == 0) return cudaSuccess;
-  TransposeScalesKernel<<<static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 4096)), 256, 0, stream>>>(
-      in, rows, groups, out);
+                      stream>>>(x, rows, k, q, scale);
   return cudaGetLastError();
 }
 

@@ -63,13 +63,8 @@ cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, cons
 // q = e4m3(x / scale) rounded to nearest even (kernels/cpu's
 // QuantizeFp8Row is the same rule). scale is [rows, ceil(k / 128)]; k a
 // multiple of 16.
-// With `scale_ld` > 0 the scales go column-major instead: scale[g * scale_ld + r]
-// (scale_ld >= rows), the layout cuBLASLt's VEC128 scaling reads.
 cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t k, uint8_t* q, float* scale,
-                            cudaStream_t stream, int64_t scale_ld = 0);
-
-// out[g * rows + r] = in[r * groups + g]: FP8 weight scales as cuBLASLt reads them.
-cudaError_t TransposeScales(const float* in, int64_t rows, int64_t groups, float* out, cudaStream_t stream);
+                            cudaStream_t stream);
 
 // The FP8 GemmOperands: e4m3 values [.., k] and their float scales
 // [.., ceil(k / 128)] per row.
