@@ -469,6 +469,17 @@ absl::StatusOr<std::string> Checkpoint::ReadBytes(std::string_view name, absl::S
                                                   int64_t row_begin, int64_t row_end, int64_t col_begin,
                                                   int64_t col_end) const {
   ASSIGN_OR_RETURN(const TensorView* tensor, Get(name));
+  std::string out(std::max<int64_t>(0, (row_end - row_begin) * (col_end - col_begin)) * DTypeBytes(tensor->dtype),
+                  '\0');
+  RETURN_IF_ERROR(
+      ReadBytesInto(name, expected_shape, row_begin, row_end, col_begin, col_end, absl::MakeSpan(out.data(), out.size())));
+  return out;
+}
+
+absl::Status Checkpoint::ReadBytesInto(std::string_view name, absl::Span<const int64_t> expected_shape,
+                                       int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
+                                       absl::Span<char> out) const {
+  ASSIGN_OR_RETURN(const TensorView* tensor, Get(name));
   const std::string file = FileOf(name);
   RETURN_IF_ERROR(CheckShape(*tensor, file, expected_shape));
   if (tensor->shape.empty()) return TensorError(file, tensor->name, "cannot read rows of a scalar");
@@ -480,11 +491,14 @@ absl::StatusOr<std::string> Checkpoint::ReadBytes(std::string_view name, absl::S
                                               ShapeString(tensor->shape)));
   }
   const size_t element = DTypeBytes(tensor->dtype), width = (col_end - col_begin) * element;
-  std::string out((row_end - row_begin) * width, '\0');
+  if (out.size() != (row_end - row_begin) * width) {
+    return absl::InternalError(absl::StrCat(file, ": tensor \"", Sv(name), "\": ", out.size(), " bytes for a slice of ",
+                                            (row_end - row_begin) * width));
+  }
   for (int64_t r = row_begin; r < row_end; ++r) {
     std::memcpy(out.data() + (r - row_begin) * width, tensor->data + (r * cols + col_begin) * element, width);
   }
-  return out;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<float>> Checkpoint::ReadFp8RowScales(std::string_view name, int64_t row_begin,

@@ -86,6 +86,9 @@ class Checkpoint {
   absl::StatusOr<std::string> ReadBytes(std::string_view name, absl::Span<const int64_t> expected_shape,
                                         int64_t row_begin, int64_t row_end, int64_t col_begin,
                                         int64_t col_end) const;
+  // ReadBytes into `out`. REQUIRES: out.size() is the slice's byte count.
+  absl::Status ReadBytesInto(std::string_view name, absl::Span<const int64_t> expected_shape, int64_t row_begin,
+                             int64_t row_end, int64_t col_begin, int64_t col_end, absl::Span<char> out) const;
   // For an F8_E4M3 matrix: the scale of each row of [row_begin, row_end) and
   // each 128-column group of [col_begin, col_end), i.e. its block's scale, as
   // a [rows, ceil(cols / 128)] table (how the FP8 kernels read scales).

@@ -1,7 +1,10 @@
 #include "worker/model_weights.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <future>
+#include <thread>
 #include <optional>
 #include <utility>
 
@@ -37,6 +40,10 @@ std::vector<float> TransposeHeads(const std::vector<float>& m, int64_t num_heads
   }
   return out;
 }
+
+// Reads of checkpoint bytes: slices of this many bytes, this many at once.
+constexpr size_t kReadSliceBytes = 16 << 20;
+constexpr size_t kReadThreads = 8;
 
 // Rows `rows` of the checkpoint tensor `name` of shape `shape` (a row is
 // everything past the first dimension).
@@ -166,15 +173,45 @@ class Loader {
     return t;
   }
 
-  // The pieces' bytes as stored, concatenated.
+  // The pieces' bytes as stored, concatenated, read by several threads in
+  // slices of at most kReadSliceBytes: the page faults on the mapped files
+  // (the disk reads) of different slices and files then overlap.
   absl::StatusOr<std::string> ReadPieces(const std::vector<RowPiece>& pieces, Range cols) {
-    std::string bytes;
+    struct Slice {
+      const RowPiece* piece;
+      Range rows;
+      size_t offset, bytes;
+    };
+    std::vector<Slice> slices;
+    size_t total = 0;
     for (const RowPiece& piece : pieces) {
-      ASSIGN_OR_RETURN(std::string b, checkpoint_.ReadBytes(piece.name, piece.shape, piece.rows.begin, piece.rows.end,
-                                                            cols.begin, cols.end));
-      bytes += b;
+      ASSIGN_OR_RETURN(const TensorView* view, checkpoint_.Get(piece.name));
+      const size_t row_bytes = std::max<size_t>(1, cols.size() * DTypeBytes(view->dtype));
+      const int64_t rows_per_slice = std::max<int64_t>(1, kReadSliceBytes / row_bytes);
+      for (int64_t r = piece.rows.begin; r < piece.rows.end; r += rows_per_slice) {
+        const int64_t end = std::min(piece.rows.end, r + rows_per_slice);
+        slices.push_back({&piece, {r, end}, total, (end - r) * row_bytes});
+        total += slices.back().bytes;
+      }
     }
-    bytes_read_ += static_cast<int64_t>(bytes.size());
+    std::string bytes(total, '\0');
+    const int threads = static_cast<int>(std::min<size_t>(slices.size(), kReadThreads));
+    std::vector<absl::Status> status(threads);
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> readers;
+    for (int t = 0; t < threads; ++t) {
+      readers.emplace_back([&, t] {
+        for (size_t i = next++; i < slices.size() && status[t].ok(); i = next++) {
+          const Slice& slice = slices[i];
+          status[t] = checkpoint_.ReadBytesInto(slice.piece->name, slice.piece->shape, slice.rows.begin,
+                                                slice.rows.end, cols.begin, cols.end,
+                                                absl::MakeSpan(bytes.data() + slice.offset, slice.bytes));
+        }
+      });
+    }
+    for (std::thread& reader : readers) reader.join();
+    for (const absl::Status& s : status) RETURN_IF_ERROR(s);
+    bytes_read_ += static_cast<int64_t>(total);
     return bytes;
   }
 
