@@ -5,24 +5,11 @@
 namespace mlaserve {
 namespace {
 
+// The tiny DeepSeek-V3 fixture's shapes.
 ModelConfig Config() {
-  ModelConfig c;
-  c.vocab_size = 1024;
-  c.hidden_size = 256;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 8;
-  c.q_lora_rank = 96;
-  c.kv_lora_rank = 64;
-  c.qk_nope_head_dim = 32;
-  c.qk_rope_head_dim = 16;
-  c.v_head_dim = 32;
-  c.intermediate_size = 512;
-  c.moe_intermediate_size = 64;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 16;
-  c.num_experts_per_tok = 4;
-  c.first_k_dense_replace = 1;
-  return c;
+  absl::StatusOr<ModelConfig> c = LoadModelConfig("tests/testdata/tiny-deepseek-v3/config.json");
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *c;
 }
 
 int64_t WholeModelBytes(const ModelConfig& c) {

@@ -5,28 +5,14 @@
 namespace mlaserve {
 namespace {
 
-// tiny-deepseek-v3's shapes: 3 layers (layer 0 dense), hidden 256, 8 heads.
+// The tiny DeepSeek-V3 fixture's shapes: 3 layers (layer 0 dense), hidden 256, 8 heads.
 ModelConfig Config() {
-  ModelConfig c;
-  c.vocab_size = 1024;
-  c.hidden_size = 256;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 8;
-  c.q_lora_rank = 96;
-  c.kv_lora_rank = 64;
-  c.qk_nope_head_dim = 32;
-  c.qk_rope_head_dim = 16;
-  c.v_head_dim = 32;
-  c.intermediate_size = 512;
-  c.moe_intermediate_size = 64;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 16;
-  c.num_experts_per_tok = 4;
-  c.first_k_dense_replace = 1;
-  c.topk_method = TopkMethod::kNoauxTc;
-  c.fp8_block_rows = 128;
-  c.fp8_block_cols = 128;
-  return c;
+  absl::StatusOr<ModelConfig> c = LoadModelConfig("tests/testdata/tiny-deepseek-v3/config.json");
+  EXPECT_TRUE(c.ok()) << c.status();
+  // Block-quantized as DeepSeek's FP8 checkpoints are.
+  c->fp8_block_rows = 128;
+  c->fp8_block_cols = 128;
+  return *c;
 }
 
 constexpr WeightFormat kFp8{.dense_bytes = 2, .keep_fp8 = true};
