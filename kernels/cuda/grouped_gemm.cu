@@ -21,15 +21,6 @@ namespace {
 constexpr int kGemmRows = 128;      // weight rows per CTA
 constexpr int kGemmRowBytes = 128;  // bytes of a row per stage
 
-struct Bf16Format {
-  static constexpr bool kFp8 = false;
-  static constexpr int kElementBytes = 2;
-};
-struct Fp8Format {
-  static constexpr bool kFp8 = true;
-  static constexpr int kElementBytes = 1;
-};
-
 template <int kPairsArg, int kWarpsMArg, int kWarpsNArg, int kStagesArg>
 struct TileShape {
   static constexpr int kPairs = kPairsArg, kWarpsM = kWarpsMArg, kWarpsN = kWarpsNArg, kStages = kStagesArg;
@@ -43,13 +34,29 @@ struct TileShape {
   static_assert(kNT % 2 == 0, "B fragments load two n8 tiles at a time");
   static_assert(kXChunks >= 1 && kPairs * 8 % kThreads == 0, "");
 };
-// Decode: few pairs per weight, the weights streamed by many CTAs.
-using SmallTiles = TileShape<32, 4, 1, 2>;
-using Fp8SmallTiles = TileShape<32, 4, 1, 3>;
-// Prefill: 64 x 64 warp tiles reuse each fragment over more MMAs, three stages hide the loads.
-using LargeTiles = TileShape<128, 2, 2, 3>;
-// FP8 keeps a group's partial sums beside the accumulators: 32 x 32 warp tiles keep both in registers.
-using Fp8LargeTiles = TileShape<128, 4, 4, 3>;
+
+// An operand format and its two tile shapes: Small for decode (few pairs per
+// weight, the weights streamed by many CTAs), Large for prefill (each weight
+// tile serves more pairs). Both shapes of a format sum every output element
+// in the same k order with the same MMA, so the shape never changes a result.
+struct Bf16Format {
+  static constexpr bool kFp8 = false;
+  static constexpr int kElementBytes = 2;
+  using Small = TileShape<32, 4, 1, 2>;
+  // 64 x 64 warp tiles reuse each fragment over more MMAs, three stages hide the loads.
+  using Large = TileShape<128, 2, 2, 3>;
+};
+struct Fp8Format {
+  static constexpr bool kFp8 = true;
+  static constexpr int kElementBytes = 1;
+  using Small = TileShape<32, 4, 1, 3>;
+  // A group's partial sums sit beside the accumulators: 32 x 32 warp tiles keep both in registers.
+  using Large = TileShape<128, 4, 4, 3>;
+};
+static_assert(Bf16Format::Small::kPairs == Fp8Format::Small::kPairs &&
+                  Bf16Format::Large::kPairs == Fp8Format::Large::kPairs,
+              "the grouping makes tiles of the same pair counts for both formats");
+constexpr int kSmallTilePairs = Bf16Format::Small::kPairs, kLargeTilePairs = Bf16Format::Large::kPairs;
 
 struct GemmArgs {
   const char* w = nullptr;
@@ -241,6 +248,25 @@ cudaError_t Launch(const GemmArgs& args, int64_t tile_rows, int64_t splits, cuda
   return cudaGetLastError();
 }
 
+// Launch in the tile shape of F that `tile_pairs` names.
+template <typename F>
+cudaError_t LaunchTiles(const GemmArgs& args, int64_t tile_pairs, int64_t tile_rows, int64_t splits,
+                        cudaStream_t stream) {
+  if (tile_pairs == kSmallTilePairs) return Launch<typename F::Small, F>(args, tile_rows, splits, stream);
+  if (tile_pairs == kLargeTilePairs) return Launch<typename F::Large, F>(args, tile_rows, splits, stream);
+  return cudaErrorInvalidValue;
+}
+
+// The GEMM over expert tiles (k unsplit), either format: rows of k values
+// must be whole 16-byte chunks.
+template <typename F>
+cudaError_t LaunchExpertTiles(GemmArgs args, int64_t tile_pairs, int64_t max_tiles, cudaStream_t stream) {
+  if (max_tiles == 0 || args.n == 0) return cudaSuccess;
+  if (args.k % (16 / F::kElementBytes) != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
+  args.split_stages = INT64_MAX / 2;
+  return LaunchTiles<F>(args, tile_pairs, max_tiles, 1, stream);
+}
+
 // One warp per (row, 128-column group), 4 values per lane.
 __global__ void QuantizeFp8Kernel(const __nv_bfloat16* x, int64_t rows, int64_t k, uint8_t* q, float* scale) {
   const int64_t k_groups = (k + kFp8Group - 1) / kFp8Group;
@@ -288,7 +314,7 @@ constexpr int64_t kMinSplitGroups = 4;
 }  // namespace
 
 int64_t ExpertTilePairs(int64_t max_pairs, int64_t local_experts) {
-  return max_pairs >= kLargeTileMinPairsPerExpert * local_experts ? LargeTiles::kPairs : SmallTiles::kPairs;
+  return max_pairs >= kLargeTileMinPairsPerExpert * local_experts ? kLargeTilePairs : kSmallTilePairs;
 }
 
 int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts, int64_t tile_pairs) {
@@ -298,13 +324,9 @@ int64_t MaxExpertTiles(int64_t max_pairs, int64_t local_experts, int64_t tile_pa
 cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, const __nv_bfloat16* x,
                               const int32_t* x_rows, int64_t tile_pairs, const ExpertTile* tiles,
                               const int32_t* num_tiles, int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
-  if (max_tiles == 0 || n == 0) return cudaSuccess;
-  if (k % 8 != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
-  if (tile_pairs != SmallTiles::kPairs && tile_pairs != LargeTiles::kPairs) return cudaErrorInvalidValue;
-  GemmArgs args{.w = reinterpret_cast<const char*>(w), .n = n, .k = k, .x = reinterpret_cast<const char*>(x),
-                .x_rows = x_rows, .tiles = tiles, .num_tiles = num_tiles, .split_stages = INT64_MAX / 2, .y = y};
-  return tile_pairs == SmallTiles::kPairs ? Launch<SmallTiles, Bf16Format>(args, max_tiles, 1, stream)
-                                          : Launch<LargeTiles, Bf16Format>(args, max_tiles, 1, stream);
+  const GemmArgs args{.w = reinterpret_cast<const char*>(w), .n = n, .k = k, .x = reinterpret_cast<const char*>(x),
+                      .x_rows = x_rows, .tiles = tiles, .num_tiles = num_tiles, .y = y};
+  return LaunchExpertTiles<Bf16Format>(args, tile_pairs, max_tiles, stream);
 }
 
 cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t k, uint8_t* q, float* scale,
@@ -320,14 +342,10 @@ cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t k, uin
 cudaError_t GroupedExpertGemmFp8(Fp8Operand w, int64_t n, int64_t k, Fp8Operand x, const int32_t* x_rows,
                                  int64_t tile_pairs, const ExpertTile* tiles, const int32_t* num_tiles,
                                  int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
-  if (max_tiles == 0 || n == 0) return cudaSuccess;
-  if (k % 16 != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
-  if (tile_pairs != SmallTiles::kPairs && tile_pairs != LargeTiles::kPairs) return cudaErrorInvalidValue;
-  GemmArgs args{.w = reinterpret_cast<const char*>(w.values), .w_scale = w.scale, .n = n, .k = k,
-                .x = reinterpret_cast<const char*>(x.values), .x_scale = x.scale, .x_rows = x_rows, .tiles = tiles,
-                .num_tiles = num_tiles, .split_stages = INT64_MAX / 2, .y = y};
-  return tile_pairs == SmallTiles::kPairs ? Launch<Fp8SmallTiles, Fp8Format>(args, max_tiles, 1, stream)
-                                          : Launch<Fp8LargeTiles, Fp8Format>(args, max_tiles, 1, stream);
+  const GemmArgs args{.w = reinterpret_cast<const char*>(w.values), .w_scale = w.scale, .n = n, .k = k,
+                      .x = reinterpret_cast<const char*>(x.values), .x_scale = x.scale, .x_rows = x_rows,
+                      .tiles = tiles, .num_tiles = num_tiles, .y = y};
+  return LaunchExpertTiles<Fp8Format>(args, tile_pairs, max_tiles, stream);
 }
 
 int64_t DenseFp8Splits(int64_t n, int64_t k) {
@@ -357,9 +375,7 @@ cudaError_t DenseGemmFp8(Fp8Operand w, int64_t n, int64_t k, Fp8Operand x, int64
                   .x = reinterpret_cast<const char*>(x.values + begin * k), .x_scale = x.scale + begin * groups,
                   .rows = count, .split_stages = split_stages, .y = y + begin * n,
                   .partial = splits == 1 ? nullptr : workspace};
-    const cudaError_t err = tile_pairs == SmallTiles::kPairs
-                                ? Launch<Fp8SmallTiles, Fp8Format>(args, tile_rows, splits, stream)
-                                : Launch<Fp8LargeTiles, Fp8Format>(args, tile_rows, splits, stream);
+    const cudaError_t err = LaunchTiles<Fp8Format>(args, tile_pairs, tile_rows, splits, stream);
     if (err != cudaSuccess) return err;
     if (splits > 1) {
       const int64_t elements = count * n;
