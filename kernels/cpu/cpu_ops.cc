@@ -117,28 +117,15 @@ void RouteToken(const RouterConfig& config, const float* logits, const float* bi
   }
 }
 
-// rows of x [rows, k] quantized by QuantizeFp8Row: values then scales.
-struct Fp8Rows {
-  std::vector<uint8_t> values;
-  std::vector<float> scales;
-};
-Fp8Rows QuantizeRows(const float* x, int64_t rows, int64_t k) {
-  Fp8Rows q{std::vector<uint8_t>(rows * k), std::vector<float>(rows * Fp8Groups(k))};
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < rows; ++t) {
-    QuantizeFp8Row(x + t * k, k, q.values.data() + t * k, q.scales.data() + t * Fp8Groups(k));
-  }
-  return q;
-}
-
-// y[t, j] = Fp8RowDot of x's row t and w's row j (w [n, k] FP8 values and scales).
-void Fp8MatVecRows(const Fp8Rows& x, const uint8_t* w, const float* w_scales, float* y, int64_t rows, int64_t n,
+// y[t, j] = Fp8RowDot of x's row t and w's row j, both FP8 tensors (as
+// QuantizeFp8 makes them) of rows of k values: x [rows, k], w [n, k].
+void Fp8MatVecRows(const Tensor& x, const uint8_t* w, const float* w_scales, float* y, int64_t rows, int64_t n,
                    int64_t k) {
   const int64_t groups = Fp8Groups(k);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t t = 0; t < rows; ++t) {
     for (int64_t j = 0; j < n; ++j) {
-      y[t * n + j] = Fp8RowDot(x.values.data() + t * k, x.scales.data() + t * groups, w + j * k,
+      y[t * n + j] = Fp8RowDot(x.as<uint8_t>() + t * k, x.scale->as<float>() + t * groups, w + j * k,
                                w_scales + j * groups, k);
     }
   }
@@ -268,8 +255,8 @@ class CpuOps final : public Ops {
     RETURN_IF_ERROR(CheckShape("Linear", "out", *out, {rows, n}));
     if (w.dtype == DType::kF8E4M3) {
       RETURN_IF_ERROR(CheckFp8Weight("Linear", "w", w));
-      Fp8MatVecRows(QuantizeRows(x.as<float>(), rows, k), w.as<uint8_t>(), w.scale->as<float>(), out->as<float>(),
-                    rows, n, k);
+      ASSIGN_OR_RETURN(const Tensor x_q, QuantizeFp8(x));
+      Fp8MatVecRows(x_q, w.as<uint8_t>(), w.scale->as<float>(), out->as<float>(), rows, n, k);
       return absl::OkStatus();
     }
     RETURN_IF_ERROR(CheckDType("Linear", "w", w, DType::kF32));
@@ -501,7 +488,10 @@ class CpuOps final : public Ops {
       RETURN_IF_ERROR(CheckDType("MoeExperts", "gate_up", gate_up, DType::kF32));
       RETURN_IF_ERROR(CheckDType("MoeExperts", "down", down, DType::kF32));
     }
-    const Fp8Rows x_q = fp8 ? QuantizeRows(x.as<float>(), rows, d) : Fp8Rows{};
+    Tensor x_q;
+    if (fp8) {
+      ASSIGN_OR_RETURN(x_q, QuantizeFp8(x));
+    }
 #pragma omp parallel for schedule(dynamic)
     for (int64_t t = 0; t < rows; ++t) {
       std::vector<float> hidden(2 * inner), act(inner), expert_out(d);
@@ -512,7 +502,7 @@ class CpuOps final : public Ops {
         if (e < 0 || e >= local_experts) continue;
         const float weight = topk_weights.as<float>()[t * top_k + k];
         if (fp8) {
-          ExpertFp8(x_q.values.data() + t * d, x_q.scales.data() + t * Fp8Groups(d), gate_up, down, e, inner, d,
+          ExpertFp8(x_q.as<uint8_t>() + t * d, x_q.scale->as<float>() + t * Fp8Groups(d), gate_up, down, e, inner, d,
                     hidden.data(), act.data(), expert_out.data());
         } else {
           MatVecRows(x.as<float>() + t * d, gate_up.as<float>() + e * 2 * inner * d, hidden.data(), 1, 2 * inner, d);
