@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (bundle carried, see deploy/gpu_run.sh): issue 12's FP8
 # checks and figures in one call, logs under $OUT --
-#   the FP8 ops and the FP8 tiny model against the CPU (fp8_ops_test, cuda_ops_test);
+#   the FP8 ops and the FP8 tiny model against the CPU (cuda_ops_test);
 #   the FP8 GEMMs at V3 shapes beside cuBLASLt's FP8 rate and HBM (fp8_gemm_bench);
 #   V3-dimension decode, bf16 against FP8 weights (decode_bench, LAYERS layers);
 #   one rank's load of a V3-shaped FP8 checkpoint against the disk (load_bench).
@@ -9,7 +9,7 @@
 set -uo pipefail
 layers=${1:-5}
 load_layers=${2:-5}
-deploy/gpu_run.sh "fp8_ops_test" "cuda_ops_test" "fp8_gemm_bench"
+deploy/gpu_run.sh "cuda_ops_test" "fp8_gemm_bench"
 status=$?
 export LD_LIBRARY_PATH="$PWD/.bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NCCL_NVLS_ENABLE=0
 for dtype in bf16 fp8; do

@@ -1,4 +1,4 @@
-// CudaOps against the CPU reference (kernels/cpu): every op on fresh random
+// CudaOps against the CPU reference (kernels/cpu): every op (FP8 weights too) on fresh random
 // inputs (the seed is printed), the same float values uploaded to both
 // backends (rounded to bf16 first, so that copies must match exactly),
 // outputs poisoned before each op so that unwritten elements show, relative
@@ -131,6 +131,34 @@ class CudaOpsTest : public ::testing::Test {
     Ops& ops = t.device == Device::kCuda ? *gpu_ : *cpu_;
     EXPECT_OK(ops.Download(t, absl::MakeSpan(v)));
     return v;
+  }
+  // Each of `rows` tokens routed to `top_k` distinct experts of `experts`
+  // drawn at random, with weights in [0.05, 1): ids and weights [rows, top_k]
+  // as floats (upload them as I32 and F32).
+  std::pair<std::vector<float>, std::vector<float>> RandomRouting(int64_t rows, int64_t experts, int64_t top_k) {
+    std::vector<float> ids, weights;
+    std::uniform_real_distribution<float> weight(0.05f, 1.0f);
+    std::vector<int32_t> order(experts);
+    for (int64_t t = 0; t < rows; ++t) {
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), rng_);
+      for (int64_t k = 0; k < top_k; ++k) {
+        ids.push_back(static_cast<float>(order[k]));
+        weights.push_back(weight(rng_));
+      }
+    }
+    return {std::move(ids), std::move(weights)};
+  }
+  // The CPU's FP8 form of weight `values` and the same bytes and scales on the GPU.
+  std::pair<Tensor, Tensor> Fp8Weight(const std::vector<float>& values, std::vector<int64_t> shape) {
+    auto cpu_q = cpu_->QuantizeFp8(Cpu(values, shape));
+    EXPECT_TRUE(cpu_q.ok()) << cpu_q.status();
+    auto gpu_q = gpu_->Empty(DType::kF8E4M3, shape);
+    EXPECT_TRUE(gpu_q.ok()) << gpu_q.status();
+    if (!cpu_q.ok() || !gpu_q.ok()) return {};
+    EXPECT_OK(gpu_->UploadBytes(cpu_q->data, cpu_q->num_bytes(), &*gpu_q));
+    gpu_q->scale = std::make_shared<Tensor>(Gpu(Get(*cpu_q->scale), cpu_q->scale->shape, DType::kF32));
+    return {*cpu_q, *gpu_q};
   }
 
   static Ops* gpu_;
@@ -460,19 +488,9 @@ TEST_F(CudaOpsTest, MoeExpertsWithExpertRangeMatchCpu) {
     Tensor g_gu = Gpu(gate_up, gu_shape), g_down = Gpu(down, down_shape);
     Tensor c_gu = Cpu(gate_up, gu_shape), c_down = Cpu(down, down_shape);
     for (int64_t rows : {1, 7, 513}) {
-      std::vector<float> ids, weights;
-      std::uniform_real_distribution<float> weight(0.05f, 1.0f);
-      for (int64_t t = 0; t < rows; ++t) {
-        std::vector<int32_t> experts(c.total_experts);
-        std::iota(experts.begin(), experts.end(), 0);
-        std::shuffle(experts.begin(), experts.end(), rng_);
-        // Row 1 routes only outside this shard's range (when there is an outside).
-        if (t == 1 && c.first_expert > 0) std::iota(experts.begin(), experts.end(), 0);
-        for (int64_t k = 0; k < c.top_k; ++k) {
-          ids.push_back(static_cast<float>(experts[k]));
-          weights.push_back(weight(rng_));
-        }
-      }
+      auto [ids, weights] = RandomRouting(rows, c.total_experts, c.top_k);
+      // Row 1 routes only outside this shard's range (when there is an outside).
+      if (rows > 1 && c.first_expert > 0) std::iota(ids.begin() + c.top_k, ids.begin() + 2 * c.top_k, 0.0f);
       const std::vector<float> x = Normal(rows * c.d);
       Tensor out = Poisoned({rows, c.d}), ref = CpuZeros({rows, c.d});
       ASSERT_OK(gpu_->MoeExperts(Gpu(x, {rows, c.d}), Gpu(ids, {rows, c.top_k}, DType::kI32),
@@ -522,16 +540,7 @@ TEST_F(CudaOpsTest, BatchInvariance) {
   const int64_t experts = 16, d = 1024, inner = 352, top_k = 6;
   Tensor gu = Gpu(Normal(experts * 2 * inner * d, 0.0f, 0.03f), {experts, 2 * inner, d});
   Tensor dn = Gpu(Normal(experts * d * inner, 0.0f, 0.05f), {experts, d, inner});
-  std::vector<float> ids, weights;
-  for (int64_t t = 0; t < rows; ++t) {
-    std::vector<int32_t> e(experts);
-    std::iota(e.begin(), e.end(), 0);
-    std::shuffle(e.begin(), e.end(), rng_);
-    for (int64_t j = 0; j < top_k; ++j) {
-      ids.push_back(static_cast<float>(e[j]));
-      weights.push_back(0.1f + 0.1f * static_cast<float>(j));
-    }
-  }
+  const auto [ids, weights] = RandomRouting(rows, experts, top_k);
   Tensor mx = Gpu(Normal(rows * d), {rows, d});
   Tensor g_ids = Gpu(ids, {rows, top_k}, DType::kI32), g_w = Gpu(weights, {rows, top_k}, DType::kF32);
   Tensor mfull = Poisoned({rows, d});
@@ -543,6 +552,129 @@ TEST_F(CudaOpsTest, BatchInvariance) {
     EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(mall.begin(), mall.begin() + r * d)))
         << "MoeExperts: first " << r << " rows";
   }
+}
+
+// FP8 (kernels/ops.h, Linear): the weights quantized once on the CPU and the
+// same bytes uploaded to the GPU; the activations are bf16 values, which both
+// backends quantize to the same bytes, so outputs differ only by accumulation
+// order and bf16 rounding.
+TEST_F(CudaOpsTest, QuantizeFp8MatchesCpuBitwise) {
+  for (int64_t k : {16, 144, 2048}) {
+    std::vector<float> w = Normal(37 * k, 0.0f, 0.05f);
+    for (int64_t i = 0; i < k; ++i) w[i] = 0.0f;  // an all-zero row
+    auto gq = gpu_->QuantizeFp8(Gpu(w, {37, k}));
+    auto cq = cpu_->QuantizeFp8(Cpu(w, {37, k}));
+    ASSERT_TRUE(gq.ok() && cq.ok());
+    EXPECT_TRUE(BitwiseEqual(Get(*gq), Get(*cq))) << "values, k " << k;
+    EXPECT_TRUE(BitwiseEqual(Get(*gq->scale), Get(*cq->scale))) << "scales, k " << k;
+  }
+}
+
+TEST_F(CudaOpsTest, Fp8LinearMatchesCpu) {
+  struct Case {
+    int64_t k, n;
+  };
+  // 2048 -> 576 and 7168 -> 64 split k; 144 has a partial group.
+  for (const Case& c : {Case{256, 96}, Case{144, 40}, Case{2048, 576}, Case{7168, 64}}) {
+    const std::vector<float> w = Normal(c.n * c.k, 0.0f, 1.0f / std::sqrt(float(c.k)));
+    auto [cw, gw] = Fp8Weight(w, {c.n, c.k});
+    for (int64_t rows : {1, 7, 513, 1100}) {
+      const std::vector<float> x = Normal(rows * c.k);
+      Tensor out = Poisoned({rows, c.n});
+      auto ref = cpu_->Empty(DType::kF32, {rows, c.n});
+      auto exact = cpu_->Empty(DType::kF32, {rows, c.n});
+      ASSERT_OK(gpu_->Linear(Gpu(x, {rows, c.k}), gw, &out));
+      ASSERT_OK(cpu_->Linear(Cpu(x, {rows, c.k}), cw, &*ref));
+      ASSERT_OK(cpu_->Linear(Cpu(x, {rows, c.k}), Cpu(w, {c.n, c.k}), &*exact));
+      const double err = RelErr(Get(out), Get(*ref)), quantization = RelErr(Get(*ref), Get(*exact));
+      EXPECT_LT(err, 1e-2) << rows << "x" << c.k << " -> " << c.n;
+      // FP8's own error against the unquantized product: a few percent, not more.
+      EXPECT_LT(quantization, 0.1) << rows << "x" << c.k << " -> " << c.n;
+      if (rows == 513) {
+        std::cout << "FP8 Linear 513x" << c.k << "->" << c.n << ": rel err " << err << " against the CPU rule, "
+                  << quantization << " for the rule against unquantized" << std::endl;
+      }
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, Fp8MoeExpertsMatchCpu) {
+  struct Case {
+    int64_t total_experts, first_expert, local_experts, d, inner, top_k;
+  };
+  for (const Case& c : {Case{16, 4, 8, 256, 64, 4}, Case{16, 0, 16, 1024, 352, 6}}) {
+    auto [c_gu, g_gu] = Fp8Weight(Normal(c.local_experts * 2 * c.inner * c.d, 0.0f, 1.0f / std::sqrt(float(c.d))),
+                                  {c.local_experts, 2 * c.inner, c.d});
+    auto [c_dn, g_dn] = Fp8Weight(Normal(c.local_experts * c.d * c.inner, 0.0f, 1.0f / std::sqrt(float(c.inner))),
+                                  {c.local_experts, c.d, c.inner});
+    for (int64_t rows : {1, 7, 513}) {
+      const auto [ids, weights] = RandomRouting(rows, c.total_experts, c.top_k);
+      const std::vector<float> x = Normal(rows * c.d);
+      Tensor out = Poisoned({rows, c.d});
+      auto ref = cpu_->Empty(DType::kF32, {rows, c.d});
+      ASSERT_OK(gpu_->MoeExperts(Gpu(x, {rows, c.d}), Gpu(ids, {rows, c.top_k}, DType::kI32),
+                                 Gpu(weights, {rows, c.top_k}, DType::kF32), g_gu, g_dn, c.first_expert, &out));
+      ASSERT_OK(cpu_->MoeExperts(Cpu(x, {rows, c.d}), Cpu(ids, {rows, c.top_k}, DType::kI32),
+                                 Cpu(weights, {rows, c.top_k}), c_gu, c_dn, c.first_expert, &*ref));
+      // The GPU rounds the gated activations to bf16 before quantizing them: a
+      // few of them land in the neighbouring e4m3 value (seen up to 3e-2 over 7 rows).
+      const double err = RelErr(Get(out), Get(*ref));
+      EXPECT_LT(err, 5e-2) << "d " << c.d << " rows " << rows;
+      if (rows == 513) std::cout << "FP8 MoeExperts d=" << c.d << " inner=" << c.inner << " rel err " << err << std::endl;
+    }
+  }
+}
+
+// A row's result must not depend on the other rows of its batch, across tile
+// shapes, the split of k, and the row chunks of a split GEMM.
+TEST_F(CudaOpsTest, Fp8BatchInvariance) {
+  const int64_t rows = 1100, k = 2048, n = 576;
+  auto [cw, w] = Fp8Weight(Normal(n * k, 0.0f, 0.02f), {n, k});
+  Tensor x = Gpu(Normal(rows * k), {rows, k});
+  Tensor full = Poisoned({rows, n});
+  ASSERT_OK(gpu_->Linear(x, w, &full));
+  const std::vector<float> all = Get(full);
+  for (int64_t begin : {0, 1030}) {
+    for (int64_t r : {1, 7, 64}) {
+      Tensor part = Poisoned({r, n});
+      ASSERT_OK(gpu_->Linear(SliceRows(x, begin, r), w, &part));
+      EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(all.begin() + begin * n, all.begin() + (begin + r) * n)))
+          << "Linear: rows [" << begin << ", " << begin + r << ") alone differ from the same rows in a batch";
+    }
+  }
+
+  const int64_t experts = 16, d = 1024, inner = 352, top_k = 6, moe_rows = 513;
+  auto [c_gu, gu] = Fp8Weight(Normal(experts * 2 * inner * d, 0.0f, 0.03f), {experts, 2 * inner, d});
+  auto [c_dn, dn] = Fp8Weight(Normal(experts * d * inner, 0.0f, 0.05f), {experts, d, inner});
+  const auto [ids, weights] = RandomRouting(moe_rows, experts, top_k);
+  Tensor mx = Gpu(Normal(moe_rows * d), {moe_rows, d});
+  Tensor g_ids = Gpu(ids, {moe_rows, top_k}, DType::kI32), g_w = Gpu(weights, {moe_rows, top_k}, DType::kF32);
+  Tensor mfull = Poisoned({moe_rows, d});
+  ASSERT_OK(gpu_->MoeExperts(mx, g_ids, g_w, gu, dn, 0, &mfull));
+  const std::vector<float> mall = Get(mfull);
+  for (int64_t r : {1, 7, 64}) {
+    Tensor part = Poisoned({r, d});
+    ASSERT_OK(gpu_->MoeExperts(SliceRows(mx, 0, r), SliceRows(g_ids, 0, r), SliceRows(g_w, 0, r), gu, dn, 0, &part));
+    EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(mall.begin(), mall.begin() + r * d)))
+        << "MoeExperts: first " << r << " rows";
+  }
+}
+
+TEST_F(CudaOpsTest, Fp8MalformedWeightsAreInvalidArgument) {
+  auto [cw, w] = Fp8Weight(Normal(32 * 64, 0.0f, 0.1f), {32, 64});
+  Tensor x = Gpu(Normal(2 * 64), {2, 64});
+  Tensor out = Poisoned({2, 32});
+  Tensor no_scales = w;
+  no_scales.scale = nullptr;
+  EXPECT_EQ(gpu_->Linear(x, no_scales, &out).code(), absl::StatusCode::kInvalidArgument);
+  Tensor wrong_scales = w;
+  wrong_scales.scale = std::make_shared<Tensor>(Gpu(std::vector<float>(32 * 2, 1.0f), {32, 2}, DType::kF32));
+  EXPECT_EQ(gpu_->Linear(x, wrong_scales, &out).code(), absl::StatusCode::kInvalidArgument);
+  Tensor cpu_no_scales = cw;
+  cpu_no_scales.scale = nullptr;
+  Tensor cpu_out = Cpu(std::vector<float>(2 * 32), {2, 32});
+  EXPECT_EQ(cpu_->Linear(Cpu(Normal(2 * 64), {2, 64}), cpu_no_scales, &cpu_out).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Not a check: times a few decode- and prefill-shaped GEMM ops for the record
@@ -577,16 +709,7 @@ TEST_F(CudaOpsTest, TimingsForTheRecord) {
   const int64_t experts = 64, d = 2048, inner = 1408, top_k = 6;
   Tensor gu = random({experts, 2 * inner, d}, 0.02f), dn = random({experts, d, inner}, 0.02f);
   for (int64_t rows : {1, 16, 64, 512, 4096}) {
-    std::vector<float> ids, weights;
-    for (int64_t t = 0; t < rows; ++t) {
-      std::vector<int32_t> e(experts);
-      std::iota(e.begin(), e.end(), 0);
-      std::shuffle(e.begin(), e.end(), rng_);
-      for (int64_t j = 0; j < top_k; ++j) {
-        ids.push_back(static_cast<float>(e[j]));
-        weights.push_back(0.2f);
-      }
-    }
+    const auto [ids, weights] = RandomRouting(rows, experts, top_k);
     Tensor x = random({rows, d}, 1.0f), out = Poisoned({rows, d});
     Tensor g_ids = Gpu(ids, {rows, top_k}, DType::kI32), g_w = Gpu(weights, {rows, top_k}, DType::kF32);
     const double us = time_us([&] { return gpu_->MoeExperts(x, g_ids, g_w, gu, dn, 0, &out); });
