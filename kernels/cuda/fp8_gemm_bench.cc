@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/bench_checks.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/moe.h"
@@ -38,15 +39,6 @@
 
 namespace mlaserve::cuda {
 namespace {
-
-#define CK(expr)                                                                                        \
-  do {                                                                                                  \
-    cudaError_t e_ = (expr);                                                                            \
-    if (e_ != cudaSuccess) {                                                                            \
-      fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, #expr); \
-      exit(1);                                                                                          \
-    }                                                                                                   \
-  } while (0)
 
 void* Alloc(size_t bytes) {
   void* p = nullptr;
@@ -93,13 +85,71 @@ double TimeMs(const std::function<void()>& call) {
   return runs[1];
 }
 
-// cuBLASLt D[m, n] = A^T B (A k x m, B k x n column-major, "TN"), A and B
-// e4m3 or bf16, D bf16; with `block_scaled`, A (the weight) BLK128x128 and B
-// (the activations) VEC128 float scales. Returns ms per call, or a negative
-// number when cuBLASLt has no algorithm (reason printed).
+// One cuBLASLt "TN" GEMM D[m, n] = A^T B (A k x m, B k x n column-major,
+// D bf16 m x n) of e4m3 or bf16 operands, FP8 scales read through `a_scale` /
+// `b_scale` in the given modes (kNoScaleMode: one scalar each), and the best
+// algorithm for at most `workspace_bytes`; `found` is false when cuBLASLt
+// has none, the reason printed with `what`.
+constexpr int32_t kNoScaleMode = -1;
+struct LtGemm {
+  LtGemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, bool fp8, int32_t a_mode, int32_t b_mode,
+         const float* a_scale, const float* b_scale, size_t workspace_bytes, const char* what)
+      : lt(lt), workspace_bytes(workspace_bytes) {
+    const cudaDataType_t in = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t));
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn));
+    if (fp8) {
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale));
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale));
+    }
+    if (a_mode != kNoScaleMode) cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode));
+    if (b_mode != kNoScaleMode) cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode));
+    cublasLtMatrixLayoutCreate(&la, in, k, m, k);
+    cublasLtMatrixLayoutCreate(&lb, in, k, n, k);
+    cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, m, n, m);
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                                         sizeof(workspace_bytes));
+    int count = 0;
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, pref, 1, &result, &count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    found = status == CUBLAS_STATUS_SUCCESS && count > 0;
+    if (!found) {
+      printf("  cuBLASLt %s %ldx%ldx%ld: no algorithm (%s)\n", what, long(m), long(n), long(k),
+             status == CUBLAS_STATUS_SUCCESS ? "none returned" : cublasLtGetStatusString(status));
+    }
+  }
+  ~LtGemm() {
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(op);
+  }
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+  cublasStatus_t Run(const void* a, const void* b, void* d, void* workspace) const {
+    const float alpha = 1, beta = 0;
+    return cublasLtMatmul(lt, op, &alpha, a, la, b, lb, &beta, d, ld, d, ld, &result.algo, workspace,
+                          workspace_bytes, nullptr);
+  }
+
+  cublasLtHandle_t lt;
+  size_t workspace_bytes;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
+  cublasLtMatmulHeuristicResult_t result{};
+  bool found = false;
+};
+
+// Times cuBLASLt D[m, n] = A^T B on filled operands, e4m3 or bf16; with
+// `block_scaled`, A (the weight) BLK128x128 and B (the activations) VEC128
+// float scales. Returns ms per call, or a negative number when cuBLASLt has no
+// algorithm or fails (reason printed).
 double CublasLt(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, bool fp8, bool block_scaled,
                 const char* what) {
-  const cudaDataType_t in = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   const size_t element = fp8 ? 1 : 2;
   void* a = Alloc(m * k * element);
   void* b = Alloc(n * k * element);
@@ -115,54 +165,24 @@ double CublasLt(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, bool fp8, 
   CK(cudaMemset(b, 0x11, n * k * element));
   const size_t workspace_bytes = 64 << 20;
   void* workspace = Alloc(workspace_bytes);
-  cublasLtMatmulDesc_t op;
-  cublasLtMatrixLayout_t la, lb, ld;
-  cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-  const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t));
-  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn));
-  if (fp8) {
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale));
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale));
-    if (block_scaled) {
-      const int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode));
-      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode));
-    }
-  }
-  cublasLtMatrixLayoutCreate(&la, in, k, m, k);
-  cublasLtMatrixLayoutCreate(&lb, in, k, n, k);
-  cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, m, n, m);
-  cublasLtMatmulPreference_t pref;
-  cublasLtMatmulPreferenceCreate(&pref);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
-                                       sizeof(workspace_bytes));
-  cublasLtMatmulHeuristicResult_t result{};
-  int count = 0;
-  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, pref, 1, &result, &count);
   double ms = -1;
-  if (status != CUBLAS_STATUS_SUCCESS || count == 0) {
-    printf("  cuBLASLt %s %ldx%ldx%ld: no algorithm (%s)\n", what, long(m), long(n), long(k),
-           status == CUBLAS_STATUS_SUCCESS ? "none returned" : cublasLtGetStatusString(status));
-  } else {
-    const float alpha = 1, beta = 0;
-    cublasStatus_t run_status = CUBLAS_STATUS_SUCCESS;
-    ms = TimeMs([&] {
-      const cublasStatus_t s = cublasLtMatmul(lt, op, &alpha, a, la, b, lb, &beta, d, ld, d, ld, &result.algo,
-                                              workspace, workspace_bytes, nullptr);
-      if (s != CUBLAS_STATUS_SUCCESS) run_status = s;
-    });
-    if (run_status != CUBLAS_STATUS_SUCCESS) {
-      printf("  cuBLASLt %s %ldx%ldx%ld: matmul failed (%s)\n", what, long(m), long(n), long(k),
-             cublasLtGetStatusString(run_status));
-      ms = -1;
+  {
+    const LtGemm gemm(lt, m, n, k, fp8, block_scaled ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F : kNoScaleMode,
+                      block_scaled ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F : kNoScaleMode, a_scale, b_scale,
+                      workspace_bytes, what);
+    if (gemm.found) {
+      cublasStatus_t run_status = CUBLAS_STATUS_SUCCESS;
+      ms = TimeMs([&] {
+        const cublasStatus_t s = gemm.Run(a, b, d, workspace);
+        if (s != CUBLAS_STATUS_SUCCESS) run_status = s;
+      });
+      if (run_status != CUBLAS_STATUS_SUCCESS) {
+        printf("  cuBLASLt %s %ldx%ldx%ld: matmul failed (%s)\n", what, long(m), long(n), long(k),
+               cublasLtGetStatusString(run_status));
+        ms = -1;
+      }
     }
   }
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(ld);
-  cublasLtMatmulDescDestroy(op);
   for (void* p : {a, b, d, static_cast<void*>(a_scale), static_cast<void*>(b_scale), workspace}) CK(cudaFree(p));
   return ms;
 }
@@ -212,51 +232,27 @@ void ProbeVec128(cublasLtHandle_t lt) {
     return f;
   };
   for (bool outer_major : {true, false}) {
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t la, lb, ld;
-    cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t));
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn));
-    const float* pa = outer_major ? dsa_t : dsa;
-    const float* pb = outer_major ? dsb_t : dsb;
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &pa, sizeof(pa));
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &pb, sizeof(pb));
-    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode));
-    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode));
-    cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, m, k);
-    cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, n, k);
-    cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, m, n, m);
-    cublasLtMatmulPreference_t pref;
-    cublasLtMatmulPreferenceCreate(&pref);
-    cublasLtMatmulHeuristicResult_t result{};
-    int count = 0;
-    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, pref, 1, &result, &count);
-    if (status == CUBLAS_STATUS_SUCCESS && count > 0) {
-      const float alpha = 1, beta = 0;
-      status = cublasLtMatmul(lt, op, &alpha, da, la, db, lb, &beta, y, ld, y, ld, &result.algo, nullptr, 0, nullptr);
-      CK(cudaDeviceSynchronize());
+    const char* layout = outer_major ? "[groups][rows]" : "[rows][groups]";
+    const std::string what = std::string("VEC128 x VEC128 probe, ") + layout + " scales,";
+    const LtGemm gemm(lt, m, n, k, /*fp8=*/true, CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F,
+                      CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F, outer_major ? dsa_t : dsa, outer_major ? dsb_t : dsb,
+                      /*workspace_bytes=*/0, what.c_str());
+    if (!gemm.found) continue;
+    const cublasStatus_t status = gemm.Run(da, db, y, nullptr);
+    CK(cudaDeviceSynchronize());
+    if (status != CUBLAS_STATUS_SUCCESS) {
+      printf("probe: cuBLASLt VEC128 x VEC128 (%s scales): %s\n", layout, cublasLtGetStatusString(status));
+      continue;
     }
-    if (status != CUBLAS_STATUS_SUCCESS || count == 0) {
-      printf("probe: cuBLASLt VEC128 x VEC128 (%s scales): %s\n", outer_major ? "[groups][rows]" : "[rows][groups]",
-             count == 0 ? "no algorithm" : cublasLtGetStatusString(status));
-    } else {
-      CK(cudaMemcpy(got.data(), y, got.size() * 2, cudaMemcpyDeviceToHost));
-      double diff = 0, norm = 0;
-      for (size_t i = 0; i < ref.size(); ++i) {
-        const double d = double(to_float(got[i])) - to_float(ref[i]);
-        diff += d * d;
-        norm += double(to_float(ref[i])) * to_float(ref[i]);
-      }
-      printf("probe: cuBLASLt VEC128 x VEC128 (%s scales) against DenseGemmFp8: rel err %.3g\n",
-             outer_major ? "[groups][rows]" : "[rows][groups]", std::sqrt(diff / norm));
+    CK(cudaMemcpy(got.data(), y, got.size() * 2, cudaMemcpyDeviceToHost));
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double e = double(to_float(got[i])) - to_float(ref[i]);
+      diff += e * e;
+      norm += double(to_float(ref[i])) * to_float(ref[i]);
     }
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(ld);
-    cublasLtMatmulDescDestroy(op);
+    printf("probe: cuBLASLt VEC128 x VEC128 (%s scales) against DenseGemmFp8: rel err %.3g\n", layout,
+           std::sqrt(diff / norm));
   }
   for (void* p : {static_cast<void*>(da), static_cast<void*>(db), static_cast<void*>(dsa), static_cast<void*>(dsb),
                   static_cast<void*>(dsa_t), static_cast<void*>(dsb_t), static_cast<void*>(y_ref), static_cast<void*>(y),

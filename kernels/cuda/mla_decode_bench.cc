@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "kernels/cuda/bench_checks.h"
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/mla/kernels.h"
 #include "kernels/ops.h"
@@ -46,15 +47,6 @@ namespace mlaserve {
 namespace {
 
 constexpr int kRank = 512, kRope = 64, kD = kRank + kRope, kPage = 64;
-
-#define CK(expr)                                                                                        \
-  do {                                                                                                  \
-    cudaError_t e_ = (expr);                                                                            \
-    if (e_ != cudaSuccess) {                                                                            \
-      fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, #expr); \
-      exit(1);                                                                                          \
-    }                                                                                                   \
-  } while (0)
 
 #define OK(expr)                                                                            \
   do {                                                                                      \
