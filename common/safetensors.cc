@@ -465,17 +465,6 @@ void Checkpoint::Prefetch(std::string_view prefix, const std::function<bool(std:
   }
 }
 
-absl::StatusOr<std::string> Checkpoint::ReadBytes(std::string_view name, absl::Span<const int64_t> expected_shape,
-                                                  int64_t row_begin, int64_t row_end, int64_t col_begin,
-                                                  int64_t col_end) const {
-  ASSIGN_OR_RETURN(const TensorView* tensor, Get(name));
-  std::string out(std::max<int64_t>(0, (row_end - row_begin) * (col_end - col_begin)) * DTypeBytes(tensor->dtype),
-                  '\0');
-  RETURN_IF_ERROR(
-      ReadBytesInto(name, expected_shape, row_begin, row_end, col_begin, col_end, absl::MakeSpan(out.data(), out.size())));
-  return out;
-}
-
 absl::Status Checkpoint::ReadBytesInto(std::string_view name, absl::Span<const int64_t> expected_shape,
                                        int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
                                        absl::Span<char> out) const {

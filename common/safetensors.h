@@ -81,12 +81,9 @@ class Checkpoint {
                                                     absl::Span<const int64_t> expected_shape,
                                                     int64_t col_begin, int64_t col_end) const;
   // Bytes of rows [row_begin, row_end) x columns [col_begin, col_end) as
-  // stored (no conversion), after checking the shape is `expected_shape`;
-  // a row is everything past the first dimension (one element of a 1-D tensor).
-  absl::StatusOr<std::string> ReadBytes(std::string_view name, absl::Span<const int64_t> expected_shape,
-                                        int64_t row_begin, int64_t row_end, int64_t col_begin,
-                                        int64_t col_end) const;
-  // ReadBytes into `out`. REQUIRES: out.size() is the slice's byte count.
+  // stored (no conversion) into `out`, after checking the shape is
+  // `expected_shape`; a row is everything past the first dimension (one
+  // element of a 1-D tensor). REQUIRES: out.size() is the slice's byte count.
   absl::Status ReadBytesInto(std::string_view name, absl::Span<const int64_t> expected_shape, int64_t row_begin,
                              int64_t row_end, int64_t col_begin, int64_t col_end, absl::Span<char> out) const;
   // For an F8_E4M3 matrix: the scale of each row of [row_begin, row_end) and
