@@ -227,22 +227,19 @@ INSTANTIATE_TEST_SUITE_P(
 // An FP8 checkpoint kept in FP8 computes DeepSeek-V3's FP8 inference
 // (activations quantized per token and 128 columns): the naive reference with
 // FP8 activations, not the dequantized one. Checked on V2- and V3-style models
-// and the tiny fixture's shapes with float weights quantized as DeepSeek
-// quantizes. (Not on the fixture's own bf16 weights: activations made of few
-// significant bits often land exactly on an e4m3 rounding tie, which float32
-// and double then break differently; kept-FP8 weights of the fixture are
-// checked exactly below, and its FP8 inference on the GPU against the CPU.)
+// (rows of one and of two 128-column groups) with float weights quantized as
+// DeepSeek quantizes. Larger models are not compared this way: with thousands
+// of quantized activations per token, float32 and double break e4m3 rounding
+// ties differently in most sequences (the tiny fixture's shapes: 3 to 8 of 8
+// five-token sequences), so they are checked weight by weight below and
+// against the GPU in cuda_ops_test.
 TEST(Fp8ModelTest, KeptFp8MatchesTheFp8Reference) {
   const std::string root = absl::StrCat(std::getenv("TEST_TMPDIR"), "/fp8");
   std::vector<std::string> dirs;
-  std::filesystem::create_directories(root + "/tiny_shapes");
-  std::filesystem::copy_file(absl::StrCat(kTinyModel, "/config.json"), root + "/tiny_shapes/config.json",
-                             std::filesystem::copy_options::overwrite_existing);
-  for (const auto& [name, json] : {std::pair<std::string, const char*>{"v2", kV2Config}, {"v3", kV3Fp8Config},
-                                   {"tiny_shapes", nullptr}}) {
+  for (const auto& [name, json] : {std::pair<std::string, const char*>{"v2", kV2Config}, {"v3", kV3Fp8Config}}) {
     const std::string dir = root + "/" + name;
     std::filesystem::create_directories(dir);
-    if (json != nullptr) std::ofstream(dir + "/config.json") << json;
+    std::ofstream(dir + "/config.json") << json;
     auto config = LoadModelConfig(dir + "/config.json");
     ASSERT_TRUE(config.ok()) << config.status();
     ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, std::random_device{}(), DType::kF32).ok());
