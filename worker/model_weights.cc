@@ -153,7 +153,7 @@ class Loader {
     for (const RowPiece& piece : pieces) rows += piece.rows.size();
     Tensor part = SliceRows(t, 0, rows);
     if (stored == ops_.storage_dtype()) {
-      ASSIGN_OR_RETURN(std::string bytes, ReadPieces(pieces, cols));
+      ASSIGN_OR_RETURN(std::string bytes, ReadPieces(pieces, cols, DTypeBytes(stored)));
       RETURN_IF_ERROR(ops_.UploadBytes(bytes.data(), bytes.size(), &part));
     } else {
       std::vector<float> values;
@@ -176,7 +176,8 @@ class Loader {
   // The pieces' bytes as stored, concatenated, read by several threads in
   // slices of at most kReadSliceBytes: the page faults on the mapped files
   // (the disk reads) of different slices and files then overlap.
-  absl::StatusOr<std::string> ReadPieces(const std::vector<RowPiece>& pieces, Range cols) {
+  // REQUIRES: every piece's elements are `element_bytes` wide (LoadPieces checked one dtype).
+  absl::StatusOr<std::string> ReadPieces(const std::vector<RowPiece>& pieces, Range cols, size_t element_bytes) {
     struct Slice {
       const RowPiece* piece;
       Range rows;
@@ -184,10 +185,9 @@ class Loader {
     };
     std::vector<Slice> slices;
     size_t total = 0;
+    const size_t row_bytes = std::max<size_t>(1, cols.size() * element_bytes);
+    const int64_t rows_per_slice = std::max<int64_t>(1, kReadSliceBytes / row_bytes);
     for (const RowPiece& piece : pieces) {
-      ASSIGN_OR_RETURN(const TensorView* view, checkpoint_.Get(piece.name));
-      const size_t row_bytes = std::max<size_t>(1, cols.size() * DTypeBytes(view->dtype));
-      const int64_t rows_per_slice = std::max<int64_t>(1, kReadSliceBytes / row_bytes);
       for (int64_t r = piece.rows.begin; r < piece.rows.end; r += rows_per_slice) {
         const int64_t end = std::min(piece.rows.end, r + rows_per_slice);
         slices.push_back({&piece, {r, end}, total, (end - r) * row_bytes});
@@ -227,7 +227,7 @@ class Loader {
       if (!s.ok()) return s.status();
       scales.insert(scales.end(), s->begin(), s->end());
     }
-    ASSIGN_OR_RETURN(std::string bytes, ReadPieces(pieces, cols));
+    ASSIGN_OR_RETURN(std::string bytes, ReadPieces(pieces, cols, DTypeBytes(DType::kF8E4M3)));
     ASSIGN_OR_RETURN(Tensor q, ops_.Empty(DType::kF8E4M3, shape));
     if (static_cast<int64_t>(bytes.size()) != q.numel()) {
       return absl::InternalError(absl::StrCat("FP8 pieces of \"", pieces.front().name, "\": ", bytes.size(),
