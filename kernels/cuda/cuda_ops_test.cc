@@ -149,6 +149,25 @@ class CudaOpsTest : public ::testing::Test {
     }
     return {std::move(ids), std::move(weights)};
   }
+  // MoeExperts of experts gate_up/dn on `rows` random tokens routed `top_k`
+  // ways: the first 1, 7 and 64 rows alone give bitwise what they give in
+  // the whole batch.
+  void ExpectMoeExpertsBatchInvariant(const Tensor& gate_up, const Tensor& down, int64_t rows, int64_t top_k) {
+    const int64_t experts = gate_up.dim(0), d = gate_up.dim(2);
+    const auto [ids, weights] = RandomRouting(rows, experts, top_k);
+    Tensor x = Gpu(Normal(rows * d), {rows, d});
+    Tensor g_ids = Gpu(ids, {rows, top_k}, DType::kI32), g_w = Gpu(weights, {rows, top_k}, DType::kF32);
+    Tensor full = Poisoned({rows, d});
+    ASSERT_OK(gpu_->MoeExperts(x, g_ids, g_w, gate_up, down, 0, &full));
+    const std::vector<float> all = Get(full);
+    for (int64_t r : {1, 7, 64}) {
+      Tensor part = Poisoned({r, d});
+      ASSERT_OK(gpu_->MoeExperts(SliceRows(x, 0, r), SliceRows(g_ids, 0, r), SliceRows(g_w, 0, r), gate_up, down, 0,
+                                 &part));
+      EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(all.begin(), all.begin() + r * d)))
+          << "MoeExperts (" << std::string(DTypeName(gate_up.dtype)) << "): first " << r << " rows";
+    }
+  }
   // The CPU's FP8 form of weight `values` and the same bytes and scales on the GPU.
   std::pair<Tensor, Tensor> Fp8Weight(const std::vector<float>& values, std::vector<int64_t> shape) {
     auto cpu_q = cpu_->QuantizeFp8(Cpu(values, shape));
@@ -540,18 +559,7 @@ TEST_F(CudaOpsTest, BatchInvariance) {
   const int64_t experts = 16, d = 1024, inner = 352, top_k = 6;
   Tensor gu = Gpu(Normal(experts * 2 * inner * d, 0.0f, 0.03f), {experts, 2 * inner, d});
   Tensor dn = Gpu(Normal(experts * d * inner, 0.0f, 0.05f), {experts, d, inner});
-  const auto [ids, weights] = RandomRouting(rows, experts, top_k);
-  Tensor mx = Gpu(Normal(rows * d), {rows, d});
-  Tensor g_ids = Gpu(ids, {rows, top_k}, DType::kI32), g_w = Gpu(weights, {rows, top_k}, DType::kF32);
-  Tensor mfull = Poisoned({rows, d});
-  ASSERT_OK(gpu_->MoeExperts(mx, g_ids, g_w, gu, dn, 0, &mfull));
-  const std::vector<float> mall = Get(mfull);
-  for (int64_t r : {1, 7, 64}) {
-    Tensor part = Poisoned({r, d});
-    ASSERT_OK(gpu_->MoeExperts(SliceRows(mx, 0, r), SliceRows(g_ids, 0, r), SliceRows(g_w, 0, r), gu, dn, 0, &part));
-    EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(mall.begin(), mall.begin() + r * d)))
-        << "MoeExperts: first " << r << " rows";
-  }
+  ExpectMoeExpertsBatchInvariant(gu, dn, rows, top_k);
 }
 
 // FP8 (kernels/ops.h, Linear): the weights quantized once on the CPU and the
@@ -646,18 +654,7 @@ TEST_F(CudaOpsTest, Fp8BatchInvariance) {
   const int64_t experts = 16, d = 1024, inner = 352, top_k = 6, moe_rows = 513;
   auto [c_gu, gu] = Fp8Weight(Normal(experts * 2 * inner * d, 0.0f, 0.03f), {experts, 2 * inner, d});
   auto [c_dn, dn] = Fp8Weight(Normal(experts * d * inner, 0.0f, 0.05f), {experts, d, inner});
-  const auto [ids, weights] = RandomRouting(moe_rows, experts, top_k);
-  Tensor mx = Gpu(Normal(moe_rows * d), {moe_rows, d});
-  Tensor g_ids = Gpu(ids, {moe_rows, top_k}, DType::kI32), g_w = Gpu(weights, {moe_rows, top_k}, DType::kF32);
-  Tensor mfull = Poisoned({moe_rows, d});
-  ASSERT_OK(gpu_->MoeExperts(mx, g_ids, g_w, gu, dn, 0, &mfull));
-  const std::vector<float> mall = Get(mfull);
-  for (int64_t r : {1, 7, 64}) {
-    Tensor part = Poisoned({r, d});
-    ASSERT_OK(gpu_->MoeExperts(SliceRows(mx, 0, r), SliceRows(g_ids, 0, r), SliceRows(g_w, 0, r), gu, dn, 0, &part));
-    EXPECT_TRUE(BitwiseEqual(Get(part), std::vector<float>(mall.begin(), mall.begin() + r * d)))
-        << "MoeExperts: first " << r << " rows";
-  }
+  ExpectMoeExpertsBatchInvariant(gu, dn, moe_rows, top_k);
 }
 
 TEST_F(CudaOpsTest, Fp8MalformedWeightsAreInvalidArgument) {
