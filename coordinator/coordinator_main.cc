@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/auth.h"
 #include "common/grpc_status.h"
 #include "common/model_config.h"
 #include "common/status_macros.h"
@@ -35,9 +36,18 @@
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, model_name, "", "name clients use for the model (default: the directory's name)");
-ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve on");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve the public API on (HTTP and gRPC)");
 ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
-ABSL_FLAG(int, grpc_port, 50051, "gRPC port (public API and worker registration)");
+ABSL_FLAG(int, grpc_port, 50051, "public gRPC API port");
+ABSL_FLAG(std::string, internal_host, "127.0.0.1",
+          "address to serve the cluster's internal services on (worker registration, rendezvous, admin)");
+ABSL_FLAG(int, internal_port, 50052, "internal gRPC port: what workers' --coordinator names");
+ABSL_FLAG(std::string, api_key_file, "",
+          "client API keys, one per line: HTTP and public gRPC calls must carry one (Authorization: Bearer)");
+ABSL_FLAG(std::string, cluster_secret_file, "",
+          "the cluster secret (the same file as the workers'): required on every internal call, both ways");
+ABSL_FLAG(std::string, admin_key_file, "", "keys of the Admin service (default: the cluster secret)");
+ABSL_FLAG(bool, insecure, false, "serve a non-loopback address without credentials");
 ABSL_FLAG(int, workers, 1, "workers to wait for; the shard planner forms engine groups from them");
 ABSL_FLAG(int, tp, 0, "attention heads split this many ways in a group (0: the planner's choice)");
 ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per group (0: the planner's choice)");
@@ -238,6 +248,18 @@ absl::StatusOr<int64_t> StartGroups(const std::vector<WorkerInfo>& workers, cons
   return bytes_per_block;
 }
 
+// A gRPC server of `services` listening on `address`.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& address,
+                                                              const std::vector<grpc::Service*>& services) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) return absl::UnavailableError("cannot listen on " + address);
+  return server;
+}
+
 absl::Status Run() {
   const std::string model_dir = std::filesystem::absolute(absl::GetFlag(FLAGS_model)).string();
   if (absl::GetFlag(FLAGS_model).empty()) return absl::InvalidArgumentError("--model is required");
@@ -246,8 +268,18 @@ absl::Status Run() {
   std::string model_name = absl::GetFlag(FLAGS_model_name);
   if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
 
+  ASSIGN_OR_RETURN(KeySet api_keys, KeySet::FromFile(absl::GetFlag(FLAGS_api_key_file)));
+  ASSIGN_OR_RETURN(KeySet cluster_secret, KeySet::FromFile(absl::GetFlag(FLAGS_cluster_secret_file)));
+  ASSIGN_OR_RETURN(KeySet admin_keys, KeySet::FromFile(absl::GetFlag(FLAGS_admin_key_file)));
+  if (admin_keys.open()) admin_keys = cluster_secret;
+  const bool insecure = absl::GetFlag(FLAGS_insecure);
+  RETURN_IF_ERROR(CheckExposure("the public API", absl::GetFlag(FLAGS_host), !api_keys.open(), insecure,
+                                "--api_key_file"));
+  RETURN_IF_ERROR(CheckExposure("the internal services", absl::GetFlag(FLAGS_internal_host),
+                                !cluster_secret.open(), insecure, "--cluster_secret_file"));
+
   ServingMetrics metrics;
-  WorkerRegistry registry(absl::Seconds(absl::GetFlag(FLAGS_heartbeat_timeout_s)));
+  WorkerRegistry registry(absl::Seconds(absl::GetFlag(FLAGS_heartbeat_timeout_s)), cluster_secret);
   const std::string migration = absl::GetFlag(FLAGS_migration);
   if (migration != "auto" && migration != "always" && migration != "never") {
     return absl::InvalidArgumentError("--migration must be auto, always or never");
@@ -263,25 +295,23 @@ absl::Status Run() {
                        metrics, &registry);
   registry.OnDeath([&engine](int32_t worker_id) { engine.OnWorkerDeath(worker_id); });
   registry.OnDrain([&engine](int32_t worker_id) { return engine.DrainWorker(worker_id); });
-  AdminService admin(engine, registry);
+  AdminService admin(engine, registry, admin_keys);
   GroupOptions group_options{.block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
                                            .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)}};
-  GrpcService public_api(engine, metrics, group_options.block_size);
+  GrpcService public_api(engine, metrics, group_options.block_size, api_keys);
+  RendezvousService rendezvous(absl::Seconds(600), cluster_secret);
 
-  grpc::ServerBuilder builder;
-  const std::string grpc_address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_grpc_port));
-  int grpc_port = 0;
-  builder.AddListeningPort(grpc_address, grpc::InsecureServerCredentials(), &grpc_port);
-  RendezvousService rendezvous;
-  builder.RegisterService(&registry);
-  builder.RegisterService(&public_api);
-  builder.RegisterService(&rendezvous);
-  builder.RegisterService(&admin);
-  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
-  if (grpc_server == nullptr || grpc_port == 0) return absl::UnavailableError("cannot listen on " + grpc_address);
-  std::cerr << "coordinator: gRPC on " << grpc_address << ", waiting for " << absl::GetFlag(FLAGS_workers)
-            << " workers\n";
+  // Two servers, so that the internal services can be bound where clients
+  // cannot reach them.
+  const std::string public_address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_grpc_port));
+  const std::string internal_address =
+      absl::StrCat(absl::GetFlag(FLAGS_internal_host), ":", absl::GetFlag(FLAGS_internal_port));
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> internal_server,
+                   StartGrpcServer(internal_address, {&registry, &rendezvous, &admin}));
+  ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> public_server, StartGrpcServer(public_address, {&public_api}));
+  std::cerr << "coordinator: public gRPC on " << public_address << ", internal on " << internal_address
+            << ", waiting for " << absl::GetFlag(FLAGS_workers) << " workers\n";
 
   ASSIGN_OR_RETURN(std::vector<WorkerInfo> workers,
                    registry.WaitForWorkers(absl::GetFlag(FLAGS_workers), absl::Seconds(absl::GetFlag(FLAGS_worker_wait_s))));
@@ -293,6 +323,7 @@ absl::Status Run() {
   }
 
   HttpOptions http_options;
+  http_options.api_keys = api_keys;
   http_options.worker_threads = absl::GetFlag(FLAGS_http_threads) > 0
                                     ? absl::GetFlag(FLAGS_http_threads)
                                     : static_cast<int>(absl::GetFlag(FLAGS_max_queued_requests)) + 64;
@@ -305,7 +336,8 @@ absl::Status Run() {
   http.Stop();
   registry.OnDeath(nullptr);  // the engine goes away before the registry
   registry.OnDrain(nullptr);
-  grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  public_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  internal_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   return absl::OkStatus();
 }
 

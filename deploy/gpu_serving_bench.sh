@@ -28,7 +28,7 @@ timeout 120 .bundle/bin/bench --input_len 512 --output_len 128 --num_requests 25
   --json_out "$OUT/prompt512.json" 2>&1 | grep -v "requests done" | tail -32
 curl -s localhost:8000/metrics | grep -E "^mlaserve_engine" >"$OUT/engine_metrics.txt"
 kill -INT $serve; wait $serve
-.bundle/bin/serve --model /tmp/v2lite --workers 1 --http_port 8001 --grpc_port 50052 \
+.bundle/bin/serve --model /tmp/v2lite --workers 1 --http_port 8001 --grpc_port 50061 --internal_port 50062 \
   --worker_flags="--mock_compute --mock_step_ms=${MOCK_STEP_MS:-17} --memory_gb=1000" -- --random_weights \
   --kv_blocks 20000 --max_num_seqs 512 \
   --max_batched_tokens 16384 >"$OUT/serve_mock.log" 2>&1 &

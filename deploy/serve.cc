@@ -1,10 +1,13 @@
 // Launches a local cluster: one coordinator and N workers as separate
-// processes on loopback. SIGINT/SIGTERM stop every process it started; the
+// processes on loopback, sharing a cluster secret (a fresh random one unless
+// given) so that no other local user can call their internal services.
+// SIGINT/SIGTERM stop every process it started; the
 // launcher exits when the coordinator does. A worker that dies is reported
 // here and noticed by the coordinator through its missed heartbeats.
 //
 //   bazel run //:serve -- --model DIR --http_port 8000 --grpc_port 50051 --workers 4 \
 //       [--tp 2] [--dp_attention 1] [--ep 2] [-- coordinator flags]
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -12,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -27,7 +31,10 @@
 
 ABSL_FLAG(std::string, model, "", "model directory");
 ABSL_FLAG(int, http_port, 8000, "OpenAI-compatible HTTP port");
-ABSL_FLAG(int, grpc_port, 50051, "coordinator gRPC port");
+ABSL_FLAG(int, grpc_port, 50051, "coordinator's public gRPC port");
+ABSL_FLAG(int, internal_port, 50052, "coordinator's internal gRPC port (workers register there)");
+ABSL_FLAG(std::string, cluster_secret_file, "",
+          "the cluster secret for the coordinator and workers (default: a fresh random one, removed at exit)");
 ABSL_FLAG(int, workers, 1, "worker processes");
 ABSL_FLAG(std::string, worker_devices, "", "comma-separated --device of the workers, in turn (e.g. \"cuda:0,cuda:1\")");
 ABSL_FLAG(std::string, worker_flags, "", "space-separated flags for every worker (e.g. \"--memory_gb=4\")");
@@ -81,6 +88,35 @@ void ShareCoresAmongWorkers(int workers) {
   setenv("OMP_NUM_THREADS", absl::StrCat(std::max(1, cores / workers)).c_str(), /*overwrite=*/1);
 }
 
+// A new file holding a random secret, readable by this user only; empty on
+// failure (reason printed).
+std::string MakeSecretFile() {
+  char dir[] = "/tmp/mlaserve-serve-XXXXXX";
+  if (mkdtemp(dir) == nullptr) {
+    std::cerr << "serve: cannot make a directory for the cluster secret\n";
+    return "";
+  }
+  unsigned char bytes[32];
+  FILE* random = fopen("/dev/urandom", "rb");
+  const bool read = random != nullptr && fread(bytes, 1, sizeof(bytes), random) == sizeof(bytes);
+  if (random != nullptr) fclose(random);
+  if (!read) {
+    std::cerr << "serve: cannot read /dev/urandom\n";
+    return "";
+  }
+  std::string secret;
+  for (unsigned char b : bytes) absl::StrAppend(&secret, absl::Hex(b, absl::kZeroPad2));
+  const std::string path = std::string(dir) + "/cluster_secret";
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0 || write(fd, secret.data(), secret.size()) != static_cast<ssize_t>(secret.size())) {
+    std::cerr << "serve: cannot write " << path << "\n";
+    if (fd >= 0) close(fd);
+    return "";
+  }
+  close(fd);
+  return path;
+}
+
 void StopAll(const std::map<pid_t, std::string>& children) {
   // SIGINT, not SIGTERM: a worker takes SIGTERM as "drain me first".
   for (const auto& [pid, name] : children) kill(pid, SIGINT);
@@ -117,10 +153,16 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
   const std::string grpc_port = absl::StrCat(absl::GetFlag(FLAGS_grpc_port));
+  const std::string internal_port = absl::StrCat(absl::GetFlag(FLAGS_internal_port));
+  const bool own_secret = absl::GetFlag(FLAGS_cluster_secret_file).empty();
+  const std::string secret_file = own_secret ? MakeSecretFile() : absl::GetFlag(FLAGS_cluster_secret_file);
+  if (secret_file.empty()) return 1;
   std::vector<std::string> coordinator_args = {FindBinary(argv[0], "coordinator/coordinator"),
                                                "--model=" + model,
                                                absl::StrCat("--http_port=", absl::GetFlag(FLAGS_http_port)),
                                                "--grpc_port=" + grpc_port,
+                                               "--internal_port=" + internal_port,
+                                               "--cluster_secret_file=" + secret_file,
                                                absl::StrCat("--workers=", absl::GetFlag(FLAGS_workers)),
                                                absl::StrCat("--tp=", absl::GetFlag(FLAGS_tp)),
                                                absl::StrCat("--dp_attention=", absl::GetFlag(FLAGS_dp_attention)),
@@ -129,7 +171,9 @@ int main(int argc, char** argv) {
   std::map<pid_t, std::string> children;
   const pid_t coordinator = Spawn(coordinator_args);
   children[coordinator] = "coordinator";
-  std::vector<std::string> worker_args = {FindBinary(argv[0], "worker/worker"), "--coordinator=127.0.0.1:" + grpc_port};
+  std::vector<std::string> worker_args = {FindBinary(argv[0], "worker/worker"),
+                                         "--coordinator=127.0.0.1:" + internal_port,
+                                         "--cluster_secret_file=" + secret_file};
   for (absl::string_view flag : absl::StrSplit(absl::GetFlag(FLAGS_worker_flags), ' ', absl::SkipEmpty())) {
     worker_args.emplace_back(flag);
   }
@@ -161,5 +205,6 @@ int main(int argc, char** argv) {
     }
   }
   StopAll(children);
+  if (own_secret) std::filesystem::remove_all(std::filesystem::path(secret_file).parent_path());
   return exit_code;
 }

@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/auth.h"
 
 namespace mlaserve {
 
@@ -123,10 +124,18 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::str
   auto cluster = std::unique_ptr<LocalCluster>(new LocalCluster());
   cluster->http_port_ = FreePort();
   cluster->grpc_port_ = FreePort();
+  cluster->internal_port_ = FreePort();
+  char dir[] = "/tmp/local_cluster-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return absl::InternalError("cannot make a directory for the cluster secret");
+  cluster->secret_dir_ = dir;
+  cluster->cluster_secret_ = absl::StrCat("test-secret-", getpid(), "-", FreePort());
+  std::ofstream(cluster->secret_dir_ + "/secret") << cluster->cluster_secret_ << "\n";
   std::vector<std::string> args = {*launcher,
                                    "--model=" + std::filesystem::absolute(model_dir).string(),
                                    absl::StrCat("--http_port=", cluster->http_port_),
                                    absl::StrCat("--grpc_port=", cluster->grpc_port_),
+                                   absl::StrCat("--internal_port=", cluster->internal_port_),
+                                   "--cluster_secret_file=" + cluster->secret_dir_ + "/secret",
                                    absl::StrCat("--workers=", workers),
                                    "--worker_flags=" + absl::StrJoin(WithTestDevice(worker_flags), " "),
                                    "--"};
@@ -178,9 +187,11 @@ absl::Status LocalCluster::AwaitHealthy(absl::Duration timeout) {
 }
 
 LocalCluster::~LocalCluster() {
-  if (launcher_ <= 0) return;
-  kill(launcher_, SIGTERM);
-  waitpid(launcher_, nullptr, 0);
+  if (launcher_ > 0) {
+    kill(launcher_, SIGTERM);
+    waitpid(launcher_, nullptr, 0);
+  }
+  if (!secret_dir_.empty()) std::filesystem::remove_all(secret_dir_);
 }
 
 HttpResult LocalCluster::Get(const std::string& path) const {
@@ -266,8 +277,7 @@ bool LocalCluster::SignalWorkerId(int32_t worker_id, int signal) const {
 int LocalCluster::NumWorkerProcesses() const { return static_cast<int>(WorkerPids().size()); }
 
 std::unique_ptr<v1::Admin::Stub> LocalCluster::AdminStub() const {
-  return v1::Admin::NewStub(
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port_), grpc::InsecureChannelCredentials()));
+  return v1::Admin::NewStub(AuthorizedChannel(absl::StrCat("127.0.0.1:", internal_port_), cluster_secret_));
 }
 
 std::unique_ptr<v1::Mlaserve::Stub> LocalCluster::GrpcStub() const {

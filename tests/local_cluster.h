@@ -1,7 +1,7 @@
 // Test harness: a real local cluster (the //deploy:serve launcher, which
-// starts a coordinator and worker processes) on free loopback ports, plus
-// small HTTP and gRPC client helpers. The cluster is stopped (SIGTERM) on
-// destruction.
+// starts a coordinator and worker processes) on free loopback ports, with a
+// cluster secret of its own, plus small HTTP and gRPC client helpers. The
+// cluster is stopped (SIGTERM) and its secret removed on destruction.
 #ifndef MLASERVE_TESTS_LOCAL_CLUSTER_H_
 #define MLASERVE_TESTS_LOCAL_CLUSTER_H_
 
@@ -52,6 +52,10 @@ class LocalCluster {
 
   int http_port() const { return http_port_; }
   int grpc_port() const { return grpc_port_; }
+  // The coordinator's internal port (registration, rendezvous, Admin).
+  int internal_port() const { return internal_port_; }
+  // The secret the cluster's processes share (internal calls carry it).
+  const std::string& cluster_secret() const { return cluster_secret_; }
 
   HttpResult Get(const std::string& path) const;
   HttpResult Post(const std::string& path, const std::string& body) const;
@@ -59,6 +63,7 @@ class LocalCluster {
   StreamResult PostStream(const std::string& path, const nlohmann::json& body,
                           const std::function<bool(const nlohmann::json&)>& on_event = nullptr) const;
   std::unique_ptr<v1::Mlaserve::Stub> GrpcStub() const;
+  // Admin on the internal port, presenting the cluster secret.
   std::unique_ptr<v1::Admin::Stub> AdminStub() const;
   // SIGKILLs the launcher's `index`-th worker process; false if there is none.
   bool KillWorker(int index) const { return SignalWorker(index, SIGKILL); }
@@ -80,6 +85,9 @@ class LocalCluster {
   pid_t launcher_ = -1;
   int http_port_ = 0;
   int grpc_port_ = 0;
+  int internal_port_ = 0;
+  std::string secret_dir_;
+  std::string cluster_secret_;
 };
 
 // A port no one listens on right now.

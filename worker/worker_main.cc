@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/auth.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_ops.h"
@@ -30,8 +31,12 @@
 #include "worker/ops_factory.h"
 #include "worker/worker_service.h"
 
-ABSL_FLAG(std::string, coordinator, "127.0.0.1:50051", "coordinator's gRPC address");
+ABSL_FLAG(std::string, coordinator, "127.0.0.1:50052", "the coordinator's internal gRPC address (its --internal_port)");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve the Worker API on");
+ABSL_FLAG(std::string, cluster_secret_file, "",
+          "the cluster secret (the same file as the coordinator's): required on every call to this worker and "
+          "presented on its own calls");
+ABSL_FLAG(bool, insecure, false, "serve a non-loopback address without the cluster secret");
 ABSL_FLAG(int, port, 0, "port to serve the Worker API on (0: any free port)");
 ABSL_FLAG(double, heartbeat_interval_s, 0.5, "seconds between heartbeats");
 ABSL_FLAG(double, coordinator_timeout_s, 10, "exit after this long without reaching the coordinator");
@@ -175,12 +180,22 @@ int Main(int argc, char** argv) {
                            },
                            .release_cached = [gpu] { return CudaReleaseCachedMemory(gpu); }};
   }
-  GrpcRendezvousStore store(absl::GetFlag(FLAGS_coordinator));
+  absl::StatusOr<KeySet> secret = KeySet::FromFile(absl::GetFlag(FLAGS_cluster_secret_file));
+  absl::Status exposure = secret.ok() ? CheckExposure("the Worker API", absl::GetFlag(FLAGS_host), !secret->open(),
+                                                      absl::GetFlag(FLAGS_insecure), "--cluster_secret_file")
+                                      : secret.status();
+  if (!exposure.ok()) {
+    std::cerr << "worker: " << exposure << "\n";
+    return 1;
+  }
+  auto channel = AuthorizedChannel(absl::GetFlag(FLAGS_coordinator), secret->open() ? "" : secret->first());
+  GrpcRendezvousStore store(channel);
   WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)),
                         {.transfer_chunk_delay = absl::Milliseconds(absl::GetFlag(FLAGS_transfer_chunk_delay_ms)),
                          .mock_compute = absl::GetFlag(FLAGS_mock_compute),
                          .mock_step_time = absl::Milliseconds(absl::GetFlag(FLAGS_mock_step_ms)),
-                         .gpu_memory = std::move(gpu_memory)});
+                         .gpu_memory = std::move(gpu_memory),
+                         .cluster_secret = *secret});
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
@@ -194,7 +209,6 @@ int Main(int argc, char** argv) {
     return 1;
   }
   const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", port);
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_coordinator), grpc::InsecureChannelCredentials());
   auto stub = internal::v1::Coordinator::NewStub(channel);
   std::string gpu_uuid;
   if (gpu >= 0) {

@@ -38,8 +38,9 @@ WorkerService::WorkerService(std::unique_ptr<Ops> ops, RendezvousStore& store, C
       links_(store, factory_),
       start_free_bytes_(options_.gpu_memory ? options_.gpu_memory->free_bytes() : absl::StatusOr<int64_t>(0)) {}
 
-grpc::Status WorkerService::LoadShard(grpc::ServerContext*, const internal::v1::LoadShardRequest* request,
+grpc::Status WorkerService::LoadShard(grpc::ServerContext* context, const internal::v1::LoadShardRequest* request,
                                       internal::v1::LoadShardResponse* response) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   absl::MutexLock lock(&mu_);
   return ToGrpcStatus(Load(*request, response));
 }
@@ -132,8 +133,9 @@ absl::Status WorkerService::MeasureMemory(Model& model, const internal::v1::Load
   return absl::OkStatus();
 }
 
-grpc::Status WorkerService::CreateCache(grpc::ServerContext*, const internal::v1::CreateCacheRequest* request,
+grpc::Status WorkerService::CreateCache(grpc::ServerContext* context, const internal::v1::CreateCacheRequest* request,
                                         internal::v1::CreateCacheResponse* response) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   absl::MutexLock lock(&mu_);
   return ToGrpcStatus(CreatePool(*request, response));
 }
@@ -159,7 +161,8 @@ absl::Status WorkerService::CreatePool(const internal::v1::CreateCacheRequest& r
 }
 
 grpc::Status WorkerService::Steps(
-    grpc::ServerContext*, grpc::ServerReaderWriter<internal::v1::StepResponse, internal::v1::StepRequest>* stream) {
+    grpc::ServerContext* context, grpc::ServerReaderWriter<internal::v1::StepResponse, internal::v1::StepRequest>* stream) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   internal::v1::StepRequest request;
   while (stream->Read(&request)) {
     internal::v1::StepResponse response;
@@ -307,8 +310,9 @@ void WorkerService::MockSampleRows(const std::vector<int64_t>& ids, const std::v
   }
 }
 
-grpc::Status WorkerService::GetStats(grpc::ServerContext*, const internal::v1::GetStatsRequest*,
+grpc::Status WorkerService::GetStats(grpc::ServerContext* context, const internal::v1::GetStatsRequest*,
                                      internal::v1::GetStatsResponse* response) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   absl::MutexLock lock(&mu_);
   if (cache_.has_value()) {
     response->set_num_blocks(cache_->num_blocks());
@@ -326,6 +330,7 @@ int64_t WorkerService::BlocksPerChunk() {
 
 grpc::Status WorkerService::ReadBlocks(grpc::ServerContext* context, const internal::v1::ReadBlocksRequest* request,
                                        grpc::ServerWriter<internal::v1::BlockChunk>* writer) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   const std::vector<int32_t> blocks(request->blocks().begin(), request->blocks().end());
   size_t next = 0;
   while (next < blocks.size()) {
@@ -349,8 +354,9 @@ grpc::Status WorkerService::ReadBlocks(grpc::ServerContext* context, const inter
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerService::PullBlocks(grpc::ServerContext*, const internal::v1::PullBlocksRequest* request,
+grpc::Status WorkerService::PullBlocks(grpc::ServerContext* context, const internal::v1::PullBlocksRequest* request,
                                        internal::v1::PullBlocksResponse* response) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   int64_t bytes = 0;
   absl::Status status = Pull(*request, &bytes);
   response->set_bytes(bytes);
@@ -370,8 +376,8 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  auto stub = internal::v1::Worker::NewStub(
-      grpc::CreateCustomChannel(request.source_address(), grpc::InsecureChannelCredentials(), args));
+  auto stub = internal::v1::Worker::NewStub(AuthorizedChannel(
+      request.source_address(), options_.cluster_secret.open() ? "" : options_.cluster_secret.first(), args));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(std::max(1.0, request.timeout_s()))));
   internal::v1::ReadBlocksRequest read;
@@ -407,16 +413,18 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
   return absl::OkStatus();
 }
 
-grpc::Status WorkerService::SendBlocks(grpc::ServerContext*, const internal::v1::LinkBlocksRequest* request,
+grpc::Status WorkerService::SendBlocks(grpc::ServerContext* context, const internal::v1::LinkBlocksRequest* request,
                                        internal::v1::LinkBlocksResponse* response) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   int64_t bytes = 0;
   absl::Status status = OverLink(*request, /*send=*/true, &bytes);
   response->set_bytes(bytes);
   return ToGrpcStatus(status);
 }
 
-grpc::Status WorkerService::RecvBlocks(grpc::ServerContext*, const internal::v1::LinkBlocksRequest* request,
+grpc::Status WorkerService::RecvBlocks(grpc::ServerContext* context, const internal::v1::LinkBlocksRequest* request,
                                        internal::v1::LinkBlocksResponse* response) {
+  if (grpc::Status denied = CheckCaller(options_.cluster_secret, *context); !denied.ok()) return denied;
   int64_t bytes = 0;
   absl::Status status = OverLink(*request, /*send=*/false, &bytes);
   response->set_bytes(bytes);

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "kernels/ops.h"
 #include "kernels/sampler.h"
+#include "common/auth.h"
 #include "proto/worker.grpc.pb.h"
 #include "worker/comm/rendezvous_store.h"
 #include "worker/group_comms.h"
@@ -45,6 +46,9 @@ struct WorkerOptions {
   // the service is made and again around loading, for LoadShard's memory
   // report (worker/memory_profile.h).
   std::optional<GpuMemory> gpu_memory;
+  // The cluster secret: every call must carry it, and calls to peers
+  // (PullBlocks reading a peer's blocks) present it. Empty: open.
+  KeySet cluster_secret;
 };
 
 class WorkerService final : public internal::v1::Worker::Service {

@@ -4,13 +4,15 @@
 
 namespace mlaserve {
 
-grpc::Status AdminService::DrainWorker(grpc::ServerContext*, const v1::DrainWorkerRequest* request,
+grpc::Status AdminService::DrainWorker(grpc::ServerContext* context, const v1::DrainWorkerRequest* request,
                                        v1::DrainWorkerResponse*) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   return ToGrpcStatus(engine_.DrainWorker(request->worker_id()));
 }
 
-grpc::Status AdminService::ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+grpc::Status AdminService::ListWorkers(grpc::ServerContext* context, const v1::ListWorkersRequest*,
                                        v1::ListWorkersResponse* response) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   for (const auto& [info, live] : registry_.List()) {
     v1::WorkerStatus* w = response->add_workers();
     w->set_worker_id(info.id);

@@ -3,6 +3,7 @@
 #ifndef MLASERVE_COORDINATOR_API_ADMIN_SERVICE_H_
 #define MLASERVE_COORDINATOR_API_ADMIN_SERVICE_H_
 
+#include "common/auth.h"
 #include "coordinator/serving/serving_engine.h"
 #include "coordinator/cluster/worker_registry.h"
 #include "proto/mlaserve.grpc.pb.h"
@@ -11,7 +12,9 @@ namespace mlaserve {
 
 class AdminService final : public v1::Admin::Service {
  public:
-  AdminService(ServingEngine& engine, const WorkerRegistry& registry) : engine_(engine), registry_(registry) {}
+  // `callers`: the operators' keys (the admin keys, or the cluster secret).
+  AdminService(ServingEngine& engine, const WorkerRegistry& registry, KeySet callers = {})
+      : engine_(engine), registry_(registry), callers_(std::move(callers)) {}
 
   grpc::Status DrainWorker(grpc::ServerContext* context, const v1::DrainWorkerRequest* request,
                            v1::DrainWorkerResponse* response) override;
@@ -21,6 +24,7 @@ class AdminService final : public v1::Admin::Service {
  private:
   ServingEngine& engine_;
   const WorkerRegistry& registry_;
+  const KeySet callers_;
 };
 
 }  // namespace mlaserve

@@ -58,6 +58,7 @@ absl::StatusOr<GenerateInput> GrpcService::ToInput(const v1::GenerateRequest& re
 
 grpc::Status GrpcService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                    grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   absl::StatusOr<GenerateInput> input = ToInput(*request);
   if (!input.ok()) return ToGrpcStatus(input.status());
   auto queue = std::make_shared<UpdateQueue>(/*wake_on_each=*/true);
@@ -87,8 +88,9 @@ grpc::Status GrpcService::Generate(grpc::ServerContext* context, const v1::Gener
   }
 }
 
-grpc::Status GrpcService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+grpc::Status GrpcService::Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                                    v1::TokenizeResponse* response) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   std::vector<int32_t> ids = engine_.tokenizer().Encode(request->text());
   response->mutable_token_ids()->Add(ids.begin(), ids.end());
   return grpc::Status::OK;
@@ -102,8 +104,9 @@ grpc::Status GrpcService::Health(grpc::ServerContext*, const v1::HealthRequest*,
   return grpc::Status::OK;
 }
 
-grpc::Status GrpcService::ModelInfo(grpc::ServerContext*, const v1::ModelInfoRequest*,
+grpc::Status GrpcService::ModelInfo(grpc::ServerContext* context, const v1::ModelInfoRequest*,
                                     v1::ModelInfoResponse* response) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   const ModelConfig& c = engine_.model_config();
   response->set_model(engine_.model_name());
   response->set_model_type(c.model_type);

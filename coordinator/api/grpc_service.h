@@ -3,6 +3,7 @@
 #ifndef MLASERVE_COORDINATOR_API_GRPC_SERVICE_H_
 #define MLASERVE_COORDINATOR_API_GRPC_SERVICE_H_
 
+#include "common/auth.h"
 #include "coordinator/serving/engine.h"
 #include "coordinator/serving/metrics.h"
 #include "proto/mlaserve.grpc.pb.h"
@@ -11,8 +12,9 @@ namespace mlaserve {
 
 class GrpcService final : public v1::Mlaserve::Service {
  public:
-  GrpcService(Engine& engine, ServingMetrics& metrics, int64_t block_size)
-      : engine_(engine), metrics_(metrics), block_size_(block_size) {}
+  // `callers`: the client API keys (Health answers everyone, as /health does).
+  GrpcService(Engine& engine, ServingMetrics& metrics, int64_t block_size, KeySet callers = {})
+      : engine_(engine), metrics_(metrics), block_size_(block_size), callers_(std::move(callers)) {}
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
@@ -30,6 +32,7 @@ class GrpcService final : public v1::Mlaserve::Service {
   Engine& engine_;
   ServingMetrics& metrics_;
   const int64_t block_size_;
+  const KeySet callers_;
 };
 
 }  // namespace mlaserve

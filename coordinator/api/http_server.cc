@@ -288,6 +288,15 @@ void HttpServer::AddRoutes() {
   server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) { HandleModels(res); });
   server_->Get("/health", [this](const httplib::Request&, httplib::Response& res) { HandleHealth(res); });
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) { HandleMetrics(res); });
+  // Before any route reads a body: the caller's key.
+  server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/health" || req.path == "/metrics" || options_.api_keys.Admits(req.get_header_value("Authorization"))) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    res.set_header("WWW-Authenticate", "Bearer");
+    ReplyError(res, HttpError(401, "missing or wrong API key: send \"Authorization: Bearer <key>\""));
+    return httplib::Server::HandlerResponse::Handled;
+  });
   // Errors httplib answers itself (no route, body too large, bad HTTP) get
   // OpenAI's body too; responses that already have one keep it.
   server_->set_error_handler(

@@ -1,7 +1,8 @@
 // The OpenAI-compatible HTTP API over the Engine, on cpp-httplib:
 // POST /v1/completions and /v1/chat/completions (whole, or streamed as
 // server-sent events), GET /v1/models, POST /tokenize, GET /health and
-// GET /metrics. A client that goes away cancels its request.
+// GET /metrics. A client that goes away cancels its request. With API keys
+// configured, only /health and /metrics answer without one.
 #ifndef MLASERVE_COORDINATOR_API_HTTP_SERVER_H_
 #define MLASERVE_COORDINATOR_API_HTTP_SERVER_H_
 
@@ -13,6 +14,7 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "common/auth.h"
 #include "coordinator/api/openai_protocol.h"
 #include "coordinator/serving/engine.h"
 #include "coordinator/serving/metrics.h"
@@ -29,6 +31,9 @@ struct HttpOptions {
   // Connection threads. A streamed response holds one for its whole length,
   // so this bounds the concurrent streams.
   int worker_threads = 128;
+  // Client API keys: every route but /health and /metrics answers 401 to a
+  // request without one of them ("Authorization: Bearer <key>"). Empty: open.
+  KeySet api_keys;
 };
 
 class HttpServer {

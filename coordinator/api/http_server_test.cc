@@ -621,6 +621,41 @@ TEST_F(HttpServerTest, BodiesOverTheLimitAre413) {
   EXPECT_EQ(status, 200) << reply;
 }
 
+TEST_F(HttpServerTest, ApiKeysGuardEveryRouteButHealthAndMetrics) {
+  HttpOptions options;
+  options.api_keys = KeySet({"sk-one", "sk-two"});
+  StartServer(options);
+  const std::string body = R"({"prompt": "hello", "max_tokens": 2})";
+  auto post = [&](const std::string& path, const std::string& authorization) {
+    httplib::Headers headers;
+    if (!authorization.empty()) headers.emplace("Authorization", authorization);
+    httplib::Result result = Client().Post(path.c_str(), headers, body, "application/json");
+    EXPECT_TRUE(result) << path;
+    return result ? std::pair<int, json>{result->status, json::parse(result->body, nullptr, false)}
+                  : std::pair<int, json>{0, json()};
+  };
+  for (const std::string& path : {"/v1/completions", "/v1/chat/completions", "/tokenize"}) {
+    for (const std::string& authorization : {"", "Bearer sk-three", "Bearer sk-on", "sk-one", "Basic sk-one"}) {
+      ExpectError(post(path, authorization), 401, "invalid_request_error");
+    }
+  }
+  EXPECT_EQ(post("/v1/completions", "Bearer sk-one").first, 200);
+  EXPECT_EQ(post("/v1/completions", "bearer sk-two").first, 200);
+  httplib::Result models = Client().Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 401);
+  EXPECT_EQ(models->get_header_value("WWW-Authenticate"), "Bearer");
+  models = Client().Get("/v1/models", httplib::Headers{{"Authorization", "Bearer sk-two"}});
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200);
+  for (const char* open : {"/health", "/metrics"}) {
+    httplib::Result result = Client().Get(open);
+    ASSERT_TRUE(result) << open;
+    EXPECT_EQ(result->status, 200) << open;
+  }
+  EXPECT_EQ(Client().Get("/no/such/route")->status, 401) << "unknown routes reveal nothing without a key";
+}
+
 TEST_F(HttpServerTest, EngineRejectionsMapToStatusesAndCount) {
   engine_->set_reject_with(absl::ResourceExhaustedError("queue full"));
   const std::pair<int, json> reply = Post("/v1/completions", R"({"prompt": "a"})");

@@ -17,10 +17,12 @@ constexpr absl::Duration kCancelPoll = absl::Milliseconds(200);
 
 }  // namespace
 
-RendezvousService::RendezvousService(absl::Duration max_wait) : max_wait_(max_wait) {}
+RendezvousService::RendezvousService(absl::Duration max_wait, KeySet callers)
+    : max_wait_(max_wait), callers_(std::move(callers)) {}
 
-grpc::Status RendezvousService::Set(grpc::ServerContext*, const internal::v1::StoreSetRequest* request,
+grpc::Status RendezvousService::Set(grpc::ServerContext* context, const internal::v1::StoreSetRequest* request,
                                     internal::v1::StoreSetResponse*) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   if (request->key().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "key is empty");
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = values_.emplace(request->key(), request->value());
@@ -33,6 +35,7 @@ grpc::Status RendezvousService::Set(grpc::ServerContext*, const internal::v1::St
 
 grpc::Status RendezvousService::Get(grpc::ServerContext* context, const internal::v1::StoreGetRequest* request,
                                     internal::v1::StoreGetResponse* response) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   const std::string& key = request->key();
   if (key.empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "key is empty");
   // NaN and negative waits mean "only if already set".

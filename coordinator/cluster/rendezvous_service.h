@@ -16,13 +16,15 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/auth.h"
 #include "proto/worker.grpc.pb.h"
 
 namespace mlaserve {
 
 class RendezvousService final : public internal::v1::Rendezvous::Service {
  public:
-  explicit RendezvousService(absl::Duration max_wait = absl::Seconds(600));
+  // `callers`: the cluster secret.
+  explicit RendezvousService(absl::Duration max_wait = absl::Seconds(600), KeySet callers = {});
 
   grpc::Status Set(grpc::ServerContext* context, const internal::v1::StoreSetRequest* request,
                    internal::v1::StoreSetResponse* response) override;
@@ -34,6 +36,7 @@ class RendezvousService final : public internal::v1::Rendezvous::Service {
 
  private:
   const absl::Duration max_wait_;
+  const KeySet callers_;
   absl::Mutex mu_;
   std::map<std::string, std::string> values_ ABSL_GUARDED_BY(mu_);
 };

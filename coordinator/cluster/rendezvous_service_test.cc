@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/auth.h"
 #include "gtest/gtest.h"
 #include "worker/comm/grpc_rendezvous_store.h"
 
@@ -25,12 +26,14 @@ class RendezvousServiceTest : public ::testing::Test {
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
-    store_ = std::make_unique<GrpcRendezvousStore>(absl::StrCat("127.0.0.1:", port));
+    address_ = absl::StrCat("127.0.0.1:", port);
+    store_ = std::make_unique<GrpcRendezvousStore>(AuthorizedChannel(address_, ""));
   }
 
   void TearDown() override { server_->Shutdown(); }
 
   RendezvousService service_;
+  std::string address_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<GrpcRendezvousStore> store_;
 };
@@ -102,6 +105,30 @@ TEST_F(RendezvousServiceTest, WaitIsCappedByTheServer) {
   const absl::Time start = absl::Now();
   EXPECT_EQ(capped.Get(&context, &request, &response).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+// With a cluster secret, only callers presenting it reach the store; the
+// AuthorizedChannel of the same secret does.
+TEST(RendezvousAuthTest, OnlyTheClusterSecretIsAdmitted) {
+  RendezvousService service(absl::Seconds(600), KeySet({"s3cret"}));
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  for (const std::string& secret : {std::string(), std::string("wrong"), std::string("s3cre")}) {
+    GrpcRendezvousStore store(AuthorizedChannel(address, secret));
+    EXPECT_EQ(store.Set("g/k", "v").code(), absl::StatusCode::kUnauthenticated) << "secret '" << secret << "'";
+    EXPECT_EQ(store.Get("g/k", absl::Milliseconds(10)).status().code(), absl::StatusCode::kUnauthenticated);
+  }
+  GrpcRendezvousStore store(AuthorizedChannel(address, "s3cret"));
+  ASSERT_TRUE(store.Set("g/k", "v").ok());
+  absl::StatusOr<std::string> got = store.Get("g/k", absl::Seconds(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, "v");
+  server->Shutdown();
 }
 
 }  // namespace

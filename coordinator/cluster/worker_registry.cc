@@ -9,8 +9,8 @@
 
 namespace mlaserve {
 
-WorkerRegistry::WorkerRegistry(absl::Duration heartbeat_timeout)
-    : heartbeat_timeout_(heartbeat_timeout), monitor_([this] { Monitor(); }) {}
+WorkerRegistry::WorkerRegistry(absl::Duration heartbeat_timeout, KeySet cluster)
+    : heartbeat_timeout_(heartbeat_timeout), callers_(std::move(cluster)), monitor_([this] { Monitor(); }) {}
 
 WorkerRegistry::~WorkerRegistry() {
   {
@@ -20,13 +20,14 @@ WorkerRegistry::~WorkerRegistry() {
   monitor_.join();
 }
 
-grpc::Status WorkerRegistry::Register(grpc::ServerContext*, const internal::v1::RegisterRequest* request,
+grpc::Status WorkerRegistry::Register(grpc::ServerContext* context, const internal::v1::RegisterRequest* request,
                                       internal::v1::RegisterResponse* response) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   if (request->address().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "address is required");
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(256 << 20);
-  auto channel = grpc::CreateCustomChannel(request->address(), grpc::InsecureChannelCredentials(), args);
+  auto channel = AuthorizedChannel(request->address(), callers_.open() ? "" : callers_.first(), args);
   absl::MutexLock lock(&mu_);
   const int32_t id = workers_.empty() ? 0 : workers_.rbegin()->first + 1;
   Entry& entry = workers_[id];
@@ -39,8 +40,9 @@ grpc::Status WorkerRegistry::Register(grpc::ServerContext*, const internal::v1::
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerRegistry::Heartbeat(grpc::ServerContext*, const internal::v1::HeartbeatRequest* request,
+grpc::Status WorkerRegistry::Heartbeat(grpc::ServerContext* context, const internal::v1::HeartbeatRequest* request,
                                        internal::v1::HeartbeatResponse* response) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(request->worker_id());
   const bool known = it != workers_.end() && it->second.alive;
@@ -74,8 +76,9 @@ void WorkerRegistry::OnDrain(std::function<absl::Status(int32_t)> callback) {
   on_drain_ = std::move(callback);
 }
 
-grpc::Status WorkerRegistry::Drain(grpc::ServerContext*, const internal::v1::DrainRequest* request,
+grpc::Status WorkerRegistry::Drain(grpc::ServerContext* context, const internal::v1::DrainRequest* request,
                                    internal::v1::DrainResponse*) {
+  if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   std::function<absl::Status(int32_t)> callback;
   {
     absl::MutexLock lock(&mu_);

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/auth.h"
 #include "proto/worker.grpc.pb.h"
 
 namespace mlaserve {
@@ -31,7 +32,9 @@ struct WorkerInfo {
 
 class WorkerRegistry final : public internal::v1::Coordinator::Service {
  public:
-  explicit WorkerRegistry(absl::Duration heartbeat_timeout);
+  // `cluster`: the cluster secret, checked on workers' calls and presented on
+  // the coordinator's calls to them.
+  explicit WorkerRegistry(absl::Duration heartbeat_timeout, KeySet cluster = {});
   ~WorkerRegistry() override;
 
   grpc::Status Register(grpc::ServerContext* context, const internal::v1::RegisterRequest* request,
@@ -67,6 +70,7 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
   void Monitor();
 
   const absl::Duration heartbeat_timeout_;
+  const KeySet callers_;
   mutable absl::Mutex mu_;
   std::map<int32_t, Entry> workers_ ABSL_GUARDED_BY(mu_);
   std::function<void(int32_t)> on_death_ ABSL_GUARDED_BY(mu_);

@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "coordinator/cluster/rendezvous_service.h"
+#include "common/auth.h"
 #include "gtest/gtest.h"
 #include "worker/comm/grpc_rendezvous_store.h"
 #include "worker/comm/rendezvous_store.h"
@@ -310,7 +311,7 @@ constexpr absl::Duration kChildTimeout = absl::Seconds(2);
 constexpr absl::Duration kChildMaxLoop = absl::Seconds(20);
 
 int ChildMain(int rank, int size, const std::string& store_address) {
-  GrpcRendezvousStore store(store_address);
+  GrpcRendezvousStore store(AuthorizedChannel(store_address, ""));
   auto comm = NewGlooCommunicator(store, "kill", rank, size, {.timeout = kChildTimeout});
   if (!comm.ok()) {
     std::cerr << "rank " << rank << ": " << comm.status() << "\n";
@@ -379,7 +380,7 @@ TEST(GlooFailureTest, KilledPeerFailsTheOthersWithAStatus) {
     pids.push_back(SpawnChild(r, kSize, address));
     ASSERT_GT(pids.back(), 0);
   }
-  GrpcRendezvousStore store(address);
+  GrpcRendezvousStore store(AuthorizedChannel(address, ""));
   for (int r = 0; r < kSize; ++r) {
     EXPECT_TRUE(store.Get(absl::StrCat("looping/", r), absl::Seconds(15)).ok()) << "rank " << r;
   }

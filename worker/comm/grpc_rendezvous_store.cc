@@ -31,9 +31,6 @@ absl::Status Annotate(const grpc::Status& status, const char* op, const std::str
 GrpcRendezvousStore::GrpcRendezvousStore(std::shared_ptr<grpc::Channel> channel)
     : stub_(internal::v1::Rendezvous::NewStub(std::move(channel))) {}
 
-GrpcRendezvousStore::GrpcRendezvousStore(const std::string& address)
-    : GrpcRendezvousStore(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())) {}
-
 absl::Status GrpcRendezvousStore::Set(const std::string& key, const std::string& value) {
   internal::v1::StoreSetRequest request;
   request.set_key(key);

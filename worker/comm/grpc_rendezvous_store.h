@@ -21,9 +21,9 @@ namespace mlaserve {
 
 class GrpcRendezvousStore final : public RendezvousStore {
  public:
+  // `channel`: to the coordinator's internal port (with the cluster secret
+  // where one is configured: common/auth.h's AuthorizedChannel).
   explicit GrpcRendezvousStore(std::shared_ptr<grpc::Channel> channel);
-  // An insecure channel to the coordinator at `address` (host:port).
-  explicit GrpcRendezvousStore(const std::string& address);
 
   absl::Status Set(const std::string& key, const std::string& value) override;
   // The server waits up to `timeout`; the RPC's deadline is a little longer,
