@@ -41,7 +41,11 @@ void Reply(httplib::Response& res, int http_status, const json& body) {
   res.set_content(Serialize(body), "application/json");
 }
 
-void ReplyError(httplib::Response& res, const ApiError& error) { Reply(res, error.http_status, error.body); }
+// A full queue (429) tells the client when to come back, as OpenAI's does.
+void ReplyError(httplib::Response& res, const ApiError& error) {
+  if (error.http_status == 429) res.set_header("Retry-After", "1");
+  Reply(res, error.http_status, error.body);
+}
 
 void ReplyFinal(const ResponseHeader& header, const std::string& text, json logprobs,
                 const GenerateUpdate& final_update, httplib::Response& res) {

@@ -661,13 +661,16 @@ TEST_F(HttpServerTest, EngineRejectionsMapToStatusesAndCount) {
   const std::pair<int, json> reply = Post("/v1/completions", R"({"prompt": "a"})");
   ExpectError(reply, 429, "rate_limit_exceeded");
   EXPECT_EQ(reply.second["error"]["message"], "queue full");
+  httplib::Result full = Client().Post("/v1/completions", R"({"prompt": "a"})", "application/json");
+  ASSERT_TRUE(full);
+  EXPECT_EQ(full->get_header_value("Retry-After"), "1");
   ExpectError(Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "stream": true})"), 429,
               "rate_limit_exceeded");
   engine_->set_reject_with(absl::UnavailableError("no workers"));
   ExpectError(Post("/v1/completions", R"({"prompt": "a"})"), 503, "service_unavailable_error");
   engine_->set_reject_with(absl::InternalError("bug"));
   ExpectError(Post("/v1/completions", R"({"prompt": "a"})"), 500, "server_error");
-  EXPECT_THAT(metrics_.Serialize(), HasSubstr("mlaserve_requests_rejected_total 4"));
+  EXPECT_THAT(metrics_.Serialize(), HasSubstr("mlaserve_requests_rejected_total 5"));
 }
 
 TEST_F(HttpServerTest, ClientLeavingMidStreamCancels) {

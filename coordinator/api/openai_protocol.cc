@@ -441,9 +441,39 @@ json ErrorBody(absl::string_view message, int http_status, json param, json code
             {"code", std::move(code)}}}};
 }
 
+// Whether arrays and objects in `text` nest deeper than `limit`, counting
+// brackets outside strings. nlohmann's parser recurses without a bound, and a
+// body of a few MB of '[' costs hundreds of MB to parse and to free.
+bool NestsDeeperThan(absl::string_view text, int limit) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::StatusOr<json> ParseBody(const std::string& body) {
+  if (NestsDeeperThan(body, kMaxJsonDepth)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body nests arrays and objects deeper than ", kMaxJsonDepth, " levels"));
+  }
   json value = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) return absl::InvalidArgumentError("the request body is not valid JSON");
   if (!value.is_object()) return absl::InvalidArgumentError("the request body must be a JSON object");

@@ -32,7 +32,12 @@ struct ApiRequest {
 
 // Request parsing. Errors are InvalidArgument (400), carrying the offending
 // field as OpenAI's `param`, or NotFound (404) for a model not served here.
-absl::StatusOr<nlohmann::json> ParseBody(const std::string& body);  // a JSON object
+// The deepest nesting of arrays and objects a request body may have (an
+// OpenAI request needs 4 or 5: messages, content parts, tools' schemas).
+inline constexpr int kMaxJsonDepth = 64;
+// A JSON object; InvalidArgument for invalid JSON, another value, or nesting
+// deeper than kMaxJsonDepth (refused before parsing).
+absl::StatusOr<nlohmann::json> ParseBody(const std::string& body);
 absl::StatusOr<ApiRequest> ParseGenerateRequest(ApiKind kind, const nlohmann::json& body, const Engine& engine);
 // {"prompt": ...} as /v1/completions takes it, or {"messages": [...]} as chat does.
 absl::StatusOr<std::vector<int32_t>> ParseTokenizeRequest(const nlohmann::json& body, const Engine& engine);

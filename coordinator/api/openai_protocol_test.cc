@@ -15,6 +15,7 @@ namespace {
 
 using json = nlohmann::json;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::StartsWith;
 
@@ -473,12 +474,21 @@ TEST(SerializeTest, ReplacesInvalidUtf8) {
   EXPECT_EQ(Serialize(json{{"text", "a\xff"}}), "{\"text\":\"a\xEF\xBF\xBD\"}");
 }
 
-TEST(ParseBodyTest, SurvivesDeepNesting) {
-  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+TEST(ParseBodyTest, RefusesNestingPastTheLimitBeforeParsing) {
+  const std::string deep = std::string(4 << 20, '[') + std::string(4 << 20, ']');
   EXPECT_EQ(ParseBody(deep).status().code(), absl::StatusCode::kInvalidArgument);
-  const std::string deep_object = R"({"prompt": )" + deep + "}";
-  absl::StatusOr<json> body = ParseBody(deep_object);
-  EXPECT_TRUE(body.ok()) << body.status();
+  auto nested = [](int depth) {  // an object whose "prompt" nests depth - 1 arrays
+    return R"({"prompt": )" + std::string(depth - 1, '[') + std::string(depth - 1, ']') + "}";
+  };
+  EXPECT_TRUE(ParseBody(nested(kMaxJsonDepth)).ok());
+  const absl::Status too_deep = ParseBody(nested(kMaxJsonDepth + 1)).status();
+  EXPECT_EQ(too_deep.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(too_deep.message()), HasSubstr("deeper than 64"));
+  // Brackets inside strings, escaped quotes included, are text.
+  const std::string text = R"({"prompt": "[[[[\"[[[)" + std::string(1000, '[') + R"("})";
+  absl::StatusOr<json> body = ParseBody(text);
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_EQ((*body)["prompt"].get<std::string>().size(), 1000 + 8);
 }
 
 }  // namespace
