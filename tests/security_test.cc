@@ -222,6 +222,95 @@ TEST_F(SecurityTest, WorkerRpcsNeedTheClusterSecret) {
   EXPECT_EQ(ok->status, 200) << ok->body;
 }
 
+// One step on a Steps stream of `worker`; its status.
+grpc::Status RunStep(internal::v1::Worker::Stub& worker, const internal::v1::StepRequest& step) {
+  grpc::ClientContext context;
+  auto stream = worker.Steps(&context);
+  stream->Write(step);
+  stream->WritesDone();
+  internal::v1::StepResponse response;
+  while (stream->Read(&response)) {
+  }
+  return stream->Finish();
+}
+
+internal::v1::StepSequence* StartSequence(internal::v1::StepRequest* step, int64_t id, std::vector<int32_t> tokens,
+                                          int64_t context_len, std::vector<int32_t> blocks) {
+  internal::v1::StepSequence* s = step->add_sequences();
+  s->set_request_id(id);
+  s->set_start(true);
+  for (int32_t t : tokens) s->add_token_ids(t);
+  s->set_context_len(context_len);
+  for (int32_t b : blocks) s->add_new_blocks(b);
+  return s;
+}
+
+// Requests that crashed a worker or dropped its model, sent with the secret
+// (as a compromised peer would): refused, and the worker keeps serving.
+TEST_F(SecurityTest, BadInternalRequestsAreInvalidArgumentAndChangeNothing) {
+  const std::string address = WorkerAddress();
+  ASSERT_FALSE(address.empty());
+  auto worker = internal::v1::Worker::NewStub(AuthorizedChannel(address, cluster_->cluster_secret()));
+  constexpr int64_t kId = int64_t{1} << 40;  // no id the coordinator hands out
+  {
+    internal::v1::StepRequest step;
+    StartSequence(&step, kId, {1}, 1000000000, {0});
+    const grpc::Status status = RunStep(*worker, step);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  }
+  for (int32_t bad_block : {-1, 1 << 30}) {
+    internal::v1::StepRequest step;
+    StartSequence(&step, kId, {1}, 1, {bad_block});
+    EXPECT_EQ(RunStep(*worker, step).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad_block;
+  }
+  {  // A good change beside a bad one (a token outside the vocabulary): neither applies.
+    internal::v1::StepRequest step;
+    StartSequence(&step, kId, {1, 2}, 2, {0});
+    StartSequence(&step, kId + 1, {1 << 30}, 1, {1});
+    EXPECT_EQ(RunStep(*worker, step).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    internal::v1::StepRequest next;
+    internal::v1::StepSequence* s = next.add_sequences();
+    s->set_request_id(kId);
+    s->add_token_ids(3);
+    s->set_context_len(3);
+    const grpc::Status status = RunStep(*worker, next);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("unknown sequence"), std::string::npos) << status.error_message();
+  }
+  {  // The same sequence twice in one step.
+    internal::v1::StepRequest step;
+    StartSequence(&step, kId, {1}, 1, {0});
+    StartSequence(&step, kId, {1}, 1, {0});
+    EXPECT_EQ(RunStep(*worker, step).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  for (const char* dir : {"/nonexistent", ""}) {
+    grpc::ClientContext context;
+    internal::v1::LoadShardRequest load;
+    load.set_model_dir(dir);
+    load.set_block_size(16);
+    load.set_group_size(1);
+    internal::v1::LoadShardResponse loaded;
+    EXPECT_EQ(worker->LoadShard(&context, load, &loaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << dir;
+  }
+  {
+    grpc::ClientContext context;
+    internal::v1::LoadShardRequest load;
+    load.set_model_dir(kTinyModelDir);
+    load.set_block_size(16);
+    load.set_group_size(1);
+    load.set_group_rank(5);
+    internal::v1::LoadShardResponse loaded;
+    EXPECT_EQ(worker->LoadShard(&context, load, &loaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  // The worker still serves, with its model and cache.
+  httplib::Client client("127.0.0.1", cluster_->http_port());
+  client.set_read_timeout(60, 0);
+  auto ok = client.Post("/v1/completions", {{"Authorization", absl::StrCat("Bearer ", kApiKey)}},
+                        R"({"prompt": "Hi", "max_tokens": 4, "temperature": 0})", "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << ok->body;
+}
+
 TEST_F(SecurityTest, PublicAndInternalServicesLiveOnSeparatePorts) {
   grpc::ClientContext register_context;
   internal::v1::RegisterRequest rogue;

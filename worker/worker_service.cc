@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -47,13 +48,8 @@ grpc::Status WorkerService::LoadShard(grpc::ServerContext* context, const intern
 
 absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
                                  internal::v1::LoadShardResponse* response) {
-  // A reload replaces everything: the old model goes before its communicators.
-  loaded_ = false;
-  sequences_.clear();
-  cache_.reset();
-  num_blocks_ = 0;
-  model_.reset();
-  comms_ = GroupComms();
+  // What can be checked is, before anything changes: a bad request leaves
+  // the worker serving what it had.
   if (request.block_size() <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("block_size ", request.block_size(), " is not positive"));
   }
@@ -64,6 +60,20 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
     return absl::InvalidArgumentError(absl::StrCat("group_size ", request.group_size(), " does not match the plan ",
                                                    plan.ToString()));
   }
+  if (request.group_rank() < 0 || request.group_rank() >= plan.group_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("group_rank ", request.group_rank(), " outside a group of ", plan.group_size()));
+  }
+  ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(request.weights_dtype()));
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(request.model_dir() + "/config.json");
+  if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("model_dir: ", config.status().message()));
+  // A reload replaces everything: the old model goes before its communicators.
+  loaded_ = false;
+  sequences_.clear();
+  cache_.reset();
+  num_blocks_ = 0;
+  model_.reset();
+  comms_ = GroupComms();
   if (plan.group_size() > 1) {
     std::cerr << "worker: joining group " << request.rendezvous_prefix() << " as rank " << request.group_rank()
               << " of " << plan.ToString() << "\n";
@@ -74,9 +84,8 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   comms_.group_rank = request.group_rank();
   block_size_ = request.block_size();
   if (options_.mock_compute) {
-    ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(request.model_dir() + "/config.json"));
-    vocab_size_ = config.vocab_size;
-    bytes_per_block_ = KvBlockBytes(config, block_size_, DType::kBF16);  // as a GPU's
+    vocab_size_ = config->vocab_size;
+    bytes_per_block_ = KvBlockBytes(*config, block_size_, DType::kBF16);  // as a GPU's
     loaded_ = true;
     response->set_bytes_per_block(bytes_per_block_);
     return absl::OkStatus();
@@ -86,7 +95,6 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
     RETURN_IF_ERROR(start_free_bytes_.status());
     ASSIGN_OR_RETURN(free_before_weights, options_.gpu_memory->free_bytes());
   }
-  ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(request.weights_dtype()));
   std::unique_ptr<Model> model;
   if (request.random_weights()) {
     ASSIGN_OR_RETURN(model,
@@ -178,9 +186,51 @@ grpc::Status WorkerService::Steps(
   return grpc::Status::OK;
 }
 
-absl::StatusOr<WorkerService::StepRow> WorkerService::ApplyChange(const internal::v1::StepSequence& s,
-                                                                  ForwardBatch* batch) {
+absl::Status WorkerService::CheckChange(const internal::v1::StepSequence& s,
+                                       const absl::flat_hash_set<int64_t>& released) const {
   const std::string who = absl::StrCat("request ", s.request_id(), ": ");
+  const SequenceState fresh;
+  const SequenceState* state = &fresh;
+  if (!s.start()) {
+    auto it = sequences_.find(s.request_id());
+    if (it == sequences_.end() || released.contains(s.request_id())) {
+      return absl::InvalidArgumentError(absl::StrCat(who, "unknown sequence"));
+    }
+    state = &it->second;
+  }
+  for (int32_t block : s.new_blocks()) {
+    if (block < 0 || block >= num_blocks_) {
+      return absl::InvalidArgumentError(absl::StrCat(who, "block ", block, " outside [0, ", num_blocks_, ")"));
+    }
+  }
+  if (s.sampled_input()) {
+    if (s.token_ids_size() != 0 || state->last_sample < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(who, "sampled input without a sample before it"));
+    }
+  } else {
+    if (s.token_ids_size() == 0) return absl::InvalidArgumentError(absl::StrCat(who, "no tokens"));
+    for (int32_t id : s.token_ids()) {
+      if (id < 0 || id >= vocab_size_) {
+        return absl::InvalidArgumentError(absl::StrCat(who, "token id ", id, " outside [0, ", vocab_size_, ")"));
+      }
+    }
+  }
+  const int64_t new_tokens = s.sampled_input() ? 1 : s.token_ids_size();
+  // A start may follow a prefix the cache already holds.
+  const int64_t cached = s.start() ? std::max<int64_t>(0, s.context_len() - new_tokens) : state->context_len;
+  if (s.context_len() != cached + new_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(who, "context_len ", s.context_len(), " but the worker has ",
+                                                   cached, " tokens and ", new_tokens, " new"));
+  }
+  const int64_t blocks = static_cast<int64_t>(state->block_table.size()) + s.new_blocks_size();
+  if (s.context_len() > blocks * block_size_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, "context of ", s.context_len(), " tokens beyond its ", blocks, " blocks"));
+  }
+  return absl::OkStatus();
+}
+
+WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequence& s, ForwardBatch* batch) {
   SequenceState* state;
   if (s.start()) {
     state = &sequences_[s.request_id()];
@@ -190,39 +240,18 @@ absl::StatusOr<WorkerService::StepRow> WorkerService::ApplyChange(const internal
     state->logprobs = s.logprobs();
     state->top_logprobs = std::max(0, s.top_logprobs());
   } else {
-    auto it = sequences_.find(s.request_id());
-    if (it == sequences_.end()) return absl::InvalidArgumentError(absl::StrCat(who, "unknown sequence"));
-    state = &it->second;
-  }
-  for (int32_t block : s.new_blocks()) {
-    if (block < 0 || block >= num_blocks_) {
-      return absl::InvalidArgumentError(absl::StrCat(who, "block ", block, " outside [0, ", num_blocks_, ")"));
-    }
+    state = &sequences_.find(s.request_id())->second;
   }
   state->block_table.insert(state->block_table.end(), s.new_blocks().begin(), s.new_blocks().end());
   SequenceSlice slice;
   slice.token_begin = static_cast<int64_t>(batch->token_ids.size());
   if (s.sampled_input()) {
-    if (s.token_ids_size() != 0 || state->last_sample < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(who, "sampled input without a sample before it"));
-    }
     batch->token_ids.push_back(state->last_sample);
   } else {
-    if (s.token_ids_size() == 0) return absl::InvalidArgumentError(absl::StrCat(who, "no tokens"));
     batch->token_ids.insert(batch->token_ids.end(), s.token_ids().begin(), s.token_ids().end());
   }
   slice.num_tokens = static_cast<int64_t>(batch->token_ids.size()) - slice.token_begin;
-  // A start may follow a prefix the cache already holds.
-  if (s.start()) state->context_len = std::max<int64_t>(0, s.context_len() - slice.num_tokens);
-  slice.context_len = state->context_len + slice.num_tokens;
-  if (s.context_len() != slice.context_len) {
-    return absl::InvalidArgumentError(absl::StrCat(who, "context_len ", s.context_len(), " but the worker has ",
-                                                   state->context_len, " tokens and ", slice.num_tokens, " new"));
-  }
-  if (slice.context_len > static_cast<int64_t>(state->block_table.size()) * block_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(who, "context of ", slice.context_len, " tokens beyond its ",
-                                                   state->block_table.size(), " blocks"));
-  }
+  slice.context_len = s.context_len();
   state->context_len = slice.context_len;
   slice.block_table = state->block_table;
   if (s.sample()) batch->logit_rows.push_back(slice.token_begin + slice.num_tokens - 1);
@@ -233,23 +262,32 @@ absl::StatusOr<WorkerService::StepRow> WorkerService::ApplyChange(const internal
 absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
   if (num_blocks_ == 0) return absl::FailedPreconditionError("Step before LoadShard and CreateCache");
   response->set_step_id(request.step_id());
-  for (int64_t id : request.released()) sequences_.erase(id);
   // This rank computes its attention replica's sequences; every rank of the
   // replica samples them (the logits are gathered on each), the first reports.
   const int replica = comms_.group_rank / comms_.plan.tp;
   const bool report = comms_.group_rank % comms_.plan.tp == 0;
-  ForwardBatch batch;
-  batch.layout.block_size = block_size_;
-  std::vector<StepRow> rows;
-  std::vector<int64_t> ids;
+  // The whole step is checked before any of it is applied: a refused step
+  // leaves every sequence as it was.
+  const absl::flat_hash_set<int64_t> released(request.released().begin(), request.released().end());
+  absl::flat_hash_set<int64_t> seen;
   for (const internal::v1::StepSequence& s : request.sequences()) {
     if (s.replica() < 0 || s.replica() >= comms_.plan.dp_attention) {
       return absl::InvalidArgumentError(absl::StrCat("request ", s.request_id(), ": replica ", s.replica(),
                                                      " outside the group's ", comms_.plan.dp_attention));
     }
+    if (!seen.insert(s.request_id()).second) {
+      return absl::InvalidArgumentError(absl::StrCat("request ", s.request_id(), " twice in one step"));
+    }
+    if (s.replica() == replica) RETURN_IF_ERROR(CheckChange(s, released));
+  }
+  for (int64_t id : request.released()) sequences_.erase(id);
+  ForwardBatch batch;
+  batch.layout.block_size = block_size_;
+  std::vector<StepRow> rows;
+  std::vector<int64_t> ids;
+  for (const internal::v1::StepSequence& s : request.sequences()) {
     if (s.replica() != replica) continue;
-    ASSIGN_OR_RETURN(StepRow row, ApplyChange(s, &batch));
-    rows.push_back(row);
+    rows.push_back(ApplyChange(s, &batch));
     ids.push_back(s.request_id());
   }
   if (options_.mock_compute) {

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/ops.h"
@@ -101,12 +102,18 @@ class WorkerService final : public internal::v1::Worker::Service {
   };
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Applies `s`'s change to the worker's copy of its sequence and adds its
-  // tokens to `batch`. InvalidArgument when the change does not fit that copy
-  // or the cache (unknown sequence, block outside the pool, context beyond
-  // the table).
-  absl::StatusOr<StepRow> ApplyChange(const internal::v1::StepSequence& s, ForwardBatch* batch)
+  // OK when `s`'s change fits the worker's copy of its sequence (a fresh one
+  // when it starts; none when it is in `released`) and the cache, else
+  // InvalidArgument naming what does not (unknown sequence, block outside
+  // the pool, token outside the vocabulary, context_len that does not follow,
+  // context beyond the table). Changes nothing.
+  absl::Status CheckChange(const internal::v1::StepSequence& s, const absl::flat_hash_set<int64_t>& released) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies `s`'s change to the worker's copy of its sequence and adds its
+  // tokens to `batch`.
+  // REQUIRES: CheckChange(s) is OK, and no change of this step was applied
+  // to the same sequence before.
+  StepRow ApplyChange(const internal::v1::StepSequence& s, ForwardBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Samples the next token of every row that samples, in order, where the
   // logits lie, and keeps it as the row's last sample; the replica's first
   // rank reports them. Logits come to the host only when some row asks for
