@@ -290,6 +290,12 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
     rows.push_back(ApplyChange(s, &batch));
     ids.push_back(s.request_id());
   }
+  // A step that only releases sequences computes nothing. (With attention
+  // replicas, a replica without sequences still joins the experts' exchange.)
+  if (batch.token_ids.empty() && comms_.plan.dp_attention == 1) {
+    ++steps_;
+    return absl::OkStatus();
+  }
   if (options_.mock_compute) {
     absl::SleepFor(options_.mock_step_time);
     MockSampleRows(ids, rows, report, response);
