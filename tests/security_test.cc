@@ -283,25 +283,19 @@ TEST_F(SecurityTest, BadInternalRequestsAreInvalidArgumentAndChangeNothing) {
     StartSequence(&step, kId, {1}, 1, {0});
     EXPECT_EQ(RunStep(*worker, step).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
-  for (const char* dir : {"/nonexistent", ""}) {
+  auto load_shard = [&](const std::string& dir, int32_t rank) {
     grpc::ClientContext context;
     internal::v1::LoadShardRequest load;
     load.set_model_dir(dir);
     load.set_block_size(16);
     load.set_group_size(1);
+    load.set_group_rank(rank);
     internal::v1::LoadShardResponse loaded;
-    EXPECT_EQ(worker->LoadShard(&context, load, &loaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << dir;
-  }
-  {
-    grpc::ClientContext context;
-    internal::v1::LoadShardRequest load;
-    load.set_model_dir(kTinyModelDir);
-    load.set_block_size(16);
-    load.set_group_size(1);
-    load.set_group_rank(5);
-    internal::v1::LoadShardResponse loaded;
-    EXPECT_EQ(worker->LoadShard(&context, load, &loaded).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  }
+    return worker->LoadShard(&context, load, &loaded).error_code();
+  };
+  EXPECT_EQ(load_shard("/nonexistent", 0), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(load_shard("", 0), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(load_shard(kTinyModelDir, 5), grpc::StatusCode::INVALID_ARGUMENT);
   // The worker still serves, with its model and cache.
   httplib::Client client("127.0.0.1", cluster_->http_port());
   client.set_read_timeout(60, 0);

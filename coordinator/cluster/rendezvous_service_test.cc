@@ -16,17 +16,23 @@
 namespace mlaserve {
 namespace {
 
+// `service` on a server at a free loopback port; its address.
+std::unique_ptr<grpc::Server> Serve(grpc::Service& service, std::string* address) {
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  *address = absl::StrCat("127.0.0.1:", port);
+  return server;
+}
+
 // The service on an in-process server at a free port, and a store client.
 class RendezvousServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    int port = 0;
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(&service_);
-    server_ = builder.BuildAndStart();
+    server_ = Serve(service_, &address_);
     ASSERT_NE(server_, nullptr);
-    address_ = absl::StrCat("127.0.0.1:", port);
     store_ = std::make_unique<GrpcRendezvousStore>(AuthorizedChannel(address_, ""));
   }
 
@@ -111,13 +117,9 @@ TEST_F(RendezvousServiceTest, WaitIsCappedByTheServer) {
 // AuthorizedChannel of the same secret does.
 TEST(RendezvousAuthTest, OnlyTheClusterSecretIsAdmitted) {
   RendezvousService service(absl::Seconds(600), KeySet({"s3cret"}));
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  std::string address;
+  std::unique_ptr<grpc::Server> server = Serve(service, &address);
   ASSERT_NE(server, nullptr);
-  const std::string address = absl::StrCat("127.0.0.1:", port);
   for (const std::string& secret : {std::string(), std::string("wrong"), std::string("s3cre")}) {
     GrpcRendezvousStore store(AuthorizedChannel(address, secret));
     EXPECT_EQ(store.Set("g/k", "v").code(), absl::StatusCode::kUnauthenticated) << "secret '" << secret << "'";
