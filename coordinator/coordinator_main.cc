@@ -7,6 +7,7 @@
 #include <map>
 #include <iostream>
 #include <memory>
+#include <set>
 
 #include <grpcpp/grpcpp.h>
 
@@ -165,34 +166,25 @@ absl::StatusOr<std::vector<GroupRole>> ParseRoles(const std::string& text, int n
   return roles;
 }
 
-// Plans the cluster, has every worker load its shard (the ranks of a group
-// concurrently: they meet in the rendezvous store), sizes each group's KV
-// pool from what its ranks measured, has them allocate it and adds the
-// groups. Returns the KV block size in bytes.
-absl::StatusOr<int64_t> StartGroups(const std::vector<WorkerInfo>& workers, const ModelConfig& config,
-                                    const std::string& model_dir, GroupOptions options, ServingEngine& engine,
-                                    ServingMetrics& metrics) {
-  std::vector<int64_t> memory;
-  std::map<std::string, int> per_gpu;  // workers on each GPU
-  bool gpu = true;
-  for (const WorkerInfo& w : workers) {
-    memory.push_back(w.memory_bytes);
-    gpu = gpu && !w.gpu_uuid.empty();
-    if (!w.gpu_uuid.empty()) ++per_gpu[w.gpu_uuid];
-  }
-  ASSIGN_OR_RETURN(const PlanRequest request, MakePlanRequest(config, gpu, options.block_size));
-  ASSIGN_OR_RETURN(const ClusterPlan cluster, PlanCluster(config, memory, request));
-  std::cerr << "coordinator: shard plan: " << cluster.ToString() << " (" << request.weights.name()
-            << " weights; estimates until the workers measure)\n";
-  ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
-  options.tp = cluster.plan.tp;
-  options.dp_attention = cluster.plan.dp_attention;
-  const int size = cluster.plan.group_size();
+// The shape every group of the cluster has, fixed when it starts.
+struct GroupShape {
+  ParallelPlan plan;
+  GroupOptions options;
+  std::map<std::string, int> workers_per_gpu;  // from the first workers: GPU sharing
+};
+
+// Has `members` (a group's ranks, in rank order) load their shards
+// concurrently (they meet in the rendezvous store under "group<id>"), sizes
+// the group's KV pool from what they measured, has them allocate it and adds
+// the group. Returns the KV block size in bytes.
+absl::StatusOr<int64_t> FormGroup(int32_t id, const std::vector<WorkerInfo>& members, const GroupShape& shape,
+                                  GroupRole role, const ModelConfig& config, const std::string& model_dir,
+                                  ServingEngine& engine, ServingMetrics& metrics) {
+  const std::string prefix = absl::StrCat("group", id);
   std::vector<std::future<absl::StatusOr<internal::v1::LoadShardResponse>>> loads;
-  for (size_t i = 0; i < workers.size(); ++i) {
-    const std::string prefix = absl::StrCat("group", workers[i - i % size].id);
-    loads.push_back(std::async(std::launch::async, [&, i, prefix] {
-      return LoadShard(workers[i], model_dir, options, cluster.plan, static_cast<int>(i % size), prefix);
+  for (size_t rank = 0; rank < members.size(); ++rank) {
+    loads.push_back(std::async(std::launch::async, [&, rank] {
+      return LoadShard(members[rank], model_dir, shape.options, shape.plan, static_cast<int>(rank), prefix);
     }));
   }
   std::vector<internal::v1::LoadShardResponse> loaded;
@@ -204,48 +196,127 @@ absl::StatusOr<int64_t> StartGroups(const std::vector<WorkerInfo>& workers, cons
   }
   RETURN_IF_ERROR(failed);
   const int64_t bytes_per_block = loaded[0].bytes_per_block();
-  for (size_t first = 0; first < workers.size(); first += size) {
-    std::vector<WorkerInfo> members(workers.begin() + first, workers.begin() + first + size);
-    std::vector<RankMemoryReport> reports;
-    for (size_t i = first; i < first + size; ++i) {
-      const internal::v1::MemoryReport& m = loaded[i].memory();
-      reports.push_back({.worker_id = workers[i].id,
-                         .capacity_bytes = m.capacity_bytes(),
-                         .used_bytes = m.used_bytes(),
-                         .free_bytes = m.free_bytes(),
-                         .sharers = std::max(1, per_gpu[workers[i].gpu_uuid])});
-    }
-    ASSIGN_OR_RETURN(const KvSizing sizing,
-                     SizeKvPool(reports, {.kv_blocks = absl::GetFlag(FLAGS_kv_blocks),
-                                          .default_blocks = kCpuKvBlocks,
-                                          .gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization),
-                                          .bytes_per_block = bytes_per_block}));
-    std::vector<std::future<absl::Status>> creates;
-    for (const WorkerInfo& member : members) {
-      creates.push_back(std::async(std::launch::async, [&member, &sizing] {
-        return CreateCache(member, sizing.num_blocks);
-      }));
-    }
-    for (auto& create : creates) RETURN_IF_ERROR(create.get());
-    const int64_t tokens = sizing.num_blocks * options.block_size;
-    std::cerr << absl::StreamFormat(
-        "coordinator: group %d: KV cache of %d blocks = %d tokens per attention replica, %d in the group's %d "
-        "replica(s); %.2f GiB per rank (from %s)\n",
-        members[0].id, sizing.num_blocks, tokens, tokens * options.dp_attention, options.dp_attention,
-        static_cast<double>(sizing.num_blocks * bytes_per_block) / (1 << 30), sizing.ToString());
-    options.num_blocks = sizing.num_blocks;
-    options.role = roles[first / size];
-    auto executor = std::make_unique<GrpcStepExecutor>(members, options.tp, options.step_timeout);
-    engine.AddGroup(std::make_unique<EngineGroup>(members[0].id, std::move(members), std::move(executor), options,
-                                                  config, metrics));
+  std::vector<RankMemoryReport> reports;
+  for (size_t rank = 0; rank < members.size(); ++rank) {
+    const internal::v1::MemoryReport& m = loaded[rank].memory();
+    const auto sharers = shape.workers_per_gpu.find(members[rank].gpu_uuid);
+    reports.push_back({.worker_id = members[rank].id,
+                       .capacity_bytes = m.capacity_bytes(),
+                       .used_bytes = m.used_bytes(),
+                       .free_bytes = m.free_bytes(),
+                       .sharers = sharers == shape.workers_per_gpu.end() ? 1 : std::max(1, sharers->second)});
   }
+  ASSIGN_OR_RETURN(const KvSizing sizing,
+                   SizeKvPool(reports, {.kv_blocks = absl::GetFlag(FLAGS_kv_blocks),
+                                        .default_blocks = kCpuKvBlocks,
+                                        .gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization),
+                                        .bytes_per_block = bytes_per_block}));
+  std::vector<std::future<absl::Status>> creates;
+  for (const WorkerInfo& member : members) {
+    creates.push_back(
+        std::async(std::launch::async, [&member, &sizing] { return CreateCache(member, sizing.num_blocks); }));
+  }
+  absl::Status created;
+  for (auto& create : creates) {
+    absl::Status status = create.get();
+    if (created.ok()) created = status;
+  }
+  RETURN_IF_ERROR(created);
+  GroupOptions options = shape.options;
+  const int64_t tokens = sizing.num_blocks * options.block_size;
+  std::cerr << absl::StreamFormat(
+      "coordinator: group %d: KV cache of %d blocks = %d tokens per attention replica, %d in the group's %d "
+      "replica(s); %.2f GiB per rank (from %s)\n",
+      id, sizing.num_blocks, tokens, tokens * options.dp_attention, options.dp_attention,
+      static_cast<double>(sizing.num_blocks * bytes_per_block) / (1 << 30), sizing.ToString());
+  options.num_blocks = sizing.num_blocks;
+  options.role = role;
+  auto executor = std::make_unique<GrpcStepExecutor>(members, options.tp, options.step_timeout);
+  engine.AddGroup(std::make_unique<EngineGroup>(id, members, std::move(executor), options, config, metrics));
+  return bytes_per_block;
+}
+
+// Plans the cluster and forms its groups (their loads concurrent). Returns
+// the groups' shape and the KV block size in bytes.
+absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<WorkerInfo>& workers,
+                                                           const ModelConfig& config, const std::string& model_dir,
+                                                           GroupOptions options, ServingEngine& engine,
+                                                           ServingMetrics& metrics) {
+  std::vector<int64_t> memory;
+  GroupShape shape;
+  bool gpu = true;
+  for (const WorkerInfo& w : workers) {
+    memory.push_back(w.memory_bytes);
+    gpu = gpu && !w.gpu_uuid.empty();
+    if (!w.gpu_uuid.empty()) ++shape.workers_per_gpu[w.gpu_uuid];
+  }
+  ASSIGN_OR_RETURN(const PlanRequest request, MakePlanRequest(config, gpu, options.block_size));
+  ASSIGN_OR_RETURN(const ClusterPlan cluster, PlanCluster(config, memory, request));
+  std::cerr << "coordinator: shard plan: " << cluster.ToString() << " (" << request.weights.name()
+            << " weights; estimates until the workers measure)\n";
+  ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
+  options.tp = cluster.plan.tp;
+  options.dp_attention = cluster.plan.dp_attention;
+  shape.plan = cluster.plan;
+  shape.options = options;
+  const size_t size = cluster.plan.group_size();
+  std::vector<std::future<absl::StatusOr<int64_t>>> forms;
+  for (size_t first = 0; first + size <= workers.size(); first += size) {
+    std::vector<WorkerInfo> members(workers.begin() + first, workers.begin() + first + size);
+    forms.push_back(std::async(std::launch::async, [&, members, first] {
+      return FormGroup(members[0].id, members, shape, roles[first / size], config, model_dir, engine, metrics);
+    }));
+  }
+  int64_t bytes_per_block = 0;
+  absl::Status failed;
+  for (auto& form : forms) {
+    absl::StatusOr<int64_t> formed = form.get();
+    if (formed.ok()) bytes_per_block = *formed;
+    if (!formed.ok() && failed.ok()) failed = formed.status();
+  }
+  RETURN_IF_ERROR(failed);
+  engine.SetPlannedGroups(cluster.num_groups);
   int64_t tokens = 0;
   for (const GroupKvCapacity& group : engine.KvCapacity()) tokens += group.tokens();
   std::cerr << absl::StreamFormat(
       "coordinator: %sKV cache size: %d tokens; maximum concurrency for %d tokens per request: %.2fx\n",
       gpu ? "GPU " : "", tokens, engine.max_context(),
       static_cast<double>(tokens) / static_cast<double>(engine.max_context()));
-  return bytes_per_block;
+  return std::make_pair(shape, bytes_per_block);
+}
+
+// One look at the cluster: forgets the rendezvous keys of groups that ended,
+// and while fewer groups serve than planned and enough live workers belong to
+// none (a failed group's survivors, replacements, workers back after a
+// partition), forms a group of the shape from them (mixed role). Groups that
+// ended stay in the engine, never routed to, so nothing they hold dangles.
+void KeepGroups(const GroupShape& shape, int planned, int32_t* next_group_id, const ModelConfig& config,
+                const std::string& model_dir, WorkerRegistry& registry, RendezvousService& rendezvous,
+                ServingEngine& engine, ServingMetrics& metrics) {
+  ServingEngine::GroupCensus census = engine.TakeCensus();
+  for (int32_t id : census.newly_ended) {
+    rendezvous.DeletePrefix(absl::StrCat("group", id, "/"));
+    std::cerr << "coordinator: group " << id << " ended; " << census.serving_groups << " of " << planned
+              << " groups serve\n";
+  }
+  if (census.serving_groups >= planned) return;
+  const std::set<int32_t> busy(census.busy_workers.begin(), census.busy_workers.end());
+  std::vector<WorkerInfo> free;
+  for (const auto& [worker, live] : registry.List()) {
+    if (live && !busy.contains(worker.id)) free.push_back(worker);
+  }
+  const size_t size = shape.plan.group_size();
+  if (free.size() < size) return;
+  free.resize(size);
+  const int32_t id = (*next_group_id)++;
+  std::cerr << "coordinator: forming group " << id << " of " << shape.plan.ToString() << " from " << size
+            << " free worker(s)\n";
+  absl::StatusOr<int64_t> formed =
+      FormGroup(id, free, shape, GroupRole::kMixed, config, model_dir, engine, metrics);
+  if (!formed.ok()) {
+    rendezvous.DeletePrefix(absl::StrCat("group", id, "/"));
+    std::cerr << "coordinator: group " << id << " did not form (" << formed.status() << "); trying again\n";
+  }
 }
 
 // A gRPC server of `services` listening on `address`.
@@ -315,7 +386,8 @@ absl::Status Run() {
 
   ASSIGN_OR_RETURN(std::vector<WorkerInfo> workers,
                    registry.WaitForWorkers(absl::GetFlag(FLAGS_workers), absl::Seconds(absl::GetFlag(FLAGS_worker_wait_s))));
-  ASSIGN_OR_RETURN(const int64_t bytes_per_block, StartGroups(workers, config, model_dir, group_options, engine, metrics));
+  ASSIGN_OR_RETURN(const auto started, StartGroups(workers, config, model_dir, group_options, engine, metrics));
+  const auto& [shape, bytes_per_block] = started;
   if (migration == "auto") {
     if (absl::Status calibrated = engine.Calibrate(bytes_per_block); !calibrated.ok()) {
       std::cerr << "coordinator: KV migration not calibrated (" << calibrated << "); it moves whenever it can\n";
@@ -331,7 +403,16 @@ absl::Status Run() {
   RETURN_IF_ERROR(http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port)));
   std::cerr << "coordinator: serving " << model_name << " on http://" << absl::GetFlag(FLAGS_host) << ":"
             << http.port() << " with " << workers.size() << " workers\n";
-  while (!g_signalled) absl::SleepFor(absl::Milliseconds(100));
+  int32_t next_group_id = 0;
+  for (const auto& [worker, live] : registry.List()) next_group_id = std::max(next_group_id, worker.id + 1);
+  const int planned = engine.Health().planned_groups;
+  absl::Time next_look = absl::Now();
+  while (!g_signalled) {
+    absl::SleepFor(absl::Milliseconds(100));
+    if (absl::Now() < next_look) continue;
+    KeepGroups(shape, planned, &next_group_id, config, model_dir, registry, rendezvous, engine, metrics);
+    next_look = absl::Now() + absl::Seconds(1);
+  }
   std::cerr << "coordinator: shutting down\n";
   http.Stop();
   registry.OnDeath(nullptr);  // the engine goes away before the registry

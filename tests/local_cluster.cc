@@ -27,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/auth.h"
+#include "common/status_macros.h"
 
 namespace mlaserve {
 
@@ -140,6 +141,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const std::str
                                    "--worker_flags=" + absl::StrJoin(WithTestDevice(worker_flags), " "),
                                    "--"};
   args.insert(args.end(), coordinator_flags.begin(), coordinator_flags.end());
+  cluster->worker_flags_ = WithTestDevice(worker_flags);
   if (absl::Status launched = cluster->Launch(std::move(args)); !launched.ok()) return launched;
   if (absl::Status healthy = cluster->AwaitHealthy(absl::Seconds(120)); !healthy.ok()) return healthy;
   return cluster;
@@ -187,6 +189,10 @@ absl::Status LocalCluster::AwaitHealthy(absl::Duration timeout) {
 }
 
 LocalCluster::~LocalCluster() {
+  for (pid_t pid : extra_workers_) {
+    kill(pid, SIGINT);
+    waitpid(pid, nullptr, 0);
+  }
   if (launcher_ > 0) {
     kill(launcher_, SIGTERM);
     waitpid(launcher_, nullptr, 0);
@@ -272,6 +278,27 @@ bool LocalCluster::SignalWorkerId(int32_t worker_id, int signal) const {
     if (w.worker_id() == worker_id && w.pid() > 0) return kill(static_cast<pid_t>(w.pid()), signal) == 0;
   }
   return false;
+}
+
+absl::Status LocalCluster::StartWorker() {
+  ASSIGN_OR_RETURN(const std::string launcher, LauncherPath());
+  // The worker binary sits in the launcher's runfiles (worker/worker) or beside it (a bundle's bin/).
+  std::string binary = "worker/worker";
+  if (!std::filesystem::is_regular_file(binary)) binary = (std::filesystem::path(launcher).parent_path() / "worker").string();
+  std::vector<std::string> args = {binary, absl::StrCat("--coordinator=127.0.0.1:", internal_port_),
+                                   "--cluster_secret_file=" + secret_dir_ + "/secret"};
+  args.insert(args.end(), worker_flags_.begin(), worker_flags_.end());
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
+  extra_workers_.push_back(pid);
+  return absl::OkStatus();
 }
 
 int LocalCluster::NumWorkerProcesses() const { return static_cast<int>(WorkerPids().size()); }

@@ -72,6 +72,9 @@ class LocalCluster {
   // Sends `signal` to the worker process the coordinator knows as `worker_id`.
   bool SignalWorkerId(int32_t worker_id, int signal) const;
   int NumWorkerProcesses() const;
+  // Starts one more worker process (a replacement) with the cluster's worker
+  // flags, registering with its coordinator; stopped with the cluster.
+  absl::Status StartWorker();
   // The value of a metric line in /metrics (sum over label sets matching `labels`).
   double Metric(const std::string& name, const std::string& labels = "") const;
 
@@ -87,6 +90,8 @@ class LocalCluster {
   int grpc_port_ = 0;
   int internal_port_ = 0;
   std::string secret_dir_;
+  std::vector<std::string> worker_flags_;
+  std::vector<pid_t> extra_workers_;
   std::string cluster_secret_;
 };
 

@@ -1,6 +1,8 @@
 // The worker process: serves the internal Worker API on its own port,
-// registers with the coordinator, and heartbeats until the coordinator
-// forgets it, becomes unreachable, or a signal arrives. SIGTERM first asks the
+// registers with the coordinator, and heartbeats. When the coordinator
+// forgets it (declared it dead, say across a partition) or goes away (a
+// restart), it registers again, with backoff, for --reregister_timeout_s;
+// when the coordinator retires it (a drain), it exits. SIGTERM first asks the
 // coordinator to drain the worker's group (its requests move elsewhere) and
 // stops once the coordinator has let it go; SIGINT or a second signal stops
 // at once.
@@ -39,7 +41,11 @@ ABSL_FLAG(std::string, cluster_secret_file, "",
 ABSL_FLAG(bool, insecure, false, "serve a non-loopback address without the cluster secret");
 ABSL_FLAG(int, port, 0, "port to serve the Worker API on (0: any free port)");
 ABSL_FLAG(double, heartbeat_interval_s, 0.5, "seconds between heartbeats");
-ABSL_FLAG(double, coordinator_timeout_s, 10, "exit after this long without reaching the coordinator");
+ABSL_FLAG(double, coordinator_timeout_s, 10,
+          "a coordinator silent this long is gone: the worker registers again (a restarted coordinator, a healed "
+          "partition)");
+ABSL_FLAG(double, reregister_timeout_s, 120,
+          "after losing its coordinator (or being forgotten by it), exit if registering again fails this long");
 ABSL_FLAG(std::string, device, "cpu", "backend: cpu, or cuda[:N] (GPU N, with NCCL between the ranks of a group)");
 ABSL_FLAG(bool, cuda_graphs, true, "on cuda: record decode steps as CUDA graphs and replay them");
 ABSL_FLAG(double, drain_timeout_s, 120, "after SIGTERM, stop anyway after this long");
@@ -103,9 +109,12 @@ absl::StatusOr<int64_t> MemoryBytes(int gpu) {
   return device.total_bytes;
 }
 
+// Registers, retrying with backoff (200 ms doubling to 5 s) for `timeout`;
+// the worker id, or -1.
 int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address, int64_t memory_bytes,
-                      const std::string& gpu_uuid) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
+                      const std::string& gpu_uuid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Duration backoff = absl::Milliseconds(200);
   while (absl::Now() < deadline && !g_signalled) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
@@ -118,13 +127,32 @@ int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& 
     internal::v1::RegisterResponse response;
     grpc::Status status = stub.Register(&context, request, &response);
     if (status.ok()) return response.worker_id();
-    absl::SleepFor(absl::Milliseconds(200));
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
   }
   return -1;
 }
 
+// Why heartbeating stopped; kForgotten and kUnreachable register again.
+enum class Stop { kSignalled, kDrained, kDrainTimedOut, kForgotten, kUnreachable };
+const char* StopReason(Stop stop) {
+  switch (stop) {
+    case Stop::kSignalled:
+      return "signalled";
+    case Stop::kDrained:
+      return "drained";
+    case Stop::kDrainTimedOut:
+      return "drain timed out";
+    case Stop::kForgotten:
+      return "the coordinator no longer knows this worker";
+    case Stop::kUnreachable:
+      return "the coordinator is unreachable";
+  }
+  return "";
+}
+
 // Heartbeats until told to stop; returns why it stopped.
-std::string Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
+Stop Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
   absl::Time last_contact = absl::Now();
   const absl::Duration interval = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_interval_s));
   const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
@@ -134,22 +162,22 @@ std::string Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
   while (true) {
     if (g_signalled > (draining ? 1 : 0)) {
       // SIGTERM (once) drains first; anything else stops now.
-      if (draining || !g_terminated || !RequestDrain(stub, worker_id)) return "signalled";
+      if (draining || !g_terminated || !RequestDrain(stub, worker_id)) return Stop::kSignalled;
       draining = true;
       drain_deadline = absl::Now() + drain_timeout;
       std::cerr << "worker " << worker_id << ": draining\n";
     }
-    if (absl::Now() > drain_deadline) return "drain timed out";
+    if (absl::Now() > drain_deadline) return Stop::kDrainTimedOut;
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + interval * 4));
     internal::v1::HeartbeatRequest request;
     request.set_worker_id(worker_id);
     internal::v1::HeartbeatResponse response;
     if (stub.Heartbeat(&context, request, &response).ok()) {
-      if (!response.known()) return draining ? "drained" : "the coordinator no longer knows this worker";
+      if (!response.known()) return draining || response.retired() ? Stop::kDrained : Stop::kForgotten;
       last_contact = absl::Now();
     } else if (absl::Now() - last_contact > timeout) {
-      return "the coordinator is unreachable";
+      return Stop::kUnreachable;
     }
     absl::SleepFor(interval);
   }
@@ -219,17 +247,24 @@ int Main(int argc, char** argv) {
     }
     gpu_uuid = *uuid;
   }
-  const int worker_id = RegisterWithRetry(*stub, address, *memory, gpu_uuid);
-  if (worker_id < 0) {
-    std::cerr << "worker: could not register with " << absl::GetFlag(FLAGS_coordinator) << "\n";
-    server->Shutdown();
-    return 1;
+  int worker_id = RegisterWithRetry(*stub, address, *memory, gpu_uuid,
+                                    absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s)));
+  while (worker_id >= 0) {
+    std::cerr << "worker " << worker_id << ": serving on " << address << "\n";
+    const Stop stop = Heartbeat(*stub, worker_id);
+    if (stop != Stop::kForgotten && stop != Stop::kUnreachable) {
+      std::cerr << "worker " << worker_id << ": stopping (" << StopReason(stop) << ")\n";
+      server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      return 0;
+    }
+    // Its weights stay loaded; the coordinator decides what it serves next.
+    std::cerr << "worker " << worker_id << ": " << StopReason(stop) << "; registering again\n";
+    worker_id = RegisterWithRetry(*stub, address, *memory, gpu_uuid,
+                                  absl::Seconds(absl::GetFlag(FLAGS_reregister_timeout_s)));
   }
-  std::cerr << "worker " << worker_id << ": serving on " << address << "\n";
-  const std::string reason = Heartbeat(*stub, worker_id);
-  std::cerr << "worker " << worker_id << ": stopping (" << reason << ")\n";
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  return 0;
+  std::cerr << "worker: could not register with " << absl::GetFlag(FLAGS_coordinator) << "\n";
+  server->Shutdown();
+  return 1;
 }
 
 }  // namespace

@@ -424,7 +424,14 @@ void HttpServer::HandleHealth(httplib::Response& res) {
         res, ToApiError(absl::UnavailableError(absl::StrCat("no engine group can serve: ", health.live_workers, " of ",
                                                             health.total_workers, " workers live"))));
   }
-  Reply(res, 200, {{"status", "ok"}, {"live_workers", health.live_workers}, {"total_workers", health.total_workers}});
+  // Below its planned groups the cluster serves, with less capacity: say so.
+  const bool full = health.planned_groups == 0 || health.serving_groups >= health.planned_groups;
+  Reply(res, 200,
+        {{"status", full ? "ok" : "degraded"},
+         {"live_workers", health.live_workers},
+         {"total_workers", health.total_workers},
+         {"serving_groups", health.serving_groups},
+         {"planned_groups", health.planned_groups}});
 }
 
 void HttpServer::HandleMetrics(httplib::Response& res) {

@@ -48,6 +48,7 @@ grpc::Status WorkerRegistry::Heartbeat(grpc::ServerContext* context, const inter
   const bool known = it != workers_.end() && it->second.alive;
   if (known) it->second.last_seen = absl::Now();
   response->set_known(known);
+  response->set_retired(it != workers_.end() && it->second.retired);
   return grpc::Status::OK;
 }
 
@@ -91,7 +92,10 @@ grpc::Status WorkerRegistry::Drain(grpc::ServerContext* context, const internal:
 void WorkerRegistry::Retire(int32_t worker_id) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(worker_id);
-  if (it != workers_.end()) it->second.alive = false;
+  if (it != workers_.end()) {
+    it->second.alive = false;
+    it->second.retired = true;
+  }
   std::cerr << "coordinator: worker " << worker_id << " retired\n";
 }
 

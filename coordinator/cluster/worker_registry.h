@@ -66,6 +66,7 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
     WorkerInfo info;
     absl::Time last_seen;
     bool alive = true;
+    bool retired = false;  // let go after a drain (not alive either)
   };
   void Monitor();
 

@@ -27,6 +27,8 @@ struct EngineHealth {
   bool serving = false;  // at least one group can take requests
   int32_t live_workers = 0;
   int32_t total_workers = 0;
+  int32_t serving_groups = 0;  // groups that can take requests
+  int32_t planned_groups = 0;  // groups the cluster is planned to have (0: not said)
 };
 
 class Engine {

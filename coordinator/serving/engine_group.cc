@@ -93,6 +93,11 @@ bool EngineGroup::alive() const {
   return failure_.ok() && !stopping_ && !draining_;
 }
 
+bool EngineGroup::failed() const {
+  absl::MutexLock lock(&mu_);
+  return !failure_.ok();
+}
+
 bool EngineGroup::HasWorker(int32_t worker_id) const {
   return std::any_of(workers_.begin(), workers_.end(), [&](const WorkerInfo& w) { return w.id == worker_id; });
 }

@@ -113,6 +113,9 @@ class EngineGroup {
   const std::vector<WorkerInfo>& workers() const { return workers_; }
 
   bool alive() const;
+  // Whether the group failed (a worker died, a step broke): its workers hold
+  // nothing of it any more. A draining or stopping group is not failed.
+  bool failed() const;
   bool HasWorker(int32_t worker_id) const;
   // Where `tokens` would run now, for routing: one walk of each replica's
   // prefix index.

@@ -43,6 +43,20 @@ void ServingEngine::AddGroup(std::unique_ptr<EngineGroup> group) {
   groups_.push_back(std::move(group));
 }
 
+ServingEngine::GroupCensus ServingEngine::TakeCensus() {
+  absl::MutexLock lock(&mu_);
+  GroupCensus census;
+  for (const auto& group : groups_) {
+    if (group->alive()) ++census.serving_groups;
+    // A draining group's workers still hold its KV until they are retired.
+    if (!group->failed()) {
+      for (const WorkerInfo& w : group->workers()) census.busy_workers.push_back(w.id);
+    }
+    if (!group->alive() && reported_ended_.insert(group->id()).second) census.newly_ended.push_back(group->id());
+  }
+  return census;
+}
+
 std::vector<EngineGroup*> ServingEngine::Groups() const {
   std::vector<EngineGroup*> out;
   for (const auto& group : groups_) out.push_back(group.get());
@@ -228,6 +242,7 @@ std::vector<GroupKvCapacity> ServingEngine::KvCapacity() const {
   absl::MutexLock lock(&mu_);
   std::vector<GroupKvCapacity> capacity;
   for (const auto& group : groups_) {
+    if (!group->alive()) continue;
     capacity.push_back({group->id(), group->num_replicas(), group->num_blocks() * group->block_size()});
   }
   return capacity;
@@ -237,8 +252,10 @@ EngineHealth ServingEngine::Health() const {
   absl::MutexLock lock(&mu_);
   EngineHealth health;
   for (const auto& group : groups_) {
-    if (group->alive()) health.serving = true;
+    if (group->alive()) ++health.serving_groups;
   }
+  health.serving = health.serving_groups > 0;
+  health.planned_groups = planned_groups_;
   if (registry_ != nullptr) {
     health.live_workers = registry_->num_live();
     health.total_workers = registry_->num_registered();

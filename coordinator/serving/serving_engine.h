@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,18 @@ class ServingEngine final : public Engine {
   ~ServingEngine() override;
 
   void AddGroup(std::unique_ptr<EngineGroup> group);
+  // How many groups can take requests, the workers of every group that has
+  // not failed (draining ones included), and the ids of the groups that
+  // stopped serving (failed, drained) since the last call, each reported once
+  // so that their rendezvous keys can go.
+  struct GroupCensus {
+    std::vector<int32_t> busy_workers;
+    int serving_groups = 0;
+    std::vector<int32_t> newly_ended;
+  };
+  GroupCensus TakeCensus();
+  // How many groups Health() says the cluster is planned to have.
+  void SetPlannedGroups(int groups) { planned_groups_ = groups; }
   // Fails the groups holding `worker_id`; other groups keep serving.
   void OnWorkerDeath(int32_t worker_id);
   // Moves every sequence of the group holding `worker_id` to other groups,
@@ -83,6 +96,8 @@ class ServingEngine final : public Engine {
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<EngineGroup>> groups_ ABSL_GUARDED_BY(mu_);
   std::map<int64_t, EngineGroup*> request_group_ ABSL_GUARDED_BY(mu_);
+  std::set<int32_t> reported_ended_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int> planned_groups_{0};
   std::mt19937_64 seed_rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
   // Declared after what its moves use, so that it waits for them before
   // those go.
