@@ -1,9 +1,18 @@
-// Groups re-form (issue 13, part 2): a cluster of two one-worker engine groups
-// loses a group -- its worker killed, or hung past the heartbeat timeout --
-// says so on /health, and returns to both groups once a replacement registers
-// or the hung worker resumes (it is forgotten, registers again and is loaded
-// afresh), serving the same greedy text as before.
+// Groups re-form (issue 13, parts 2 and 3): a cluster of two one-worker
+// engine groups loses a group -- its worker killed, or hung past the heartbeat
+// timeout -- says so on /health, and returns to both groups once a
+// replacement registers or the hung worker resumes (it is forgotten, registers
+// again and is loaded afresh); a restarted coordinator gets its workers back.
+// Each serves the same greedy text as before.
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+#include <httplib.h>
 
 #include <memory>
 #include <string>
@@ -83,6 +92,86 @@ TEST(RecoveryTest, AHungWorkerRejoinsWhenItResumes) {
   std::cout << "hang noticed in " << absl::FormatDuration(*noticed) << "; two groups again "
             << absl::FormatDuration(*restored) << " after it resumed" << std::endl;
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Complete(*cluster), before) << "request " << i;
+}
+
+// A process of the cluster's own binaries (from Bazel's runfiles), interrupted
+// and reaped when it goes out of scope.
+class Process {
+ public:
+  explicit Process(std::vector<std::string> args) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~Process() { Stop(SIGINT); }
+  void Stop(int signal) {
+    if (pid_ <= 0) return;
+    kill(pid_, signal);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
+  const int http_port = FreePort(), grpc_port = FreePort(), internal_port = FreePort();
+  const std::string secret = absl::StrCat("/tmp/recovery_test_secret_", getpid());
+  std::ofstream(secret) << "restart-test-secret\n";
+  const std::vector<std::string> coordinator = {"coordinator/coordinator",
+                                                absl::StrCat("--model=", kTinyModelDir),
+                                                absl::StrCat("--http_port=", http_port),
+                                                absl::StrCat("--grpc_port=", grpc_port),
+                                                absl::StrCat("--internal_port=", internal_port),
+                                                "--cluster_secret_file=" + secret,
+                                                "--workers=2",
+                                                "--tp=1",
+                                                "--dp_attention=1",
+                                                "--ep=1",
+                                                "--heartbeat_timeout_s=1"};
+  const std::vector<std::string> worker = {"worker/worker", absl::StrCat("--coordinator=127.0.0.1:", internal_port),
+                                           "--cluster_secret_file=" + secret, "--device=cpu",
+                                           "--coordinator_timeout_s=1"};
+  auto first = std::make_unique<Process>(coordinator);
+  Process worker_a(worker), worker_b(worker);
+  httplib::Client client("127.0.0.1", http_port);
+  client.set_read_timeout(60, 0);
+  auto serving_groups = [&]() {
+    auto health = client.Get("/health");
+    if (!health || health->status != 200) return -1;
+    return nlohmann::json::parse(health->body, nullptr, false).value("serving_groups", -1);
+  };
+  auto complete = [&]() {
+    auto result = client.Post("/v1/completions", kRequest, "application/json");
+    if (!result || result->status != 200) return std::string();
+    return nlohmann::json::parse(result->body)["choices"][0]["text"].get<std::string>();
+  };
+  auto await_groups = [&](int groups, absl::Duration timeout) {
+    const absl::Time start = absl::Now();
+    while (absl::Now() - start < timeout) {
+      if (serving_groups() == groups) return absl::Now() - start;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return absl::InfiniteDuration();
+  };
+  ASSERT_LT(await_groups(2, absl::Seconds(60)), absl::InfiniteDuration());
+  const std::string before = complete();
+  ASSERT_FALSE(before.empty());
+  first->Stop(SIGKILL);
+  const absl::Time restart = absl::Now();
+  Process second(coordinator);
+  const absl::Duration back = await_groups(2, absl::Seconds(60));
+  ASSERT_LT(back, absl::InfiniteDuration()) << "the workers did not come back to the new coordinator";
+  std::cout << "restarted coordinator serving both groups " << absl::FormatDuration(absl::Now() - restart)
+            << " after it started" << std::endl;
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(complete(), before) << "request " << i;
+  std::remove(secret.c_str());
 }
 
 }  // namespace
