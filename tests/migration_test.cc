@@ -166,7 +166,7 @@ TEST(MigrationTest, SourceKilledMidTransferFailsTheTransferCleanly) {
   ASSERT_TRUE((*cluster)->SignalWorkerId(0, SIGKILL));
   migrating.join();
   busy.join();
-  EXPECT_FALSE(busy_out.status.ok());  // lost with its worker
+  EXPECT_TRUE(busy_out.status.ok()) << busy_out.status.error_message();  // went on in the other group
   // The request recomputes what did not arrive, with the same output.
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   EXPECT_EQ(out.ids, SharedOracle().Greedy(prompt, 6));

@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -75,6 +76,41 @@ TEST(RecoveryTest, AReplacementWorkerRestoresAKilledGroup) {
             << absl::FormatDuration(*restored) << " after the replacement started" << std::endl;
   EXPECT_EQ(cluster->Get("/health").json()["status"], "ok");
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Complete(*cluster), before) << "request " << i;
+}
+
+// Requests running on a group whose worker is killed go on in the other group,
+// recomputed from what their clients have seen: every one ends well, with the
+// text an undisturbed run gives.
+TEST(RecoveryTest, RequestsOfAKilledGroupFinishElsewhereUnchanged) {
+  std::unique_ptr<LocalCluster> cluster = TwoGroups();
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(AwaitServingGroups(*cluster, 2, absl::Seconds(10)).ok());
+  const std::vector<std::string> prompts = {"Latent attention", "Mixture of experts", "Paged caches",
+                                            "Prefix sharing", "Expert parallel", "Tensor parallel"};
+  auto body = [](const std::string& prompt) {
+    return nlohmann::json{{"prompt", prompt}, {"max_tokens", 400}, {"temperature", 0}}.dump();
+  };
+  std::vector<std::string> undisturbed;
+  for (const std::string& prompt : prompts) {
+    const HttpResult result = cluster->Post("/v1/completions", body(prompt));
+    ASSERT_EQ(result.status, 200) << result.body;
+    undisturbed.push_back(result.json()["choices"][0]["text"]);
+  }
+  std::vector<HttpResult> results(prompts.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] { results[i] = cluster->Post("/v1/completions", body(prompts[i])); });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(cluster->KillWorker(0));
+  for (std::thread& client : clients) client.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(results[i].status, 200) << "request " << i << ": " << results[i].body;
+    EXPECT_EQ(results[i].json()["choices"][0]["text"], undisturbed[i]) << "request " << i;
+  }
+  EXPECT_GT(cluster->Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0)
+      << "no request was running on the killed group";
+  EXPECT_EQ(cluster->Metric("mlaserve_kv_blocks_used"), 0);
 }
 
 TEST(RecoveryTest, AHungWorkerRejoinsWhenItResumes) {

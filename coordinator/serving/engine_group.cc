@@ -169,6 +169,14 @@ EngineGroup::Plan EngineGroup::Schedule(bool step_in_flight) {
       plan.updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
       plan.moves = MoveOutAll();
       stalled_ = true;
+    } else if (!stopping_ && !failure_.ok() && move_callback_ != nullptr) {
+      plan.updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
+      std::vector<std::unique_ptr<Sequence>> exhausted;
+      plan.moves = FailOverAll(&exhausted);
+      for (Update& u : EndAll(std::move(exhausted), FinishReason::kError, failure_)) {
+        plan.updates.push_back(std::move(u));
+      }
+      stalled_ = true;
     } else {
       const absl::Status why = failure_.ok() ? absl::CancelledError("shutting down") : failure_;
       plan.updates = EndAll(RemoveAll(), stopping_ ? FinishReason::kAbort : FinishReason::kError, why);
@@ -353,6 +361,25 @@ std::vector<EngineGroup::OutgoingMove> EngineGroup::MoveOutAll() {
   std::vector<OutgoingMove> out;
   for (size_t r = 0; r < replicas_.size(); ++r) {
     for (Sequence* seq : replicas_[r]->scheduler.sequences()) out.push_back(MoveOut(static_cast<int>(r), seq));
+  }
+  return out;
+}
+
+std::vector<EngineGroup::OutgoingMove> EngineGroup::FailOverAll(std::vector<std::unique_ptr<Sequence>>* exhausted) {
+  std::vector<OutgoingMove> out;
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    for (std::unique_ptr<Sequence>& seq : replicas_[r]->scheduler.RemoveAll()) {
+      if (seq->failovers >= kMaxFailovers) {
+        exhausted->push_back(std::move(seq));
+        continue;
+      }
+      ++seq->failovers;
+      OutgoingMove move;
+      move.hold.replica = static_cast<int>(r);
+      moving_out_.emplace(seq->id, false);
+      move.seq = std::move(seq);
+      out.push_back(std::move(move));
+    }
   }
   return out;
 }

@@ -34,6 +34,10 @@
 
 namespace mlaserve {
 
+// How many times a request goes on in another group after its own failed
+// before it fails with it.
+inline constexpr int kMaxFailovers = 2;
+
 // With prefill/decode disaggregation, new requests start in prefill groups,
 // which hand each sequence over after its first token to a decode group.
 enum class GroupRole { kMixed, kPrefill, kDecode };
@@ -185,6 +189,13 @@ class EngineGroup {
   // Takes `seq` out of `replica`, holding its computed whole blocks.
   OutgoingMove MoveOut(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<OutgoingMove> MoveOutAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A failed group's requests, taken out to go on in other groups: each is
+  // recomputed there from what its client has seen (the failed step may have
+  // written part of its KV, so none is copied), at most kMaxFailovers times,
+  // so that a request that breaks groups cannot take them all down; those past
+  // it go to `exhausted`, to end with the failure.
+  std::vector<OutgoingMove> FailOverAll(std::vector<std::unique_ptr<Sequence>>* exhausted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t Load() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Fills the final fields of `update` and records the request's metrics.
   void Finish(const Sequence& seq, FinishReason reason, absl::Status error, GenerateUpdate* update);

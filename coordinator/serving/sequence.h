@@ -36,6 +36,7 @@ struct Sequence {
   int64_t blocks_on_workers = 0;
   int64_t cached_prompt_tokens = 0;  // served by the prefix cache at first admission
   bool admitted_before = false;
+  int failovers = 0;  // times its group failed under it and it went on elsewhere
   std::vector<int32_t> block_table;
   // The last walk of its replica's prefix index for its tokens (routing's, or
   // the last admission's): the next one resumes from it.

@@ -49,7 +49,9 @@ void SequenceMover::RunMove(EngineGroup* from, std::unique_ptr<Sequence> seq, Bl
   if (to != from) {
     // On failure the destination recomputes what did not arrive.
     if (!hold.blocks.empty()) MigrateBlocks(from, hold, seq->tokens, to).IgnoreError();
-    metrics_.CountSequenceMoved(from->role() == GroupRole::kPrefill ? "disaggregation" : "drain");
+    metrics_.CountSequenceMoved(from->failed()                       ? "failover"
+                                : from->role() == GroupRole::kPrefill ? "disaggregation"
+                                                                      : "drain");
   } else {
     from->Release(hold);
   }

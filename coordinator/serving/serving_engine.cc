@@ -75,7 +75,7 @@ void ServingEngine::OnWorkerDeath(int32_t worker_id) {
   for (const auto& group : groups_) {
     if (group->HasWorker(worker_id)) {
       group->Fail(absl::UnavailableError(
-          absl::StrCat("worker ", worker_id, " of engine group ", group->id(), " died; the request was lost with it")));
+          absl::StrCat("worker ", worker_id, " of engine group ", group->id(), " died")));
     }
   }
 }
