@@ -188,11 +188,26 @@ absl::Status LocalCluster::AwaitHealthy(absl::Duration timeout) {
       absl::StrCat("the cluster did not become healthy within ", absl::FormatDuration(timeout), log_->Tail()));
 }
 
-LocalCluster::~LocalCluster() {
-  for (pid_t pid : extra_workers_) {
-    kill(pid, SIGINT);
-    waitpid(pid, nullptr, 0);
+ChildProcess::ChildProcess(std::vector<std::string> args) {
+  pid_ = fork();
+  if (pid_ == 0) {
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
   }
+}
+
+void ChildProcess::Stop(int signal) {
+  if (pid_ <= 0) return;
+  kill(pid_, signal);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+LocalCluster::~LocalCluster() {
+  extra_workers_.clear();
   if (launcher_ > 0) {
     kill(launcher_, SIGTERM);
     waitpid(launcher_, nullptr, 0);
@@ -288,16 +303,9 @@ absl::Status LocalCluster::StartWorker() {
   std::vector<std::string> args = {binary, absl::StrCat("--coordinator=127.0.0.1:", internal_port_),
                                    "--cluster_secret_file=" + secret_dir_ + "/secret"};
   args.insert(args.end(), worker_flags_.begin(), worker_flags_.end());
-  const pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
-  extra_workers_.push_back(pid);
+  auto worker = std::make_unique<ChildProcess>(std::move(args));
+  if (!worker->started()) return absl::ErrnoToStatus(errno, "fork");
+  extra_workers_.push_back(std::move(worker));
   return absl::OkStatus();
 }
 

@@ -39,6 +39,22 @@ std::string TestDevice();
 
 class LauncherLog;  // what the cluster's processes print (local_cluster.cc)
 
+// A process started from `args` (args[0] the binary), interrupted (SIGINT)
+// and reaped when it goes out of scope.
+class ChildProcess {
+ public:
+  explicit ChildProcess(std::vector<std::string> args);
+  ~ChildProcess() { Stop(SIGINT); }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  // Sends `signal` and waits for the process to end; nothing once it has.
+  void Stop(int signal);
+  bool started() const { return pid_ > 0; }
+
+ private:
+  pid_t pid_ = -1;
+};
+
 class LocalCluster {
  public:
   // Starts `workers` workers serving `model_dir`; extra flags go to the
@@ -91,7 +107,7 @@ class LocalCluster {
   int internal_port_ = 0;
   std::string secret_dir_;
   std::vector<std::string> worker_flags_;
-  std::vector<pid_t> extra_workers_;
+  std::vector<std::unique_ptr<ChildProcess>> extra_workers_;
   std::string cluster_secret_;
 };
 

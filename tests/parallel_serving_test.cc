@@ -110,22 +110,11 @@ TEST(ShardedFailureTest, KilledRanksRequestsFinishInTheOtherGroupUnchanged) {
                                      {"--tp=2", "--ep=2", "--heartbeat_timeout_s=1", "--comm_timeout_s=5"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   constexpr int kTokens = 400;
-  auto run = [&](bool kill) {
-    std::vector<GrpcOutput> outputs(8);
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      threads.emplace_back(
-          [&, i] { outputs[i] = GenerateGrpc(**cluster, {5, 6, 7, static_cast<int32_t>(8 + i)}, kTokens); });
-    }
-    if (kill) {
-      absl::SleepFor(absl::Milliseconds(800));
-      EXPECT_TRUE((*cluster)->KillWorker(0));
-    }
-    for (std::thread& t : threads) t.join();
-    return outputs;
-  };
-  const std::vector<GrpcOutput> undisturbed = run(false);
-  const std::vector<GrpcOutput> outputs = run(true);
+  const std::vector<GrpcOutput> undisturbed = GenerateConcurrently(**cluster, 8, kTokens);
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, 8, kTokens, [&] {
+    absl::SleepFor(absl::Milliseconds(800));
+    EXPECT_TRUE((*cluster)->KillWorker(0));
+  });
   for (size_t i = 0; i < outputs.size(); ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
     EXPECT_EQ(outputs[i].ids, undisturbed[i].ids) << "request " << i;

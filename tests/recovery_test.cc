@@ -5,7 +5,6 @@
 // again and is loaded afresh); a restarted coordinator gets its workers back.
 // Each serves the same greedy text as before.
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -130,32 +129,6 @@ TEST(RecoveryTest, AHungWorkerRejoinsWhenItResumes) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Complete(*cluster), before) << "request " << i;
 }
 
-// A process of the cluster's own binaries (from Bazel's runfiles), interrupted
-// and reaped when it goes out of scope.
-class Process {
- public:
-  explicit Process(std::vector<std::string> args) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-  }
-  ~Process() { Stop(SIGINT); }
-  void Stop(int signal) {
-    if (pid_ <= 0) return;
-    kill(pid_, signal);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
 TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
   const int http_port = FreePort(), grpc_port = FreePort(), internal_port = FreePort();
   const std::string secret = absl::StrCat("/tmp/recovery_test_secret_", getpid());
@@ -174,8 +147,10 @@ TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
   const std::vector<std::string> worker = {"worker/worker", absl::StrCat("--coordinator=127.0.0.1:", internal_port),
                                            "--cluster_secret_file=" + secret, "--device=cpu",
                                            "--coordinator_timeout_s=1"};
-  auto first = std::make_unique<Process>(coordinator);
-  Process worker_a(worker), worker_b(worker);
+  // The cluster's binaries from Bazel's runfiles, started directly: the
+  // launcher would stop the workers with the coordinator.
+  auto first = std::make_unique<ChildProcess>(coordinator);
+  ChildProcess worker_a(worker), worker_b(worker);
   httplib::Client client("127.0.0.1", http_port);
   client.set_read_timeout(60, 0);
   auto serving_groups = [&]() {
@@ -201,7 +176,7 @@ TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
   ASSERT_FALSE(before.empty());
   first->Stop(SIGKILL);
   const absl::Time restart = absl::Now();
-  Process second(coordinator);
+  ChildProcess second(coordinator);
   const absl::Duration back = await_groups(2, absl::Seconds(60));
   ASSERT_LT(back, absl::InfiniteDuration()) << "the workers did not come back to the new coordinator";
   std::cout << "restarted coordinator serving both groups " << absl::FormatDuration(absl::Now() - restart)

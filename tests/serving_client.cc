@@ -77,6 +77,18 @@ std::vector<int32_t> RandomPrompt(std::mt19937& rng, int length) {
   return ids;
 }
 
+std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, int count, int max_tokens,
+                                             const std::function<void()>& meanwhile) {
+  std::vector<GrpcOutput> outputs(count);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < count; ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(cluster, {5, 6, 7, 8 + i}, max_tokens); });
+  }
+  if (meanwhile) meanwhile();
+  for (std::thread& t : threads) t.join();
+  return outputs;
+}
+
 void ExpectStillServing(const LocalCluster& cluster, int live_workers) {
   // A killed worker counts as live until its heartbeats are missed: on a fast
   // backend the requests before can finish first, so wait for that verdict.

@@ -4,6 +4,7 @@
 #define MLASERVE_TESTS_SERVING_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -68,6 +69,11 @@ struct GrpcOutput {
 // `logprobs` >= 0 asks for each token's logprob and the top `logprobs` alternatives.
 GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>& prompt, int max_tokens,
                         float temperature = 0, std::optional<uint64_t> seed = std::nullopt, int logprobs = -1);
+
+// `count` greedy requests over gRPC at once, request i's prompt {5, 6, 7, 8 + i},
+// `max_tokens` each; `meanwhile` (if any) runs while they do.
+std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, int count, int max_tokens,
+                                             const std::function<void()>& meanwhile = nullptr);
 
 // A greedy /v1/completions body that ignores EOS.
 nlohmann::json Completion(const std::vector<int32_t>& prompt, int max_tokens);

@@ -225,22 +225,11 @@ TEST(SmallCacheServingTest, PreemptionAndEvictionKeepOutputsExact) {
 TEST(WorkerFailureTest, DeadWorkersRequestsFinishInTheOtherGroupUnchanged) {
   auto cluster = LocalCluster::Start(kModel, 2, {"--heartbeat_timeout_s=1"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
-  auto run = [&](bool kill) {
-    std::vector<GrpcOutput> outputs(6);
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      threads.emplace_back(
-          [&, i] { outputs[i] = GenerateGrpc(**cluster, {5, 6, 7, static_cast<int32_t>(8 + i)}, 1000); });
-    }
-    if (kill) {
-      absl::SleepFor(absl::Milliseconds(500));
-      EXPECT_TRUE((*cluster)->KillWorker(0));
-    }
-    for (std::thread& t : threads) t.join();
-    return outputs;
-  };
-  const std::vector<GrpcOutput> undisturbed = run(false);
-  const std::vector<GrpcOutput> outputs = run(true);
+  const std::vector<GrpcOutput> undisturbed = GenerateConcurrently(**cluster, 6, 1000);
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, 6, 1000, [&] {
+    absl::SleepFor(absl::Milliseconds(500));
+    EXPECT_TRUE((*cluster)->KillWorker(0));
+  });
   for (size_t i = 0; i < outputs.size(); ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
     EXPECT_EQ(outputs[i].ids.size(), 1000u);
