@@ -8,7 +8,7 @@ PACKAGES=(
   g++ libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libre2-dev nlohmann-json3-dev libcpp-httplib-dev libgloo-dev
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev gnuplot-nox
-  clang-16 libclang-rt-16-dev libomp-16-dev
+  clang-16 libclang-rt-16-dev libomp-16-dev iproute2 curl python3
 )
 
 missing=()

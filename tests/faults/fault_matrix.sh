@@ -31,7 +31,11 @@ declare -A pid=()
 url=http://10.77.0.1:8000
 
 cleanup() {
-  for p in "${pid[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true; done
+  for p in "${pid[@]}"; do
+    kill -CONT "$p" 2>/dev/null || true
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true  # reaped here, so bash prints no "Killed" notice
+  done
   for h in "${hosts[@]}" br; do ip netns del "fm$h" 2>/dev/null || true; done
   [[ -n ${MLASERVE_KEEP_LOGS:-} ]] && echo "logs kept in $work" >&2 || rm -rf "$work"
 }
@@ -130,7 +134,7 @@ base=(--baseline "$work/baseline.json")
 
 # 1. SIGKILL of a worker under load; then a replacement on another host.
 load "${base[@]}" >"$work/out" & client=$!
-sleep 1; kill -9 "${pid[w0]}"; unset 'pid[w0]'
+sleep 1; kill -9 "${pid[w0]}"; wait "${pid[w0]}" 2>/dev/null || true; unset 'pid[w0]'
 sleep 3  # the group's failure seen
 start_worker w2
 await_full 30 >"$work/full" & watcher=$!
