@@ -42,10 +42,9 @@ class KeySet {
   // comparison takes the same time wherever a wrong key first differs.
   bool Admits(absl::string_view authorization) const;
 
-  // The first key: what this process presents when it calls a peer that
-  // checks the same set (the cluster secret).
-  // REQUIRES: !open().
-  const std::string& first() const { return keys_.front(); }
+  // What this process presents when it calls a peer that checks the same set
+  // (the cluster secret): the first key, or nothing when open.
+  std::string presented() const { return open() ? std::string() : keys_.front(); }
 
  private:
   std::vector<std::string> keys_;

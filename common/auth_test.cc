@@ -26,7 +26,7 @@ TEST(KeySetTest, FileHoldsOneKeyPerLine) {
   auto keys = KeySet::FromFile(path);
   ASSERT_TRUE(keys.ok()) << keys.status();
   EXPECT_FALSE(keys->open());
-  EXPECT_EQ(keys->first(), "sk-first");
+  EXPECT_EQ(keys->presented(), "sk-first");
   EXPECT_TRUE(keys->Admits("Bearer sk-first"));
   EXPECT_TRUE(keys->Admits("bearer sk-second"));
   EXPECT_TRUE(keys->Admits("BEARER  sk-second "));
@@ -52,6 +52,7 @@ TEST(KeySetTest, NoFileMeansOpen) {
   auto keys = KeySet::FromFile("");
   ASSERT_TRUE(keys.ok());
   EXPECT_TRUE(keys->open());
+  EXPECT_EQ(keys->presented(), "");
   EXPECT_TRUE(keys->Admits(""));
   EXPECT_TRUE(keys->Admits("Bearer anything"));
 }

@@ -7,7 +7,6 @@
 #include <map>
 #include <iostream>
 #include <memory>
-#include <set>
 
 #include <grpcpp/grpcpp.h>
 
@@ -19,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/auth.h"
+#include "common/grpc_keepalive.h"
 #include "common/grpc_status.h"
 #include "common/model_config.h"
 #include "common/status_macros.h"
@@ -166,12 +166,31 @@ absl::StatusOr<std::vector<GroupRole>> ParseRoles(const std::string& text, int n
   return roles;
 }
 
-// The shape every group of the cluster has, fixed when it starts.
+// The groups the cluster is planned to have, fixed when it starts.
 struct GroupShape {
+  int groups = 0;
   ParallelPlan plan;
   GroupOptions options;
   std::map<std::string, int> workers_per_gpu;  // from the first workers: GPU sharing
 };
+
+// The values of every one of `futures`, waited for even after one fails (so
+// that no call is still running when the caller moves on), or the first error.
+template <typename T>
+absl::StatusOr<std::vector<T>> WaitForAll(std::vector<std::future<absl::StatusOr<T>>>& futures) {
+  std::vector<T> values;
+  absl::Status failed;
+  for (auto& future : futures) {
+    absl::StatusOr<T> value = future.get();
+    if (value.ok()) values.push_back(*std::move(value));
+    if (!value.ok() && failed.ok()) failed = value.status();
+  }
+  if (!failed.ok()) return failed;
+  return values;
+}
+
+// Where group `id`'s ranks meet in the rendezvous store.
+std::string RendezvousPrefix(int32_t id) { return absl::StrCat("group", id); }
 
 // Has `members` (a group's ranks, in rank order) load their shards
 // concurrently (they meet in the rendezvous store under "group<id>"), sizes
@@ -180,21 +199,14 @@ struct GroupShape {
 absl::StatusOr<int64_t> FormGroup(int32_t id, const std::vector<WorkerInfo>& members, const GroupShape& shape,
                                   GroupRole role, const ModelConfig& config, const std::string& model_dir,
                                   ServingEngine& engine, ServingMetrics& metrics) {
-  const std::string prefix = absl::StrCat("group", id);
+  const std::string prefix = RendezvousPrefix(id);
   std::vector<std::future<absl::StatusOr<internal::v1::LoadShardResponse>>> loads;
   for (size_t rank = 0; rank < members.size(); ++rank) {
     loads.push_back(std::async(std::launch::async, [&, rank] {
       return LoadShard(members[rank], model_dir, shape.options, shape.plan, static_cast<int>(rank), prefix);
     }));
   }
-  std::vector<internal::v1::LoadShardResponse> loaded;
-  absl::Status failed;
-  for (auto& load : loads) {
-    absl::StatusOr<internal::v1::LoadShardResponse> response = load.get();  // wait for every load, even after a failure
-    if (response.ok()) loaded.push_back(*std::move(response));
-    if (!response.ok() && failed.ok()) failed = response.status();
-  }
-  RETURN_IF_ERROR(failed);
+  ASSIGN_OR_RETURN(const std::vector<internal::v1::LoadShardResponse> loaded, WaitForAll(loads));
   const int64_t bytes_per_block = loaded[0].bytes_per_block();
   std::vector<RankMemoryReport> reports;
   for (size_t rank = 0; rank < members.size(); ++rank) {
@@ -257,6 +269,7 @@ absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<Wor
   ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
   options.tp = cluster.plan.tp;
   options.dp_attention = cluster.plan.dp_attention;
+  shape.groups = cluster.num_groups;
   shape.plan = cluster.plan;
   shape.options = options;
   const size_t size = cluster.plan.group_size();
@@ -267,14 +280,7 @@ absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<Wor
       return FormGroup(members[0].id, members, shape, roles[first / size], config, model_dir, engine, metrics);
     }));
   }
-  int64_t bytes_per_block = 0;
-  absl::Status failed;
-  for (auto& form : forms) {
-    absl::StatusOr<int64_t> formed = form.get();
-    if (formed.ok()) bytes_per_block = *formed;
-    if (!formed.ok() && failed.ok()) failed = formed.status();
-  }
-  RETURN_IF_ERROR(failed);
+  ASSIGN_OR_RETURN(const std::vector<int64_t> bytes_per_block, WaitForAll(forms));
   engine.SetPlannedGroups(cluster.num_groups);
   int64_t tokens = 0;
   for (const GroupKvCapacity& group : engine.KvCapacity()) tokens += group.tokens();
@@ -282,7 +288,7 @@ absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<Wor
       "coordinator: %sKV cache size: %d tokens; maximum concurrency for %d tokens per request: %.2fx\n",
       gpu ? "GPU " : "", tokens, engine.max_context(),
       static_cast<double>(tokens) / static_cast<double>(engine.max_context()));
-  return std::make_pair(shape, bytes_per_block);
+  return std::make_pair(shape, bytes_per_block[0]);
 }
 
 // One look at the cluster: forgets the rendezvous keys of groups that ended,
@@ -290,20 +296,19 @@ absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<Wor
 // none (a failed group's survivors, replacements, workers back after a
 // partition), forms a group of the shape from them (mixed role). Groups that
 // ended stay in the engine, never routed to, so nothing they hold dangles.
-void KeepGroups(const GroupShape& shape, int planned, int32_t* next_group_id, const ModelConfig& config,
+void KeepGroups(const GroupShape& shape, int32_t* next_group_id, const ModelConfig& config,
                 const std::string& model_dir, WorkerRegistry& registry, RendezvousService& rendezvous,
                 ServingEngine& engine, ServingMetrics& metrics) {
   ServingEngine::GroupCensus census = engine.TakeCensus();
   for (int32_t id : census.newly_ended) {
-    rendezvous.DeletePrefix(absl::StrCat("group", id, "/"));
-    std::cerr << "coordinator: group " << id << " ended; " << census.serving_groups << " of " << planned
+    rendezvous.DeletePrefix(RendezvousPrefix(id) + "/");
+    std::cerr << "coordinator: group " << id << " ended; " << census.serving_groups << " of " << shape.groups
               << " groups serve\n";
   }
-  if (census.serving_groups >= planned) return;
-  const std::set<int32_t> busy(census.busy_workers.begin(), census.busy_workers.end());
+  if (census.serving_groups >= shape.groups) return;
   std::vector<WorkerInfo> free;
   for (const auto& [worker, live] : registry.List()) {
-    if (live && !busy.contains(worker.id)) free.push_back(worker);
+    if (live && !census.busy_workers.contains(worker.id)) free.push_back(worker);
   }
   const size_t size = shape.plan.group_size();
   if (free.size() < size) return;
@@ -314,7 +319,7 @@ void KeepGroups(const GroupShape& shape, int planned, int32_t* next_group_id, co
   absl::StatusOr<int64_t> formed =
       FormGroup(id, free, shape, GroupRole::kMixed, config, model_dir, engine, metrics);
   if (!formed.ok()) {
-    rendezvous.DeletePrefix(absl::StrCat("group", id, "/"));
+    rendezvous.DeletePrefix(RendezvousPrefix(id) + "/");
     std::cerr << "coordinator: group " << id << " did not form (" << formed.status() << "); trying again\n";
   }
 }
@@ -325,10 +330,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
-  // Workers ping every 2 s to notice a partition (worker_main.cc): allowed.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  AcceptPartitionPings(&builder);
   for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) return absl::UnavailableError("cannot listen on " + address);
@@ -409,12 +411,11 @@ absl::Status Run() {
             << http.port() << " with " << workers.size() << " workers\n";
   int32_t next_group_id = 0;
   for (const auto& [worker, live] : registry.List()) next_group_id = std::max(next_group_id, worker.id + 1);
-  const int planned = engine.Health().planned_groups;
   absl::Time next_look = absl::Now();
   while (!g_signalled) {
     absl::SleepFor(absl::Milliseconds(100));
     if (absl::Now() < next_look) continue;
-    KeepGroups(shape, planned, &next_group_id, config, model_dir, registry, rendezvous, engine, metrics);
+    KeepGroups(shape, &next_group_id, config, model_dir, registry, rendezvous, engine, metrics);
     next_look = absl::Now() + absl::Seconds(1);
   }
   std::cerr << "coordinator: shutting down\n";

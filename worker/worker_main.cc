@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/auth.h"
+#include "common/grpc_keepalive.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_ops.h"
@@ -221,15 +222,11 @@ int Main(int argc, char** argv) {
   // into it for tens of seconds), connection attempts give up after 0.5 s
   // and repeat every 2 s at most (gRPC's defaults: 20 s and 2 minutes).
   grpc::ChannelArguments coordinator_args;
-  coordinator_args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
-  coordinator_args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
-  coordinator_args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  coordinator_args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  PingAcrossPartitions(&coordinator_args);
   coordinator_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 500);
   coordinator_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 500);
   coordinator_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  auto channel =
-      AuthorizedChannel(absl::GetFlag(FLAGS_coordinator), secret->open() ? "" : secret->first(), coordinator_args);
+  auto channel = AuthorizedChannel(absl::GetFlag(FLAGS_coordinator), secret->presented(), coordinator_args);
   GrpcRendezvousStore store(channel);
   WorkerService service(*std::move(ops), store, CommunicatorsFor(device, absl::GetFlag(FLAGS_host)),
                         {.transfer_chunk_delay = absl::Milliseconds(absl::GetFlag(FLAGS_transfer_chunk_delay_ms)),
@@ -243,10 +240,7 @@ int Main(int argc, char** argv) {
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(256 << 20);
   builder.SetMaxSendMessageSize(256 << 20);
-  // The coordinator pings every 2 s to notice a partition: allowed.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  AcceptPartitionPings(&builder);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

@@ -420,8 +420,8 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  auto stub = internal::v1::Worker::NewStub(AuthorizedChannel(
-      request.source_address(), options_.cluster_secret.open() ? "" : options_.cluster_secret.first(), args));
+  auto stub = internal::v1::Worker::NewStub(
+      AuthorizedChannel(request.source_address(), options_.cluster_secret.presented(), args));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(std::max(1.0, request.timeout_s()))));
   internal::v1::ReadBlocksRequest read;

@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_keepalive.h"
 #include "common/grpc_status.h"
 
 namespace mlaserve {
@@ -32,11 +33,8 @@ grpc::Status WorkerRegistry::Register(grpc::ServerContext* context, const intern
   // every 2 s so that a connection whose packets vanish is dropped in seconds
   // rather than after TCP's retransmissions.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  auto channel = AuthorizedChannel(request->address(), callers_.open() ? "" : callers_.first(), args);
+  PingAcrossPartitions(&args);
+  auto channel = AuthorizedChannel(request->address(), callers_.presented(), args);
   absl::MutexLock lock(&mu_);
   const int32_t id = workers_.empty() ? 0 : workers_.rbegin()->first + 1;
   Entry& entry = workers_[id];

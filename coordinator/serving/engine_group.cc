@@ -288,7 +288,7 @@ absl::Duration EngineGroup::Postprocess(const LaunchedStep& step) {
         if (sample.reason != FinishReason::kNone) {
           Finish(seq, sample.reason, absl::OkStatus(), &update);
         } else if (options_.role == GroupRole::kPrefill && seq.num_known_output() == 1) {
-          moves.push_back(MoveOut(static_cast<int>(r), &seq));
+          moves.push_back(MoveOut(static_cast<int>(r), &seq, /*keep_kv=*/true));
         }
         updates.push_back({seq.on_update, std::move(update)});
       }
@@ -340,12 +340,14 @@ void EngineGroup::Deliver(std::vector<Update> updates, std::vector<OutgoingMove>
   }
 }
 
-EngineGroup::OutgoingMove EngineGroup::MoveOut(int r, Sequence* seq) {
+EngineGroup::OutgoingMove EngineGroup::MoveOut(int r, Sequence* seq, bool keep_kv) {
   Replica& replica = *replicas_[r];
   OutgoingMove out;
   out.hold.replica = r;
-  const int64_t whole_blocks = seq->num_computed / options_.block_size;
-  out.hold.blocks.assign(seq->block_table.begin(), seq->block_table.begin() + whole_blocks);
+  if (keep_kv) {
+    const int64_t whole_blocks = seq->num_computed / options_.block_size;
+    out.hold.blocks.assign(seq->block_table.begin(), seq->block_table.begin() + whole_blocks);
+  }
   // The hold keeps the KV once the sequence lets go of its table; Remove
   // leaves the sequence as if preempted, ready to resume elsewhere.
   if (absl::Status held = replica.blocks.Acquire(out.hold.blocks); !held.ok()) {
@@ -360,7 +362,9 @@ EngineGroup::OutgoingMove EngineGroup::MoveOut(int r, Sequence* seq) {
 std::vector<EngineGroup::OutgoingMove> EngineGroup::MoveOutAll() {
   std::vector<OutgoingMove> out;
   for (size_t r = 0; r < replicas_.size(); ++r) {
-    for (Sequence* seq : replicas_[r]->scheduler.sequences()) out.push_back(MoveOut(static_cast<int>(r), seq));
+    for (Sequence* seq : replicas_[r]->scheduler.sequences()) {
+      out.push_back(MoveOut(static_cast<int>(r), seq, /*keep_kv=*/true));
+    }
   }
   return out;
 }
@@ -368,17 +372,14 @@ std::vector<EngineGroup::OutgoingMove> EngineGroup::MoveOutAll() {
 std::vector<EngineGroup::OutgoingMove> EngineGroup::FailOverAll(std::vector<std::unique_ptr<Sequence>>* exhausted) {
   std::vector<OutgoingMove> out;
   for (size_t r = 0; r < replicas_.size(); ++r) {
-    for (std::unique_ptr<Sequence>& seq : replicas_[r]->scheduler.RemoveAll()) {
+    Scheduler& scheduler = replicas_[r]->scheduler;
+    for (Sequence* seq : scheduler.sequences()) {
       if (seq->failovers >= kMaxFailovers) {
-        exhausted->push_back(std::move(seq));
+        exhausted->push_back(scheduler.Remove(seq->id));
         continue;
       }
       ++seq->failovers;
-      OutgoingMove move;
-      move.hold.replica = static_cast<int>(r);
-      moving_out_.emplace(seq->id, false);
-      move.seq = std::move(seq);
-      out.push_back(std::move(move));
+      out.push_back(MoveOut(static_cast<int>(r), seq, /*keep_kv=*/false));
     }
   }
   return out;

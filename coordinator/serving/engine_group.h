@@ -186,8 +186,9 @@ class EngineGroup {
   // On the callback thread: runs the requests' update callbacks, then the
   // move callback.
   void Deliver(std::vector<Update> updates, std::vector<OutgoingMove> moves) ABSL_LOCKS_EXCLUDED(mu_);
-  // Takes `seq` out of `replica`, holding its computed whole blocks.
-  OutgoingMove MoveOut(int replica, Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `seq` out of `replica` to move to another group, holding its
+  // computed whole blocks when `keep_kv` (else it is recomputed there).
+  OutgoingMove MoveOut(int replica, Sequence* seq, bool keep_kv) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<OutgoingMove> MoveOutAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A failed group's requests, taken out to go on in other groups: each is
   // recomputed there from what its client has seen (the failed step may have

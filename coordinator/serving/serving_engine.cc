@@ -50,7 +50,7 @@ ServingEngine::GroupCensus ServingEngine::TakeCensus() {
     if (group->alive()) ++census.serving_groups;
     // A draining group's workers still hold its KV until they are retired.
     if (!group->failed()) {
-      for (const WorkerInfo& w : group->workers()) census.busy_workers.push_back(w.id);
+      for (const WorkerInfo& w : group->workers()) census.busy_workers.insert(w.id);
     }
     if (!group->alive() && reported_ended_.insert(group->id()).second) census.newly_ended.push_back(group->id());
   }

@@ -50,7 +50,7 @@ class ServingEngine final : public Engine {
   // stopped serving (failed, drained) since the last call, each reported once
   // so that their rendezvous keys can go.
   struct GroupCensus {
-    std::vector<int32_t> busy_workers;
+    std::set<int32_t> busy_workers;
     int serving_groups = 0;
     std::vector<int32_t> newly_ended;
   };
