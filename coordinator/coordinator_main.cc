@@ -1,6 +1,9 @@
 // The coordinator process: public gRPC and HTTP APIs, worker membership and
 // the rendezvous store, the shard plan (engine groups of one or more workers),
 // scheduling and routing.
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <future>
@@ -75,11 +78,40 @@ ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "requests admitted (waiting or running) before 429");
 ABSL_FLAG(int, http_threads, 0,
-          "HTTP connection threads; a streamed response holds one for its whole length (0: --max_queued_requests "
-          "+ 64, so every admitted request can stream and a few more connections still get their 429 or /health)");
+          "HTTP request threads; a streamed response holds one for its whole length (0: --max_queued_requests + 64, "
+          "so every admitted request can stream and a few more still get their 429); as many whole requests again "
+          "may wait for one, and further ones get 429. /health and /metrics have threads of their own");
+ABSL_FLAG(int, http_max_connections, 8192,
+          "open HTTP connections; one more is answered 503 (the soft descriptor limit is raised to allow them, up "
+          "to the hard limit)");
+ABSL_FLAG(int, http_header_timeout_s, 10,
+          "seconds a request's headers may take to arrive, and its body three times that; slower ones get 408");
 
 namespace mlaserve {
 namespace {
+
+// Descriptors the coordinator needs besides HTTP connections: gRPC channels
+// and servers, files.
+constexpr int kDescriptorsBesideHttp = 1024;
+
+// Raises the soft descriptor limit so that `connections` HTTP connections
+// fit (a default soft limit of 1024 would refuse them long before); returns
+// how many fit under the hard limit.
+int AllowConnections(int connections) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return connections;
+  const rlim_t needed = static_cast<rlim_t>(connections) + kDescriptorsBesideHttp;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max == RLIM_INFINITY ? needed : std::min(needed, limit.rlim_max);
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= needed) return connections;
+  const int fit = std::max<int>(1, static_cast<int>(limit.rlim_cur) - kDescriptorsBesideHttp);
+  std::cerr << "coordinator: the descriptor limit (ulimit -n " << limit.rlim_cur << ") allows " << fit
+            << " HTTP connections, not --http_max_connections " << connections << "\n";
+  return fit;
+}
 
 // The KV pool of groups with a worker that measures no GPU memory (CPU
 // workers, mock compute), unless --kv_blocks says.
@@ -402,9 +434,14 @@ absl::Status Run() {
 
   HttpOptions http_options;
   http_options.api_keys = api_keys;
-  http_options.worker_threads = absl::GetFlag(FLAGS_http_threads) > 0
+  GateOptions& connections = http_options.connections;
+  connections.request_threads = absl::GetFlag(FLAGS_http_threads) > 0
                                     ? absl::GetFlag(FLAGS_http_threads)
                                     : static_cast<int>(absl::GetFlag(FLAGS_max_queued_requests)) + 64;
+  connections.max_waiting = connections.request_threads;
+  connections.max_connections = AllowConnections(absl::GetFlag(FLAGS_http_max_connections));
+  connections.header_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_header_timeout_s));
+  connections.body_timeout = 3 * connections.header_timeout;
   HttpServer http(engine, metrics, http_options);
   RETURN_IF_ERROR(http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_http_port)));
   std::cerr << "coordinator: serving " << model_name << " on http://" << absl::GetFlag(FLAGS_host) << ":"

@@ -17,15 +17,26 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "coordinator/api/connection_gate.h"
 #include "coordinator/api/update_queue.h"
 
 namespace mlaserve {
 
-// httplib listens with a backlog of 5, too short for a burst of clients; its
-// listening socket is protected, so a subclass reaches it to widen the backlog.
+// httplib parses requests, routes them and writes responses; its protected
+// process_request serves one request from any Stream, so a subclass takes the
+// requests the gate read whole. Chunked responses end when the listening
+// socket reads as closed, so it is given the gate's.
 class HttpServer::Listener : public httplib::Server {
  public:
-  void WidenBacklog() { ::listen(svr_sock_, SOMAXCONN); }
+  // Serves the request `stream` holds. Returns whether the connection can
+  // carry another: the response was written and the client did not ask to
+  // close.
+  bool ServeOne(httplib::Stream& stream, bool close_connection) {
+    bool closed = false;
+    return process_request(stream, close_connection, closed, nullptr) && !closed && !close_connection;
+  }
+  void Open(int listening_fd) { svr_sock_ = listening_fd; }
+  void Shut() { svr_sock_ = INVALID_SOCKET; }
 };
 
 namespace {
@@ -57,7 +68,6 @@ void ReplyFinal(const ResponseHeader& header, const std::string& text, json logp
 struct SocketAddress {
   std::string ip;
   int port = -1;
-  bool operator==(const SocketAddress& other) const { return port == other.port && ip == other.ip; }
 };
 
 // A socket's local or peer address, formatted as httplib formats Request's.
@@ -80,20 +90,17 @@ std::optional<SocketAddress> AddressOf(int fd, bool peer) {
   return address;
 }
 
+// The connection the current thread serves: handlers run on the thread that
+// serves their request, and httplib gives them no other way to its socket.
+thread_local int t_connection_fd = -1;
+
 // Whether a request should be given up: the server is stopping, or the
-// client went away. httplib 0.11 gives handlers neither the connection's
-// socket nor a disconnect signal, so the socket is found among the process's
-// descriptors by its two addresses (it stays open, and keeps its number,
-// while its handler and content provider run) and peeked at: end of stream or
-// an error means the client is gone. Requests shorter than a poll interval
-// never look.
+// client went away (its socket, peeked at, reads end of stream or an error).
+// Requests shorter than a poll interval never look.
 class ConnectionWatch {
  public:
-  ConnectionWatch(const httplib::Request& req, const std::atomic<bool>& stopping)
-      : local_{req.local_addr, req.local_port},
-        remote_{req.remote_addr, req.remote_port},
-        stopping_(stopping),
-        next_look_(absl::Now() + kPollInterval) {}
+  explicit ConnectionWatch(const std::atomic<bool>& stopping)
+      : fd_(t_connection_fd), stopping_(stopping), next_look_(absl::Now() + kPollInterval) {}
 
   // Looks at the socket at most once per poll interval.
   bool Lost() {
@@ -105,37 +112,46 @@ class ConnectionWatch {
   }
 
  private:
-  bool ClientGone() {
-    if (!fd_.has_value()) fd_ = FindSocket();
-    if (*fd_ < 0) return false;
+  bool ClientGone() const {
+    if (fd_ < 0) return false;
     char byte;
-    const ssize_t n = recv(*fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    const ssize_t n = recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n >= 0) return n == 0;  // bytes waiting are a pipelined request
     return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
   }
 
-  // -1 when not found; the client then never looks gone.
-  int FindSocket() const {
-    DIR* dir = opendir("/proc/self/fd");
-    if (dir == nullptr) return -1;
-    int found = -1;
-    while (const dirent* entry = readdir(dir)) {
-      int fd;
-      if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == dirfd(dir)) continue;
-      if (AddressOf(fd, /*peer=*/true) == remote_ && AddressOf(fd, /*peer=*/false) == local_) {
-        found = fd;
-        break;
-      }
-    }
-    closedir(dir);
-    return found;
-  }
-
-  const SocketAddress local_;
-  const SocketAddress remote_;
+  const int fd_;
   const std::atomic<bool>& stopping_;
   absl::Time next_look_;
-  std::optional<int> fd_;
+};
+
+// httplib's view of a gate connection: the request bytes the gate read, and
+// the socket for the response.
+class GateStream final : public httplib::Stream {
+ public:
+  GateStream(GateConnection& connection, absl::Duration write_timeout)
+      : connection_(connection), write_timeout_(write_timeout) {}
+
+  bool is_readable() const override { return connection_.HasRequestBytes(); }
+  bool is_writable() const override { return connection_.WaitWritable(write_timeout_); }
+  ssize_t read(char* out, size_t size) override { return static_cast<ssize_t>(connection_.Read(out, size)); }
+  ssize_t write(const char* data, size_t size) override {
+    return connection_.Write(data, size, write_timeout_) ? static_cast<ssize_t>(size) : -1;
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { Address(/*peer=*/true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { Address(/*peer=*/false, ip, port); }
+  socket_t socket() const override { return connection_.fd(); }
+
+ private:
+  void Address(bool peer, std::string& ip, int& port) const {
+    const std::optional<SocketAddress> address = AddressOf(connection_.fd(), peer);
+    if (!address.has_value()) return;
+    ip = address->ip;
+    port = address->port;
+  }
+
+  GateConnection& connection_;
+  const absl::Duration write_timeout_;
 };
 
 void Abandon(Engine& engine, int64_t request_id, UpdateQueue& queue) {
@@ -237,24 +253,6 @@ std::string DefaultErrorMessage(const httplib::Request& req, int http_status, si
   }
 }
 
-// Reads a body of at most `max_bytes`, or replies with an error. httplib
-// bounds bodies that declare a Content-Length, but not chunked ones. The rest
-// of an oversized body is read and dropped, as httplib skips an oversized
-// Content-Length body, so that the client gets the 413 rather than a reset.
-bool ReadBody(const httplib::Request& req, const httplib::ContentReader& reader, size_t max_bytes, std::string* body,
-              httplib::Response& res) {
-  bool too_large = false;
-  const bool read = reader([&](const char* data, size_t length) {
-    too_large = too_large || length > max_bytes - body->size();
-    if (!too_large) body->append(data, length);
-    return true;
-  });
-  if (read && !too_large) return true;
-  const int http_status = too_large || res.status == 413 ? 413 : 400;
-  ReplyError(res, HttpError(http_status, DefaultErrorMessage(req, http_status, max_bytes)));
-  return false;
-}
-
 }  // namespace
 
 struct HttpServer::Submission {
@@ -263,30 +261,41 @@ struct HttpServer::Submission {
 };
 
 HttpServer::HttpServer(Engine& engine, ServingMetrics& metrics, HttpOptions options)
-    : engine_(engine), metrics_(metrics), options_(options), server_(std::make_unique<Listener>()) {
-  server_->new_task_queue = [threads = options_.worker_threads] { return new httplib::ThreadPool(threads); };
-  server_->set_payload_max_length(options_.max_body_bytes);
+    : engine_(engine), metrics_(metrics), options_(std::move(options)), server_(std::make_unique<Listener>()) {
+  server_->set_payload_max_length(options_.connections.max_body_bytes);
+  server_->set_keep_alive_timeout(absl::ToInt64Seconds(options_.connections.idle_timeout));
+  GateOptions gate = options_.connections;
+  gate.control_paths = {"/health", "/metrics"};
+  gate.error_body = [](int http_status, const std::string& message) {
+    return Serialize(HttpError(http_status, message).body);
+  };
+  gate_ = std::make_unique<ConnectionGate>(std::move(gate), [this](GateConnection& connection) {
+    GateStream stream(connection, options_.connections.write_timeout);
+    t_connection_fd = connection.fd();
+    const bool keep = server_->ServeOne(stream, /*close_connection=*/stopping_);
+    t_connection_fd = -1;
+    return keep;
+  });
   AddRoutes();
 }
 
 HttpServer::~HttpServer() { Stop(); }
 
 void HttpServer::AddPost(const std::string& path, BodyHandler handler) {
-  server_->Post(path, [this, handler = std::move(handler)](const httplib::Request& req, httplib::Response& res,
-                                                           const httplib::ContentReader& reader) {
-    std::string body;
-    if (ReadBody(req, reader, options_.max_body_bytes, &body, res)) handler(body, req, res);
+  // The gate read the body whole, within its limit, before this thread had it.
+  server_->Post(path, [handler = std::move(handler)](const httplib::Request& req, httplib::Response& res) {
+    handler(req.body, res);
   });
 }
 
 void HttpServer::AddRoutes() {
-  AddPost("/v1/completions", [this](const std::string& body, const httplib::Request& req, httplib::Response& res) {
-    HandleGenerate(ApiKind::kCompletion, body, req, res);
+  AddPost("/v1/completions", [this](const std::string& body, httplib::Response& res) {
+    HandleGenerate(ApiKind::kCompletion, body, res);
   });
-  AddPost("/v1/chat/completions", [this](const std::string& body, const httplib::Request& req, httplib::Response& res) {
-    HandleGenerate(ApiKind::kChat, body, req, res);
+  AddPost("/v1/chat/completions", [this](const std::string& body, httplib::Response& res) {
+    HandleGenerate(ApiKind::kChat, body, res);
   });
-  AddPost("/tokenize", [this](const std::string& body, const httplib::Request&, httplib::Response& res) {
+  AddPost("/tokenize", [this](const std::string& body, httplib::Response& res) {
     HandleTokenize(body, res);
   });
   server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) { HandleModels(res); });
@@ -306,7 +315,7 @@ void HttpServer::AddRoutes() {
   server_->set_error_handler(
       httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-        ReplyError(res, HttpError(res.status, DefaultErrorMessage(req, res.status, options_.max_body_bytes)));
+        ReplyError(res, HttpError(res.status, DefaultErrorMessage(req, res.status, options_.connections.max_body_bytes)));
         return httplib::Server::HandlerResponse::Handled;
       }));
   server_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
@@ -315,33 +324,18 @@ void HttpServer::AddRoutes() {
 }
 
 absl::Status HttpServer::Start(const std::string& host, int port) {
-  if (thread_.joinable() || stopping_) return absl::FailedPreconditionError("the HTTP server was already started");
-  if (port == 0) {
-    port_ = server_->bind_to_any_port(host);
-  } else {
-    port_ = server_->bind_to_port(host, port) ? port : -1;
-  }
-  if (port_ < 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":", port));
-  server_->WidenBacklog();
-  auto exited = std::make_shared<std::atomic<bool>>(false);
-  thread_ = std::thread([this, exited] {
-    server_->listen_after_bind();
-    *exited = true;
-  });
-  // Stop() can only stop a running accept loop, so wait until it runs.
-  while (!server_->is_running() && !*exited) absl::SleepFor(absl::Milliseconds(1));
-  if (*exited) {
-    thread_.join();
-    return absl::InternalError("the HTTP accept loop ended at once");
-  }
+  if (port_ >= 0 || stopping_) return absl::FailedPreconditionError("the HTTP server was already started");
+  absl::StatusOr<int> bound = gate_->Start(host, port);
+  if (!bound.ok()) return bound.status();
+  port_ = *bound;
+  server_->Open(gate_->listening_fd());
   return absl::OkStatus();
 }
 
 void HttpServer::Stop() {
-  if (!thread_.joinable()) return;
-  stopping_ = true;
-  server_->stop();
-  thread_.join();
+  if (port_ < 0 || stopping_.exchange(true)) return;
+  server_->Shut();
+  gate_->Stop();
 }
 
 absl::StatusOr<HttpServer::Submission> HttpServer::Submit(GenerateInput input, bool stream) {
@@ -355,8 +349,7 @@ absl::StatusOr<HttpServer::Submission> HttpServer::Submit(GenerateInput input, b
   return Submission{*id, std::move(queue)};
 }
 
-void HttpServer::HandleGenerate(ApiKind kind, const std::string& body_text, const httplib::Request& req,
-                                httplib::Response& res) {
+void HttpServer::HandleGenerate(ApiKind kind, const std::string& body_text, httplib::Response& res) {
   absl::StatusOr<json> body = ParseBody(body_text);
   if (!body.ok()) return ReplyError(res, ToApiError(body.status()));
   absl::StatusOr<ApiRequest> request = ParseGenerateRequest(kind, *body, engine_);
@@ -366,15 +359,14 @@ void HttpServer::HandleGenerate(ApiKind kind, const std::string& body_text, cons
   if (!submission.ok()) return ReplyError(res, ToApiError(submission.status()));
   ResponseHeader header = NewResponseHeader(kind, engine_.model_name());
   if (request->stream) {
-    RespondStream(*submission, std::move(header), request->include_usage, req, res);
+    RespondStream(*submission, std::move(header), request->include_usage, res);
   } else {
-    RespondWhole(*submission, header, wants_logprobs, req, res);
+    RespondWhole(*submission, header, wants_logprobs, res);
   }
 }
 
-void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs,
-                              const httplib::Request& req, httplib::Response& res) {
-  ConnectionWatch watch(req, stopping_);
+void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs, httplib::Response& res) {
+  ConnectionWatch watch(stopping_);
   std::string text;
   std::vector<TokenLogprobs> logprobs;
   while (true) {
@@ -395,10 +387,9 @@ void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader
   }
 }
 
-void HttpServer::RespondStream(const Submission& submission, ResponseHeader header, bool include_usage,
-                               const httplib::Request& req, httplib::Response& res) {
+void HttpServer::RespondStream(const Submission& submission, ResponseHeader header, bool include_usage, httplib::Response& res) {
   auto stream = std::make_shared<EventStream>(engine_, submission.id, submission.queue, std::move(header),
-                                              include_usage, ConnectionWatch(req, stopping_));
+                                              include_usage, ConnectionWatch(stopping_));
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream", [stream](size_t, httplib::DataSink& sink) { return stream->Pump(sink); },

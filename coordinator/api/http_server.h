@@ -2,7 +2,9 @@
 // POST /v1/completions and /v1/chat/completions (whole, or streamed as
 // server-sent events), GET /v1/models, POST /tokenize, GET /health and
 // GET /metrics. A client that goes away cancels its request. With API keys
-// configured, only /health and /metrics answer without one.
+// configured, only /health and /metrics answer without one. Connections come
+// through a ConnectionGate: requests are read whole before a thread serves
+// them, and /health and /metrics have threads of their own.
 #ifndef MLASERVE_COORDINATOR_API_HTTP_SERVER_H_
 #define MLASERVE_COORDINATOR_API_HTTP_SERVER_H_
 
@@ -11,10 +13,10 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "common/auth.h"
+#include "coordinator/api/connection_gate.h"
 #include "coordinator/api/openai_protocol.h"
 #include "coordinator/serving/engine.h"
 #include "coordinator/serving/metrics.h"
@@ -27,10 +29,11 @@ struct Response;
 namespace mlaserve {
 
 struct HttpOptions {
-  size_t max_body_bytes = 8 << 20;  // larger bodies get 413
-  // Connection threads. A streamed response holds one for its whole length,
-  // so this bounds the concurrent streams.
-  int worker_threads = 128;
+  // Limits on connections and request arrival, and the request threads: a
+  // streamed response holds one for its whole length, so request_threads
+  // bounds the concurrent streams. Its control paths and error bodies are
+  // the server's own.
+  GateOptions connections;
   // Client API keys: every route but /health and /metrics answers 401 to a
   // request without one of them ("Authorization: Bearer <key>"). Empty: open.
   KeySet api_keys;
@@ -43,9 +46,11 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // Binds host:port (port 0: an ephemeral one) and serves on a background
-  // thread. Returns once connections can be made.
+  // Binds host:port (port 0: an ephemeral one) and serves on background
+  // threads. Returns once connections can be made.
+  // REQUIRES: not started before.
   absl::Status Start(const std::string& host, int port);
+  // The bound port; -1 before Start.
   int port() const { return port_; }
   // Stops accepting, cancels the requests in flight and waits until every
   // connection has closed. Idempotent.
@@ -55,16 +60,16 @@ class HttpServer {
   class Listener;
   struct Submission;
 
-  // A POST route whose handler gets the body, read within max_body_bytes.
-  using BodyHandler = std::function<void(const std::string& body, const httplib::Request&, httplib::Response&)>;
+  // A POST route whose handler gets the body (the gate bounded it).
+  using BodyHandler = std::function<void(const std::string& body, httplib::Response&)>;
   void AddPost(const std::string& path, BodyHandler handler);
   void AddRoutes();
   absl::StatusOr<Submission> Submit(GenerateInput input, bool stream);
-  void HandleGenerate(ApiKind kind, const std::string& body, const httplib::Request& req, httplib::Response& res);
+  void HandleGenerate(ApiKind kind, const std::string& body, httplib::Response& res);
   void RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs,
-                    const httplib::Request& req, httplib::Response& res);
+                    httplib::Response& res);
   void RespondStream(const Submission& submission, ResponseHeader header, bool include_usage,
-                     const httplib::Request& req, httplib::Response& res);
+                     httplib::Response& res);
   void HandleTokenize(const std::string& body, httplib::Response& res);
   void HandleModels(httplib::Response& res);
   void HandleHealth(httplib::Response& res);
@@ -74,7 +79,7 @@ class HttpServer {
   ServingMetrics& metrics_;
   const HttpOptions options_;
   std::unique_ptr<Listener> server_;
-  std::thread thread_;
+  std::unique_ptr<ConnectionGate> gate_;
   int port_ = -1;
   std::atomic<bool> stopping_{false};
 };

@@ -599,7 +599,7 @@ TEST_F(HttpServerTest, UnknownRoutesAreNotFound) {
 
 TEST_F(HttpServerTest, BodiesOverTheLimitAre413) {
   HttpOptions options;
-  options.max_body_bytes = 1024;
+  options.connections.max_body_bytes = 1024;
   StartServer(options);
   const std::string big = absl::StrCat(R"({"prompt": ")", std::string(4096, 'x'), R"("})");
   ExpectError(Post("/v1/completions", big), 413, "invalid_request_error");
