@@ -81,6 +81,9 @@ ABSL_FLAG(int, http_threads, 0,
           "HTTP request threads; a streamed response holds one for its whole length (0: --max_queued_requests + 64, "
           "so every admitted request can stream and a few more still get their 429); as many whole requests again "
           "may wait for one, and further ones get 429. /health and /metrics have threads of their own");
+ABSL_FLAG(int, shutdown_grace_s, 30,
+          "on SIGTERM or SIGINT, seconds the requests in flight get to finish while new ones are refused (503); a "
+          "second signal stops at once");
 ABSL_FLAG(int, http_max_connections, 8192,
           "open HTTP connections; one more is answered 503 (the soft descriptor limit is raised to allow them, up "
           "to the hard limit)");
@@ -117,8 +120,10 @@ int AllowConnections(int connections) {
 // workers, mock compute), unless --kv_blocks says.
 constexpr int64_t kCpuKvBlocks = 256;
 
+// How many times SIGINT or SIGTERM came: the first starts a graceful
+// shutdown, a second ends it at once.
 volatile std::sig_atomic_t g_signalled = 0;
-void HandleSignal(int) { g_signalled = 1; }
+void HandleSignal(int) { g_signalled = g_signalled + 1; }
 
 // What loading the worker's shard reported: the KV block size and, on a
 // GPU, the memory it then holds.
@@ -455,7 +460,21 @@ absl::Status Run() {
     KeepGroups(shape, &next_group_id, config, model_dir, registry, rendezvous, engine, metrics);
     next_look = absl::Now() + absl::Seconds(1);
   }
-  std::cerr << "coordinator: shutting down\n";
+  // Gracefully, as a rolling restart or a Kubernetes pod termination wants:
+  // new requests get 503 and /health says so, those in flight finish within
+  // --shutdown_grace_s; a second signal cuts the wait short.
+  const absl::Duration grace = absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_s));
+  std::cerr << "coordinator: shutting down; requests in flight get up to " << absl::FormatDuration(grace)
+            << " to finish\n";
+  engine.StopAdmitting();
+  const absl::Time deadline = absl::Now() + grace;
+  const int signals = g_signalled;
+  int64_t running = 0;
+  while ((running = engine.AwaitIdle(absl::Milliseconds(200))) > 0 && absl::Now() < deadline &&
+         g_signalled == signals) {
+  }
+  if (running > 0) std::cerr << "coordinator: cancelling " << running << " requests still running\n";
+  http.AwaitIdle(std::max(absl::ZeroDuration(), std::min(deadline - absl::Now(), absl::Seconds(5))));
   http.Stop();
   registry.OnDeath(nullptr);  // the engine goes away before the registry
   registry.OnDrain(nullptr);

@@ -201,9 +201,17 @@ ChildProcess::ChildProcess(std::vector<std::string> args) {
 
 void ChildProcess::Stop(int signal) {
   if (pid_ <= 0) return;
-  kill(pid_, signal);
-  waitpid(pid_, nullptr, 0);
+  Signal(signal);
+  Wait();
+}
+
+void ChildProcess::Signal(int signal) { kill(pid_, signal); }
+
+int ChildProcess::Wait() {
+  int status = 0;
+  waitpid(pid_, &status, 0);
   pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 LocalCluster::~LocalCluster() {

@@ -49,6 +49,11 @@ class ChildProcess {
   ChildProcess& operator=(const ChildProcess&) = delete;
   // Sends `signal` and waits for the process to end; nothing once it has.
   void Stop(int signal);
+  // Sends `signal`. REQUIRES: not stopped.
+  void Signal(int signal);
+  // Waits for the process to end: its exit code, or 128 + the signal that
+  // ended it. REQUIRES: not stopped.
+  int Wait();
   bool started() const { return pid_ > 0; }
 
  private:

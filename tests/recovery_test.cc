@@ -2,7 +2,8 @@
 // engine groups loses a group -- its worker killed, or hung past the heartbeat
 // timeout -- says so on /health, and returns to both groups once a
 // replacement registers or the hung worker resumes (it is forgotten, registers
-// again and is loaded afresh); a restarted coordinator gets its workers back.
+// again and is loaded afresh); a coordinator told to stop finishes what is in
+// flight first, and a restarted one gets its workers back.
 // Each serves the same greedy text as before.
 #include <signal.h>
 #include <unistd.h>
@@ -129,7 +130,7 @@ TEST(RecoveryTest, AHungWorkerRejoinsWhenItResumes) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Complete(*cluster), before) << "request " << i;
 }
 
-TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
+TEST(RecoveryTest, ACoordinatorStopsGracefullyAndWorkersRejoinTheNext) {
   const int http_port = FreePort(), grpc_port = FreePort(), internal_port = FreePort();
   const std::string secret = absl::StrCat("/tmp/recovery_test_secret_", getpid());
   std::ofstream(secret) << "restart-test-secret\n";
@@ -148,8 +149,11 @@ TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
                                            "--cluster_secret_file=" + secret, "--device=cpu",
                                            "--coordinator_timeout_s=1"};
   // The cluster's binaries from Bazel's runfiles, started directly: the
-  // launcher would stop the workers with the coordinator.
-  auto first = std::make_unique<ChildProcess>(coordinator);
+  // launcher would stop the workers with the coordinator. One OpenMP thread
+  // each, as the launcher gives two workers on two cores: more spin against
+  // each other.
+  setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);
+  ChildProcess first(coordinator);
   ChildProcess worker_a(worker), worker_b(worker);
   httplib::Client client("127.0.0.1", http_port);
   client.set_read_timeout(60, 0);
@@ -158,8 +162,10 @@ TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
     if (!health || health->status != 200) return -1;
     return nlohmann::json::parse(health->body, nullptr, false).value("serving_groups", -1);
   };
-  auto complete = [&]() {
-    auto result = client.Post("/v1/completions", kRequest, "application/json");
+  auto complete = [&](const std::string& request) {
+    httplib::Client client("127.0.0.1", http_port);
+    client.set_read_timeout(60, 0);
+    auto result = client.Post("/v1/completions", request, "application/json");
     if (!result || result->status != 200) return std::string();
     return nlohmann::json::parse(result->body)["choices"][0]["text"].get<std::string>();
   };
@@ -172,16 +178,42 @@ TEST(RecoveryTest, WorkersRejoinARestartedCoordinator) {
     return absl::InfiniteDuration();
   };
   ASSERT_LT(await_groups(2, absl::Seconds(60)), absl::InfiniteDuration());
-  const std::string before = complete();
+  const std::string before = complete(kRequest);
   ASSERT_FALSE(before.empty());
-  first->Stop(SIGKILL);
-  const absl::Time restart = absl::Now();
+
+  // SIGTERM under load: the requests in flight finish unchanged, new ones get
+  // 503 (and /health too, for load balancers), and the process exits 0.
+  std::vector<std::string> long_requests, undisturbed;
+  for (int i = 0; i < 4; ++i) {
+    long_requests.push_back(absl::StrCat(R"({"prompt": "Drain )", i, R"(", "max_tokens": 100, "temperature": 0})"));
+    undisturbed.push_back(complete(long_requests.back()));
+  }
+  std::vector<std::string> drained(long_requests.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < long_requests.size(); ++i) {
+    clients.emplace_back([&, i] { drained[i] = complete(long_requests[i]); });
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  first.Signal(SIGTERM);
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(client.Post("/v1/completions", kRequest, "application/json")->status, 503);
+  EXPECT_EQ(client.Get("/health")->status, 503);
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(drained, undisturbed);
+  EXPECT_EQ(first.Wait(), 0);
+
+  // SIGKILL: what was in flight is lost with the connection; the workers
+  // register again with the next coordinator.
   ChildProcess second(coordinator);
+  ASSERT_LT(await_groups(2, absl::Seconds(60)), absl::InfiniteDuration());
+  second.Stop(SIGKILL);
+  const absl::Time restart = absl::Now();
+  ChildProcess third(coordinator);
   const absl::Duration back = await_groups(2, absl::Seconds(60));
   ASSERT_LT(back, absl::InfiniteDuration()) << "the workers did not come back to the new coordinator";
   std::cout << "restarted coordinator serving both groups " << absl::FormatDuration(absl::Now() - restart)
             << " after it started" << std::endl;
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(complete(), before) << "request " << i;
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(complete(kRequest), before) << "request " << i;
   std::remove(secret.c_str());
 }
 

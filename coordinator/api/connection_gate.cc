@@ -192,6 +192,13 @@ class ConnectionGate::Lane {
     return true;
   }
 
+  // Waits until no request waits or is served, or `deadline`; whether none is.
+  bool AwaitIdle(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithDeadline(
+        absl::Condition(+[](Lane* lane) { return lane->waiting_.empty() && lane->serving_ == 0; }, this), deadline);
+  }
+
   // Answers the waiting requests 503, lets the served ones end, joins.
   void Stop() {
     std::deque<std::unique_ptr<Connection>> waiting;
@@ -218,6 +225,7 @@ class ConnectionGate::Lane {
         if (waiting_.empty()) return;
         connection = std::move(waiting_.front());
         waiting_.pop_front();
+        ++serving_;
       }
       const bool keep = gate_.serve_(*connection);
       if (keep && !gate_.stopping_) {
@@ -225,6 +233,8 @@ class ConnectionGate::Lane {
       } else {
         gate_.CloseServed(std::move(connection));
       }
+      absl::MutexLock lock(&mu_);
+      --serving_;
     }
   }
 
@@ -233,6 +243,7 @@ class ConnectionGate::Lane {
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Connection>> waiting_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int serving_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::thread> threads_;
 };
 
@@ -302,6 +313,11 @@ void ConnectionGate::Stop() {
   TakeBackReturned();  // connections served while the lanes stopped: closed
   for (int fd : {listen_fd_, epoll_fd_, wake_fd_, spare_fd_}) close(fd);
   listen_fd_ = -1;
+}
+
+bool ConnectionGate::AwaitIdle(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  return request_lane_->AwaitIdle(deadline) && control_lane_->AwaitIdle(deadline);
 }
 
 void ConnectionGate::EventLoop() {

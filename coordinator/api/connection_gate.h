@@ -103,6 +103,10 @@ class ConnectionGate {
   // The listening socket; -1 before Start and after Stop.
   int listening_fd() const { return listen_fd_; }
 
+  // Waits up to `timeout` until no request is waiting for a thread or being
+  // served; whether that came. REQUIRES: started.
+  bool AwaitIdle(absl::Duration timeout);
+
   // Stops accepting; requests still waiting for a thread are answered 503;
   // waits for the ones being served to end (Serve must end them: the caller
   // tells its handlers to stop first), then closes every connection.

@@ -410,6 +410,8 @@ void HttpServer::HandleModels(httplib::Response& res) {
 
 void HttpServer::HandleHealth(httplib::Response& res) {
   const EngineHealth health = engine_.Health();
+  // Readiness probes take a shutting-down server out of rotation.
+  if (health.shutting_down) return ReplyError(res, ToApiError(absl::UnavailableError("the server is shutting down")));
   if (!health.serving) {
     return ReplyError(
         res, ToApiError(absl::UnavailableError(absl::StrCat("no engine group can serve: ", health.live_workers, " of ",

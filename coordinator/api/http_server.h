@@ -52,6 +52,10 @@ class HttpServer {
   absl::Status Start(const std::string& host, int port);
   // The bound port; -1 before Start.
   int port() const { return port_; }
+  // Waits up to `timeout` until no request is being read out or answered
+  // (after the engine has finished them, for a graceful stop); whether that
+  // came.
+  bool AwaitIdle(absl::Duration timeout) { return port_ < 0 || gate_->AwaitIdle(timeout); }
   // Stops accepting, cancels the requests in flight and waits until every
   // connection has closed. Idempotent.
   void Stop();

@@ -29,6 +29,7 @@ struct EngineHealth {
   int32_t total_workers = 0;
   int32_t serving_groups = 0;  // groups that can take requests
   int32_t planned_groups = 0;  // groups the cluster is planned to have (0: not said)
+  bool shutting_down = false;  // new requests are refused while those in flight finish
 };
 
 class Engine {

@@ -118,6 +118,7 @@ absl::StatusOr<int64_t> ServingEngine::Submit(GenerateInput input, UpdateCallbac
   Router::Route route;
   {
     absl::MutexLock lock(&mu_);
+    if (!admitting_) return absl::UnavailableError("the server is shutting down");
     RETURN_IF_ERROR(Validate(input));
     int64_t queued = 0;
     for (const auto& g : groups_) queued += g->alive() ? g->load() : 0;
@@ -248,6 +249,20 @@ std::vector<GroupKvCapacity> ServingEngine::KvCapacity() const {
   return capacity;
 }
 
+void ServingEngine::StopAdmitting() {
+  absl::MutexLock lock(&mu_);  // no Submit is between its check and its queueing
+  admitting_ = false;
+}
+
+int64_t ServingEngine::AwaitIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(
+                           +[](std::map<int64_t, EngineGroup*>* requests) { return requests->empty(); },
+                           &request_group_),
+                       timeout);
+  return static_cast<int64_t>(request_group_.size());
+}
+
 EngineHealth ServingEngine::Health() const {
   absl::MutexLock lock(&mu_);
   EngineHealth health;
@@ -256,6 +271,7 @@ EngineHealth ServingEngine::Health() const {
   }
   health.serving = health.serving_groups > 0;
   health.planned_groups = planned_groups_;
+  health.shutting_down = !admitting_;
   if (registry_ != nullptr) {
     health.live_workers = registry_->num_live();
     health.total_workers = registry_->num_registered();

@@ -67,6 +67,12 @@ class ServingEngine final : public Engine {
   // between two groups and the prefill rate (needs two idle groups; else
   // migration keeps its default of moving whenever another group holds more).
   absl::Status Calibrate(int64_t bytes_per_block);
+  // The start of a graceful shutdown: from now on Submit refuses (Unavailable)
+  // and Health says so, while the requests in flight go on.
+  void StopAdmitting();
+  // Waits up to `timeout` for every request in flight to finish; returns how
+  // many are still running.
+  int64_t AwaitIdle(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
 
   absl::StatusOr<int64_t> Submit(GenerateInput input, UpdateCallback on_update) override;
   void Cancel(int64_t request_id) override;
@@ -98,6 +104,7 @@ class ServingEngine final : public Engine {
   std::map<int64_t, EngineGroup*> request_group_ ABSL_GUARDED_BY(mu_);
   std::set<int32_t> reported_ended_ ABSL_GUARDED_BY(mu_);
   std::atomic<int> planned_groups_{0};
+  std::atomic<bool> admitting_{true};
   std::mt19937_64 seed_rng_ ABSL_GUARDED_BY(mu_){std::random_device{}()};
   // Declared after what its moves use, so that it waits for them before
   // those go.
