@@ -4,10 +4,13 @@
 # a namespace of its own, private addresses 10.77.0.0/24), with client API
 # keys and a cluster secret, under 20 concurrent greedy requests while one
 # fault at a time strikes: a killed worker and its replacement, a hung worker
-# that resumes, a partition, a 1 Mbit/s link, a coordinator restart, and
+# that resumes, a partition, a 1 Mbit/s link, a coordinator stopped gracefully
+# and one killed, each restarted, and
 # calls without credentials. For each: what clients saw (ended well, failed),
 # whether any output differs from an undisturbed run, whether KV blocks leaked,
-# and how long until the planned groups serve again. Prints a Markdown table;
+# and how long until the planned groups serve again; then slowloris sockets
+# and a flood of requests with /health timed throughout (MLASERVE_FLOOD_SLOW,
+# MLASERVE_FLOOD_REQUESTS: 500 and 2,000). Prints a Markdown table;
 # with --record, also writes it to docs/fault_matrix.md.
 #
 # Needs root (network namespaces). Every loop is bounded; everything it made
@@ -164,7 +167,16 @@ summary=$(load "${base[@]}")
 ip netns exec fmw1 tc qdisc del dev fm-w1 root
 row "worker link at 1 Mbit/s" "$summary" "$(await_full 30) s" all
 
-# 5. The coordinator SIGKILLed under load and started again: its in-flight
+# 5. The coordinator told to stop (SIGTERM) under load, as a rolling restart
+# does: its requests in flight finish, then a new one takes the workers.
+load "${base[@]}" >"$work/out" & client=$!
+sleep 1; kill -TERM "${pid[c]}"; wait "${pid[c]}" 2>/dev/null || true
+start_coordinator
+await_full 60 >"$work/full" & watcher=$!
+wait $client $watcher
+row "coordinator SIGTERM and restart (requests in flight)" "$(cat "$work/out")" "$(cat "$work/full") s after the restart" all
+
+# The coordinator SIGKILLed under load and started again: its in-flight
 # requests fail (connection reset), then the workers come back.
 load "${base[@]}" >"$work/out" & client=$!
 sleep 1; kill -9 "${pid[c]}"; wait "${pid[c]}" 2>/dev/null || true
@@ -174,7 +186,28 @@ wait $client $watcher
 row "coordinator SIGKILL and restart (requests in flight)" "$(cat "$work/out")" "$(cat "$work/full") s after the restart" clean
 row "... then load on the restarted coordinator" "$(load "${base[@]}")" "$(await_full 5) s" all
 
-# 6. Calls without credentials.
+# 6. The front end under attack: slowloris sockets held open throughout and a
+# flood of completions at once; /health timed every 100 ms from elsewhere.
+flood=$(in_client python3 tests/faults/flood.py "$url" "$work/api_keys" --slow "${MLASERVE_FLOOD_SLOW:-500}" \
+  --requests "${MLASERVE_FLOOD_REQUESTS:-2000}")
+line=$(python3 - "$flood" "$(blocks_used)" <<'EOF'
+import json, sys
+f = json.loads(sys.argv[1])
+leaked = sys.argv[2]
+s = f["statuses"]
+answers = ", ".join(f"{n} got {k if k != '0' else 'no answer'}" for k, n in sorted(s.items()))
+saw = (f"{f['slow_sockets']} slowloris sockets (cut off with 408 {f['slow_cut_408']} times, reopened) and "
+       f"{f['requests']} requests at once: {answers}; /health every 100 ms: slowest {f['health_max_s']} s, "
+       f"median {f['health_median_s']} s, {f['health_not_200']} not 200")
+ok = set(s) <= {"200", "429"} and f["health_max_s"] < 1.0 and f["health_not_200"] == 0 and leaked == "0"
+print(f"| front end: slowloris and a flood | {saw} | 0 | {leaked} | - | {'pass' if ok else 'FAIL'} |")
+EOF
+)
+rows+=("$line")
+echo "$line"
+[[ $line == *"| pass |" ]] || failed=1
+
+# 7. Calls without credentials.
 no_key=$(in_client curl -s -o /dev/null -w '%{http_code}' -m 5 "$url/v1/models")
 wrong_key=$(in_client curl -s -o /dev/null -w '%{http_code}' -m 5 -H 'Authorization: Bearer nope' "$url/v1/models")
 line="| HTTP without a key / with a wrong key | $no_key / $wrong_key | 0 | $(blocks_used) | - | $([[ $no_key == 401 && $wrong_key == 401 ]] && echo pass || echo FAIL) |"
