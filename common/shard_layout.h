@@ -27,6 +27,7 @@ struct ParallelPlan {
   int group_size() const { return tp * dp_attention; }
   int moe_tp() const { return group_size() / ep; }
   std::string ToString() const;
+  bool operator==(const ParallelPlan&) const = default;
 };
 
 // [begin, end) along one dimension.

@@ -3,12 +3,14 @@
 // timeout -- says so on /health, and returns to both groups once a
 // replacement registers or the hung worker resumes (it is forgotten, registers
 // again and is loaded afresh); a coordinator told to stop finishes what is in
-// flight first, and a restarted one gets its workers back.
+// flight first, and a restarted one gets its workers back, which keep the
+// weights they hold.
 // Each serves the same greedy text as before.
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 
@@ -134,8 +136,12 @@ TEST(RecoveryTest, ACoordinatorStopsGracefullyAndWorkersRejoinTheNext) {
   const int http_port = FreePort(), grpc_port = FreePort(), internal_port = FreePort();
   const std::string secret = absl::StrCat("/tmp/recovery_test_secret_", getpid());
   std::ofstream(secret) << "restart-test-secret\n";
+  // A copy of the model whose weights are cut short once the workers hold
+  // them: loading them again would fail, so the workers must keep theirs.
+  const std::filesystem::path model = absl::StrCat("/tmp/recovery_test_model_", getpid());
+  std::filesystem::copy(kTinyModelDir, model);
   const std::vector<std::string> coordinator = {"coordinator/coordinator",
-                                                absl::StrCat("--model=", kTinyModelDir),
+                                                "--model=" + model.string(),
                                                 absl::StrCat("--http_port=", http_port),
                                                 absl::StrCat("--grpc_port=", grpc_port),
                                                 absl::StrCat("--internal_port=", internal_port),
@@ -180,6 +186,7 @@ TEST(RecoveryTest, ACoordinatorStopsGracefullyAndWorkersRejoinTheNext) {
   ASSERT_LT(await_groups(2, absl::Seconds(60)), absl::InfiniteDuration());
   const std::string before = complete(kRequest);
   ASSERT_FALSE(before.empty());
+  std::filesystem::resize_file(model / "model.safetensors", 1000);
 
   // SIGTERM under load: the requests in flight finish unchanged, new ones get
   // 503 (and /health too, for load balancers), and the process exits 0.
@@ -215,6 +222,7 @@ TEST(RecoveryTest, ACoordinatorStopsGracefullyAndWorkersRejoinTheNext) {
             << " after it started" << std::endl;
   for (int i = 0; i < 3; ++i) EXPECT_EQ(complete(kRequest), before) << "request " << i;
   std::remove(secret.c_str());
+  std::filesystem::remove_all(model);
 }
 
 }  // namespace

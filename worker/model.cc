@@ -60,6 +60,18 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const std::string& dir, Ops
   return std::unique_ptr<Model>(new Model(config, std::move(weights), std::move(rope), ops, layout, shard));
 }
 
+absl::StatusOr<std::unique_ptr<Model>> Model::Rejoin(std::unique_ptr<Model> model, const ModelShard& shard) {
+  if (shard.plan != model->shard_.plan || shard.group_rank != model->shard_.group_rank) {
+    return absl::FailedPreconditionError(absl::StrCat("rank ", shard.group_rank, " of ", shard.plan.ToString(),
+                                                      " holds other weights than rank ", model->shard_.group_rank,
+                                                      " of ", model->shard_.plan.ToString()));
+  }
+  RETURN_IF_ERROR(CheckCommunicator(shard.group, shard.plan.group_size(), "the engine group"));
+  RETURN_IF_ERROR(CheckCommunicator(shard.attention, shard.plan.tp, "the attention replica"));
+  return std::unique_ptr<Model>(new Model(model->config_, std::move(model->weights_), std::move(model->rope_),
+                                          model->ops_, model->layout_, shard));
+}
+
 Model::Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops, const ShardLayout& layout,
              const ModelShard& shard)
     : config_(config),

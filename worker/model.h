@@ -64,6 +64,12 @@ class Model {
   static absl::StatusOr<std::unique_ptr<Model>> LoadRandom(const std::string& dir, Ops& ops, const ModelShard& shard,
                                                            uint64_t seed, WeightsDtype dtype = WeightsDtype::kAuto);
 
+  // `model`'s weights, moved into a model for the group this rank has joined
+  // again, talking through `shard`'s communicators: the old ones may be gone.
+  // Steps recorded for `model` are never replayed for the result.
+  // REQUIRES: `shard` places this rank as `model`'s did (plan and rank).
+  static absl::StatusOr<std::unique_ptr<Model>> Rejoin(std::unique_ptr<Model> model, const ModelShard& shard);
+
   // Runs the batch, writing its latent KV into `cache`, and returns the logits
   // of `batch.logit_rows` where they were computed, in Ops::SampleTokens'
   // layout [tp, rows, vocab slice] (vocabulary slices of the head shards).

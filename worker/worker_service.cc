@@ -67,12 +67,16 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(request.weights_dtype()));
   absl::StatusOr<ModelConfig> config = LoadModelConfig(request.model_dir() + "/config.json");
   if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("model_dir: ", config.status().message()));
-  // A reload replaces everything: the old model goes before its communicators.
+  // A group formed again (after a peer failed, or by a restarted
+  // coordinator) that places this rank as before keeps its weights: reading
+  // them again would take minutes at real sizes. Everything else goes.
+  std::unique_ptr<Model> kept;
+  if (loaded_ && HoldsShard(request) && model_ != nullptr) kept = std::move(model_);
   loaded_ = false;
   sequences_.clear();
   cache_.reset();
   num_blocks_ = 0;
-  model_.reset();
+  model_.reset();  // before its communicators
   comms_ = GroupComms();
   if (plan.group_size() > 1) {
     std::cerr << "worker: joining group " << request.rendezvous_prefix() << " as rank " << request.group_rank()
@@ -96,7 +100,12 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
     ASSIGN_OR_RETURN(free_before_weights, options_.gpu_memory->free_bytes());
   }
   std::unique_ptr<Model> model;
-  if (request.random_weights()) {
+  if (kept != nullptr) {
+    std::cerr << "worker: keeping the weights it holds for rank " << request.group_rank() << " of "
+              << plan.ToString() << "\n";
+    ASSIGN_OR_RETURN(model, Model::Rejoin(std::move(kept), comms_.shard()));
+    free_before_weights += weight_bytes_;  // as if they were loaded now
+  } else if (request.random_weights()) {
     ASSIGN_OR_RETURN(model,
                      Model::LoadRandom(request.model_dir(), *ops_, comms_.shard(), request.random_seed(), dtype));
   } else {
@@ -106,11 +115,24 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
     RETURN_IF_ERROR(MeasureMemory(*model, request, free_before_weights, response->mutable_memory()));
   }
   model_ = std::move(model);
+  loaded_request_ = request;
+  weight_bytes_ = response->memory().weight_bytes();
   vocab_size_ = model_->config().vocab_size;
   bytes_per_block_ = KvBlockBytes(model_->config(), block_size_, ops_->storage_dtype());
   loaded_ = true;
   response->set_bytes_per_block(bytes_per_block_);
   return absl::OkStatus();
+}
+
+bool WorkerService::HoldsShard(const internal::v1::LoadShardRequest& request) const {
+  const internal::v1::LoadShardRequest& held = loaded_request_;
+  absl::StatusOr<WeightsDtype> held_dtype = ParseWeightsDtype(held.weights_dtype());
+  absl::StatusOr<WeightsDtype> dtype = ParseWeightsDtype(request.weights_dtype());
+  return request.model_dir() == held.model_dir() && request.group_rank() == held.group_rank() &&
+         std::max(1, request.tp()) == std::max(1, held.tp()) &&
+         std::max(1, request.dp_attention()) == std::max(1, held.dp_attention()) &&
+         std::max(1, request.ep()) == std::max(1, held.ep()) && request.random_weights() == held.random_weights() &&
+         request.random_seed() == held.random_seed() && held_dtype.ok() && dtype.ok() && *held_dtype == *dtype;
 }
 
 absl::Status WorkerService::MeasureMemory(Model& model, const internal::v1::LoadShardRequest& request,
