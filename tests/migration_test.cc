@@ -170,8 +170,10 @@ TEST(MigrationTest, SourceKilledMidTransferFailsTheTransferCleanly) {
   // The request recomputes what did not arrive, with the same output.
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   EXPECT_EQ(out.ids, SharedOracle().Greedy(prompt, 6));
-  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_failures_total"), 1);
-  EXPECT_EQ((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"recomputed\""), 192);
+  // The migration fails; so may the failover of the busy request, if it
+  // tries the dead group's KV before the worker is declared dead.
+  EXPECT_GE((*cluster)->Metric("mlaserve_kv_transfer_failures_total"), 1);
+  EXPECT_GE((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"recomputed\""), 192);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
 

@@ -103,16 +103,26 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<ClusterShape>& info) { return info.param.name; });
 
 // Two groups of two ranks: killing one rank fails its group; the group's
-// requests go on in the other group, with the output an undisturbed run
-// gives, and new requests go to the surviving group.
+// requests go on in the other group, their KV read from the surviving rank,
+// with the output an undisturbed run gives, and new requests go to the
+// surviving group.
 TEST(ShardedFailureTest, KilledRanksRequestsFinishInTheOtherGroupUnchanged) {
   auto cluster = LocalCluster::Start(kTinyModelDir, 4,
                                      {"--tp=2", "--ep=2", "--heartbeat_timeout_s=1", "--comm_timeout_s=5"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   constexpr int kTokens = 400;
   const std::vector<GrpcOutput> undisturbed = GenerateConcurrently(**cluster, 8, kTokens);
+  const double migrated_before =
+      (*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\"");
+  const double generated_before = (*cluster)->Metric("mlaserve_generation_tokens_total");
   const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, 8, kTokens, [&] {
-    absl::SleepFor(absl::Milliseconds(800));
+    // Once each request has about 100 tokens, a whole 64-token block of KV
+    // on the killed rank's peer to move.
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while ((*cluster)->Metric("mlaserve_generation_tokens_total") - generated_before < 8 * 100 &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
     EXPECT_TRUE((*cluster)->KillWorker(0));
   });
   for (size_t i = 0; i < outputs.size(); ++i) {
@@ -120,6 +130,9 @@ TEST(ShardedFailureTest, KilledRanksRequestsFinishInTheOtherGroupUnchanged) {
     EXPECT_EQ(outputs[i].ids, undisturbed[i].ids) << "request " << i;
   }
   EXPECT_GT((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0);
+  // The killed rank's peer held the same latent KV: it moved rather than
+  // being recomputed.
+  EXPECT_GT((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\""), migrated_before);
   ExpectStillServing(**cluster, 3);
 }
 

@@ -140,6 +140,12 @@ int32_t WorkerRegistry::num_live() const {
   return n;
 }
 
+bool WorkerRegistry::IsLive(int32_t worker_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(worker_id);
+  return it != workers_.end() && it->second.alive;
+}
+
 std::vector<std::pair<WorkerInfo, bool>> WorkerRegistry::List() const {
   absl::MutexLock lock(&mu_);
   std::vector<std::pair<WorkerInfo, bool>> out;

@@ -57,6 +57,8 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
   // told so (and it exits), and no death is reported.
   void Retire(int32_t worker_id);
   int32_t num_live() const;
+  // Whether `worker_id` is registered and not declared dead or retired.
+  bool IsLive(int32_t worker_id) const;
   // Every registered worker with whether it is live, by id.
   std::vector<std::pair<WorkerInfo, bool>> List() const;
   int32_t num_registered() const;

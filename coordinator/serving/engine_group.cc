@@ -288,7 +288,7 @@ absl::Duration EngineGroup::Postprocess(const LaunchedStep& step) {
         if (sample.reason != FinishReason::kNone) {
           Finish(seq, sample.reason, absl::OkStatus(), &update);
         } else if (options_.role == GroupRole::kPrefill && seq.num_known_output() == 1) {
-          moves.push_back(MoveOut(static_cast<int>(r), &seq, /*keep_kv=*/true));
+          moves.push_back(MoveOut(static_cast<int>(r), &seq, seq.num_computed));
         }
         updates.push_back({seq.on_update, std::move(update)});
       }
@@ -340,14 +340,12 @@ void EngineGroup::Deliver(std::vector<Update> updates, std::vector<OutgoingMove>
   }
 }
 
-EngineGroup::OutgoingMove EngineGroup::MoveOut(int r, Sequence* seq, bool keep_kv) {
+EngineGroup::OutgoingMove EngineGroup::MoveOut(int r, Sequence* seq, int64_t kv_tokens) {
   Replica& replica = *replicas_[r];
   OutgoingMove out;
   out.hold.replica = r;
-  if (keep_kv) {
-    const int64_t whole_blocks = seq->num_computed / options_.block_size;
-    out.hold.blocks.assign(seq->block_table.begin(), seq->block_table.begin() + whole_blocks);
-  }
+  const int64_t whole_blocks = kv_tokens / options_.block_size;
+  out.hold.blocks.assign(seq->block_table.begin(), seq->block_table.begin() + whole_blocks);
   // The hold keeps the KV once the sequence lets go of its table; Remove
   // leaves the sequence as if preempted, ready to resume elsewhere.
   if (absl::Status held = replica.blocks.Acquire(out.hold.blocks); !held.ok()) {
@@ -363,7 +361,7 @@ std::vector<EngineGroup::OutgoingMove> EngineGroup::MoveOutAll() {
   std::vector<OutgoingMove> out;
   for (size_t r = 0; r < replicas_.size(); ++r) {
     for (Sequence* seq : replicas_[r]->scheduler.sequences()) {
-      out.push_back(MoveOut(static_cast<int>(r), seq, /*keep_kv=*/true));
+      out.push_back(MoveOut(static_cast<int>(r), seq, seq->num_computed));  // no step is in flight
     }
   }
   return out;
@@ -379,7 +377,11 @@ std::vector<EngineGroup::OutgoingMove> EngineGroup::FailOverAll(std::vector<std:
         continue;
       }
       ++seq->failovers;
-      out.push_back(MoveOut(static_cast<int>(r), seq, /*keep_kv=*/false));
+      // Every rank of a replica holds its latent KV: where one is still
+      // alive, what steps that came back wrote moves (steps in flight when
+      // the group failed may have written part of theirs, past it); the rest
+      // is recomputed.
+      out.push_back(MoveOut(static_cast<int>(r), seq, seq->num_written));
     }
   }
   return out;

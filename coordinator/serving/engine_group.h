@@ -186,13 +186,15 @@ class EngineGroup {
   // On the callback thread: runs the requests' update callbacks, then the
   // move callback.
   void Deliver(std::vector<Update> updates, std::vector<OutgoingMove> moves) ABSL_LOCKS_EXCLUDED(mu_);
-  // Takes `seq` out of `replica` to move to another group, holding its
-  // computed whole blocks when `keep_kv` (else it is recomputed there).
-  OutgoingMove MoveOut(int replica, Sequence* seq, bool keep_kv) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes `seq` out of `replica` to move to another group, holding the
+  // whole blocks of its first `kv_tokens` tokens (their KV moves; the rest is
+  // recomputed there).
+  // REQUIRES: the KV of those tokens is written (no step in flight writes it).
+  OutgoingMove MoveOut(int replica, Sequence* seq, int64_t kv_tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<OutgoingMove> MoveOutAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A failed group's requests, taken out to go on in other groups: each is
-  // recomputed there from what its client has seen (the failed step may have
-  // written part of its KV, so none is copied), at most kMaxFailovers times,
+  // A failed group's requests, taken out to go on in other groups from what
+  // their clients have seen: with the KV that steps which came back wrote
+  // (read from a rank still alive, else recomputed), at most kMaxFailovers times,
   // so that a request that breaks groups cannot take them all down; those past
   // it go to `exhausted`, to end with the failure.
   std::vector<OutgoingMove> FailOverAll(std::vector<std::unique_ptr<Sequence>>* exhausted)

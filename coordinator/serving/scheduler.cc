@@ -31,6 +31,7 @@ void Scheduler::ReleaseBlocks(Sequence* seq) {
   ReportBookkeepingError(blocks_.Release(seq->block_table));
   seq->block_table.clear();
   seq->num_computed = 0;
+  seq->num_written = 0;
   if (seq->on_workers) released_.push_back(seq->id);
   seq->on_workers = false;
   seq->blocks_on_workers = 0;
@@ -143,6 +144,7 @@ void Scheduler::CacheKnown(const Sequence& seq) {
 FinishReason Scheduler::Apply(Sequence& seq, int64_t position, int32_t token, std::string* text) {
   seq.tokens[position] = token;
   --seq.pending_samples;
+  seq.num_written = position;
   // Samples resolve in launch order, so this was the first placeholder and
   // everything before it is known now.
   const int64_t known_before = position;

@@ -28,6 +28,9 @@ struct Sequence {
   std::vector<int32_t> tokens;
   int64_t prompt_len = 0;
   int64_t num_computed = 0;     // leading tokens whose KV is in the cache or being computed
+  // Leading tokens whose KV a step that came back wrote: known when the
+  // sample it returned arrives (a step computing up to position p samples p).
+  int64_t num_written = 0;
   int64_t pending_samples = 0;  // samples launched and not yet known
   bool last_sample_launched = false;  // a launched sample will end it: schedule no more
   // What its group's workers know of it: whether they hold its state, and

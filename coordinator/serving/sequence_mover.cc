@@ -70,18 +70,33 @@ void SequenceMover::RunMove(EngineGroup* from, std::unique_ptr<Sequence> seq, Bl
 absl::Status SequenceMover::MigrateBlocks(EngineGroup* from, const BlockHold& hold,
                                           const std::vector<int32_t>& tokens, EngineGroup* to) {
   const int64_t num_tokens = static_cast<int64_t>(hold.blocks.size()) * from->block_size();
+  // Every rank of the replica holds its KV. A failed group's is read from
+  // the first rank that answers, among those not declared dead (a dead one
+  // refuses at once; a hung one is declared dead by its silence).
+  std::vector<WorkerInfo> sources = from->ReplicaWorkers(hold.replica);
+  if (from->failed() && registry_ != nullptr) {
+    std::erase_if(sources, [this](const WorkerInfo& w) { return !registry_->IsLive(w.id); });
+  }
   absl::StatusOr<BlockHold> reserved = to->Reserve(static_cast<int64_t>(hold.blocks.size()));
   absl::Status status = reserved.status();
   if (reserved.ok()) {
-    status = transfer_.Copy({from->ReplicaWorkers(hold.replica), hold.blocks},
-                            {to->ReplicaWorkers(reserved->replica), reserved->blocks});
+    status = absl::UnavailableError("no rank holding the KV is alive");
+    for (const WorkerInfo& source : sources) {
+      status = transfer_.Copy({{source}, hold.blocks}, {to->ReplicaWorkers(reserved->replica), reserved->blocks});
+      if (status.ok() || !from->failed()) break;
+    }
     if (status.ok()) to->CommitPrefix(*reserved, tokens);
-    to->Release(*reserved);  // committed blocks stay cached; the others go back to the free list
   }
+  if (reserved.ok()) to->Release(*reserved);  // committed blocks stay cached; the others go back to the free list
   from->Release(hold);
   metrics_.AddRemotePrefixTokens(status.ok() ? "migrated" : "recomputed", static_cast<double>(num_tokens));
   if (!status.ok()) std::cerr << "coordinator: KV migration failed, recomputing instead: " << status << "\n";
   return status;
+}
+
+bool SequenceMover::MovesFrom(const EngineGroup* group) {
+  absl::MutexLock lock(&mu_);
+  return moves_.count(group) > 0;
 }
 
 bool SequenceMover::CancelIfMoving(int64_t request_id) {

@@ -59,6 +59,9 @@ class SequenceMover {
   // cancellation is applied once it arrives, if `request_id` is moving.
   bool CancelIfMoving(int64_t request_id) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Whether moves out of `group` are under way (they may still read its KV).
+  bool MovesFrom(const EngineGroup* group) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Blocks until no move or drain is under way.
   void WaitIdle() ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -48,8 +48,9 @@ ServingEngine::GroupCensus ServingEngine::TakeCensus() {
   GroupCensus census;
   for (const auto& group : groups_) {
     if (group->alive()) ++census.serving_groups;
-    // A draining group's workers still hold its KV until they are retired.
-    if (!group->failed()) {
+    // A draining group's workers still hold its KV until they are retired; a
+    // failed group's, while its requests' KV is read out of the survivors.
+    if (!group->failed() || mover_.MovesFrom(group.get())) {
       for (const WorkerInfo& w : group->workers()) census.busy_workers.insert(w.id);
     }
     if (!group->alive() && reported_ended_.insert(group->id()).second) census.newly_ended.push_back(group->id());
