@@ -71,12 +71,20 @@ void HandleSignal(int sig) {
   if (sig == SIGTERM) g_terminated = 1;
 }
 
+// Who the coordinator took this worker for when it registered.
+struct Registration {
+  int32_t worker_id = -1;
+  uint64_t incarnation = 0;
+};
+
 // Whether the coordinator took the drain request.
-bool RequestDrain(internal::v1::Coordinator::Stub& stub, int worker_id) {
+bool RequestDrain(internal::v1::Coordinator::Stub& stub, const Registration& registration) {
+  const int32_t worker_id = registration.worker_id;
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   internal::v1::DrainRequest request;
   request.set_worker_id(worker_id);
+  request.set_incarnation(registration.incarnation);
   internal::v1::DrainResponse response;
   grpc::Status status = stub.Drain(&context, request, &response);
   if (!status.ok()) std::cerr << "worker " << worker_id << ": drain refused: " << status.error_message() << "\n";
@@ -111,8 +119,8 @@ absl::StatusOr<int64_t> MemoryBytes(int gpu) {
 }
 
 // Registers, retrying with backoff (200 ms doubling to 5 s) for `timeout`;
-// the worker id, or -1.
-int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address, int64_t memory_bytes,
+// nothing if that fails.
+std::optional<Registration> RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address, int64_t memory_bytes,
                       const std::string& gpu_uuid, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   absl::Duration backoff = absl::Milliseconds(200);
@@ -127,11 +135,11 @@ int RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& 
     request.set_gpu_uuid(gpu_uuid);
     internal::v1::RegisterResponse response;
     grpc::Status status = stub.Register(&context, request, &response);
-    if (status.ok()) return response.worker_id();
+    if (status.ok()) return Registration{response.worker_id(), response.incarnation()};
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(5));
   }
-  return -1;
+  return std::nullopt;
 }
 
 // Why heartbeating stopped; kForgotten and kUnreachable register again.
@@ -153,7 +161,8 @@ const char* StopReason(Stop stop) {
 }
 
 // Heartbeats until told to stop; returns why it stopped.
-Stop Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
+Stop Heartbeat(internal::v1::Coordinator::Stub& stub, const Registration& registration) {
+  const int32_t worker_id = registration.worker_id;
   absl::Time last_contact = absl::Now();
   const absl::Duration interval = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_interval_s));
   const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s));
@@ -163,7 +172,7 @@ Stop Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
   while (true) {
     if (g_signalled > (draining ? 1 : 0)) {
       // SIGTERM (once) drains first; anything else stops now.
-      if (draining || !g_terminated || !RequestDrain(stub, worker_id)) return Stop::kSignalled;
+      if (draining || !g_terminated || !RequestDrain(stub, registration)) return Stop::kSignalled;
       draining = true;
       drain_deadline = absl::Now() + drain_timeout;
       std::cerr << "worker " << worker_id << ": draining\n";
@@ -173,6 +182,7 @@ Stop Heartbeat(internal::v1::Coordinator::Stub& stub, int worker_id) {
     context.set_deadline(absl::ToChronoTime(absl::Now() + interval * 4));
     internal::v1::HeartbeatRequest request;
     request.set_worker_id(worker_id);
+    request.set_incarnation(registration.incarnation);
     internal::v1::HeartbeatResponse response;
     if (stub.Heartbeat(&context, request, &response).ok()) {
       if (!response.known()) return draining || response.retired() ? Stop::kDrained : Stop::kForgotten;
@@ -258,11 +268,12 @@ int Main(int argc, char** argv) {
     }
     gpu_uuid = *uuid;
   }
-  int worker_id = RegisterWithRetry(*stub, address, *memory, gpu_uuid,
-                                    absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s)));
-  while (worker_id >= 0) {
+  std::optional<Registration> registration = RegisterWithRetry(
+      *stub, address, *memory, gpu_uuid, absl::Seconds(absl::GetFlag(FLAGS_coordinator_timeout_s)));
+  while (registration.has_value()) {
+    const int32_t worker_id = registration->worker_id;
     std::cerr << "worker " << worker_id << ": serving on " << address << "\n";
-    const Stop stop = Heartbeat(*stub, worker_id);
+    const Stop stop = Heartbeat(*stub, *registration);
     if (stop != Stop::kForgotten && stop != Stop::kUnreachable) {
       std::cerr << "worker " << worker_id << ": stopping (" << StopReason(stop) << ")\n";
       server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -270,8 +281,8 @@ int Main(int argc, char** argv) {
     }
     // Its weights stay loaded; the coordinator decides what it serves next.
     std::cerr << "worker " << worker_id << ": " << StopReason(stop) << "; registering again\n";
-    worker_id = RegisterWithRetry(*stub, address, *memory, gpu_uuid,
-                                  absl::Seconds(absl::GetFlag(FLAGS_reregister_timeout_s)));
+    registration = RegisterWithRetry(*stub, address, *memory, gpu_uuid,
+                                     absl::Seconds(absl::GetFlag(FLAGS_reregister_timeout_s)));
   }
   std::cerr << "worker: could not register with " << absl::GetFlag(FLAGS_coordinator) << "\n";
   server->Shutdown();

@@ -42,7 +42,9 @@ grpc::Status WorkerRegistry::Register(grpc::ServerContext* context, const intern
                 std::shared_ptr<internal::v1::Worker::Stub>(internal::v1::Worker::NewStub(channel)), request->pid(),
                 request->gpu_uuid()};
   entry.last_seen = absl::Now();
+  entry.incarnation = absl::Uniform<uint64_t>(incarnations_);
   response->set_worker_id(id);
+  response->set_incarnation(entry.incarnation);
   std::cerr << "coordinator: worker " << id << " registered at " << request->address() << "\n";
   return grpc::Status::OK;
 }
@@ -52,10 +54,11 @@ grpc::Status WorkerRegistry::Heartbeat(grpc::ServerContext* context, const inter
   if (grpc::Status denied = CheckCaller(callers_, *context); !denied.ok()) return denied;
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(request->worker_id());
-  const bool known = it != workers_.end() && it->second.alive;
+  const bool same = it != workers_.end() && it->second.incarnation == request->incarnation();
+  const bool known = same && it->second.alive;
   if (known) it->second.last_seen = absl::Now();
   response->set_known(known);
-  response->set_retired(it != workers_.end() && it->second.retired);
+  response->set_retired(same && it->second.retired);
   return grpc::Status::OK;
 }
 
@@ -90,6 +93,11 @@ grpc::Status WorkerRegistry::Drain(grpc::ServerContext* context, const internal:
   std::function<absl::Status(int32_t)> callback;
   {
     absl::MutexLock lock(&mu_);
+    auto it = workers_.find(request->worker_id());
+    if (it == workers_.end() || it->second.incarnation != request->incarnation()) {
+      return ToGrpcStatus(absl::NotFoundError(absl::StrCat("this coordinator did not register worker ",
+                                                           request->worker_id(), " as the caller")));
+    }
     callback = on_drain_;
   }
   if (!callback) return ToGrpcStatus(absl::FailedPreconditionError("this coordinator cannot drain workers now"));

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -69,6 +70,7 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
     absl::Time last_seen;
     bool alive = true;
     bool retired = false;  // let go after a drain (not alive either)
+    uint64_t incarnation = 0;  // RegisterResponse's
   };
   void Monitor();
 
@@ -79,6 +81,7 @@ class WorkerRegistry final : public internal::v1::Coordinator::Service {
   std::function<void(int32_t)> on_death_ ABSL_GUARDED_BY(mu_);
   std::function<absl::Status(int32_t)> on_drain_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::BitGen incarnations_ ABSL_GUARDED_BY(mu_);
   std::thread monitor_;
 };
 

@@ -96,9 +96,12 @@ await_full() {
   done
   echo never
 }
+# KV blocks held; "unreachable" (a failed row, with the logs) when the
+# coordinator does not answer.
 blocks_used() {
-  in_client curl -s -m 2 "$url/metrics" |
-    awk '/^mlaserve_kv_blocks_used/ {s += $2} END {print s + 0}'
+  local metrics
+  metrics=$(in_client curl -s -m 2 "$url/metrics") || { echo unreachable; return; }
+  awk '/^mlaserve_kv_blocks_used/ {s += $2} END {print s + 0}' <<<"$metrics"
 }
 load() {  # extra load.py flags
   in_client python3 tests/faults/load.py "$url" "$work/api_keys" --prompts 20 --max_tokens 150 "$@"
