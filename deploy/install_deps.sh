@@ -9,7 +9,10 @@ PACKAGES=(
   libre2-dev nlohmann-json3-dev libcpp-httplib-dev libgloo-dev
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev gnuplot-nox
   clang-16 libclang-rt-16-dev libomp-16-dev iproute2 curl python3
+  python3-yaml python3-kubernetes prometheus debootstrap
 )
+# kubectl: Debian's kubernetes-client, unless one is installed already.
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
