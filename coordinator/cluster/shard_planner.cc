@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 
 namespace mlaserve {
@@ -28,10 +29,6 @@ absl::StatusOr<ParallelPlan> PlanForGroup(const ModelConfig& config, int size, i
   ParallelPlan plan;
   plan.dp_attention = dp_attention;
   plan.tp = size / dp_attention;
-  if (request.tp > 0 && request.tp != plan.tp) {
-    return absl::InvalidArgumentError(absl::StrCat("tp=", request.tp, " x dp_attention=", dp_attention,
-                                                   " does not make a group of ", size));
-  }
   if (request.ep > 0) {
     plan.ep = request.ep;
   } else if (config.n_routed_experts > 0) {
@@ -87,13 +84,14 @@ absl::StatusOr<RankBudget> BudgetRank(const ModelConfig& config, const ParallelP
 
 std::vector<absl::StatusOr<ParallelPlan>> CandidatePlans(const ModelConfig& config, int workers,
                                                          const PlanRequest& request) {
-  const bool fixed = request.tp > 0 || request.dp_attention > 0;
-  const int fixed_size = std::max(1, request.tp) * std::max(1, request.dp_attention);
   std::vector<absl::StatusOr<ParallelPlan>> plans;
   for (int size = 1; size <= workers; ++size) {
-    if (workers % size != 0 || (fixed && size != fixed_size)) continue;
+    if (workers % size != 0) continue;
     for (int dp = 1; dp <= size; ++dp) {
-      if (size % dp != 0 || (fixed && dp != std::max(1, request.dp_attention))) continue;
+      if (size % dp != 0) continue;
+      if ((request.tp > 0 && size / dp != request.tp) || (request.dp_attention > 0 && dp != request.dp_attention)) {
+        continue;
+      }
       plans.push_back(PlanForGroup(config, size, dp, request));
     }
   }
@@ -108,29 +106,32 @@ absl::StatusOr<ClusterPlan> PlanCluster(const ModelConfig& config, const std::ve
   for (int64_t m : worker_memory_bytes) {
     if (m > 0) memory = memory == 0 ? m : std::min(memory, m);
   }
-  std::string why_not;
+  // Why each candidate failed, once each: a refusal names them all.
+  std::vector<std::string> why_not;
+  auto refuse = [&why_not](std::string reason) {
+    if (std::find(why_not.begin(), why_not.end(), reason) == why_not.end()) why_not.push_back(std::move(reason));
+  };
   for (const absl::StatusOr<ParallelPlan>& plan : CandidatePlans(config, workers, request)) {
     if (!plan.ok()) {
-      why_not = std::string(plan.status().message());
+      refuse(std::string(plan.status().message()));
       continue;
     }
     ASSIGN_OR_RETURN(const RankBudget budget, BudgetRank(config, *plan, memory, request));
     if (memory > 0 && budget.needed_bytes() > UsableBytes(memory, request)) {
-      why_not = absl::StrCat("plan ", plan->ToString(), " needs ", GiB(budget.needed_bytes()), " GiB per rank (",
-                             GiB(budget.weight_bytes), " weights, ", GiB(budget.reserve_bytes), " reserve, ",
-                             GiB(budget.needed_kv_bytes), " KV for ", KvDemand(*plan, request), "), workers offer ",
-                             GiB(UsableBytes(memory, request)), " GiB (", request.memory_utilization, " of ",
-                             GiB(memory), ")");
+      refuse(absl::StrCat("plan ", plan->ToString(), " needs ", GiB(budget.needed_bytes()), " GiB per rank (",
+                          GiB(budget.weight_bytes), " weights, ", GiB(budget.reserve_bytes), " reserve, ",
+                          GiB(budget.needed_kv_bytes), " KV for ", KvDemand(*plan, request), "), workers offer ",
+                          GiB(UsableBytes(memory, request)), " GiB (", request.memory_utilization, " of ", GiB(memory),
+                          ")"));
       continue;
     }
     return ClusterPlan{*plan, workers / plan->group_size(), budget};
   }
-  const int fixed_size = std::max(1, request.tp) * std::max(1, request.dp_attention);
-  if ((request.tp > 0 || request.dp_attention > 0) && workers % fixed_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(workers, " workers cannot form groups of tp=", std::max(1, request.tp),
-                                                   " x dp_attention=", std::max(1, request.dp_attention)));
+  if (why_not.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(workers, " workers cannot form groups of tp=", request.tp,
+                                                   " x dp_attention=", request.dp_attention, " (0: any)"));
   }
-  return absl::InvalidArgumentError(absl::StrCat("no plan fits ", workers, " workers: ", why_not));
+  return absl::InvalidArgumentError(absl::StrCat("no plan fits ", workers, " workers: ", absl::StrJoin(why_not, "; ")));
 }
 
 }  // namespace mlaserve

@@ -37,8 +37,8 @@ namespace mlaserve {
 inline constexpr int64_t kGpuReserveBytes = int64_t{4} << 30;
 
 struct PlanRequest {
-  int tp = 0;            // 0: planner's choice (1 when dp_attention is given)
-  int dp_attention = 0;  // 0: planner's choice (1 when tp is given)
+  int tp = 0;            // 0: planner's choice
+  int dp_attention = 0;  // 0: planner's choice
   int ep = 0;            // 0: planner's choice
   WeightFormat weights;  // as the workers keep them
   // The share of each worker's memory that weights, reserve and KV may fill.
@@ -89,7 +89,8 @@ absl::StatusOr<RankBudget> BudgetRank(const ModelConfig& config, const ParallelP
                                       const PlanRequest& request);
 
 // `worker_memory_bytes` has one entry per worker; 0 means unknown (assumed
-// to fit). InvalidArgument with the reason when no plan fits.
+// to fit). InvalidArgument when no plan fits, naming why each candidate
+// failed.
 absl::StatusOr<ClusterPlan> PlanCluster(const ModelConfig& config, const std::vector<int64_t>& worker_memory_bytes,
                                         const PlanRequest& request);
 

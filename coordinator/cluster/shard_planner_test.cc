@@ -115,3 +115,81 @@ TEST(ShardPlannerTest, UserChoicesAreHonouredOrRefusedWithTheReason) {
 
 }  // namespace
 }  // namespace mlaserve
+
+namespace mlaserve {
+namespace {
+
+// Every plan of `workers` workers, found by trying every degree: whether one
+// is valid for `c` and, with `memory` known, fits it.
+bool SomePlanFits(const ModelConfig& c, int workers, int64_t memory, const PlanRequest& request) {
+  for (int size = 1; size <= workers; ++size) {
+    if (workers % size != 0) continue;
+    for (int dp = 1; dp <= size; ++dp) {
+      if (size % dp != 0) continue;
+      const int tp = size / dp;
+      if ((request.tp > 0 && request.tp != tp) || (request.dp_attention > 0 && request.dp_attention != dp)) continue;
+      for (int ep = 1; ep <= size; ++ep) {
+        if (request.ep > 0 && ep != request.ep) continue;
+        const ParallelPlan plan{tp, dp, ep};
+        if (!ValidatePlan(c, plan).ok()) continue;
+        if (memory == 0) return true;
+        absl::StatusOr<RankBudget> budget = BudgetRank(c, plan, memory, request);
+        if (budget.ok() && budget->needed_bytes() <= memory) return true;
+      }
+    }
+  }
+  return false;
+}
+
+// Odd head, expert and worker counts, each degree left to the planner or
+// fixed: whenever some plan fits, one is chosen (and fits); a refusal names
+// why every candidate failed.
+TEST(ShardPlannerTest, FindsAPlanWheneverOneFitsAndNamesEveryFailure) {
+  const ModelConfig base = Config();
+  int chosen = 0, refused = 0;
+  for (int heads : {1, 3, 5, 7, 10, 12}) {
+    for (int experts : {0, 3, 6, 10, 16}) {
+      ModelConfig c = base;
+      c.num_attention_heads = heads;
+      c.n_routed_experts = experts;
+      if (experts == 0) c.n_shared_experts = 0;
+      c.num_experts_per_tok = std::min<int64_t>(c.num_experts_per_tok, std::max(1, experts));
+      const int64_t whole = WholeModelBytes(c);
+      for (int workers = 1; workers <= 16; ++workers) {
+        for (int64_t memory : {int64_t{0}, whole * 6 / 10, whole / 5}) {
+          for (PlanRequest request : {PlanRequest{}, PlanRequest{.ep = 2}, PlanRequest{.dp_attention = 2},
+                                      PlanRequest{.tp = 2, .ep = 4}}) {
+            const std::string where = absl::StrCat(heads, " heads, ", experts, " experts, ", workers,
+                                                   " workers of ", memory, " bytes, tp=", request.tp,
+                                                   " dp_attention=", request.dp_attention, " ep=", request.ep);
+            absl::StatusOr<ClusterPlan> plan = PlanCluster(c, std::vector<int64_t>(workers, memory), request);
+            if (SomePlanFits(c, workers, memory, request)) {
+              ASSERT_TRUE(plan.ok()) << where << ": " << plan.status();
+              EXPECT_TRUE(ValidatePlan(c, plan->plan).ok()) << where;
+              EXPECT_EQ(plan->num_groups * plan->plan.group_size(), workers) << where;
+              if (memory > 0) EXPECT_LE(plan->rank.needed_bytes(), memory) << where;
+              ++chosen;
+              continue;
+            }
+            ASSERT_FALSE(plan.ok()) << where << ": chose " << plan->ToString();
+            ++refused;
+            for (const absl::StatusOr<ParallelPlan>& candidate : CandidatePlans(c, workers, request)) {
+              if (!candidate.ok()) {
+                EXPECT_NE(plan.status().message().find(candidate.status().message()), std::string::npos)
+                    << where << ": " << plan.status() << " does not say " << candidate.status();
+              } else {
+                EXPECT_NE(plan.status().message().find(candidate->ToString()), std::string::npos)
+                    << where << ": " << plan.status() << " does not name " << candidate->ToString();
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(chosen, 0);
+  EXPECT_GT(refused, 0);
+}
+
+}  // namespace
+}  // namespace mlaserve
