@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything (CUDA sources included), runs every test that needs no GPU,
 # checks the deployment (manifests, scrape config, the image's filesystem),
+# runs the scaling benchmark on small CPU clusters,
 # runs the fault matrix over network-namespace hosts when it can (root), then
 # fuzzes each fuzz target briefly with libFuzzer (MLASERVE_FUZZ_SECONDS each,
 # default 15; 0 skips it).
@@ -10,6 +11,12 @@ deploy/install_deps.sh
 bazel build //...
 bazel test //... "$@"
 deploy/check_deploy.sh
+# The scaling benchmark's smoke run: CPU workers, 1, 2 and 4 of them, a DP and an EP plan.
+scale_out=$(mktemp -d /tmp/mlaserve-scale.XXXXXX)
+bazel run //:scale_bench -- --model tests/testdata/tiny-deepseek-v3 --workers 1,2,4 --plans dp,ep \
+  --out "$scale_out" --requests_per_worker 4 --input_len 32 --output_len 8
+[[ $(grep -c ',ok,' "$scale_out/scale.csv") == 6 && -s "$scale_out/throughput.png" && -s "$scale_out/efficiency.png" ]]
+rm -rf "$scale_out"
 if [[ $(id -u) -eq 0 ]]; then
   tests/faults/fault_matrix.sh
 else
