@@ -1,10 +1,5 @@
 #include "coordinator/api/connection_gate.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <memory>
 #include <string>
@@ -19,84 +14,13 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "coordinator/api/raw_http_client.h"
 
 namespace mlaserve {
 namespace {
 
 using ::testing::HasSubstr;
 
-// One client socket, with blocking reads bounded by a deadline.
-class Client {
- public:
-  explicit Client(int port) : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(port);
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-  }
-  ~Client() { close(fd_); }
-  Client(const Client&) = delete;
-  Client& operator=(const Client&) = delete;
-
-  bool connected() const { return connected_; }
-  bool Send(const std::string& bytes) { return send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()); }
-
-  struct Response {
-    int status = 0;  // 0: none came
-    std::string head;
-    std::string body;
-  };
-  // The next response (1xx ones skipped), read within `timeout`.
-  Response Next(absl::Duration timeout = absl::Seconds(5)) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (true) {
-      const size_t head_end = pending_.find("\r\n\r\n");
-      if (head_end != std::string::npos) {
-        Response response;
-        response.head = pending_.substr(0, head_end);
-        absl::SimpleAtoi(response.head.substr(9, 3), &response.status);
-        size_t length = 0;
-        const size_t at = response.head.find("Content-Length: ");
-        if (at != std::string::npos) absl::SimpleAtoi(response.head.substr(at + 16, response.head.find("\r\n", at) - at - 16), &length);
-        if (pending_.size() >= head_end + 4 + length) {
-          response.body = pending_.substr(head_end + 4, length);
-          pending_.erase(0, head_end + 4 + length);
-          if (response.status >= 100 && response.status < 200) continue;
-          return response;
-        }
-      }
-      if (!ReadSome(deadline)) return {};
-    }
-  }
-  // Whether the server closed the connection within `timeout` (bytes still
-  // coming before the close are dropped).
-  bool ClosedWithin(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (ReadSome(deadline)) pending_.clear();
-    return closed_;
-  }
-
- private:
-  bool ReadSome(absl::Time deadline) {
-    const int64_t wait = absl::ToInt64Milliseconds(deadline - absl::Now());
-    pollfd ready{fd_, POLLIN, 0};
-    if (wait <= 0 || poll(&ready, 1, static_cast<int>(wait)) != 1) return false;
-    char chunk[4096];
-    const ssize_t n = recv(fd_, chunk, sizeof(chunk), 0);
-    if (n <= 0) {
-      closed_ = true;
-      return false;
-    }
-    pending_.append(chunk, n);
-    return true;
-  }
-
-  const int fd_;
-  bool connected_ = false;
-  bool closed_ = false;
-  std::string pending_;
-};
 
 std::string Get(const std::string& path) { return absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: x\r\n\r\n"); }
 std::string Post(const std::string& path, const std::string& body) {
@@ -138,7 +62,7 @@ class ConnectionGateTest : public ::testing::Test {
 
 TEST_F(ConnectionGateTest, ServesWholeRequestsOneByOneOnAConnection) {
   Start(GateOptions{});
-  Client client(port_);
+  RawHttpClient client(port_);
   ASSERT_TRUE(client.connected());
   // Pipelined: both requests in one write; each reaches Serve alone and whole.
   const std::string first = Post("/a", "0123456789");
@@ -191,15 +115,15 @@ TEST_F(ConnectionGateTest, AnswersBadRequestsItselfAndCloses) {
       {"GET /a HTTP/1.1\r\nno colon here\r\n\r\n", 400, "colon"},
   };
   for (const auto& c : cases) {
-    Client client(port_);
+    RawHttpClient client(port_);
     ASSERT_TRUE(client.Send(c.request));
-    const Client::Response response = client.Next();
+    const RawHttpClient::Response response = client.Next();
     EXPECT_EQ(response.status, c.status) << c.request.substr(0, 80);
     EXPECT_THAT(response.body, HasSubstr(c.message)) << c.request.substr(0, 80);
     EXPECT_THAT(response.head, HasSubstr("Connection: close"));
     EXPECT_TRUE(client.ClosedWithin(absl::Seconds(3))) << c.request.substr(0, 80);
   }
-  Client client(port_);
+  RawHttpClient client(port_);
   ASSERT_TRUE(client.Send(Get("/still/serving")));
   EXPECT_EQ(client.Next().status, 200);
 }
@@ -211,22 +135,22 @@ TEST_F(ConnectionGateTest, SlowClientsCostNoThreadAndAreCutOff) {
   options.body_timeout = absl::Milliseconds(600);
   Start(options);
   // Slowloris: headers a byte at a time, never ending; and a body that stops.
-  std::vector<std::unique_ptr<Client>> slow;
+  std::vector<std::unique_ptr<RawHttpClient>> slow;
   for (int i = 0; i < 40; ++i) {
-    slow.push_back(std::make_unique<Client>(port_));
+    slow.push_back(std::make_unique<RawHttpClient>(port_));
     ASSERT_TRUE(slow.back()->Send(i % 2 == 0 ? "GET / HTTP/1.1\r\nX-a: " : "POST /b HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"));
   }
   const absl::Time start = absl::Now();
   for (int tick = 0; tick < 3; ++tick) {
     for (size_t i = 0; i < slow.size(); i += 2) slow[i]->Send("a");
     // The one request thread is free for whole requests the whole time.
-    Client client(port_);
+    RawHttpClient client(port_);
     ASSERT_TRUE(client.Send(Post("/fast", "x")));
     EXPECT_EQ(client.Next(absl::Milliseconds(200)).status, 200) << "tick " << tick;
     absl::SleepFor(absl::Milliseconds(100));
   }
   for (size_t i = 0; i < slow.size(); ++i) {
-    const Client::Response response = slow[i]->Next(absl::Seconds(3));
+    const RawHttpClient::Response response = slow[i]->Next(absl::Seconds(3));
     EXPECT_EQ(response.status, 408) << i;
     EXPECT_THAT(response.body, HasSubstr(i % 2 == 0 ? "headers took longer" : "body took longer"));
     EXPECT_TRUE(slow[i]->ClosedWithin(absl::Seconds(3))) << i;
@@ -239,15 +163,15 @@ TEST_F(ConnectionGateTest, FullLineGets429AndControlPathsStillServe) {
   options.request_threads = 2;
   options.max_waiting = 2;
   Start(options);
-  std::vector<std::unique_ptr<Client>> blocked;
+  std::vector<std::unique_ptr<RawHttpClient>> blocked;
   for (int i = 0; i < 4; ++i) {  // two served (blocking), then two waiting
-    blocked.push_back(std::make_unique<Client>(port_));
+    blocked.push_back(std::make_unique<RawHttpClient>(port_));
     ASSERT_TRUE(blocked.back()->Send(Post("/block", absl::StrCat(i))));
     absl::SleepFor(absl::Milliseconds(100));
   }
-  Client extra(port_);
+  RawHttpClient extra(port_);
   ASSERT_TRUE(extra.Send(Post("/a", "over")));
-  const Client::Response refused = extra.Next();
+  const RawHttpClient::Response refused = extra.Next();
   EXPECT_EQ(refused.status, 429);
   EXPECT_THAT(refused.head, HasSubstr("Retry-After: 1"));
   EXPECT_THAT(refused.body, HasSubstr("capacity"));
@@ -255,7 +179,7 @@ TEST_F(ConnectionGateTest, FullLineGets429AndControlPathsStillServe) {
   ASSERT_TRUE(extra.Send(Post("/a", "again")));
   EXPECT_EQ(extra.Next().status, 429);
   for (int i = 0; i < 20; ++i) {
-    Client health(port_);
+    RawHttpClient health(port_);
     ASSERT_TRUE(health.Send(Get("/health?verbose=1")));
     EXPECT_EQ(health.Next(absl::Milliseconds(500)).status, 200) << i;
   }
@@ -270,17 +194,17 @@ TEST_F(ConnectionGateTest, ConnectionsPastTheLimitGet503AndIdleOnesClose) {
   options.max_connections = 3;
   options.idle_timeout = absl::Milliseconds(500);
   Start(options);
-  std::vector<std::unique_ptr<Client>> open;
+  std::vector<std::unique_ptr<RawHttpClient>> open;
   for (int i = 0; i < 3; ++i) {
-    open.push_back(std::make_unique<Client>(port_));
+    open.push_back(std::make_unique<RawHttpClient>(port_));
     ASSERT_TRUE(open.back()->Send(Get("/a")));
     EXPECT_EQ(open.back()->Next().status, 200);
   }
-  Client over(port_);
+  RawHttpClient over(port_);
   EXPECT_EQ(over.Next().status, 503);
   EXPECT_TRUE(over.ClosedWithin(absl::Seconds(1)));
   for (auto& client : open) EXPECT_TRUE(client->ClosedWithin(absl::Seconds(2))) << "idle past the timeout";
-  Client after(port_);
+  RawHttpClient after(port_);
   ASSERT_TRUE(after.Send(Get("/a")));
   EXPECT_EQ(after.Next().status, 200);
 }
@@ -289,16 +213,16 @@ TEST_F(ConnectionGateTest, StopAnswersWaitingRequestsAndClosesEverything) {
   GateOptions options;
   options.request_threads = 1;
   Start(options);
-  Client served(port_);
+  RawHttpClient served(port_);
   ASSERT_TRUE(served.Send(Post("/block", "a")));
   absl::SleepFor(absl::Milliseconds(100));
-  Client waiting(port_);
+  RawHttpClient waiting(port_);
   ASSERT_TRUE(waiting.Send(Post("/a", "b")));
-  Client slow(port_);
+  RawHttpClient slow(port_);
   ASSERT_TRUE(slow.Send("GET /a HTTP/1.1\r\n"));
   absl::SleepFor(absl::Milliseconds(100));
   std::thread stop([this] { gate_->Stop(); });
-  const Client::Response answer = waiting.Next();
+  const RawHttpClient::Response answer = waiting.Next();
   release_.Notify();  // Serve ends the one being served
   stop.join();
   EXPECT_EQ(answer.status, 503);

@@ -1,11 +1,6 @@
 #include "coordinator/api/http_server.h"
 
-#include <arpa/inet.h>
 #include <httplib.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <memory>
@@ -21,6 +16,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "coordinator/api/raw_http_client.h"
 #include "nlohmann/json.hpp"
 
 namespace mlaserve {
@@ -211,53 +207,6 @@ class FakeEngine : public Engine {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   GenerateInput last_input_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> cancelled_ ABSL_GUARDED_BY(mu_);
-};
-
-// A bare TCP client, for clients that leave in the middle of a response.
-class RawClient {
- public:
-  explicit RawClient(int port) : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  }
-  ~RawClient() { Close(); }
-
-  bool connected() const { return connected_; }
-
-  void Post(const std::string& path, const std::string& body) {
-    const std::string request =
-        absl::StrCat("POST ", path, " HTTP/1.1\r\nHost: localhost\r\n",
-                     "Content-Type: application/json\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
-    ASSERT_EQ(send(fd_, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
-  }
-
-  // Reads until `needle` has arrived; false on timeout or end of stream.
-  bool ReadUntil(const std::string& needle, absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (received_.find(needle) == std::string::npos) {
-      pollfd pfd{fd_, POLLIN, 0};
-      const int wait_ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-      if (wait_ms <= 0 || poll(&pfd, 1, wait_ms) <= 0) return false;
-      char buffer[4096];
-      const ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
-      if (n <= 0) return false;
-      received_.append(buffer, n);
-    }
-    return true;
-  }
-
-  void Close() {
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-  bool connected_ = false;
-  std::string received_;
 };
 
 // The `data:` payloads of a server-sent event stream.
@@ -675,9 +624,9 @@ TEST_F(HttpServerTest, EngineRejectionsMapToStatusesAndCount) {
 
 TEST_F(HttpServerTest, ClientLeavingMidStreamCancels) {
   engine_->set_token_delay(absl::Milliseconds(20));
-  RawClient client(server_->port());
+  RawHttpClient client(server_->port());
   ASSERT_TRUE(client.connected());
-  client.Post("/v1/completions", R"({"prompt": "a", "max_tokens": 1000, "stream": true})");
+  ASSERT_TRUE(client.Post("/v1/completions", R"({"prompt": "a", "max_tokens": 1000, "stream": true})"));
   ASSERT_TRUE(client.ReadUntil("t1 ", absl::Seconds(10)));
   EXPECT_THAT(engine_->cancelled(), IsEmpty());
   client.Close();
@@ -687,9 +636,9 @@ TEST_F(HttpServerTest, ClientLeavingMidStreamCancels) {
 
 TEST_F(HttpServerTest, ClientLeavingBeforeTheWholeResponseCancels) {
   engine_->set_token_delay(absl::Milliseconds(20));
-  RawClient client(server_->port());
+  RawHttpClient client(server_->port());
   ASSERT_TRUE(client.connected());
-  client.Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000})");
+  ASSERT_TRUE(client.Post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000})"));
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_THAT(engine_->cancelled(), IsEmpty());
   client.Close();
@@ -699,11 +648,11 @@ TEST_F(HttpServerTest, ClientLeavingBeforeTheWholeResponseCancels) {
 
 TEST_F(HttpServerTest, StopCancelsRequestsInFlight) {
   engine_->set_token_delay(absl::Milliseconds(20));
-  RawClient streaming(server_->port());
-  RawClient waiting(server_->port());
-  streaming.Post("/v1/completions", R"({"prompt": "a", "max_tokens": 1000, "stream": true})");
+  RawHttpClient streaming(server_->port());
+  RawHttpClient waiting(server_->port());
+  ASSERT_TRUE(streaming.Post("/v1/completions", R"({"prompt": "a", "max_tokens": 1000, "stream": true})"));
   ASSERT_TRUE(streaming.ReadUntil("t0 ", absl::Seconds(10)));
-  waiting.Post("/v1/completions", R"({"prompt": "a", "max_tokens": 1000})");
+  ASSERT_TRUE(waiting.Post("/v1/completions", R"({"prompt": "a", "max_tokens": 1000})"));
   absl::SleepFor(absl::Milliseconds(100));
   const absl::Time start = absl::Now();
   server_->Stop();
