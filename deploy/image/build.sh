@@ -67,7 +67,7 @@ in_image coordinator --model=/models/tiny --http_port=$port --grpc_port=$((port 
   --workers=1 >"$context/coordinator.log" 2>&1 & coordinator=$!
 in_image worker --coordinator=127.0.0.1:$((port + 2)) --device=cpu >"$context/worker.log" 2>&1 & worker=$!
 ok=0
-for _ in $(seq 100); do
+for _ in $(seq 200); do  # a minute at most
   if curl -sf -m 2 "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
        -d '{"prompt": "image", "max_tokens": 4}' >/dev/null; then ok=1; break; fi
   sleep 0.3
@@ -77,7 +77,7 @@ wait "$coordinator" "$worker" 2>/dev/null || true
 if ((ok)); then
   echo "image: a coordinator and a CPU worker run from the image's filesystem and answer a completion"
 else
-  tail -5 "$context"/*.log >&2
+  tail -n 5 "$context"/*.log >&2
   echo "image: the cluster in the image did not answer" >&2
   exit 1
 fi
