@@ -3,8 +3,9 @@
 # (rendered by kubectl's kustomize, checked against the API's own types and
 # against each other and the binaries' flags by deploy/k8s/validate.py, which
 # must also refuse a broken copy), the Prometheus scrape configuration
-# (promtool), and the container image's filesystem (deploy/image/build.sh
-# --check: needs root for its chroot). Expects the Bazel outputs built.
+# (promtool), the container image's filesystem (deploy/image/build.sh
+# --check: needs root for its chroot) and, where podman is installed, the
+# image itself. Expects the Bazel outputs built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rendered=$(mktemp /tmp/mlaserve-k8s.XXXXXX)
@@ -26,4 +27,10 @@ if [[ $(id -u) -eq 0 ]]; then
   deploy/image/build.sh --check
 else
   echo "check_deploy: the image check needs root (chroot): not run" >&2
+fi
+# Where podman is installed, the image itself is built too (then removed).
+if command -v podman >/dev/null; then
+  deploy/image/build.sh mlaserve:check >/dev/null
+  podman rmi -f mlaserve:check >/dev/null
+  echo "check_deploy: the image builds with podman"
 fi

@@ -40,7 +40,11 @@ if [[ $mode == build ]]; then
     tar -C "$base_dir" -c . | "$engine" import - mlaserve-base:bookworm >/dev/null
     base=mlaserve-base:bookworm
   fi
-  "$engine" build --build-arg BASE="$base" -t "$tag" "$context"
+  # podman's chroot isolation runs RUN steps without an OCI runtime, so that
+  # it also builds inside a container without cgroup delegation.
+  isolation=()
+  [[ $engine == */podman ]] && isolation=(--isolation=chroot)
+  "$engine" build "${isolation[@]}" --build-arg BASE="$base" -t "$tag" "$context"
   echo "image: built $tag"
   exit 0
 fi
