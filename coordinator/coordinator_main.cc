@@ -29,6 +29,7 @@
 #include "coordinator/api/grpc_service.h"
 #include "coordinator/serving/grpc_step_executor.h"
 #include "coordinator/api/http_server.h"
+#include "coordinator/cluster/plan_measurements.h"
 #include "coordinator/serving/metrics.h"
 #include "coordinator/cluster/rendezvous_service.h"
 #include "coordinator/serving/serving_engine.h"
@@ -56,6 +57,9 @@ ABSL_FLAG(int, workers, 1, "workers to wait for; the shard planner forms engine 
 ABSL_FLAG(int, tp, 0, "attention heads split this many ways in a group (0: the planner's choice)");
 ABSL_FLAG(int, dp_attention, 0, "data-parallel attention replicas per group (0: the planner's choice)");
 ABSL_FLAG(int, ep, 0, "routed experts split this many ways in a group (0: the planner's choice)");
+ABSL_FLAG(std::string, plan_measurements, "",
+          "a //:scale_bench scale.json: among the plans that fit, the planner takes the fastest measured on as many "
+          "workers");
 ABSL_FLAG(bool, random_weights, false, "workers make seeded random weights from --model's config.json (no checkpoint)");
 ABSL_FLAG(uint64_t, random_seed, 0, "seed of --random_weights");
 ABSL_FLAG(std::string, roles, "", "prefill/decode disaggregation, as prefill:N,decode:M engine groups (empty: every group does both)");
@@ -182,6 +186,9 @@ absl::StatusOr<PlanRequest> MakePlanRequest(const ModelConfig& config, bool gpu,
   const int64_t blocks = absl::GetFlag(FLAGS_kv_blocks) > 0 ? absl::GetFlag(FLAGS_kv_blocks) : gpu ? 0 : kCpuKvBlocks;
   request.kv_pool_tokens = blocks * block_size;
   request.kv_context = config.max_position_embeddings;
+  if (const std::string path = absl::GetFlag(FLAGS_plan_measurements); !path.empty()) {
+    ASSIGN_OR_RETURN(request.measured, ReadPlanMeasurements(path));
+  }
   return request;
 }
 
@@ -302,7 +309,7 @@ absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<Wor
   ASSIGN_OR_RETURN(const PlanRequest request, MakePlanRequest(config, gpu, options.block_size));
   ASSIGN_OR_RETURN(const ClusterPlan cluster, PlanCluster(config, memory, request));
   std::cerr << "coordinator: shard plan: " << cluster.ToString() << " (" << request.weights.name()
-            << " weights; estimates until the workers measure)\n";
+            << " weights; estimates until the workers measure); chosen as " << cluster.why << "\n";
   ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
   options.tp = cluster.plan.tp;
   options.dp_attention = cluster.plan.dp_attention;

@@ -18,6 +18,7 @@
 #include "common/model_config.h"
 #include "common/status_macros.h"
 #include "common/user_path.h"
+#include "coordinator/cluster/plan_measurements.h"
 #include "coordinator/cluster/shard_planner.h"
 #include "coordinator/cluster/weight_bytes.h"
 
@@ -34,6 +35,8 @@ ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int, tp, 0, "attention heads split this many ways (0: the planner's choice)");
 ABSL_FLAG(int, dp_attention, 0, "attention replicas per group (0: the planner's choice)");
 ABSL_FLAG(int, ep, 0, "routed experts split this many ways (0: the planner's choice)");
+ABSL_FLAG(std::string, plan_measurements, "",
+          "a //:scale_bench scale.json: among the plans that fit, the fastest measured on as many GPUs wins");
 
 namespace mlaserve {
 namespace {
@@ -75,6 +78,9 @@ absl::Status Run() {
                       .kv_context = context};
   if (!(request.memory_utilization > 0 && request.memory_utilization <= 1)) {
     return absl::InvalidArgumentError("--gpu_memory_utilization must be in (0, 1]");
+  }
+  if (const std::string path = absl::GetFlag(FLAGS_plan_measurements); !path.empty()) {
+    ASSIGN_OR_RETURN(request.measured, ReadPlanMeasurements(path));
   }
 
   const ShardLayout whole = *MakeShardLayout(config, ParallelPlan{}, 0);
@@ -130,6 +136,7 @@ absl::Status Run() {
   }
   const Capacity capacity = CapacityOf(chosen->plan, chosen->rank, bytes_per_block, block_size, context);
   std::printf("%s\n", chosen->ToString().c_str());
+  if (!chosen->why.empty()) std::printf("why: %s\n", chosen->why.c_str());
   std::printf("KV cache: %lld tokens per group (%d replica(s) x %lld), %lld in all; %lld sequences of %lld tokens "
               "per group, %lld in all\n",
               static_cast<long long>(capacity.tokens_per_replica * chosen->plan.dp_attention),

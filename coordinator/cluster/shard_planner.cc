@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,6 +52,36 @@ std::string KvDemand(const ParallelPlan& plan, const PlanRequest& request) {
   if (request.kv_pool_tokens > 0) return absl::StrCat("a pool of ", request.kv_pool_tokens, " tokens");
   return absl::StrCat((request.kv_sequences + plan.dp_attention - 1) / plan.dp_attention, " sequence(s) of ",
                       request.kv_context, " tokens in each of ", plan.dp_attention, " replica(s)");
+}
+
+// The measured throughput of `plan` on `workers` workers, if any.
+std::optional<double> Measured(const ParallelPlan& plan, int workers, const std::vector<PlanMeasurement>& measured) {
+  std::optional<double> best;
+  for (const PlanMeasurement& m : measured) {
+    if (m.workers == workers && m.plan == plan) best = std::max(best.value_or(0), m.output_tokens_per_s);
+  }
+  return best;
+}
+
+// `fitting` is in the order of preference.
+ClusterPlan Choose(std::vector<ClusterPlan> fitting, int workers, const std::vector<PlanMeasurement>& measured) {
+  ClusterPlan* fastest = nullptr;
+  std::vector<std::string> figures;
+  for (ClusterPlan& candidate : fitting) {
+    const std::optional<double> rate = Measured(candidate.plan, workers, measured);
+    if (!rate.has_value()) continue;
+    figures.push_back(absl::StrFormat("%s %.1f", candidate.plan.ToString(), *rate));
+    if (fastest == nullptr || *rate > *Measured(fastest->plan, workers, measured)) fastest = &candidate;
+  }
+  if (fastest == nullptr) {
+    fitting[0].why = measured.empty() ? "the smallest group that fits, with the fewest attention replicas"
+                                      : absl::StrCat("the smallest group that fits (no plan that fits was measured on ",
+                                                     workers, " workers)");
+    return fitting[0];
+  }
+  fastest->why = absl::StrCat("the fastest measured on ", workers, " workers (output tokens/s: ",
+                              absl::StrJoin(figures, ", "), ")");
+  return *fastest;
 }
 
 }  // namespace
@@ -111,6 +142,7 @@ absl::StatusOr<ClusterPlan> PlanCluster(const ModelConfig& config, const std::ve
   auto refuse = [&why_not](std::string reason) {
     if (std::find(why_not.begin(), why_not.end(), reason) == why_not.end()) why_not.push_back(std::move(reason));
   };
+  std::vector<ClusterPlan> fitting;
   for (const absl::StatusOr<ParallelPlan>& plan : CandidatePlans(config, workers, request)) {
     if (!plan.ok()) {
       refuse(std::string(plan.status().message()));
@@ -125,8 +157,9 @@ absl::StatusOr<ClusterPlan> PlanCluster(const ModelConfig& config, const std::ve
                           ")"));
       continue;
     }
-    return ClusterPlan{*plan, workers / plan->group_size(), budget};
+    fitting.push_back(ClusterPlan{*plan, workers / plan->group_size(), budget});
   }
+  if (!fitting.empty()) return Choose(std::move(fitting), workers, request.measured);
   if (why_not.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(workers, " workers cannot form groups of tp=", request.tp,
                                                    " x dp_attention=", request.dp_attention, " (0: any)"));

@@ -10,7 +10,9 @@
 // latent cache, so more replicas (dp_attention) mean less KV per rank, at the
 // price of attention weights replicated across them.
 //
-// A choice left at 0 is the planner's: the smallest group that fits (more
+// A choice left at 0 is the planner's: among the plans that fit, the one
+// with the highest throughput //:scale_bench measured on as many workers,
+// when any was measured; otherwise the smallest group that fits (more
 // groups serve more requests at once), and within it the fewest attention
 // replicas that fit (heads split over the rest), routed experts over the
 // whole group as far as the experts allow. Plans that cannot work are
@@ -36,6 +38,13 @@ namespace mlaserve {
 // 512-token step, 4.2 GiB for an 8192-token one.
 inline constexpr int64_t kGpuReserveBytes = int64_t{4} << 30;
 
+// What //:scale_bench measured for a plan on a cluster of `workers` workers.
+struct PlanMeasurement {
+  ParallelPlan plan;
+  int workers = 0;
+  double output_tokens_per_s = 0;
+};
+
 struct PlanRequest {
   int tp = 0;            // 0: planner's choice
   int dp_attention = 0;  // 0: planner's choice
@@ -54,6 +63,9 @@ struct PlanRequest {
   int64_t kv_pool_tokens = 0;
   int64_t kv_sequences = 1;
   int64_t kv_context = 0;
+  // Measured throughputs: among the plans that fit, the fastest measured on
+  // as many workers wins; without one, the order of preference decides.
+  std::vector<PlanMeasurement> measured;
 };
 
 // The memory of a plan's largest rank.
@@ -74,6 +86,7 @@ struct ClusterPlan {
   ParallelPlan plan;
   int num_groups = 0;
   RankBudget rank;
+  std::string why;  // why this plan among those that fit
   std::string ToString() const;
 };
 

@@ -1,5 +1,7 @@
 #include "coordinator/cluster/shard_planner.h"
 
+#include "coordinator/cluster/plan_measurements.h"
+
 #include "gtest/gtest.h"
 
 namespace mlaserve {
@@ -189,6 +191,49 @@ TEST(ShardPlannerTest, FindsAPlanWheneverOneFitsAndNamesEveryFailure) {
   }
   EXPECT_GT(chosen, 0);
   EXPECT_GT(refused, 0);
+}
+
+}  // namespace
+}  // namespace mlaserve
+
+namespace mlaserve {
+namespace {
+
+// scale_bench measured a one-group EP plan faster than a group per worker:
+// with both fitting, the measured one wins and the plan says why; a plan that
+// does not fit never wins, however fast; without measurements, preference.
+TEST(ShardPlannerTest, TheFastestMeasuredPlanThatFitsWins) {
+  const ModelConfig c = Config();
+  absl::StatusOr<std::vector<PlanMeasurement>> measured = ParsePlanMeasurements(R"([
+      {"workers": 4, "plan": "dp", "tp": 1, "dp_attention": 1, "ep": 1, "output_throughput": 300.0, "error": ""},
+      {"workers": 4, "plan": "ep", "tp": 1, "dp_attention": 4, "ep": 4, "output_throughput": 420.5, "error": ""},
+      {"workers": 4, "plan": "tp", "tp": 4, "dp_attention": 1, "ep": 4, "output_throughput": 999.0,
+       "error": "the cluster exited"},
+      {"workers": 2, "plan": "ep", "tp": 1, "dp_attention": 2, "ep": 2, "output_throughput": 5000.0, "error": ""}])");
+  ASSERT_TRUE(measured.ok()) << measured.status();
+  ASSERT_EQ(measured->size(), 3u) << "the failed row is left out";
+  PlanRequest request;
+  request.measured = *measured;
+  absl::StatusOr<ClusterPlan> plan = PlanCluster(c, {0, 0, 0, 0}, request);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->plan.dp_attention, 4);
+  EXPECT_EQ(plan->plan.ep, 4);
+  EXPECT_EQ(plan->num_groups, 1);
+  EXPECT_NE(plan->why.find("420.5"), std::string::npos) << plan->why;
+  EXPECT_NE(plan->why.find("300.0"), std::string::npos) << plan->why;
+  // Memory for a quarter of the model per worker: the DP plan no longer fits.
+  const int64_t whole = WholeModelBytes(c);
+  request.measured = {{.plan = {1, 1, 1}, .workers = 4, .output_tokens_per_s = 1e6}};
+  plan = PlanCluster(c, std::vector<int64_t>(4, whole * 4 / 10), request);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->plan.group_size(), 4);
+  EXPECT_NE(plan->why.find("no plan that fits was measured"), std::string::npos) << plan->why;
+  request.measured.clear();
+  plan = PlanCluster(c, {0, 0, 0, 0}, request);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->plan.group_size(), 1);
+  EXPECT_EQ(plan->why, "the smallest group that fits, with the fewest attention replicas");
+  EXPECT_FALSE(ParsePlanMeasurements("{}").ok());
 }
 
 }  // namespace

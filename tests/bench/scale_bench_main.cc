@@ -4,12 +4,14 @@
 // and concurrency per worker) through the OpenAI API, reads the cluster's KV
 // migration figures, and stops it. Writes scale.csv and scale.json and draws
 // throughput, per-worker efficiency and latency against cluster size, one
-// line per plan.
+// line per plan. Its scale.json is what the coordinator's
+// --plan_measurements weighs when it plans.
 //   bazel run //:scale_bench -- --model DIR --workers 1,2,4 --plans dp,ep --out DIR
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -55,6 +57,10 @@ ABSL_FLAG(double, start_timeout_s, 300, "how long a cluster may take to serve");
 
 namespace mlaserve::bench {
 namespace {
+
+struct ParallelDegrees {
+  int tp = 0, dp_attention = 0, ep = 0;
+};
 
 struct Plan {
   std::string name;
@@ -128,6 +134,20 @@ class Cluster {
                                                     "; see ", log_));
   }
 
+  // The plan the coordinator chose, from its log ("shard plan: N group(s) of
+  // tp=.. dp_attention=.. ep=.."); zeros when not found.
+  ParallelDegrees PlanUsed() const {
+    std::ifstream in(log_);
+    ParallelDegrees used;
+    for (std::string line; std::getline(in, line);) {
+      const size_t at = line.find("shard plan: ");
+      if (at == std::string::npos) continue;
+      std::sscanf(line.c_str() + line.find(" of tp=", at), " of tp=%d dp_attention=%d ep=%d", &used.tp,
+                  &used.dp_attention, &used.ep);
+    }
+    return used;
+  }
+
   // A counter of /metrics summed over its label sets; 0 when absent.
   double Metric(const std::string& name) const {
     httplib::Client client("127.0.0.1", port_);
@@ -155,7 +175,8 @@ struct Row {
   int workers = 0;
   std::string plan;
   int groups = 0;
-  std::string error;  // empty when it ran
+  ParallelDegrees plan_used;  // as the coordinator chose it
+  std::string error;          // empty when it ran
   BenchmarkSummary summary;
   double migrated_tokens = 0;
   double transfer_bytes = 0;
@@ -170,6 +191,7 @@ absl::StatusOr<Row> Measure(int workers, const Plan& plan, int port) {
     return row;
   }
   row.groups = *groups;
+  row.plan_used = cluster.PlanUsed();
   ASSIGN_OR_RETURN(const ModelInfo model, FetchModelInfo(cluster.url(), ""));
   ASSIGN_OR_RETURN(WorkloadKind kind, ParseWorkloadKind(absl::GetFlag(FLAGS_workload)));
   const WorkloadOptions workload{.kind = kind,
@@ -198,14 +220,15 @@ absl::StatusOr<Row> Measure(int workers, const Plan& plan, int port) {
 }
 
 std::string CsvHeader() {
-  return "workers,plan,groups,status,completed,failed,duration_s,output_tok_s,input_tok_s,output_tok_s_per_worker,"
+  return "workers,plan,tp,dp_attention,ep,groups,status,completed,failed,duration_s,output_tok_s,input_tok_s,output_tok_s_per_worker,"
          "ttft_p50_ms,ttft_p99_ms,tpot_p50_ms,tpot_p99_ms,itl_p50_ms,itl_p99_ms,prefix_hit_rate,migrated_tokens,"
          "kv_transfer_bytes";
 }
 
 std::string CsvLine(const Row& r) {
   const BenchmarkSummary& s = r.summary;
-  return absl::StrCat(r.workers, ",", r.plan, ",", r.groups, ",", r.error.empty() ? "ok" : "failed", ",",
+  return absl::StrCat(r.workers, ",", r.plan, ",", r.plan_used.tp, ",", r.plan_used.dp_attention, ",", r.plan_used.ep,
+                      ",", r.groups, ",", r.error.empty() ? "ok" : "failed", ",",
                       s.completed, ",", s.failed, ",", s.duration_s, ",", s.output_throughput, ",",
                       s.input_throughput, ",", s.output_throughput / r.workers, ",", s.ttft_ms.p50, ",",
                       s.ttft_ms.p99, ",", s.tpot_ms.p50, ",", s.tpot_ms.p99, ",", s.itl_ms.p50, ",", s.itl_ms.p99,
@@ -264,6 +287,9 @@ absl::Status Run() {
       entry["workers"] = workers;
       entry["plan"] = name;
       entry["groups"] = row.groups;
+      entry["tp"] = row.plan_used.tp;
+      entry["dp_attention"] = row.plan_used.dp_attention;
+      entry["ep"] = row.plan_used.ep;
       entry["error"] = row.error;
       entry["migrated_tokens"] = row.migrated_tokens;
       entry["kv_transfer_bytes"] = row.transfer_bytes;
@@ -276,10 +302,10 @@ absl::Status Run() {
     int column;
     const char* ylabel;
     const char* name;
-  } charts[] = {{8, "output tokens/s", "throughput"},
-                {10, "output tokens/s per worker", "efficiency"},
-                {11, "TTFT p50 (ms)", "ttft"},
-                {13, "TPOT p50 (ms)", "tpot"}};
+  } charts[] = {{11, "output tokens/s", "throughput"},
+                {13, "output tokens/s per worker", "efficiency"},
+                {14, "TTFT p50 (ms)", "ttft"},
+                {16, "TPOT p50 (ms)", "tpot"}};
   for (const auto& chart : charts) {
     const std::string png = absl::StrCat(out, "/", chart.name, ".png");
     RETURN_IF_ERROR(RunGnuplot(ChartScript(csv, plans, chart.column, chart.ylabel, png),
