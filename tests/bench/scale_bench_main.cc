@@ -7,6 +7,7 @@
 // line per plan. Its scale.json is what the coordinator's
 // --plan_measurements weighs when it plans.
 //   bazel run //:scale_bench -- --model DIR --workers 1,2,4 --plans dp,ep --out DIR
+#include <httplib.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,9 +18,9 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
-
-#include <httplib.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -47,7 +48,9 @@ ABSL_FLAG(std::string, worker_devices, "", "comma-separated --device of the work
 ABSL_FLAG(std::string, coordinator_flags, "", "space-separated flags for the coordinator");
 ABSL_FLAG(std::string, workload, "random", "random | shared_prefix | multi_turn");
 ABSL_FLAG(int64_t, requests_per_worker, 16, "requests (sessions) per worker");
-ABSL_FLAG(int64_t, concurrency_per_worker, 8, "sessions in flight per worker (closed loop)");
+ABSL_FLAG(std::string, concurrency_per_worker, "8",
+          "sessions in flight per worker (closed loop); several, comma-separated, are load levels run in turn on "
+          "each cluster");
 ABSL_FLAG(int64_t, input_len, 128, "prompt tokens");
 ABSL_FLAG(int64_t, output_len, 32, "output tokens per request");
 ABSL_FLAG(int64_t, prefix_len, 256, "shared_prefix: tokens of the shared prefix");
@@ -130,8 +133,8 @@ class Cluster {
       }
       absl::SleepFor(absl::Milliseconds(200));
     }
-    return absl::DeadlineExceededError(absl::StrCat("the cluster did not serve within ", absl::FormatDuration(timeout),
-                                                    "; see ", log_));
+    return absl::DeadlineExceededError(
+        absl::StrCat("the cluster did not serve within ", absl::FormatDuration(timeout), "; see ", log_));
   }
 
   // The plan the coordinator chose, from its log ("shard plan: N group(s) of
@@ -155,8 +158,8 @@ class Cluster {
     double sum = 0;
     if (!metrics) return sum;
     for (absl::string_view line : absl::StrSplit(metrics->body, '\n')) {
-      if (!absl::StartsWith(line, name) || (line.size() > name.size() && line[name.size()] != ' ' &&
-                                            line[name.size()] != '{')) {
+      if (!absl::StartsWith(line, name) ||
+          (line.size() > name.size() && line[name.size()] != ' ' && line[name.size()] != '{')) {
         continue;
       }
       double value;
@@ -174,6 +177,7 @@ class Cluster {
 struct Row {
   int workers = 0;
   std::string plan;
+  int64_t concurrency = 0;
   int groups = 0;
   ParallelDegrees plan_used;  // as the coordinator chose it
   std::string error;          // empty when it ran
@@ -182,16 +186,17 @@ struct Row {
   double transfer_bytes = 0;
 };
 
-absl::StatusOr<Row> Measure(int workers, const Plan& plan, int port) {
-  Row row{.workers = workers, .plan = plan.name};
+// A row per load level, or one saying why the cluster did not serve.
+absl::StatusOr<std::vector<Row>> Measure(int workers, const Plan& plan, const std::vector<int64_t>& levels, int port) {
+  Row started{.workers = workers, .plan = plan.name};
   Cluster cluster(workers, plan, port);
   absl::StatusOr<int> groups = cluster.AwaitServing(absl::Seconds(absl::GetFlag(FLAGS_start_timeout_s)));
   if (!groups.ok()) {
-    row.error = std::string(groups.status().message());
-    return row;
+    started.error = std::string(groups.status().message());
+    return std::vector<Row>{started};
   }
-  row.groups = *groups;
-  row.plan_used = cluster.PlanUsed();
+  started.groups = *groups;
+  started.plan_used = cluster.PlanUsed();
   ASSIGN_OR_RETURN(const ModelInfo model, FetchModelInfo(cluster.url(), ""));
   ASSIGN_OR_RETURN(WorkloadKind kind, ParseWorkloadKind(absl::GetFlag(FLAGS_workload)));
   const WorkloadOptions workload{.kind = kind,
@@ -204,47 +209,56 @@ absl::StatusOr<Row> Measure(int workers, const Plan& plan, int port) {
                                  .vocab_low = 10,
                                  .vocab_high = static_cast<int32_t>(model.vocab_size > 0 ? model.vocab_size : 1000),
                                  .seed = absl::GetFlag(FLAGS_seed)};
-  ASSIGN_OR_RETURN(std::vector<Session> sessions, GenerateWorkload(workload));
-  const LoadOptions load{.url = cluster.url(),
-                         .model = model.id,
-                         .concurrency = absl::GetFlag(FLAGS_concurrency_per_worker) * workers};
-  // The run's own migrations: start-up calibrates with a transfer.
-  const std::string migrated = "mlaserve_remote_prefix_tokens_total{outcome=\"migrated\"}";
-  const std::string transferred = "mlaserve_kv_transfer_bytes_total";
-  const double migrated_before = cluster.Metric(migrated), transferred_before = cluster.Metric(transferred);
-  ASSIGN_OR_RETURN(LoadResult result, RunLoad(sessions, load));
-  row.summary = Summarize(result.requests, result.duration_s);
-  row.migrated_tokens = cluster.Metric(migrated) - migrated_before;
-  row.transfer_bytes = cluster.Metric(transferred) - transferred_before;
-  return row;
+  std::vector<Row> rows;
+  for (size_t level = 0; level < levels.size(); ++level) {
+    Row row = started;
+    row.concurrency = levels[level] * workers;
+    // Each level's own prompts, so that no level hits what an earlier one cached.
+    WorkloadOptions level_workload = workload;
+    level_workload.seed += level;
+    ASSIGN_OR_RETURN(std::vector<Session> sessions, GenerateWorkload(level_workload));
+    const LoadOptions load{.url = cluster.url(), .model = model.id, .concurrency = row.concurrency};
+    // The run's own migrations: start-up calibrates with a transfer.
+    const std::string migrated = "mlaserve_remote_prefix_tokens_total{outcome=\"migrated\"}";
+    const std::string transferred = "mlaserve_kv_transfer_bytes_total";
+    const double migrated_before = cluster.Metric(migrated), transferred_before = cluster.Metric(transferred);
+    ASSIGN_OR_RETURN(LoadResult result, RunLoad(sessions, load));
+    row.summary = Summarize(result.requests, result.duration_s);
+    row.migrated_tokens = cluster.Metric(migrated) - migrated_before;
+    row.transfer_bytes = cluster.Metric(transferred) - transferred_before;
+    rows.push_back(std::move(row));
+  }
+  return rows;
 }
 
 std::string CsvHeader() {
-  return "workers,plan,tp,dp_attention,ep,groups,status,completed,failed,duration_s,output_tok_s,input_tok_s,output_tok_s_per_worker,"
+  return "workers,plan,concurrency,tp,dp_attention,ep,groups,status,completed,failed,duration_s,output_tok_s,input_tok_"
+         "s,output_tok_s_per_worker,"
          "ttft_p50_ms,ttft_p99_ms,tpot_p50_ms,tpot_p99_ms,itl_p50_ms,itl_p99_ms,prefix_hit_rate,migrated_tokens,"
          "kv_transfer_bytes";
 }
 
 std::string CsvLine(const Row& r) {
   const BenchmarkSummary& s = r.summary;
-  return absl::StrCat(r.workers, ",", r.plan, ",", r.plan_used.tp, ",", r.plan_used.dp_attention, ",", r.plan_used.ep,
-                      ",", r.groups, ",", r.error.empty() ? "ok" : "failed", ",",
-                      s.completed, ",", s.failed, ",", s.duration_s, ",", s.output_throughput, ",",
-                      s.input_throughput, ",", s.output_throughput / r.workers, ",", s.ttft_ms.p50, ",",
-                      s.ttft_ms.p99, ",", s.tpot_ms.p50, ",", s.tpot_ms.p99, ",", s.itl_ms.p50, ",", s.itl_ms.p99,
-                      ",", s.prefix_cache_hit_rate, ",", r.migrated_tokens, ",", r.transfer_bytes);
+  return absl::StrCat(r.workers, ",", r.plan, ",", r.concurrency, ",", r.plan_used.tp, ",", r.plan_used.dp_attention,
+                      ",", r.plan_used.ep, ",", r.groups, ",", r.error.empty() ? "ok" : "failed", ",", s.completed, ",",
+                      s.failed, ",", s.duration_s, ",", s.output_throughput, ",", s.input_throughput, ",",
+                      s.output_throughput / r.workers, ",", s.ttft_ms.p50, ",", s.ttft_ms.p99, ",", s.tpot_ms.p50, ",",
+                      s.tpot_ms.p99, ",", s.itl_ms.p50, ",", s.itl_ms.p99, ",", s.prefix_cache_hit_rate, ",",
+                      r.migrated_tokens, ",", r.transfer_bytes);
 }
 
-// A gnuplot chart of column `column` of scale.csv against workers, a line per plan.
-std::string ChartScript(const std::string& csv, const std::vector<std::string>& plans, int column,
-                        const std::string& ylabel, const std::string& png) {
+// A gnuplot chart of column `column` of a CSV like scale.csv against column
+// `x`, a line per `series` (a prefix of the rows, as grep sees them).
+std::string ChartScript(const std::string& csv, const std::vector<std::pair<std::string, std::string>>& series, int x,
+                        const std::string& xlabel, int column, const std::string& ylabel, const std::string& png) {
   std::vector<std::string> lines;
-  for (const std::string& plan : plans) {
-    lines.push_back(absl::StrCat("'< grep \",", plan, ",\" ", csv, " | grep \",ok,\"' using 1:", column,
-                                 " with linespoints title '", plan, "'"));
+  for (const auto& [prefix, title] : series) {
+    lines.push_back(absl::StrCat("'< grep \"", prefix, "\" ", csv, " | grep \",ok,\"' using ", x, ":", column,
+                                 " with linespoints title '", title, "'"));
   }
   return absl::StrCat("set terminal pngcairo size 800,500\nset output '", png,
-                      "'\nset datafile separator ','\nset xlabel 'workers'\nset ylabel '", ylabel,
+                      "'\nset datafile separator ','\nset xlabel '", xlabel, "'\nset ylabel '", ylabel,
                       "'\nset key top left\nset grid\nset logscale x 2\nplot ", absl::StrJoin(lines, ", "), "\n");
 }
 
@@ -262,9 +276,14 @@ absl::Status Run() {
   }
   const std::vector<std::string> plans = absl::StrSplit(absl::GetFlag(FLAGS_plans), ',', absl::SkipEmpty());
   for (const std::string& plan : plans) RETURN_IF_ERROR(PlanFor(plan, 1).status());
+  ASSIGN_OR_RETURN(const std::vector<int64_t> levels,
+                   ParseConcurrencyList(absl::GetFlag(FLAGS_concurrency_per_worker)));
   const std::string csv = out + "/scale.csv";
-  std::ofstream table(csv);
+  // The highest load level of each cluster: what the charts against cluster size show.
+  const std::string top_csv = out + "/scale_top_load.csv";
+  std::ofstream table(csv), top_table(top_csv);
   table << CsvHeader() << "\n";
+  top_table << CsvHeader() << "\n";
   nlohmann::json json = nlohmann::json::array();
   int port = absl::GetFlag(FLAGS_base_port);
   int done = 0;
@@ -273,46 +292,65 @@ absl::Status Run() {
       ASSIGN_OR_RETURN(const Plan plan, PlanFor(name, workers));
       std::cerr << "scale_bench: [" << ++done << "/" << sizes.size() * plans.size() << "] " << workers
                 << " worker(s), plan " << name << "\n";
-      ASSIGN_OR_RETURN(const Row row, Measure(workers, plan, port));
+      ASSIGN_OR_RETURN(const std::vector<Row> rows, Measure(workers, plan, levels, port));
       port += 3;
-      std::cerr << "scale_bench:   "
-                << (row.error.empty() ? absl::StrCat(row.groups, " group(s), ", row.summary.completed, " done, ",
-                                                     row.summary.output_throughput, " output tok/s, TTFT p50 ",
-                                                     row.summary.ttft_ms.p50, " ms, TPOT p50 ",
-                                                     row.summary.tpot_ms.p50, " ms")
-                                      : "failed: " + row.error)
-                << "\n";
-      table << CsvLine(row) << "\n";
-      nlohmann::json entry = ToJson(row.summary);
-      entry["workers"] = workers;
-      entry["plan"] = name;
-      entry["groups"] = row.groups;
-      entry["tp"] = row.plan_used.tp;
-      entry["dp_attention"] = row.plan_used.dp_attention;
-      entry["ep"] = row.plan_used.ep;
-      entry["error"] = row.error;
-      entry["migrated_tokens"] = row.migrated_tokens;
-      entry["kv_transfer_bytes"] = row.transfer_bytes;
-      json.push_back(entry);
+      for (const Row& row : rows) {
+        std::cerr << "scale_bench:   "
+                  << (row.error.empty() ? absl::StrCat(row.groups, " group(s), ", row.concurrency, " in flight, ",
+                                                       row.summary.completed, " done, ", row.summary.output_throughput,
+                                                       " output tok/s, TTFT p50 ", row.summary.ttft_ms.p50,
+                                                       " ms, TPOT p50 ", row.summary.tpot_ms.p50, " ms")
+                                        : "failed: " + row.error)
+                  << "\n";
+        table << CsvLine(row) << "\n";
+        if (&row == &rows.back()) top_table << CsvLine(row) << "\n";
+        nlohmann::json entry = ToJson(row.summary);
+        entry["workers"] = workers;
+        entry["plan"] = name;
+        entry["concurrency"] = row.concurrency;
+        entry["groups"] = row.groups;
+        entry["tp"] = row.plan_used.tp;
+        entry["dp_attention"] = row.plan_used.dp_attention;
+        entry["ep"] = row.plan_used.ep;
+        entry["error"] = row.error;
+        entry["migrated_tokens"] = row.migrated_tokens;
+        entry["kv_transfer_bytes"] = row.transfer_bytes;
+        json.push_back(entry);
+      }
     }
   }
   table.close();
+  top_table.close();
   std::ofstream(out + "/scale.json") << json.dump(2) << "\n";
   const struct {
     int column;
     const char* ylabel;
     const char* name;
-  } charts[] = {{11, "output tokens/s", "throughput"},
-                {13, "output tokens/s per worker", "efficiency"},
-                {14, "TTFT p50 (ms)", "ttft"},
-                {16, "TPOT p50 (ms)", "tpot"}};
+  } charts[] = {{12, "output tokens/s", "throughput"},
+                {14, "output tokens/s per worker", "efficiency"},
+                {15, "TTFT p50 (ms)", "ttft"},
+                {17, "TPOT p50 (ms)", "tpot"}};
+  std::vector<std::pair<std::string, std::string>> by_plan, by_cluster;
+  for (const std::string& plan : plans) by_plan.emplace_back(absl::StrCat(",", plan, ","), plan);
+  for (int workers : sizes) {
+    for (const std::string& plan : plans) {
+      by_cluster.emplace_back(absl::StrCat("^", workers, ",", plan, ","), absl::StrCat(workers, " ", plan));
+    }
+  }
   for (const auto& chart : charts) {
     const std::string png = absl::StrCat(out, "/", chart.name, ".png");
-    RETURN_IF_ERROR(RunGnuplot(ChartScript(csv, plans, chart.column, chart.ylabel, png),
+    RETURN_IF_ERROR(RunGnuplot(ChartScript(top_csv, by_plan, 1, "workers", chart.column, chart.ylabel, png),
                                absl::StrCat(out, "/", chart.name, ".gp")));
   }
-  std::cout << "scale_bench: wrote " << csv << ", scale.json and throughput, efficiency, ttft and tpot PNGs in "
-            << out << "\n";
+  // Latency against load, a line per cluster.
+  for (const auto& [column, ylabel, name] :
+       {std::tuple{15, "TTFT p50 (ms)", "ttft_load"}, std::tuple{17, "TPOT p50 (ms)", "tpot_load"}}) {
+    const std::string png = absl::StrCat(out, "/", name, ".png");
+    RETURN_IF_ERROR(RunGnuplot(ChartScript(csv, by_cluster, 3, "requests in flight", column, ylabel, png),
+                               absl::StrCat(out, "/", name, ".gp")));
+  }
+  std::cout << "scale_bench: wrote " << csv << ", scale.json and PNGs (throughput, efficiency, ttft, tpot against "
+            << "workers; ttft_load, tpot_load against load) in " << out << "\n";
   return absl::OkStatus();
 }
 
