@@ -43,7 +43,6 @@ const char* Reason(int http_status) {
   switch (http_status) {
     case 400: return "Bad Request";
     case 408: return "Request Timeout";
-    case 411: return "Length Required";
     case 413: return "Payload Too Large";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -69,9 +68,10 @@ struct Framing {
   bool control = false;  // a GET the control lane serves
 };
 
-// The end of the header block: the first empty line, ended by LF or CRLF.
-std::optional<size_t> HeaderEnd(absl::string_view bytes) {
-  for (size_t i = bytes.find('\n'); i != absl::string_view::npos; i = bytes.find('\n', i + 1)) {
+// The end of the header block: the first empty line, ended by LF or CRLF,
+// looked for from `from` on (bytes before it were looked at already).
+std::optional<size_t> HeaderEnd(absl::string_view bytes, size_t from = 0) {
+  for (size_t i = bytes.find('\n', from); i != absl::string_view::npos; i = bytes.find('\n', i + 1)) {
     if (i + 1 < bytes.size() && bytes[i + 1] == '\n') return i + 2;
     if (i + 2 < bytes.size() && bytes[i + 1] == '\r' && bytes[i + 2] == '\n') return i + 3;
   }
@@ -167,9 +167,23 @@ struct ConnectionGate::Connection : GateConnection {
   };
   using GateConnection::GateConnection;
 
+  // Drops the request served or refused and waits for the next, which may
+  // be in the buffer already (pipelined).
+  void AwaitNextRequest(absl::Time idle_deadline) {
+    buffer_.erase(0, request_end_);
+    request_end_ = 0;
+    read_ = 0;
+    header_scan = 0;
+    phase = Phase::kIdle;
+    deadline = idle_deadline;
+  }
+
   Phase phase = Phase::kIdle;
   absl::Time deadline;
   Framing framing;
+  // Where the search for the end of the headers goes on as bytes arrive, so
+  // that a request sent a byte at a time costs no rescans of what came.
+  size_t header_scan = 0;
   size_t header_end = 0;
   // Chunked bodies are scanned as they arrive: where the next chunk-size line
   // starts and how many data bytes came before it.
@@ -413,13 +427,14 @@ bool ConnectionGate::AdvanceOnce(int fd) {
     connection.deadline = absl::Now() + options_.header_timeout;
   }
   if (connection.phase == Connection::Phase::kHeaders) {
-    const std::optional<size_t> end = HeaderEnd(buffer);
-    if (!end.has_value() || *end > options_.max_header_bytes) {
-      if (buffer.size() > options_.max_header_bytes || (end.has_value() && *end > options_.max_header_bytes)) {
-        Refuse(fd, 431, absl::StrCat("the request line and headers exceed ", options_.max_header_bytes, " bytes"));
-      }
+    const std::optional<size_t> end = HeaderEnd(buffer, connection.header_scan);
+    // The empty line that may end them can start two bytes back.
+    connection.header_scan = buffer.size() < 2 ? 0 : buffer.size() - 2;
+    if (end.has_value() ? *end > options_.max_header_bytes : buffer.size() > options_.max_header_bytes) {
+      Refuse(fd, 431, absl::StrCat("the request line and headers exceed ", options_.max_header_bytes, " bytes"));
       return false;
     }
+    if (!end.has_value()) return false;
     absl::StatusOr<Framing> framing = ParseHead(absl::string_view(buffer).substr(0, *end), options_.control_paths);
     if (!framing.ok()) {
       const int status = absl::IsUnimplemented(framing.status()) ? 501 : 400;
@@ -427,7 +442,7 @@ bool ConnectionGate::AdvanceOnce(int fd) {
       return false;
     }
     if (!framing->chunked && framing->content_length > options_.max_body_bytes) {
-      Refuse(fd, 413, absl::StrCat("the request body exceeds ", options_.max_body_bytes, " bytes"));
+      RefuseBody(fd);
       return false;
     }
     connection.framing = *framing;
@@ -468,7 +483,7 @@ bool ConnectionGate::AdvanceOnce(int fd) {
         break;
       }
       if (size > options_.max_body_bytes - connection.chunk_bytes) {
-        Refuse(fd, 413, absl::StrCat("the request body exceeds ", options_.max_body_bytes, " bytes"));
+        RefuseBody(fd);
         return false;
       }
       const size_t next = line_end + 1 + size + 2;  // data and its CRLF
@@ -493,13 +508,9 @@ bool ConnectionGate::Dispatch(int fd) {
   if (lane.Push(connection)) return false;
   // The waiting line is full. The request was read whole, so the connection
   // can carry the client's next try.
-  table_[fd] = std::move(connection);
-  Connection& refused = *table_[fd];
   SendNow(fd, ErrorResponse(429, "the server is at capacity: try again later", /*close=*/false));
-  refused.buffer_.erase(0, refused.request_end_);
-  refused.request_end_ = 0;
-  refused.phase = Connection::Phase::kIdle;
-  refused.deadline = absl::Now() + options_.idle_timeout;
+  connection->AwaitNextRequest(absl::Now() + options_.idle_timeout);
+  table_[fd] = std::move(connection);
   Watch(fd);
   return true;  // a pipelined request may follow
 }
@@ -511,6 +522,10 @@ void ConnectionGate::Refuse(int fd, int http_status, const std::string& message)
   connection.phase = Connection::Phase::kLingering;
   connection.buffer_.clear();
   connection.deadline = absl::Now() + kLingerTime;
+}
+
+void ConnectionGate::RefuseBody(int fd) {
+  Refuse(fd, 413, absl::StrCat("the request body exceeds ", options_.max_body_bytes, " bytes"));
 }
 
 void ConnectionGate::Watch(int fd) {
@@ -579,11 +594,7 @@ void ConnectionGate::TakeBackReturned() {
       continue;
     }
     const int fd = connection->fd();
-    connection->buffer_.erase(0, connection->request_end_);
-    connection->request_end_ = 0;
-    connection->read_ = 0;
-    connection->phase = Connection::Phase::kIdle;
-    connection->deadline = absl::Now() + options_.idle_timeout;
+    connection->AwaitNextRequest(absl::Now() + options_.idle_timeout);
     table_[fd] = std::move(connection);
     Watch(fd);
     Advance(fd);  // a pipelined request may be here already

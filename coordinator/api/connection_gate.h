@@ -132,6 +132,8 @@ class ConnectionGate {
   // Answers an error, closes the sending side and drops what the client still
   // sends until it closes or kLingerTime passes.
   void Refuse(int fd, int http_status, const std::string& message);
+  // Refuse with 413: the body is over max_body_bytes.
+  void RefuseBody(int fd);
   void Watch(int fd);
   void Close(int fd);
   void Wake();
