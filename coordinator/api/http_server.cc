@@ -1,6 +1,5 @@
 #include "coordinator/api/http_server.h"
 
-#include <dirent.h>
 #include <httplib.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -12,7 +11,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -315,7 +313,8 @@ void HttpServer::AddRoutes() {
   server_->set_error_handler(
       httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-        ReplyError(res, HttpError(res.status, DefaultErrorMessage(req, res.status, options_.connections.max_body_bytes)));
+        ReplyError(res,
+                   HttpError(res.status, DefaultErrorMessage(req, res.status, options_.connections.max_body_bytes)));
         return httplib::Server::HandlerResponse::Handled;
       }));
   server_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
@@ -365,7 +364,8 @@ void HttpServer::HandleGenerate(ApiKind kind, const std::string& body_text, http
   }
 }
 
-void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs, httplib::Response& res) {
+void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader& header, bool wants_logprobs,
+                              httplib::Response& res) {
   ConnectionWatch watch(stopping_);
   std::string text;
   std::vector<TokenLogprobs> logprobs;
@@ -387,7 +387,8 @@ void HttpServer::RespondWhole(const Submission& submission, const ResponseHeader
   }
 }
 
-void HttpServer::RespondStream(const Submission& submission, ResponseHeader header, bool include_usage, httplib::Response& res) {
+void HttpServer::RespondStream(const Submission& submission, ResponseHeader header, bool include_usage,
+                               httplib::Response& res) {
   auto stream = std::make_shared<EventStream>(engine_, submission.id, submission.queue, std::move(header),
                                               include_usage, ConnectionWatch(stopping_));
   res.set_header("Cache-Control", "no-cache");
