@@ -86,8 +86,8 @@ absl::Status SequenceMover::MigrateBlocks(EngineGroup* from, const BlockHold& ho
       if (status.ok() || !from->failed()) break;
     }
     if (status.ok()) to->CommitPrefix(*reserved, tokens);
+    to->Release(*reserved);  // committed blocks stay cached; the others go back to the free list
   }
-  if (reserved.ok()) to->Release(*reserved);  // committed blocks stay cached; the others go back to the free list
   from->Release(hold);
   metrics_.AddRemotePrefixTokens(status.ok() ? "migrated" : "recomputed", static_cast<double>(num_tokens));
   if (!status.ok()) std::cerr << "coordinator: KV migration failed, recomputing instead: " << status << "\n";
