@@ -233,6 +233,16 @@ absl::StatusOr<std::vector<T>> WaitForAll(std::vector<std::future<absl::StatusOr
   return values;
 }
 
+// WaitForAll of calls that return no value.
+absl::Status WaitForAll(std::vector<std::future<absl::Status>>& futures) {
+  absl::Status failed;
+  for (auto& future : futures) {
+    const absl::Status status = future.get();
+    if (failed.ok()) failed = status;
+  }
+  return failed;
+}
+
 // Where group `id`'s ranks meet in the rendezvous store.
 std::string RendezvousPrefix(int32_t id) { return absl::StrCat("group", id); }
 
@@ -272,12 +282,7 @@ absl::StatusOr<int64_t> FormGroup(int32_t id, const std::vector<WorkerInfo>& mem
     creates.push_back(
         std::async(std::launch::async, [&member, &sizing] { return CreateCache(member, sizing.num_blocks); }));
   }
-  absl::Status created;
-  for (auto& create : creates) {
-    absl::Status status = create.get();
-    if (created.ok()) created = status;
-  }
-  RETURN_IF_ERROR(created);
+  RETURN_IF_ERROR(WaitForAll(creates));
   GroupOptions options = shape.options;
   const int64_t tokens = sizing.num_blocks * options.block_size;
   std::cerr << absl::StreamFormat(
