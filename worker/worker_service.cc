@@ -71,7 +71,13 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   // coordinator) that places this rank as before keeps its weights: reading
   // them again would take minutes at real sizes. Everything else goes.
   std::unique_ptr<Model> kept;
-  if (loaded_ && HoldsShard(request) && model_ != nullptr) kept = std::move(model_);
+  const ShardIdentity shard{.model_dir = request.model_dir(),
+                            .plan = plan,
+                            .group_rank = request.group_rank(),
+                            .dtype = dtype,
+                            .random_weights = request.random_weights(),
+                            .random_seed = request.random_seed()};
+  if (loaded_ && loaded_shard_ == shard && model_ != nullptr) kept = std::move(model_);
   loaded_ = false;
   sequences_.clear();
   cache_.reset();
@@ -115,24 +121,13 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
     RETURN_IF_ERROR(MeasureMemory(*model, request, free_before_weights, response->mutable_memory()));
   }
   model_ = std::move(model);
-  loaded_request_ = request;
+  loaded_shard_ = shard;
   weight_bytes_ = response->memory().weight_bytes();
   vocab_size_ = model_->config().vocab_size;
   bytes_per_block_ = KvBlockBytes(model_->config(), block_size_, ops_->storage_dtype());
   loaded_ = true;
   response->set_bytes_per_block(bytes_per_block_);
   return absl::OkStatus();
-}
-
-bool WorkerService::HoldsShard(const internal::v1::LoadShardRequest& request) const {
-  const internal::v1::LoadShardRequest& held = loaded_request_;
-  absl::StatusOr<WeightsDtype> held_dtype = ParseWeightsDtype(held.weights_dtype());
-  absl::StatusOr<WeightsDtype> dtype = ParseWeightsDtype(request.weights_dtype());
-  return request.model_dir() == held.model_dir() && request.group_rank() == held.group_rank() &&
-         std::max(1, request.tp()) == std::max(1, held.tp()) &&
-         std::max(1, request.dp_attention()) == std::max(1, held.dp_attention()) &&
-         std::max(1, request.ep()) == std::max(1, held.ep()) && request.random_weights() == held.random_weights() &&
-         request.random_seed() == held.random_seed() && held_dtype.ok() && dtype.ok() && *held_dtype == *dtype;
 }
 
 absl::Status WorkerService::MeasureMemory(Model& model, const internal::v1::LoadShardRequest& request,

@@ -79,11 +79,19 @@ class WorkerService final : public internal::v1::Worker::Service {
  private:
   absl::Status Load(const internal::v1::LoadShardRequest& request, internal::v1::LoadShardResponse* response)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Which shard a model holds: a LoadShard asking for the one loaded keeps
+  // its weights.
+  struct ShardIdentity {
+    std::string model_dir;
+    ParallelPlan plan;
+    int group_rank = 0;
+    WeightsDtype dtype = WeightsDtype::kAuto;
+    bool random_weights = false;
+    uint64_t random_seed = 0;
+    bool operator==(const ShardIdentity&) const = default;
+  };
   // Runs the request's largest step on the freshly loaded `model` and fills
   // `report` from the free memory before the weights, after them and now.
-  // Whether the loaded model is the shard `request` asks for (same
-  // checkpoint, dtype, plan and rank), so that its weights can stay.
-  bool HoldsShard(const internal::v1::LoadShardRequest& request) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status MeasureMemory(Model& model, const internal::v1::LoadShardRequest& request, int64_t free_before_weights,
                              internal::v1::MemoryReport* report) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CreatePool(const internal::v1::CreateCacheRequest& request,
@@ -149,9 +157,9 @@ class WorkerService final : public internal::v1::Worker::Service {
   int64_t bytes_per_block_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t vocab_size_ ABSL_GUARDED_BY(mu_) = 0;
   bool loaded_ ABSL_GUARDED_BY(mu_) = false;  // LoadShard succeeded
-  // What the last successful LoadShard asked for and what its weights
+  // The shard the last successful LoadShard loaded and what its weights
   // take on the GPU (0 on a CPU).
-  internal::v1::LoadShardRequest loaded_request_ ABSL_GUARDED_BY(mu_);
+  ShardIdentity loaded_shard_ ABSL_GUARDED_BY(mu_);
   int64_t weight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // The GPU's free memory when the worker started (0 on a CPU).
   const absl::StatusOr<int64_t> start_free_bytes_;
