@@ -120,8 +120,9 @@ absl::StatusOr<int64_t> MemoryBytes(int gpu) {
 
 // Registers, retrying with backoff (200 ms doubling to 5 s) for `timeout`;
 // nothing if that fails.
-std::optional<Registration> RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address, int64_t memory_bytes,
-                      const std::string& gpu_uuid, absl::Duration timeout) {
+std::optional<Registration> RegisterWithRetry(internal::v1::Coordinator::Stub& stub, const std::string& address,
+                                              int64_t memory_bytes, const std::string& gpu_uuid,
+                                              absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   absl::Duration backoff = absl::Milliseconds(200);
   while (absl::Now() < deadline && !g_signalled) {
