@@ -28,6 +28,7 @@
 #include "coordinator/serving/block_manager.h"
 #include "coordinator/serving/callback_thread.h"
 #include "coordinator/serving/metrics.h"
+#include "coordinator/serving/placement.h"
 #include "coordinator/serving/scheduler.h"
 #include "coordinator/serving/step_executor.h"
 #include "coordinator/cluster/worker_registry.h"
@@ -37,10 +38,6 @@ namespace mlaserve {
 // How many times a request goes on in another group after its own failed
 // before it fails with it.
 inline constexpr int kMaxFailovers = 2;
-
-// With prefill/decode disaggregation, new requests start in prefill groups,
-// which hand each sequence over after its first token to a decode group.
-enum class GroupRole { kMixed, kPrefill, kDecode };
 
 struct GroupOptions {
   GroupRole role = GroupRole::kMixed;
@@ -57,15 +54,6 @@ struct GroupOptions {
 struct BlockHold {
   int replica = 0;
   std::vector<int32_t> blocks;
-};
-
-// Where a request would run in a group: the attention replica caching the
-// longest prefix of its prompt (whole blocks, at most all but the last token),
-// the least loaded among equals, and how long that prefix is.
-struct Placement {
-  int replica = 0;
-  PrefixMatch prefix;  // the cached prefix in that replica (not held)
-  int64_t cached_tokens() const { return prefix.num_tokens; }
 };
 
 // Receives a sequence the group no longer serves (drain, disaggregation),

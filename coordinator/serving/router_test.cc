@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "coordinator/serving/engine_group.h"
 #include "tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 
@@ -100,7 +101,7 @@ TEST_F(RouterTest, TheGroupCachingTheLongestPrefixWinsWithinTheSlack) {
   Cache(a, prompt, 1);
   Cache(b, prompt, 3);
   Load(b, 2);
-  const Router::Route route = router.Choose(pointers_, prompt);
+  const Route<EngineGroup> route = router.Choose(pointers_, prompt);
   EXPECT_EQ(route.group, b);
   EXPECT_EQ(route.placement.cached_tokens(), 3 * kBlockSize);
   EXPECT_EQ(route.donor, nullptr);
@@ -114,7 +115,7 @@ TEST_F(RouterTest, ABusierCachingGroupLosesToTheLeastLoadedAndBecomesTheDonor) {
   Cache(a, prompt, 1);
   Cache(b, prompt, 3);
   Load(b, 3);
-  const Router::Route route = router.Choose(pointers_, prompt);
+  const Route<EngineGroup> route = router.Choose(pointers_, prompt);
   EXPECT_EQ(route.group, a);
   EXPECT_EQ(route.placement.cached_tokens(), kBlockSize);
   EXPECT_EQ(route.donor, b);
@@ -127,12 +128,12 @@ TEST_F(RouterTest, ThePlacementNamesTheReplicaHoldingThePrefix) {
   const std::vector<int32_t> prompt = Prompt(9);
   Load(group, 1);  // replica 0 busier: Reserve picks replica 1
   Cache(group, prompt, 2);
-  const Router::Route route = router.Choose(pointers_, prompt);
+  const Route<EngineGroup> route = router.Choose(pointers_, prompt);
   EXPECT_EQ(route.group, group);
   EXPECT_EQ(route.placement.replica, 1);
   EXPECT_EQ(route.placement.cached_tokens(), 2 * kBlockSize);
   // The last token is never served from the cache: it must be computed.
-  const Router::Route whole = router.Choose(pointers_, Prompt(8));
+  const Route<EngineGroup> whole = router.Choose(pointers_, Prompt(8));
   EXPECT_EQ(whole.placement.cached_tokens(), kBlockSize);
 }
 

@@ -116,7 +116,7 @@ absl::Status ServingEngine::Validate(const GenerateInput& input) const {
 
 absl::StatusOr<int64_t> ServingEngine::Submit(GenerateInput input, UpdateCallback on_update) {
   auto seq = std::make_unique<Sequence>();
-  Router::Route route;
+  Route<EngineGroup> route;
   {
     absl::MutexLock lock(&mu_);
     if (!admitting_) return absl::UnavailableError("the server is shutting down");
