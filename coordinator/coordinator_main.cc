@@ -33,6 +33,7 @@
 #include "coordinator/serving/metrics.h"
 #include "coordinator/cluster/rendezvous_service.h"
 #include "coordinator/serving/serving_engine.h"
+#include "coordinator/serving/step_trace.h"
 #include "coordinator/cluster/kv_sizing.h"
 #include "coordinator/cluster/shard_planner.h"
 #include "coordinator/cluster/weight_bytes.h"
@@ -80,6 +81,8 @@ ABSL_FLAG(std::string, weights_dtype, "auto",
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
+ABSL_FLAG(std::string, step_trace, "",
+          "write every engine step's shape and time to this CSV (what //:cluster_sim fits its costs to)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "requests admitted (waiting or running) before 429");
 ABSL_FLAG(int, http_threads, 0,
           "HTTP request threads; a streamed response holds one for its whole length (0: --max_queued_requests + 64, "
@@ -410,6 +413,11 @@ absl::Status Run() {
   if (migration != "auto" && migration != "always" && migration != "never") {
     return absl::InvalidArgumentError("--migration must be auto, always or never");
   }
+  // Declared before the engine: its groups record into it until they stop.
+  std::unique_ptr<StepTrace> step_trace;
+  if (!absl::GetFlag(FLAGS_step_trace).empty()) {
+    ASSIGN_OR_RETURN(step_trace, StepTrace::Create(absl::GetFlag(FLAGS_step_trace)));
+  }
   ServingEngine engine(*tokenizer, config,
                        {.model_name = model_name,
                         .migration = migration == "always"  ? MigrationPolicy::kAlways
@@ -424,7 +432,8 @@ absl::Status Run() {
   AdminService admin(engine, registry, admin_keys);
   GroupOptions group_options{.block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
-                                           .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)}};
+                                           .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)},
+                             .trace = step_trace.get()};
   GrpcService public_api(engine, metrics, group_options.block_size, api_keys);
   RendezvousService rendezvous(absl::Seconds(600), cluster_secret);
 

@@ -139,6 +139,7 @@ bool EngineGroup::HasWork() const {
 
 void EngineGroup::Loop() {
   std::optional<LaunchedStep> in_flight;
+  absl::Time last_collected = absl::InfinitePast();
   while (true) {
     Plan plan = Schedule(in_flight.has_value());
     Emit(std::move(plan.updates), std::move(plan.moves));
@@ -148,7 +149,21 @@ void EngineGroup::Loop() {
     if (sequences > 0) launched = Run(plan);
     if (!in_flight.has_value() && sequences == 0) continue;
     absl::Duration wait;
-    if (in_flight.has_value()) wait = Postprocess(*in_flight);
+    if (in_flight.has_value()) {
+      const absl::Time collecting = absl::Now();
+      wait = Postprocess(*in_flight);
+      const absl::Time collected = collecting + wait;
+      if (options_.trace != nullptr) {
+        // The workers run steps one after another: this one started when it
+        // was launched or when the one before it came back, the later.
+        options_.trace->Record({.group = group_id_,
+                                .workers = static_cast<int>(workers_.size()),
+                                .shape = in_flight->shape,
+                                .seconds = absl::ToDoubleSeconds(collected - std::max(in_flight->launched,
+                                                                                       last_collected))});
+      }
+      last_collected = collected;
+    }
     // The host's share of a step: what the GPU would wait for were the loop
     // not overlapped (Dynamo's mocker and SGLang report the same split).
     metrics_.ObserveEngineStep(sequences, absl::ToDoubleSeconds(absl::Now() - plan.begin - wait),
@@ -190,7 +205,9 @@ EngineGroup::Plan EngineGroup::Schedule(bool step_in_flight) {
   for (size_t r = 0; r < replicas_.size(); ++r) {
     Scheduler& scheduler = replicas_[r]->scheduler;
     const int64_t preemptions = scheduler.num_preemptions();
-    BuildStep(static_cast<int>(r), scheduler.Schedule(), &plan);
+    const std::vector<ScheduledSequence> scheduled = scheduler.Schedule();
+    plan.launched.shape.AddReplica(scheduled);
+    BuildStep(static_cast<int>(r), scheduled, &plan);
     metrics_.CountPreemptions(static_cast<double>(scheduler.num_preemptions() - preemptions));
   }
   if (plan.step.sequences_size() > 0) {
@@ -242,6 +259,7 @@ void EngineGroup::BuildStep(int replica, const std::vector<ScheduledSequence>& s
 
 std::optional<EngineGroup::LaunchedStep> EngineGroup::Run(Plan& plan) {
   absl::Status launched = executor_->Launch(plan.step);
+  plan.launched.launched = absl::Now();
   if (launched.ok()) return std::move(plan.launched);
   absl::MutexLock lock(&mu_);
   if (failure_.ok()) failure_ = launched;

@@ -31,6 +31,7 @@
 #include "coordinator/serving/placement.h"
 #include "coordinator/serving/scheduler.h"
 #include "coordinator/serving/step_executor.h"
+#include "coordinator/serving/step_trace.h"
 #include "coordinator/cluster/worker_registry.h"
 
 namespace mlaserve {
@@ -47,6 +48,7 @@ struct GroupOptions {
   int64_t block_size = 64;
   SchedulerOptions scheduler;
   absl::Duration step_timeout = absl::Minutes(5);
+  StepTrace* trace = nullptr;  // records every step when set; outlives the group
 };
 
 // Blocks of one replica kept referenced (never evicted or reused) for a KV
@@ -143,6 +145,8 @@ class EngineGroup {
   // A step launched on the workers: where each replica's samples go.
   struct LaunchedStep {
     std::vector<std::vector<SampleSlot>> slots;  // per replica
+    StepShape shape;
+    absl::Time launched;  // when Launch returned
   };
   // What the loop does next, decided under the lock.
   struct Plan {

@@ -158,6 +158,7 @@ class EngineGroupTest : public ::testing::Test {
     options.num_blocks = num_blocks;
     options.block_size = 4;
     options.scheduler = {.max_num_seqs = max_num_seqs, .max_batched_tokens = 32};
+    options.trace = trace_.get();
     group_ = std::make_unique<EngineGroup>(1, std::vector<WorkerInfo>{WorkerInfo{.id = 1}}, std::move(fake),
                                            options, config_, metrics_);
   }
@@ -230,6 +231,7 @@ class EngineGroupTest : public ::testing::Test {
   FakeWorkers* fake_ = nullptr;
   absl::Mutex mu_;
   std::map<int64_t, Received> received_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<StepTrace> trace_;  // recorded into when set before Start
   std::unique_ptr<EngineGroup> group_;
 };
 
@@ -244,6 +246,31 @@ TEST_F(EngineGroupTest, OutputsAreExactUnderOverlapAndPreemption) {
     EXPECT_EQ(r.completion_tokens, static_cast<int32_t>(r.tokens.size()));
   }
   ExpectAllBlocksFree(12);
+}
+
+TEST_F(EngineGroupTest, TraceRecordsEveryStepItsShape) {
+  const std::string path = ::testing::TempDir() + "/engine_group_trace.csv";
+  trace_ = StepTrace::Create(path).value();
+  Start(64);
+  Submit(3, 10, 5);
+  ASSERT_TRUE(WaitFinished(1));
+  group_.reset();
+  absl::StatusOr<std::vector<StepSample>> steps = ReadStepTrace(path);
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  // The 10-token prompt in one chunk, then the 4 decodes that feed samples
+  // 2 to 5: the last sample is known to be the last, so no step follows it.
+  ASSERT_EQ(steps->size(), 5u);
+  EXPECT_EQ((*steps)[0].shape.prefill_tokens, 10);
+  EXPECT_EQ((*steps)[0].shape.max_replica_attended, 55);
+  for (size_t i = 1; i < steps->size(); ++i) {
+    EXPECT_EQ((*steps)[i].shape.tokens, 1);
+    EXPECT_EQ((*steps)[i].shape.max_replica_attended, static_cast<int64_t>(10 + i));
+  }
+  for (const StepSample& step : *steps) {
+    EXPECT_EQ(step.group, 1);
+    EXPECT_EQ(step.workers, 1);
+    EXPECT_GE(step.seconds, 0);
+  }
 }
 
 TEST_F(EngineGroupTest, StopAtStepNWithStepNPlusOneInFlightWastesOneStepAndNoToken) {
