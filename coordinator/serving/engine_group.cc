@@ -102,22 +102,9 @@ bool EngineGroup::HasWorker(int32_t worker_id) const {
   return std::any_of(workers_.begin(), workers_.end(), [&](const WorkerInfo& w) { return w.id == worker_id; });
 }
 
-Placement EngineGroup::BestReplica(const std::vector<int32_t>& tokens) {
-  Placement best;
-  for (size_t r = 0; r < replicas_.size(); ++r) {
-    PrefixMatch m = replicas_[r]->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1);
-    const bool longer = m.num_tokens > best.cached_tokens();
-    if (r == 0 || longer ||
-        (m.num_tokens == best.cached_tokens() && replicas_[r]->load() < replicas_[best.replica]->load())) {
-      best = {static_cast<int>(r), std::move(m)};
-    }
-  }
-  return best;
-}
-
 Placement EngineGroup::Place(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  return BestReplica(tokens);
+  return BestReplica(replicas_, tokens);
 }
 
 int64_t EngineGroup::load() const {
@@ -423,7 +410,7 @@ bool EngineGroup::drained() const {
 
 BlockHold EngineGroup::HoldPrefix(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  Placement best = BestReplica(tokens);
+  Placement best = BestReplica(replicas_, tokens);
   BlockHold hold{best.replica, std::move(best.prefix.blocks)};
   if (!replicas_[hold.replica]->blocks.Acquire(hold.blocks).ok()) hold.blocks.clear();
   return hold;

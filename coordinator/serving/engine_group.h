@@ -29,6 +29,7 @@
 #include "coordinator/serving/callback_thread.h"
 #include "coordinator/serving/metrics.h"
 #include "coordinator/serving/placement.h"
+#include "coordinator/serving/replica.h"
 #include "coordinator/serving/scheduler.h"
 #include "coordinator/serving/step_executor.h"
 #include "coordinator/serving/step_trace.h"
@@ -128,16 +129,7 @@ class EngineGroup {
     GenerateUpdate update;
   };
 
-  // One attention replica's KV pool and the sequences living in it.
-  struct Replica {
-    Replica(int64_t num_blocks, int64_t block_size, const SchedulerOptions& options)
-        : blocks(num_blocks, block_size), scheduler(blocks, options) {}
-    BlockManager blocks;
-    Scheduler scheduler;
-    int64_t load() const { return scheduler.num_running() + scheduler.num_waiting(); }
-  };
-  // Place(), under the lock.
-  Placement BestReplica(const std::vector<int32_t>& tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   struct OutgoingMove {
     std::unique_ptr<Sequence> seq;
     BlockHold hold;

@@ -151,16 +151,18 @@ FinishReason Scheduler::Apply(Sequence& seq, int64_t position, int32_t token, st
   if (seq.num_computed > known_before) CacheKnown(seq);
   if (Contains(seq.sampling.stop_token_ids, token) ||
       (!seq.sampling.ignore_eos && Contains(options_.eos_token_ids, token))) {
-    *text = seq.detokenizer->Flush();  // the stop token's text is not part of the output
+    if (seq.detokenizer != nullptr) *text = seq.detokenizer->Flush();  // the stop token's text is not output
     return FinishReason::kStop;
   }
-  *text = seq.detokenizer->Append(token);
-  if (seq.detokenizer->stopped()) return FinishReason::kStop;
+  if (seq.detokenizer != nullptr) {
+    *text = seq.detokenizer->Append(token);
+    if (seq.detokenizer->stopped()) return FinishReason::kStop;
+  }
   // Placeholders after this one are the sequence's speculative steps; the
   // length counts the output up to this token.
   const int64_t output = position + 1 - seq.prompt_len;
   if (output >= seq.sampling.max_tokens || position + 1 >= options_.max_model_len) {
-    *text += seq.detokenizer->Flush();
+    if (seq.detokenizer != nullptr) *text += seq.detokenizer->Flush();
     return FinishReason::kLength;
   }
   return FinishReason::kNone;

@@ -44,7 +44,7 @@ struct Sequence {
   // The last walk of its replica's prefix index for its tokens (routing's, or
   // the last admission's): the next one resumes from it.
   PrefixMatch prefix_match;
-  std::unique_ptr<Detokenizer> detokenizer;
+  std::unique_ptr<Detokenizer> detokenizer;  // null: ids only, no text (the cluster simulator's)
   UpdateCallback on_update;
   absl::Time arrival;
   absl::Time first_token_time = absl::InfiniteFuture();
