@@ -63,6 +63,7 @@ namespace {
 
 struct ParallelDegrees {
   int tp = 0, dp_attention = 0, ep = 0;
+  int64_t kv_blocks = 0, block_size = 0;  // per attention replica
 };
 
 struct Plan {
@@ -97,6 +98,9 @@ class Cluster {
     for (absl::string_view flag : absl::StrSplit(absl::GetFlag(FLAGS_coordinator_flags), ' ', absl::SkipEmpty())) {
       args.emplace_back(flag);
     }
+    // Every step's shape and time: what //:cluster_sim fits its costs to.
+    step_trace_ = absl::StrCat("steps_", workers, "_", plan.name, ".csv");
+    args.push_back(absl::StrCat("--step_trace=", absl::GetFlag(FLAGS_out), "/", step_trace_));
     log_ = absl::StrCat(absl::GetFlag(FLAGS_out), "/cluster_", workers, "_", plan.name, ".log");
     pid_ = fork();
     if (pid_ == 0) {
@@ -116,6 +120,8 @@ class Cluster {
 
   std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
   const std::string& log() const { return log_; }
+  // The step trace's file name, in --out.
+  const std::string& step_trace() const { return step_trace_; }
 
   // Waits until every planned group serves; the groups it serves.
   absl::StatusOr<int> AwaitServing(absl::Duration timeout) {
@@ -137,16 +143,26 @@ class Cluster {
         absl::StrCat("the cluster did not serve within ", absl::FormatDuration(timeout), "; see ", log_));
   }
 
-  // The plan the coordinator chose, from its log ("shard plan: N group(s) of
-  // tp=.. dp_attention=.. ep=.."); zeros when not found.
+  // The plan the coordinator chose and the KV pool it gave the first group,
+  // from its log ("shard plan: N group(s) of tp=.. dp_attention=.. ep=..",
+  // "group G: KV cache of B blocks = T tokens per attention replica"); zeros
+  // when not found.
   ParallelDegrees PlanUsed() const {
     std::ifstream in(log_);
     ParallelDegrees used;
     for (std::string line; std::getline(in, line);) {
-      const size_t at = line.find("shard plan: ");
-      if (at == std::string::npos) continue;
-      std::sscanf(line.c_str() + line.find(" of tp=", at), " of tp=%d dp_attention=%d ep=%d", &used.tp,
-                  &used.dp_attention, &used.ep);
+      if (const size_t at = line.find("shard plan: "); at != std::string::npos) {
+        std::sscanf(line.c_str() + line.find(" of tp=", at), " of tp=%d dp_attention=%d ep=%d", &used.tp,
+                    &used.dp_attention, &used.ep);
+      }
+      if (const size_t at = line.find("KV cache of "); at != std::string::npos && used.kv_blocks == 0) {
+        long long blocks = 0, tokens = 0;
+        if (std::sscanf(line.c_str() + at, "KV cache of %lld blocks = %lld tokens", &blocks, &tokens) == 2 &&
+            blocks > 0) {
+          used.kv_blocks = blocks;
+          used.block_size = tokens / blocks;
+        }
+      }
     }
     return used;
   }
@@ -171,6 +187,7 @@ class Cluster {
  private:
   const int port_;
   std::string log_;
+  std::string step_trace_;
   pid_t pid_ = -1;
 };
 
@@ -184,6 +201,8 @@ struct Row {
   BenchmarkSummary summary;
   double migrated_tokens = 0;
   double transfer_bytes = 0;
+  WorkloadOptions workload;  // the level's, regenerable
+  std::string step_trace;    // file name in --out
 };
 
 // A row per load level, or one saying why the cluster did not serve.
@@ -197,6 +216,7 @@ absl::StatusOr<std::vector<Row>> Measure(int workers, const Plan& plan, const st
   }
   started.groups = *groups;
   started.plan_used = cluster.PlanUsed();
+  started.step_trace = cluster.step_trace();
   ASSIGN_OR_RETURN(const ModelInfo model, FetchModelInfo(cluster.url(), ""));
   ASSIGN_OR_RETURN(WorkloadKind kind, ParseWorkloadKind(absl::GetFlag(FLAGS_workload)));
   const WorkloadOptions workload{.kind = kind,
@@ -216,6 +236,7 @@ absl::StatusOr<std::vector<Row>> Measure(int workers, const Plan& plan, const st
     // Each level's own prompts, so that no level hits what an earlier one cached.
     WorkloadOptions level_workload = workload;
     level_workload.seed += level;
+    row.workload = level_workload;
     ASSIGN_OR_RETURN(std::vector<Session> sessions, GenerateWorkload(level_workload));
     const LoadOptions load{.url = cluster.url(), .model = model.id, .concurrency = row.concurrency};
     // The run's own migrations: start-up calibrates with a transfer.
@@ -315,6 +336,15 @@ absl::Status Run() {
         entry["error"] = row.error;
         entry["migrated_tokens"] = row.migrated_tokens;
         entry["kv_transfer_bytes"] = row.transfer_bytes;
+        entry["kv_blocks"] = row.plan_used.kv_blocks;
+        entry["block_size"] = row.plan_used.block_size;
+        entry["step_trace"] = row.step_trace;
+        const WorkloadOptions& w = row.workload;
+        entry["workload"] = {{"kind", absl::GetFlag(FLAGS_workload)}, {"num_requests", w.num_requests},
+                             {"input_len", w.input_len},          {"output_len", w.output_len},
+                             {"prefix_len", w.prefix_len},         {"num_turns", w.num_turns},
+                             {"num_conversations", w.num_conversations}, {"vocab_low", w.vocab_low},
+                             {"vocab_high", w.vocab_high},         {"seed", w.seed}};
         json.push_back(entry);
       }
     }

@@ -1,0 +1,294 @@
+// The calibrated cluster model's command line.
+//
+// Check it against a scaling run (//:scale_bench's --out): every measured
+// configuration is simulated with step costs fitted to its own step trace and
+// the same workload, and the prediction is put beside the measurement:
+//   bazel run //:cluster_sim -- --validate DIR
+// Project clusters no machine here has, from a GPU's measured rates:
+//   bazel run //:cluster_sim -- --project --config tests/testdata/configs/deepseek-v3-fp8.json \
+//     --hardware h200 --nodes 2,4,8,16,32,64,128 --group_gpus 8,16 --out DIR
+// Both write a CSV and gnuplot PNGs into --out and print a table.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/model_config.h"
+#include "common/status_macros.h"
+#include "common/user_path.h"
+#include "coordinator/cluster/weight_bytes.h"
+#include "nlohmann/json.hpp"
+#include "simulator/cluster_simulator.h"
+#include "simulator/step_cost.h"
+#include "tests/bench/stats.h"
+#include "tests/bench/workload.h"
+
+ABSL_FLAG(std::string, validate, "", "a //:scale_bench output directory (scale.json and step traces) to predict");
+ABSL_FLAG(bool, project, false, "project clusters of --nodes nodes of --hardware GPUs serving --config");
+ABSL_FLAG(std::string, out, "cluster_sim", "directory for the CSV and charts");
+ABSL_FLAG(int64_t, max_num_seqs, 64, "the coordinator's --max_num_seqs in the runs validated or projected");
+ABSL_FLAG(int64_t, max_batched_tokens, 512, "the coordinator's --max_batched_tokens");
+ABSL_FLAG(double, kv_gbps, 1.0, "--validate: GB/s of KV moved between groups (CPU workers: TCP)");
+// Projection.
+ABSL_FLAG(std::string, config, "tests/testdata/configs/deepseek-v3-fp8.json", "model config.json");
+ABSL_FLAG(std::string, hardware, "h200", "GPU whose measured rates cost the steps: h200 or h100");
+ABSL_FLAG(std::string, weights_dtype, "auto", "auto (as stored), bf16 or fp8");
+ABSL_FLAG(std::string, nodes, "2,4,8,16,32,64,128", "cluster sizes in nodes");
+ABSL_FLAG(std::string, group_gpus, "8,16",
+          "GPUs per engine group (attention data-parallel and experts split over all of them), one line each");
+ABSL_FLAG(double, prefill_share, 0.25,
+          "share of the groups that only prefill (disaggregation); 0 for mixed groups");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9, "share of each GPU's memory for weights, activations and KV");
+ABSL_FLAG(double, activation_reserve_gb, 6, "GB per GPU kept for activations and graphs");
+ABSL_FLAG(int64_t, block_size, 64, "tokens per KV block");
+ABSL_FLAG(std::string, workload, "shared_prefix", "random | shared_prefix | multi_turn");
+ABSL_FLAG(int64_t, input_len, 2048, "prompt tokens (new ones per request)");
+ABSL_FLAG(int64_t, output_len, 256, "output tokens per request");
+ABSL_FLAG(int64_t, prefix_len, 1024, "shared_prefix: tokens of each shared prefix");
+ABSL_FLAG(int64_t, num_prefixes, 64, "shared_prefix: distinct shared prefixes");
+ABSL_FLAG(int64_t, concurrency_per_gpu, 32, "sessions in flight per GPU (closed loop)");
+ABSL_FLAG(int64_t, requests_per_gpu, 64, "sessions per GPU");
+
+namespace mlaserve::sim {
+namespace {
+
+absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& flag, const std::string& text) {
+  std::vector<int64_t> values;
+  for (absl::string_view v : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t n;
+    if (!absl::SimpleAtoi(v, &n) || n < 1) return absl::InvalidArgumentError(absl::StrCat(flag, ": '", v, "'"));
+    values.push_back(n);
+  }
+  if (values.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, " is empty"));
+  return values;
+}
+
+double RelativeError(double predicted, double measured) {
+  return measured != 0 ? (predicted - measured) / measured : 0.0;
+}
+
+// The workload a scale.json row ran, regenerated from its options.
+absl::StatusOr<std::vector<bench::Session>> WorkloadOf(const nlohmann::json& w) {
+  ASSIGN_OR_RETURN(const bench::WorkloadKind kind, bench::ParseWorkloadKind(w.at("kind").get<std::string>()));
+  return bench::GenerateWorkload({.kind = kind,
+                                  .num_requests = w.at("num_requests").get<int64_t>(),
+                                  .input_len = w.at("input_len").get<int64_t>(),
+                                  .output_len = w.at("output_len").get<int64_t>(),
+                                  .prefix_len = w.at("prefix_len").get<int64_t>(),
+                                  .num_turns = w.at("num_turns").get<int64_t>(),
+                                  .num_conversations = w.at("num_conversations").get<int64_t>(),
+                                  .vocab_low = w.at("vocab_low").get<int32_t>(),
+                                  .vocab_high = w.at("vocab_high").get<int32_t>(),
+                                  .seed = w.at("seed").get<uint64_t>()});
+}
+
+absl::Status Validate(const std::string& dir, const std::string& out) {
+  std::ifstream in(dir + "/scale.json");
+  if (!in) return absl::NotFoundError(absl::StrCat("no scale.json in ", dir));
+  const nlohmann::json rows = nlohmann::json::parse(in, nullptr, false);
+  if (!rows.is_array()) return absl::InvalidArgumentError(absl::StrCat(dir, "/scale.json is not a JSON array"));
+  std::map<std::string, std::shared_ptr<const FittedStepCost>> costs;  // by trace file
+  std::ofstream csv(out + "/validation.csv");
+  csv << "workers,plan,concurrency,groups,measured_output_tok_s,predicted_output_tok_s,output_error,"
+         "measured_ttft_p50_ms,predicted_ttft_p50_ms,ttft_error,measured_tpot_p50_ms,predicted_tpot_p50_ms,"
+         "tpot_error,measured_hit_rate,predicted_hit_rate\n";
+  std::cout << "| workers | plan | in flight | output tok/s measured | predicted | error | TTFT p50 ms measured | "
+               "predicted | error | TPOT p50 ms measured | predicted | error |\n"
+               "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  double worst = 0;
+  int validated = 0;
+  for (const nlohmann::json& row : rows) {
+    if (!row.value("error", std::string()).empty() || !row.contains("step_trace")) continue;
+    const std::string trace = row.at("step_trace").get<std::string>();
+    if (!costs.contains(trace)) {
+      ASSIGN_OR_RETURN(const std::vector<StepSample> samples, ReadStepTrace(dir + "/" + trace));
+      ASSIGN_OR_RETURN(FittedStepCost fitted, FittedStepCost::Fit(samples));
+      std::cerr << "cluster_sim: " << trace << ": " << samples.size() << " steps: " << fitted.ToString() << "\n";
+      costs[trace] = std::make_shared<FittedStepCost>(fitted);
+    }
+    const int groups = row.at("groups").get<int>();
+    const int workers = row.at("workers").get<int>();
+    ClusterSpec cluster{.kv_bytes_per_s = absl::GetFlag(FLAGS_kv_gbps) * 1e9, .kv_bytes_per_block = 1};
+    for (int g = 0; g < groups; ++g) {
+      cluster.groups.push_back({.workers = workers / groups,
+                                .dp_attention = std::max(1, row.at("dp_attention").get<int>()),
+                                .num_blocks = row.at("kv_blocks").get<int64_t>(),
+                                .block_size = row.at("block_size").get<int64_t>(),
+                                .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+                                              .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)},
+                                .cost = costs[trace]});
+    }
+    ASSIGN_OR_RETURN(std::vector<bench::Session> sessions, WorkloadOf(row.at("workload")));
+    const LoadSpec load{.sessions = std::move(sessions), .concurrency = row.at("concurrency").get<int64_t>()};
+    ASSIGN_OR_RETURN(const SimulationResult simulated, Simulate(cluster, load));
+    const bench::BenchmarkSummary p = simulated.Summary();
+    const double m_out = row.at("output_throughput").get<double>();
+    const double m_ttft = row.at("ttft_ms").at("p50").get<double>();
+    const double m_tpot = row.at("tpot_ms").at("p50").get<double>();
+    const double e_out = RelativeError(p.output_throughput, m_out), e_ttft = RelativeError(p.ttft_ms.p50, m_ttft),
+                 e_tpot = RelativeError(p.tpot_ms.p50, m_tpot);
+    worst = std::max(worst, std::abs(e_out));
+    ++validated;
+    csv << absl::StrCat(workers, ",", row.at("plan").get<std::string>(), ",", load.concurrency, ",", groups, ",",
+                        m_out, ",", p.output_throughput, ",", e_out, ",", m_ttft, ",", p.ttft_ms.p50, ",", e_ttft,
+                        ",", m_tpot, ",", p.tpot_ms.p50, ",", e_tpot, ",",
+                        row.value("prefix_cache_hit_rate", 0.0), ",", p.prefix_cache_hit_rate)
+        << "\n";
+    std::cout << absl::StrFormat("| %d | %s | %d | %.1f | %.1f | %+.1f%% | %.0f | %.0f | %+.1f%% | %.1f | %.1f | %+.1f%% |\n",
+                                 workers, row.at("plan").get<std::string>(), load.concurrency, m_out,
+                                 p.output_throughput, 100 * e_out, m_ttft, p.ttft_ms.p50, 100 * e_ttft, m_tpot,
+                                 p.tpot_ms.p50, 100 * e_tpot);
+  }
+  csv.close();
+  if (validated == 0) return absl::InvalidArgumentError(absl::StrCat(dir, " has no measured row with a step trace"));
+  std::cout << absl::StrFormat("cluster_sim: %d configurations; largest output-throughput error %.1f%%\n", validated,
+                               100 * worst);
+  return bench::RunGnuplot(
+      absl::StrCat("set terminal pngcairo size 700,600\nset output '", out,
+                   "/validation.png'\nset datafile separator ','\nset key top left\nset grid\n"
+                   "set xlabel 'measured output tokens/s'\nset ylabel 'predicted output tokens/s'\n"
+                   "plot '",
+                   out, "/validation.csv' every ::1 using 5:6 with points pt 7 title 'configurations', x with lines "
+                        "dt 2 title 'exact', 1.15*x with lines dt 3 title '+15%', 0.85*x with lines dt 3 title '-15%'\n"),
+      out + "/validation.gp");
+}
+
+// Clusters of `nodes` nodes, one line per group size.
+absl::Status Project(const std::string& out) {
+  ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(ResolveUserPath(absl::GetFlag(FLAGS_config))));
+  ASSIGN_OR_RETURN(const Hardware hw, MeasuredHardware(absl::GetFlag(FLAGS_hardware)));
+  ASSIGN_OR_RETURN(const WeightFormat format, ChooseWeightFormat(config, absl::GetFlag(FLAGS_weights_dtype), true));
+  ASSIGN_OR_RETURN(const std::vector<int64_t> node_counts, ParseList("--nodes", absl::GetFlag(FLAGS_nodes)));
+  ASSIGN_OR_RETURN(const std::vector<int64_t> group_sizes, ParseList("--group_gpus", absl::GetFlag(FLAGS_group_gpus)));
+  ASSIGN_OR_RETURN(const bench::WorkloadKind kind, bench::ParseWorkloadKind(absl::GetFlag(FLAGS_workload)));
+  const int64_t block_size = absl::GetFlag(FLAGS_block_size);
+  std::ofstream csv(out + "/projection.csv");
+  csv << "nodes,group_gpus,gpus,groups,prefill_groups,kv_tokens_per_gpu,output_tok_s,output_tok_s_per_node,"
+         "input_tok_s_per_node,output_tok_s_per_gpu,ttft_p50_ms,ttft_p99_ms,tpot_p50_ms,tpot_p99_ms,hit_rate,"
+         "handoffs,steps\n";
+  std::cout << "| nodes | GPUs per group | groups (prefill) | KV tokens per GPU | output tok/s per node | input tok/s "
+               "per node | TTFT p50 / p99 ms | TPOT p50 / p99 ms | prefix hits |\n"
+               "| ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: |\n";
+  for (int64_t group_gpus : group_sizes) {
+    const ParallelPlan plan{.tp = 1, .dp_attention = static_cast<int>(group_gpus), .ep = static_cast<int>(group_gpus)};
+    ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw));
+    std::cerr << "cluster_sim: " << roofline.ToString() << "\n";
+    const double kv_room = hw.memory_bytes * absl::GetFlag(FLAGS_gpu_memory_utilization) -
+                           roofline.rank_weight_bytes() - absl::GetFlag(FLAGS_activation_reserve_gb) * 1e9;
+    const int64_t kv_blocks = static_cast<int64_t>(kv_room / (roofline.kv_bytes_per_token() * block_size));
+    auto cost = std::make_shared<RooflineStepCost>(roofline);
+    for (int64_t nodes : node_counts) {
+      const int64_t gpus = nodes * hw.gpus_per_node;
+      if (gpus % group_gpus != 0 || kv_blocks <= 0) {
+        std::cout << absl::StrFormat("| %d | %d | %s | | | | | | |\n", nodes, group_gpus,
+                                     kv_blocks <= 0 ? "weights do not fit" : "groups do not divide the GPUs");
+        continue;
+      }
+      const int64_t groups = gpus / group_gpus;
+      const int64_t prefill =
+          groups > 1 ? std::clamp<int64_t>(std::llround(groups * absl::GetFlag(FLAGS_prefill_share)),
+                                           absl::GetFlag(FLAGS_prefill_share) > 0 ? 1 : 0, groups - 1)
+                     : 0;
+      ClusterSpec cluster{.kv_bytes_per_s = hw.inter_node_bytes_per_s,
+                          .kv_latency_s = 1e-3,
+                          .kv_bytes_per_block = static_cast<int64_t>(roofline.kv_bytes_per_token()) * block_size};
+      for (int64_t g = 0; g < groups; ++g) {
+        cluster.groups.push_back({.role = g < prefill ? GroupRole::kPrefill
+                                          : prefill > 0 ? GroupRole::kDecode
+                                                        : GroupRole::kMixed,
+                                  .workers = static_cast<int>(group_gpus),
+                                  .dp_attention = static_cast<int>(group_gpus),
+                                  .num_blocks = kv_blocks,
+                                  .block_size = block_size,
+                                  .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+                                                .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)},
+                                  .cost = cost});
+      }
+      ASSIGN_OR_RETURN(std::vector<bench::Session> sessions,
+                       bench::GenerateWorkload({.kind = kind,
+                                                .num_requests = absl::GetFlag(FLAGS_requests_per_gpu) * gpus,
+                                                .input_len = absl::GetFlag(FLAGS_input_len),
+                                                .output_len = absl::GetFlag(FLAGS_output_len),
+                                                .prefix_len = absl::GetFlag(FLAGS_prefix_len),
+                                                .num_prefixes = absl::GetFlag(FLAGS_num_prefixes),
+                                                .num_turns = 4,
+                                                .num_conversations = absl::GetFlag(FLAGS_requests_per_gpu) * gpus,
+                                                .vocab_low = 10,
+                                                .vocab_high = static_cast<int32_t>(config.vocab_size),
+                                                .seed = static_cast<uint64_t>(nodes)}));
+      std::cerr << "cluster_sim: " << nodes << " node(s), " << groups << " group(s) of " << group_gpus << " GPUs\n";
+      const LoadSpec load{.sessions = std::move(sessions), .concurrency = absl::GetFlag(FLAGS_concurrency_per_gpu) * gpus};
+      ASSIGN_OR_RETURN(const SimulationResult simulated, Simulate(cluster, load));
+      const bench::BenchmarkSummary s = simulated.Summary();
+      const double per_node = s.output_throughput / nodes;
+      csv << absl::StrCat(nodes, ",", group_gpus, ",", gpus, ",", groups, ",", prefill, ",",
+                          kv_blocks * block_size, ",", s.output_throughput, ",", per_node, ",",
+                          s.input_throughput / nodes, ",", s.output_throughput / gpus, ",", s.ttft_ms.p50, ",",
+                          s.ttft_ms.p99, ",", s.tpot_ms.p50, ",", s.tpot_ms.p99, ",", s.prefix_cache_hit_rate, ",",
+                          simulated.handoffs, ",", simulated.steps)
+          << "\n";
+      std::cout << absl::StrFormat("| %d | %d | %d (%d) | %d | %.0f | %.0f | %.0f / %.0f | %.1f / %.1f | %.0f%% |\n",
+                                   nodes, group_gpus, groups, prefill, kv_blocks * block_size, per_node,
+                                   s.input_throughput / nodes, s.ttft_ms.p50, s.ttft_ms.p99, s.tpot_ms.p50,
+                                   s.tpot_ms.p99, 100 * s.prefix_cache_hit_rate);
+    }
+  }
+  csv.close();
+  std::vector<std::string> per_node, tpot;
+  for (int64_t group_gpus : group_sizes) {
+    const std::string rows = absl::StrCat("'< grep \"^[0-9]*,", group_gpus, ",\" ", out, "/projection.csv' using 1:");
+    per_node.push_back(absl::StrCat(rows, "8 with linespoints title '", group_gpus, " GPUs per group'"));
+    tpot.push_back(absl::StrCat(rows, "13 with linespoints title '", group_gpus, " GPUs per group'"));
+  }
+  const std::string head = absl::StrCat("set terminal pngcairo size 800,500\nset datafile separator ','\nset grid\n"
+                                        "set key top right\nset logscale x 2\nset xlabel 'nodes of 8 ",
+                                        hw.name, "'\n");
+  RETURN_IF_ERROR(bench::RunGnuplot(absl::StrCat(head, "set output '", out, "/projection_per_node.png'\nset ylabel "
+                                                 "'output tokens/s per node'\nset yrange [0:*]\nplot ",
+                                                 absl::StrJoin(per_node, ", "), "\n"),
+                                    out + "/projection_per_node.gp"));
+  return bench::RunGnuplot(absl::StrCat(head, "set output '", out, "/projection_tpot.png'\nset ylabel "
+                                        "'TPOT p50 (ms)'\nset yrange [0:*]\nplot ",
+                                        absl::StrJoin(tpot, ", "), "\n"),
+                           out + "/projection_tpot.gp");
+}
+
+absl::Status Run() {
+  const std::string out = ResolveUserPath(absl::GetFlag(FLAGS_out));
+  std::filesystem::create_directories(out);
+  if (!absl::GetFlag(FLAGS_validate).empty()) {
+    RETURN_IF_ERROR(Validate(ResolveUserPath(absl::GetFlag(FLAGS_validate)), out));
+  }
+  if (absl::GetFlag(FLAGS_project)) RETURN_IF_ERROR(Project(out));
+  if (absl::GetFlag(FLAGS_validate).empty() && !absl::GetFlag(FLAGS_project)) {
+    return absl::InvalidArgumentError("nothing to do: give --validate DIR, --project, or both");
+  }
+  std::cerr << "cluster_sim: wrote " << out << "\n";
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace mlaserve::sim
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const absl::Status status = mlaserve::sim::Run();
+  if (!status.ok()) {
+    std::cerr << "cluster_sim: " << status << "\n";
+    return 1;
+  }
+  return 0;
+}
