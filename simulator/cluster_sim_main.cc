@@ -36,7 +36,9 @@
 #include "tests/bench/stats.h"
 #include "tests/bench/workload.h"
 
-ABSL_FLAG(std::string, validate, "", "a //:scale_bench output directory (scale.json and step traces) to predict");
+ABSL_FLAG(std::string, validate, "",
+          "measured runs to predict: a //:scale_bench output directory (scale.json and step traces), or a JSON file "
+          "of rows like scale.json's that name their GPU (docs/data/gpu_serving_points.json)");
 ABSL_FLAG(bool, project, false, "project clusters of --nodes nodes of --hardware GPUs serving --config");
 ABSL_FLAG(std::string, out, "cluster_sim", "directory for the CSV and charts");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "the coordinator's --max_num_seqs in the runs validated or projected");
@@ -95,46 +97,111 @@ absl::StatusOr<std::vector<bench::Session>> WorkloadOf(const nlohmann::json& w) 
                                   .seed = w.at("seed").get<uint64_t>()});
 }
 
-absl::Status Validate(const std::string& dir, const std::string& out) {
-  std::ifstream in(dir + "/scale.json");
-  if (!in) return absl::NotFoundError(absl::StrCat("no scale.json in ", dir));
+// A row's cluster with `cost` for every group; the row's scheduler limits
+// where it names them, else the flags'.
+ClusterSpec ClusterOf(const nlohmann::json& row, std::shared_ptr<const StepCost> cost) {
+  const int groups = row.at("groups").get<int>();
+  ClusterSpec cluster{.kv_bytes_per_s = absl::GetFlag(FLAGS_kv_gbps) * 1e9, .kv_bytes_per_block = 1};
+  for (int g = 0; g < groups; ++g) {
+    cluster.groups.push_back(
+        {.workers = row.at("workers").get<int>() / groups,
+         .dp_attention = std::max(1, row.at("dp_attention").get<int>()),
+         .num_blocks = row.at("kv_blocks").get<int64_t>(),
+         .block_size = row.at("block_size").get<int64_t>(),
+         .scheduler = {.max_num_seqs = row.value("max_num_seqs", absl::GetFlag(FLAGS_max_num_seqs)),
+                       .max_batched_tokens = row.value("max_batched_tokens", absl::GetFlag(FLAGS_max_batched_tokens))},
+         .cost = cost});
+  }
+  return cluster;
+}
+
+// The simulated summary of `row` with `cost`.
+absl::StatusOr<bench::BenchmarkSummary> Predict(const nlohmann::json& row, std::shared_ptr<const StepCost> cost) {
+  ASSIGN_OR_RETURN(std::vector<bench::Session> sessions, WorkloadOf(row.at("workload")));
+  const LoadSpec load{.sessions = std::move(sessions), .concurrency = row.at("concurrency").get<int64_t>()};
+  ASSIGN_OR_RETURN(const SimulationResult simulated, Simulate(ClusterOf(row, std::move(cost)), load));
+  return simulated.Summary();
+}
+
+// Step costs of measured rows: fitted to a row's step trace (scale_bench's
+// rows), or the roofline of the GPU a row names ("hardware", "config",
+// "weights_dtype": GPU runs recorded by hand from docs/perf.md).
+class RowCosts {
+ public:
+  explicit RowCosts(std::string dir) : dir_(std::move(dir)) {}
+
+  absl::StatusOr<std::shared_ptr<const StepCost>> Of(const nlohmann::json& row) {
+    if (row.contains("step_trace")) return Fitted(row.at("step_trace").get<std::string>());
+    ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(ResolveUserPath(row.at("config").get<std::string>())));
+    ASSIGN_OR_RETURN(const Hardware hw, MeasuredHardware(row.at("hardware").get<std::string>()));
+    ASSIGN_OR_RETURN(const WeightFormat format,
+                     ChooseWeightFormat(config, row.value("weights_dtype", std::string("auto")), /*gpu=*/true));
+    const ParallelPlan plan{.tp = row.at("tp").get<int>(),
+                            .dp_attention = row.at("dp_attention").get<int>(),
+                            .ep = row.at("ep").get<int>()};
+    ASSIGN_OR_RETURN(RooflineStepCost cost, RooflineStepCost::Create(config, plan, format, hw));
+    return std::make_shared<RooflineStepCost>(cost);
+  }
+
+  // The cost fitted to `trace`, a file in the run's directory.
+  absl::StatusOr<std::shared_ptr<const StepCost>> Fitted(const std::string& trace) {
+    if (auto it = fitted_.find(trace); it != fitted_.end()) return it->second;
+    ASSIGN_OR_RETURN(const std::vector<StepSample> samples, ReadStepTrace(dir_ + "/" + trace));
+    ASSIGN_OR_RETURN(FittedStepCost fitted, FittedStepCost::Fit(samples));
+    std::cerr << "cluster_sim: " << trace << ": " << samples.size() << " steps: " << fitted.ToString() << "\n";
+    return fitted_[trace] = std::make_shared<FittedStepCost>(fitted);
+  }
+
+ private:
+  const std::string dir_;
+  std::map<std::string, std::shared_ptr<const StepCost>> fitted_;
+};
+
+// `path`: a scale_bench output directory (its scale.json) or a JSON file of
+// rows like scale.json's.
+absl::Status Validate(const std::string& path, const std::string& out) {
+  const bool is_dir = std::filesystem::is_directory(path);
+  const std::string file = is_dir ? path + "/scale.json" : path;
+  std::ifstream in(file);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", file));
   const nlohmann::json rows = nlohmann::json::parse(in, nullptr, false);
-  if (!rows.is_array()) return absl::InvalidArgumentError(absl::StrCat(dir, "/scale.json is not a JSON array"));
-  std::map<std::string, std::shared_ptr<const FittedStepCost>> costs;  // by trace file
+  if (!rows.is_array()) return absl::InvalidArgumentError(absl::StrCat(file, " is not a JSON array"));
+  RowCosts costs(is_dir ? path : std::filesystem::path(path).parent_path().string());
+  std::map<std::string, std::string> smallest_of_shape;  // group shape -> the first trace of it
   std::ofstream csv(out + "/validation.csv");
   csv << "workers,plan,concurrency,groups,measured_output_tok_s,predicted_output_tok_s,output_error,"
          "measured_ttft_p50_ms,predicted_ttft_p50_ms,ttft_error,measured_tpot_p50_ms,predicted_tpot_p50_ms,"
-         "tpot_error,measured_hit_rate,predicted_hit_rate\n";
+         "tpot_error,measured_hit_rate,predicted_hit_rate,costed_by,predicted_from_smallest_output_tok_s,"
+         "from_smallest_error\n";
   std::cout << "| workers | plan | in flight | output tok/s measured | predicted | error | TTFT p50 ms measured | "
-               "predicted | error | TPOT p50 ms measured | predicted | error |\n"
-               "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+               "predicted | error | TPOT p50 ms measured | predicted | error | costed by | output tok/s from the "
+               "smallest cluster's steps |\n"
+               "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n";
   double worst = 0;
   int validated = 0;
   for (const nlohmann::json& row : rows) {
-    if (!row.value("error", std::string()).empty() || !row.contains("step_trace")) continue;
-    const std::string trace = row.at("step_trace").get<std::string>();
-    if (!costs.contains(trace)) {
-      ASSIGN_OR_RETURN(const std::vector<StepSample> samples, ReadStepTrace(dir + "/" + trace));
-      ASSIGN_OR_RETURN(FittedStepCost fitted, FittedStepCost::Fit(samples));
-      std::cerr << "cluster_sim: " << trace << ": " << samples.size() << " steps: " << fitted.ToString() << "\n";
-      costs[trace] = std::make_shared<FittedStepCost>(fitted);
-    }
+    if (!row.value("error", std::string()).empty()) continue;
+    ASSIGN_OR_RETURN(const std::shared_ptr<const StepCost> cost, costs.Of(row));
+    ASSIGN_OR_RETURN(const bench::BenchmarkSummary p, Predict(row, cost));
     const int groups = row.at("groups").get<int>();
     const int workers = row.at("workers").get<int>();
-    ClusterSpec cluster{.kv_bytes_per_s = absl::GetFlag(FLAGS_kv_gbps) * 1e9, .kv_bytes_per_block = 1};
-    for (int g = 0; g < groups; ++g) {
-      cluster.groups.push_back({.workers = workers / groups,
-                                .dp_attention = std::max(1, row.at("dp_attention").get<int>()),
-                                .num_blocks = row.at("kv_blocks").get<int64_t>(),
-                                .block_size = row.at("block_size").get<int64_t>(),
-                                .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
-                                              .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)},
-                                .cost = costs[trace]});
+    const int64_t concurrency = row.at("concurrency").get<int64_t>();
+    const std::string costed_by = row.contains("step_trace") ? row.at("step_trace").get<std::string>()
+                                                             : row.at("hardware").get<std::string>() + " roofline";
+    // A traced row again with the steps of the smallest cluster that ran its
+    // group shape: a prediction of this cluster from a smaller one's steps.
+    std::string scaled = "-";
+    double e_scaled = 0, from_smallest = 0;
+    if (row.contains("step_trace")) {
+      const std::string shape = absl::StrCat(workers / groups, "/", row.at("dp_attention").get<int>(), "/",
+                                             row.at("ep").get<int>());
+      const std::string& smallest = smallest_of_shape.emplace(shape, costed_by).first->second;
+      ASSIGN_OR_RETURN(const std::shared_ptr<const StepCost> smaller, costs.Fitted(smallest));
+      ASSIGN_OR_RETURN(const bench::BenchmarkSummary s, Predict(row, smaller));
+      from_smallest = s.output_throughput;
+      e_scaled = RelativeError(from_smallest, row.at("output_throughput").get<double>());
+      scaled = absl::StrFormat("%s: %.1f (%+.1f%%)", smallest, from_smallest, 100 * e_scaled);
     }
-    ASSIGN_OR_RETURN(std::vector<bench::Session> sessions, WorkloadOf(row.at("workload")));
-    const LoadSpec load{.sessions = std::move(sessions), .concurrency = row.at("concurrency").get<int64_t>()};
-    ASSIGN_OR_RETURN(const SimulationResult simulated, Simulate(cluster, load));
-    const bench::BenchmarkSummary p = simulated.Summary();
     const double m_out = row.at("output_throughput").get<double>();
     const double m_ttft = row.at("ttft_ms").at("p50").get<double>();
     const double m_tpot = row.at("tpot_ms").at("p50").get<double>();
@@ -142,24 +209,24 @@ absl::Status Validate(const std::string& dir, const std::string& out) {
                  e_tpot = RelativeError(p.tpot_ms.p50, m_tpot);
     worst = std::max(worst, std::abs(e_out));
     ++validated;
-    csv << absl::StrCat(workers, ",", row.at("plan").get<std::string>(), ",", load.concurrency, ",", groups, ",",
-                        m_out, ",", p.output_throughput, ",", e_out, ",", m_ttft, ",", p.ttft_ms.p50, ",", e_ttft,
-                        ",", m_tpot, ",", p.tpot_ms.p50, ",", e_tpot, ",",
-                        row.value("prefix_cache_hit_rate", 0.0), ",", p.prefix_cache_hit_rate)
+    csv << absl::StrCat(workers, ",", row.at("plan").get<std::string>(), ",", concurrency, ",", groups, ",", m_out,
+                        ",", p.output_throughput, ",", e_out, ",", m_ttft, ",", p.ttft_ms.p50, ",", e_ttft, ",",
+                        m_tpot, ",", p.tpot_ms.p50, ",", e_tpot, ",", row.value("prefix_cache_hit_rate", 0.0), ",",
+                        p.prefix_cache_hit_rate, ",", costed_by, ",", from_smallest, ",", e_scaled)
         << "\n";
-    std::cout << absl::StrFormat("| %d | %s | %d | %.1f | %.1f | %+.1f%% | %.0f | %.0f | %+.1f%% | %.1f | %.1f | %+.1f%% |\n",
-                                 workers, row.at("plan").get<std::string>(), load.concurrency, m_out,
-                                 p.output_throughput, 100 * e_out, m_ttft, p.ttft_ms.p50, 100 * e_ttft, m_tpot,
-                                 p.tpot_ms.p50, 100 * e_tpot);
+    std::cout << absl::StrFormat(
+        "| %d | %s | %d | %.1f | %.1f | %+.1f%% | %.0f | %.0f | %+.1f%% | %.1f | %.1f | %+.1f%% | %s | %s |\n", workers,
+        row.at("plan").get<std::string>(), concurrency, m_out, p.output_throughput, 100 * e_out, m_ttft, p.ttft_ms.p50,
+        100 * e_ttft, m_tpot, p.tpot_ms.p50, 100 * e_tpot, costed_by, scaled);
   }
   csv.close();
-  if (validated == 0) return absl::InvalidArgumentError(absl::StrCat(dir, " has no measured row with a step trace"));
+  if (validated == 0) return absl::InvalidArgumentError(absl::StrCat(file, " has no measured row"));
   std::cout << absl::StrFormat("cluster_sim: %d configurations; largest output-throughput error %.1f%%\n", validated,
                                100 * worst);
   return bench::RunGnuplot(
       absl::StrCat("set terminal pngcairo size 700,600\nset output '", out,
                    "/validation.png'\nset datafile separator ','\nset key top left\nset grid\n"
-                   "set xlabel 'measured output tokens/s'\nset ylabel 'predicted output tokens/s'\n"
+                   "set logscale xy\nset xlabel 'measured output tokens/s'\nset ylabel 'predicted output tokens/s'\n"
                    "plot '",
                    out, "/validation.csv' every ::1 using 5:6 with points pt 7 title 'configurations', x with lines "
                         "dt 2 title 'exact', 1.15*x with lines dt 3 title '+15%', 0.85*x with lines dt 3 title '-15%'\n"),

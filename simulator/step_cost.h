@@ -55,8 +55,10 @@ class FittedStepCost final : public StepCost {
 struct Hardware {
   std::string name;
   double hbm_bytes_per_s = 0;       // measured device-to-device copy
-  double matrix_flops = 0;          // dense GEMM rate in the weights' dtype (cuBLASLt, measured)
-  double grouped_gemm_share = 1;    // of matrix_flops, what the grouped expert GEMM reaches at prefill sizes
+  double fp8_matrix_flops = 0;      // dense GEMM rates (cuBLASLt, measured)
+  double bf16_matrix_flops = 0;
+  double dense_gemm_share = 1;      // of the matrix rate, what the model's dense projections reach (256-512 rows)
+  double grouped_gemm_share = 1;    // of the matrix rate, what the grouped expert GEMM reaches at prefill sizes
   double attention_flops = 0;       // prefill attention (bf16)
   double intra_node_bytes_per_s = 0;  // per GPU, NVLink (NCCL send/recv, measured)
   double inter_node_bytes_per_s = 0;  // per GPU, the network
@@ -105,6 +107,7 @@ class RooflineStepCost final : public StepCost {
   double layers_ = 0;
   double hidden_ = 0;
   double link_bytes_per_s_ = 0;  // the slowest link the group's collectives cross
+  double matrix_flops_ = 0;      // in the weights' dtype
 };
 
 }  // namespace mlaserve::sim
