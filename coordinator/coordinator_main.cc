@@ -65,7 +65,9 @@ ABSL_FLAG(bool, random_weights, false, "workers make seeded random weights from 
 ABSL_FLAG(uint64_t, random_seed, 0, "seed of --random_weights");
 ABSL_FLAG(std::string, roles, "", "prefill/decode disaggregation, as prefill:N,decode:M engine groups (empty: every group does both)");
 ABSL_FLAG(std::string, migration, "auto", "move a prefix cached by a busy group to the chosen one: auto (when the calibrated cost model says it is cheaper), always, never");
-ABSL_FLAG(int64_t, cache_affinity_slack, 8, "a group caching a longer prefix wins while at most this many requests busier than the least loaded");
+ABSL_FLAG(int64_t, cache_affinity_slack, 8,
+          "a group (or an attention replica within one) caching a longer prefix wins while at most this many requests "
+          "busier than the least loaded");
 ABSL_FLAG(double, transfer_timeout_s, 60, "a KV transfer between workers taking longer fails (the prefix is recomputed)");
 ABSL_FLAG(double, comm_timeout_s, 30, "a collective waiting on a peer longer than this fails its group's step");
 ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");
@@ -433,7 +435,8 @@ absl::Status Run() {
   GroupOptions group_options{.block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
                                            .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)},
-                             .trace = step_trace.get()};
+                             .trace = step_trace.get(),
+                             .cache_affinity_slack = absl::GetFlag(FLAGS_cache_affinity_slack)};
   GrpcService public_api(engine, metrics, group_options.block_size, api_keys);
   RendezvousService rendezvous(absl::Seconds(600), cluster_secret);
 

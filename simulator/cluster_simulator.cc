@@ -25,7 +25,7 @@ struct LaunchedStep {
 // scheduler) and the steps launched on its simulated workers.
 class SimGroup {
  public:
-  SimGroup(int index, const GroupSpec& spec) : index_(index), spec_(spec) {
+  SimGroup(int index, const GroupSpec& spec, int64_t slack) : index_(index), spec_(spec), slack_(slack) {
     SchedulerOptions options = spec.scheduler;
     options.prefill_only = spec.role == GroupRole::kPrefill;
     for (int r = 0; r < spec.dp_attention; ++r) {
@@ -41,7 +41,7 @@ class SimGroup {
     for (const auto& r : replicas_) total += r->load();
     return total;
   }
-  Placement Place(const std::vector<int32_t>& tokens) { return BestReplica(replicas_, tokens); }
+  Placement Place(const std::vector<int32_t>& tokens) { return BestReplica(replicas_, tokens, slack_); }
 
   int index() const { return index_; }
   const GroupSpec& spec() const { return spec_; }
@@ -82,6 +82,7 @@ class SimGroup {
  private:
   const int index_;
   const GroupSpec spec_;
+  const int64_t slack_;  // between replicas, as the router's between groups
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::deque<LaunchedStep> launched_;
 };
@@ -100,7 +101,7 @@ class Simulation {
   Simulation(const ClusterSpec& cluster, const LoadSpec& load)
       : cluster_(cluster), load_(load), router_(cluster.router) {
     for (size_t g = 0; g < cluster.groups.size(); ++g) {
-      groups_.push_back(std::make_unique<SimGroup>(static_cast<int>(g), cluster.groups[g]));
+      groups_.push_back(std::make_unique<SimGroup>(static_cast<int>(g), cluster.groups[g], cluster.router.cache_affinity_slack));
       pointers_.push_back(groups_.back().get());
     }
     if (cluster.prefill_tokens_per_s > 0 && cluster.kv_bytes_per_block > 0) {

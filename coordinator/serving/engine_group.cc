@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -104,7 +105,7 @@ bool EngineGroup::HasWorker(int32_t worker_id) const {
 
 Placement EngineGroup::Place(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  return BestReplica(replicas_, tokens);
+  return BestReplica(replicas_, tokens, options_.cache_affinity_slack);
 }
 
 int64_t EngineGroup::load() const {
@@ -410,7 +411,8 @@ bool EngineGroup::drained() const {
 
 BlockHold EngineGroup::HoldPrefix(const std::vector<int32_t>& tokens) {
   absl::MutexLock lock(&mu_);
-  Placement best = BestReplica(replicas_, tokens);
+  // The longest cached prefix, however busy its replica: it is only read.
+  Placement best = BestReplica(replicas_, tokens, std::numeric_limits<int64_t>::max());
   BlockHold hold{best.replica, std::move(best.prefix.blocks)};
   if (!replicas_[hold.replica]->blocks.Acquire(hold.blocks).ok()) hold.blocks.clear();
   return hold;

@@ -50,6 +50,9 @@ struct GroupOptions {
   SchedulerOptions scheduler;
   absl::Duration step_timeout = absl::Minutes(5);
   StepTrace* trace = nullptr;  // records every step when set; outlives the group
+  // A replica caching a longer prefix takes a request while at most this
+  // many requests busier than the least loaded replica (BestReplica).
+  int64_t cache_affinity_slack = 8;
 };
 
 // Blocks of one replica kept referenced (never evicted or reused) for a KV

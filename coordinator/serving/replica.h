@@ -23,20 +23,26 @@ struct Replica {
   int64_t load() const { return scheduler.num_running() + scheduler.num_waiting(); }
 };
 
-// Where `tokens` would run among `replicas`: the one caching the longest
-// prefix (one walk of each prefix index), the least loaded among equals.
+// Where `tokens` would run among `replicas`: the replica caching the longest
+// prefix (one walk of each prefix index; the least loaded among equals),
+// unless it holds more than `slack` requests more than the least loaded
+// replica, which then takes it -- the router's rule between groups, so that
+// one hot prefix cannot pile its requests onto one replica while the others
+// idle.
 // REQUIRES: replicas is not empty.
 inline Placement BestReplica(const std::vector<std::unique_ptr<Replica>>& replicas,
-                             const std::vector<int32_t>& tokens) {
-  Placement best;
+                             const std::vector<int32_t>& tokens, int64_t slack) {
+  Placement best, least_loaded;
   for (size_t r = 0; r < replicas.size(); ++r) {
     PrefixMatch m = replicas[r]->blocks.Match(tokens, static_cast<int64_t>(tokens.size()) - 1);
+    const int64_t load = replicas[r]->load();
+    if (r == 0 || load < replicas[least_loaded.replica]->load()) least_loaded = {static_cast<int>(r), m};
     const bool longer = m.num_tokens > best.cached_tokens();
-    if (r == 0 || longer ||
-        (m.num_tokens == best.cached_tokens() && replicas[r]->load() < replicas[best.replica]->load())) {
+    if (r == 0 || longer || (m.num_tokens == best.cached_tokens() && load < replicas[best.replica]->load())) {
       best = {static_cast<int>(r), std::move(m)};
     }
   }
+  if (replicas[best.replica]->load() > replicas[least_loaded.replica]->load() + slack) return least_loaded;
   return best;
 }
 
