@@ -7,7 +7,9 @@
 // Project clusters no machine here has, from a GPU's measured rates:
 //   bazel run //:cluster_sim -- --project --config tests/testdata/configs/deepseek-v3-fp8.json \
 //     --hardware h200 --nodes 2,4,8,16,32,64,128 --group_gpus 8,16 --out DIR
-// Both write a CSV and gnuplot PNGs into --out and print a table.
+// Both write a CSV and gnuplot PNGs into --out and print a table; a projection
+// also writes projection.json, rows the shard planner's --plan_measurements
+// weighs like measured ones.
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -243,6 +245,10 @@ absl::Status Project(const std::string& out) {
   ASSIGN_OR_RETURN(const bench::WorkloadKind kind, bench::ParseWorkloadKind(absl::GetFlag(FLAGS_workload)));
   const int64_t block_size = absl::GetFlag(FLAGS_block_size);
   std::ofstream csv(out + "/projection.csv");
+  // The same figures as scale.json rows: the shard planner's
+  // --plan_measurements takes them, so it picks among plans by prediction
+  // where none was measured.
+  nlohmann::json predicted = nlohmann::json::array();
   csv << "nodes,group_gpus,gpus,groups,prefill_groups,kv_tokens_per_gpu,output_tok_s,output_tok_s_per_node,"
          "input_tok_s_per_node,output_tok_s_per_gpu,ttft_p50_ms,ttft_p99_ms,tpot_p50_ms,tpot_p99_ms,hit_rate,"
          "handoffs,steps\n";
@@ -307,6 +313,18 @@ absl::Status Project(const std::string& out) {
                           s.ttft_ms.p99, ",", s.tpot_ms.p50, ",", s.tpot_ms.p99, ",", s.prefix_cache_hit_rate, ",",
                           simulated.handoffs, ",", simulated.steps)
           << "\n";
+      predicted.push_back({{"workers", gpus},
+                           {"plan", absl::StrCat("predicted, ", group_gpus, " GPUs per group")},
+                           {"tp", plan.tp},
+                           {"dp_attention", plan.dp_attention},
+                           {"ep", plan.ep},
+                           {"groups", groups},
+                           {"prefill_groups", prefill},
+                           {"output_throughput", s.output_throughput},
+                           {"input_throughput", s.input_throughput},
+                           {"ttft_ms", {{"p50", s.ttft_ms.p50}, {"p99", s.ttft_ms.p99}}},
+                           {"tpot_ms", {{"p50", s.tpot_ms.p50}, {"p99", s.tpot_ms.p99}}},
+                           {"predicted_by", absl::StrCat("cluster_sim, ", cost->ToString())}});
       std::cout << absl::StrFormat("| %d | %d | %d (%d) | %d | %.0f | %.0f | %.0f / %.0f | %.1f / %.1f | %.0f%% |\n",
                                    nodes, group_gpus, groups, prefill, kv_blocks * block_size, per_node,
                                    s.input_throughput / nodes, s.ttft_ms.p50, s.ttft_ms.p99, s.tpot_ms.p50,
@@ -314,6 +332,7 @@ absl::Status Project(const std::string& out) {
     }
   }
   csv.close();
+  std::ofstream(out + "/projection.json") << predicted.dump(1) << "\n";
   std::vector<std::string> per_node, tpot;
   for (int64_t group_gpus : group_sizes) {
     const std::string rows = absl::StrCat("'< grep \"^[0-9]*,", group_gpus, ",\" ", out, "/projection.csv' using 1:");

@@ -37,10 +37,13 @@ class SimGroup {
   bool alive() const { return true; }
   GroupRole role() const { return spec_.role; }
   int64_t load() const {
-    int64_t total = 0;
+    int64_t total = arriving_;
     for (const auto& r : replicas_) total += r->load();
     return total;
   }
+  // As EngineGroup's: a request moving here counts in load() until submitted.
+  void ExpectArrival() { ++arriving_; }
+  void Arrived() { --arriving_; }
   Placement Place(const std::vector<int32_t>& tokens) { return BestReplica(replicas_, tokens, slack_); }
 
   int index() const { return index_; }
@@ -85,6 +88,7 @@ class SimGroup {
   const int64_t slack_;  // between replicas, as the router's between groups
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::deque<LaunchedStep> launched_;
+  int64_t arriving_ = 0;
 };
 
 // A request in flight, as its client sees it.
@@ -211,6 +215,7 @@ class Simulation {
     result_.moved_bytes += bytes;
     const double arrives = now_ + cluster_.kv_latency_s + static_cast<double>(bytes) / cluster_.kv_bytes_per_s;
     const int64_t id = seq->id;
+    to->ExpectArrival();
     arriving_[id] = {std::move(seq), blocks * to->spec().block_size};
     Push(Event::kKvArrived, arrives, to->index(), id);
   }
@@ -243,6 +248,7 @@ class Simulation {
       }
     }
     Admit(group, std::move(arriving.seq), std::move(placement));
+    group.Arrived();
   }
 
   // Keeps two steps launched while there is work (EngineGroup's overlap):

@@ -110,7 +110,17 @@ Placement EngineGroup::Place(const std::vector<int32_t>& tokens) {
 
 int64_t EngineGroup::load() const {
   absl::MutexLock lock(&mu_);
-  return Load();
+  return Load() + arriving_;
+}
+
+void EngineGroup::ExpectArrival() {
+  absl::MutexLock lock(&mu_);
+  ++arriving_;
+}
+
+void EngineGroup::Arrived() {
+  absl::MutexLock lock(&mu_);
+  --arriving_;
 }
 
 int64_t EngineGroup::Load() const {

@@ -118,8 +118,14 @@ class EngineGroup {
   // Where `tokens` would run now, for routing: one walk of each replica's
   // prefix index.
   Placement Place(const std::vector<int32_t>& tokens);
-  // Requests waiting or running.
+  // Requests waiting or running, and those on their way here.
   int64_t load() const;
+  // A request routed or moving here counts in load() from when it is
+  // claimed to when it is submitted (a KV migration may come between), so
+  // that requests routed or moved at the same time spread over the groups.
+  void ExpectArrival();
+  // REQUIRES: an ExpectArrival before it; call once the request is submitted.
+  void Arrived();
   int64_t num_blocks() const { return options_.num_blocks; }  // per replica
   int64_t block_size() const { return options_.block_size; }
   int num_replicas() const { return options_.dp_attention; }
@@ -208,6 +214,7 @@ class EngineGroup {
 
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Replica>> replicas_ ABSL_GUARDED_BY(mu_);
+  int64_t arriving_ ABSL_GUARDED_BY(mu_) = 0;  // see ExpectArrival
   std::set<int64_t> cancelled_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -149,6 +149,23 @@ TEST_F(RouterTest, NewRequestsStartInPrefillGroupsAndMovesGoToDecodeGroups) {
   EXPECT_EQ(Router::ChooseMoveDestination(pointers_, decode_idle), decode_busy);
 }
 
+TEST_F(RouterTest, RequestsOnTheirWayCountAsLoad) {
+  // Hand-offs claimed at once (their KV still moving) spread over the decode
+  // groups instead of all going to the one that was idle when they left.
+  Router router({});
+  EngineGroup* prefill = AddGroup(GroupRole::kPrefill);
+  EngineGroup* decode_a = AddGroup(GroupRole::kDecode);
+  EngineGroup* decode_b = AddGroup(GroupRole::kDecode);
+  EngineGroup* first = Router::ChooseMoveDestination(pointers_, prefill);
+  first->ExpectArrival();
+  EXPECT_EQ(first->load(), 1);
+  EngineGroup* second = Router::ChooseMoveDestination(pointers_, prefill);
+  EXPECT_NE(first, second);
+  EXPECT_TRUE((first == decode_a && second == decode_b) || (first == decode_b && second == decode_a));
+  first->Arrived();
+  EXPECT_EQ(first->load(), 0);
+}
+
 TEST_F(RouterTest, APrefillGroupWithoutDecodeGroupsKeepsItsSequences) {
   EngineGroup* prefill = AddGroup(GroupRole::kPrefill);
   EXPECT_EQ(Router::ChooseMoveDestination(pointers_, prefill), prefill);

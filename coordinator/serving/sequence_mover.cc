@@ -58,6 +58,7 @@ void SequenceMover::RunMove(EngineGroup* from, std::unique_ptr<Sequence> seq, Bl
   // Moving until it is in `to`: a cancellation before then waits for it here,
   // one after finds it there.
   to->Submit(std::move(seq));
+  to->Arrived();  // ClaimMoveDestination expected it
   bool cancelled = false;
   {
     absl::MutexLock lock(&mu_);

@@ -25,9 +25,11 @@ namespace mlaserve {
 
 class SequenceMover {
  public:
-  // Picks the group request `request_id` moves to from `from` and records it
-  // as the request's group (so that a cancellation finds it there); null when
-  // no group can take it. Called without the mover's lock.
+  // Picks the group request `request_id` moves to from `from`, records it
+  // as the request's group (so that a cancellation finds it there) and has
+  // it expect the request (EngineGroup::ExpectArrival; the mover calls
+  // Arrived once it submitted it there); null when no group can take it.
+  // Called without the mover's lock.
   using Claim = std::function<EngineGroup*(EngineGroup* from, int64_t request_id)>;
 
   // `registry` (may be null) retires the workers of drained groups.

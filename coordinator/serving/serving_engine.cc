@@ -68,6 +68,7 @@ EngineGroup* ServingEngine::ClaimMoveDestination(EngineGroup* from, int64_t requ
   absl::MutexLock lock(&mu_);
   EngineGroup* to = Router::ChooseMoveDestination(Groups(), from);
   request_group_[request_id] = to != nullptr ? to : from;
+  if (to != nullptr) to->ExpectArrival();  // the mover calls Arrived once it submitted there
   return to;
 }
 
@@ -132,6 +133,7 @@ absl::StatusOr<int64_t> ServingEngine::Submit(GenerateInput input, UpdateCallbac
     seq->id = next_id_++;
     seq->seed = input.sampling.seed.has_value() ? *input.sampling.seed : seed_rng_();
     request_group_[seq->id] = route.group;
+    route.group->ExpectArrival();
   }
   EngineGroup* group = route.group;
   // A busier group caches more of the prompt: move that prefix here unless
@@ -166,6 +168,7 @@ absl::StatusOr<int64_t> ServingEngine::Submit(GenerateInput input, UpdateCallbac
   } else {
     group->Submit(std::move(seq), route.placement);
   }
+  group->Arrived();
   return id;
 }
 
