@@ -48,6 +48,10 @@ ABSL_FLAG(std::string, worker_devices, "", "comma-separated --device of the work
 ABSL_FLAG(std::string, coordinator_flags, "", "space-separated flags for the coordinator");
 ABSL_FLAG(std::string, workload, "random", "random | shared_prefix | multi_turn");
 ABSL_FLAG(int64_t, requests_per_worker, 16, "requests (sessions) per worker");
+ABSL_FLAG(int64_t, waves, 0,
+          "when positive, each load level sends this many times its concurrency in requests (sessions) instead of "
+          "--requests_per_worker, so a light level is as short as a heavy one");
+ABSL_FLAG(std::string, serve, "deploy/serve", "the //:serve launcher (.bundle/bin/serve on a GPU machine)");
 ABSL_FLAG(std::string, concurrency_per_worker, "8",
           "sessions in flight per worker (closed loop); several, comma-separated, are load levels run in turn on "
           "each cluster");
@@ -83,7 +87,7 @@ absl::StatusOr<Plan> PlanFor(const std::string& name, int workers) {
 class Cluster {
  public:
   Cluster(int workers, const Plan& plan, int port) : port_(port) {
-    std::vector<std::string> args = {"deploy/serve",
+    std::vector<std::string> args = {absl::GetFlag(FLAGS_serve),
                                      "--model=" + absl::GetFlag(FLAGS_model),
                                      absl::StrCat("--workers=", workers),
                                      absl::StrCat("--http_port=", port),
@@ -236,6 +240,9 @@ absl::StatusOr<std::vector<Row>> Measure(int workers, const Plan& plan, const st
     // Each level's own prompts, so that no level hits what an earlier one cached.
     WorkloadOptions level_workload = workload;
     level_workload.seed += level;
+    if (const int64_t waves = absl::GetFlag(FLAGS_waves); waves > 0) {
+      level_workload.num_requests = level_workload.num_conversations = waves * row.concurrency;
+    }
     row.workload = level_workload;
     ASSIGN_OR_RETURN(std::vector<Session> sessions, GenerateWorkload(level_workload));
     const LoadOptions load{.url = cluster.url(), .model = model.id, .concurrency = row.concurrency};
