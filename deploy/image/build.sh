@@ -26,8 +26,9 @@ make_base() {
   [[ -x $base_dir/bin/sh ]] && return
   echo "image: making a Debian 12 base with debootstrap in $base_dir"
   rm -rf "$base_dir"
-  mirror=$(grep -hE '^(URIs:|deb) ' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
-    grep -oE 'https?://[^ ]+/debian/?( |$)' | head -1 | tr -d ' ')
+  # Either apt source file may be missing (deb822-only systems have no sources.list): no match is no mirror.
+  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -E '^(URIs:|deb) ' |
+    grep -oE 'https?://[^ ]+/debian/?( |$)' | head -1 | tr -d ' ' || true)
   debootstrap --variant=minbase bookworm "$base_dir" "${mirror:-http://deb.debian.org/debian}" >/dev/null
 }
 
