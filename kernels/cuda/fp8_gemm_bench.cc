@@ -9,12 +9,13 @@
 // after warm-up), TFLOP/s, and weight GB/s (FP8 weight bytes + scales read
 // once per call / time). Dense shapes: V3's attention and dense-MLP
 // projections. Grouped: V3's routed experts (256 of [4096 x 7168] gate_up and
-// [7168 x 2048] down), 8 experts per token chosen uniformly at random; FLOPs
-// count the pairs' work only, bytes the experts actually touched.
+// [7168 x 2048] down, and the 32 of one EP8 rank), 8 experts per token chosen
+// uniformly at random; FLOPs count the local pairs' work only, bytes the
+// experts actually touched.
 //
 // First, a probe: which scale layout cuBLASLt's VEC128 x VEC128 mode reads.
 //
-//   fp8_gemm_bench [--tokens=1,16,64,256,4096] [--csv=PATH] [--probe_only]
+//   fp8_gemm_bench [--tokens=1,16,64,256,4096,16384] [--csv=PATH] [--probe_only]
 // CSV goes to --csv, else to $OUT/fp8_gemm.csv when OUT is set.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -271,7 +272,7 @@ std::vector<int64_t> ParseList(const char* arg) {
 }
 
 int Main(int argc, char** argv) {
-  std::vector<int64_t> tokens_list{1, 16, 64, 256, 4096};
+  std::vector<int64_t> tokens_list{1, 16, 64, 256, 4096, 16384};
   bool probe_only = false;
   std::string csv_path = getenv("OUT") != nullptr ? std::string(getenv("OUT")) + "/fp8_gemm.csv" : "";
   for (int i = 1; i < argc; ++i) {
@@ -372,53 +373,60 @@ int Main(int argc, char** argv) {
     }
   }
 
-  // Routed experts, V3: 256 experts, top 8.
+  // Routed experts, V3: 256 experts, top 8; all of them on one GPU, and the
+  // 32 of one rank of EP8 (the pairs routed to them, about one per token).
   const int64_t experts = 256, top_k = 8, hidden = 7168, inner = 2048;
   struct Grouped {
     const char* name;
     int64_t n, k;
   };
-  for (const Grouped& g : {Grouped{"experts_gate_up", 2 * inner, hidden}, Grouped{"experts_down", hidden, inner}}) {
-    const Fp8Operand w = Filled(experts * g.n, g.k);
-    const Fp8Operand x = Filled(max_tokens * top_k, g.k);
-    auto* y = static_cast<__nv_bfloat16*>(Alloc(max_tokens * top_k * g.n * 2));
-    for (int64_t tokens : tokens_list) {
-      std::mt19937 rng(7);
-      std::vector<int32_t> ids;
-      std::set<int32_t> touched;
-      for (int64_t t = 0; t < tokens; ++t) {
-        std::vector<int32_t> e(experts);
-        for (int32_t i = 0; i < experts; ++i) e[i] = i;
-        std::shuffle(e.begin(), e.end(), rng);
-        ids.insert(ids.end(), e.begin(), e.begin() + top_k);
-        touched.insert(e.begin(), e.begin() + top_k);
+  for (const int64_t local : {experts, experts / 8}) {
+    for (const Grouped& g : {Grouped{"experts_gate_up", 2 * inner, hidden}, Grouped{"experts_down", hidden, inner}}) {
+      const Fp8Operand w = Filled(local * g.n, g.k);
+      const Fp8Operand x = Filled(max_tokens * top_k, g.k);
+      auto* y = static_cast<__nv_bfloat16*>(Alloc(max_tokens * top_k * g.n * 2));
+      for (int64_t tokens : tokens_list) {
+        std::mt19937 rng(7);
+        std::vector<int32_t> ids;
+        std::set<int32_t> touched;
+        int64_t local_pairs = 0;
+        for (int64_t t = 0; t < tokens; ++t) {
+          std::vector<int32_t> e(experts);
+          for (int32_t i = 0; i < experts; ++i) e[i] = i;
+          std::shuffle(e.begin(), e.end(), rng);
+          ids.insert(ids.end(), e.begin(), e.begin() + top_k);
+          for (int64_t j = 0; j < top_k; ++j) {
+            if (e[j] < local) touched.insert(e[j]), ++local_pairs;
+          }
+        }
+        const int64_t pairs = tokens * top_k, tile_pairs = ExpertTilePairs(pairs, local);
+        const int64_t max_tiles = MaxExpertTiles(pairs, local, tile_pairs);
+        auto* d_ids = static_cast<int32_t*>(Alloc(pairs * 4));
+        auto* pair_token = static_cast<int32_t*>(Alloc(pairs * 4));
+        auto* pair_of = static_cast<int32_t*>(Alloc(pairs * 4));
+        auto* tiles = static_cast<ExpertTile*>(Alloc(max_tiles * sizeof(ExpertTile)));
+        auto* num_tiles = static_cast<int32_t*>(Alloc(4));
+        CK(cudaMemcpy(d_ids, ids.data(), pairs * 4, cudaMemcpyHostToDevice));
+        CK(MoeGroupPairs(d_ids, tokens, top_k, 0, local, tile_pairs, pair_token, pair_of, tiles, num_tiles, nullptr));
+        // gate_up gathers the tokens' rows; down reads the pairs' rows in place.
+        const int32_t* rows = g.k == hidden ? pair_token : nullptr;
+        const double ms = TimeMs([&] {
+          CK(GroupedExpertGemmFp8(w, g.n, g.k, x, rows, tile_pairs, tiles, num_tiles, max_tiles, y, nullptr));
+        });
+        const double weight_bytes = touched.size() * (g.n * g.k + g.n * ((g.k + 127) / 128) * 4.0);
+        report("grouped_fp8",
+               std::string(g.name) + " " + std::to_string(local) + "x" + std::to_string(g.n) + "x" + std::to_string(g.k),
+               tokens, ms, 2.0 * local_pairs * g.n * g.k, weight_bytes);
+        for (void* p : {static_cast<void*>(d_ids), static_cast<void*>(pair_token), static_cast<void*>(pair_of),
+                        static_cast<void*>(tiles), static_cast<void*>(num_tiles)}) {
+          CK(cudaFree(p));
+        }
       }
-      const int64_t pairs = tokens * top_k, tile_pairs = ExpertTilePairs(pairs, experts);
-      const int64_t max_tiles = MaxExpertTiles(pairs, experts, tile_pairs);
-      auto* d_ids = static_cast<int32_t*>(Alloc(pairs * 4));
-      auto* pair_token = static_cast<int32_t*>(Alloc(pairs * 4));
-      auto* pair_of = static_cast<int32_t*>(Alloc(pairs * 4));
-      auto* tiles = static_cast<ExpertTile*>(Alloc(max_tiles * sizeof(ExpertTile)));
-      auto* num_tiles = static_cast<int32_t*>(Alloc(4));
-      CK(cudaMemcpy(d_ids, ids.data(), pairs * 4, cudaMemcpyHostToDevice));
-      CK(MoeGroupPairs(d_ids, tokens, top_k, 0, experts, tile_pairs, pair_token, pair_of, tiles, num_tiles, nullptr));
-      // gate_up gathers the tokens' rows; down reads the pairs' rows in place.
-      const int32_t* rows = g.k == hidden ? pair_token : nullptr;
-      const double ms = TimeMs([&] {
-        CK(GroupedExpertGemmFp8(w, g.n, g.k, x, rows, tile_pairs, tiles, num_tiles, max_tiles, y, nullptr));
-      });
-      const double weight_bytes = touched.size() * (g.n * g.k + g.n * ((g.k + 127) / 128) * 4.0);
-      report("grouped_fp8", std::string(g.name) + " 256x" + std::to_string(g.n) + "x" + std::to_string(g.k), tokens,
-             ms, 2.0 * pairs * g.n * g.k, weight_bytes);
-      for (void* p : {static_cast<void*>(d_ids), static_cast<void*>(pair_token), static_cast<void*>(pair_of),
-                      static_cast<void*>(tiles), static_cast<void*>(num_tiles)}) {
-        CK(cudaFree(p));
+      for (const void* p : {static_cast<const void*>(w.values), static_cast<const void*>(w.scale),
+                            static_cast<const void*>(x.values), static_cast<const void*>(x.scale),
+                            static_cast<const void*>(y)}) {
+        CK(cudaFree(const_cast<void*>(p)));
       }
-    }
-    for (const void* p : {static_cast<const void*>(w.values), static_cast<const void*>(w.scale),
-                          static_cast<const void*>(x.values), static_cast<const void*>(x.scale),
-                          static_cast<const void*>(y)}) {
-      CK(cudaFree(const_cast<void*>(p)));
     }
   }
   if (csv) fclose(csv);

@@ -11,52 +11,20 @@ namespace {
 
 // A CTA computes one tile's pairs against 128 rows of its weight, k in
 // stages of 128 bytes per row (64 bf16 or 128 e4m3 values) through a
-// kStages-deep cp.async pipeline. Its warps form a kWarpsM x kWarpsN grid
-// over (weight rows, pairs); each warp owns 16 * kMT weight rows (the MMA's
-// A) by 8 * kNT pairs (n8 tiles of its B). Shared rows are 8 chunks of 16
-// bytes, XOR-swizzled by row so that ldmatrix over 8 rows hits 8 bank
-// groups. Both formats load the same bytes the same way; only the MMA and
-// the FP8 promotion differ.
+// cp.async pipeline. Shared rows are 8 chunks of 16 bytes, XOR-swizzled by
+// row: ldmatrix over 8 rows hits 8 bank groups, and it is the 128-byte
+// swizzle wgmma reads. The two formats load the same bytes the same way and
+// differ in the MMA:
+//   - bf16: mma.sync m16n8k16, the warps a kWarpsM x kWarpsN grid over
+//     (weight rows, pairs), each warp 16 * kMT weight rows (the MMA's A) by
+//     8 * kNT pairs (n8 tiles of its B);
+//   - FP8: wgmma m64nNk32 (N = the tile's pairs), two warpgroups of 64
+//     weight rows each; a stage is one 128-column group, its products sum
+//     in a fresh float32 partial that is then added to the accumulators
+//     times the group's w and x scales, which travel with the stage.
 
 constexpr int kGemmRows = 128;      // weight rows per CTA
 constexpr int kGemmRowBytes = 128;  // bytes of a row per stage
-
-template <int kPairsArg, int kWarpsMArg, int kWarpsNArg, int kStagesArg>
-struct TileShape {
-  static constexpr int kPairs = kPairsArg, kWarpsM = kWarpsMArg, kWarpsN = kWarpsNArg, kStages = kStagesArg;
-  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
-  static constexpr int kMT = kGemmRows / kWarpsM / 16;
-  static constexpr int kNT = kPairs / kWarpsN / 8;
-  static constexpr int kXChunks = kPairs * 8 / kThreads;  // x chunks each thread loads per stage
-  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
-  static constexpr int kStageBytes = kWeightBytes + kPairs * kGemmRowBytes;
-  static constexpr int kSmemBytes = kStages * kStageBytes;
-  static_assert(kNT % 2 == 0, "B fragments load two n8 tiles at a time");
-  static_assert(kXChunks >= 1 && kPairs * 8 % kThreads == 0, "");
-};
-
-// An operand format and its two tile shapes: Small for decode (few pairs per
-// weight, the weights streamed by many CTAs), Large for prefill (each weight
-// tile serves more pairs). Both shapes of a format sum every output element
-// in the same k order with the same MMA, so the shape never changes a result.
-struct Bf16Format {
-  static constexpr bool kFp8 = false;
-  static constexpr int kElementBytes = 2;
-  using Small = TileShape<32, 4, 1, 2>;
-  // 64 x 64 warp tiles reuse each fragment over more MMAs, three stages hide the loads.
-  using Large = TileShape<128, 2, 2, 3>;
-};
-struct Fp8Format {
-  static constexpr bool kFp8 = true;
-  static constexpr int kElementBytes = 1;
-  using Small = TileShape<32, 4, 1, 3>;
-  // A group's partial sums sit beside the accumulators: 32 x 32 warp tiles keep both in registers.
-  using Large = TileShape<128, 4, 4, 3>;
-};
-static_assert(Bf16Format::Small::kPairs == Fp8Format::Small::kPairs &&
-                  Bf16Format::Large::kPairs == Fp8Format::Large::kPairs,
-              "the grouping makes tiles of the same pair counts for both formats");
-constexpr int kSmallTilePairs = Bf16Format::Small::kPairs, kLargeTilePairs = Bf16Format::Large::kPairs;
 
 struct GemmArgs {
   const char* w = nullptr;
@@ -77,106 +45,142 @@ __device__ __forceinline__ uint32_t SwizzledChunk(int row, int chunk) {
   return row * kGemmRowBytes + ((chunk ^ (row & 7)) << 4);
 }
 
-template <typename S, typename F>
-__global__ void __launch_bounds__(S::kThreads) GroupedGemmKernel(const GemmArgs a) {
-  ExpertTile tile;
-  if (a.tiles != nullptr) {
-    if (static_cast<int>(blockIdx.y) >= *a.num_tiles) return;
-    tile = a.tiles[blockIdx.y];
-  } else {
-    tile.pair_begin = static_cast<int32_t>(blockIdx.y) * S::kPairs;
-    tile.pair_end = static_cast<int32_t>(min(static_cast<int64_t>(tile.pair_begin) + S::kPairs, a.rows));
-  }
-  extern __shared__ __align__(128) char gemm_smem[];
-  constexpr int kStageK = kGemmRowBytes / F::kElementBytes, kChunkK = 16 / F::kElementBytes;
-  const int64_t n = a.n, k = a.k, row_bytes = k * F::kElementBytes;
-  const int pairs = tile.pair_end - tile.pair_begin;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
-  const char* w_expert = a.w + static_cast<int64_t>(tile.expert) * n * row_bytes;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lo = lane & 7;
-  const int warp_row = (warp % S::kWarpsM) * 16 * S::kMT, warp_pair = (warp / S::kWarpsM) * 8 * S::kNT;
-  auto x_row = [&](int pair) { return a.x_rows != nullptr ? static_cast<int64_t>(a.x_rows[pair]) : pair; };
+__device__ __forceinline__ int64_t XRow(const GemmArgs& a, int pair) {
+  return a.x_rows != nullptr ? static_cast<int64_t>(a.x_rows[pair]) : pair;
+}
 
-  // The pair rows of x this thread loads (chunks tid + i * threads), found once.
-  const char* x_src[S::kXChunks];
-  bool x_valid[S::kXChunks];
-#pragma unroll
-  for (int i = 0; i < S::kXChunks; ++i) {
-    const int r = (threadIdx.x + i * S::kThreads) / 8;
-    x_valid[i] = r < pairs;
-    x_src[i] = a.x + x_row(tile.pair_begin + (x_valid[i] ? r : 0)) * row_bytes;
+// The tile of blockIdx.y, from the list or made from the row count; false
+// for a launched tile row past *num_tiles.
+template <int kPairs>
+__device__ __forceinline__ bool FindTile(const GemmArgs& a, ExpertTile* tile) {
+  if (a.tiles != nullptr) {
+    if (static_cast<int>(blockIdx.y) >= *a.num_tiles) return false;
+    *tile = a.tiles[blockIdx.y];
+  } else {
+    tile->expert = 0;
+    tile->pair_begin = static_cast<int32_t>(blockIdx.y) * kPairs;
+    tile->pair_end = static_cast<int32_t>(min(static_cast<int64_t>(tile->pair_begin) + kPairs, a.rows));
   }
-  auto load = [&](int64_t kt, int stage) {
-    const uint32_t base = SmemAddr(gemm_smem + stage * S::kStageBytes);
-    const int64_t k0 = kt * kStageK;
-    for (int c = threadIdx.x; c < kGemmRows * 8; c += S::kThreads) {
+  return true;
+}
+
+// Loads stage kt of a tile -- its 128 weight rows' and kPairs x rows' 128
+// bytes -- into shared memory at base (weights, then x rows), zero-filled
+// past n, the tile's pairs and k. The x rows each thread copies are found once.
+template <int kPairs, int kThreads, int kElementBytes>
+class StageLoader {
+ public:
+  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
+
+  __device__ StageLoader(const GemmArgs& a, const ExpertTile& tile, int64_t row0)
+      : a_(a), row0_(row0), row_bytes_(a.k * kElementBytes) {
+    w_expert_ = a.w + static_cast<int64_t>(tile.expert) * a.n * row_bytes_;
+    const int pairs = tile.pair_end - tile.pair_begin;
+#pragma unroll
+    for (int i = 0; i < kXChunks; ++i) {
+      const int r = (threadIdx.x + i * kThreads) / 8;
+      x_valid_[i] = r < pairs;
+      x_src_[i] = a.x + XRow(a, tile.pair_begin + (x_valid_[i] ? r : 0)) * row_bytes_;
+    }
+  }
+
+  __device__ __forceinline__ void Load(int64_t kt, uint32_t base) const {
+    constexpr int kChunkK = 16 / kElementBytes;
+    const int64_t k0 = kt * (kGemmRowBytes / kElementBytes);
+    for (int c = threadIdx.x; c < kGemmRows * 8; c += kThreads) {
       const int r = c / 8, chunk = c % 8;
       const int64_t kk = k0 + chunk * kChunkK;
-      const bool valid = row0 + r < n && kk < k;
-      CpAsync16(base + SwizzledChunk(r, chunk), valid ? w_expert + (row0 + r) * row_bytes + kk * F::kElementBytes : a.w,
+      const bool valid = row0_ + r < a_.n && kk < a_.k;
+      CpAsync16(base + SwizzledChunk(r, chunk), valid ? w_expert_ + (row0_ + r) * row_bytes_ + kk * kElementBytes : a_.w,
                 valid);
     }
 #pragma unroll
-    for (int i = 0; i < S::kXChunks; ++i) {
-      const int c = threadIdx.x + i * S::kThreads, r = c / 8, chunk = c % 8;
+    for (int i = 0; i < kXChunks; ++i) {
+      const int c = threadIdx.x + i * kThreads, r = c / 8, chunk = c % 8;
       const int64_t kk = k0 + chunk * kChunkK;
-      const bool valid = x_valid[i] && kk < k;
-      CpAsync16(base + S::kWeightBytes + SwizzledChunk(r, chunk), valid ? x_src[i] + kk * F::kElementBytes : a.x,
-                valid);
-    }
-  };
-
-  // FP8: where this thread's accumulator rows find their scales; the x row
-  // of every pair of the tile in shared memory (pointers per pair would
-  // cost the accumulators their registers).
-  const int64_t k_groups = (k + kFp8Group - 1) / kFp8Group;
-  const float* w_scale_row[S::kMT][2];
-  __shared__ int64_t pair_x_row[F::kFp8 ? S::kPairs : 1];
-  if constexpr (F::kFp8) {
-#pragma unroll
-    for (int mt = 0; mt < S::kMT; ++mt) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t r = min(row0 + warp_row + mt * 16 + lane / 4 + 8 * h, n - 1);
-        w_scale_row[mt][h] = a.w_scale + (static_cast<int64_t>(tile.expert) * n + r) * k_groups;
-      }
-    }
-    for (int pair = threadIdx.x; pair < S::kPairs; pair += S::kThreads) {
-      pair_x_row[pair] = x_row(tile.pair_begin + min(pair, pairs - 1));
+      const bool valid = x_valid_[i] && kk < a_.k;
+      CpAsync16(base + kWeightBytes + SwizzledChunk(r, chunk), valid ? x_src_[i] + kk * kElementBytes : a_.x, valid);
     }
   }
 
+ private:
+  static constexpr int kXChunks = kPairs * 8 / kThreads;
+  static_assert(kXChunks >= 1 && kPairs * 8 % kThreads == 0, "x chunks spread evenly over the threads");
+
+  const GemmArgs& a_;
+  int64_t row0_, row_bytes_;
+  const char* w_expert_;
+  const char* x_src_[kXChunks];
+  bool x_valid_[kXChunks];
+};
+
+// Writes accumulator element (weight row r, tile pair `pair`) of blockIdx.z's
+// k range: bf16 into y, or float32 into the split's part.
+__device__ __forceinline__ void StoreResult(const GemmArgs& a, const ExpertTile& tile, int64_t r, int pair, float v) {
+  if (r >= a.n || pair >= tile.pair_end - tile.pair_begin) return;
+  const int64_t at = (tile.pair_begin + pair) * a.n + r;
+  if (a.partial != nullptr) {
+    a.partial[blockIdx.z * a.rows * a.n + at] = v;
+  } else {
+    a.y[at] = __float2bfloat16(v);
+  }
+}
+
+// The k stages [begin, end) of blockIdx.z's split.
+struct StageRange {
+  int64_t begin, end;
+};
+__device__ __forceinline__ StageRange SplitStages(const GemmArgs& a, int64_t stage_k) {
+  const int64_t k_tiles = (a.k + stage_k - 1) / stage_k;
+  const int64_t begin = min(static_cast<int64_t>(blockIdx.z) * a.split_stages, k_tiles);
+  return {begin, min(begin + a.split_stages, k_tiles)};
+}
+
+template <int kPairsArg, int kWarpsMArg, int kWarpsNArg, int kStagesArg>
+struct Bf16TileShape {
+  static constexpr int kPairs = kPairsArg, kWarpsM = kWarpsMArg, kWarpsN = kWarpsNArg, kStages = kStagesArg;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kMT = kGemmRows / kWarpsM / 16;
+  static constexpr int kNT = kPairs / kWarpsN / 8;
+  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
+  static constexpr int kStageBytes = kWeightBytes + kPairs * kGemmRowBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes;
+  static_assert(kNT % 2 == 0, "B fragments load two n8 tiles at a time");
+};
+// Small for decode (few pairs per weight, the weights streamed by many
+// CTAs), Large for prefill (each weight tile serves more pairs; 64 x 64 warp
+// tiles reuse each fragment over more MMAs, three stages hide the loads).
+// Both sum every output element in the same k order with the same MMA, so
+// the shape never changes a result.
+using Bf16Small = Bf16TileShape<32, 4, 1, 2>;
+using Bf16Large = Bf16TileShape<128, 2, 2, 3>;
+
+template <typename S>
+__global__ void __launch_bounds__(S::kThreads) Bf16GemmKernel(const GemmArgs a) {
+  ExpertTile tile;
+  if (!FindTile<S::kPairs>(a, &tile)) return;
+  extern __shared__ __align__(128) char bf16_smem[];
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
+  const StageLoader<S::kPairs, S::kThreads, 2> loader(a, tile, row0);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lo = lane & 7;
+  const int warp_row = (warp % S::kWarpsM) * 16 * S::kMT, warp_pair = (warp / S::kWarpsM) * 8 * S::kNT;
+
   float acc[S::kMT][S::kNT][4] = {};
-  const int64_t k_tiles = (k + kStageK - 1) / kStageK;
-  const int64_t kt_begin = min(static_cast<int64_t>(blockIdx.z) * a.split_stages, k_tiles);
-  const int64_t kt_end = min(kt_begin + a.split_stages, k_tiles), count = kt_end - kt_begin;
+  const auto [kt_begin, kt_end] = SplitStages(a, kGemmRowBytes / 2);
+  const int64_t count = kt_end - kt_begin;
 #pragma unroll
   for (int stage = 0; stage < S::kStages - 1; ++stage) {
-    if (stage < count) load(kt_begin + stage, stage);
+    if (stage < count) loader.Load(kt_begin + stage, SmemAddr(bf16_smem + stage * S::kStageBytes));
     CpAsyncCommit();
   }
   for (int64_t i = 0; i < count; ++i) {
     CpAsyncWait<S::kStages - 2>();
     __syncthreads();  // stage i visible; every warp is done with the stage the next load overwrites
-    if (i + S::kStages - 1 < count) load(kt_begin + i + S::kStages - 1, (i + S::kStages - 1) % S::kStages);
+    const int64_t ahead = i + S::kStages - 1;
+    if (ahead < count) loader.Load(kt_begin + ahead, SmemAddr(bf16_smem + (ahead % S::kStages) * S::kStageBytes));
     CpAsyncCommit();
-    const uint32_t w_base = SmemAddr(gemm_smem + (i % S::kStages) * S::kStageBytes);
+    const uint32_t w_base = SmemAddr(bf16_smem + (i % S::kStages) * S::kStageBytes);
     const uint32_t x_base = w_base + S::kWeightBytes;
-    // FP8: a stage is one 128-column group: its products sum apart, then promote.
-    float group_sw[S::kMT][2], group_sx[S::kNT][2];
-    float part[F::kFp8 ? S::kMT : 1][F::kFp8 ? S::kNT : 1][4] = {};
-    if constexpr (F::kFp8) {
-      const int64_t g = kt_begin + i;
-#pragma unroll
-      for (int mt = 0; mt < S::kMT; ++mt) group_sw[mt][0] = w_scale_row[mt][0][g], group_sw[mt][1] = w_scale_row[mt][1][g];
-#pragma unroll
-      for (int nt = 0; nt < S::kNT; ++nt) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          group_sx[nt][j] = a.x_scale[pair_x_row[warp_pair + nt * 8 + 2 * (lane % 4) + j] * k_groups + g];
-        }
-      }
-    }
 #pragma unroll
     for (int ks = 0; ks < kGemmRowBytes / 32; ++ks) {
       uint32_t af[S::kMT][4];
@@ -192,25 +196,8 @@ __global__ void __launch_bounds__(S::kThreads) GroupedGemmKernel(const GemmArgs 
         LdMatrixX4(x_base + SwizzledChunk(r, 2 * ks + ((lane >> 3) & 1)), b);
 #pragma unroll
         for (int mt = 0; mt < S::kMT; ++mt) {
-          if constexpr (F::kFp8) {
-            MmaFp8(part[mt][2 * np], af[mt], b[0], b[1]);
-            MmaFp8(part[mt][2 * np + 1], af[mt], b[2], b[3]);
-          } else {
-            Mma(acc[mt][2 * np], af[mt], b[0], b[1]);
-            Mma(acc[mt][2 * np + 1], af[mt], b[2], b[3]);
-          }
-        }
-      }
-    }
-    if constexpr (F::kFp8) {
-#pragma unroll
-      for (int mt = 0; mt < S::kMT; ++mt) {
-#pragma unroll
-        for (int nt = 0; nt < S::kNT; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            acc[mt][nt][e] = fmaf(part[mt][nt][e], group_sw[mt][e >> 1] * group_sx[nt][e & 1], acc[mt][nt][e]);
-          }
+          Mma(acc[mt][2 * np], af[mt], b[0], b[1]);
+          Mma(acc[mt][2 * np + 1], af[mt], b[2], b[3]);
         }
       }
     }
@@ -223,48 +210,151 @@ __global__ void __launch_bounds__(S::kThreads) GroupedGemmKernel(const GemmArgs 
     for (int nt = 0; nt < S::kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t r = row0 + warp_row + mt * 16 + lane / 4 + (e >= 2 ? 8 : 0);
-        const int pair = warp_pair + nt * 8 + 2 * (lane % 4) + (e & 1);
-        if (r >= n || pair >= pairs) continue;
-        const int64_t at = (tile.pair_begin + pair) * n + r;
-        if (a.partial != nullptr) {
-          a.partial[blockIdx.z * a.rows * n + at] = acc[mt][nt][e];
-        } else {
-          a.y[at] = __float2bfloat16(acc[mt][nt][e]);
-        }
+        StoreResult(a, tile, row0 + warp_row + mt * 16 + lane / 4 + (e >= 2 ? 8 : 0),
+                    warp_pair + nt * 8 + 2 * (lane % 4) + (e & 1), acc[mt][nt][e]);
       }
     }
   }
 }
 
-template <typename S, typename F>
-cudaError_t Launch(const GemmArgs& args, int64_t tile_rows, int64_t splits, cudaStream_t stream) {
+template <int kPairsArg, int kStagesArg>
+struct Fp8TileShape {
+  static constexpr int kPairs = kPairsArg, kStages = kStagesArg;
+  static constexpr int kThreads = 256;  // two warpgroups of 64 weight rows
+  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
+  static constexpr int kXBytes = kPairs * kGemmRowBytes;
+  // The stage's scales: 128 weight rows' then kPairs x rows'; 1 KiB keeps every stage 1024-byte aligned.
+  static constexpr int kScaleBytes = 1024;
+  static constexpr int kStageBytes = kWeightBytes + kXBytes + kScaleBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + the alignment of the first stage
+  static_assert((kGemmRows + kPairs) * 4 <= kScaleBytes && kGemmRows + kPairs <= kThreads,
+                "a thread copies each scale of a stage");
+};
+// As for bf16, Small for decode and Large for prefill; both shapes run the
+// same wgmma k32 steps and promotions in the same order for every element.
+using Fp8Small = Fp8TileShape<32, 4>;
+using Fp8Large = Fp8TileShape<128, 4>;
+
+template <typename S>
+__global__ void __launch_bounds__(S::kThreads, 1) Fp8GemmKernel(const GemmArgs a) {
+  ExpertTile tile;
+  if (!FindTile<S::kPairs>(a, &tile)) return;
+  extern __shared__ __align__(128) char fp8_smem_raw[];
+  char* const smem = fp8_smem_raw + ((1024 - (SmemAddr(fp8_smem_raw) & 1023)) & 1023);
+  const int64_t n = a.n, k_groups = (a.k + kFp8Group - 1) / kFp8Group;
+  const int pairs = tile.pair_end - tile.pair_begin;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
+  const StageLoader<S::kPairs, S::kThreads, 1> loader(a, tile, row0);
+  // Thread t copies the scale of weight row t (t < 128) or of pair t - 128:
+  // rows past n and pairs past the tile's take a valid one (their values are zero).
+  const float* scale_src = nullptr;
+  if (threadIdx.x < kGemmRows) {
+    const int64_t r = min(row0 + static_cast<int64_t>(threadIdx.x), n - 1);
+    scale_src = a.w_scale + (static_cast<int64_t>(tile.expert) * n + r) * k_groups;
+  } else if (threadIdx.x < kGemmRows + S::kPairs) {
+    scale_src = a.x_scale + XRow(a, tile.pair_begin + min(static_cast<int>(threadIdx.x) - kGemmRows, pairs - 1)) * k_groups;
+  }
+  auto load = [&](int64_t group, int stage) {
+    const uint32_t base = SmemAddr(smem + stage * S::kStageBytes);
+    loader.Load(group, base);
+    if (scale_src != nullptr) CpAsync4(base + S::kWeightBytes + S::kXBytes + 4 * threadIdx.x, scale_src + group);
+  };
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warpgroup = warp / 4;
+  const int my_row = warpgroup * 64 + 16 * (warp % 4) + lane / 4;  // and my_row + 8
+  float acc[S::kPairs / 2] = {};
+  float part[S::kPairs / 2];
+  const auto [group_begin, group_end] = SplitStages(a, kFp8Group);
+  const int64_t count = group_end - group_begin;
+#pragma unroll
+  for (int stage = 0; stage < S::kStages - 1; ++stage) {
+    if (stage < count) load(group_begin + stage, stage);
+    CpAsyncCommit();
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    CpAsyncWait<S::kStages - 2>();
+    FenceProxyAsync();  // cp.async data (generic proxy) -> wgmma operand reads (async proxy)
+    __syncthreads();    // stage i visible; every warpgroup is done with the stage the next load overwrites
+    const int64_t ahead = i + S::kStages - 1;
+    if (ahead < count) load(group_begin + ahead, static_cast<int>(ahead % S::kStages));
+    CpAsyncCommit();
+    const char* stage = smem + (i % S::kStages) * S::kStageBytes;
+    const uint32_t w_addr = SmemAddr(stage) + warpgroup * 64 * kGemmRowBytes, x_addr = SmemAddr(stage) + S::kWeightBytes;
+    FenceRegs(part);
+    WgmmaFence();
+#pragma unroll
+    for (int ks = 0; ks < kGemmRowBytes / 32; ++ks) {
+      WgmmaFp8<S::kPairs>(part, KMajorDesc(w_addr + 32 * ks), KMajorDesc(x_addr + 32 * ks), ks > 0);
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    FenceRegs(part);
+    const float* scales = reinterpret_cast<const float*>(stage + S::kWeightBytes + S::kXBytes);
+    const float w_scale[2] = {scales[my_row], scales[my_row + 8]};
+#pragma unroll
+    for (int j = 0; j < S::kPairs / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float x_scale = scales[kGemmRows + 8 * j + 2 * (lane % 4) + e];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float& out = acc[4 * j + 2 * h + e];
+          out = fmaf(part[4 * j + 2 * h + e], w_scale[h] * x_scale, out);
+        }
+      }
+    }
+  }
+
+  // acc[4j + 2h + e]: weight row my_row + 8h, pair 8j + 2(lane%4) + e.
+#pragma unroll
+  for (int j = 0; j < S::kPairs / 8; ++j) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        StoreResult(a, tile, row0 + my_row + 8 * h, 8 * j + 2 * (lane % 4) + e, acc[4 * j + 2 * h + e]);
+      }
+    }
+  }
+}
+
+template <typename S, typename Kernel>
+cudaError_t Launch(Kernel kernel, const GemmArgs& args, int64_t tile_rows, int64_t splits, cudaStream_t stream) {
   static const cudaError_t attribute =
-      cudaFuncSetAttribute(GroupedGemmKernel<S, F>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
   if (attribute != cudaSuccess) return attribute;
   const dim3 grid(static_cast<unsigned>((args.n + kGemmRows - 1) / kGemmRows), static_cast<unsigned>(tile_rows),
                   static_cast<unsigned>(splits));
-  GroupedGemmKernel<S, F><<<grid, S::kThreads, S::kSmemBytes, stream>>>(args);
+  kernel<<<grid, S::kThreads, S::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
 }
 
-// Launch in the tile shape of F that `tile_pairs` names.
-template <typename F>
+static_assert(Bf16Small::kPairs == Fp8Small::kPairs && Bf16Large::kPairs == Fp8Large::kPairs,
+              "the grouping makes tiles of the same pair counts for both formats");
+constexpr int kSmallTilePairs = Bf16Small::kPairs, kLargeTilePairs = Bf16Large::kPairs;
+
+// Launch in the tile shape of the format that `tile_pairs` names.
+template <bool kFp8>
 cudaError_t LaunchTiles(const GemmArgs& args, int64_t tile_pairs, int64_t tile_rows, int64_t splits,
                         cudaStream_t stream) {
-  if (tile_pairs == kSmallTilePairs) return Launch<typename F::Small, F>(args, tile_rows, splits, stream);
-  if (tile_pairs == kLargeTilePairs) return Launch<typename F::Large, F>(args, tile_rows, splits, stream);
+  if constexpr (kFp8) {
+    if (tile_pairs == kSmallTilePairs) return Launch<Fp8Small>(Fp8GemmKernel<Fp8Small>, args, tile_rows, splits, stream);
+    if (tile_pairs == kLargeTilePairs) return Launch<Fp8Large>(Fp8GemmKernel<Fp8Large>, args, tile_rows, splits, stream);
+  } else {
+    if (tile_pairs == kSmallTilePairs) return Launch<Bf16Small>(Bf16GemmKernel<Bf16Small>, args, tile_rows, splits, stream);
+    if (tile_pairs == kLargeTilePairs) return Launch<Bf16Large>(Bf16GemmKernel<Bf16Large>, args, tile_rows, splits, stream);
+  }
   return cudaErrorInvalidValue;
 }
 
 // The GEMM over expert tiles (k unsplit), either format: rows of k values
 // must be whole 16-byte chunks.
-template <typename F>
+template <bool kFp8>
 cudaError_t LaunchExpertTiles(GemmArgs args, int64_t tile_pairs, int64_t max_tiles, cudaStream_t stream) {
   if (max_tiles == 0 || args.n == 0) return cudaSuccess;
-  if (args.k % (16 / F::kElementBytes) != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
+  if (args.k % (kFp8 ? 16 : 8) != 0 || max_tiles > 65535) return cudaErrorInvalidValue;
   args.split_stages = INT64_MAX / 2;
-  return LaunchTiles<F>(args, tile_pairs, max_tiles, 1, stream);
+  return LaunchTiles<kFp8>(args, tile_pairs, max_tiles, 1, stream);
 }
 
 // One warp per (row, 128-column group), 4 values per lane.
@@ -326,7 +416,7 @@ cudaError_t GroupedExpertGemm(const __nv_bfloat16* w, int64_t n, int64_t k, cons
                               const int32_t* num_tiles, int64_t max_tiles, __nv_bfloat16* y, cudaStream_t stream) {
   const GemmArgs args{.w = reinterpret_cast<const char*>(w), .n = n, .k = k, .x = reinterpret_cast<const char*>(x),
                       .x_rows = x_rows, .tiles = tiles, .num_tiles = num_tiles, .y = y};
-  return LaunchExpertTiles<Bf16Format>(args, tile_pairs, max_tiles, stream);
+  return LaunchExpertTiles<false>(args, tile_pairs, max_tiles, stream);
 }
 
 cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t k, uint8_t* q, float* scale,
@@ -345,7 +435,7 @@ cudaError_t GroupedExpertGemmFp8(Fp8Operand w, int64_t n, int64_t k, Fp8Operand 
   const GemmArgs args{.w = reinterpret_cast<const char*>(w.values), .w_scale = w.scale, .n = n, .k = k,
                       .x = reinterpret_cast<const char*>(x.values), .x_scale = x.scale, .x_rows = x_rows,
                       .tiles = tiles, .num_tiles = num_tiles, .y = y};
-  return LaunchExpertTiles<Fp8Format>(args, tile_pairs, max_tiles, stream);
+  return LaunchExpertTiles<true>(args, tile_pairs, max_tiles, stream);
 }
 
 int64_t DenseFp8Splits(int64_t n, int64_t k) {
@@ -375,7 +465,7 @@ cudaError_t DenseGemmFp8(Fp8Operand w, int64_t n, int64_t k, Fp8Operand x, int64
                   .x = reinterpret_cast<const char*>(x.values + begin * k), .x_scale = x.scale + begin * groups,
                   .rows = count, .split_stages = split_stages, .y = y + begin * n,
                   .partial = splits == 1 ? nullptr : workspace};
-    const cudaError_t err = LaunchTiles<Fp8Format>(args, tile_pairs, tile_rows, splits, stream);
+    const cudaError_t err = LaunchTiles<true>(args, tile_pairs, tile_rows, splits, stream);
     if (err != cudaSuccess) return err;
     if (splits > 1) {
       const int64_t elements = count * n;

@@ -87,25 +87,8 @@ __device__ __forceinline__ void WgLoadTile(uint8_t* s_stage, const MlaWorkItem& 
   LoadCacheTile</*kRowStride=*/128, /*kGroupStride=*/kSlabBytes>(SmemAddr(s_stage), it, tile, p, tid);
 }
 
-// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
-// byte offsets (K-major: LBO unused, SBO = 8-row group stride; MN-major: LBO = stride of
-// 64-element MN blocks, SBO = 8-row K group stride).
-__device__ __forceinline__ uint64_t SmemDesc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
-         (static_cast<uint64_t>(sbo >> 4) << 32) | (uint64_t{1} << 62);
-}
-__device__ __forceinline__ uint64_t KMajorDesc(uint32_t addr) { return SmemDesc(addr, 16, 1024); }
+// MN-major descriptor of 64-column slabs (ptx.h's SmemDesc): LBO = the slab stride.
 __device__ __forceinline__ uint64_t MnMajorDesc(uint32_t addr) { return SmemDesc(addr, kSlabBytes, 1024); }
-
-__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void WgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-__device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void FenceRegs(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
 
 // D[64 x 32] += A * B, both from shared memory (descriptors), K-major.
 __device__ __forceinline__ void WgmmaQk(float (&d)[16], uint64_t a, uint64_t b) {
