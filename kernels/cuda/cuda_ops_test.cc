@@ -819,17 +819,21 @@ TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
 
 
 // The FP8 inference of DeepSeek-V3 (FP8 weights kept, activations quantized
-// per token and 128 columns) on the GPU against the CPU's (bf16 storage, so
-// that both quantize bf16 activations): the tiny fixture quantized as
-// DeepSeek quantizes, and its shapes with float weights. Activations of a
-// few significant bits land on e4m3 rounding ties, which the two backends may
-// break differently (bf16 rounding of a sum differs by accumulation order),
-// so rows are checked as above and greedy tokens are counted, not required
-// equal everywhere; the numbers are printed for docs/perf.md.
+// per token and 128 columns) on the GPU against the CPU's, on the tiny fixture
+// quantized as DeepSeek quantizes and on its shapes with random weights.
+// Quantizing activations to e4m3 (3 mantissa bits: neighbours 6-12% apart)
+// turns any difference in an activation's last bits into a whole e4m3 step
+// now and then, and layers compound it: the CPU alone, once with float32 and
+// once with bf16 activations, gives logits 8-21% apart per row (median) on
+// the fixture. So the reference is the float32 CPU, and the GPU must be no
+// further from it than the bf16-storage CPU, which runs the same rule with
+// the same activations' precision, is (with a margin for other bf16
+// roundings; a wrong scale or tile would be several times further), and
+// agree with it on greedy continuations as often.
 TEST(CudaModelTest, TinyDeepSeekV3Fp8MatchesCpu) {
   auto gpu = NewCudaOps();
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  std::unique_ptr<Ops> emulated_ops = NewBf16StorageCpuOps();
+  std::unique_ptr<Ops> exact_ops = NewCpuOps(), emulated_ops = NewBf16StorageCpuOps();
   const std::string root = absl::StrCat(std::getenv("TEST_TMPDIR") ? std::getenv("TEST_TMPDIR") : "/tmp", "/fp8_gpu");
   ASSERT_TRUE(QuantizeCheckpointFp8(kTinyModel, root + "/fixture").ok());
   std::filesystem::create_directories(root + "/shapes");
@@ -841,42 +845,57 @@ TEST(CudaModelTest, TinyDeepSeekV3Fp8MatchesCpu) {
   ASSERT_TRUE(QuantizeCheckpointFp8(root + "/shapes", root + "/shapes_fp8").ok());
   auto reference = SafetensorsFile::Open(absl::StrCat(kTinyModel, "/reference.safetensors"));
   ASSERT_TRUE(reference.ok());
-  int greedy_same = 0, greedy_total = 0;
+  struct Run {
+    std::unique_ptr<Model> model;
+    std::unique_ptr<KvCache> cache;
+    std::unique_ptr<ModelRunner> runner;
+  };
+  int gpu_greedy_same = 0, emulated_greedy_same = 0;
   for (const std::string& dir : {root + "/fixture", root + "/shapes_fp8"}) {
-    auto gpu_model = Model::Load(dir, **gpu);
-    auto emulated_model = Model::Load(dir, *emulated_ops);
-    ASSERT_TRUE(gpu_model.ok() && emulated_model.ok()) << gpu_model.status() << emulated_model.status();
-    const int64_t vocab = (*gpu_model)->config().vocab_size;
-    auto gpu_cache = KvCache::Create(**gpu, (*gpu_model)->config(), 64, 16);
-    auto emulated_cache = KvCache::Create(*emulated_ops, (*emulated_model)->config(), 64, 16);
-    ASSERT_TRUE(gpu_cache.ok() && emulated_cache.ok());
-    const RunnerOptions options{.prefill_chunk_tokens = 7};
-    ModelRunner gpu_runner(**gpu_model, *gpu_cache, options), emulated_runner(**emulated_model, *emulated_cache, options);
+    std::vector<Run> runs;  // GPU, bf16-storage CPU, float32 CPU
+    for (Ops* ops : {&**gpu, emulated_ops.get(), exact_ops.get()}) {
+      auto model = Model::Load(dir, *ops);
+      ASSERT_TRUE(model.ok()) << model.status();
+      auto cache = KvCache::Create(*ops, (*model)->config(), 64, 16);
+      ASSERT_TRUE(cache.ok()) << cache.status();
+      Run run{.model = std::move(*model), .cache = std::make_unique<KvCache>(std::move(*cache))};
+      run.runner = std::make_unique<ModelRunner>(*run.model, *run.cache, RunnerOptions{.prefill_chunk_tokens = 7});
+      runs.push_back(std::move(run));
+    }
+    const int64_t vocab = runs[0].model->config().vocab_size;
+    std::vector<float> all[3];  // every prompt's logits, per run
     for (int i = 0; i < 3; ++i) {
       const std::vector<int32_t> ids = ReadIds(**reference, absl::StrCat("prompt", i, ".ids"));
-      auto gpu_logits = gpu_runner.Score(ids);
-      auto emulated_logits = emulated_runner.Score(ids);
-      ASSERT_TRUE(gpu_logits.ok() && emulated_logits.ok()) << gpu_logits.status() << emulated_logits.status();
-      const double err = RelErr(*gpu_logits, *emulated_logits);
-      std::vector<double> rows = RowErrors(*gpu_logits, *emulated_logits, vocab);
-      const int64_t far_rows = std::count_if(rows.begin(), rows.end(), [](double e) { return e > 5e-2; });
-      std::nth_element(rows.begin(), rows.begin() + rows.size() / 2, rows.end());
-      const double median = rows[rows.size() / 2];
-      EXPECT_LT(err, 1.5e-1) << dir << " prompt " << i;
-      EXPECT_LT(median, 3e-2) << dir << " prompt " << i;
-      EXPECT_LE(far_rows * 5, static_cast<int64_t>(ids.size())) << dir << " prompt " << i;
-      auto gpu_greedy = gpu_runner.GenerateGreedy(ids, 8);
-      auto emulated_greedy = emulated_runner.GenerateGreedy(ids, 8);
-      ASSERT_TRUE(gpu_greedy.ok() && emulated_greedy.ok());
-      greedy_same += *gpu_greedy == *emulated_greedy;
-      ++greedy_total;
-      std::cout << dir << " prompt " << i << " (" << ids.size() << " tokens): FP8 logits rel err " << err
-                << " vs bf16-storage CPU FP8 (median row " << median << ", rows over 5e-2: " << far_rows
-                << "); greedy " << (*gpu_greedy == *emulated_greedy ? "same" : "differs") << std::endl;
+      std::vector<std::vector<float>> logits;
+      std::vector<std::vector<int32_t>> greedy;
+      for (Run& run : runs) {
+        auto l = run.runner->Score(ids);
+        ASSERT_TRUE(l.ok()) << l.status();
+        all[logits.size()].insert(all[logits.size()].end(), l->begin(), l->end());
+        logits.push_back(*std::move(l));
+        auto g = run.runner->GenerateGreedy(ids, 8);
+        ASSERT_TRUE(g.ok()) << g.status();
+        greedy.push_back(*std::move(g));
+      }
+      auto median_row = [&](const std::vector<float>& out) {
+        std::vector<double> rows = RowErrors(out, logits[2], vocab);
+        std::nth_element(rows.begin(), rows.begin() + rows.size() / 2, rows.end());
+        return rows[rows.size() / 2];
+      };
+      const double gpu_err = RelErr(logits[0], logits[2]), emulated_err = RelErr(logits[1], logits[2]);
+      const double gpu_median = median_row(logits[0]), emulated_median = median_row(logits[1]);
+      EXPECT_LE(gpu_median, 1.5 * emulated_median + 0.02) << dir << " prompt " << i;
+      gpu_greedy_same += greedy[0] == greedy[2];
+      emulated_greedy_same += greedy[1] == greedy[2];
+      std::cout << dir << " prompt " << i << " (" << ids.size() << " tokens), from the float32 CPU's FP8 logits: GPU "
+                << gpu_err << " (median row " << gpu_median << "), bf16-storage CPU " << emulated_err << " (median row "
+                << emulated_median << "); greedy " << (greedy[0] == greedy[2] ? "same" : "differs") << " on the GPU, "
+                << (greedy[1] == greedy[2] ? "same" : "differs") << " on the bf16-storage CPU" << std::endl;
     }
+    // The few rows whose routing flips dominate a short prompt's whole error: checked over all three.
+    EXPECT_LE(RelErr(all[0], all[2]), 1.5 * RelErr(all[1], all[2]) + 0.02) << dir;
   }
-  // Ties decide at most a third of the continuations.
-  EXPECT_GE(greedy_same * 3, greedy_total * 2) << greedy_same << " of " << greedy_total;
+  EXPECT_GE(gpu_greedy_same + 1, emulated_greedy_same) << gpu_greedy_same << " vs " << emulated_greedy_same << " of 6";
 }
 
 // Decode steps recorded as CUDA graphs and replayed (CudaOpsOptions::step_graphs)

@@ -9,19 +9,20 @@
 namespace mlaserve::cuda {
 namespace {
 
-// A CTA computes one tile's pairs against 128 rows of its weight, k in
-// stages of 128 bytes per row (64 bf16 or 128 e4m3 values) through a
-// cp.async pipeline. Shared rows are 8 chunks of 16 bytes, XOR-swizzled by
-// row: ldmatrix over 8 rows hits 8 bank groups, and it is the 128-byte
-// swizzle wgmma reads. The two formats load the same bytes the same way and
-// differ in the MMA:
+// A CTA computes one tile's pairs against 128 rows of its weight (256 in
+// FP8's prefill tiles), k in stages of 128 bytes per row (64 bf16 or 128
+// e4m3 values) through a cp.async pipeline. Shared rows are 8 chunks of 16
+// bytes, XOR-swizzled by row: ldmatrix over 8 rows hits 8 bank groups, and
+// it is the 128-byte swizzle wgmma reads. The two formats load the same
+// bytes the same way and differ in the MMA:
 //   - bf16: mma.sync m16n8k16, the warps a kWarpsM x kWarpsN grid over
 //     (weight rows, pairs), each warp 16 * kMT weight rows (the MMA's A) by
 //     8 * kNT pairs (n8 tiles of its B);
-//   - FP8: wgmma m64nNk32 (N = the tile's pairs), two warpgroups of 64
-//     weight rows each; a stage is one 128-column group, its products sum
-//     in a fresh float32 partial that is then added to the accumulators
-//     times the group's w and x scales, which travel with the stage.
+//   - FP8: wgmma m64nNk32 (N = the tile's pairs), two warpgroups of one or
+//     two m64 blocks of weight rows; a stage is one 128-column group, whose
+//     products sum in a fresh float32 partial that is then added to the
+//     accumulators times the group's w and x scales, which travel with the
+//     stage.
 
 constexpr int kGemmRows = 128;      // weight rows per CTA
 constexpr int kGemmRowBytes = 128;  // bytes of a row per stage
@@ -64,13 +65,13 @@ __device__ __forceinline__ bool FindTile(const GemmArgs& a, ExpertTile* tile) {
   return true;
 }
 
-// Loads stage kt of a tile -- its 128 weight rows' and kPairs x rows' 128
+// Loads stage kt of a tile -- its kRows weight rows' and kPairs x rows' 128
 // bytes -- into shared memory at base (weights, then x rows), zero-filled
 // past n, the tile's pairs and k. The x rows each thread copies are found once.
-template <int kPairs, int kThreads, int kElementBytes>
+template <int kRows, int kPairs, int kThreads, int kElementBytes>
 class StageLoader {
  public:
-  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
+  static constexpr int kWeightBytes = kRows * kGemmRowBytes;
 
   __device__ StageLoader(const GemmArgs& a, const ExpertTile& tile, int64_t row0)
       : a_(a), row0_(row0), row_bytes_(a.k * kElementBytes) {
@@ -87,7 +88,7 @@ class StageLoader {
   __device__ __forceinline__ void Load(int64_t kt, uint32_t base) const {
     constexpr int kChunkK = 16 / kElementBytes;
     const int64_t k0 = kt * (kGemmRowBytes / kElementBytes);
-    for (int c = threadIdx.x; c < kGemmRows * 8; c += kThreads) {
+    for (int c = threadIdx.x; c < kRows * 8; c += kThreads) {
       const int r = c / 8, chunk = c % 8;
       const int64_t kk = k0 + chunk * kChunkK;
       const bool valid = row0_ + r < a_.n && kk < a_.k;
@@ -138,7 +139,8 @@ __device__ __forceinline__ StageRange SplitStages(const GemmArgs& a, int64_t sta
 
 template <int kPairsArg, int kWarpsMArg, int kWarpsNArg, int kStagesArg>
 struct Bf16TileShape {
-  static constexpr int kPairs = kPairsArg, kWarpsM = kWarpsMArg, kWarpsN = kWarpsNArg, kStages = kStagesArg;
+  static constexpr int kRows = kGemmRows, kPairs = kPairsArg, kWarpsM = kWarpsMArg, kWarpsN = kWarpsNArg;
+  static constexpr int kStages = kStagesArg;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kMT = kGemmRows / kWarpsM / 16;
   static constexpr int kNT = kPairs / kWarpsN / 8;
@@ -161,7 +163,7 @@ __global__ void __launch_bounds__(S::kThreads) Bf16GemmKernel(const GemmArgs a) 
   if (!FindTile<S::kPairs>(a, &tile)) return;
   extern __shared__ __align__(128) char bf16_smem[];
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
-  const StageLoader<S::kPairs, S::kThreads, 2> loader(a, tile, row0);
+  const StageLoader<kGemmRows, S::kPairs, S::kThreads, 2> loader(a, tile, row0);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lo = lane & 7;
   const int warp_row = (warp % S::kWarpsM) * 16 * S::kMT, warp_pair = (warp / S::kWarpsM) * 8 * S::kNT;
 
@@ -217,23 +219,26 @@ __global__ void __launch_bounds__(S::kThreads) Bf16GemmKernel(const GemmArgs a) 
   }
 }
 
-template <int kPairsArg, int kStagesArg>
+template <int kRowsArg, int kPairsArg, int kStagesArg>
 struct Fp8TileShape {
-  static constexpr int kPairs = kPairsArg, kStages = kStagesArg;
-  static constexpr int kThreads = 256;  // two warpgroups of 64 weight rows
-  static constexpr int kWeightBytes = kGemmRows * kGemmRowBytes;
+  static constexpr int kRows = kRowsArg, kPairs = kPairsArg, kStages = kStagesArg;
+  static constexpr int kThreads = 256;            // two warpgroups
+  static constexpr int kBlocks = kRows / 2 / 64;  // m64 blocks of weight rows per warpgroup
+  static constexpr int kWeightBytes = kRows * kGemmRowBytes;
   static constexpr int kXBytes = kPairs * kGemmRowBytes;
-  // The stage's scales: 128 weight rows' then kPairs x rows'; 1 KiB keeps every stage 1024-byte aligned.
-  static constexpr int kScaleBytes = 1024;
+  // The stage's scales: kRows weight rows' then kPairs x rows', in whole KiB
+  // to keep every stage 1024-byte aligned.
+  static constexpr int kScaleBytes = ((kRows + kPairs) * 4 + 1023) / 1024 * 1024;
   static constexpr int kStageBytes = kWeightBytes + kXBytes + kScaleBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + the alignment of the first stage
-  static_assert((kGemmRows + kPairs) * 4 <= kScaleBytes && kGemmRows + kPairs <= kThreads,
-                "a thread copies each scale of a stage");
+  static_assert(kRows <= kThreads && kPairs <= kThreads, "a thread copies a weight row's and a pair's scale");
 };
-// As for bf16, Small for decode and Large for prefill; both shapes run the
-// same wgmma k32 steps and promotions in the same order for every element.
-using Fp8Small = Fp8TileShape<32, 4>;
-using Fp8Large = Fp8TileShape<128, 4>;
+// As for bf16, Small for decode (128 weight rows streamed by many CTAs) and
+// Large for prefill (256 weight rows: each x row read from L2 serves twice
+// the rows); both run the same wgmma k32 steps and promotions in the same
+// order for every element.
+using Fp8Small = Fp8TileShape<128, 32, 4>;
+using Fp8Large = Fp8TileShape<256, 128, 4>;
 
 template <typename S>
 __global__ void __launch_bounds__(S::kThreads, 1) Fp8GemmKernel(const GemmArgs a) {
@@ -243,26 +248,27 @@ __global__ void __launch_bounds__(S::kThreads, 1) Fp8GemmKernel(const GemmArgs a
   char* const smem = fp8_smem_raw + ((1024 - (SmemAddr(fp8_smem_raw) & 1023)) & 1023);
   const int64_t n = a.n, k_groups = (a.k + kFp8Group - 1) / kFp8Group;
   const int pairs = tile.pair_end - tile.pair_begin;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGemmRows;
-  const StageLoader<S::kPairs, S::kThreads, 1> loader(a, tile, row0);
-  // Thread t copies the scale of weight row t (t < 128) or of pair t - 128:
-  // rows past n and pairs past the tile's take a valid one (their values are zero).
-  const float* scale_src = nullptr;
-  if (threadIdx.x < kGemmRows) {
-    const int64_t r = min(row0 + static_cast<int64_t>(threadIdx.x), n - 1);
-    scale_src = a.w_scale + (static_cast<int64_t>(tile.expert) * n + r) * k_groups;
-  } else if (threadIdx.x < kGemmRows + S::kPairs) {
-    scale_src = a.x_scale + XRow(a, tile.pair_begin + min(static_cast<int>(threadIdx.x) - kGemmRows, pairs - 1)) * k_groups;
-  }
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * S::kRows;
+  const StageLoader<S::kRows, S::kPairs, S::kThreads, 1> loader(a, tile, row0);
+  // Thread t copies the scales of weight row t and of pair t: rows past n
+  // and pairs past the tile's take a valid one (their values are zero).
+  const int t = static_cast<int>(threadIdx.x);
+  const float* w_scale_src =
+      t < S::kRows ? a.w_scale + (static_cast<int64_t>(tile.expert) * n + min(row0 + static_cast<int64_t>(t), n - 1)) * k_groups : nullptr;
+  const float* x_scale_src =
+      t < S::kPairs ? a.x_scale + XRow(a, tile.pair_begin + min(t, pairs - 1)) * k_groups : nullptr;
   auto load = [&](int64_t group, int stage) {
     const uint32_t base = SmemAddr(smem + stage * S::kStageBytes);
     loader.Load(group, base);
-    if (scale_src != nullptr) CpAsync4(base + S::kWeightBytes + S::kXBytes + 4 * threadIdx.x, scale_src + group);
+    const uint32_t scales = base + S::kWeightBytes + S::kXBytes;
+    if (w_scale_src != nullptr) CpAsync4(scales + 4 * t, w_scale_src + group);
+    if (x_scale_src != nullptr) CpAsync4(scales + 4 * (S::kRows + t), x_scale_src + group);
   };
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warpgroup = warp / 4;
-  const int my_row = warpgroup * 64 + 16 * (warp % 4) + lane / 4;  // and my_row + 8
-  float acc[S::kPairs / 2] = {};
+  // This thread's rows in block b: my_row(b) and my_row(b) + 8.
+  auto my_row = [&](int b) { return (warpgroup * S::kBlocks + b) * 64 + 16 * (warp % 4) + lane / 4; };
+  float acc[S::kBlocks][S::kPairs / 2] = {};
   float part[S::kPairs / 2];
   const auto [group_begin, group_end] = SplitStages(a, kFp8Group);
   const int64_t count = group_end - group_begin;
@@ -279,40 +285,47 @@ __global__ void __launch_bounds__(S::kThreads, 1) Fp8GemmKernel(const GemmArgs a
     if (ahead < count) load(group_begin + ahead, static_cast<int>(ahead % S::kStages));
     CpAsyncCommit();
     const char* stage = smem + (i % S::kStages) * S::kStageBytes;
-    const uint32_t w_addr = SmemAddr(stage) + warpgroup * 64 * kGemmRowBytes, x_addr = SmemAddr(stage) + S::kWeightBytes;
-    FenceRegs(part);
-    WgmmaFence();
-#pragma unroll
-    for (int ks = 0; ks < kGemmRowBytes / 32; ++ks) {
-      WgmmaFp8<S::kPairs>(part, KMajorDesc(w_addr + 32 * ks), KMajorDesc(x_addr + 32 * ks), ks > 0);
-    }
-    WgmmaCommit();
-    WgmmaWaitAll();
-    FenceRegs(part);
     const float* scales = reinterpret_cast<const float*>(stage + S::kWeightBytes + S::kXBytes);
-    const float w_scale[2] = {scales[my_row], scales[my_row + 8]};
+    const uint32_t x_addr = SmemAddr(stage) + S::kWeightBytes;
 #pragma unroll
-    for (int j = 0; j < S::kPairs / 8; ++j) {
+    for (int b = 0; b < S::kBlocks; ++b) {
+      const uint32_t w_addr = SmemAddr(stage) + ((warpgroup * S::kBlocks + b) * 64) * kGemmRowBytes;
+      FenceRegs(part);
+      WgmmaFence();
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float x_scale = scales[kGemmRows + 8 * j + 2 * (lane % 4) + e];
+      for (int ks = 0; ks < kGemmRowBytes / 32; ++ks) {
+        WgmmaFp8<S::kPairs>(part, KMajorDesc(w_addr + 32 * ks), KMajorDesc(x_addr + 32 * ks), ks > 0);
+      }
+      WgmmaCommit();
+      WgmmaWaitAll();
+      FenceRegs(part);
+      const float w_scale[2] = {scales[my_row(b)], scales[my_row(b) + 8]};
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float& out = acc[4 * j + 2 * h + e];
-          out = fmaf(part[4 * j + 2 * h + e], w_scale[h] * x_scale, out);
+      for (int j = 0; j < S::kPairs / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float x_scale = scales[S::kRows + 8 * j + 2 * (lane % 4) + e];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float& out = acc[b][4 * j + 2 * h + e];
+            out = fmaf(part[4 * j + 2 * h + e], w_scale[h] * x_scale, out);
+          }
         }
       }
     }
   }
 
-  // acc[4j + 2h + e]: weight row my_row + 8h, pair 8j + 2(lane%4) + e.
+  // acc[b][4j + 2h + e]: weight row my_row(b) + 8h, pair 8j + 2(lane%4) + e.
 #pragma unroll
-  for (int j = 0; j < S::kPairs / 8; ++j) {
+  for (int b = 0; b < S::kBlocks; ++b) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int j = 0; j < S::kPairs / 8; ++j) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        StoreResult(a, tile, row0 + my_row + 8 * h, 8 * j + 2 * (lane % 4) + e, acc[4 * j + 2 * h + e]);
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          StoreResult(a, tile, row0 + my_row(b) + 8 * h, 8 * j + 2 * (lane % 4) + e, acc[b][4 * j + 2 * h + e]);
+        }
       }
     }
   }
@@ -323,7 +336,7 @@ cudaError_t Launch(Kernel kernel, const GemmArgs& args, int64_t tile_rows, int64
   static const cudaError_t attribute =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
   if (attribute != cudaSuccess) return attribute;
-  const dim3 grid(static_cast<unsigned>((args.n + kGemmRows - 1) / kGemmRows), static_cast<unsigned>(tile_rows),
+  const dim3 grid(static_cast<unsigned>((args.n + S::kRows - 1) / S::kRows), static_cast<unsigned>(tile_rows),
                   static_cast<unsigned>(splits));
   kernel<<<grid, S::kThreads, S::kSmemBytes, stream>>>(args);
   return cudaGetLastError();
