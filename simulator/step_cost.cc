@@ -115,13 +115,21 @@ absl::StatusOr<Hardware> MeasuredHardware(const std::string& name) {
   // layer_overhead: batch-1 whole-model decode of V2-Lite on one H100 took
   // 5.9 ms a step against a 1.64 ms roofline (2026-12-05): 0.158 ms per layer
   // of launches, small kernels and sampling the roofline does not see.
+  // The GEMM shares are this project's kernels on an H100 (2026-12-07):
+  // FP8 dense projections (o_proj, mlp_down) at 4K rows 353-380 of 1,600
+  // TFLOP/s, the FP8 grouped GEMM of one EP8 rank at 4K tokens 247-266;
+  // bf16 projections at 512 rows 229-658 of 805 (2026-12-05), the bf16 MoE
+  // layer of V2-Lite at 4K tokens 187 of 819. The H200 has the H100's SMs
+  // and clocks: the same shares are assumed there. (The FP8 prefill tiles of
+  // 256 weight rows since are within -3% to +22% of these, on an H200.)
+  const GemmShares bf16_shares{.dense = 0.54, .grouped = 0.23}, fp8_shares{.dense = 0.22, .grouped = 0.16};
   if (name == "h200") {
     return Hardware{.name = "h200",
                     .hbm_bytes_per_s = 4.253e12,       // copy, 2026-12-07
                     .fp8_matrix_flops = 1.640e15,      // cuBLASLt 8192^3, 2026-12-07
                     .bf16_matrix_flops = 869e12,
-                    .dense_gemm_share = 0.76,          // FP8 o_proj at 256 rows: 1,243 of 1,640, 2026-12-06
-                    .grouped_gemm_share = 0.32,        // wgmma grouped FP8, one EP8 rank, 4K tokens, 2026-12-07
+                    .bf16_shares = bf16_shares,
+                    .fp8_shares = fp8_shares,
                     .attention_flops = 75e12,          // prefill at 128K tokens through //:serve (H100; assumed alike)
                     .intra_node_bytes_per_s = 370e9,   // NCCL send/recv, 2 x H200
                     .inter_node_bytes_per_s = 50e9,    // assumed: one 400 Gb/s NIC per GPU
@@ -133,10 +141,10 @@ absl::StatusOr<Hardware> MeasuredHardware(const std::string& name) {
   if (name == "h100") {
     return Hardware{.name = "h100",
                     .hbm_bytes_per_s = 3.01e12,        // copy
-                    .fp8_matrix_flops = 2 * 805e12,    // assumed: twice the measured bf16 rate
+                    .fp8_matrix_flops = 1.600e15,      // cuBLASLt 8192^3, 2026-12-07
                     .bf16_matrix_flops = 805e12,       // cuBLAS 8192^3
-                    .dense_gemm_share = 0.54,          // V3 projections at 512 rows: 229-658 of 805, 2026-12-05
-                    .grouped_gemm_share = 0.32,        // assumed as on H200
+                    .bf16_shares = bf16_shares,
+                    .fp8_shares = fp8_shares,
                     .attention_flops = 75e12,          // prefill at 128K tokens through //:serve
                     .intra_node_bytes_per_s = 370e9,   // assumed as on H200 (NVLink 4 both)
                     .inter_node_bytes_per_s = 50e9,    // assumed
@@ -179,7 +187,9 @@ absl::StatusOr<RooflineStepCost> RooflineStepCost::Create(const ModelConfig& con
   const double heads = static_cast<double>(config.num_attention_heads) / plan.tp;
   cost.attention_flops_per_pair_ =
       2.0 * heads * static_cast<double>(config.qk_head_dim() + config.v_head_dim) * cost.layers_;
-  cost.matrix_flops_ = format.keep_fp8 || format.quantize_fp8 ? hardware.fp8_matrix_flops : hardware.bf16_matrix_flops;
+  const bool fp8 = format.keep_fp8 || format.quantize_fp8;
+  cost.matrix_flops_ = fp8 ? hardware.fp8_matrix_flops : hardware.bf16_matrix_flops;
+  cost.shares_ = fp8 ? hardware.fp8_shares : hardware.bf16_shares;
   const bool spans_nodes = plan.group_size() > hardware.gpus_per_node;
   cost.link_bytes_per_s_ = spans_nodes ? hardware.inter_node_bytes_per_s : hardware.intra_node_bytes_per_s;
   return cost;
@@ -192,7 +202,7 @@ double RooflineStepCost::Seconds(const StepShape& shape) const {
   // Each rank's attention, dense layers and shared experts run its replica's tokens.
   const double dense_s = std::max(dense_read_bytes_ / hw_.hbm_bytes_per_s,
                                   2.0 * replica_tokens * dense_params_per_token_ /
-                                      (matrix_flops_ * hw_.dense_gemm_share));
+                                      (matrix_flops_ * shares_.dense));
   // Attention: decodes read the latent of their context (bandwidth), prompt
   // chunks compute every pair (FLOPs); the busiest replica's share.
   const double decode_tokens = replica_tokens - static_cast<double>(shape.prefill_tokens) / plan_.dp_attention;
@@ -208,7 +218,7 @@ double RooflineStepCost::Seconds(const StepShape& shape) const {
   const double expert_flops = 2.0 * group_tokens * experts_per_token_ * expert_params_per_token_ / plan_.group_size();
   const double experts_s =
       routed_experts_ > 0 ? std::max(expert_read / hw_.hbm_bytes_per_s,
-                                     expert_flops / (matrix_flops_ * hw_.grouped_gemm_share))
+                                     expert_flops / (matrix_flops_ * shares_.grouped))
                           : 0.0;
   // Collectives per layer: EP dispatch (FP8) and combine (bf16) of the
   // replica's tokens to the other ranks; TP all-reduces of the hidden state

@@ -50,6 +50,13 @@ class FittedStepCost final : public StepCost {
   double median_relative_error_ = 0;
 };
 
+// Of a dtype's matrix rate, what this project's kernels reach at prefill
+// sizes (docs/perf.md): the model's dense projections and the grouped expert GEMM.
+struct GemmShares {
+  double dense = 1;
+  double grouped = 1;
+};
+
 // A GPU as the roofline sees it: rates measured on it (docs/perf.md) and the
 // links between GPUs.
 struct Hardware {
@@ -57,8 +64,7 @@ struct Hardware {
   double hbm_bytes_per_s = 0;       // measured device-to-device copy
   double fp8_matrix_flops = 0;      // dense GEMM rates (cuBLASLt, measured)
   double bf16_matrix_flops = 0;
-  double dense_gemm_share = 1;      // of the matrix rate, what the model's dense projections reach (256-512 rows)
-  double grouped_gemm_share = 1;    // of the matrix rate, what the grouped expert GEMM reaches at prefill sizes
+  GemmShares bf16_shares, fp8_shares;
   double attention_flops = 0;       // prefill attention (bf16)
   double intra_node_bytes_per_s = 0;  // per GPU, NVLink (NCCL send/recv, measured)
   double inter_node_bytes_per_s = 0;  // per GPU, the network
@@ -108,6 +114,7 @@ class RooflineStepCost final : public StepCost {
   double hidden_ = 0;
   double link_bytes_per_s_ = 0;  // the slowest link the group's collectives cross
   double matrix_flops_ = 0;      // in the weights' dtype
+  GemmShares shares_;            // in the weights' dtype
 };
 
 }  // namespace mlaserve::sim
