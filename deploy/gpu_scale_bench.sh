@@ -4,7 +4,10 @@
 # one CUDA worker per GPU, every load level on every cluster size that fits
 # the GPUs here, then the cluster model against it (each cluster's steps fitted
 # from its own trace, and the H100/H200 roofline beside). Writes scale.csv,
-# scale.json, the step traces, the charts and validation.csv into $OUT/scale.
+# scale.json, the step traces, the charts and validation.csv into $OUT/scale,
+# and all of it as $OUT/scale.tgz: the device tool returns only a few files a
+# call, and the GPU machines have no gnuplot to draw the charts (draw them
+# here from the .gp scripts).
 #   deploy/gpu_scale_bench.sh [WORKERS=1] [PLANS=dp] [LEVELS=1,16,64,256]
 set -uo pipefail
 workers=${1:-1}
@@ -23,3 +26,4 @@ timeout 500 .bundle/bin/scale_bench --serve .bundle/bin/serve --model /tmp/v2lit
   --coordinator_flags="--random_weights --kv_blocks 8192 --max_num_seqs 256 --max_batched_tokens 8192" 2>&1 |
   grep -v "^INFO"
 .bundle/bin/cluster_sim --validate "$OUT/scale" --max_num_seqs 256 --max_batched_tokens 8192 --out "$OUT/scale"
+tar czf "$OUT/scale.tgz" -C "$OUT" scale && find "$OUT/scale" -type f ! -name scale.csv ! -name validation.csv -delete
