@@ -11,27 +11,32 @@
 namespace mlaserve::sim {
 namespace {
 
-std::array<double, FittedStepCost::kTerms> Features(const StepShape& s) {
-  return {1.0, static_cast<double>(s.tokens), static_cast<double>(s.max_replica_tokens),
-          static_cast<double>(s.max_replica_attended), static_cast<double>(s.sequences)};
+std::array<double, FittedStepCost::kTerms> Features(const StepShape& s, double expert_share) {
+  const double tokens = static_cast<double>(s.tokens);
+  return {1.0,
+          tokens,
+          static_cast<double>(s.max_replica_tokens),
+          static_cast<double>(s.max_replica_attended),
+          static_cast<double>(s.sequences),
+          1.0 - std::pow(1.0 - expert_share, tokens)};
 }
 
 // Least squares over the terms in `active` (the others held at 0), through
 // the normal equations; the features differ in scale by orders of magnitude,
-// so each column is scaled to unit norm first. Hand-written: a 5x5 solve
+// so each column is scaled to unit norm first. Hand-written: a 6x6 solve
 // needs no linear-algebra library.
-std::array<double, FittedStepCost::kTerms> SolveActive(absl::Span<const StepSample> samples,
+std::array<double, FittedStepCost::kTerms> SolveActive(absl::Span<const StepSample> samples, double expert_share,
                                                        const std::array<bool, FittedStepCost::kTerms>& active) {
   constexpr int n = FittedStepCost::kTerms;
   std::array<double, n> norm{};
   for (const StepSample& s : samples) {
-    const auto f = Features(s.shape);
+    const auto f = Features(s.shape, expert_share);
     for (int i = 0; i < n; ++i) norm[i] += f[i] * f[i];
   }
   for (double& v : norm) v = v > 0 ? std::sqrt(v) : 1.0;
   double a[n][n + 1] = {};
   for (const StepSample& s : samples) {
-    const auto f = Features(s.shape);
+    const auto f = Features(s.shape, expert_share);
     for (int i = 0; i < n; ++i) {
       for (int j = 0; j < n; ++j) a[i][j] += f[i] / norm[i] * f[j] / norm[j];
       a[i][n] += f[i] / norm[i] * s.seconds;
@@ -61,6 +66,40 @@ std::array<double, FittedStepCost::kTerms> SolveActive(absl::Span<const StepSamp
   return c;
 }
 
+// Non-negative least squares at one expert share: drop the most negative
+// term and solve again (Lawson and Hanson's active set, in its simplest form;
+// at most kTerms rounds).
+std::array<double, FittedStepCost::kTerms> SolveNonNegative(absl::Span<const StepSample> samples,
+                                                            double expert_share) {
+  constexpr int n = FittedStepCost::kTerms;
+  std::array<bool, n> active;
+  active.fill(true);
+  std::array<double, n> c{};
+  for (int round = 0; round < n; ++round) {
+    c = SolveActive(samples, expert_share, active);
+    int most_negative = -1;
+    for (int i = 0; i < n; ++i) {
+      if (active[i] && c[i] < 0 && (most_negative < 0 || c[i] < c[most_negative])) most_negative = i;
+    }
+    if (most_negative < 0) break;
+    active[most_negative] = false;
+  }
+  for (double& v : c) v = std::max(v, 0.0);
+  return c;
+}
+
+double SquaredError(absl::Span<const StepSample> samples, double expert_share,
+                    const std::array<double, FittedStepCost::kTerms>& c) {
+  double sum = 0;
+  for (const StepSample& s : samples) {
+    const auto f = Features(s.shape, expert_share);
+    double t = 0;
+    for (int i = 0; i < FittedStepCost::kTerms; ++i) t += c[i] * f[i];
+    sum += (t - s.seconds) * (t - s.seconds);
+  }
+  return sum;
+}
+
 }  // namespace
 
 absl::StatusOr<FittedStepCost> FittedStepCost::Fit(absl::Span<const StepSample> samples) {
@@ -68,23 +107,16 @@ absl::StatusOr<FittedStepCost> FittedStepCost::Fit(absl::Span<const StepSample> 
     return absl::InvalidArgumentError(
         absl::StrCat("fitting a step cost needs at least ", kTerms, " steps; the trace has ", samples.size()));
   }
-  // Non-negative: drop the most negative term and solve again (Lawson and
-  // Hanson's active set, in its simplest form; at most kTerms rounds).
-  std::array<bool, kTerms> active;
-  active.fill(true);
+  // The expert share on a grid of factors of sqrt(2) from 1/2 down to 1/1024
+  // (DeepSeek-V3 picks 8 of 256, V2-Lite 6 of 64, Kimi K2 8 of 384), and 0.
   FittedStepCost cost;
-  for (int round = 0; round < kTerms; ++round) {
-    cost.c_ = SolveActive(samples, active);
-    int most_negative = -1;
-    for (int i = 0; i < kTerms; ++i) {
-      if (active[i] && cost.c_[i] < 0 && (most_negative < 0 || cost.c_[i] < cost.c_[most_negative])) {
-        most_negative = i;
-      }
-    }
-    if (most_negative < 0) break;
-    active[most_negative] = false;
+  double best = SquaredError(samples, 0.0, cost.c_ = SolveNonNegative(samples, 0.0));
+  for (int k = 2; k <= 20; ++k) {
+    const double share = std::pow(2.0, -0.5 * k);
+    const std::array<double, kTerms> c = SolveNonNegative(samples, share);
+    const double error = SquaredError(samples, share, c);
+    if (error < best) best = error, cost.c_ = c, cost.expert_share_ = share;
   }
-  for (double& c : cost.c_) c = std::max(c, 0.0);
   std::vector<double> errors;
   for (const StepSample& s : samples) {
     if (s.seconds > 0) errors.push_back(std::abs(cost.Seconds(s.shape) - s.seconds) / s.seconds);
@@ -97,7 +129,7 @@ absl::StatusOr<FittedStepCost> FittedStepCost::Fit(absl::Span<const StepSample> 
 }
 
 double FittedStepCost::Seconds(const StepShape& shape) const {
-  const auto f = Features(shape);
+  const auto f = Features(shape, expert_share_);
   double t = 0;
   for (int i = 0; i < kTerms; ++i) t += c_[i] * f[i];
   return t;
@@ -106,8 +138,9 @@ double FittedStepCost::Seconds(const StepShape& shape) const {
 std::string FittedStepCost::ToString() const {
   return absl::StrFormat(
       "%.3f ms + %.2f us/token + %.2f us/token of the busiest replica + %.4f us/attended pair + %.2f us/sequence "
-      "(median step error %.1f%%)",
-      c_[0] * 1e3, c_[1] * 1e6, c_[2] * 1e6, c_[3] * 1e6, c_[4] * 1e6, 100 * median_relative_error_);
+      "+ %.3f ms x the share of experts touched (each token touching %.4f of them) (median step error %.1f%%)",
+      c_[0] * 1e3, c_[1] * 1e6, c_[2] * 1e6, c_[3] * 1e6, c_[4] * 1e6, c_[5] * 1e3, expert_share_,
+      100 * median_relative_error_);
 }
 
 absl::StatusOr<Hardware> MeasuredHardware(const std::string& name) {

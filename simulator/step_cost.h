@@ -28,13 +28,17 @@ class StepCost {
 };
 
 // seconds = c0 + c1 tokens + c2 max_replica_tokens + c3 max_replica_attended
-//           + c4 sequences, every c >= 0 (non-negative least squares): a fixed
-// cost per step (weights read, launches, collectives' latency), the
-// experts' and dense layers' work on every token, the busiest replica's
-// attention projections and attention, and per-sequence bookkeeping.
+//           + c4 sequences + c5 (1 - (1 - p)^tokens), every c >= 0 (non-negative
+// least squares): a fixed cost per step (launches, collectives' latency,
+// weights every step reads), the experts' and dense layers' work on every
+// token, the busiest replica's attention projections and attention,
+// per-sequence bookkeeping, and the routed experts' weights read: the share
+// of experts some token of the step touches when each token picks a share p
+// of them (p fitted too, from a fixed grid). On a GPU that last term makes
+// the step time bend: steep while more tokens touch new experts, flat after.
 class FittedStepCost final : public StepCost {
  public:
-  static constexpr int kTerms = 5;
+  static constexpr int kTerms = 6;
 
   // REQUIRES (else InvalidArgument): at least kTerms samples.
   static absl::StatusOr<FittedStepCost> Fit(absl::Span<const StepSample> samples);
@@ -42,11 +46,14 @@ class FittedStepCost final : public StepCost {
   double Seconds(const StepShape& shape) const override;
   std::string ToString() const override;
   const std::array<double, kTerms>& coefficients() const { return c_; }
+  // The share of experts a token touches, as fitted (0: no expert term).
+  double expert_share() const { return expert_share_; }
   // Median |predicted - measured| / measured over the fitted samples.
   double median_relative_error() const { return median_relative_error_; }
 
  private:
   std::array<double, kTerms> c_{};
+  double expert_share_ = 0;
   double median_relative_error_ = 0;
 };
 
