@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -107,12 +108,14 @@ absl::StatusOr<FittedStepCost> FittedStepCost::Fit(absl::Span<const StepSample> 
     return absl::InvalidArgumentError(
         absl::StrCat("fitting a step cost needs at least ", kTerms, " steps; the trace has ", samples.size()));
   }
-  // The expert share on a grid of factors of sqrt(2) from 1/2 down to 1/1024
-  // (DeepSeek-V3 picks 8 of 256, V2-Lite 6 of 64, Kimi K2 8 of 384), and 0.
+  // The expert share: 0 (no expert term), then a grid of factors of sqrt(2)
+  // from 1/2 down to 1/1024 (DeepSeek-V3 picks 8 of 256, V2-Lite 6 of 64,
+  // Kimi K2 8 of 384); the first of equal fits is kept.
+  std::vector<double> shares = {0.0};
+  for (int k = 2; k <= 20; ++k) shares.push_back(std::pow(2.0, -0.5 * k));
   FittedStepCost cost;
-  double best = SquaredError(samples, 0.0, cost.c_ = SolveNonNegative(samples, 0.0));
-  for (int k = 2; k <= 20; ++k) {
-    const double share = std::pow(2.0, -0.5 * k);
+  double best = std::numeric_limits<double>::infinity();
+  for (const double share : shares) {
     const std::array<double, kTerms> c = SolveNonNegative(samples, share);
     const double error = SquaredError(samples, share, c);
     if (error < best) best = error, cost.c_ = c, cost.expert_share_ = share;

@@ -209,12 +209,17 @@ absl::Status ServingEngine::Calibrate(int64_t bytes_per_block) {
   ASSIGN_OR_RETURN(BlockHold from, a->Reserve(kBlocks));
   absl::StatusOr<BlockHold> to = b->Reserve(kBlocks);
   absl::Status copied = to.status();
-  // The first copy makes the path (a NCCL link takes 0.6 s, a gRPC channel
-  // milliseconds); the second, timed, is what later transfers cost.
-  if (to.ok()) copied = transfer_.Copy({a->ReplicaWorkers(from.replica), from.blocks}, {b->ReplicaWorkers(to->replica), to->blocks});
-  const absl::Time start = absl::Now();
-  if (copied.ok()) copied = transfer_.Copy({a->ReplicaWorkers(from.replica), from.blocks}, {b->ReplicaWorkers(to->replica), to->blocks});
-  const double transfer_s = absl::ToDoubleSeconds(absl::Now() - start);
+  double transfer_s = 0;
+  if (to.ok()) {
+    const ReplicaBlocks src{a->ReplicaWorkers(from.replica), from.blocks};
+    const ReplicaBlocks dst{b->ReplicaWorkers(to->replica), to->blocks};
+    // The first copy makes the path (a NCCL link takes 0.6 s, a gRPC channel
+    // milliseconds); the second, timed, is what later transfers cost.
+    copied = transfer_.Copy(src, dst);
+    const absl::Time start = absl::Now();
+    if (copied.ok()) copied = transfer_.Copy(src, dst);
+    transfer_s = absl::ToDoubleSeconds(absl::Now() - start);
+  }
   a->Release(from);
   if (to.ok()) b->Release(*to);
   RETURN_IF_ERROR(copied);

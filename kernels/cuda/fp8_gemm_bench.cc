@@ -381,7 +381,8 @@ int Main(int argc, char** argv) {
     int64_t n, k;
   };
   for (const int64_t local : {experts, experts / 8}) {
-    for (const Grouped& g : {Grouped{"experts_gate_up", 2 * inner, hidden}, Grouped{"experts_down", hidden, inner}}) {
+    for (const Grouped& g :
+         {Grouped{"experts_gate_up", 2 * inner, hidden}, Grouped{"experts_down", hidden, inner}}) {
       const Fp8Operand w = Filled(local * g.n, g.k);
       const Fp8Operand x = Filled(max_tokens * top_k, g.k);
       auto* y = static_cast<__nv_bfloat16*>(Alloc(max_tokens * top_k * g.n * 2));
@@ -407,16 +408,17 @@ int Main(int argc, char** argv) {
         auto* tiles = static_cast<ExpertTile*>(Alloc(max_tiles * sizeof(ExpertTile)));
         auto* num_tiles = static_cast<int32_t*>(Alloc(4));
         CK(cudaMemcpy(d_ids, ids.data(), pairs * 4, cudaMemcpyHostToDevice));
-        CK(MoeGroupPairs(d_ids, tokens, top_k, 0, local, tile_pairs, pair_token, pair_of, tiles, num_tiles, nullptr));
+        CK(MoeGroupPairs(d_ids, tokens, top_k, 0, local, tile_pairs, pair_token, pair_of, tiles, num_tiles,
+                         nullptr));
         // gate_up gathers the tokens' rows; down reads the pairs' rows in place.
         const int32_t* rows = g.k == hidden ? pair_token : nullptr;
         const double ms = TimeMs([&] {
           CK(GroupedExpertGemmFp8(w, g.n, g.k, x, rows, tile_pairs, tiles, num_tiles, max_tiles, y, nullptr));
         });
         const double weight_bytes = touched.size() * (g.n * g.k + g.n * ((g.k + 127) / 128) * 4.0);
-        report("grouped_fp8",
-               std::string(g.name) + " " + std::to_string(local) + "x" + std::to_string(g.n) + "x" + std::to_string(g.k),
-               tokens, ms, 2.0 * local_pairs * g.n * g.k, weight_bytes);
+        const std::string shape =
+            std::string(g.name) + " " + std::to_string(local) + "x" + std::to_string(g.n) + "x" + std::to_string(g.k);
+        report("grouped_fp8", shape, tokens, ms, 2.0 * local_pairs * g.n * g.k, weight_bytes);
         for (void* p : {static_cast<void*>(d_ids), static_cast<void*>(pair_token), static_cast<void*>(pair_of),
                         static_cast<void*>(tiles), static_cast<void*>(num_tiles)}) {
           CK(cudaFree(p));

@@ -254,7 +254,9 @@ __global__ void __launch_bounds__(S::kThreads, 1) Fp8GemmKernel(const GemmArgs a
   // and pairs past the tile's take a valid one (their values are zero).
   const int t = static_cast<int>(threadIdx.x);
   const float* w_scale_src =
-      t < S::kRows ? a.w_scale + (static_cast<int64_t>(tile.expert) * n + min(row0 + static_cast<int64_t>(t), n - 1)) * k_groups : nullptr;
+      t < S::kRows
+          ? a.w_scale + (static_cast<int64_t>(tile.expert) * n + min(row0 + static_cast<int64_t>(t), n - 1)) * k_groups
+          : nullptr;
   const float* x_scale_src =
       t < S::kPairs ? a.x_scale + XRow(a, tile.pair_begin + min(t, pairs - 1)) * k_groups : nullptr;
   auto load = [&](int64_t group, int stage) {
@@ -350,14 +352,15 @@ constexpr int kSmallTilePairs = Bf16Small::kPairs, kLargeTilePairs = Bf16Large::
 template <bool kFp8>
 cudaError_t LaunchTiles(const GemmArgs& args, int64_t tile_pairs, int64_t tile_rows, int64_t splits,
                         cudaStream_t stream) {
+  const bool small = tile_pairs == kSmallTilePairs;
+  if (!small && tile_pairs != kLargeTilePairs) return cudaErrorInvalidValue;
   if constexpr (kFp8) {
-    if (tile_pairs == kSmallTilePairs) return Launch<Fp8Small>(Fp8GemmKernel<Fp8Small>, args, tile_rows, splits, stream);
-    if (tile_pairs == kLargeTilePairs) return Launch<Fp8Large>(Fp8GemmKernel<Fp8Large>, args, tile_rows, splits, stream);
+    return small ? Launch<Fp8Small>(Fp8GemmKernel<Fp8Small>, args, tile_rows, splits, stream)
+                 : Launch<Fp8Large>(Fp8GemmKernel<Fp8Large>, args, tile_rows, splits, stream);
   } else {
-    if (tile_pairs == kSmallTilePairs) return Launch<Bf16Small>(Bf16GemmKernel<Bf16Small>, args, tile_rows, splits, stream);
-    if (tile_pairs == kLargeTilePairs) return Launch<Bf16Large>(Bf16GemmKernel<Bf16Large>, args, tile_rows, splits, stream);
+    return small ? Launch<Bf16Small>(Bf16GemmKernel<Bf16Small>, args, tile_rows, splits, stream)
+                 : Launch<Bf16Large>(Bf16GemmKernel<Bf16Large>, args, tile_rows, splits, stream);
   }
-  return cudaErrorInvalidValue;
 }
 
 // The GEMM over expert tiles (k unsplit), either format: rows of k values
