@@ -110,15 +110,20 @@ absl::StatusOr<FittedStepCost> FittedStepCost::Fit(absl::Span<const StepSample> 
   }
   // The expert share: 0 (no expert term), then a grid of factors of sqrt(2)
   // from 1/2 down to 1/1024 (DeepSeek-V3 picks 8 of 256, V2-Lite 6 of 64,
-  // Kimi K2 8 of 384); the first of equal fits is kept.
+  // Kimi K2 8 of 384). A later share must beat the best fit by more than
+  // rounding: where every step has many tokens, a large share's term is 1 to
+  // within 1e-12 and would otherwise take half of the constant by noise.
   std::vector<double> shares = {0.0};
   for (int k = 2; k <= 20; ++k) shares.push_back(std::pow(2.0, -0.5 * k));
+  double total = 0;
+  for (const StepSample& s : samples) total += s.seconds * s.seconds;
+  const double rounding = 1e-10 * total;
   FittedStepCost cost;
   double best = std::numeric_limits<double>::infinity();
   for (const double share : shares) {
     const std::array<double, kTerms> c = SolveNonNegative(samples, share);
     const double error = SquaredError(samples, share, c);
-    if (error < best) best = error, cost.c_ = c, cost.expert_share_ = share;
+    if (error < best - rounding) best = error, cost.c_ = c, cost.expert_share_ = share;
   }
   std::vector<double> errors;
   for (const StepSample& s : samples) {
