@@ -18,6 +18,11 @@ absl::StatusOr<GroupComms> ConnectGroup(RendezvousStore& store, const std::strin
     ASSIGN_OR_RETURN(comms.attention,
                      factory(store, absl::StrCat(prefix, "/replica", replica), group_rank % plan.tp, plan.tp, timeout));
   }
+  if (plan.dp_attention > 1) {
+    const int tp_rank = group_rank % plan.tp;
+    ASSIGN_OR_RETURN(comms.context, factory(store, absl::StrCat(prefix, "/context", tp_rank), group_rank / plan.tp,
+                                            plan.dp_attention, timeout));
+  }
   return comms;
 }
 

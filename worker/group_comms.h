@@ -1,7 +1,9 @@
 // The communicators one rank of an engine group needs under a plan: one over
-// the whole group (expert dispatch) and one over its attention replica's head
-// shards. Both are made through the same rendezvous store under distinct key
-// prefixes; the factory picks the implementation (Gloo on CPUs, NCCL on GPUs).
+// the whole group (expert dispatch), one over its attention replica's head
+// shards, and one over its head shard's ranks in every replica (context
+// parallelism). All are made through the same rendezvous store under
+// distinct key prefixes; the factory picks the implementation (Gloo on CPUs,
+// NCCL on GPUs).
 #ifndef MLASERVE_WORKER_GROUP_COMMS_H_
 #define MLASERVE_WORKER_GROUP_COMMS_H_
 
@@ -27,9 +29,10 @@ struct GroupComms {
   int group_rank = 0;
   std::unique_ptr<Communicator> group;      // null for a one-rank group
   std::unique_ptr<Communicator> attention;  // null without attention TP
+  std::unique_ptr<Communicator> context;    // null without attention replicas
 
   // What the model needs to know (the communicators stay owned here).
-  ModelShard shard() const { return {plan, group_rank, group.get(), attention.get()}; }
+  ModelShard shard() const { return {plan, group_rank, group.get(), attention.get(), context.get()}; }
 };
 
 absl::StatusOr<GroupComms> ConnectGroup(RendezvousStore& store, const std::string& prefix, const ParallelPlan& plan,

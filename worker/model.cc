@@ -124,6 +124,7 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
     return absl::InvalidArgumentError("batch layout and cache disagree on the block size");
   }
   ASSIGN_OR_RETURN(const StepArrays step, MakeStepArrays(batch));
+  for (const ContextSplit& split : batch.context_splits) RETURN_IF_ERROR(CheckSplit(split, batch.layout));
   const StepInputs inputs{.token_ids = step.local_ids,
                           .positions = step.positions,
                           .slots = step.slots,
@@ -140,6 +141,44 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
   absl::StatusOr<Tensor> logits = Replayable(batch, form) ? ops_.RunStep(forward) : forward();
   ops_.EndStep();
   return logits;
+}
+
+absl::Status Model::CheckSplit(const ContextSplit& split, const AttentionLayout& layout) const {
+  const int replicas = shard_.plan.dp_attention;
+  if (replicas == 1 || shard_.context == nullptr || shard_.context->size() != replicas) {
+    return absl::InvalidArgumentError("a context-parallel chunk needs attention replicas and their communicator");
+  }
+  if (split.seq < 0 || split.seq >= static_cast<int64_t>(layout.seqs.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("context-parallel slice of sequence ", split.seq, " not in the batch"));
+  }
+  if (static_cast<int>(split.replicas.size()) != replicas || split.slice_tokens.size() != split.replicas.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk needs one slice per replica (",
+                                                   replicas, "), got ", split.replicas.size(), " replicas and ",
+                                                   split.slice_tokens.size(), " slices"));
+  }
+  std::vector<bool> seen(replicas, false);
+  int64_t before = 0, mine = -1, total = 0;
+  for (size_t j = 0; j < split.replicas.size(); ++j) {
+    const int r = split.replicas[j];
+    if (r < 0 || r >= replicas || seen[r] || split.slice_tokens[j] < 1) {
+      return absl::InvalidArgumentError("a context-parallel chunk's slices must be non-empty, one per replica");
+    }
+    seen[r] = true;
+    if (r == layout_.replica) mine = static_cast<int64_t>(j), before = total;
+    total += split.slice_tokens[j];
+  }
+  const SequenceSlice& seq = layout.seqs[split.seq];
+  if (seq.num_tokens != split.slice_tokens[mine]) {
+    return absl::InvalidArgumentError(absl::StrCat("this replica's context-parallel slice has ", seq.num_tokens,
+                                                   " tokens, the chunk says ", split.slice_tokens[mine]));
+  }
+  const int64_t chunk_end = seq.context_len - seq.num_tokens - before + total;
+  if (seq.context_len - seq.num_tokens - before < 0 ||
+      chunk_end > static_cast<int64_t>(seq.block_table.size()) * layout.block_size) {
+    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk ending at ", chunk_end,
+                                                   " does not fit the sequence's ", seq.block_table.size(), " blocks"));
+  }
+  return absl::OkStatus();
 }
 
 bool Model::Replayable(const ForwardBatch& batch, AttentionForm form) const {
@@ -242,6 +281,9 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
   Tensor k_rope_heads = Reshape(k_rope, {num_tokens, 1, config_.qk_rope_head_dim});
   RETURN_IF_ERROR(ops_.Rope(&k_rope_heads, step.positions, rope_));
   RETURN_IF_ERROR(ops_.WriteLatentCache(c_kv, k_rope, step.slots, layer, &cache.pool()));
+  for (const ContextSplit& split : batch.context_splits) {
+    RETURN_IF_ERROR(ShareChunkLatent(split, batch, c_kv, k_rope, layer, cache));
+  }
 
   ASSIGN_OR_RETURN(Tensor o, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, config_.v_head_dim}));
   if (form == AttentionForm::kAbsorbed) {
@@ -252,6 +294,50 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
   ASSIGN_OR_RETURN(Tensor out, LinearOf(Reshape(o, {num_tokens, heads * config_.v_head_dim}), w.o_proj));
   RETURN_IF_ERROR(SumOverHeads(&out));
   return out;
+}
+
+absl::Status Model::ShareChunkLatent(const ContextSplit& split, const ForwardBatch& batch, const Tensor& c_kv,
+                                     const Tensor& k_rope, int64_t layer, KvCache& cache) {
+  const SequenceSlice& seq = batch.layout.seqs[split.seq];
+  const int64_t rank = config_.kv_lora_rank, rope = config_.qk_rope_head_dim;
+  const int replicas = shard_.plan.dp_attention;
+  const int64_t width = *std::max_element(split.slice_tokens.begin(), split.slice_tokens.end());
+  // This rank's rows, padded to the widest slice with copies of its last row
+  // (an all-gather moves equal counts); gathering rows is an embedding lookup
+  // with the rows as the table.
+  std::vector<int32_t> rows(width);
+  for (int64_t i = 0; i < width; ++i) {
+    rows[i] = static_cast<int32_t>(seq.token_begin + std::min(i, seq.num_tokens - 1));
+  }
+  ASSIGN_OR_RETURN(Tensor send_c, ops_.Empty(c_kv.dtype, {width, rank}));
+  ASSIGN_OR_RETURN(Tensor send_r, ops_.Empty(k_rope.dtype, {width, rope}));
+  RETURN_IF_ERROR(ops_.Embedding(c_kv, rows, &send_c));
+  RETURN_IF_ERROR(ops_.Embedding(k_rope, rows, &send_r));
+  ASSIGN_OR_RETURN(Tensor all_c, ops_.Empty(c_kv.dtype, {replicas * width, rank}));
+  ASSIGN_OR_RETURN(Tensor all_r, ops_.Empty(k_rope.dtype, {replicas * width, rope}));
+  RETURN_IF_ERROR(ReadyForCollective(ops_, *shard_.context));
+  RETURN_IF_ERROR(shard_.context->AllGather(send_c.data, all_c.data, send_c.numel(), send_c.dtype));
+  RETURN_IF_ERROR(shard_.context->AllGather(send_r.data, all_r.data, send_r.numel(), send_r.dtype));
+  // The other slices' rows, in chunk order, and their slots in this copy.
+  int64_t before = 0;
+  for (size_t j = 0; split.replicas[j] != layout_.replica; ++j) before += split.slice_tokens[j];
+  int64_t position = seq.context_len - seq.num_tokens - before;
+  std::vector<int32_t> others;
+  std::vector<int64_t> slots;
+  for (size_t j = 0; j < split.replicas.size(); ++j) {
+    for (int64_t i = 0; i < split.slice_tokens[j]; ++i, ++position) {
+      if (split.replicas[j] == layout_.replica) continue;
+      others.push_back(static_cast<int32_t>(split.replicas[j] * width + i));
+      slots.push_back(seq.block_table[position / batch.layout.block_size] * batch.layout.block_size +
+                      position % batch.layout.block_size);
+    }
+  }
+  const int64_t count = static_cast<int64_t>(others.size());
+  ASSIGN_OR_RETURN(Tensor other_c, ops_.Empty(c_kv.dtype, {count, rank}));
+  ASSIGN_OR_RETURN(Tensor other_r, ops_.Empty(k_rope.dtype, {count, rope}));
+  RETURN_IF_ERROR(ops_.Embedding(all_c, others, &other_c));
+  RETURN_IF_ERROR(ops_.Embedding(all_r, others, &other_r));
+  return ops_.WriteLatentCache(other_c, other_r, slots, layer, &cache.pool());
 }
 
 absl::Status Model::AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope,

@@ -33,11 +33,26 @@ namespace mlaserve {
 // per head from the latent (prefill-style); both must agree.
 enum class AttentionForm { kAbsorbed, kExpanded };
 
+// A prompt chunk computed by every attention replica of the group at once
+// (context parallelism): the chunk is cut into consecutive slices, each
+// replica computes the queries of one slice, and every replica writes the
+// whole chunk's latent KV into its own copy of the sequence, so that each
+// slice attends to everything before it and the copy of the replica that
+// goes on decoding holds the whole prompt.
+struct ContextSplit {
+  int64_t seq = 0;                    // this rank's slice is layout.seqs[seq]
+  std::vector<int> replicas;          // the replica computing each slice, in chunk order
+  std::vector<int64_t> slice_tokens;  // each slice's tokens, in chunk order
+};
+
 // One step: new tokens of several sequences, concatenated in layout order.
 struct ForwardBatch {
   std::vector<int32_t> token_ids;
   AttentionLayout layout;
   std::vector<int64_t> logit_rows;  // batch rows whose logits are wanted
+  // Chunks split over the replicas, in the same order on every rank.
+  // REQUIRES: every replica of the group runs the step with the same splits.
+  std::vector<ContextSplit> context_splits;
 };
 
 // Where a rank sits in its group and whom it talks to (not owned; null when
@@ -47,6 +62,9 @@ struct ModelShard {
   int group_rank = 0;
   Communicator* group = nullptr;      // every rank of the engine group: expert dispatch
   Communicator* attention = nullptr;  // the head shards of this rank's attention replica
+  // This rank's head shard in every attention replica, ranked by replica:
+  // context-parallel chunks share their latent KV through it.
+  Communicator* context = nullptr;
 };
 
 class Model {
@@ -104,12 +122,18 @@ class Model {
     std::vector<int32_t> logit_rows;
   };
   absl::StatusOr<StepArrays> MakeStepArrays(const ForwardBatch& batch) const;
+  // Whether `split` describes a chunk this rank can take part in.
+  absl::Status CheckSplit(const ContextSplit& split, const AttentionLayout& layout) const;
   // Whether the backend may record and replay the step (Ops::RunStep).
   bool Replayable(const ForwardBatch& batch, AttentionForm form) const;
   absl::StatusOr<Tensor> RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
                                    AttentionForm form);
   absl::StatusOr<Tensor> Attention(const LayerWeights& w, int64_t layer, const Tensor& x, const ForwardBatch& batch,
                                    const StepArrays& step, KvCache& cache, AttentionForm form);
+  // Writes the latent KV of the other replicas' slices of `split` into this
+  // rank's copy of the sequence (`c_kv` and `k_rope` hold this step's rows).
+  absl::Status ShareChunkLatent(const ContextSplit& split, const ForwardBatch& batch, const Tensor& c_kv,
+                                const Tensor& k_rope, int64_t layer, KvCache& cache);
   absl::Status AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,

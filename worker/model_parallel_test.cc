@@ -2,6 +2,7 @@
 // the same model on one rank: tensor-parallel attention, expert parallelism,
 // expert tensor parallelism and data-parallel attention replicas must give the
 // same logits, within float32 summation-order noise.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -201,6 +202,161 @@ TEST_P(ModelParallelTest, Fp8CheckpointMatchesOneRank) {
   ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, std::random_device{}(), DType::kF32).ok());
   ASSERT_TRUE(QuantizeCheckpointFp8(dir, dir + "/fp8").ok());
   Check(dir + "/fp8", 3, /*worst=*/5e-2);
+}
+
+// A prompt computed context-parallel: two chunks, each cut at random into one
+// slice per attention replica in a random replica order, every replica
+// writing the whole chunk's KV into its own copy (blocks of its own choosing),
+// then one decode token on every copy. Every slice's logits, and each copy's
+// decode, are one rank's; a short prompt of its own rides along in one
+// replica's steps.
+TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
+  const ParallelPlan plan = GetParam();
+  if (plan.dp_attention == 1) GTEST_SKIP() << "context parallelism splits over attention replicas";
+  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/cp_", plan.tp, "_", plan.dp_attention, "_", plan.ep);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << kV2Config;
+  auto config = LoadModelConfig(dir + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, std::random_device{}(), DType::kBF16).ok());
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config->vocab_size) - 1);
+  const int replicas = plan.dp_attention;
+  const int64_t first_chunk = std::uniform_int_distribution<int64_t>(replicas, 40)(rng);
+  const int64_t second_chunk = std::uniform_int_distribution<int64_t>(replicas, 20)(rng);
+  std::vector<int32_t> prompt(first_chunk + second_chunk), rider(std::uniform_int_distribution<int>(1, 9)(rng));
+  for (int32_t& t : prompt) t = token(rng);
+  for (int32_t& t : rider) t = token(rng);
+  const int32_t next = token(rng);
+  const int64_t blocks = 8;  // per copy: 60 positions + 1 fit in 4 blocks of 16
+
+  // One rank: the chunks with the logits of every position, then the decode.
+  auto ops = NewCpuOps();
+  auto whole = Model::Load(dir, *ops);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  auto cache = KvCache::Create(*ops, *config, 2 * blocks, kBlockSize);
+  ASSERT_TRUE(cache.ok());
+  auto one_seq = [&](absl::Span<const int32_t> tokens, int64_t context_len, int32_t first_block, bool all_rows) {
+    ForwardBatch batch;
+    batch.layout.block_size = kBlockSize;
+    SequenceSlice slice{.num_tokens = static_cast<int64_t>(tokens.size()), .context_len = context_len};
+    for (int32_t b = 0; b < blocks; ++b) slice.block_table.push_back(first_block + b);
+    batch.token_ids.assign(tokens.begin(), tokens.end());
+    for (int64_t r = all_rows ? 0 : slice.num_tokens - 1; r < slice.num_tokens; ++r) batch.logit_rows.push_back(r);
+    batch.layout.seqs.push_back(slice);
+    return batch;
+  };
+  const absl::Span<const int32_t> all(prompt);
+  std::vector<std::vector<float>> ref;
+  for (const ForwardBatch& b : {one_seq(all.subspan(0, first_chunk), first_chunk, 0, true),
+                                one_seq(all.subspan(first_chunk), first_chunk + second_chunk, 0, true),
+                                one_seq({&next, 1}, first_chunk + second_chunk + 1, 0, true),
+                                one_seq(rider, static_cast<int64_t>(rider.size()), blocks, false)}) {
+    auto logits = (*whole)->Forward(b, *cache);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ref.push_back(*std::move(logits));
+  }
+
+  // Each chunk: replicas in a random order, the chunk cut at random.
+  struct Chunk {
+    int64_t begin, size;
+    std::vector<int> order;
+    std::vector<int64_t> slices;
+  };
+  std::vector<Chunk> chunks = {{0, first_chunk, {}, {}}, {first_chunk, second_chunk, {}, {}}};
+  for (Chunk& c : chunks) {
+    for (int r = 0; r < replicas; ++r) c.order.push_back(r);
+    std::shuffle(c.order.begin(), c.order.end(), rng);
+    std::vector<int64_t> cuts = {0, c.size};
+    while (static_cast<int>(cuts.size()) < replicas + 1) {
+      const int64_t cut = std::uniform_int_distribution<int64_t>(1, c.size - 1)(rng);
+      if (std::find(cuts.begin(), cuts.end(), cut) == cuts.end()) cuts.push_back(cut);
+    }
+    std::sort(cuts.begin(), cuts.end());
+    for (int j = 0; j < replicas; ++j) c.slices.push_back(cuts[j + 1] - cuts[j]);
+  }
+  const int rider_replica = std::uniform_int_distribution<int>(0, replicas - 1)(rng);
+
+  const int ranks = plan.group_size();
+  const int64_t vocab = config->vocab_size;
+  InMemoryRendezvousStore store;
+  std::vector<absl::Status> status(ranks);
+  std::vector<std::vector<std::vector<float>>> got(ranks);
+  std::vector<std::thread> threads;
+  auto factory = [](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
+    return NewGlooCommunicator(s, prefix, rank, size, GlooOptions{.timeout = timeout});
+  };
+  for (int g = 0; g < ranks; ++g) {
+    threads.emplace_back([&, g] {
+      status[g] = [&]() -> absl::Status {
+        absl::StatusOr<GroupComms> comms = ConnectGroup(store, "cp", plan, g, absl::Seconds(60), factory);
+        if (!comms.ok()) return comms.status();
+        auto rank_ops = NewCpuOps();
+        auto model = Model::Load(dir, *rank_ops, comms->shard());
+        if (!model.ok()) return model.status();
+        auto rank_cache = KvCache::Create(*rank_ops, *config, (replicas + 1) * blocks, kBlockSize);
+        if (!rank_cache.ok()) return rank_cache.status();
+        const int replica = g / plan.tp;
+        // Each replica's copy in blocks of its own, backwards.
+        std::vector<int32_t> table;
+        for (int64_t b = 0; b < blocks; ++b) table.push_back(static_cast<int32_t>((replica + 1) * blocks - 1 - b));
+        for (const Chunk& c : chunks) {
+          ForwardBatch batch;
+          batch.layout.block_size = kBlockSize;
+          const int j = static_cast<int>(std::find(c.order.begin(), c.order.end(), replica) - c.order.begin());
+          int64_t before = 0;
+          for (int i = 0; i < j; ++i) before += c.slices[i];
+          SequenceSlice slice{.num_tokens = c.slices[j], .context_len = c.begin + before + c.slices[j], .block_table = table};
+          batch.token_ids.assign(prompt.begin() + c.begin + before, prompt.begin() + c.begin + before + c.slices[j]);
+          for (int64_t r = 0; r < slice.num_tokens; ++r) batch.logit_rows.push_back(r);
+          batch.layout.seqs.push_back(slice);
+          batch.context_splits.push_back({.seq = 0, .replicas = c.order, .slice_tokens = c.slices});
+          if (replica == rider_replica && &c == &chunks.back()) {
+            SequenceSlice r{.token_begin = slice.num_tokens, .num_tokens = static_cast<int64_t>(rider.size()),
+                            .context_len = static_cast<int64_t>(rider.size())};
+            for (int32_t b = 0; b < blocks; ++b) r.block_table.push_back(static_cast<int32_t>(replicas * blocks + b));
+            batch.token_ids.insert(batch.token_ids.end(), rider.begin(), rider.end());
+            batch.logit_rows.push_back(slice.num_tokens + r.num_tokens - 1);
+            batch.layout.seqs.push_back(r);
+          }
+          auto logits = (*model)->Forward(batch, *rank_cache);
+          if (!logits.ok()) return logits.status();
+          got[g].push_back(*std::move(logits));
+        }
+        ForwardBatch decode;
+        decode.layout.block_size = kBlockSize;
+        decode.token_ids = {next};
+        decode.logit_rows = {0};
+        decode.layout.seqs.push_back({.num_tokens = 1, .context_len = first_chunk + second_chunk + 1, .block_table = table});
+        auto logits = (*model)->Forward(decode, *rank_cache);
+        if (!logits.ok()) return logits.status();
+        got[g].push_back(*std::move(logits));
+        return absl::OkStatus();
+      }();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int g = 0; g < ranks; ++g) {
+    ASSERT_TRUE(status[g].ok()) << "rank " << g << ": " << status[g];
+    const int replica = g / plan.tp;
+    for (size_t k = 0; k < chunks.size(); ++k) {
+      const Chunk& c = chunks[k];
+      const int j = static_cast<int>(std::find(c.order.begin(), c.order.end(), replica) - c.order.begin());
+      int64_t before = 0;
+      for (int i = 0; i < j; ++i) before += c.slices[i];
+      const bool rider_here = replica == rider_replica && k + 1 == chunks.size();
+      ASSERT_EQ(static_cast<int64_t>(got[g][k].size()), (c.slices[j] + (rider_here ? 1 : 0)) * vocab);
+      for (int64_t r = 0; r < c.slices[j]; ++r) {
+        EXPECT_LT(RelativeError(got[g][k].data() + r * vocab, ref[k].data() + (before + r) * vocab, vocab), 1e-5)
+            << "rank " << g << " chunk " << k << " position " << c.begin + before + r;
+      }
+      if (rider_here) {
+        EXPECT_LT(RelativeError(got[g][k].data() + c.slices[j] * vocab, ref[3].data(), vocab), 1e-5)
+            << "rank " << g << ": the prompt beside the split chunk";
+      }
+    }
+    EXPECT_LT(RelativeError(got[g][2].data(), ref[2].data(), vocab), 1e-5) << "rank " << g << ": decode on its copy";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Plans, ModelParallelTest,
