@@ -83,6 +83,9 @@ ABSL_FLAG(std::string, weights_dtype, "auto",
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
+ABSL_FLAG(int64_t, context_parallel_min_tokens, 4096,
+          "in groups with attention replicas, a prompt with at least this many tokens still to compute is "
+          "prefilled by all of them at once, in chunks of --max_batched_tokens per replica (0: never)");
 ABSL_FLAG(std::string, step_trace, "",
           "write every engine step's shape and time to this CSV (what //:cluster_sim fits its costs to)");
 ABSL_FLAG(int64_t, max_queued_requests, 1024, "requests admitted (waiting or running) before 429");
@@ -153,7 +156,10 @@ absl::StatusOr<internal::v1::LoadShardResponse> LoadShard(const WorkerInfo& work
   request.set_random_weights(absl::GetFlag(FLAGS_random_weights));
   request.set_random_seed(absl::GetFlag(FLAGS_random_seed));
   request.set_weights_dtype(absl::GetFlag(FLAGS_weights_dtype));
-  request.set_max_step_tokens(options.scheduler.max_batched_tokens);
+  // A replica's step may also hold slices of the other replicas' split
+  // chunks, one budget each at most (or one split chunk run alone).
+  const bool split = options.scheduler.context_parallel_min_tokens > 0 && plan.dp_attention > 1;
+  request.set_max_step_tokens(options.scheduler.max_batched_tokens * (split ? plan.dp_attention : 1));
   request.set_max_step_sequences(options.scheduler.max_num_seqs);
   internal::v1::LoadShardResponse response;
   absl::Status status = FromGrpcStatus(worker.stub->LoadShard(&context, request, &response));
@@ -323,6 +329,7 @@ absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<Wor
   ASSIGN_OR_RETURN(std::vector<GroupRole> roles, ParseRoles(absl::GetFlag(FLAGS_roles), cluster.num_groups));
   options.tp = cluster.plan.tp;
   options.dp_attention = cluster.plan.dp_attention;
+  options.scheduler.context_parallel_replicas = cluster.plan.dp_attention;
   shape.groups = cluster.num_groups;
   shape.plan = cluster.plan;
   shape.options = options;
@@ -434,7 +441,9 @@ absl::Status Run() {
   AdminService admin(engine, registry, admin_keys);
   GroupOptions group_options{.block_size = absl::GetFlag(FLAGS_block_size),
                              .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
-                                           .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)},
+                                           .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
+                                           .context_parallel_min_tokens =
+                                               absl::GetFlag(FLAGS_context_parallel_min_tokens)},
                              .trace = step_trace.get(),
                              .cache_affinity_slack = absl::GetFlag(FLAGS_cache_affinity_slack)};
   GrpcService public_api(engine, metrics, group_options.block_size, api_keys);

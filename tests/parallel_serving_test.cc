@@ -22,6 +22,7 @@ struct ClusterShape {
   const char* name;
   int workers;
   std::vector<std::string> flags;
+  bool context_parallel = false;  // prompts of 40 tokens or more prefill split over the replicas
 };
 
 class ShardedServingTest : public ::testing::TestWithParam<ClusterShape> {
@@ -60,6 +61,7 @@ TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
   const ClusterShape& shape = GetParam();
   std::vector<std::string> flags = shape.flags;
   flags.push_back("--max_batched_tokens=64");
+  flags.push_back(shape.context_parallel ? "--context_parallel_min_tokens=40" : "--context_parallel_min_tokens=0");
   auto cluster = LocalCluster::Start(kTinyModelDir, shape.workers, flags);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
 
@@ -91,6 +93,9 @@ TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
     EXPECT_EQ(outputs[i].ids, oracle().Greedy(prompts[i], 10)) << "request " << i;
   }
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+  if (shape.context_parallel) {
+    EXPECT_GT((*cluster)->Metric("mlaserve_context_parallel_chunks_total"), 0) << "no prompt was split";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -99,7 +104,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ClusterShape{"ep2_dp_attention", 2, {"--tp=1", "--dp_attention=2", "--ep=2"}},
                       ClusterShape{"ep4_dp_attention", 4, {"--tp=1", "--dp_attention=4", "--ep=4"}},
                       ClusterShape{"tp2_x_ep2", 4, {"--tp=2", "--dp_attention=2", "--ep=2"}},
-                      ClusterShape{"two_groups_tp2_ep2", 4, {"--tp=2", "--ep=2"}}),
+                      ClusterShape{"two_groups_tp2_ep2", 4, {"--tp=2", "--ep=2"}},
+                      ClusterShape{"context_parallel_dp2", 2, {"--tp=1", "--dp_attention=2", "--ep=2"}, true},
+                      ClusterShape{"context_parallel_tp2_x_dp2", 4, {"--tp=2", "--dp_attention=2", "--ep=4"}, true}),
     [](const ::testing::TestParamInfo<ClusterShape>& info) { return info.param.name; });
 
 // Two groups of two ranks: killing one rank fails its group; the group's

@@ -247,7 +247,56 @@ absl::Status WorkerService::CheckChange(const internal::v1::StepSequence& s,
   return absl::OkStatus();
 }
 
-WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequence& s, ForwardBatch* batch) {
+absl::Status WorkerService::CheckChunks(const internal::v1::StepRequest& request,
+                                        absl::flat_hash_map<int64_t, int>* chunks) const {
+  const int replicas = comms_.plan.dp_attention;
+  absl::flat_hash_map<int64_t, const internal::v1::StepSequence*> by_id;
+  for (const internal::v1::StepSequence& s : request.sequences()) by_id[s.request_id()] = &s;
+  for (int c = 0; c < request.context_parallel_size(); ++c) {
+    const internal::v1::ContextParallelChunk& chunk = request.context_parallel(c);
+    const std::string who = absl::StrCat("context-parallel chunk of request ", chunk.request_id(), ": ");
+    if (chunk.request_id() <= 0 || replicas == 1 || chunk.replicas_size() != replicas ||
+        chunk.slice_tokens_size() != replicas) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, "needs a request id and one slice for each of the group's ", replicas, " replicas"));
+    }
+    std::vector<bool> seen(replicas, false);
+    int64_t tokens = 0;
+    for (int j = 0; j < replicas; ++j) {
+      const int r = chunk.replicas(j);
+      if (r < 0 || r >= replicas || seen[r] || chunk.slice_tokens(j) < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(who, "slices must be non-empty, one per replica"));
+      }
+      seen[r] = true;
+      tokens += chunk.slice_tokens(j);
+      const bool home = j + 1 == replicas;
+      const int64_t id = home ? chunk.request_id() : -chunk.request_id();
+      auto it = by_id.find(id);
+      if (it == by_id.end() || it->second->replica() != r) {
+        return absl::InvalidArgumentError(absl::StrCat(who, "sequence ", id, " of replica ", r, " not in the step"));
+      }
+      if (!chunks->emplace(id, c).second) {
+        return absl::InvalidArgumentError(absl::StrCat(who, "sequence ", id, " in two chunks"));
+      }
+      if (it->second->sampled_input() || (!home && it->second->sample())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(who, "sequence ", id, " may not ", home ? "take a sampled input" : "sample"));
+      }
+    }
+    for (int j = 0; j < replicas; ++j) {
+      const int64_t id = j + 1 == replicas ? chunk.request_id() : -chunk.request_id();
+      if (by_id[id]->token_ids_size() != tokens) {
+        return absl::InvalidArgumentError(absl::StrCat(who, "sequence ", id, " carries ", by_id[id]->token_ids_size(),
+                                                       " tokens, the slices ", tokens));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequence& s,
+                                                  const internal::v1::ContextParallelChunk* chunk,
+                                                  ForwardBatch* batch) {
   SequenceState* state;
   if (s.start()) {
     state = &sequences_[s.request_id()];
@@ -262,14 +311,28 @@ WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequen
   state->block_table.insert(state->block_table.end(), s.new_blocks().begin(), s.new_blocks().end());
   SequenceSlice slice;
   slice.token_begin = static_cast<int64_t>(batch->token_ids.size());
+  // The tokens this replica computes: all, or its slice of the chunk.
+  const int64_t new_tokens = s.sampled_input() ? 1 : s.token_ids_size();
+  int64_t begin = 0, end = new_tokens;
+  if (chunk != nullptr) {
+    ContextSplit split{.seq = static_cast<int64_t>(batch->layout.seqs.size())};
+    int64_t offset = 0;
+    for (int j = 0; j < chunk->replicas_size(); ++j) {
+      split.replicas.push_back(chunk->replicas(j));
+      split.slice_tokens.push_back(chunk->slice_tokens(j));
+      if (chunk->replicas(j) == s.replica()) begin = offset, end = offset + chunk->slice_tokens(j);
+      offset += chunk->slice_tokens(j);
+    }
+    batch->context_splits.push_back(std::move(split));
+  }
   if (s.sampled_input()) {
     batch->token_ids.push_back(state->last_sample);
   } else {
-    batch->token_ids.insert(batch->token_ids.end(), s.token_ids().begin(), s.token_ids().end());
+    batch->token_ids.insert(batch->token_ids.end(), s.token_ids().begin() + begin, s.token_ids().begin() + end);
   }
   slice.num_tokens = static_cast<int64_t>(batch->token_ids.size()) - slice.token_begin;
-  slice.context_len = s.context_len();
-  state->context_len = slice.context_len;
+  slice.context_len = s.context_len() - (new_tokens - end);
+  state->context_len = s.context_len();
   slice.block_table = state->block_table;
   if (s.sample()) batch->logit_rows.push_back(slice.token_begin + slice.num_tokens - 1);
   batch->layout.seqs.push_back(std::move(slice));
@@ -297,16 +360,26 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
     }
     if (s.replica() == replica) RETURN_IF_ERROR(CheckChange(s, released));
   }
+  absl::flat_hash_map<int64_t, int> chunks;
+  RETURN_IF_ERROR(CheckChunks(request, &chunks));
   for (int64_t id : request.released()) sequences_.erase(id);
   ForwardBatch batch;
   batch.layout.block_size = block_size_;
+  std::vector<int> split_order;  // each of batch.context_splits' chunk in the request
   std::vector<StepRow> rows;
   std::vector<int64_t> ids;
   for (const internal::v1::StepSequence& s : request.sequences()) {
     if (s.replica() != replica) continue;
-    rows.push_back(ApplyChange(s, &batch));
+    auto chunk = chunks.find(s.request_id());
+    const bool split = chunk != chunks.end();
+    rows.push_back(ApplyChange(s, split ? &request.context_parallel(chunk->second) : nullptr, &batch));
+    if (split) split_order.push_back(chunk->second);
     ids.push_back(s.request_id());
   }
+  // Every replica takes the chunks' collectives in the request's order.
+  std::vector<ContextSplit> splits(request.context_parallel_size());
+  for (size_t i = 0; i < split_order.size(); ++i) splits[split_order[i]] = std::move(batch.context_splits[i]);
+  batch.context_splits = std::move(splits);
   // A step that only releases sequences computes nothing. (With attention
   // replicas, a replica without sequences still joins the experts' exchange.)
   if (batch.token_ids.empty() && comms_.plan.dp_attention == 1) {

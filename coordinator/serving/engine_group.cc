@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <iostream>
 #include <limits>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -200,19 +201,26 @@ EngineGroup::Plan EngineGroup::Schedule(bool step_in_flight) {
   }
   plan.updates = EndAll(TakeCancelled(), FinishReason::kAbort, absl::CancelledError("cancelled"));
   plan.launched.slots.resize(replicas_.size());
+  std::vector<std::vector<ScheduledSequence>> scheduled(replicas_.size());
   for (size_t r = 0; r < replicas_.size(); ++r) {
     Scheduler& scheduler = replicas_[r]->scheduler;
     const int64_t preemptions = scheduler.num_preemptions();
-    const std::vector<ScheduledSequence> scheduled = scheduler.Schedule();
-    plan.launched.shape.AddReplica(scheduled);
-    BuildStep(static_cast<int>(r), scheduled, &plan);
+    scheduled[r] = scheduler.Schedule();
+    plan.launched.shape.AddReplica(scheduled[r]);
+    BuildStep(static_cast<int>(r), scheduled[r], &plan);
     metrics_.CountPreemptions(static_cast<double>(scheduler.num_preemptions() - preemptions));
+  }
+  context_parallel_.Plan(replicas_, scheduled, &plan.step);
+  for (const internal::v1::ContextParallelChunk& chunk : plan.step.context_parallel()) {
+    metrics_.CountContextParallelChunk(
+        static_cast<double>(std::accumulate(chunk.slice_tokens().begin(), chunk.slice_tokens().end(), int64_t{0})));
   }
   if (plan.step.sequences_size() > 0) {
     plan.step.set_step_id(next_step_id_++);
     for (const auto& replica : replicas_) {
       for (int64_t id : replica->scheduler.TakeReleased()) plan.step.add_released(id);
     }
+    for (int64_t id : context_parallel_.TakeReleased()) plan.step.add_released(id);
   }
   // Nothing to run and nothing coming back: wait for a submission,
   // cancellation or failure.
@@ -374,6 +382,7 @@ EngineGroup::OutgoingMove EngineGroup::MoveOut(int r, Sequence* seq, int64_t kv_
 }
 
 std::vector<EngineGroup::OutgoingMove> EngineGroup::MoveOutAll() {
+  context_parallel_.ReleaseAll(replicas_);
   std::vector<OutgoingMove> out;
   for (size_t r = 0; r < replicas_.size(); ++r) {
     for (Sequence* seq : replicas_[r]->scheduler.sequences()) {
@@ -384,6 +393,7 @@ std::vector<EngineGroup::OutgoingMove> EngineGroup::MoveOutAll() {
 }
 
 std::vector<EngineGroup::OutgoingMove> EngineGroup::FailOverAll(std::vector<std::unique_ptr<Sequence>>* exhausted) {
+  context_parallel_.ReleaseAll(replicas_);
   std::vector<OutgoingMove> out;
   for (size_t r = 0; r < replicas_.size(); ++r) {
     Scheduler& scheduler = replicas_[r]->scheduler;
@@ -500,6 +510,7 @@ std::vector<std::unique_ptr<Sequence>> EngineGroup::TakeCancelled() {
 }
 
 std::vector<std::unique_ptr<Sequence>> EngineGroup::RemoveAll() {
+  context_parallel_.ReleaseAll(replicas_);
   std::vector<std::unique_ptr<Sequence>> out;
   for (const auto& replica : replicas_) {
     for (std::unique_ptr<Sequence>& seq : replica->scheduler.RemoveAll()) out.push_back(std::move(seq));

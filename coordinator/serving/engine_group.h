@@ -27,6 +27,7 @@
 #include "common/model_config.h"
 #include "coordinator/serving/block_manager.h"
 #include "coordinator/serving/callback_thread.h"
+#include "coordinator/serving/context_parallel.h"
 #include "coordinator/serving/metrics.h"
 #include "coordinator/serving/placement.h"
 #include "coordinator/serving/replica.h"
@@ -214,6 +215,9 @@ class EngineGroup {
 
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Replica>> replicas_ ABSL_GUARDED_BY(mu_);
+  // Copies of long prompts' KV in the other replicas (declared after the
+  // replicas whose blocks they hold).
+  ContextParallel context_parallel_ ABSL_GUARDED_BY(mu_);
   int64_t arriving_ ABSL_GUARDED_BY(mu_) = 0;  // see ExpectArrival
   std::set<int64_t> cancelled_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);

@@ -38,6 +38,11 @@ class ServingMetrics {
   void CountFinished(FinishReason reason);
   void CountRejected() { rejected_.Increment(); }
   void CountPreemptions(double n) { preemptions_.Increment(n); }
+  // Prompt chunks split over a group's attention replicas, and their tokens.
+  void CountContextParallelChunk(double tokens) {
+    context_parallel_chunks_.Increment();
+    context_parallel_tokens_.Increment(tokens);
+  }
   // KV transfers between workers: one finished or failed copy.
   void ObserveKvTransfer(double bytes, double blocks, double seconds) {
     kv_transfer_bytes_.Increment(bytes);
@@ -79,6 +84,8 @@ class ServingMetrics {
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Counter& rejected_;
   prometheus::Counter& preemptions_;
+  prometheus::Counter& context_parallel_chunks_;
+  prometheus::Counter& context_parallel_tokens_;
   prometheus::Counter& kv_transfer_bytes_;
   prometheus::Counter& kv_transfer_blocks_;
   prometheus::Histogram& kv_transfer_seconds_;

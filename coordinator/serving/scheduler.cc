@@ -72,16 +72,17 @@ std::vector<ScheduledSequence> Scheduler::Schedule() {
       ++i;
       continue;
     }
-    const int64_t n = std::min(seq->num_to_compute(), budget);
+    const auto [n, split] = Chunk(seq->num_to_compute(), budget);
     if (!Reserve(seq, n)) break;  // seq was the last one and got preempted
-    step.push_back({seq, seq->num_computed, n, seq->num_computed + n == static_cast<int64_t>(seq->tokens.size())});
-    budget -= n;
+    step.push_back(
+        {seq, seq->num_computed, n, seq->num_computed + n == static_cast<int64_t>(seq->tokens.size()), split});
+    budget -= std::min(n, budget);
     ++i;
   }
   while (budget > 0 && static_cast<int64_t>(running_.size()) < options_.max_num_seqs && !waiting_.empty()) {
     const int64_t before = budget;
     if (!Admit(budget, &step)) break;
-    budget -= step.back().num_tokens;
+    budget -= std::min(step.back().num_tokens, budget);
     if (budget == before) break;
   }
   for (const ScheduledSequence& s : step) Launch(s);
@@ -97,7 +98,7 @@ bool Scheduler::Admit(int64_t budget, std::vector<ScheduledSequence>* step) {
   // At least one token is computed so that the step yields logits to sample.
   PrefixMatch match = blocks_.Match(seq->tokens, total - 1, seq->prefix_match);
   seq->prefix_match = match;  // a head that waits for room resumes from here next step
-  const int64_t n = std::min(total - match.num_tokens, budget);
+  const auto [n, split] = Chunk(total - match.num_tokens, budget);
   const int64_t fresh = BlocksFor(match.num_tokens + n, blocks_.block_size()) - static_cast<int64_t>(match.blocks.size());
   if (!blocks_.CanAllocate(fresh)) return false;  // FCFS: the head waits, nobody overtakes it
   // Acquire before allocating so that eviction cannot take the matched blocks.
@@ -117,8 +118,16 @@ bool Scheduler::Admit(int64_t budget, std::vector<ScheduledSequence>* step) {
   seq->admitted_before = true;
   running_.push_back(std::move(waiting_.front()));
   waiting_.pop_front();
-  step->push_back({seq, match.num_tokens, n, match.num_tokens + n == total});
+  step->push_back({seq, match.num_tokens, n, match.num_tokens + n == total, split});
   return true;
+}
+
+std::pair<int64_t, bool> Scheduler::Chunk(int64_t remaining, int64_t budget) const {
+  const int replicas = options_.context_parallel_replicas;
+  const bool split = replicas > 1 && options_.context_parallel_min_tokens > 0 &&
+                     remaining >= options_.context_parallel_min_tokens && budget >= replicas;
+  const int64_t n = std::min(remaining, split ? budget * replicas : budget);
+  return {n, split && n >= replicas};
 }
 
 bool Scheduler::AtLengthLimit(const Sequence& seq) const {

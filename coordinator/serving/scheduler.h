@@ -43,6 +43,12 @@ struct SchedulerOptions {
   // A prefill-only group: a sequence stops being scheduled once its first
   // token is launched (it moves to a decode group after).
   bool prefill_only = false;
+  // Context parallelism (context_parallel.h): a sequence with at least this
+  // many tokens still to compute takes a chunk of up to
+  // `context_parallel_replicas` times the step's budget, marked to be split
+  // over that many replicas, each computing about one budget's worth. 0: never.
+  int64_t context_parallel_min_tokens = 0;
+  int context_parallel_replicas = 1;
 };
 
 struct ScheduledSequence {
@@ -50,6 +56,7 @@ struct ScheduledSequence {
   int64_t begin = 0;       // tokens [begin, begin + num_tokens) run this step
   int64_t num_tokens = 0;
   bool sample = false;     // the step samples the token at begin + num_tokens
+  bool context_parallel = false;  // a long prompt's chunk, to split over the replicas
 };
 
 // Where a launched step's sample goes: the placeholder at `position` of
@@ -113,6 +120,9 @@ class Scheduler {
   // running sequences if needed; false if `seq` itself had to be preempted.
   bool Reserve(Sequence* seq, int64_t num_tokens);
   bool Admit(int64_t budget, std::vector<ScheduledSequence>* step);
+  // The chunk `seq` may take from `budget`, and whether it is to be split
+  // over the replicas, with `remaining` tokens still to compute.
+  std::pair<int64_t, bool> Chunk(int64_t remaining, int64_t budget) const;
   void Preempt(Sequence* seq);
   void ReleaseBlocks(Sequence* seq);
   // Records that `s` is launched: KV computed, placeholder appended.

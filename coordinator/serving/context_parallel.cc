@@ -1,0 +1,146 @@
+#include "coordinator/serving/context_parallel.h"
+
+#include <algorithm>
+#include <iostream>
+
+#include "absl/container/flat_hash_set.h"
+#include "worker/kv_cache.h"
+
+namespace mlaserve {
+namespace {
+
+// As the scheduler's: bookkeeping the block manager refuses is a bug here;
+// report it loudly and keep serving.
+void ReportBookkeepingError(const absl::Status& status) {
+  if (!status.ok()) std::cerr << "context parallel: internal block bookkeeping error: " << status << "\n";
+}
+
+}  // namespace
+
+void ContextParallel::Plan(absl::Span<const std::unique_ptr<Replica>> replicas,
+                           absl::Span<const std::vector<ScheduledSequence>> scheduled,
+                           internal::v1::StepRequest* step) {
+  absl::flat_hash_set<int64_t> split;
+  for (size_t home = 0; home < scheduled.size(); ++home) {
+    for (const ScheduledSequence& s : scheduled[home]) {
+      if (!s.context_parallel || !Extend(replicas, static_cast<int>(home), s)) continue;
+      AddToStep(static_cast<int>(home), s, copies_.at(s.seq->id), step);
+      split.insert(s.seq->id);
+    }
+  }
+  std::vector<int64_t> done;
+  for (const auto& [id, copies] : copies_) {
+    if (!split.contains(id)) done.push_back(id);
+  }
+  for (int64_t id : done) Release(replicas, id);
+}
+
+bool ContextParallel::Extend(absl::Span<const std::unique_ptr<Replica>> replicas, int home,
+                             const ScheduledSequence& s) {
+  const Sequence& seq = *s.seq;
+  const int64_t end = s.begin + s.num_tokens;
+  const int num_replicas = static_cast<int>(replicas.size());
+  if (num_replicas < 2 || s.num_tokens < num_replicas) return false;
+  for (int64_t t = s.begin; t < end; ++t) {
+    if (seq.tokens[t] == kPendingToken) return false;
+  }
+  auto it = copies_.find(seq.id);
+  const bool fresh = it == copies_.end();
+  if (!fresh && (it->second.home != home || it->second.tokens != s.begin)) return false;
+  // A fresh copy adopts its replica's cached prefix of the tokens before the
+  // chunk, all of them or it cannot be made. Matched blocks are acquired
+  // before anything is allocated, so that allocation cannot evict them.
+  std::vector<std::vector<int32_t>> adopted(num_replicas);
+  std::vector<int64_t> needed(num_replicas, 0);
+  bool fits = true;
+  for (int r = 0; r < num_replicas && fits; ++r) {
+    if (r == home) continue;
+    BlockManager& blocks = replicas[r]->blocks;
+    int64_t have = 0;
+    if (fresh) {
+      PrefixMatch match = blocks.Match(seq.tokens, s.begin);
+      if (match.num_tokens != s.begin || !blocks.Acquire(match.blocks).ok()) {
+        fits = false;
+        break;
+      }
+      adopted[r] = std::move(match.blocks);
+      have = static_cast<int64_t>(adopted[r].size());
+    } else {
+      have = static_cast<int64_t>(it->second.copies[r].block_table.size());
+    }
+    needed[r] = std::max<int64_t>(0, BlocksFor(end, blocks.block_size()) - have);
+    fits = blocks.CanAllocate(needed[r]);
+  }
+  if (!fits) {
+    for (int r = 0; r < num_replicas; ++r) ReportBookkeepingError(replicas[r]->blocks.Release(adopted[r]));
+    return false;
+  }
+  if (fresh) {
+    it = copies_.emplace(seq.id, Copies{.home = home, .tokens = s.begin}).first;
+    it->second.copies.resize(num_replicas);
+    for (int r = 0; r < num_replicas; ++r) it->second.copies[r].block_table = std::move(adopted[r]);
+  }
+  for (int r = 0; r < num_replicas; ++r) {
+    if (r == home) continue;
+    BlockManager& blocks = replicas[r]->blocks;
+    std::vector<int32_t>& table = it->second.copies[r].block_table;
+    // CanAllocate said yes for each replica's own pool.
+    absl::StatusOr<std::vector<int32_t>> more = blocks.Allocate(needed[r]);
+    ReportBookkeepingError(more.status());
+    if (more.ok()) table.insert(table.end(), more->begin(), more->end());
+    ReportBookkeepingError(blocks.Cache(absl::MakeConstSpan(seq.tokens).subspan(0, end), table));
+  }
+  it->second.tokens = end;
+  return true;
+}
+
+void ContextParallel::AddToStep(int home, const ScheduledSequence& s, Copies& copies,
+                                internal::v1::StepRequest* step) {
+  const Sequence& seq = *s.seq;
+  const int num_replicas = static_cast<int>(copies.copies.size());
+  internal::v1::ContextParallelChunk* chunk = step->add_context_parallel();
+  chunk->set_request_id(seq.id);
+  const auto first = seq.tokens.begin() + s.begin;
+  for (int r = 0; r < num_replicas; ++r) {
+    if (r == home) continue;
+    chunk->add_replicas(r);
+    Copy& copy = copies.copies[r];
+    internal::v1::StepSequence* q = step->add_sequences();
+    q->set_request_id(CopyId(seq.id));
+    q->set_replica(r);
+    q->set_start(!copy.on_workers);
+    copy.on_workers = true;
+    q->mutable_new_blocks()->Add(copy.block_table.begin() + copy.blocks_on_workers, copy.block_table.end());
+    copy.blocks_on_workers = static_cast<int64_t>(copy.block_table.size());
+    q->mutable_token_ids()->Add(first, first + s.num_tokens);
+    q->set_context_len(s.begin + s.num_tokens);
+  }
+  chunk->add_replicas(home);  // last: its slice ends the chunk and samples
+  // Equal slices: each replica computes about one step's budget of tokens.
+  for (int j = 0; j < num_replicas; ++j) {
+    chunk->add_slice_tokens(s.num_tokens / num_replicas + (j < s.num_tokens % num_replicas ? 1 : 0));
+  }
+}
+
+void ContextParallel::Release(absl::Span<const std::unique_ptr<Replica>> replicas, int64_t id) {
+  auto it = copies_.find(id);
+  bool on_workers = false;
+  for (size_t r = 0; r < it->second.copies.size(); ++r) {
+    const Copy& copy = it->second.copies[r];
+    ReportBookkeepingError(replicas[r]->blocks.Release(copy.block_table));
+    on_workers = on_workers || copy.on_workers;
+  }
+  // One id names the copy in every replica (each worker keeps its own).
+  if (on_workers) released_.push_back(CopyId(id));
+  copies_.erase(it);
+}
+
+void ContextParallel::ReleaseAll(absl::Span<const std::unique_ptr<Replica>> replicas) {
+  std::vector<int64_t> ids;
+  for (const auto& [id, copies] : copies_) ids.push_back(id);
+  for (int64_t id : ids) Release(replicas, id);
+}
+
+std::vector<int64_t> ContextParallel::TakeReleased() { return std::exchange(released_, {}); }
+
+}  // namespace mlaserve
