@@ -283,6 +283,17 @@ TEST_F(SecurityTest, BadInternalRequestsAreInvalidArgumentAndChangeNothing) {
     StartSequence(&step, kId, {1}, 1, {0});
     EXPECT_EQ(RunStep(*worker, step).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
+  {  // A context-parallel chunk in a group without attention replicas.
+    internal::v1::StepRequest step;
+    StartSequence(&step, kId, {1, 2}, 2, {0});
+    internal::v1::ContextParallelChunk* chunk = step.add_context_parallel();
+    chunk->set_request_id(kId);
+    chunk->add_replicas(0);
+    chunk->add_slice_tokens(2);
+    const grpc::Status status = RunStep(*worker, step);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("context-parallel"), std::string::npos) << status.error_message();
+  }
   auto load_shard = [&](const std::string& dir, int32_t rank) {
     grpc::ClientContext context;
     internal::v1::LoadShardRequest load;

@@ -297,6 +297,16 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
         auto rank_cache = KvCache::Create(*rank_ops, *config, (replicas + 1) * blocks, kBlockSize);
         if (!rank_cache.ok()) return rank_cache.status();
         const int replica = g / plan.tp;
+        {  // A split that does not name every replica once is refused before any collective.
+          ForwardBatch bad;
+          bad.layout.block_size = kBlockSize;
+          bad.token_ids = {prompt[0]};
+          bad.layout.seqs.push_back({.num_tokens = 1, .context_len = 1, .block_table = {0}});
+          bad.context_splits.push_back({.seq = 0, .replicas = {replica}, .slice_tokens = {1}});
+          if ((*model)->Forward(bad, *rank_cache).status().code() != absl::StatusCode::kInvalidArgument) {
+            return absl::InternalError("a split over one replica was not refused");
+          }
+        }
         // Each replica's copy in blocks of its own, backwards.
         std::vector<int32_t> table;
         for (int64_t b = 0; b < blocks; ++b) table.push_back(static_cast<int32_t>((replica + 1) * blocks - 1 - b));
