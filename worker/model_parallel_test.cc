@@ -72,6 +72,47 @@ absl::StatusOr<std::vector<std::vector<float>>> RunSteps(Model& model, KvCache& 
   return steps;
 }
 
+// What each rank of a group computes: its logits, step by step.
+using RankSteps = std::vector<std::vector<float>>;
+using RankFn = std::function<absl::StatusOr<RankSteps>(int rank, Model& model, KvCache& cache)>;
+
+// Runs `fn` on every rank of `plan` (threads talking through Gloo on
+// loopback), each with its shard of the model in `dir` and a cache of
+// `cache_blocks` blocks; every rank's result, or the first rank's failure.
+absl::StatusOr<std::vector<RankSteps>> RunRanks(const ParallelPlan& plan, const std::string& dir,
+                                                const ModelConfig& config, int64_t cache_blocks, const RankFn& fn) {
+  const int ranks = plan.group_size();
+  InMemoryRendezvousStore store;
+  std::vector<absl::Status> status(ranks);
+  std::vector<RankSteps> got(ranks);
+  std::vector<std::thread> threads;
+  auto factory = [](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
+    return NewGlooCommunicator(s, prefix, rank, size, GlooOptions{.timeout = timeout});
+  };
+  for (int g = 0; g < ranks; ++g) {
+    threads.emplace_back([&, g] {
+      status[g] = [&]() -> absl::Status {
+        absl::StatusOr<GroupComms> comms = ConnectGroup(store, "test", plan, g, absl::Seconds(60), factory);
+        if (!comms.ok()) return comms.status();
+        auto rank_ops = NewCpuOps();
+        auto model = Model::Load(dir, *rank_ops, comms->shard());
+        if (!model.ok()) return model.status();
+        auto rank_cache = KvCache::Create(*rank_ops, config, cache_blocks, kBlockSize);
+        if (!rank_cache.ok()) return rank_cache.status();
+        absl::StatusOr<RankSteps> steps = fn(g, **model, *rank_cache);
+        if (!steps.ok()) return steps.status();
+        got[g] = *std::move(steps);
+        return absl::OkStatus();
+      }();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int g = 0; g < ranks; ++g) {
+    if (!status[g].ok()) return absl::Status(status[g].code(), absl::StrCat("rank ", g, ": ", status[g].message()));
+  }
+  return got;
+}
+
 class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
  protected:
   // Every sequence's logits within `worst` of one rank's, and at least half
@@ -104,51 +145,30 @@ class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
 
     const int ranks = plan.group_size();
     const int64_t vocab = config->vocab_size;
-    InMemoryRendezvousStore store;
-    std::vector<absl::Status> status(ranks);
-    std::vector<std::vector<std::vector<float>>> got(ranks);
-    std::vector<std::thread> threads;
-    auto factory = [](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
-      return NewGlooCommunicator(s, prefix, rank, size, GlooOptions{.timeout = timeout});
-    };
-    for (int g = 0; g < ranks; ++g) {
-      threads.emplace_back([&, g] {
-        status[g] = [&]() -> absl::Status {
-          absl::StatusOr<GroupComms> comms = ConnectGroup(store, "test", plan, g, absl::Seconds(60), factory);
-          if (!comms.ok()) return comms.status();
-          auto rank_ops = NewCpuOps();
-          auto model = Model::Load(dir, *rank_ops, comms->shard());
-          if (!model.ok()) return model.status();
-          auto rank_cache = KvCache::Create(*rank_ops, *config, num_seqs * kBlocksPerSeq, kBlockSize);
-          if (!rank_cache.ok()) return rank_cache.status();
-          std::vector<int> mine;
-          for (int i = 0; i < num_seqs; ++i) {
-            if (i % plan.dp_attention == g / plan.tp) mine.push_back(i);
-          }
-          auto logits = RunSteps(**model, *rank_cache, w, mine);
-          if (!logits.ok()) return logits.status();
-          got[g] = *std::move(logits);
-          return absl::OkStatus();
-        }();
-      });
-    }
-    for (std::thread& t : threads) t.join();
+    auto got = RunRanks(plan, dir, *config, num_seqs * kBlocksPerSeq, [&](int g, Model& model, KvCache& cache) {
+      std::vector<int> mine;
+      for (int i = 0; i < num_seqs; ++i) {
+        if (i % plan.dp_attention == g / plan.tp) mine.push_back(i);
+      }
+      return RunSteps(model, cache, w, mine);
+    });
+    ASSERT_TRUE(got.ok()) << got.status();
     int close = 0, compared = 0;
     for (int g = 0; g < ranks; ++g) {
-      ASSERT_TRUE(status[g].ok()) << "rank " << g << ": " << status[g];
       int row = 0;
       for (int i = 0; i < num_seqs; ++i) {
         if (i % plan.dp_attention != g / plan.tp) continue;
         for (int step = 0; step < 2; ++step) {
-          ASSERT_EQ(got[g][step].size() % vocab, 0u);
-          const double err = RelativeError(got[g][step].data() + row * vocab, (*ref)[step].data() + i * vocab, vocab);
+          ASSERT_EQ((*got)[g][step].size() % vocab, 0u);
+          const double err =
+              RelativeError((*got)[g][step].data() + row * vocab, (*ref)[step].data() + i * vocab, vocab);
           EXPECT_LT(err, worst) << "rank " << g << " seq " << i << " step " << step;
           close += err < 1e-5;
           ++compared;
         }
         ++row;
       }
-      EXPECT_EQ(static_cast<int64_t>(got[g][0].size()), row * vocab) << "rank " << g;
+      EXPECT_EQ(static_cast<int64_t>((*got)[g][0].size()), row * vocab) << "rank " << g;
     }
     EXPECT_GE(2 * close, compared) << close << " of " << compared << " within 1e-5";
   }
@@ -279,23 +299,10 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
 
   const int ranks = plan.group_size();
   const int64_t vocab = config->vocab_size;
-  InMemoryRendezvousStore store;
-  std::vector<absl::Status> status(ranks);
-  std::vector<std::vector<std::vector<float>>> got(ranks);
-  std::vector<std::thread> threads;
-  auto factory = [](RendezvousStore& s, const std::string& prefix, int rank, int size, absl::Duration timeout) {
-    return NewGlooCommunicator(s, prefix, rank, size, GlooOptions{.timeout = timeout});
-  };
-  for (int g = 0; g < ranks; ++g) {
-    threads.emplace_back([&, g] {
-      status[g] = [&]() -> absl::Status {
-        absl::StatusOr<GroupComms> comms = ConnectGroup(store, "cp", plan, g, absl::Seconds(60), factory);
-        if (!comms.ok()) return comms.status();
-        auto rank_ops = NewCpuOps();
-        auto model = Model::Load(dir, *rank_ops, comms->shard());
-        if (!model.ok()) return model.status();
-        auto rank_cache = KvCache::Create(*rank_ops, *config, (replicas + 1) * blocks, kBlockSize);
-        if (!rank_cache.ok()) return rank_cache.status();
+  auto got = RunRanks(
+      plan, dir, *config, (replicas + 1) * blocks,
+      [&](int g, Model& model, KvCache& cache) -> absl::StatusOr<RankSteps> {
+        RankSteps steps;
         const int replica = g / plan.tp;
         {  // A split that does not name every replica once is refused before any collective.
           ForwardBatch bad;
@@ -303,7 +310,7 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
           bad.token_ids = {prompt[0]};
           bad.layout.seqs.push_back({.num_tokens = 1, .context_len = 1, .block_table = {0}});
           bad.context_splits.push_back({.seq = 0, .replicas = {replica}, .slice_tokens = {1}});
-          if ((*model)->Forward(bad, *rank_cache).status().code() != absl::StatusCode::kInvalidArgument) {
+          if (model.Forward(bad, cache).status().code() != absl::StatusCode::kInvalidArgument) {
             return absl::InternalError("a split over one replica was not refused");
           }
         }
@@ -316,38 +323,38 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
           const int j = static_cast<int>(std::find(c.order.begin(), c.order.end(), replica) - c.order.begin());
           int64_t before = 0;
           for (int i = 0; i < j; ++i) before += c.slices[i];
-          SequenceSlice slice{.num_tokens = c.slices[j], .context_len = c.begin + before + c.slices[j], .block_table = table};
+          SequenceSlice slice{
+              .num_tokens = c.slices[j], .context_len = c.begin + before + c.slices[j], .block_table = table};
           batch.token_ids.assign(prompt.begin() + c.begin + before, prompt.begin() + c.begin + before + c.slices[j]);
           for (int64_t r = 0; r < slice.num_tokens; ++r) batch.logit_rows.push_back(r);
           batch.layout.seqs.push_back(slice);
           batch.context_splits.push_back({.seq = 0, .replicas = c.order, .slice_tokens = c.slices});
           if (replica == rider_replica && &c == &chunks.back()) {
-            SequenceSlice r{.token_begin = slice.num_tokens, .num_tokens = static_cast<int64_t>(rider.size()),
+            SequenceSlice r{.token_begin = slice.num_tokens,
+                            .num_tokens = static_cast<int64_t>(rider.size()),
                             .context_len = static_cast<int64_t>(rider.size())};
             for (int32_t b = 0; b < blocks; ++b) r.block_table.push_back(static_cast<int32_t>(replicas * blocks + b));
             batch.token_ids.insert(batch.token_ids.end(), rider.begin(), rider.end());
             batch.logit_rows.push_back(slice.num_tokens + r.num_tokens - 1);
             batch.layout.seqs.push_back(r);
           }
-          auto logits = (*model)->Forward(batch, *rank_cache);
+          auto logits = model.Forward(batch, cache);
           if (!logits.ok()) return logits.status();
-          got[g].push_back(*std::move(logits));
+          steps.push_back(*std::move(logits));
         }
         ForwardBatch decode;
         decode.layout.block_size = kBlockSize;
         decode.token_ids = {next};
         decode.logit_rows = {0};
-        decode.layout.seqs.push_back({.num_tokens = 1, .context_len = first_chunk + second_chunk + 1, .block_table = table});
-        auto logits = (*model)->Forward(decode, *rank_cache);
+        decode.layout.seqs.push_back(
+            {.num_tokens = 1, .context_len = first_chunk + second_chunk + 1, .block_table = table});
+        auto logits = model.Forward(decode, cache);
         if (!logits.ok()) return logits.status();
-        got[g].push_back(*std::move(logits));
-        return absl::OkStatus();
-      }();
-    });
-  }
-  for (std::thread& t : threads) t.join();
+        steps.push_back(*std::move(logits));
+        return steps;
+      });
+  ASSERT_TRUE(got.ok()) << got.status();
   for (int g = 0; g < ranks; ++g) {
-    ASSERT_TRUE(status[g].ok()) << "rank " << g << ": " << status[g];
     const int replica = g / plan.tp;
     for (size_t k = 0; k < chunks.size(); ++k) {
       const Chunk& c = chunks[k];
@@ -355,17 +362,17 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
       int64_t before = 0;
       for (int i = 0; i < j; ++i) before += c.slices[i];
       const bool rider_here = replica == rider_replica && k + 1 == chunks.size();
-      ASSERT_EQ(static_cast<int64_t>(got[g][k].size()), (c.slices[j] + (rider_here ? 1 : 0)) * vocab);
+      ASSERT_EQ(static_cast<int64_t>((*got)[g][k].size()), (c.slices[j] + (rider_here ? 1 : 0)) * vocab);
       for (int64_t r = 0; r < c.slices[j]; ++r) {
-        EXPECT_LT(RelativeError(got[g][k].data() + r * vocab, ref[k].data() + (before + r) * vocab, vocab), 1e-5)
+        EXPECT_LT(RelativeError((*got)[g][k].data() + r * vocab, ref[k].data() + (before + r) * vocab, vocab), 1e-5)
             << "rank " << g << " chunk " << k << " position " << c.begin + before + r;
       }
       if (rider_here) {
-        EXPECT_LT(RelativeError(got[g][k].data() + c.slices[j] * vocab, ref[3].data(), vocab), 1e-5)
+        EXPECT_LT(RelativeError((*got)[g][k].data() + c.slices[j] * vocab, ref[3].data(), vocab), 1e-5)
             << "rank " << g << ": the prompt beside the split chunk";
       }
     }
-    EXPECT_LT(RelativeError(got[g][2].data(), ref[2].data(), vocab), 1e-5) << "rank " << g << ": decode on its copy";
+    EXPECT_LT(RelativeError((*got)[g][2].data(), ref[2].data(), vocab), 1e-5) << "rank " << g << ": decode on its copy";
   }
 }
 
