@@ -45,6 +45,7 @@ ABSL_FLAG(bool, project, false, "project clusters of --nodes nodes of --hardware
 ABSL_FLAG(std::string, out, "cluster_sim", "directory for the CSV and charts");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "the coordinator's --max_num_seqs in the runs validated or projected");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "the coordinator's --max_batched_tokens");
+ABSL_FLAG(int64_t, context_parallel_min_tokens, 4096, "the coordinator's --context_parallel_min_tokens");
 ABSL_FLAG(double, kv_gbps, 1.0, "--validate: GB/s of KV moved between groups (CPU workers: TCP)");
 // Projection.
 ABSL_FLAG(std::string, config, "tests/testdata/configs/deepseek-v3-fp8.json", "model config.json");
@@ -111,7 +112,8 @@ ClusterSpec ClusterOf(const nlohmann::json& row, std::shared_ptr<const StepCost>
          .num_blocks = row.at("kv_blocks").get<int64_t>(),
          .block_size = row.at("block_size").get<int64_t>(),
          .scheduler = {.max_num_seqs = row.value("max_num_seqs", absl::GetFlag(FLAGS_max_num_seqs)),
-                       .max_batched_tokens = row.value("max_batched_tokens", absl::GetFlag(FLAGS_max_batched_tokens))},
+                       .max_batched_tokens = row.value("max_batched_tokens", absl::GetFlag(FLAGS_max_batched_tokens)),
+                       .context_parallel_min_tokens = absl::GetFlag(FLAGS_context_parallel_min_tokens)},
          .cost = cost});
   }
   return cluster;
@@ -287,7 +289,9 @@ absl::Status Project(const std::string& out) {
                                   .num_blocks = kv_blocks,
                                   .block_size = block_size,
                                   .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
-                                                .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens)},
+                                                .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
+                                                .context_parallel_min_tokens =
+                                                    absl::GetFlag(FLAGS_context_parallel_min_tokens)},
                                   .cost = cost});
       }
       ASSIGN_OR_RETURN(std::vector<bench::Session> sessions,

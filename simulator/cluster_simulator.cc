@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "coordinator/serving/context_parallel.h"
 #include "coordinator/serving/replica.h"
 #include "coordinator/serving/sequence.h"
 #include "coordinator/serving/step_trace.h"
@@ -28,6 +29,7 @@ class SimGroup {
   SimGroup(int index, const GroupSpec& spec, int64_t slack) : index_(index), spec_(spec), slack_(slack) {
     SchedulerOptions options = spec.scheduler;
     options.prefill_only = spec.role == GroupRole::kPrefill;
+    options.context_parallel_replicas = spec.dp_attention;
     for (int r = 0; r < spec.dp_attention; ++r) {
       replicas_.push_back(std::make_unique<Replica>(spec.num_blocks, spec.block_size, options));
     }
@@ -62,15 +64,23 @@ class SimGroup {
   // nothing can run.
   std::optional<std::pair<LaunchedStep, double>> ScheduleStep() {
     LaunchedStep step;
-    StepShape shape;
     step.slots.resize(replicas_.size());
+    std::vector<std::vector<ScheduledSequence>> scheduled(replicas_.size());
     for (size_t r = 0; r < replicas_.size(); ++r) {
-      const std::vector<ScheduledSequence> scheduled = replicas_[r]->scheduler.Schedule();
-      shape.AddReplica(scheduled);
-      for (const ScheduledSequence& s : scheduled) {
+      scheduled[r] = replicas_[r]->scheduler.Schedule();
+      for (const ScheduledSequence& s : scheduled[r]) {
         if (s.sample) step.slots[r].push_back({s.seq->id, s.begin + s.num_tokens});
       }
       replicas_[r]->scheduler.TakeReleased();
+    }
+    // Long prompts split over the replicas, as the engine group splits them
+    // (the workers' copies are what the message is for: only its chunks count here).
+    internal::v1::StepRequest message;
+    context_parallel_.Plan(replicas_, scheduled, &message);
+    context_parallel_.TakeReleased();
+    StepShape shape;
+    for (const std::vector<ScheduledSequence>& computed : ComputedByReplica(scheduled, message)) {
+      shape.AddReplica(computed);
     }
     if (shape.sequences == 0) return std::nullopt;
     return std::make_pair(std::move(step), spec_.cost->Seconds(shape));
@@ -87,6 +97,7 @@ class SimGroup {
   const GroupSpec spec_;
   const int64_t slack_;  // between replicas, as the router's between groups
   std::vector<std::unique_ptr<Replica>> replicas_;
+  ContextParallel context_parallel_;  // holds blocks of the replicas: declared after them
   std::deque<LaunchedStep> launched_;
   int64_t arriving_ = 0;
 };

@@ -113,6 +113,40 @@ TEST(ClusterSimulatorTest, DisaggregatedRequestsMoveTheirKvToADecodeGroup) {
   }
 }
 
+// a + b per token of the busiest replica.
+class BusiestReplicaCost final : public StepCost {
+ public:
+  BusiestReplicaCost(double a, double b) : a_(a), b_(b) {}
+  double Seconds(const StepShape& s) const override {
+    return a_ + b_ * static_cast<double>(s.max_replica_tokens);
+  }
+  std::string ToString() const override { return "busiest replica"; }
+
+ private:
+  const double a_, b_;
+};
+
+TEST(ClusterSimulatorTest, ContextParallelismSharesALongPromptOverTheReplicas) {
+  // Two replicas; a 2,048-token prompt: alone, its home replica computes 8
+  // chunks of 256; split, chunks of 2 x 256 while 1,024 or more are left
+  // (3), then 2 of 256: 5 steps of at most 256 tokens per replica.
+  auto cost = std::make_shared<BusiestReplicaCost>(0.001, 1e-4);
+  const LoadSpec load{.sessions = Workload(bench::WorkloadKind::kRandom, 1, 2048, 2), .concurrency = 1};
+  double ttft[2];
+  for (int split = 0; split < 2; ++split) {
+    GroupSpec group = Group(cost, GroupRole::kMixed, 512);
+    group.workers = group.dp_attention = 2;
+    group.scheduler.context_parallel_min_tokens = split ? 1024 : 0;
+    absl::StatusOr<SimulationResult> result = Simulate(Cluster({group}), load);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(result->requests.size(), 1u);
+    EXPECT_EQ(result->requests[0].completion_tokens, 2);
+    ttft[split] = result->requests[0].ttft_ms;
+  }
+  EXPECT_NEAR(ttft[0], 8 * (1 + 25.6), 1e-6);
+  EXPECT_NEAR(ttft[1], 5 * (1 + 25.6), 1e-6);
+}
+
 TEST(ClusterSimulatorTest, RefusesWhatCannotRun) {
   auto cost = std::make_shared<LinearCost>(0.001, 0);
   const LoadSpec load{.sessions = Workload(bench::WorkloadKind::kRandom, 2, 500, 8), .concurrency = 1};

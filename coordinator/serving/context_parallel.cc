@@ -17,6 +17,28 @@ void ReportBookkeepingError(const absl::Status& status) {
 
 }  // namespace
 
+std::vector<std::vector<ScheduledSequence>> ComputedByReplica(
+    absl::Span<const std::vector<ScheduledSequence>> scheduled, const internal::v1::StepRequest& step) {
+  std::vector<std::vector<ScheduledSequence>> out(scheduled.begin(), scheduled.end());
+  for (const internal::v1::ContextParallelChunk& chunk : step.context_parallel()) {
+    const int home = chunk.replicas(chunk.replicas_size() - 1);
+    auto whole = std::find_if(out[home].begin(), out[home].end(),
+                              [&](const ScheduledSequence& s) { return s.seq->id == chunk.request_id(); });
+    int64_t begin = whole->begin;
+    for (int j = 0; j < chunk.replicas_size(); ++j) {
+      const ScheduledSequence slice{.seq = whole->seq, .begin = begin, .num_tokens = chunk.slice_tokens(j)};
+      if (j + 1 < chunk.replicas_size()) {
+        out[chunk.replicas(j)].push_back(slice);
+      } else {
+        whole->begin = slice.begin;
+        whole->num_tokens = slice.num_tokens;
+      }
+      begin += chunk.slice_tokens(j);
+    }
+  }
+  return out;
+}
+
 void ContextParallel::Plan(absl::Span<const std::unique_ptr<Replica>> replicas,
                            absl::Span<const std::vector<ScheduledSequence>> scheduled,
                            internal::v1::StepRequest* step) {

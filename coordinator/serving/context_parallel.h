@@ -34,6 +34,14 @@ namespace mlaserve {
 // A copy on the workers of sequence `id` is sequence CopyId(id) there.
 inline int64_t CopyId(int64_t id) { return -id; }
 
+// What each replica computes in `step`, whose sequences `scheduled` lists
+// by replica: the schedulers' sequences, with each chunk `step` splits cut
+// to its home replica's slice and its other slices added to the replicas
+// computing them (at their positions): a step's shape per replica
+// (StepShape::AddReplica).
+std::vector<std::vector<ScheduledSequence>> ComputedByReplica(
+    absl::Span<const std::vector<ScheduledSequence>> scheduled, const internal::v1::StepRequest& step);
+
 class ContextParallel {
  public:
   ContextParallel() = default;

@@ -33,10 +33,10 @@ class ContextParallelTest : public ::testing::Test {
   }
 
   internal::v1::StepRequest Step() {
-    std::vector<std::vector<ScheduledSequence>> scheduled;
-    for (auto& r : replicas_) scheduled.push_back(r->scheduler.Schedule());
+    scheduled_.clear();
+    for (auto& r : replicas_) scheduled_.push_back(r->scheduler.Schedule());
     internal::v1::StepRequest step;
-    cp_.Plan(replicas_, scheduled, &step);
+    cp_.Plan(replicas_, scheduled_, &step);
     return step;
   }
 
@@ -54,6 +54,7 @@ class ContextParallelTest : public ::testing::Test {
   }
 
   std::vector<std::unique_ptr<Replica>> replicas_;
+  std::vector<std::vector<ScheduledSequence>> scheduled_;  // by the last Step
   ContextParallel cp_;
   int64_t next_id_ = 1;
 };
@@ -82,6 +83,15 @@ TEST_F(ContextParallelTest, SplitsALongPromptsChunksUntilItsPrefillEnds) {
     EXPECT_EQ(copy.new_blocks_size(), 6);
   }
   EXPECT_EQ(Referenced(), (std::vector<int64_t>{6, 6, 6}));
+  // Each replica computes its slice, at its positions.
+  const std::vector<std::vector<ScheduledSequence>> computed = ComputedByReplica(scheduled_, step);
+  ASSERT_EQ(computed.size(), 3u);
+  for (const auto& [replica, begin] : std::vector<std::pair<int, int64_t>>{{0, 0}, {2, 8}, {1, 16}}) {
+    ASSERT_EQ(computed[replica].size(), 1u) << replica;
+    EXPECT_EQ(computed[replica][0].seq, seq);
+    EXPECT_EQ(computed[replica][0].begin, begin) << replica;
+    EXPECT_EQ(computed[replica][0].num_tokens, 8) << replica;
+  }
 
   // 26 left: the next 24, the copies growing by their new blocks only.
   step = Step();

@@ -206,11 +206,13 @@ EngineGroup::Plan EngineGroup::Schedule(bool step_in_flight) {
     Scheduler& scheduler = replicas_[r]->scheduler;
     const int64_t preemptions = scheduler.num_preemptions();
     scheduled[r] = scheduler.Schedule();
-    plan.launched.shape.AddReplica(scheduled[r]);
     BuildStep(static_cast<int>(r), scheduled[r], &plan);
     metrics_.CountPreemptions(static_cast<double>(scheduler.num_preemptions() - preemptions));
   }
   context_parallel_.Plan(replicas_, scheduled, &plan.step);
+  for (const std::vector<ScheduledSequence>& computed : ComputedByReplica(scheduled, plan.step)) {
+    plan.launched.shape.AddReplica(computed);
+  }
   for (const internal::v1::ContextParallelChunk& chunk : plan.step.context_parallel()) {
     metrics_.CountContextParallelChunk(
         static_cast<double>(std::accumulate(chunk.slice_tokens().begin(), chunk.slice_tokens().end(), int64_t{0})));
