@@ -42,6 +42,10 @@ ABSL_FLAG(std::string, validate, "",
           "measured runs to predict: a //:scale_bench output directory (scale.json and step traces), or a JSON file "
           "of rows like scale.json's that name their GPU (docs/data/gpu_serving_points.json)");
 ABSL_FLAG(bool, project, false, "project clusters of --nodes nodes of --hardware GPUs serving --config");
+ABSL_FLAG(int64_t, long_prompt, 0,
+          "project the time to first token of one prompt of this many tokens on one group of each of "
+          "--group_gpus GPUs of --hardware (attention replicas, experts split over them), context parallelism "
+          "off and on (--context_parallel_min_tokens)");
 ABSL_FLAG(std::string, out, "cluster_sim", "directory for the CSV and charts");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "the coordinator's --max_num_seqs in the runs validated or projected");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "the coordinator's --max_batched_tokens");
@@ -356,6 +360,59 @@ absl::Status Project(const std::string& out) {
                            out + "/projection_tpot.gp");
 }
 
+// One prompt of --long_prompt tokens on one group of each size, context
+// parallelism off and on.
+absl::Status ProjectLongPrompt(const std::string& out) {
+  ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(ResolveUserPath(absl::GetFlag(FLAGS_config))));
+  ASSIGN_OR_RETURN(const Hardware hw, MeasuredHardware(absl::GetFlag(FLAGS_hardware)));
+  ASSIGN_OR_RETURN(const WeightFormat format, ChooseWeightFormat(config, absl::GetFlag(FLAGS_weights_dtype), true));
+  ASSIGN_OR_RETURN(const std::vector<int64_t> group_sizes, ParseList("--group_gpus", absl::GetFlag(FLAGS_group_gpus)));
+  const int64_t prompt = absl::GetFlag(FLAGS_long_prompt), block_size = absl::GetFlag(FLAGS_block_size);
+  const int64_t min_tokens = absl::GetFlag(FLAGS_context_parallel_min_tokens);
+  ASSIGN_OR_RETURN(std::vector<bench::Session> sessions,
+                   bench::GenerateWorkload({.kind = bench::WorkloadKind::kRandom,
+                                            .num_requests = 1,
+                                            .input_len = prompt,
+                                            .output_len = 1,
+                                            .vocab_low = 10,
+                                            .vocab_high = static_cast<int32_t>(config.vocab_size),
+                                            .seed = 1}));
+  std::ofstream csv(out + "/long_prompt.csv");
+  csv << "group_gpus,prompt_tokens,ttft_s_alone,ttft_s_context_parallel,speedup\n";
+  std::cout << "| GPUs in the group | TTFT, home replica alone (s) | TTFT, context parallel (s) | speedup |\n"
+               "| ---: | ---: | ---: | ---: |\n";
+  for (int64_t group_gpus : group_sizes) {
+    const ParallelPlan plan{.tp = 1, .dp_attention = static_cast<int>(group_gpus), .ep = static_cast<int>(group_gpus)};
+    ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw));
+    const double kv_room = hw.memory_bytes * absl::GetFlag(FLAGS_gpu_memory_utilization) -
+                           roofline.rank_weight_bytes() - absl::GetFlag(FLAGS_activation_reserve_gb) * 1e9;
+    const int64_t kv_blocks = static_cast<int64_t>(kv_room / (roofline.kv_bytes_per_token() * block_size));
+    if (kv_blocks * block_size < prompt + 1) {
+      std::cout << absl::StrFormat("| %d | the prompt does not fit | | |\n", group_gpus);
+      continue;
+    }
+    auto cost = std::make_shared<RooflineStepCost>(roofline);
+    double ttft[2];
+    for (int split = 0; split < 2; ++split) {
+      ClusterSpec cluster{.kv_bytes_per_s = hw.inter_node_bytes_per_s,
+                          .kv_bytes_per_block = static_cast<int64_t>(roofline.kv_bytes_per_token()) * block_size};
+      cluster.groups.push_back({.workers = static_cast<int>(group_gpus),
+                                .dp_attention = static_cast<int>(group_gpus),
+                                .num_blocks = kv_blocks,
+                                .block_size = block_size,
+                                .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+                                              .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
+                                              .context_parallel_min_tokens = split ? min_tokens : 0},
+                                .cost = cost});
+      ASSIGN_OR_RETURN(const SimulationResult simulated, Simulate(cluster, {.sessions = sessions, .concurrency = 1}));
+      ttft[split] = simulated.Summary().ttft_ms.p50 / 1e3;
+    }
+    csv << absl::StrCat(group_gpus, ",", prompt, ",", ttft[0], ",", ttft[1], ",", ttft[0] / ttft[1]) << "\n";
+    std::cout << absl::StrFormat("| %d | %.2f | %.2f | %.2fx |\n", group_gpus, ttft[0], ttft[1], ttft[0] / ttft[1]);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   const std::string out = ResolveUserPath(absl::GetFlag(FLAGS_out));
   std::filesystem::create_directories(out);
@@ -363,8 +420,9 @@ absl::Status Run() {
     RETURN_IF_ERROR(Validate(ResolveUserPath(absl::GetFlag(FLAGS_validate)), out));
   }
   if (absl::GetFlag(FLAGS_project)) RETURN_IF_ERROR(Project(out));
-  if (absl::GetFlag(FLAGS_validate).empty() && !absl::GetFlag(FLAGS_project)) {
-    return absl::InvalidArgumentError("nothing to do: give --validate DIR, --project, or both");
+  if (absl::GetFlag(FLAGS_long_prompt) > 0) RETURN_IF_ERROR(ProjectLongPrompt(out));
+  if (absl::GetFlag(FLAGS_validate).empty() && !absl::GetFlag(FLAGS_project) && absl::GetFlag(FLAGS_long_prompt) <= 0) {
+    return absl::InvalidArgumentError("nothing to do: give --validate DIR, --project or --long_prompt N");
   }
   std::cerr << "cluster_sim: wrote " << out << "\n";
   return absl::OkStatus();

@@ -239,18 +239,20 @@ absl::StatusOr<RooflineStepCost> RooflineStepCost::Create(const ModelConfig& con
 double RooflineStepCost::Seconds(const StepShape& shape) const {
   const double group_tokens = static_cast<double>(shape.tokens);
   const double replica_tokens = static_cast<double>(shape.max_replica_tokens);
-  const double pairs = static_cast<double>(shape.max_replica_attended);
   // Each rank's attention, dense layers and shared experts run its replica's tokens.
   const double dense_s = std::max(dense_read_bytes_ / hw_.hbm_bytes_per_s,
                                   2.0 * replica_tokens * dense_params_per_token_ /
                                       (matrix_flops_ * shares_.dense));
-  // Attention: decodes read the latent of their context (bandwidth), prompt
-  // chunks compute every pair (FLOPs); the busiest replica's share.
-  const double decode_tokens = replica_tokens - static_cast<double>(shape.prefill_tokens) / plan_.dp_attention;
-  const double attention_s = std::max(std::max(decode_tokens, 0.0) > 0 ? pairs * kv_bytes_per_token_ /
-                                                                                 hw_.hbm_bytes_per_s
-                                                                           : 0.0,
-                                      pairs * attention_flops_per_pair_ / hw_.attention_flops);
+  // Attention: decodes read the latent of their context (bandwidth, or
+  // FLOPs where many heads make them compute-bound), prompt chunks compute
+  // every pair (FLOPs); each on the replica with the most of it. (A prompt
+  // concentrated on one replica is not spread over the others: context
+  // parallelism splits it, and the shape says so.)
+  const double decode_pairs = static_cast<double>(shape.max_replica_decode_attended);
+  const double prompt_pairs = static_cast<double>(shape.max_replica_prompt_attended);
+  const double attention_s = std::max(decode_pairs * kv_bytes_per_token_ / hw_.hbm_bytes_per_s,
+                                      decode_pairs * attention_flops_per_pair_ / hw_.attention_flops) +
+                             prompt_pairs * attention_flops_per_pair_ / hw_.attention_flops;
   // Routed experts: a rank's experts touched by some token (each token picks
   // experts_per_token of routed_experts) are read once; their FLOPs at the
   // grouped GEMM's rate.

@@ -108,7 +108,7 @@ class RooflineTest : public ::testing::Test {
     StepShape s;
     s.sequences = s.tokens = per_replica * replicas;
     s.max_replica_tokens = per_replica;
-    s.max_replica_attended = per_replica * context;
+    s.max_replica_attended = s.max_replica_decode_attended = per_replica * context;
     return s;
   }
   ModelConfig config_;
@@ -135,6 +135,28 @@ TEST_F(RooflineTest, AGroupAcrossNodesPaysTheNetwork) {
   // The same tokens per replica: past one node the all-to-all crosses the
   // slower network, so a step costs more although each rank holds less.
   EXPECT_GT(Cost(16).Seconds(Decode(64, 16, 1024)), Cost(8).Seconds(Decode(64, 8, 1024)));
+}
+
+// A long prompt's chunk on one of two replicas (V2-Lite on two H100s, the
+// other replica idle): its attention computes every pair at the prefill
+// rate, whatever the other replica does; the cache-read rate of decodes does
+// not apply (it would put the step at three times that).
+TEST_F(RooflineTest, APromptChunkComputesItsPairs) {
+  absl::StatusOr<ModelConfig> lite = LoadModelConfig("tests/testdata/configs/deepseek-v2-lite.json");
+  ASSERT_TRUE(lite.ok()) << lite.status();
+  const WeightFormat bf16 = ChooseWeightFormat(*lite, "auto", /*gpu=*/true).value();
+  const Hardware h100 = MeasuredHardware("h100").value();
+  const RooflineStepCost cost =
+      RooflineStepCost::Create(*lite, {.tp = 1, .dp_attention = 2, .ep = 2}, bf16, h100).value();
+  StepShape chunk;
+  chunk.sequences = 1;
+  chunk.tokens = chunk.prefill_tokens = chunk.max_replica_tokens = 8192;
+  chunk.max_replica_attended = chunk.max_replica_prompt_attended = 8192 * 120000 + 8192 * 8193 / 2;
+  const double pairs = static_cast<double>(chunk.max_replica_prompt_attended);
+  const double flops_s = pairs * 2.0 * lite->num_attention_heads * (lite->qk_head_dim() + lite->v_head_dim) *
+                         lite->num_hidden_layers / h100.attention_flops;
+  EXPECT_GT(cost.Seconds(chunk), flops_s);
+  EXPECT_LT(cost.Seconds(chunk), 1.3 * flops_s);
 }
 
 TEST_F(RooflineTest, RefusesAPlanTheModelCannotTake) {

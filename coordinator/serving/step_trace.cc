@@ -17,13 +17,17 @@ constexpr char kHeader[] =
 }  // namespace
 
 void StepShape::AddReplica(const std::vector<ScheduledSequence>& scheduled) {
-  int64_t tokens_here = 0, attended = 0;
+  int64_t tokens_here = 0, attended = 0, decode = 0, prompt = 0;
   for (const ScheduledSequence& s : scheduled) {
     tokens_here += s.num_tokens;
     if (s.num_tokens > 1) prefill_tokens += s.num_tokens;
     // Token begin + i attends to the begin + i + 1 positions up to itself.
-    attended += s.num_tokens * s.begin + s.num_tokens * (s.num_tokens + 1) / 2;
+    const int64_t pairs = s.num_tokens * s.begin + s.num_tokens * (s.num_tokens + 1) / 2;
+    attended += pairs;
+    (s.num_tokens > 1 ? prompt : decode) += pairs;
   }
+  max_replica_decode_attended = std::max(max_replica_decode_attended, decode);
+  max_replica_prompt_attended = std::max(max_replica_prompt_attended, prompt);
   sequences += static_cast<int64_t>(scheduled.size());
   tokens += tokens_here;
   max_replica_tokens = std::max(max_replica_tokens, tokens_here);

@@ -25,6 +25,11 @@ struct StepShape {
   int64_t prefill_tokens = 0;  // of `tokens`, those of prompt chunks longer than one token
   int64_t max_replica_tokens = 0;
   int64_t max_replica_attended = 0;  // query-key pairs of the busiest replica's attention
+  // Those pairs split by kind, each on the replica with the most of them (a
+  // cost model's; traces do not record them): one-token sequences', which
+  // read the cache, and prompt chunks', which compute every pair.
+  int64_t max_replica_decode_attended = 0;
+  int64_t max_replica_prompt_attended = 0;
 
   // Adds one replica's scheduled sequences.
   void AddReplica(const std::vector<ScheduledSequence>& scheduled);
