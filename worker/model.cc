@@ -148,34 +148,43 @@ absl::Status Model::CheckSplit(const ContextSplit& split, const AttentionLayout&
   if (replicas == 1 || shard_.context == nullptr || shard_.context->size() != replicas) {
     return absl::InvalidArgumentError("a context-parallel chunk needs attention replicas and their communicator");
   }
-  if (split.seq < 0 || split.seq >= static_cast<int64_t>(layout.seqs.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("context-parallel slice of sequence ", split.seq, " not in the batch"));
+  if (split.owners.size() != split.piece_tokens.size()) {
+    return absl::InvalidArgumentError("a context-parallel chunk needs an owner for each piece");
   }
-  if (static_cast<int>(split.replicas.size()) != replicas || split.slice_tokens.size() != split.replicas.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk needs one slice per replica (",
-                                                   replicas, "), got ", split.replicas.size(), " replicas and ",
-                                                   split.slice_tokens.size(), " slices"));
-  }
-  std::vector<bool> seen(replicas, false);
-  int64_t before = 0, mine = -1, total = 0;
-  for (size_t j = 0; j < split.replicas.size(); ++j) {
-    const int r = split.replicas[j];
-    if (r < 0 || r >= replicas || seen[r] || split.slice_tokens[j] < 1) {
-      return absl::InvalidArgumentError("a context-parallel chunk's slices must be non-empty, one per replica");
+  std::vector<int> pieces(replicas, 0);
+  for (size_t j = 0; j < split.owners.size(); ++j) {
+    if (split.owners[j] < 0 || split.owners[j] >= replicas || split.piece_tokens[j] < 1) {
+      return absl::InvalidArgumentError("a context-parallel chunk's pieces must be non-empty, owned by replicas");
     }
-    seen[r] = true;
-    if (r == layout_.replica) mine = static_cast<int64_t>(j), before = total;
-    total += split.slice_tokens[j];
+    ++pieces[split.owners[j]];
   }
-  const SequenceSlice& seq = layout.seqs[split.seq];
-  if (seq.num_tokens != split.slice_tokens[mine]) {
-    return absl::InvalidArgumentError(absl::StrCat("this replica's context-parallel slice has ", seq.num_tokens,
-                                                   " tokens, the chunk says ", split.slice_tokens[mine]));
+  if (std::count(pieces.begin(), pieces.end(), 0) > 0 ||
+      static_cast<int>(split.seqs.size()) != pieces[layout_.replica]) {
+    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk needs a piece in each of the ", replicas,
+                                                   " replicas, and this rank's in the batch"));
   }
-  const int64_t chunk_end = seq.context_len - seq.num_tokens - before + total;
-  if (seq.context_len - seq.num_tokens - before < 0 ||
-      chunk_end > static_cast<int64_t>(seq.block_table.size()) * layout.block_size) {
-    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk ending at ", chunk_end,
+  // This rank's pieces: in the batch, of their sizes, of one sequence, at
+  // their places in one chunk that fits the sequence's blocks.
+  int64_t position = 0, total = 0, chunk_begin = -1;
+  size_t k = 0;
+  for (size_t j = 0; j < split.owners.size(); total += split.piece_tokens[j++]) {
+    if (split.owners[j] != layout_.replica) continue;
+    const int64_t index = split.seqs[k++];
+    if (index < 0 || index >= static_cast<int64_t>(layout.seqs.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("context-parallel piece ", index, " not in the batch"));
+    }
+    const SequenceSlice& seq = layout.seqs[index];
+    const SequenceSlice& first = layout.seqs[split.seqs[0]];
+    position = seq.context_len - seq.num_tokens - total;
+    if (seq.num_tokens != split.piece_tokens[j] || (chunk_begin >= 0 && position != chunk_begin) ||
+        seq.block_table != first.block_table) {
+      return absl::InvalidArgumentError(absl::StrCat("this replica's context-parallel pieces do not match the chunk's"));
+    }
+    chunk_begin = position;
+  }
+  const SequenceSlice& seq = layout.seqs[split.seqs[0]];
+  if (chunk_begin < 0 || chunk_begin + total > static_cast<int64_t>(seq.block_table.size()) * layout.block_size) {
+    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk ending at ", chunk_begin + total,
                                                    " does not fit the sequence's ", seq.block_table.size(), " blocks"));
   }
   return absl::OkStatus();
@@ -298,17 +307,20 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
 
 absl::Status Model::ShareChunkLatent(const ContextSplit& split, const ForwardBatch& batch, const Tensor& c_kv,
                                      const Tensor& k_rope, int64_t layer, KvCache& cache) {
-  const SequenceSlice& seq = batch.layout.seqs[split.seq];
   const int64_t rank = config_.kv_lora_rank, rope = config_.qk_rope_head_dim;
   const int replicas = shard_.plan.dp_attention;
-  const int64_t width = *std::max_element(split.slice_tokens.begin(), split.slice_tokens.end());
-  // This rank's rows, padded to the widest slice with copies of its last row
-  // (an all-gather moves equal counts); gathering rows is an embedding lookup
-  // with the rows as the table.
-  std::vector<int32_t> rows(width);
-  for (int64_t i = 0; i < width; ++i) {
-    rows[i] = static_cast<int32_t>(seq.token_begin + std::min(i, seq.num_tokens - 1));
+  // Each replica sends its pieces' rows in chunk order, padded to the most
+  // any replica owns with copies of its last row (an all-gather moves equal
+  // counts); gathering rows is an embedding lookup with the rows as the table.
+  std::vector<int64_t> owned(replicas, 0);
+  for (size_t j = 0; j < split.owners.size(); ++j) owned[split.owners[j]] += split.piece_tokens[j];
+  const int64_t width = *std::max_element(owned.begin(), owned.end());
+  std::vector<int32_t> rows;
+  for (int64_t index : split.seqs) {
+    const SequenceSlice& piece = batch.layout.seqs[index];
+    for (int64_t i = 0; i < piece.num_tokens; ++i) rows.push_back(static_cast<int32_t>(piece.token_begin + i));
   }
+  rows.resize(width, rows.back());
   ASSIGN_OR_RETURN(Tensor send_c, ops_.Empty(c_kv.dtype, {width, rank}));
   ASSIGN_OR_RETURN(Tensor send_r, ops_.Empty(k_rope.dtype, {width, rope}));
   RETURN_IF_ERROR(ops_.Embedding(c_kv, rows, &send_c));
@@ -318,19 +330,23 @@ absl::Status Model::ShareChunkLatent(const ContextSplit& split, const ForwardBat
   RETURN_IF_ERROR(ReadyForCollective(ops_, *shard_.context));
   RETURN_IF_ERROR(shard_.context->AllGather(send_c.data, all_c.data, send_c.numel(), send_c.dtype));
   RETURN_IF_ERROR(shard_.context->AllGather(send_r.data, all_r.data, send_r.numel(), send_r.dtype));
-  // The other slices' rows, in chunk order, and their slots in this copy.
-  int64_t before = 0;
-  for (size_t j = 0; split.replicas[j] != layout_.replica; ++j) before += split.slice_tokens[j];
-  int64_t position = seq.context_len - seq.num_tokens - before;
+  // The other replicas' pieces, in chunk order, and their slots in this copy.
+  const SequenceSlice& first = batch.layout.seqs[split.seqs[0]];
+  int64_t before_first = 0;
+  for (size_t j = 0; split.owners[j] != layout_.replica; ++j) before_first += split.piece_tokens[j];
+  int64_t position = first.context_len - first.num_tokens - before_first;
+  std::vector<int64_t> sent(replicas, 0);  // rows of each replica's buffer placed so far
   std::vector<int32_t> others;
   std::vector<int64_t> slots;
-  for (size_t j = 0; j < split.replicas.size(); ++j) {
-    for (int64_t i = 0; i < split.slice_tokens[j]; ++i, ++position) {
-      if (split.replicas[j] == layout_.replica) continue;
-      others.push_back(static_cast<int32_t>(split.replicas[j] * width + i));
-      slots.push_back(seq.block_table[position / batch.layout.block_size] * batch.layout.block_size +
+  for (size_t j = 0; j < split.owners.size(); ++j) {
+    const int owner = split.owners[j];
+    for (int64_t i = 0; i < split.piece_tokens[j]; ++i, ++position) {
+      if (owner == layout_.replica) continue;
+      others.push_back(static_cast<int32_t>(owner * width + sent[owner] + i));
+      slots.push_back(first.block_table[position / batch.layout.block_size] * batch.layout.block_size +
                       position % batch.layout.block_size);
     }
+    sent[owner] += split.piece_tokens[j];
   }
   const int64_t count = static_cast<int64_t>(others.size());
   ASSIGN_OR_RETURN(Tensor other_c, ops_.Empty(c_kv.dtype, {count, rank}));

@@ -34,15 +34,17 @@ namespace mlaserve {
 enum class AttentionForm { kAbsorbed, kExpanded };
 
 // A prompt chunk computed by every attention replica of the group at once
-// (context parallelism): the chunk is cut into consecutive slices, each
-// replica computes the queries of one slice, and every replica writes the
-// whole chunk's latent KV into its own copy of the sequence, so that each
-// slice attends to everything before it and the copy of the replica that
-// goes on decoding holds the whole prompt.
+// (context parallelism): the chunk is cut into consecutive pieces, each
+// replica computes the queries of its pieces (one or more: a causal chunk's
+// later pieces attend to more keys, so pairing early with late pieces
+// balances the replicas), and every replica writes the whole chunk's latent
+// KV into its own copy of the sequence, so that each piece attends to
+// everything before it and the copy of the replica that goes on decoding
+// holds the whole prompt.
 struct ContextSplit {
-  int64_t seq = 0;                    // this rank's slice is layout.seqs[seq]
-  std::vector<int> replicas;          // the replica computing each slice, in chunk order
-  std::vector<int64_t> slice_tokens;  // each slice's tokens, in chunk order
+  std::vector<int64_t> seqs;          // this rank's pieces, in chunk order: layout.seqs[seqs[k]]
+  std::vector<int> owners;            // the replica computing each piece, in chunk order
+  std::vector<int64_t> piece_tokens;  // each piece's tokens, in chunk order
 };
 
 // One step: new tokens of several sequences, concatenated in layout order.
@@ -130,7 +132,7 @@ class Model {
                                    AttentionForm form);
   absl::StatusOr<Tensor> Attention(const LayerWeights& w, int64_t layer, const Tensor& x, const ForwardBatch& batch,
                                    const StepArrays& step, KvCache& cache, AttentionForm form);
-  // Writes the latent KV of the other replicas' slices of `split` into this
+  // Writes the latent KV of the other replicas' pieces of `split` into this
   // rank's copy of the sequence (`c_kv` and `k_rope` hold this step's rows).
   absl::Status ShareChunkLatent(const ContextSplit& split, const ForwardBatch& batch, const Tensor& c_kv,
                                 const Tensor& k_rope, int64_t layer, KvCache& cache);

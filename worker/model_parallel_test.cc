@@ -224,16 +224,17 @@ TEST_P(ModelParallelTest, Fp8CheckpointMatchesOneRank) {
   Check(dir + "/fp8", 3, /*worst=*/5e-2);
 }
 
-// A prompt computed context-parallel: two chunks, each cut at random into one
-// slice per attention replica in a random replica order, every replica
-// writing the whole chunk's KV into its own copy (blocks of its own choosing),
-// then one decode token on every copy. Every slice's logits, and each copy's
+// A prompt computed context-parallel: two chunks, each cut at random into
+// pieces owned by random replicas (each at least one), every replica writing
+// the whole chunk's KV into its own copy (blocks of its own choosing), then
+// one decode token on every copy. Every piece's logits, and each copy's
 // decode, are one rank's; a short prompt of its own rides along in one
 // replica's steps.
 TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
   const ParallelPlan plan = GetParam();
   if (plan.dp_attention == 1) GTEST_SKIP() << "context parallelism splits over attention replicas";
-  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/cp_", plan.tp, "_", plan.dp_attention, "_", plan.ep);
+  const std::string dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR"), "/cp_", plan.tp, "_", plan.dp_attention, "_", plan.ep);
   std::filesystem::create_directories(dir);
   std::ofstream(dir + "/config.json") << kV2Config;
   auto config = LoadModelConfig(dir + "/config.json");
@@ -242,8 +243,8 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
   std::mt19937 rng(std::random_device{}());
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config->vocab_size) - 1);
   const int replicas = plan.dp_attention;
-  const int64_t first_chunk = std::uniform_int_distribution<int64_t>(replicas, 40)(rng);
-  const int64_t second_chunk = std::uniform_int_distribution<int64_t>(replicas, 20)(rng);
+  const int64_t first_chunk = std::uniform_int_distribution<int64_t>(2 * replicas + 1, 40)(rng);
+  const int64_t second_chunk = std::uniform_int_distribution<int64_t>(2 * replicas + 1, 20)(rng);
   std::vector<int32_t> prompt(first_chunk + second_chunk), rider(std::uniform_int_distribution<int>(1, 9)(rng));
   for (int32_t& t : prompt) t = token(rng);
   for (int32_t& t : rider) t = token(rng);
@@ -277,98 +278,116 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
     ref.push_back(*std::move(logits));
   }
 
-  // Each chunk: replicas in a random order, the chunk cut at random.
+  // Each chunk: D to 2D + 1 pieces of random sizes, each replica owning one
+  // or more.
   struct Chunk {
     int64_t begin, size;
-    std::vector<int> order;
-    std::vector<int64_t> slices;
+    std::vector<int> owners;
+    std::vector<int64_t> pieces;
+    // `replica`'s pieces: their offsets in the chunk and sizes.
+    std::vector<std::pair<int64_t, int64_t>> Of(int replica) const {
+      std::vector<std::pair<int64_t, int64_t>> out;
+      int64_t offset = 0;
+      for (size_t j = 0; j < owners.size(); offset += pieces[j++]) {
+        if (owners[j] == replica) out.push_back({offset, pieces[j]});
+      }
+      return out;
+    }
   };
   std::vector<Chunk> chunks = {{0, first_chunk, {}, {}}, {first_chunk, second_chunk, {}, {}}};
   for (Chunk& c : chunks) {
-    for (int r = 0; r < replicas; ++r) c.order.push_back(r);
-    std::shuffle(c.order.begin(), c.order.end(), rng);
+    const int n = std::uniform_int_distribution<int>(replicas, 2 * replicas + 1)(rng);
+    for (int j = 0; j < n; ++j)
+      c.owners.push_back(j < replicas ? j : std::uniform_int_distribution<int>(0, replicas - 1)(rng));
+    std::shuffle(c.owners.begin(), c.owners.end(), rng);
     std::vector<int64_t> cuts = {0, c.size};
-    while (static_cast<int>(cuts.size()) < replicas + 1) {
+    while (static_cast<int>(cuts.size()) < n + 1) {
       const int64_t cut = std::uniform_int_distribution<int64_t>(1, c.size - 1)(rng);
       if (std::find(cuts.begin(), cuts.end(), cut) == cuts.end()) cuts.push_back(cut);
     }
     std::sort(cuts.begin(), cuts.end());
-    for (int j = 0; j < replicas; ++j) c.slices.push_back(cuts[j + 1] - cuts[j]);
+    for (int j = 0; j < n; ++j) c.pieces.push_back(cuts[j + 1] - cuts[j]);
   }
   const int rider_replica = std::uniform_int_distribution<int>(0, replicas - 1)(rng);
 
   const int ranks = plan.group_size();
   const int64_t vocab = config->vocab_size;
-  auto got = RunRanks(
-      plan, dir, *config, (replicas + 1) * blocks,
-      [&](int g, Model& model, KvCache& cache) -> absl::StatusOr<RankSteps> {
-        RankSteps steps;
-        const int replica = g / plan.tp;
-        {  // A split that does not name every replica once is refused before any collective.
-          ForwardBatch bad;
-          bad.layout.block_size = kBlockSize;
-          bad.token_ids = {prompt[0]};
-          bad.layout.seqs.push_back({.num_tokens = 1, .context_len = 1, .block_table = {0}});
-          bad.context_splits.push_back({.seq = 0, .replicas = {replica}, .slice_tokens = {1}});
-          if (model.Forward(bad, cache).status().code() != absl::StatusCode::kInvalidArgument) {
-            return absl::InternalError("a split over one replica was not refused");
-          }
-        }
-        // Each replica's copy in blocks of its own, backwards.
-        std::vector<int32_t> table;
-        for (int64_t b = 0; b < blocks; ++b) table.push_back(static_cast<int32_t>((replica + 1) * blocks - 1 - b));
-        for (const Chunk& c : chunks) {
-          ForwardBatch batch;
-          batch.layout.block_size = kBlockSize;
-          const int j = static_cast<int>(std::find(c.order.begin(), c.order.end(), replica) - c.order.begin());
-          int64_t before = 0;
-          for (int i = 0; i < j; ++i) before += c.slices[i];
-          SequenceSlice slice{
-              .num_tokens = c.slices[j], .context_len = c.begin + before + c.slices[j], .block_table = table};
-          batch.token_ids.assign(prompt.begin() + c.begin + before, prompt.begin() + c.begin + before + c.slices[j]);
-          for (int64_t r = 0; r < slice.num_tokens; ++r) batch.logit_rows.push_back(r);
-          batch.layout.seqs.push_back(slice);
-          batch.context_splits.push_back({.seq = 0, .replicas = c.order, .slice_tokens = c.slices});
-          if (replica == rider_replica && &c == &chunks.back()) {
-            SequenceSlice r{.token_begin = slice.num_tokens,
-                            .num_tokens = static_cast<int64_t>(rider.size()),
-                            .context_len = static_cast<int64_t>(rider.size())};
-            for (int32_t b = 0; b < blocks; ++b) r.block_table.push_back(static_cast<int32_t>(replicas * blocks + b));
-            batch.token_ids.insert(batch.token_ids.end(), rider.begin(), rider.end());
-            batch.logit_rows.push_back(slice.num_tokens + r.num_tokens - 1);
-            batch.layout.seqs.push_back(r);
-          }
-          auto logits = model.Forward(batch, cache);
-          if (!logits.ok()) return logits.status();
-          steps.push_back(*std::move(logits));
-        }
-        ForwardBatch decode;
-        decode.layout.block_size = kBlockSize;
-        decode.token_ids = {next};
-        decode.logit_rows = {0};
-        decode.layout.seqs.push_back(
-            {.num_tokens = 1, .context_len = first_chunk + second_chunk + 1, .block_table = table});
-        auto logits = model.Forward(decode, cache);
-        if (!logits.ok()) return logits.status();
-        steps.push_back(*std::move(logits));
-        return steps;
-      });
+  auto got = RunRanks(plan, dir, *config, (replicas + 1) * blocks,
+                      [&](int g, Model& model, KvCache& cache) -> absl::StatusOr<RankSteps> {
+                        RankSteps steps;
+                        const int replica = g / plan.tp;
+                        {  // A split that does not name every replica once is refused before any collective.
+                          ForwardBatch bad;
+                          bad.layout.block_size = kBlockSize;
+                          bad.token_ids = {prompt[0]};
+                          bad.layout.seqs.push_back({.num_tokens = 1, .context_len = 1, .block_table = {0}});
+                          bad.context_splits.push_back({.seqs = {0}, .owners = {replica}, .piece_tokens = {1}});
+                          if (model.Forward(bad, cache).status().code() != absl::StatusCode::kInvalidArgument) {
+                            return absl::InternalError("a split over one replica was not refused");
+                          }
+                        }
+                        // Each replica's copy in blocks of its own, backwards.
+                        std::vector<int32_t> table;
+                        for (int64_t b = 0; b < blocks; ++b)
+                          table.push_back(static_cast<int32_t>((replica + 1) * blocks - 1 - b));
+                        for (const Chunk& c : chunks) {
+                          ForwardBatch batch;
+                          batch.layout.block_size = kBlockSize;
+                          ContextSplit split{.owners = c.owners, .piece_tokens = c.pieces};
+                          for (const auto& [offset, size] : c.Of(replica)) {
+                            split.seqs.push_back(static_cast<int64_t>(batch.layout.seqs.size()));
+                            batch.layout.seqs.push_back({.token_begin = static_cast<int64_t>(batch.token_ids.size()),
+                                                         .num_tokens = size,
+                                                         .context_len = c.begin + offset + size,
+                                                         .block_table = table});
+                            for (int64_t r = 0; r < size; ++r)
+                              batch.logit_rows.push_back(static_cast<int64_t>(batch.token_ids.size()) + r);
+                            batch.token_ids.insert(batch.token_ids.end(), prompt.begin() + c.begin + offset,
+                                                   prompt.begin() + c.begin + offset + size);
+                          }
+                          batch.context_splits.push_back(std::move(split));
+                          if (replica == rider_replica && &c == &chunks.back()) {
+                            SequenceSlice r{.token_begin = static_cast<int64_t>(batch.token_ids.size()),
+                                            .num_tokens = static_cast<int64_t>(rider.size()),
+                                            .context_len = static_cast<int64_t>(rider.size())};
+                            for (int32_t b = 0; b < blocks; ++b)
+                              r.block_table.push_back(static_cast<int32_t>(replicas * blocks + b));
+                            batch.token_ids.insert(batch.token_ids.end(), rider.begin(), rider.end());
+                            batch.logit_rows.push_back(r.token_begin + r.num_tokens - 1);
+                            batch.layout.seqs.push_back(r);
+                          }
+                          auto logits = model.Forward(batch, cache);
+                          if (!logits.ok()) return logits.status();
+                          steps.push_back(*std::move(logits));
+                        }
+                        ForwardBatch decode;
+                        decode.layout.block_size = kBlockSize;
+                        decode.token_ids = {next};
+                        decode.logit_rows = {0};
+                        decode.layout.seqs.push_back(
+                            {.num_tokens = 1, .context_len = first_chunk + second_chunk + 1, .block_table = table});
+                        auto logits = model.Forward(decode, cache);
+                        if (!logits.ok()) return logits.status();
+                        steps.push_back(*std::move(logits));
+                        return steps;
+                      });
   ASSERT_TRUE(got.ok()) << got.status();
   for (int g = 0; g < ranks; ++g) {
     const int replica = g / plan.tp;
     for (size_t k = 0; k < chunks.size(); ++k) {
       const Chunk& c = chunks[k];
-      const int j = static_cast<int>(std::find(c.order.begin(), c.order.end(), replica) - c.order.begin());
-      int64_t before = 0;
-      for (int i = 0; i < j; ++i) before += c.slices[i];
       const bool rider_here = replica == rider_replica && k + 1 == chunks.size();
-      ASSERT_EQ(static_cast<int64_t>((*got)[g][k].size()), (c.slices[j] + (rider_here ? 1 : 0)) * vocab);
-      for (int64_t r = 0; r < c.slices[j]; ++r) {
-        EXPECT_LT(RelativeError((*got)[g][k].data() + r * vocab, ref[k].data() + (before + r) * vocab, vocab), 1e-5)
-            << "rank " << g << " chunk " << k << " position " << c.begin + before + r;
+      int64_t row = 0;
+      for (const auto& [offset, size] : c.Of(replica)) {
+        for (int64_t r = 0; r < size; ++r, ++row) {
+          ASSERT_LE((row + 1) * vocab, static_cast<int64_t>((*got)[g][k].size()));
+          EXPECT_LT(RelativeError((*got)[g][k].data() + row * vocab, ref[k].data() + (offset + r) * vocab, vocab), 1e-5)
+              << "rank " << g << " chunk " << k << " position " << c.begin + offset + r;
+        }
       }
+      ASSERT_EQ(static_cast<int64_t>((*got)[g][k].size()), (row + (rider_here ? 1 : 0)) * vocab);
       if (rider_here) {
-        EXPECT_LT(RelativeError((*got)[g][k].data() + c.slices[j] * vocab, ref[3].data(), vocab), 1e-5)
+        EXPECT_LT(RelativeError((*got)[g][k].data() + row * vocab, ref[3].data(), vocab), 1e-5)
             << "rank " << g << ": the prompt beside the split chunk";
       }
     }

@@ -255,39 +255,38 @@ absl::Status WorkerService::CheckChunks(const internal::v1::StepRequest& request
   for (int c = 0; c < request.context_parallel_size(); ++c) {
     const internal::v1::ContextParallelChunk& chunk = request.context_parallel(c);
     const std::string who = absl::StrCat("context-parallel chunk of request ", chunk.request_id(), ": ");
-    if (chunk.request_id() <= 0 || replicas == 1 || chunk.replicas_size() != replicas ||
-        chunk.slice_tokens_size() != replicas) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(who, "needs a request id and one slice for each of the group's ", replicas, " replicas"));
+    const int pieces = chunk.replicas_size();
+    if (chunk.request_id() <= 0 || replicas == 1 || pieces < replicas || chunk.slice_tokens_size() != pieces) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, "needs a request id and slices in each of the group's ", replicas, " replicas, one size per slice"));
     }
-    std::vector<bool> seen(replicas, false);
+    std::vector<bool> owns(replicas, false);
     int64_t tokens = 0;
-    for (int j = 0; j < replicas; ++j) {
+    for (int j = 0; j < pieces; ++j) {
       const int r = chunk.replicas(j);
-      if (r < 0 || r >= replicas || seen[r] || chunk.slice_tokens(j) < 1) {
-        return absl::InvalidArgumentError(absl::StrCat(who, "slices must be non-empty, one per replica"));
+      if (r < 0 || r >= replicas || chunk.slice_tokens(j) < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(who, "slices must be non-empty, in the group's replicas"));
       }
-      seen[r] = true;
+      owns[r] = true;
       tokens += chunk.slice_tokens(j);
-      const bool home = j + 1 == replicas;
-      const int64_t id = home ? chunk.request_id() : -chunk.request_id();
+    }
+    const int home = chunk.replicas(pieces - 1);
+    for (int r = 0; r < replicas; ++r) {
+      const int64_t id = r == home ? chunk.request_id() : -chunk.request_id();
       auto it = by_id.find(id);
-      if (it == by_id.end() || it->second->replica() != r) {
-        return absl::InvalidArgumentError(absl::StrCat(who, "sequence ", id, " of replica ", r, " not in the step"));
+      if (!owns[r] || it == by_id.end() || it->second->replica() != r) {
+        return absl::InvalidArgumentError(absl::StrCat(who, "no slice or no sequence ", id, " in replica ", r));
       }
       if (!chunks->emplace(id, c).second) {
         return absl::InvalidArgumentError(absl::StrCat(who, "sequence ", id, " in two chunks"));
       }
-      if (it->second->sampled_input() || (!home && it->second->sample())) {
+      if (it->second->sampled_input() || (r != home && it->second->sample())) {
         return absl::InvalidArgumentError(
-            absl::StrCat(who, "sequence ", id, " may not ", home ? "take a sampled input" : "sample"));
+            absl::StrCat(who, "sequence ", id, " may not ", r == home ? "take a sampled input" : "sample"));
       }
-    }
-    for (int j = 0; j < replicas; ++j) {
-      const int64_t id = j + 1 == replicas ? chunk.request_id() : -chunk.request_id();
-      if (by_id[id]->token_ids_size() != tokens) {
-        return absl::InvalidArgumentError(absl::StrCat(who, "sequence ", id, " carries ", by_id[id]->token_ids_size(),
-                                                       " tokens, the slices ", tokens));
+      if (it->second->token_ids_size() != tokens) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(who, "sequence ", id, " carries ", it->second->token_ids_size(), " tokens, the slices ", tokens));
       }
     }
   }
@@ -309,33 +308,41 @@ WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequen
     state = &sequences_.find(s.request_id())->second;
   }
   state->block_table.insert(state->block_table.end(), s.new_blocks().begin(), s.new_blocks().end());
-  SequenceSlice slice;
-  slice.token_begin = static_cast<int64_t>(batch->token_ids.size());
-  // The tokens this replica computes: all, or its slice of the chunk.
   const int64_t new_tokens = s.sampled_input() ? 1 : s.token_ids_size();
-  int64_t begin = 0, end = new_tokens;
-  if (chunk != nullptr) {
-    ContextSplit split{.seq = static_cast<int64_t>(batch->layout.seqs.size())};
+  const int64_t chunk_begin = s.context_len() - new_tokens;
+  state->context_len = s.context_len();
+  // The tokens [begin, end) of the change, as one slice of the batch.
+  auto add_slice = [&](int64_t begin, int64_t end) {
+    SequenceSlice slice;
+    slice.token_begin = static_cast<int64_t>(batch->token_ids.size());
+    if (s.sampled_input()) {
+      batch->token_ids.push_back(state->last_sample);
+    } else {
+      batch->token_ids.insert(batch->token_ids.end(), s.token_ids().begin() + begin, s.token_ids().begin() + end);
+    }
+    slice.num_tokens = end - begin;
+    slice.context_len = chunk_begin + end;
+    slice.block_table = state->block_table;
+    batch->layout.seqs.push_back(std::move(slice));
+  };
+  if (chunk == nullptr) {
+    add_slice(0, new_tokens);
+  } else {
+    // This replica's pieces of the chunk (the home replica's last one ends it).
+    ContextSplit split;
     int64_t offset = 0;
     for (int j = 0; j < chunk->replicas_size(); ++j) {
-      split.replicas.push_back(chunk->replicas(j));
-      split.slice_tokens.push_back(chunk->slice_tokens(j));
-      if (chunk->replicas(j) == s.replica()) begin = offset, end = offset + chunk->slice_tokens(j);
+      split.owners.push_back(chunk->replicas(j));
+      split.piece_tokens.push_back(chunk->slice_tokens(j));
+      if (chunk->replicas(j) == s.replica()) {
+        split.seqs.push_back(static_cast<int64_t>(batch->layout.seqs.size()));
+        add_slice(offset, offset + chunk->slice_tokens(j));
+      }
       offset += chunk->slice_tokens(j);
     }
     batch->context_splits.push_back(std::move(split));
   }
-  if (s.sampled_input()) {
-    batch->token_ids.push_back(state->last_sample);
-  } else {
-    batch->token_ids.insert(batch->token_ids.end(), s.token_ids().begin() + begin, s.token_ids().begin() + end);
-  }
-  slice.num_tokens = static_cast<int64_t>(batch->token_ids.size()) - slice.token_begin;
-  slice.context_len = s.context_len() - (new_tokens - end);
-  state->context_len = s.context_len();
-  slice.block_table = state->block_table;
-  if (s.sample()) batch->logit_rows.push_back(slice.token_begin + slice.num_tokens - 1);
-  batch->layout.seqs.push_back(std::move(slice));
+  if (s.sample()) batch->logit_rows.push_back(static_cast<int64_t>(batch->token_ids.size()) - 1);
   return StepRow{state, s.sample(), s.sample_index()};
 }
 

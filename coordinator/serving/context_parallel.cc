@@ -24,15 +24,15 @@ std::vector<std::vector<ScheduledSequence>> ComputedByReplica(
     const int home = chunk.replicas(chunk.replicas_size() - 1);
     auto whole = std::find_if(out[home].begin(), out[home].end(),
                               [&](const ScheduledSequence& s) { return s.seq->id == chunk.request_id(); });
-    int64_t begin = whole->begin;
+    const ScheduledSequence scheduled_chunk = *whole;
+    out[home].erase(whole);
+    int64_t begin = scheduled_chunk.begin;
     for (int j = 0; j < chunk.replicas_size(); ++j) {
-      const ScheduledSequence slice{.seq = whole->seq, .begin = begin, .num_tokens = chunk.slice_tokens(j)};
-      if (j + 1 < chunk.replicas_size()) {
-        out[chunk.replicas(j)].push_back(slice);
-      } else {
-        whole->begin = slice.begin;
-        whole->num_tokens = slice.num_tokens;
-      }
+      const bool last = j + 1 == chunk.replicas_size();
+      out[chunk.replicas(j)].push_back({.seq = scheduled_chunk.seq,
+                                        .begin = begin,
+                                        .num_tokens = chunk.slice_tokens(j),
+                                        .sample = last && scheduled_chunk.sample});
       begin += chunk.slice_tokens(j);
     }
   }
@@ -125,7 +125,6 @@ void ContextParallel::AddToStep(int home, const ScheduledSequence& s, Copies& co
   const auto first = seq.tokens.begin() + s.begin;
   for (int r = 0; r < num_replicas; ++r) {
     if (r == home) continue;
-    chunk->add_replicas(r);
     Copy& copy = copies.copies[r];
     internal::v1::StepSequence* q = step->add_sequences();
     q->set_request_id(CopyId(seq.id));
@@ -137,10 +136,21 @@ void ContextParallel::AddToStep(int home, const ScheduledSequence& s, Copies& co
     q->mutable_token_ids()->Add(first, first + s.num_tokens);
     q->set_context_len(s.begin + s.num_tokens);
   }
-  chunk->add_replicas(home);  // last: its slice ends the chunk and samples
-  // Equal slices: each replica computes about one step's budget of tokens.
-  for (int j = 0; j < num_replicas; ++j) {
-    chunk->add_slice_tokens(s.num_tokens / num_replicas + (j < s.num_tokens % num_replicas ? 1 : 0));
+  // The chunk in two slices per replica, paired first with last, second
+  // with second to last and so on (the home replica takes the first and the
+  // last, which ends the chunk and samples): a causal chunk's later slices
+  // attend to more keys, and each pair attends to about as many as any
+  // other, with as many tokens. A chunk too short for that takes one slice
+  // per replica, the home's last.
+  std::vector<int> by_pair = {home};
+  for (int r = 0; r < num_replicas; ++r) {
+    if (r != home) by_pair.push_back(r);
+  }
+  const int slices = s.num_tokens >= 2 * num_replicas ? 2 * num_replicas : num_replicas;
+  for (int j = 0; j < slices; ++j) {
+    const int owner = slices == num_replicas ? by_pair[(j + 1) % num_replicas] : by_pair[std::min(j, slices - 1 - j)];
+    chunk->add_replicas(owner);
+    chunk->add_slice_tokens(s.num_tokens / slices + (j < s.num_tokens % slices ? 1 : 0));
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "coordinator/serving/step_trace.h"
 #include "gtest/gtest.h"
 
 namespace mlaserve {
@@ -64,14 +65,16 @@ TEST_F(ContextParallelTest, SplitsALongPromptsChunksUntilItsPrefillEnds) {
   const std::vector<int32_t> prompt = Prompt(50, 100);
   Sequence* seq = Submit(1, prompt);
 
-  // 50 to compute: a chunk of 24, split 8/8/8, the home replica last.
+  // 50 to compute: a chunk of 24 in six slices of 4, paired first with
+  // last: the home replica takes the first and the last.
   internal::v1::StepRequest step = Step();
   ASSERT_EQ(step.context_parallel_size(), 1);
   const internal::v1::ContextParallelChunk& chunk = step.context_parallel(0);
   EXPECT_EQ(chunk.request_id(), seq->id);
-  EXPECT_EQ(std::vector<int32_t>(chunk.replicas().begin(), chunk.replicas().end()), (std::vector<int32_t>{0, 2, 1}));
+  EXPECT_EQ(std::vector<int32_t>(chunk.replicas().begin(), chunk.replicas().end()),
+            (std::vector<int32_t>{1, 0, 2, 2, 0, 1}));
   EXPECT_EQ(std::vector<int64_t>(chunk.slice_tokens().begin(), chunk.slice_tokens().end()),
-            (std::vector<int64_t>{8, 8, 8}));
+            (std::vector<int64_t>(6, 4)));
   ASSERT_EQ(step.sequences_size(), 2);
   for (const internal::v1::StepSequence& copy : step.sequences()) {
     EXPECT_EQ(copy.request_id(), CopyId(seq->id));
@@ -83,14 +86,21 @@ TEST_F(ContextParallelTest, SplitsALongPromptsChunksUntilItsPrefillEnds) {
     EXPECT_EQ(copy.new_blocks_size(), 6);
   }
   EXPECT_EQ(Referenced(), (std::vector<int64_t>{6, 6, 6}));
-  // Each replica computes its slice, at its positions.
+  // Each replica computes its slices, at their positions; each pair attends
+  // to as many keys (0-4 and 20-24: 10 + 90 pairs; 4-8 and 16-20: 26 + 74).
   const std::vector<std::vector<ScheduledSequence>> computed = ComputedByReplica(scheduled_, step);
   ASSERT_EQ(computed.size(), 3u);
-  for (const auto& [replica, begin] : std::vector<std::pair<int, int64_t>>{{0, 0}, {2, 8}, {1, 16}}) {
-    ASSERT_EQ(computed[replica].size(), 1u) << replica;
-    EXPECT_EQ(computed[replica][0].seq, seq);
-    EXPECT_EQ(computed[replica][0].begin, begin) << replica;
-    EXPECT_EQ(computed[replica][0].num_tokens, 8) << replica;
+  const std::vector<std::vector<int64_t>> begins = {{4, 16}, {0, 20}, {8, 12}};
+  for (int replica = 0; replica < 3; ++replica) {
+    ASSERT_EQ(computed[replica].size(), 2u) << replica;
+    StepShape shape;
+    for (int k = 0; k < 2; ++k) {
+      EXPECT_EQ(computed[replica][k].seq, seq);
+      EXPECT_EQ(computed[replica][k].begin, begins[replica][k]) << replica;
+      EXPECT_EQ(computed[replica][k].num_tokens, 4) << replica;
+    }
+    shape.AddReplica(computed[replica]);
+    EXPECT_EQ(shape.max_replica_attended, 100) << replica;
   }
 
   // 26 left: the next 24, the copies growing by their new blocks only.
