@@ -410,7 +410,15 @@ absl::Status ProjectLongPrompt(const std::string& out) {
     csv << absl::StrCat(group_gpus, ",", prompt, ",", ttft[0], ",", ttft[1], ",", ttft[0] / ttft[1]) << "\n";
     std::cout << absl::StrFormat("| %d | %.2f | %.2f | %.2fx |\n", group_gpus, ttft[0], ttft[1], ttft[0] / ttft[1]);
   }
-  return absl::OkStatus();
+  csv.close();
+  return bench::RunGnuplot(
+      absl::StrCat("set terminal pngcairo size 700,450\nset output '", out, "/long_prompt.png'\n",
+                   "set datafile separator ','\nset grid\nset key bottom left\nset logscale x 2\nset yrange [0:*]\n",
+                   "set xlabel 'GPUs in the group (", hw.name, ")'\nset ylabel 'TTFT (s)'\n",
+                   "set title 'one ", prompt, "-token prompt'\nplot '", out,
+                   "/long_prompt.csv' every ::1 using 1:3 with linespoints title 'home replica alone', '", out,
+                   "/long_prompt.csv' every ::1 using 1:4 with linespoints title 'context parallel'\n"),
+      out + "/long_prompt.gp");
 }
 
 absl::Status Run() {
