@@ -143,5 +143,39 @@ TEST(ShardedFailureTest, KilledRanksRequestsFinishInTheOtherGroupUnchanged) {
   ExpectStillServing(**cluster, 3);
 }
 
+// Two groups of two attention replicas splitting long prompts over both:
+// killing a rank while prompts are being split fails its group (the copies
+// in its replicas go with it); its requests finish in the other group with
+// one worker's greedy tokens, and no block stays held.
+TEST(ShardedFailureTest, ContextParallelPrefillsSurviveAKilledRank) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 4,
+                                     {"--tp=1", "--dp_attention=2", "--ep=2", "--heartbeat_timeout_s=1",
+                                      "--comm_timeout_s=5", "--max_batched_tokens=16",
+                                      "--context_parallel_min_tokens=32"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::vector<int32_t>> prompts(6);
+  for (auto& p : prompts) p = RandomPrompt(rng, 1000 + static_cast<int>(rng() % 500));
+  std::vector<GrpcOutput> outputs(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 8); });
+  }
+  // Once some prompts have had chunks split, with more to come.
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while ((*cluster)->Metric("mlaserve_context_parallel_chunks_total") < 10 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE((*cluster)->KillWorker(0));
+  for (std::thread& t : threads) t.join();
+  Oracle oracle;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, oracle.Greedy(prompts[i], 8)) << "request " << i;
+  }
+  EXPECT_GT((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0);
+  ExpectStillServing(**cluster, 3);
+}
+
 }  // namespace
 }  // namespace mlaserve
