@@ -30,6 +30,9 @@ class SimGroup {
     SchedulerOptions options = spec.scheduler;
     options.prefill_only = spec.role == GroupRole::kPrefill;
     options.context_parallel_replicas = spec.dp_attention;
+    options.can_split = [this](const Sequence& seq, int64_t begin, int64_t tokens) {
+      return context_parallel_.CanSplit(replicas_, seq, begin, tokens);
+    };
     for (int r = 0; r < spec.dp_attention; ++r) {
       replicas_.push_back(std::make_unique<Replica>(spec.num_blocks, spec.block_size, options));
     }

@@ -57,21 +57,44 @@ void ContextParallel::Plan(absl::Span<const std::unique_ptr<Replica>> replicas,
   for (int64_t id : done) Release(replicas, id);
 }
 
+bool ContextParallel::CanSplit(absl::Span<const std::unique_ptr<Replica>> replicas, const Sequence& seq,
+                               int64_t begin, int64_t tokens) {
+  const int num_replicas = static_cast<int>(replicas.size()), home = seq.replica;
+  const int64_t end = begin + tokens;
+  if (num_replicas < 2 || tokens < num_replicas || end > static_cast<int64_t>(seq.tokens.size())) return false;
+  for (int64_t t = begin; t < end; ++t) {
+    if (seq.tokens[t] == kPendingToken) return false;
+  }
+  auto it = copies_.find(seq.id);
+  if (it != copies_.end() && (it->second.home != home || it->second.tokens != begin)) return false;
+  for (int r = 0; r < num_replicas; ++r) {
+    if (r == home) continue;
+    BlockManager& blocks = replicas[r]->blocks;
+    int64_t have = 0;
+    if (it != copies_.end()) {
+      have = static_cast<int64_t>(it->second.copies[r].block_table.size());
+    } else {
+      const PrefixMatch match = blocks.Match(seq.tokens, begin);
+      if (match.num_tokens != begin) return false;
+      have = static_cast<int64_t>(match.blocks.size());
+    }
+    if (!blocks.CanAllocate(std::max<int64_t>(0, BlocksFor(end, blocks.block_size()) - have))) return false;
+  }
+  return true;
+}
+
 bool ContextParallel::Extend(absl::Span<const std::unique_ptr<Replica>> replicas, int home,
                              const ScheduledSequence& s) {
   const Sequence& seq = *s.seq;
   const int64_t end = s.begin + s.num_tokens;
   const int num_replicas = static_cast<int>(replicas.size());
-  if (num_replicas < 2 || s.num_tokens < num_replicas) return false;
-  for (int64_t t = s.begin; t < end; ++t) {
-    if (seq.tokens[t] == kPendingToken) return false;
-  }
+  if (home != seq.replica || !CanSplit(replicas, seq, s.begin, s.num_tokens)) return false;
   auto it = copies_.find(seq.id);
   const bool fresh = it == copies_.end();
-  if (!fresh && (it->second.home != home || it->second.tokens != s.begin)) return false;
   // A fresh copy adopts its replica's cached prefix of the tokens before the
-  // chunk, all of them or it cannot be made. Matched blocks are acquired
-  // before anything is allocated, so that allocation cannot evict them.
+  // chunk (CanSplit found all of them). Matched blocks are acquired before
+  // anything is allocated, so that allocation cannot evict them; room is
+  // checked again with them held.
   std::vector<std::vector<int32_t>> adopted(num_replicas);
   std::vector<int64_t> needed(num_replicas, 0);
   bool fits = true;

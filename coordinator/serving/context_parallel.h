@@ -11,9 +11,12 @@
 // (all of the sequence's first chunk, when it starts at 0), grows with every
 // chunk, enters its replica's prefix index as its blocks fill (so later
 // requests there hit it), and is released as soon as a step does not split
-// its sequence (prefill done, preempted, cancelled, moved away). A chunk whose
-// copies cannot be had (a replica without the prefix cached, or without room)
-// runs on its home replica alone.
+// its sequence (prefill done, preempted, cancelled, moved away). Schedulers
+// ask CanSplit before they take a long chunk: a prompt whose copies cannot
+// be had (a replica without its prefix cached, or without room) takes chunks
+// of one budget on its home replica alone. (Should a replica's room go to
+// its own sequences in between, Plan finds it cannot split the chunk, which
+// then runs on its home replica alone.)
 //
 // Not thread-safe: the engine group calls it under its lock, after its
 // replicas' schedulers.
@@ -47,6 +50,13 @@ class ContextParallel {
   ContextParallel() = default;
   ContextParallel(const ContextParallel&) = delete;
   ContextParallel& operator=(const ContextParallel&) = delete;
+
+  // Whether Plan could split a chunk of `tokens` tokens of `seq` (in its
+  // replica) from `begin` now: the other replicas have its copies up to
+  // `begin`, or each caches exactly its first `begin` tokens, and each has
+  // room for the chunk. (Their own steps may take that room before Plan.)
+  bool CanSplit(absl::Span<const std::unique_ptr<Replica>> replicas, const Sequence& seq, int64_t begin,
+                int64_t tokens);
 
   // Splits the marked chunks of `scheduled` (replica r's step is
   // scheduled[r]) whose copies it has or can make, adding the copies'

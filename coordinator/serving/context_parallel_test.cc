@@ -18,6 +18,9 @@ class ContextParallelTest : public ::testing::Test {
     SchedulerOptions options{.max_num_seqs = 8, .max_batched_tokens = 8};
     options.context_parallel_min_tokens = 20;
     options.context_parallel_replicas = static_cast<int>(blocks.size());
+    options.can_split = [this](const Sequence& seq, int64_t begin, int64_t tokens) {
+      return cp_.CanSplit(replicas_, seq, begin, tokens);
+    };
     for (int64_t n : blocks) replicas_.push_back(std::make_unique<Replica>(n, kBlockSize, options));
   }
 
@@ -161,8 +164,8 @@ TEST_F(ContextParallelTest, AChunkRunsAloneWhereACopyCannotBeMade) {
   internal::v1::StepRequest step = Step();
   EXPECT_EQ(step.context_parallel_size(), 0);
   EXPECT_EQ(step.sequences_size(), 0);
-  EXPECT_EQ(seq->num_computed, 16);  // its chunk still ran, in its own replica
-  EXPECT_EQ(Referenced(), (std::vector<int64_t>{0, 4}));
+  EXPECT_EQ(seq->num_computed, 8);  // a chunk of one budget, in its own replica
+  EXPECT_EQ(Referenced(), (std::vector<int64_t>{0, 2}));
 
   // A copy cannot start after the first chunk unless its replica caches
   // what came before.
@@ -171,9 +174,10 @@ TEST_F(ContextParallelTest, AChunkRunsAloneWhereACopyCannotBeMade) {
   seq = Submit(1, Prompt(60, 1));
   seq->tokens[0] = kPendingToken;  // a chunk with a token not known yet is not split either
   EXPECT_EQ(Step().context_parallel_size(), 0);
-  EXPECT_EQ(seq->num_computed, 16);
+  EXPECT_EQ(seq->num_computed, 8);
   seq->tokens[0] = 1;
   EXPECT_EQ(Step().context_parallel_size(), 0);
+  EXPECT_EQ(seq->num_computed, 16);
   EXPECT_EQ(Referenced()[0], 0);
 }
 

@@ -31,6 +31,11 @@ EngineGroup::EngineGroup(int32_t group_id, std::vector<WorkerInfo> workers, std:
         scheduler.eos_token_ids.assign(config.eos_token_ids.begin(), config.eos_token_ids.end());
         scheduler.max_model_len = config.max_position_embeddings;
         scheduler.prefill_only = options.role == GroupRole::kPrefill;
+        // The schedulers run under the lock (Schedule).
+        scheduler.can_split = [this](const Sequence& seq, int64_t begin, int64_t tokens) {
+          mu_.AssertHeld();
+          return context_parallel_.CanSplit(replicas_, seq, begin, tokens);
+        };
         std::vector<std::unique_ptr<Replica>> replicas;
         for (int r = 0; r < std::max(1, options.dp_attention); ++r) {
           replicas.push_back(std::make_unique<Replica>(options.num_blocks, options.block_size, scheduler));

@@ -72,7 +72,7 @@ std::vector<ScheduledSequence> Scheduler::Schedule() {
       ++i;
       continue;
     }
-    const auto [n, split] = Chunk(seq->num_to_compute(), budget);
+    const auto [n, split] = Chunk(*seq, seq->num_computed, budget);
     if (!Reserve(seq, n)) break;  // seq was the last one and got preempted
     step.push_back(
         {seq, seq->num_computed, n, seq->num_computed + n == static_cast<int64_t>(seq->tokens.size()), split});
@@ -98,7 +98,7 @@ bool Scheduler::Admit(int64_t budget, std::vector<ScheduledSequence>* step) {
   // At least one token is computed so that the step yields logits to sample.
   PrefixMatch match = blocks_.Match(seq->tokens, total - 1, seq->prefix_match);
   seq->prefix_match = match;  // a head that waits for room resumes from here next step
-  const auto [n, split] = Chunk(total - match.num_tokens, budget);
+  const auto [n, split] = Chunk(*seq, match.num_tokens, budget);
   const int64_t fresh = BlocksFor(match.num_tokens + n, blocks_.block_size()) - static_cast<int64_t>(match.blocks.size());
   if (!blocks_.CanAllocate(fresh)) return false;  // FCFS: the head waits, nobody overtakes it
   // Acquire before allocating so that eviction cannot take the matched blocks.
@@ -122,12 +122,15 @@ bool Scheduler::Admit(int64_t budget, std::vector<ScheduledSequence>* step) {
   return true;
 }
 
-std::pair<int64_t, bool> Scheduler::Chunk(int64_t remaining, int64_t budget) const {
+std::pair<int64_t, bool> Scheduler::Chunk(const Sequence& seq, int64_t begin, int64_t budget) const {
+  const int64_t remaining = static_cast<int64_t>(seq.tokens.size()) - begin;
   const int replicas = options_.context_parallel_replicas;
-  const bool split = replicas > 1 && options_.context_parallel_min_tokens > 0 &&
-                     remaining >= options_.context_parallel_min_tokens && budget >= replicas;
-  const int64_t n = std::min(remaining, split ? budget * replicas : budget);
-  return {n, split && n >= replicas};
+  if (replicas > 1 && options_.context_parallel_min_tokens > 0 && options_.can_split != nullptr &&
+      remaining >= options_.context_parallel_min_tokens && budget >= replicas) {
+    const int64_t n = std::min(remaining, budget * replicas);
+    if (n >= replicas && options_.can_split(seq, begin, n)) return {n, true};
+  }
+  return {std::min(remaining, budget), false};
 }
 
 bool Scheduler::AtLengthLimit(const Sequence& seq) const {

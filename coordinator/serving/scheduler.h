@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,9 +47,13 @@ struct SchedulerOptions {
   // Context parallelism (context_parallel.h): a sequence with at least this
   // many tokens still to compute takes a chunk of up to
   // `context_parallel_replicas` times the step's budget, marked to be split
-  // over that many replicas, each computing about one budget's worth. 0: never.
+  // over that many replicas, each computing about one budget's worth, where
+  // `can_split` says the replicas can take a chunk of `tokens` of `seq` from
+  // `begin` now (their copies of its KV can be had). 0 or no `can_split`:
+  // never.
   int64_t context_parallel_min_tokens = 0;
   int context_parallel_replicas = 1;
+  std::function<bool(const Sequence& seq, int64_t begin, int64_t tokens)> can_split;
 };
 
 struct ScheduledSequence {
@@ -120,9 +125,9 @@ class Scheduler {
   // running sequences if needed; false if `seq` itself had to be preempted.
   bool Reserve(Sequence* seq, int64_t num_tokens);
   bool Admit(int64_t budget, std::vector<ScheduledSequence>* step);
-  // The chunk `seq` may take from `budget`, and whether it is to be split
-  // over the replicas, with `remaining` tokens still to compute.
-  std::pair<int64_t, bool> Chunk(int64_t remaining, int64_t budget) const;
+  // The chunk `seq` may take from `budget` at `begin` (tokens before it
+  // computed or cached), and whether it is to be split over the replicas.
+  std::pair<int64_t, bool> Chunk(const Sequence& seq, int64_t begin, int64_t budget) const;
   void Preempt(Sequence* seq);
   void ReleaseBlocks(Sequence* seq);
   // Records that `s` is launched: KV computed, placeholder appended.
