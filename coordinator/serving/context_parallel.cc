@@ -59,6 +59,15 @@ void ContextParallel::Plan(absl::Span<const std::unique_ptr<Replica>> replicas,
 
 bool ContextParallel::CanSplit(absl::Span<const std::unique_ptr<Replica>> replicas, const Sequence& seq,
                                int64_t begin, int64_t tokens) {
+  // Copies start when a sequence is admitted (from its cached prefix) or
+  // never: a running one's other replicas would have to cache exactly what it
+  // computed alone, and asking would walk their prefix indexes every step.
+  if (!copies_.contains(seq.id) && seq.num_computed > 0) return false;
+  return Feasible(replicas, seq, begin, tokens);
+}
+
+bool ContextParallel::Feasible(absl::Span<const std::unique_ptr<Replica>> replicas, const Sequence& seq,
+                               int64_t begin, int64_t tokens) {
   const int num_replicas = static_cast<int>(replicas.size()), home = seq.replica;
   const int64_t end = begin + tokens;
   if (num_replicas < 2 || tokens < num_replicas || end > static_cast<int64_t>(seq.tokens.size())) return false;
@@ -88,7 +97,7 @@ bool ContextParallel::Extend(absl::Span<const std::unique_ptr<Replica>> replicas
   const Sequence& seq = *s.seq;
   const int64_t end = s.begin + s.num_tokens;
   const int num_replicas = static_cast<int>(replicas.size());
-  if (home != seq.replica || !CanSplit(replicas, seq, s.begin, s.num_tokens)) return false;
+  if (home != seq.replica || !Feasible(replicas, seq, s.begin, s.num_tokens)) return false;
   auto it = copies_.find(seq.id);
   const bool fresh = it == copies_.end();
   // A fresh copy adopts its replica's cached prefix of the tokens before the

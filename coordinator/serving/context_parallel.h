@@ -7,8 +7,8 @@
 // shared by all the group's replicas, and its KV ends where it decodes.
 //
 // The copies live in the other replicas' block pools, held here: a copy
-// starts from that replica's cached prefix of the tokens before the chunk
-// (all of the sequence's first chunk, when it starts at 0), grows with every
+// starts with the sequence's first chunk, from that replica's cached prefix
+// of the tokens before it (all of them or no copy), grows with every
 // chunk, enters its replica's prefix index as its blocks fill (so later
 // requests there hit it), and is released as soon as a step does not split
 // its sequence (prefill done, preempted, cancelled, moved away). Schedulers
@@ -53,8 +53,9 @@ class ContextParallel {
 
   // Whether Plan could split a chunk of `tokens` tokens of `seq` (in its
   // replica) from `begin` now: the other replicas have its copies up to
-  // `begin`, or each caches exactly its first `begin` tokens, and each has
-  // room for the chunk. (Their own steps may take that room before Plan.)
+  // `begin`, or `seq` is being admitted and each caches exactly its first
+  // `begin` tokens; and each has room for the chunk. (Their own steps may
+  // take that room before Plan.)
   bool CanSplit(absl::Span<const std::unique_ptr<Replica>> replicas, const Sequence& seq, int64_t begin,
                 int64_t tokens);
 
@@ -89,6 +90,10 @@ class ContextParallel {
     std::vector<Copy> copies;  // by replica; the home's is unused
   };
 
+  // CanSplit's conditions but the first (admission): copies up to `begin`
+  // or each other replica caching exactly that prefix, and room.
+  bool Feasible(absl::Span<const std::unique_ptr<Replica>> replicas, const Sequence& seq, int64_t begin,
+                int64_t tokens);
   // Extends (or starts) the copies of `s`'s sequence, living in `home`, to
   // hold its chunk; false, changing nothing, when some replica cannot.
   bool Extend(absl::Span<const std::unique_ptr<Replica>> replicas, int home, const ScheduledSequence& s);

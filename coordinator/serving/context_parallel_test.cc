@@ -167,8 +167,7 @@ TEST_F(ContextParallelTest, AChunkRunsAloneWhereACopyCannotBeMade) {
   EXPECT_EQ(seq->num_computed, 8);  // a chunk of one budget, in its own replica
   EXPECT_EQ(Referenced(), (std::vector<int64_t>{0, 2}));
 
-  // A copy cannot start after the first chunk unless its replica caches
-  // what came before.
+  // Copies start with a prompt's first chunk or never.
   replicas_.clear();
   MakeReplicas({40, 40});
   seq = Submit(1, Prompt(60, 1));
