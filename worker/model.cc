@@ -124,7 +124,6 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
     return absl::InvalidArgumentError("batch layout and cache disagree on the block size");
   }
   ASSIGN_OR_RETURN(const StepArrays step, MakeStepArrays(batch));
-  for (const ContextSplit& split : batch.context_splits) RETURN_IF_ERROR(CheckSplit(split, batch.layout));
   const StepInputs inputs{.token_ids = step.local_ids,
                           .positions = step.positions,
                           .slots = step.slots,
@@ -143,7 +142,8 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
   return logits;
 }
 
-absl::Status Model::CheckSplit(const ContextSplit& split, const AttentionLayout& layout) const {
+absl::StatusOr<Model::ChunkExchange> Model::PlanExchange(const ContextSplit& split,
+                                                        const AttentionLayout& layout) const {
   const int replicas = shard_.plan.dp_attention;
   if (replicas == 1 || shard_.context == nullptr || shard_.context->size() != replicas) {
     return absl::InvalidArgumentError("a context-parallel chunk needs attention replicas and their communicator");
@@ -151,43 +151,63 @@ absl::Status Model::CheckSplit(const ContextSplit& split, const AttentionLayout&
   if (split.owners.size() != split.piece_tokens.size()) {
     return absl::InvalidArgumentError("a context-parallel chunk needs an owner for each piece");
   }
-  std::vector<int> pieces(replicas, 0);
+  std::vector<int64_t> owned(replicas, 0);
+  size_t mine = 0;
   for (size_t j = 0; j < split.owners.size(); ++j) {
     if (split.owners[j] < 0 || split.owners[j] >= replicas || split.piece_tokens[j] < 1) {
       return absl::InvalidArgumentError("a context-parallel chunk's pieces must be non-empty, owned by replicas");
     }
-    ++pieces[split.owners[j]];
+    owned[split.owners[j]] += split.piece_tokens[j];
+    mine += split.owners[j] == layout_.replica;
   }
-  if (std::count(pieces.begin(), pieces.end(), 0) > 0 ||
-      static_cast<int>(split.seqs.size()) != pieces[layout_.replica]) {
+  if (std::count(owned.begin(), owned.end(), 0) > 0 || split.seqs.size() != mine) {
     return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk needs a piece in each of the ", replicas,
                                                    " replicas, and this rank's in the batch"));
   }
   // This rank's pieces: in the batch, of their sizes, of one sequence, at
-  // their places in one chunk that fits the sequence's blocks.
-  int64_t position = 0, total = 0, chunk_begin = -1;
+  // their places in one chunk that fits the sequence's blocks. Their rows go
+  // out in chunk order, padded to the most any replica owns with copies of
+  // the last (an all-gather moves equal counts).
+  ChunkExchange exchange{.width = *std::max_element(owned.begin(), owned.end())};
+  int64_t offset = 0, chunk_begin = -1;
   size_t k = 0;
-  for (size_t j = 0; j < split.owners.size(); total += split.piece_tokens[j++]) {
+  for (size_t j = 0; j < split.owners.size(); offset += split.piece_tokens[j++]) {
     if (split.owners[j] != layout_.replica) continue;
     const int64_t index = split.seqs[k++];
     if (index < 0 || index >= static_cast<int64_t>(layout.seqs.size())) {
       return absl::InvalidArgumentError(absl::StrCat("context-parallel piece ", index, " not in the batch"));
     }
-    const SequenceSlice& seq = layout.seqs[index];
-    const SequenceSlice& first = layout.seqs[split.seqs[0]];
-    position = seq.context_len - seq.num_tokens - total;
-    if (seq.num_tokens != split.piece_tokens[j] || (chunk_begin >= 0 && position != chunk_begin) ||
-        seq.block_table != first.block_table) {
-      return absl::InvalidArgumentError(absl::StrCat("this replica's context-parallel pieces do not match the chunk's"));
+    const SequenceSlice& piece = layout.seqs[index];
+    const int64_t begin = piece.context_len - piece.num_tokens - offset;
+    if (piece.num_tokens != split.piece_tokens[j] || (chunk_begin >= 0 && begin != chunk_begin) ||
+        piece.block_table != layout.seqs[split.seqs[0]].block_table) {
+      return absl::InvalidArgumentError("this replica's context-parallel pieces do not match the chunk's");
     }
-    chunk_begin = position;
+    chunk_begin = begin;
+    for (int64_t i = 0; i < piece.num_tokens; ++i) {
+      exchange.send_rows.push_back(static_cast<int32_t>(piece.token_begin + i));
+    }
   }
-  const SequenceSlice& seq = layout.seqs[split.seqs[0]];
-  if (chunk_begin < 0 || chunk_begin + total > static_cast<int64_t>(seq.block_table.size()) * layout.block_size) {
-    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk ending at ", chunk_begin + total,
-                                                   " does not fit the sequence's ", seq.block_table.size(), " blocks"));
+  const std::vector<int32_t>& table = layout.seqs[split.seqs[0]].block_table;
+  if (chunk_begin < 0 || chunk_begin + offset > static_cast<int64_t>(table.size()) * layout.block_size) {
+    return absl::InvalidArgumentError(absl::StrCat("a context-parallel chunk ending at ", chunk_begin + offset,
+                                                   " does not fit the sequence's ", table.size(), " blocks"));
   }
-  return absl::OkStatus();
+  exchange.send_rows.resize(exchange.width, exchange.send_rows.back());
+  // The other replicas' pieces, in chunk order, and their slots in this copy.
+  std::vector<int64_t> sent(replicas, 0);  // rows of each replica's part placed so far
+  int64_t position = chunk_begin;
+  for (size_t j = 0; j < split.owners.size(); ++j) {
+    const int owner = split.owners[j];
+    for (int64_t i = 0; i < split.piece_tokens[j]; ++i, ++position) {
+      if (owner == layout_.replica) continue;
+      exchange.recv_rows.push_back(static_cast<int32_t>(owner * exchange.width + sent[owner] + i));
+      exchange.recv_slots.push_back(table[position / layout.block_size] * layout.block_size +
+                                    position % layout.block_size);
+    }
+    sent[owner] += split.piece_tokens[j];
+  }
+  return exchange;
 }
 
 bool Model::Replayable(const ForwardBatch& batch, AttentionForm form) const {
@@ -222,6 +242,10 @@ absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batc
   }
   step.positions = batch.layout.TokenPositions();
   step.slots = batch.layout.TokenSlots();
+  for (const ContextSplit& split : batch.context_splits) {
+    ASSIGN_OR_RETURN(ChunkExchange exchange, PlanExchange(split, batch.layout));
+    step.exchanges.push_back(std::move(exchange));
+  }
   return step;
 }
 
@@ -290,8 +314,8 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
   Tensor k_rope_heads = Reshape(k_rope, {num_tokens, 1, config_.qk_rope_head_dim});
   RETURN_IF_ERROR(ops_.Rope(&k_rope_heads, step.positions, rope_));
   RETURN_IF_ERROR(ops_.WriteLatentCache(c_kv, k_rope, step.slots, layer, &cache.pool()));
-  for (const ContextSplit& split : batch.context_splits) {
-    RETURN_IF_ERROR(ShareChunkLatent(split, batch, c_kv, k_rope, layer, cache));
+  for (const ChunkExchange& exchange : step.exchanges) {
+    RETURN_IF_ERROR(ShareChunkLatent(exchange, c_kv, k_rope, layer, cache));
   }
 
   ASSIGN_OR_RETURN(Tensor o, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, config_.v_head_dim}));
@@ -305,55 +329,26 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
   return out;
 }
 
-absl::Status Model::ShareChunkLatent(const ContextSplit& split, const ForwardBatch& batch, const Tensor& c_kv,
-                                     const Tensor& k_rope, int64_t layer, KvCache& cache) {
-  const int64_t rank = config_.kv_lora_rank, rope = config_.qk_rope_head_dim;
+absl::Status Model::ShareChunkLatent(const ChunkExchange& exchange, const Tensor& c_kv, const Tensor& k_rope,
+                                     int64_t layer, KvCache& cache) {
+  const int64_t rank = config_.kv_lora_rank, rope = config_.qk_rope_head_dim, width = exchange.width;
   const int replicas = shard_.plan.dp_attention;
-  // Each replica sends its pieces' rows in chunk order, padded to the most
-  // any replica owns with copies of its last row (an all-gather moves equal
-  // counts); gathering rows is an embedding lookup with the rows as the table.
-  std::vector<int64_t> owned(replicas, 0);
-  for (size_t j = 0; j < split.owners.size(); ++j) owned[split.owners[j]] += split.piece_tokens[j];
-  const int64_t width = *std::max_element(owned.begin(), owned.end());
-  std::vector<int32_t> rows;
-  for (int64_t index : split.seqs) {
-    const SequenceSlice& piece = batch.layout.seqs[index];
-    for (int64_t i = 0; i < piece.num_tokens; ++i) rows.push_back(static_cast<int32_t>(piece.token_begin + i));
-  }
-  rows.resize(width, rows.back());
+  // Gathering rows is an embedding lookup with the rows as the table.
   ASSIGN_OR_RETURN(Tensor send_c, ops_.Empty(c_kv.dtype, {width, rank}));
   ASSIGN_OR_RETURN(Tensor send_r, ops_.Empty(k_rope.dtype, {width, rope}));
-  RETURN_IF_ERROR(ops_.Embedding(c_kv, rows, &send_c));
-  RETURN_IF_ERROR(ops_.Embedding(k_rope, rows, &send_r));
+  RETURN_IF_ERROR(ops_.Embedding(c_kv, exchange.send_rows, &send_c));
+  RETURN_IF_ERROR(ops_.Embedding(k_rope, exchange.send_rows, &send_r));
   ASSIGN_OR_RETURN(Tensor all_c, ops_.Empty(c_kv.dtype, {replicas * width, rank}));
   ASSIGN_OR_RETURN(Tensor all_r, ops_.Empty(k_rope.dtype, {replicas * width, rope}));
   RETURN_IF_ERROR(ReadyForCollective(ops_, *shard_.context));
   RETURN_IF_ERROR(shard_.context->AllGather(send_c.data, all_c.data, send_c.numel(), send_c.dtype));
   RETURN_IF_ERROR(shard_.context->AllGather(send_r.data, all_r.data, send_r.numel(), send_r.dtype));
-  // The other replicas' pieces, in chunk order, and their slots in this copy.
-  const SequenceSlice& first = batch.layout.seqs[split.seqs[0]];
-  int64_t before_first = 0;
-  for (size_t j = 0; split.owners[j] != layout_.replica; ++j) before_first += split.piece_tokens[j];
-  int64_t position = first.context_len - first.num_tokens - before_first;
-  std::vector<int64_t> sent(replicas, 0);  // rows of each replica's buffer placed so far
-  std::vector<int32_t> others;
-  std::vector<int64_t> slots;
-  for (size_t j = 0; j < split.owners.size(); ++j) {
-    const int owner = split.owners[j];
-    for (int64_t i = 0; i < split.piece_tokens[j]; ++i, ++position) {
-      if (owner == layout_.replica) continue;
-      others.push_back(static_cast<int32_t>(owner * width + sent[owner] + i));
-      slots.push_back(first.block_table[position / batch.layout.block_size] * batch.layout.block_size +
-                      position % batch.layout.block_size);
-    }
-    sent[owner] += split.piece_tokens[j];
-  }
-  const int64_t count = static_cast<int64_t>(others.size());
+  const int64_t count = static_cast<int64_t>(exchange.recv_rows.size());
   ASSIGN_OR_RETURN(Tensor other_c, ops_.Empty(c_kv.dtype, {count, rank}));
   ASSIGN_OR_RETURN(Tensor other_r, ops_.Empty(k_rope.dtype, {count, rope}));
-  RETURN_IF_ERROR(ops_.Embedding(all_c, others, &other_c));
-  RETURN_IF_ERROR(ops_.Embedding(all_r, others, &other_r));
-  return ops_.WriteLatentCache(other_c, other_r, slots, layer, &cache.pool());
+  RETURN_IF_ERROR(ops_.Embedding(all_c, exchange.recv_rows, &other_c));
+  RETURN_IF_ERROR(ops_.Embedding(all_r, exchange.recv_rows, &other_r));
+  return ops_.WriteLatentCache(other_c, other_r, exchange.recv_slots, layer, &cache.pool());
 }
 
 absl::Status Model::AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope,

@@ -115,6 +115,16 @@ class Model {
   static absl::StatusOr<std::unique_ptr<Model>> Create(const std::string& dir, Ops& ops, const ModelShard& shard,
                                                        const WeightSource& weights_from);
 
+  // A context-parallel chunk as this rank exchanges its latent KV, the same
+  // in every layer: each replica sends `width` rows (the most any replica
+  // owns), and the gathered [replicas * width] rows hold the other replicas'
+  // pieces at `recv_rows`, to be written at `recv_slots` of this rank's copy.
+  struct ChunkExchange {
+    int64_t width = 0;
+    std::vector<int32_t> send_rows;  // this rank's rows of the step, padded with its last
+    std::vector<int32_t> recv_rows;
+    std::vector<int64_t> recv_slots;
+  };
   // The step's per-token arrays, made once and read by every layer (and
   // handed to the backend as StepInputs).
   struct StepArrays {
@@ -122,20 +132,22 @@ class Model {
     std::vector<int32_t> positions;
     std::vector<int64_t> slots;
     std::vector<int32_t> logit_rows;
+    std::vector<ChunkExchange> exchanges;  // one per batch.context_splits
   };
   absl::StatusOr<StepArrays> MakeStepArrays(const ForwardBatch& batch) const;
-  // Whether `split` describes a chunk this rank can take part in.
-  absl::Status CheckSplit(const ContextSplit& split, const AttentionLayout& layout) const;
+  // The exchange of `split`, or InvalidArgument when it is not a chunk this
+  // rank can take part in.
+  absl::StatusOr<ChunkExchange> PlanExchange(const ContextSplit& split, const AttentionLayout& layout) const;
   // Whether the backend may record and replay the step (Ops::RunStep).
   bool Replayable(const ForwardBatch& batch, AttentionForm form) const;
   absl::StatusOr<Tensor> RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
                                    AttentionForm form);
   absl::StatusOr<Tensor> Attention(const LayerWeights& w, int64_t layer, const Tensor& x, const ForwardBatch& batch,
                                    const StepArrays& step, KvCache& cache, AttentionForm form);
-  // Writes the latent KV of the other replicas' pieces of `split` into this
+  // Writes the latent KV of the other replicas' pieces of a chunk into this
   // rank's copy of the sequence (`c_kv` and `k_rope` hold this step's rows).
-  absl::Status ShareChunkLatent(const ContextSplit& split, const ForwardBatch& batch, const Tensor& c_kv,
-                                const Tensor& k_rope, int64_t layer, KvCache& cache);
+  absl::Status ShareChunkLatent(const ChunkExchange& exchange, const Tensor& c_kv, const Tensor& k_rope,
+                                int64_t layer, KvCache& cache);
   absl::Status AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,

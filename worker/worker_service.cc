@@ -295,7 +295,7 @@ absl::Status WorkerService::CheckChunks(const internal::v1::StepRequest& request
 
 WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequence& s,
                                                   const internal::v1::ContextParallelChunk* chunk,
-                                                  ForwardBatch* batch) {
+                                                  ContextSplit* split, ForwardBatch* batch) {
   SequenceState* state;
   if (s.start()) {
     state = &sequences_[s.request_id()];
@@ -329,18 +329,16 @@ WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequen
     add_slice(0, new_tokens);
   } else {
     // This replica's pieces of the chunk (the home replica's last one ends it).
-    ContextSplit split;
     int64_t offset = 0;
     for (int j = 0; j < chunk->replicas_size(); ++j) {
-      split.owners.push_back(chunk->replicas(j));
-      split.piece_tokens.push_back(chunk->slice_tokens(j));
+      split->owners.push_back(chunk->replicas(j));
+      split->piece_tokens.push_back(chunk->slice_tokens(j));
       if (chunk->replicas(j) == s.replica()) {
-        split.seqs.push_back(static_cast<int64_t>(batch->layout.seqs.size()));
+        split->seqs.push_back(static_cast<int64_t>(batch->layout.seqs.size()));
         add_slice(offset, offset + chunk->slice_tokens(j));
       }
       offset += chunk->slice_tokens(j);
     }
-    batch->context_splits.push_back(std::move(split));
   }
   if (s.sample()) batch->logit_rows.push_back(static_cast<int64_t>(batch->token_ids.size()) - 1);
   return StepRow{state, s.sample(), s.sample_index()};
@@ -372,21 +370,21 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
   for (int64_t id : request.released()) sequences_.erase(id);
   ForwardBatch batch;
   batch.layout.block_size = block_size_;
-  std::vector<int> split_order;  // each of batch.context_splits' chunk in the request
+  // In the request's order: every replica takes the chunks' collectives in it.
+  batch.context_splits.resize(request.context_parallel_size());
   std::vector<StepRow> rows;
   std::vector<int64_t> ids;
   for (const internal::v1::StepSequence& s : request.sequences()) {
     if (s.replica() != replica) continue;
     auto chunk = chunks.find(s.request_id());
-    const bool split = chunk != chunks.end();
-    rows.push_back(ApplyChange(s, split ? &request.context_parallel(chunk->second) : nullptr, &batch));
-    if (split) split_order.push_back(chunk->second);
+    if (chunk == chunks.end()) {
+      rows.push_back(ApplyChange(s, nullptr, nullptr, &batch));
+    } else {
+      rows.push_back(ApplyChange(s, &request.context_parallel(chunk->second),
+                                 &batch.context_splits[chunk->second], &batch));
+    }
     ids.push_back(s.request_id());
   }
-  // Every replica takes the chunks' collectives in the request's order.
-  std::vector<ContextSplit> splits(request.context_parallel_size());
-  for (size_t i = 0; i < split_order.size(); ++i) splits[split_order[i]] = std::move(batch.context_splits[i]);
-  batch.context_splits = std::move(splits);
   // A step that only releases sequences computes nothing. (With attention
   // replicas, a replica without sequences still joins the experts' exchange.)
   if (batch.token_ids.empty() && comms_.plan.dp_attention == 1) {

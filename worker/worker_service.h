@@ -121,19 +121,22 @@ class WorkerService final : public internal::v1::Worker::Service {
   // context beyond the table). Changes nothing.
   absl::Status CheckChange(const internal::v1::StepSequence& s, const absl::flat_hash_set<int64_t>& released) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // OK when the step's context-parallel chunks each name every replica once,
-  // have non-empty slices, and have in the step the sequence in its home
-  // replica and a copy in each other, carrying the chunk's tokens, with
-  // only the home sequence sampling; else InvalidArgument. Fills `chunks`
-  // with the index of the chunk of each of those sequences' ids.
+  // OK when the step's context-parallel chunks each give every replica a
+  // non-empty slice or more, the home replica's last, and have in the step
+  // the sequence in its home replica and a copy in each other, carrying the
+  // chunk's tokens, with only the home sequence sampling; else
+  // InvalidArgument. Fills `chunks` with the index of the chunk of each of
+  // those sequences' ids.
   absl::Status CheckChunks(const internal::v1::StepRequest& request, absl::flat_hash_map<int64_t, int>* chunks) const;
   // Applies `s`'s change to the worker's copy of its sequence and adds its
-  // tokens to `batch`: all of them, or only this replica's slice of `chunk`
-  // (then the whole chunk's KV is written, ForwardBatch::context_splits).
+  // tokens to `batch`: all of them, or only this replica's slices of `chunk`,
+  // described in `split` (the whole chunk's KV is written,
+  // ForwardBatch::context_splits).
   // REQUIRES: CheckChange(s) is OK, and no change of this step was applied
-  // to the same sequence before; `chunk` passed CheckChunks.
+  // to the same sequence before; `chunk` passed CheckChunks, and `split` is
+  // empty and given with it.
   StepRow ApplyChange(const internal::v1::StepSequence& s, const internal::v1::ContextParallelChunk* chunk,
-                      ForwardBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                      ContextSplit* split, ForwardBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Samples the next token of every row that samples, in order, where the
   // logits lie, and keeps it as the row's last sample; the replica's first
   // rank reports them. Logits come to the host only when some row asks for
