@@ -241,6 +241,22 @@ absl::Status Validate(const std::string& path, const std::string& out) {
       out + "/validation.gp");
 }
 
+// KV blocks a GPU holds beside the weights of `roofline`'s rank and the
+// activation reserve.
+int64_t KvBlocksPerGpu(const Hardware& hw, const RooflineStepCost& roofline, int64_t block_size) {
+  const double kv_room = hw.memory_bytes * absl::GetFlag(FLAGS_gpu_memory_utilization) -
+                         roofline.rank_weight_bytes() - absl::GetFlag(FLAGS_activation_reserve_gb) * 1e9;
+  return static_cast<int64_t>(kv_room / (roofline.kv_bytes_per_token() * block_size));
+}
+
+// The coordinator's scheduler limits for projections, splitting prompts of
+// `context_parallel_min_tokens` (0: none).
+SchedulerOptions ProjectedScheduler(int64_t context_parallel_min_tokens) {
+  return {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+          .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
+          .context_parallel_min_tokens = context_parallel_min_tokens};
+}
+
 // Clusters of `nodes` nodes, one line per group size.
 absl::Status Project(const std::string& out) {
   ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(ResolveUserPath(absl::GetFlag(FLAGS_config))));
@@ -265,9 +281,7 @@ absl::Status Project(const std::string& out) {
     const ParallelPlan plan{.tp = 1, .dp_attention = static_cast<int>(group_gpus), .ep = static_cast<int>(group_gpus)};
     ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw));
     std::cerr << "cluster_sim: " << roofline.ToString() << "\n";
-    const double kv_room = hw.memory_bytes * absl::GetFlag(FLAGS_gpu_memory_utilization) -
-                           roofline.rank_weight_bytes() - absl::GetFlag(FLAGS_activation_reserve_gb) * 1e9;
-    const int64_t kv_blocks = static_cast<int64_t>(kv_room / (roofline.kv_bytes_per_token() * block_size));
+    const int64_t kv_blocks = KvBlocksPerGpu(hw, roofline, block_size);
     auto cost = std::make_shared<RooflineStepCost>(roofline);
     for (int64_t nodes : node_counts) {
       const int64_t gpus = nodes * hw.gpus_per_node;
@@ -292,10 +306,7 @@ absl::Status Project(const std::string& out) {
                                   .dp_attention = static_cast<int>(group_gpus),
                                   .num_blocks = kv_blocks,
                                   .block_size = block_size,
-                                  .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
-                                                .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
-                                                .context_parallel_min_tokens =
-                                                    absl::GetFlag(FLAGS_context_parallel_min_tokens)},
+                                  .scheduler = ProjectedScheduler(absl::GetFlag(FLAGS_context_parallel_min_tokens)),
                                   .cost = cost});
       }
       ASSIGN_OR_RETURN(std::vector<bench::Session> sessions,
@@ -384,9 +395,7 @@ absl::Status ProjectLongPrompt(const std::string& out) {
   for (int64_t group_gpus : group_sizes) {
     const ParallelPlan plan{.tp = 1, .dp_attention = static_cast<int>(group_gpus), .ep = static_cast<int>(group_gpus)};
     ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw));
-    const double kv_room = hw.memory_bytes * absl::GetFlag(FLAGS_gpu_memory_utilization) -
-                           roofline.rank_weight_bytes() - absl::GetFlag(FLAGS_activation_reserve_gb) * 1e9;
-    const int64_t kv_blocks = static_cast<int64_t>(kv_room / (roofline.kv_bytes_per_token() * block_size));
+    const int64_t kv_blocks = KvBlocksPerGpu(hw, roofline, block_size);
     if (kv_blocks * block_size < prompt + 1) {
       std::cout << absl::StrFormat("| %d | the prompt does not fit | | |\n", group_gpus);
       continue;
@@ -400,9 +409,7 @@ absl::Status ProjectLongPrompt(const std::string& out) {
                                 .dp_attention = static_cast<int>(group_gpus),
                                 .num_blocks = kv_blocks,
                                 .block_size = block_size,
-                                .scheduler = {.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
-                                              .max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens),
-                                              .context_parallel_min_tokens = split ? min_tokens : 0},
+                                .scheduler = ProjectedScheduler(split ? min_tokens : 0),
                                 .cost = cost});
       ASSIGN_OR_RETURN(const SimulationResult simulated, Simulate(cluster, {.sessions = sessions, .concurrency = 1}));
       ttft[split] = simulated.Summary().ttft_ms.p50 / 1e3;
