@@ -134,17 +134,25 @@ class Ops {
                                     absl::Span<const int32_t> block_table, int64_t num_positions,
                                     Tensor* c_kv, Tensor* k_rope) = 0;
   // Absorbed MLA: q_latent[T, H, rank] and q_rope[T, H, rope] attend to the
-  // latent cache; out[T, H, rank] is the attention-weighted sum of c_kv.
+  // latent cache; out[T, H, rank] is the attention-weighted sum of c_kv. Only
+  // the rows of the layout's sequences are read and written: a step whose
+  // other sequences take the expanded form passes a layout without them.
+  // REQUIRES: every sequence's rows lie within T.
   virtual absl::Status MlaAbsorbedAttention(const Tensor& q_latent, const Tensor& q_rope,
                                             const Tensor& cache, int64_t layer,
                                             const AttentionLayout& layout, float softmax_scale,
                                             Tensor* out) = 0;
-  // Expanded MLA for one sequence: q_nope[T, H, nope], q_rope[T, H, rope]
-  // against k_nope[S, H, nope], k_rope[S, rope] (shared by heads), v[S, H, dv];
-  // query t sits at position S - T + t and sees keys [0, that position].
+  // Expanded MLA for one sequence, heads [first_head, first_head + H) of
+  // q_nope[T, Hq, nope] and q_rope[T, Hq, rope] against k_nope[S, H, nope],
+  // k_rope[S, rope] (shared by heads) and v[S, H, dv] (those heads' keys and
+  // values); query t sits at position S - T + t and sees keys [0, that
+  // position]. Writes those heads of out[T, Hq, dv] and no others, so that a
+  // caller may expand K and V a group of heads at a time.
+  // REQUIRES: 0 <= first_head and first_head + H <= Hq.
   virtual absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope,
                                             const Tensor& k_nope, const Tensor& k_rope,
-                                            const Tensor& v, float softmax_scale, Tensor* out) = 0;
+                                            const Tensor& v, int64_t first_head, float softmax_scale,
+                                            Tensor* out) = 0;
   // Router: scores from logits[T, E] (+ bias[E] for selection only when
   // `bias` is given) into topk_ids[T, k] (I32) and topk_weights[T, k] (F32).
   virtual absl::Status MoeRoute(const Tensor& logits, const Tensor* bias, const RouterConfig& config,

@@ -123,21 +123,22 @@ absl::StatusOr<Tensor> Model::ForwardLogits(const ForwardBatch& batch, KvCache& 
   if (batch.layout.block_size != cache.block_size()) {
     return absl::InvalidArgumentError("batch layout and cache disagree on the block size");
   }
-  ASSIGN_OR_RETURN(const StepArrays step, MakeStepArrays(batch));
+  ASSIGN_OR_RETURN(const StepArrays step, MakeStepArrays(batch, form));
+  const AttentionLayout& absorbed = step.AbsorbedLayout(batch);
   const StepInputs inputs{.token_ids = step.local_ids,
                           .positions = step.positions,
                           .slots = step.slots,
                           .logit_rows = step.logit_rows,
                           // Only the absorbed form reads the cache through the step's attention plan.
-                          .layout = form == AttentionForm::kAbsorbed ? &batch.layout : nullptr,
+                          .layout = absorbed.seqs.empty() ? nullptr : &absorbed,
                           .latent_cache = &cache.pool(),
                           .attention_heads = static_cast<int64_t>(layout_.heads.size()),
                           .latent_rank = config_.kv_lora_rank,
                           .rope_dim = config_.qk_rope_head_dim,
                           .model_id = id_};
   RETURN_IF_ERROR(ops_.BeginStep(inputs));
-  auto forward = [&]() { return RunLayers(batch, step, cache, form); };
-  absl::StatusOr<Tensor> logits = Replayable(batch, form) ? ops_.RunStep(forward) : forward();
+  auto forward = [&]() { return RunLayers(batch, step, cache); };
+  absl::StatusOr<Tensor> logits = Replayable(batch, step) ? ops_.RunStep(forward) : forward();
   ops_.EndStep();
   return logits;
 }
@@ -210,11 +211,10 @@ absl::StatusOr<Model::ChunkExchange> Model::PlanExchange(const ContextSplit& spl
   return exchange;
 }
 
-bool Model::Replayable(const ForwardBatch& batch, AttentionForm form) const {
+bool Model::Replayable(const ForwardBatch& batch, const StepArrays& step) const {
   // Decode steps only (one token per sequence), on one rank: the expanded
   // form, expert dispatch and collectives make host round trips.
-  if (form != AttentionForm::kAbsorbed || shard_.group != nullptr || shard_.attention != nullptr ||
-      dispatch_.has_value()) {
+  if (!step.expanded.empty() || shard_.group != nullptr || shard_.attention != nullptr || dispatch_.has_value()) {
     return false;
   }
   for (const SequenceSlice& seq : batch.layout.seqs) {
@@ -223,7 +223,7 @@ bool Model::Replayable(const ForwardBatch& batch, AttentionForm form) const {
   return true;
 }
 
-absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batch) const {
+absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batch, AttentionForm form) const {
   StepArrays step;
   // Ids outside this shard's vocabulary slice read the table's zero last row;
   // the head shards' lookups then add up to the embedding.
@@ -246,11 +246,38 @@ absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batc
     ASSIGN_OR_RETURN(ChunkExchange exchange, PlanExchange(split, batch.layout));
     step.exchanges.push_back(std::move(exchange));
   }
+  const int64_t heads = static_cast<int64_t>(layout_.heads.size());
+  const int64_t element_bytes = static_cast<int64_t>(DTypeBytes(ops_.storage_dtype()));
+  for (size_t i = 0; i < batch.layout.seqs.size(); ++i) {
+    const SequenceSlice& seq = batch.layout.seqs[i];
+    if (form == AttentionForm::kAbsorbed || seq.num_tokens <= 0 || seq.num_tokens > seq.context_len ||
+        (form == AttentionForm::kCheapest && !ExpandedIsCheaper(config_, seq.num_tokens, seq.context_len))) {
+      continue;
+    }
+    const int64_t group_heads =
+        ExpandedGroupHeads(config_, heads, seq.context_len, element_bytes, expanded_scratch_bytes_);
+    if (group_heads > 0) {
+      step.expanded.emplace_back(i, group_heads);
+    } else if (form == AttentionForm::kExpanded) {
+      return absl::ResourceExhaustedError(absl::StrCat("the expanded form of a ", seq.context_len,
+                                                       "-position context does not fit its scratch"));
+    }
+  }
+  if (!step.expanded.empty()) {
+    step.absorbed.block_size = batch.layout.block_size;
+    auto next = step.expanded.begin();
+    for (size_t i = 0; i < batch.layout.seqs.size(); ++i) {
+      if (next != step.expanded.end() && next->first == i) {
+        ++next;
+      } else {
+        step.absorbed.seqs.push_back(batch.layout.seqs[i]);
+      }
+    }
+  }
   return step;
 }
 
-absl::StatusOr<Tensor> Model::RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
-                                        AttentionForm form) {
+absl::StatusOr<Tensor> Model::RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache) {
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
   ASSIGN_OR_RETURN(Tensor residual, Embed(step.local_ids));
   ASSIGN_OR_RETURN(Tensor x, ops_.Empty(ops_.storage_dtype(), {num_tokens, config_.hidden_size}));
@@ -262,7 +289,7 @@ absl::StatusOr<Tensor> Model::RunLayers(const ForwardBatch& batch, const StepArr
     } else {
       RETURN_IF_ERROR(ops_.AddRmsNorm(&residual, ffn_out, w.input_norm, config_.rms_norm_eps, &x));
     }
-    ASSIGN_OR_RETURN(Tensor attn_out, Attention(w, layer, x, batch, step, cache, form));
+    ASSIGN_OR_RETURN(Tensor attn_out, Attention(w, layer, x, batch, step, cache));
     RETURN_IF_ERROR(ops_.AddRmsNorm(&residual, attn_out, w.post_attention_norm, config_.rms_norm_eps, &x));
     ASSIGN_OR_RETURN(ffn_out, FeedForward(w, x));
   }
@@ -293,8 +320,7 @@ absl::StatusOr<Tensor> Model::Logits(const Tensor& hidden, const std::vector<int
 }
 
 absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, const Tensor& x,
-                                        const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
-                                        AttentionForm form) {
+                                        const ForwardBatch& batch, const StepArrays& step, KvCache& cache) {
   const int64_t num_tokens = x.dim(0), heads = layout_.heads.size();
   Tensor q_in = x;
   if (config_.q_lora_rank > 0) {
@@ -319,10 +345,10 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
   }
 
   ASSIGN_OR_RETURN(Tensor o, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, config_.v_head_dim}));
-  if (form == AttentionForm::kAbsorbed) {
-    RETURN_IF_ERROR(AbsorbedAttention(w, layer, q_nope, q_rope, batch.layout, cache, &o));
-  } else {
-    RETURN_IF_ERROR(ExpandedAttention(w, layer, q_nope, q_rope, batch.layout, cache, &o));
+  const AttentionLayout& absorbed = step.AbsorbedLayout(batch);
+  if (!absorbed.seqs.empty()) RETURN_IF_ERROR(AbsorbedAttention(w, layer, q_nope, q_rope, absorbed, cache, &o));
+  for (const auto& [index, group_heads] : step.expanded) {
+    RETURN_IF_ERROR(ExpandedAttention(w, layer, q_nope, q_rope, batch.layout.seqs[index], group_heads, cache, &o));
   }
   ASSIGN_OR_RETURN(Tensor out, LinearOf(Reshape(o, {num_tokens, heads * config_.v_head_dim}), w.o_proj));
   RETURN_IF_ERROR(SumOverHeads(&out));
@@ -364,21 +390,23 @@ absl::Status Model::AbsorbedAttention(const LayerWeights& w, int64_t layer, cons
 }
 
 absl::Status Model::ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope,
-                                      const Tensor& q_rope, const AttentionLayout& layout, KvCache& cache,
-                                      Tensor* out) {
+                                      const Tensor& q_rope, const SequenceSlice& seq, int64_t group_heads,
+                                      KvCache& cache, Tensor* out) {
   const int64_t heads = q_nope.dim(1), nope = config_.qk_nope_head_dim, dv = config_.v_head_dim;
+  const int64_t keys = seq.context_len;
   const Tensor w_uv = Reshape(w.w_uv, {heads * dv, config_.kv_lora_rank});
-  for (const SequenceSlice& seq : layout.seqs) {
-    const int64_t keys = seq.context_len;
-    ASSIGN_OR_RETURN(Tensor c_kv, ops_.Empty(ops_.storage_dtype(), {keys, config_.kv_lora_rank}));
-    ASSIGN_OR_RETURN(Tensor k_rope, ops_.Empty(ops_.storage_dtype(), {keys, config_.qk_rope_head_dim}));
-    RETURN_IF_ERROR(ops_.GatherLatent(cache.pool(), layer, seq.block_table, keys, &c_kv, &k_rope));
-    ASSIGN_OR_RETURN(Tensor k_nope, LinearOf(c_kv, w.w_uk));
-    ASSIGN_OR_RETURN(Tensor v, LinearOf(c_kv, w_uv));
-    Tensor seq_out = SliceRows(*out, seq.token_begin, seq.num_tokens);
-    RETURN_IF_ERROR(ops_.MlaExpandedAttention(
-        SliceRows(q_nope, seq.token_begin, seq.num_tokens), SliceRows(q_rope, seq.token_begin, seq.num_tokens),
-        Reshape(k_nope, {keys, heads, nope}), k_rope, Reshape(v, {keys, heads, dv}), softmax_scale_, &seq_out));
+  ASSIGN_OR_RETURN(Tensor c_kv, ops_.Empty(ops_.storage_dtype(), {keys, config_.kv_lora_rank}));
+  ASSIGN_OR_RETURN(Tensor k_rope, ops_.Empty(ops_.storage_dtype(), {keys, config_.qk_rope_head_dim}));
+  RETURN_IF_ERROR(ops_.GatherLatent(cache.pool(), layer, seq.block_table, keys, &c_kv, &k_rope));
+  const Tensor seq_q_nope = SliceRows(q_nope, seq.token_begin, seq.num_tokens);
+  const Tensor seq_q_rope = SliceRows(q_rope, seq.token_begin, seq.num_tokens);
+  Tensor seq_out = SliceRows(*out, seq.token_begin, seq.num_tokens);
+  for (int64_t first = 0; first < heads; first += group_heads) {
+    const int64_t n = std::min(group_heads, heads - first);
+    ASSIGN_OR_RETURN(Tensor k_nope, LinearOf(c_kv, SliceRows(w.w_uk, first * nope, n * nope)));
+    ASSIGN_OR_RETURN(Tensor v, LinearOf(c_kv, SliceRows(w_uv, first * dv, n * dv)));
+    RETURN_IF_ERROR(ops_.MlaExpandedAttention(seq_q_nope, seq_q_rope, Reshape(k_nope, {keys, n, nope}), k_rope,
+                                              Reshape(v, {keys, n, dv}), first, softmax_scale_, &seq_out));
   }
   return absl::OkStatus();
 }

@@ -21,17 +21,13 @@
 #include "common/shard_layout.h"
 #include "kernels/ops.h"
 #include "kernels/rope_table.h"
+#include "worker/attention_form.h"
 #include "worker/comm/communicator.h"
 #include "worker/expert_dispatch.h"
 #include "worker/kv_cache.h"
 #include "worker/model_weights.h"
 
 namespace mlaserve {
-
-// Absorbed: W_UK folds into the query and W_UV into the output, attention
-// reads only the latent cache (decode). Expanded: K and V are up-projected
-// per head from the latent (prefill-style); both must agree.
-enum class AttentionForm { kAbsorbed, kExpanded };
 
 // A prompt chunk computed by every attention replica of the group at once
 // (context parallelism): the chunk is cut into consecutive pieces, each
@@ -97,14 +93,20 @@ class Model {
   // step still calls it with an empty batch: it takes part in the expert
   // dispatch and returns no rows.
   absl::StatusOr<Tensor> ForwardLogits(const ForwardBatch& batch, KvCache& cache,
-                                       AttentionForm form = AttentionForm::kAbsorbed);
+                                       AttentionForm form = AttentionForm::kCheapest);
   // ForwardLogits' result as float32 [rows, vocab] on the host.
   absl::StatusOr<std::vector<float>> LogitsToHost(const Tensor& logits);
   // ForwardLogits then LogitsToHost.
   absl::StatusOr<std::vector<float>> Forward(const ForwardBatch& batch, KvCache& cache,
-                                             AttentionForm form = AttentionForm::kAbsorbed);
+                                             AttentionForm form = AttentionForm::kCheapest);
 
   const ModelConfig& config() const { return config_; }
+  // The most bytes the expanded form's scratch takes in a step (latent rows
+  // of a context, K and V of a group of heads): workers reserve it beside
+  // the largest step's activations.
+  int64_t expanded_scratch_bytes() const { return expanded_scratch_bytes_; }
+  // REQUIRES: bytes > 0; called before the steps it should govern.
+  void set_expanded_scratch_bytes(int64_t bytes) { expanded_scratch_bytes_ = bytes; }
 
  private:
   Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops, const ShardLayout& layout,
@@ -133,25 +135,34 @@ class Model {
     std::vector<int64_t> slots;
     std::vector<int32_t> logit_rows;
     std::vector<ChunkExchange> exchanges;  // one per batch.context_splits
+    // Sequences (indexes in batch.layout.seqs) whose attention takes the
+    // expanded form, with the heads each expands at once; the others take
+    // the absorbed form, over `absorbed` when there are expanded ones.
+    std::vector<std::pair<size_t, int64_t>> expanded;
+    AttentionLayout absorbed;
+    const AttentionLayout& AbsorbedLayout(const ForwardBatch& batch) const {
+      return expanded.empty() ? batch.layout : absorbed;
+    }
   };
-  absl::StatusOr<StepArrays> MakeStepArrays(const ForwardBatch& batch) const;
+  absl::StatusOr<StepArrays> MakeStepArrays(const ForwardBatch& batch, AttentionForm form) const;
   // The exchange of `split`, or InvalidArgument when it is not a chunk this
   // rank can take part in.
   absl::StatusOr<ChunkExchange> PlanExchange(const ContextSplit& split, const AttentionLayout& layout) const;
   // Whether the backend may record and replay the step (Ops::RunStep).
-  bool Replayable(const ForwardBatch& batch, AttentionForm form) const;
-  absl::StatusOr<Tensor> RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache,
-                                   AttentionForm form);
+  bool Replayable(const ForwardBatch& batch, const StepArrays& step) const;
+  absl::StatusOr<Tensor> RunLayers(const ForwardBatch& batch, const StepArrays& step, KvCache& cache);
   absl::StatusOr<Tensor> Attention(const LayerWeights& w, int64_t layer, const Tensor& x, const ForwardBatch& batch,
-                                   const StepArrays& step, KvCache& cache, AttentionForm form);
+                                   const StepArrays& step, KvCache& cache);
   // Writes the latent KV of the other replicas' pieces of a chunk into this
   // rank's copy of the sequence (`c_kv` and `k_rope` hold this step's rows).
   absl::Status ShareChunkLatent(const ChunkExchange& exchange, const Tensor& c_kv, const Tensor& k_rope,
                                 int64_t layer, KvCache& cache);
   absl::Status AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
+  // One sequence's attention in the expanded form, K and V expanded
+  // `group_heads` heads at a time from its latent rows.
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
-                                 const AttentionLayout& layout, KvCache& cache, Tensor* out);
+                                 const SequenceSlice& seq, int64_t group_heads, KvCache& cache, Tensor* out);
   absl::StatusOr<Tensor> Embed(const std::vector<int32_t>& local_ids);
   absl::StatusOr<Tensor> Logits(const Tensor& hidden, const std::vector<int32_t>& rows);
   absl::StatusOr<Tensor> FeedForward(const LayerWeights& w, const Tensor& x);
@@ -168,6 +179,7 @@ class Model {
   ModelWeights weights_;
   RopeTable rope_;
   float softmax_scale_;
+  int64_t expanded_scratch_bytes_ = kDefaultExpandedScratchBytes;
   Ops& ops_;
   ShardLayout layout_;
   ModelShard shard_;

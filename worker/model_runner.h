@@ -19,7 +19,7 @@ namespace mlaserve {
 
 struct RunnerOptions {
   int64_t prefill_chunk_tokens = 0;  // 0: the whole prompt in one step
-  AttentionForm attention_form = AttentionForm::kAbsorbed;
+  AttentionForm attention_form = AttentionForm::kCheapest;
 };
 
 class ModelRunner {

@@ -166,12 +166,29 @@ TEST_P(GeneratedModelTest, MatchesNaiveReference) {
   ASSERT_TRUE(ref.ok()) << ref.status();
   auto cache = KvCache::Create(*ops, *config, 64, 8);
   ASSERT_TRUE(cache.ok());
-  for (AttentionForm form : {AttentionForm::kAbsorbed, AttentionForm::kExpanded}) {
+  for (AttentionForm form : {AttentionForm::kAbsorbed, AttentionForm::kExpanded, AttentionForm::kCheapest}) {
     ModelRunner runner(**model, *cache, {.prefill_chunk_tokens = 11, .attention_form = form});
     auto logits = runner.Score(ids);
     ASSERT_TRUE(logits.ok()) << logits.status();
     EXPECT_LT(RelativeError(*logits, *ref), 1e-5) << v.name;
   }
+  // Scratch for the latent rows of the whole prompt and K and V of two heads:
+  // the later chunks expand their heads in groups.
+  const int64_t keys = static_cast<int64_t>(ids.size());
+  (*model)->set_expanded_scratch_bytes(
+      keys * sizeof(float) * (config->latent_dim() + 2 * (config->qk_nope_head_dim + config->v_head_dim)));
+  ModelRunner grouped(**model, *cache, {.prefill_chunk_tokens = 11, .attention_form = AttentionForm::kExpanded});
+  auto logits = grouped.Score(ids);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_LT(RelativeError(*logits, *ref), 1e-5) << v.name << " in groups of heads";
+  // Too little scratch for one head: the forced expanded form refuses, the cheapest falls back.
+  (*model)->set_expanded_scratch_bytes(keys * sizeof(float) * config->latent_dim());
+  ModelRunner refused(**model, *cache, {.attention_form = AttentionForm::kExpanded});
+  EXPECT_EQ(refused.Score(ids).status().code(), absl::StatusCode::kResourceExhausted);
+  ModelRunner fallback(**model, *cache, {.attention_form = AttentionForm::kCheapest});
+  logits = fallback.Score(ids);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_LT(RelativeError(*logits, *ref), 1e-5) << v.name << " falling back to the absorbed form";
 }
 
 const char kV2Config[] = R"({

@@ -55,6 +55,9 @@ ABSL_FLAG(bool, mock_compute, false,
           "answer steps without computing (no weights or KV memory): measures the serving path's own cost");
 ABSL_FLAG(double, mock_step_ms, 0,
           "with --mock_compute: each step takes this long, as a GPU's would, so batches fill as against a GPU");
+ABSL_FLAG(std::string, attention_form, "cheapest",
+          "MLA attention form: cheapest (each sequence's by its chunk and context), or absorbed or expanded for "
+          "all (to measure against it)");
 ABSL_FLAG(double, memory_gb, 0,
           "memory this worker offers for weights, activations and KV cache (0: its GPU's on cuda, the machine's RAM "
           "on cpu)");
@@ -197,6 +200,11 @@ Stop Heartbeat(internal::v1::Coordinator::Stub& stub, const Registration& regist
 
 int Main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  const std::string form = absl::GetFlag(FLAGS_attention_form);
+  if (form != "cheapest" && form != "absorbed" && form != "expanded") {
+    std::cerr << "worker: --attention_form must be cheapest, absorbed or expanded, not \"" << form << "\"\n";
+    return 2;
+  }
   std::signal(SIGINT, HandleSignal);
   std::signal(SIGTERM, HandleSignal);
   const std::string device = absl::GetFlag(FLAGS_device);
@@ -244,7 +252,10 @@ int Main(int argc, char** argv) {
                          .mock_compute = absl::GetFlag(FLAGS_mock_compute),
                          .mock_step_time = absl::Milliseconds(absl::GetFlag(FLAGS_mock_step_ms)),
                          .gpu_memory = std::move(gpu_memory),
-                         .cluster_secret = *secret});
+                         .cluster_secret = *secret,
+                         .attention_form = form == "absorbed"   ? AttentionForm::kAbsorbed
+                                           : form == "expanded" ? AttentionForm::kExpanded
+                                                                : AttentionForm::kCheapest});
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));

@@ -143,7 +143,10 @@ absl::Status WorkerService::MeasureMemory(Model& model, const internal::v1::Load
   ASSIGN_OR_RETURN(const int64_t free_after_step, gpu.free_bytes());
   RETURN_IF_ERROR(gpu.release_cached());
   ASSIGN_OR_RETURN(const int64_t free_now, gpu.free_bytes());
-  const int64_t activations = std::max<int64_t>(0, free_after_weights - free_after_step - scratch_bytes);
+  // A long context's expanded attention takes more scratch than the largest
+  // step of short ones did, up to the model's bound: reserved on top.
+  const int64_t activations =
+      std::max<int64_t>(0, free_after_weights - free_after_step - scratch_bytes) + model.expanded_scratch_bytes();
   report->set_capacity_bytes(gpu.capacity_bytes);
   report->set_free_bytes(free_now - activations);
   report->set_used_bytes(*start_free_bytes_ - free_after_weights + activations);
@@ -151,7 +154,8 @@ absl::Status WorkerService::MeasureMemory(Model& model, const internal::v1::Load
   report->set_activation_bytes(activations);
   constexpr double kGiB = 1 << 30;
   std::cerr << absl::StreamFormat(
-      "worker: memory after loading: %.2f GiB weights, %.2f GiB for the largest step (%d tokens, %d sequences), "
+      "worker: memory after loading: %.2f GiB weights, %.2f GiB for the largest step (%d tokens, %d sequences) "
+      "and long contexts' expanded attention, "
       "%.2f GiB held in all of %.2f GiB; %.2f GiB free for the KV cache on the GPU\n",
       report->weight_bytes() / kGiB, activations / kGiB, step.max_tokens, step.max_sequences,
       report->used_bytes() / kGiB, report->capacity_bytes() / kGiB, report->free_bytes() / kGiB);
@@ -395,7 +399,7 @@ absl::Status WorkerService::RunStep(const internal::v1::StepRequest& request, in
     absl::SleepFor(options_.mock_step_time);
     MockSampleRows(ids, rows, report, response);
   } else {
-    ASSIGN_OR_RETURN(const Tensor logits, model_->ForwardLogits(batch, *cache_));
+    ASSIGN_OR_RETURN(const Tensor logits, model_->ForwardLogits(batch, *cache_, options_.attention_form));
     RETURN_IF_ERROR(SampleRows(rows, logits, report, response));
   }
   ++steps_;

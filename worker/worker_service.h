@@ -51,6 +51,9 @@ struct WorkerOptions {
   // The cluster secret: every call must carry it, and calls to peers
   // (PullBlocks reading a peer's blocks) present it. Empty: open.
   KeySet cluster_secret;
+  // Which form of MLA each sequence's attention takes (worker/attention_form.h):
+  // the cheapest; one form for all only to measure against it.
+  AttentionForm attention_form = AttentionForm::kCheapest;
 };
 
 class WorkerService final : public internal::v1::Worker::Service {

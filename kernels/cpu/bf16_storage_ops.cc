@@ -68,9 +68,10 @@ class Bf16StorageCpuOps final : public Ops {
     return Rounded(cpu_->MlaAbsorbedAttention(q_latent, q_rope, cache, layer, layout, softmax_scale, out), *out);
   }
   absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
-                                    const Tensor& k_rope, const Tensor& v, float softmax_scale,
+                                    const Tensor& k_rope, const Tensor& v, int64_t first_head, float softmax_scale,
                                     Tensor* out) override {
-    return Rounded(cpu_->MlaExpandedAttention(q_nope, q_rope, k_nope, k_rope, v, softmax_scale, out), *out);
+    return Rounded(cpu_->MlaExpandedAttention(q_nope, q_rope, k_nope, k_rope, v, first_head, softmax_scale, out),
+                   *out);
   }
   absl::Status MoeRoute(const Tensor& logits, const Tensor* bias, const RouterConfig& config, Tensor* topk_ids,
                         Tensor* topk_weights) override {

@@ -386,7 +386,7 @@ class CpuOps final : public Ops {
   absl::Status MlaAbsorbedAttention(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache,
                                     int64_t layer, const AttentionLayout& layout, float softmax_scale,
                                     Tensor* out) override {
-    const int64_t rows = layout.num_tokens(), heads = q_latent.dim(1), rank = q_latent.dim(2);
+    const int64_t rows = q_latent.dim(0), heads = q_latent.dim(1), rank = q_latent.dim(2);
     const int64_t rope = q_rope.dim(2);
     RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_latent", q_latent, {rows, heads, rank}));
     RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_rope", q_rope, {rows, heads, rope}));
@@ -394,6 +394,10 @@ class CpuOps final : public Ops {
     RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "out", *out, {rows, heads, rank}));
     for (const SequenceSlice& seq : layout.seqs) {
       RETURN_IF_ERROR(CheckBlockTable(seq, layout.block_size, cache.dim(0)));
+      if (seq.token_begin < 0 || seq.num_tokens < 0 || seq.token_begin + seq.num_tokens > rows) {
+        return absl::InvalidArgumentError(absl::StrCat("MlaAbsorbedAttention: a sequence's rows [", seq.token_begin,
+                                                       ", ", seq.token_begin + seq.num_tokens, ") outside ", rows));
+      }
 #pragma omp parallel for collapse(2) schedule(dynamic)
       for (int64_t i = 0; i < seq.num_tokens; ++i) {
         for (int64_t h = 0; h < heads; ++h) {
@@ -420,22 +424,27 @@ class CpuOps final : public Ops {
   }
 
   absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
-                                    const Tensor& k_rope, const Tensor& v, float softmax_scale,
+                                    const Tensor& k_rope, const Tensor& v, int64_t first_head, float softmax_scale,
                                     Tensor* out) override {
-    const int64_t rows = q_nope.dim(0), heads = q_nope.dim(1), nope = q_nope.dim(2), rope = q_rope.dim(2);
-    const int64_t keys = k_nope.dim(0), dv = v.dim(2);
-    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "q_rope", q_rope, {rows, heads, rope}));
-    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "k_nope", k_nope, {keys, heads, nope}));
-    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "k_rope", k_rope, {keys, rope}));
-    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "v", v, {keys, heads, dv}));
-    RETURN_IF_ERROR(CheckShape("MlaExpandedAttention", "out", *out, {rows, heads, dv}));
+    constexpr absl::string_view kOp = "MlaExpandedAttention";
+    const int64_t rows = q_nope.dim(0), q_heads = q_nope.dim(1), nope = q_nope.dim(2), rope = q_rope.dim(2);
+    const int64_t keys = k_nope.dim(0), heads = k_nope.dim(1), dv = v.dim(2);
+    RETURN_IF_ERROR(CheckShape(kOp, "q_rope", q_rope, {rows, q_heads, rope}));
+    RETURN_IF_ERROR(CheckShape(kOp, "k_nope", k_nope, {keys, heads, nope}));
+    RETURN_IF_ERROR(CheckShape(kOp, "k_rope", k_rope, {keys, rope}));
+    RETURN_IF_ERROR(CheckShape(kOp, "v", v, {keys, heads, dv}));
+    RETURN_IF_ERROR(CheckShape(kOp, "out", *out, {rows, q_heads, dv}));
     if (rows > keys) return absl::InvalidArgumentError("MlaExpandedAttention: more queries than keys");
+    if (first_head < 0 || first_head + heads > q_heads) {
+      return absl::InvalidArgumentError(absl::StrCat("MlaExpandedAttention: heads [", first_head, ", ",
+                                                     first_head + heads, ") outside the queries' ", q_heads));
+    }
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int64_t t = 0; t < rows; ++t) {
       for (int64_t h = 0; h < heads; ++h) {
-        const int64_t num_keys = keys - rows + t + 1;
-        const float* qn = q_nope.as<float>() + (t * heads + h) * nope;
-        const float* qr = q_rope.as<float>() + (t * heads + h) * rope;
+        const int64_t num_keys = keys - rows + t + 1, q_row = t * q_heads + first_head + h;
+        const float* qn = q_nope.as<float>() + q_row * nope;
+        const float* qr = q_rope.as<float>() + q_row * rope;
         std::vector<float> scores(num_keys);
         for (int64_t j = 0; j < num_keys; ++j) {
           scores[j] = (Dot(qn, k_nope.as<float>() + (j * heads + h) * nope, nope) +
@@ -443,7 +452,7 @@ class CpuOps final : public Ops {
                       softmax_scale;
         }
         SoftmaxInPlace(scores.data(), num_keys);
-        float* o = out->as<float>() + (t * heads + h) * dv;
+        float* o = out->as<float>() + q_row * dv;
         std::fill_n(o, dv, 0.0f);
         for (int64_t j = 0; j < num_keys; ++j) {
           const float* vj = v.as<float>() + (j * heads + h) * dv;

@@ -330,7 +330,7 @@ TEST_F(CpuOpsTest, ExpandedAttentionIsCausalOverTheSuffix) {
   Tensor qn = Random({queries, heads, nope}), qr = Random({queries, heads, rope});
   Tensor kn = Random({keys, heads, nope}), kr = Random({keys, rope}), v = Random({keys, heads, dv});
   Tensor out = Make({queries, heads, dv});
-  ASSERT_TRUE(ops_->MlaExpandedAttention(qn, qr, kn, kr, v, 0.5f, &out).ok());
+  ASSERT_TRUE(ops_->MlaExpandedAttention(qn, qr, kn, kr, v, 0, 0.5f, &out).ok());
   std::vector<double> ref(queries * heads * dv);
   for (int64_t t = 0; t < queries; ++t)
     for (int64_t h = 0; h < heads; ++h) {
@@ -348,6 +348,39 @@ TEST_F(CpuOpsTest, ExpandedAttentionIsCausalOverTheSuffix) {
         for (int64_t j = 0; j < visible; ++j) ref[(t * heads + h) * dv + d] += s[j] / sum * v.as<float>()[(j * heads + h) * dv + d];
     }
   EXPECT_LT(RelErr(out, ref), 1e-6);
+}
+
+TEST_F(CpuOpsTest, ExpandedAttentionByGroupsOfHeadsWritesOnlyThoseHeads) {
+  const int64_t heads = 5, nope = 4, rope = 2, dv = 3, keys = 7, queries = 3;
+  Tensor qn = Random({queries, heads, nope}), qr = Random({queries, heads, rope});
+  Tensor kn = Random({keys, heads, nope}), kr = Random({keys, rope}), v = Random({keys, heads, dv});
+  Tensor whole = Make({queries, heads, dv});
+  ASSERT_TRUE(ops_->MlaExpandedAttention(qn, qr, kn, kr, v, 0, 0.5f, &whole).ok());
+  // Heads [2, 5) of the keys and values, as a caller expanding a group at a time holds them.
+  const int64_t first = 2, group = 3;
+  Tensor kn_group = Make({keys, group, nope}), v_group = Make({keys, group, dv});
+  for (int64_t j = 0; j < keys; ++j) {
+    std::copy_n(kn.as<float>() + (j * heads + first) * nope, group * nope, kn_group.as<float>() + j * group * nope);
+    std::copy_n(v.as<float>() + (j * heads + first) * dv, group * dv, v_group.as<float>() + j * group * dv);
+  }
+  Tensor out = Make({queries, heads, dv});  // poisoned
+  ASSERT_TRUE(ops_->MlaExpandedAttention(qn, qr, kn_group, kr, v_group, first, 0.5f, &out).ok());
+  for (int64_t t = 0; t < queries; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t d = 0; d < dv; ++d) {
+        const float got = out.as<float>()[(t * heads + h) * dv + d];
+        if (h < first) {
+          EXPECT_TRUE(std::isnan(got)) << "head " << h << " was written";
+        } else {
+          EXPECT_EQ(got, whole.as<float>()[(t * heads + h) * dv + d]) << "token " << t << " head " << h;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(ops_->MlaExpandedAttention(qn, qr, kn_group, kr, v_group, 3, 0.5f, &out).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ops_->MlaExpandedAttention(qn, qr, kn_group, kr, v_group, -1, 0.5f, &out).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(CpuOpsTest, LatentCacheWriteThenGatherRoundTrips) {

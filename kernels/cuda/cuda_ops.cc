@@ -602,7 +602,7 @@ class CudaOps final : public Ops {
   }
 
   absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
-                                    const Tensor& k_rope, const Tensor& v, float softmax_scale,
+                                    const Tensor& k_rope, const Tensor& v, int64_t first_head, float softmax_scale,
                                     Tensor* out) override {
     RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "q_nope", q_nope));
     RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "q_rope", q_rope));
@@ -611,7 +611,7 @@ class CudaOps final : public Ops {
     RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "v", v));
     RETURN_IF_ERROR(CheckCuda("MlaExpandedAttention", "out", *out));
     DeviceScope scope(context_->device);
-    return attention_->Expanded(q_nope, q_rope, k_nope, k_rope, v, softmax_scale, out);
+    return attention_->Expanded(q_nope, q_rope, k_nope, k_rope, v, first_head, softmax_scale, out);
   }
 
   // ---- Mixture of experts ----

@@ -770,7 +770,7 @@ TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
     AttentionForm form;
   };
   for (const Setup& s : {Setup{64, 0, AttentionForm::kAbsorbed}, Setup{16, 7, AttentionForm::kAbsorbed},
-                         Setup{16, 0, AttentionForm::kExpanded}}) {
+                         Setup{16, 0, AttentionForm::kExpanded}, Setup{16, 7, AttentionForm::kCheapest}}) {
     auto gpu_cache = KvCache::Create(**gpu, (*gpu_model)->config(), 64, s.block_size);
     auto cpu_cache = KvCache::Create(*cpu, (*cpu_model)->config(), 64, s.block_size);
     auto emulated_cache = KvCache::Create(emulated, (*emulated_model)->config(), 64, s.block_size);
@@ -779,7 +779,9 @@ TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
     ModelRunner gpu_runner(**gpu_model, *gpu_cache, options), cpu_runner(**cpu_model, *cpu_cache, options);
     ModelRunner emulated_runner(**emulated_model, *emulated_cache, options);
     const std::string setup = absl::StrCat("block_size ", s.block_size, " chunk ", s.chunk,
-                                           s.form == AttentionForm::kAbsorbed ? " absorbed" : " expanded");
+                                           s.form == AttentionForm::kAbsorbed   ? " absorbed"
+                                           : s.form == AttentionForm::kExpanded ? " expanded"
+                                                                                : " cheapest");
     for (int i = 0; i < 3; ++i) {
       const std::vector<int32_t> ids = ReadIds(**reference, absl::StrCat("prompt", i, ".ids"));
       auto gpu_logits = gpu_runner.Score(ids);

@@ -218,6 +218,14 @@ absl::StatusOr<Plan> MakePlan(const AttentionLayout& layout, int64_t heads, int6
   return plan;
 }
 
+// The rows of q and out the layout's sequences reach (a step whose other
+// sequences take the expanded form names only some of them).
+int64_t RowsNamed(const AttentionLayout& layout) {
+  int64_t rows = 0;
+  for (const SequenceSlice& seq : layout.seqs) rows = std::max(rows, seq.token_begin + seq.num_tokens);
+  return rows;
+}
+
 bool SameSeqs(const std::vector<SequenceSlice>& a, const std::vector<SequenceSlice>& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -279,8 +287,12 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
   RETURN_IF_ERROR(CheckOperand(kOp, "q_rope", q_rope));
   RETURN_IF_ERROR(CheckOperand(kOp, "cache", cache));
   RETURN_IF_ERROR(CheckOperand(kOp, "out", *out));
-  const int64_t rows = layout.num_tokens();
-  RETURN_IF_ERROR(CheckShape(kOp, "q_latent", q_latent, {rows, -1, -1}));
+  RETURN_IF_ERROR(CheckShape(kOp, "q_latent", q_latent, {-1, -1, -1}));
+  const int64_t rows = q_latent.dim(0);
+  if (RowsNamed(layout) > rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": the layout's sequences reach row ", RowsNamed(layout), " of ", rows));
+  }
   const int64_t heads = q_latent.dim(1), rank = q_latent.dim(2);
   RETURN_IF_ERROR(CheckShape(kOp, "q_rope", q_rope, {rows, heads, -1}));
   const int64_t rope = q_rope.dim(2);
@@ -297,7 +309,7 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
     return absl::UnimplementedError(
         absl::StrCat(kOp, ": rank ", rank, " + rope ", rope, " above ", cuda::kMlaGenericMaxDims));
   }
-  if (rows * heads == 0 || rank == 0) return absl::OkStatus();
+  if (layout.num_tokens() * heads == 0 || rank == 0) return absl::OkStatus();
 
   const bool tensor_cores = rank == cuda::kMlaRank && rope == cuda::kMlaRope && Aligned16(q_latent.data) &&
                             Aligned16(q_rope.data) && Aligned16(cache.data) && Aligned16(out->data);
@@ -337,7 +349,7 @@ absl::Status MlaAttention::EnsurePlan(const AttentionLayout& layout, int64_t hea
                                       int64_t num_blocks, bool tensor_cores) {
   constexpr absl::string_view kOp = "MlaAbsorbedAttention";
   Buffers& b = *buffers_;
-  const int64_t rows = layout.num_tokens();
+  const int64_t rows = RowsNamed(layout);
   const bool same_shape = b.have_plan && b.block_size == layout.block_size && b.heads == heads && b.rank == rank &&
                           b.num_blocks == num_blocks && b.tensor_cores == tensor_cores;
   // The layout prepared for this step is the plan's by construction: no need to compare every block table.
@@ -406,7 +418,8 @@ uint64_t MlaAttention::LaunchSignature() const {
 }
 
 absl::Status MlaAttention::Expanded(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
-                                    const Tensor& k_rope, const Tensor& v, float softmax_scale, Tensor* out) {
+                                    const Tensor& k_rope, const Tensor& v, int64_t first_head, float softmax_scale,
+                                    Tensor* out) {
   constexpr absl::string_view kOp = "MlaExpandedAttention";
   RETURN_IF_ERROR(CheckOperand(kOp, "q_nope", q_nope));
   RETURN_IF_ERROR(CheckOperand(kOp, "q_rope", q_rope));
@@ -415,32 +428,39 @@ absl::Status MlaAttention::Expanded(const Tensor& q_nope, const Tensor& q_rope, 
   RETURN_IF_ERROR(CheckOperand(kOp, "v", v));
   RETURN_IF_ERROR(CheckOperand(kOp, "out", *out));
   RETURN_IF_ERROR(CheckShape(kOp, "q_nope", q_nope, {-1, -1, -1}));
-  const int64_t rows = q_nope.dim(0), heads = q_nope.dim(1), nope = q_nope.dim(2);
-  RETURN_IF_ERROR(CheckShape(kOp, "q_rope", q_rope, {rows, heads, -1}));
+  const int64_t rows = q_nope.dim(0), q_heads = q_nope.dim(1), nope = q_nope.dim(2);
+  RETURN_IF_ERROR(CheckShape(kOp, "q_rope", q_rope, {rows, q_heads, -1}));
   const int64_t rope = q_rope.dim(2);
-  RETURN_IF_ERROR(CheckShape(kOp, "k_nope", k_nope, {-1, heads, nope}));
-  const int64_t keys = k_nope.dim(0);
+  RETURN_IF_ERROR(CheckShape(kOp, "k_nope", k_nope, {-1, -1, nope}));
+  const int64_t keys = k_nope.dim(0), heads = k_nope.dim(1);
   RETURN_IF_ERROR(CheckShape(kOp, "k_rope", k_rope, {keys, rope}));
   RETURN_IF_ERROR(CheckShape(kOp, "v", v, {keys, heads, -1}));
   const int64_t dv = v.dim(2);
-  RETURN_IF_ERROR(CheckShape(kOp, "out", *out, {rows, heads, dv}));
+  RETURN_IF_ERROR(CheckShape(kOp, "out", *out, {rows, q_heads, dv}));
   if (rows > keys) return absl::InvalidArgumentError(absl::StrCat(kOp, ": more queries than keys"));
-  if (keys * heads * std::max({nope, dv, int64_t{1}}) > (int64_t{1} << 62) || keys > kInt32Max || heads > 65535) {
+  if (first_head < 0 || first_head + heads > q_heads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": heads [", first_head, ", ", first_head + heads, ") outside the queries' ", q_heads));
+  }
+  if (keys * heads * std::max({nope, dv, int64_t{1}}) > (int64_t{1} << 62) ||
+      rows * q_heads * std::max({nope, dv, int64_t{1}}) > (int64_t{1} << 62) || keys > kInt32Max || heads > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(kOp, ": too large"));
   }
   if (dv > cuda::kMlaExpandedMaxDv || nope + rope > cuda::kMlaGenericMaxDims) {
     return absl::UnimplementedError(absl::StrCat(kOp, ": v_head_dim ", dv, " or qk dims ", nope + rope, " too large"));
   }
   if (rows == 0 || heads == 0 || dv == 0) return absl::OkStatus();
-  const cuda::MlaExpandedParams params{.q_nope = q_nope.as<const bf16>(),
-                                       .q_rope = q_rope.as<const bf16>(),
+  // The kernels see the group's heads: q and out start at its first head and step q_heads per token.
+  const cuda::MlaExpandedParams params{.q_nope = q_nope.as<const bf16>() + first_head * nope,
+                                       .q_rope = q_rope.as<const bf16>() + first_head * rope,
                                        .k_nope = k_nope.as<const bf16>(),
                                        .k_rope = k_rope.as<const bf16>(),
                                        .v = v.as<const bf16>(),
-                                       .out = out->as<bf16>(),
+                                       .out = out->as<bf16>() + first_head * dv,
                                        .num_queries = static_cast<int>(rows),
                                        .num_keys = static_cast<int>(keys),
                                        .heads = static_cast<int>(heads),
+                                       .q_heads = static_cast<int>(q_heads),
                                        .nope = static_cast<int>(nope),
                                        .rope = static_cast<int>(rope),
                                        .dv = static_cast<int>(dv),

@@ -52,7 +52,7 @@ class MlaAttention {
   // launch the same kernels with the same arguments.
   uint64_t LaunchSignature() const;
   absl::Status Expanded(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope, const Tensor& k_rope,
-                        const Tensor& v, float softmax_scale, Tensor* out);
+                        const Tensor& v, int64_t first_head, float softmax_scale, Tensor* out);
 
  private:
   struct Buffers;

@@ -395,31 +395,47 @@ TEST_F(CudaMlaTest, RejectsBadArguments) {
 
 // ---------------------------------------------------------------- expanded
 
+// Heads [first_head, first_head + heads) of `q_heads` query heads (all of them when q_heads is 0).
 void CheckExpanded(MlaAttention& attention, cudaStream_t stream, int64_t heads, int64_t nope, int64_t rope, int64_t dv,
-                   int64_t queries, int64_t keys) {
+                   int64_t queries, int64_t keys, int64_t q_heads = 0, int64_t first_head = 0) {
+  if (q_heads == 0) q_heads = heads;
   const uint64_t seed = FreshSeed();
   std::mt19937_64 rng(seed);
-  std::vector<float> qn = Random(queries * heads * nope, rng), qr = Random(queries * heads * rope, rng);
+  std::vector<float> qn = Random(queries * q_heads * nope, rng), qr = Random(queries * q_heads * rope, rng);
   std::vector<float> kn = Random(keys * heads * nope, rng), kr = Random(keys * rope, rng);
   std::vector<float> v = Random(keys * heads * dv, rng);
-  Tensor d_qn = DeviceBf16(qn, {queries, heads, nope}), d_qr = DeviceBf16(qr, {queries, heads, rope});
+  Tensor d_qn = DeviceBf16(qn, {queries, q_heads, nope}), d_qr = DeviceBf16(qr, {queries, q_heads, rope});
   Tensor d_kn = DeviceBf16(kn, {keys, heads, nope}), d_kr = DeviceBf16(kr, {keys, rope});
   Tensor d_v = DeviceBf16(v, {keys, heads, dv});
-  Tensor out = PoisonedBf16({queries, heads, dv});
+  Tensor out = PoisonedBf16({queries, q_heads, dv});
   const float scale = 1.0f / std::sqrt(static_cast<float>(nope + rope));
-  absl::Status st = attention.Expanded(d_qn, d_qr, d_kn, d_kr, d_v, scale, &out);
+  absl::Status st = attention.Expanded(d_qn, d_qr, d_kn, d_kr, d_v, first_head, scale, &out);
   ASSERT_TRUE(st.ok()) << st;
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  Tensor ref = *Cpu().Empty(DType::kF32, {queries, heads, dv});
+  Tensor ref = *Cpu().Empty(DType::kF32, {queries, q_heads, dv});
+  std::fill_n(ref.as<float>(), ref.numel(), std::nanf(""));
   ASSERT_TRUE(Cpu()
-                  .MlaExpandedAttention(CpuTensor(qn, {queries, heads, nope}), CpuTensor(qr, {queries, heads, rope}),
+                  .MlaExpandedAttention(CpuTensor(qn, {queries, q_heads, nope}), CpuTensor(qr, {queries, q_heads, rope}),
                                         CpuTensor(kn, {keys, heads, nope}), CpuTensor(kr, {keys, rope}),
-                                        CpuTensor(v, {keys, heads, dv}), scale, &ref)
+                                        CpuTensor(v, {keys, heads, dv}), first_head, scale, &ref)
                   .ok());
-  const double err = RelErr(ToHost(out), std::vector<float>(ref.as<float>(), ref.as<float>() + ref.numel()));
-  printf("expanded heads=%lld nope=%lld rope=%lld dv=%lld queries=%lld keys=%lld seed=%llu: rel err %.3e\n",
-         (long long)heads, (long long)nope, (long long)rope, (long long)dv, (long long)queries, (long long)keys,
-         (unsigned long long)seed, err);
+  // The group's heads against the CPU; the others must stay poisoned (NaN on both sides).
+  std::vector<float> got = ToHost(out), want(ref.as<float>(), ref.as<float>() + ref.numel());
+  std::vector<float> got_group, want_group;
+  for (int64_t i = 0; i < queries * q_heads; ++i) {
+    const int64_t h = i % q_heads;
+    if (h >= first_head && h < first_head + heads) {
+      got_group.insert(got_group.end(), got.begin() + i * dv, got.begin() + (i + 1) * dv);
+      want_group.insert(want_group.end(), want.begin() + i * dv, want.begin() + (i + 1) * dv);
+    } else {
+      for (int64_t d = 0; d < dv; ++d) ASSERT_TRUE(std::isnan(got[i * dv + d])) << "head " << h << " was written";
+    }
+  }
+  const double err = RelErr(got_group, want_group);
+  printf("expanded heads=%lld of %lld from %lld nope=%lld rope=%lld dv=%lld queries=%lld keys=%lld seed=%llu: "
+         "rel err %.3e\n",
+         (long long)heads, (long long)q_heads, (long long)first_head, (long long)nope, (long long)rope,
+         (long long)dv, (long long)queries, (long long)keys, (unsigned long long)seed, err);
   fflush(stdout);
   EXPECT_LT(err, 1e-2) << "seed " << seed;
 }
@@ -429,6 +445,15 @@ TEST_F(CudaMlaTest, ExpandedV3Dims) {
   CheckExpanded(*attention_, stream_, 8, 128, 64, 128, 200, 200);   // whole prompt
   CheckExpanded(*attention_, stream_, 4, 128, 64, 128, 1, 1000);    // one query
   CheckExpanded(*attention_, stream_, 2, 128, 64, 128, 130, 4100);
+  CheckExpanded(*attention_, stream_, 3, 128, 64, 128, 1000, 3001);  // ragged query tiles, longest first
+}
+
+// A group of heads, as the model expands K and V for long prefixes: the
+// queries carry all heads, the keys and values the group's.
+TEST_F(CudaMlaTest, ExpandedGroupOfHeads) {
+  CheckExpanded(*attention_, stream_, 4, 128, 64, 128, 100, 700, 16, 12);
+  CheckExpanded(*attention_, stream_, 5, 128, 64, 128, 65, 65, 16, 3);
+  CheckExpanded(*attention_, stream_, 3, 24, 8, 40, 9, 50, 7, 2);  // generic kernel
 }
 
 TEST_F(CudaMlaTest, ExpandedOtherDims) {
@@ -445,7 +470,17 @@ TEST_F(CudaMlaTest, ExpandedRejectsMoreQueriesThanKeys) {
   std::vector<float> kn_host(2 * 2 * 192);
   Tensor kn = DeviceBf16(kn_host, {2, 2, 192}), krt = DeviceBf16(kr, {2, 64}), vt = DeviceBf16(v, {2, 2, 128});
   Tensor out = PoisonedBf16({3, 2, 128});
-  EXPECT_EQ(attention_->Expanded(qn, qr, kn, krt, vt, 0.1f, &out).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(attention_->Expanded(qn, qr, kn, krt, vt, 0, 0.1f, &out).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaMlaTest, ExpandedRejectsHeadsOutsideTheQueries) {
+  std::vector<float> q(2 * 3 * 128), qr_host(2 * 3 * 64), kn_host(4 * 2 * 128), kr(4 * 64), v(4 * 2 * 128);
+  Tensor qn = DeviceBf16(q, {2, 3, 128}), qr = DeviceBf16(qr_host, {2, 3, 64});
+  Tensor kn = DeviceBf16(kn_host, {4, 2, 128}), krt = DeviceBf16(kr, {4, 64}), vt = DeviceBf16(v, {4, 2, 128});
+  Tensor out = PoisonedBf16({2, 3, 128});
+  EXPECT_EQ(attention_->Expanded(qn, qr, kn, krt, vt, 2, 0.1f, &out).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(attention_->Expanded(qn, qr, kn, krt, vt, -1, 0.1f, &out).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(attention_->Expanded(qn, qr, kn, krt, vt, 1, 0.1f, &out).ok());
 }
 
 }  // namespace

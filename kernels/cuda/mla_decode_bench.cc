@@ -38,6 +38,7 @@
 
 #include "common/dtype.h"
 #include "kernels/cuda/bench_checks.h"
+#include "kernels/cuda/bench_util.h"
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/mla/kernels.h"
 #include "kernels/ops.h"
@@ -73,18 +74,6 @@ struct Options {
   std::string csv;
 };
 
-std::vector<int> ParseList(const std::string& s) {
-  std::vector<int> v;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    size_t comma = s.find(',', pos);
-    if (comma == std::string::npos) comma = s.size();
-    v.push_back(std::atoi(s.substr(pos, comma - pos).c_str()));
-    pos = comma + 1;
-  }
-  return v;
-}
-
 Options ParseOptions(int argc, char** argv) {
   Options o;
   if (const char* out = getenv("OUT"); out != nullptr && *out) o.csv = std::string(out) + "/mla_decode.csv";
@@ -116,100 +105,6 @@ Options ParseOptions(int argc, char** argv) {
     }
   }
   return o;
-}
-
-// Fills n bf16 values with copies of a 32 MiB block of uniform [-1, 1) values.
-void FillRandom(void* dst, size_t n, uint64_t seed, cudaStream_t s) {
-  static void* source = nullptr;
-  constexpr size_t kSourceElems = size_t{16} << 20;
-  if (source == nullptr) {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-    std::vector<uint16_t> bits(kSourceElems);
-    for (uint16_t& b : bits) b = F32ToBf16(d(rng));
-    CK(cudaMalloc(&source, kSourceElems * 2));
-    CK(cudaMemcpy(source, bits.data(), kSourceElems * 2, cudaMemcpyHostToDevice));
-  }
-  // Start each fill at a seed-dependent offset so that different buffers differ.
-  size_t offset = (seed * 7919) % (kSourceElems / 2);
-  for (size_t done = 0; done < n;) {
-    const size_t count = std::min(n - done, kSourceElems - offset);
-    CK(cudaMemcpyAsync(static_cast<uint16_t*>(dst) + done, static_cast<uint16_t*>(source) + offset, count * 2,
-                       cudaMemcpyDeviceToDevice, s));
-    done += count;
-    offset = 0;
-  }
-}
-
-Tensor View(void* data, std::vector<int64_t> shape) {
-  Tensor t;
-  t.dtype = DType::kBF16;
-  t.device = Device::kCuda;
-  t.shape = std::move(shape);
-  t.data = data;
-  return t;
-}
-
-template <typename F>
-double TimeMs(cudaStream_t s, int iters, F&& f) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  CK(cudaEventRecord(a, s));
-  for (int i = 0; i < iters; ++i) f(i);
-  CK(cudaEventRecord(b, s));
-  CK(cudaEventSynchronize(b));
-  float ms = 0;
-  CK(cudaEventElapsedTime(&ms, a, b));
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
-  return ms / iters;
-}
-
-double Median3(double a, double b, double c) { return std::max(std::min(a, b), std::min(std::max(a, b), c)); }
-
-double CopyTbps(cudaStream_t s) {
-  const size_t bytes = size_t{1} << 30;
-  void *a, *b;
-  CK(cudaMalloc(&a, bytes));
-  CK(cudaMalloc(&b, bytes));
-  FillRandom(a, bytes / 2, 3, s);
-  for (int i = 0; i < 3; ++i) CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s));
-  double t[3];
-  for (double& x : t) x = TimeMs(s, 20, [&](int) { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); });
-  CK(cudaFree(a));
-  CK(cudaFree(b));
-  return 2.0 * bytes / (Median3(t[0], t[1], t[2]) * 1e-3) / 1e12;
-}
-
-double GemmTflops(cudaStream_t s) {
-  cublasHandle_t handle;
-  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return 0;
-  cublasSetStream(handle, s);
-  const int n = 8192;
-  const size_t elems = static_cast<size_t>(n) * n;
-  void *a, *b, *c;
-  CK(cudaMalloc(&a, elems * 2));
-  CK(cudaMalloc(&b, elems * 2));
-  CK(cudaMalloc(&c, elems * 2));
-  FillRandom(a, elems, 1, s);
-  FillRandom(b, elems, 2, s);
-  const float alpha = 1, beta = 0;
-  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-  auto run = [&](int) {
-    cublasStatus_t x = cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
-                                    CUDA_R_16BF, n, &beta, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (x != CUBLAS_STATUS_SUCCESS) st = x;
-  };
-  for (int i = 0; i < 3; ++i) run(i);
-  double t[3];
-  for (double& x : t) x = TimeMs(s, 10, run);
-  CK(cudaFree(a));
-  CK(cudaFree(b));
-  CK(cudaFree(c));
-  cublasDestroy(handle);
-  if (st != CUBLAS_STATUS_SUCCESS) return 0;
-  return 2.0 * n * n * static_cast<double>(n) / (Median3(t[0], t[1], t[2]) * 1e-3) / 1e12;
 }
 
 double HostUs(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
@@ -259,7 +154,7 @@ int main(int argc, char** argv) {
   void* pool = nullptr;
   const size_t pool_elems = static_cast<size_t>(pool_blocks) * kPage * kD;
   CK(cudaMalloc(&pool, pool_elems * 2));
-  FillRandom(pool, pool_elems, 42, stream);
+  FillUniformBf16(pool, pool_elems, 42, stream);
   CK(cudaStreamSynchronize(stream));
   printf("cache pool: %lld blocks of 64 x 576 bf16 (%.2f GB)\n", (long long)pool_blocks, pool_elems * 2 / 1e9);
 
@@ -316,17 +211,17 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&q_latent, q_elems * kRank * 2 * replicas));
     CK(cudaMalloc(&q_rope, q_elems * kRope * 2 * replicas));
     CK(cudaMalloc(&out, q_elems * kRank * 2));
-    FillRandom(q_latent, q_elems * kRank * replicas, seed * 3, stream);
-    FillRandom(q_rope, q_elems * kRope * replicas, seed * 5, stream);
+    FillUniformBf16(q_latent, q_elems * kRank * replicas, seed * 3, stream);
+    FillUniformBf16(q_rope, q_elems * kRope * replicas, seed * 5, stream);
     CK(cudaStreamSynchronize(stream));
     std::vector<Tensor> ql, qr, cache;
     for (int r = 0; r < replicas; ++r) {
-      ql.push_back(View(static_cast<uint16_t*>(q_latent) + r * q_elems * kRank, {s.batch, s.heads, kRank}));
-      qr.push_back(View(static_cast<uint16_t*>(q_rope) + r * q_elems * kRope, {s.batch, s.heads, kRope}));
+      ql.push_back(DeviceBf16View(static_cast<uint16_t*>(q_latent) + r * q_elems * kRank, {s.batch, s.heads, kRank}));
+      qr.push_back(DeviceBf16View(static_cast<uint16_t*>(q_rope) + r * q_elems * kRope, {s.batch, s.heads, kRope}));
       cache.push_back(
-          View(static_cast<uint16_t*>(pool) + static_cast<size_t>(r) * blocks * kPage * kD, {blocks, 1, kPage, kD}));
+          DeviceBf16View(static_cast<uint16_t*>(pool) + static_cast<size_t>(r) * blocks * kPage * kD, {blocks, 1, kPage, kD}));
     }
-    Tensor o = View(out, {s.batch, s.heads, kRank});
+    Tensor o = DeviceBf16View(out, {s.batch, s.heads, kRank});
     const float scale = static_cast<float>(opt.softmax_scale);
     MlaAttention attention(stream);
     auto call = [&](int i) {

@@ -24,8 +24,9 @@ __global__ void __launch_bounds__(kExpThreads) MlaExpandedTcKernel(const MlaExpa
   uint8_t* const s_v = s_k + 2 * S::kKBytes;  // two stages
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3, lo = lane & 7;
-  const int q0 = blockIdx.x * kExpRows, h = blockIdx.y;
-  const int T = p.num_queries, num_keys = p.num_keys, H = p.heads;
+  // The last query tiles see the most keys: they go first, so that the short ones fill the tail.
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kExpRows, h = blockIdx.y;
+  const int T = p.num_queries, num_keys = p.num_keys, H = p.heads, QH = p.q_heads;
   const int nope_chunks = p.nope / 8;
   constexpr int kQkChunks = kDqk / 8, kVChunks = kDv / 8;
   const float sl2 = p.softmax_scale * kLog2e;
@@ -33,7 +34,7 @@ __global__ void __launch_bounds__(kExpThreads) MlaExpandedTcKernel(const MlaExpa
   for (int i = tid; i < kExpRows * kQkChunks; i += kExpThreads) {
     const int r = i / kQkChunks, c = i % kQkChunks;
     const bool valid = q0 + r < T;
-    const int64_t row = static_cast<int64_t>(valid ? q0 + r : q0) * H + h;
+    const int64_t row = static_cast<int64_t>(valid ? q0 + r : q0) * QH + h;
     const bf16* src =
         c < nope_chunks ? p.q_nope + row * p.nope + c * 8 : p.q_rope + row * p.rope + (c - nope_chunks) * 8;
     CpAsync16(SmemAddr(s_q + r * S::kQStride + c * 16), src, valid);
@@ -152,7 +153,7 @@ __global__ void __launch_bounds__(kExpThreads) MlaExpandedTcKernel(const MlaExpa
     const float total = QuadSum(l[hh]);
     if (q >= T) continue;
     const float inv = 1.0f / total;
-    bf16* dst = p.out + (static_cast<int64_t>(q) * H + h) * p.dv + 2 * t4;
+    bf16* dst = p.out + (static_cast<int64_t>(q) * QH + h) * p.dv + 2 * t4;
 #pragma unroll
     for (int nt = 0; nt < kDv / 8; ++nt) {
       *reinterpret_cast<uint32_t*>(dst + nt * 8) = PackBf16(o[nt][2 * hh] * inv, o[nt][2 * hh + 1] * inv);
@@ -171,7 +172,7 @@ __global__ void __launch_bounds__(kGenericThreads) MlaExpandedGenericKernel(cons
   const int t = blockIdx.x, h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int H = p.heads, dqk = p.nope + p.rope;
-  const int64_t qrow = static_cast<int64_t>(t) * H + h;
+  const int64_t qrow = static_cast<int64_t>(t) * p.q_heads + h;
   for (int d = tid; d < dqk; d += kGenericThreads) {
     s_q[d] = __bfloat162float(d < p.nope ? p.q_nope[qrow * p.nope + d] : p.q_rope[qrow * p.rope + d - p.nope]);
   }

@@ -109,7 +109,8 @@ struct MlaExpandedParams {
   __nv_bfloat16* out;
   int num_queries;  // T
   int num_keys;     // S
-  int heads;
+  int heads;        // of k_nope and v (and of the grid)
+  int q_heads;      // q_nope, q_rope and out rows step q_heads heads per token
   int nope;
   int rope;
   int dv;

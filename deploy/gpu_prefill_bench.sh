@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# On one GPU, after carrying .bundle.tar.gz (see deploy/gpu_run.sh): issue 14's
+# prefill figures in one call, logs and CSV under $OUT --
+#   the expanded kernel's tests (mla_attention_test) and the backend's
+#   (cuda_ops_test: the model in each attention form against the CPU);
+#   mla_prefill_bench: both forms of one layer's attention of a prompt chunk,
+#   beside cuBLAS's bf16 GEMM rate;
+#   time to first token through //:serve at DeepSeek-V2-Lite shapes (random
+#   bf16 weights, 8,192-token steps), one prompt of each of LENGTHS at a time,
+#   with each sequence's cheapest form and with the absorbed form for all
+#   (what serving ran before) -> ttft.csv.
+#   [LENGTHS=8192,32768,131072] deploy/gpu_prefill_bench.sh
+set -uo pipefail
+mkdir -p .bundle /tmp/v2lite "${OUT:?set OUT}" && tar xzf .bundle.tar.gz -C .bundle
+export LD_LIBRARY_PATH="$PWD/.bundle/lib" NCCL_NVLS_ENABLE=0
+cp tests/testdata/configs/deepseek-v2-lite.json /tmp/v2lite/config.json
+cp tests/testdata/tokenizer/tokenizer.json /tmp/v2lite/
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+status=0
+for run in "mla_attention_test --gtest_filter=*Expanded*" "cuda_ops_test"; do
+  read -r binary args <<<"$run"
+  # shellcheck disable=SC2086  # the arguments are meant to split
+  timeout 180 ".bundle/bin/$binary" $args >"$OUT/$binary.log" 2>&1
+  rc=$?
+  [[ $rc -eq 0 ]] || status=1
+  echo "$binary: exit $rc; $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/$binary.log" | paste -sd ' ')"
+done
+timeout 200 .bundle/bin/mla_prefill_bench --csv="$OUT/mla_prefill.csv" >"$OUT/mla_prefill.log" 2>&1
+echo "mla_prefill_bench: exit $?"
+cat "$OUT/mla_prefill.log"
+echo "form,prompt_tokens,ttft_s" >"$OUT/ttft.csv"
+port=8000
+for form in cheapest absorbed; do
+  .bundle/bin/serve --model /tmp/v2lite --workers 1 --http_port $port --grpc_port $((port + 1)) \
+    --internal_port $((port + 2)) --worker_flags="--device=cuda --attention_form=$form" -- --random_weights \
+    --max_batched_tokens 8192 >"$OUT/serve_$form.log" 2>&1 &
+  serve=$!
+  for _ in $(seq 180); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 1; done
+  for len in 512 ${LENGTHS//,/ }; do
+    timeout 120 .bundle/bin/bench --url "http://127.0.0.1:$port" --input_len "$len" --output_len 1 \
+      --num_requests 1 --concurrency 1 --warmup 0 --timeout_s 110 --json_out "$OUT/ttft_${form}_$len.json" \
+      >"$OUT/bench_${form}_$len.log" 2>&1
+    python3 - "$OUT/ttft_${form}_$len.json" "$form" "$len" >>"$OUT/ttft.csv" <<'PY'
+import json, sys
+path, form, length = sys.argv[1:]
+level = json.load(open(path))
+level = level[0] if isinstance(level, list) else level
+print(f"{form},{length},{level['ttft_ms']['mean'] / 1e3:.3f}")
+PY
+    tail -1 "$OUT/ttft.csv"
+  done
+  kill -INT $serve
+  wait $serve
+  port=$((port + 10))
+done
+exit $status
