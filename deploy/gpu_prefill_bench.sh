@@ -11,6 +11,7 @@
 #   (what serving ran before) -> ttft.csv.
 #   [LENGTHS=8192,32768,131072] deploy/gpu_prefill_bench.sh
 set -uo pipefail
+LENGTHS=${LENGTHS:-8192,32768,131072}
 mkdir -p .bundle /tmp/v2lite "${OUT:?set OUT}" && tar xzf .bundle.tar.gz -C .bundle
 export LD_LIBRARY_PATH="$PWD/.bundle/lib" NCCL_NVLS_ENABLE=0
 cp tests/testdata/configs/deepseek-v2-lite.json /tmp/v2lite/config.json
@@ -28,6 +29,14 @@ done
 timeout 200 .bundle/bin/mla_prefill_bench --csv="$OUT/mla_prefill.csv" >"$OUT/mla_prefill.log" 2>&1
 echo "mla_prefill_bench: exit $?"
 cat "$OUT/mla_prefill.log"
+# Another build's kernels side by side, when one is carried as .bundle_b.tar.gz.
+if [[ -f .bundle_b.tar.gz ]]; then
+  mkdir -p .bundle_b && tar xzf .bundle_b.tar.gz -C .bundle_b
+  LD_LIBRARY_PATH="$PWD/.bundle_b/lib" timeout 120 .bundle_b/bin/mla_prefill_bench --chunks=8192 \
+    --contexts=8192,32768,131072 --csv="$OUT/mla_prefill_b.csv" >"$OUT/mla_prefill_b.log" 2>&1
+  echo "mla_prefill_bench of .bundle_b: exit $?"
+  cat "$OUT/mla_prefill_b.log"
+fi
 echo "form,prompt_tokens,ttft_s" >"$OUT/ttft.csv"
 port=8000
 for form in cheapest absorbed; do

@@ -79,6 +79,11 @@ __device__ __forceinline__ void FenceRegs(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
+template <int N>
+__device__ __forceinline__ void FenceRegs(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
 
 // D[64 x N] = A * B (+ D when accumulate), e4m3 A [64 x 32] and B [N x 32]
 // from shared memory (K-major descriptors: FP8 wgmma reads no other layout),

@@ -1,6 +1,6 @@
-// MlaExpanded: the expanded (prefill) form for one sequence, on tensor cores for
-// the dims of DeepSeek (qk 192, v 128) and the tiny fixture (48, 32), else on
-// CUDA cores.
+// MlaExpanded: the expanded (prefill) form for one sequence: on wgmma for the
+// dims of DeepSeek (qk 192, v 128; expanded_wg.cu), on mma.sync for the tiny
+// fixture's (48, 32), else on CUDA cores.
 #include <cmath>
 #include <cstdint>
 
@@ -248,7 +248,7 @@ cudaError_t MlaExpanded(const MlaExpandedParams& params, cudaStream_t stream) {
   auto aligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
   if (params.nope % 8 == 0 && params.rope % 8 == 0 && aligned(params.q_nope) && aligned(params.q_rope) &&
       aligned(params.k_nope) && aligned(params.k_rope) && aligned(params.v) && aligned(params.out)) {
-    if (dqk == 192 && params.dv == 128) return mla::LaunchExpandedTc<192, 128>(params, stream);
+    if (params.nope == 128 && params.rope == 64 && params.dv == 128) return mla::LaunchExpandedWg(params, stream);
     if (dqk == 48 && params.dv == 32) return mla::LaunchExpandedTc<48, 32>(params, stream);
   }
   if (params.dv > kMlaExpandedMaxDv || dqk > kMlaGenericMaxDims) return cudaErrorInvalidValue;

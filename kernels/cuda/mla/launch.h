@@ -45,6 +45,8 @@ inline int PersistentGrid(int num_items) { return std::min(num_items, SmCount())
 
 cudaError_t LaunchRows16(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params, cudaStream_t stream);
 cudaError_t LaunchRows64(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params, cudaStream_t stream);
+// The expanded form at DeepSeek's dims (nope 128, rope 64, v 128) on wgmma.
+cudaError_t LaunchExpandedWg(const MlaExpandedParams& params, cudaStream_t stream);
 cudaError_t LaunchAbsorbedGeneric(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params,
                                   cudaStream_t stream);
 

@@ -62,7 +62,8 @@ inline constexpr int kCombineThreads = 256;
 inline constexpr int kCombine512Threads = 512;
 inline constexpr int kCombineGroups = kCombine512Threads / 128;
 
-// Expanded form on mma.sync: 4 warps, 64 queries of one head, keys in tiles of 64,
+// Expanded form on mma.sync (other dims with 16-multiples, as the tiny test model's):
+// 4 warps, 64 queries of one head, keys in tiles of 64,
 // rows padded by 16 bytes in shared memory.
 inline constexpr int kExpThreads = 128;
 inline constexpr int kExpRows = 64;
@@ -78,6 +79,18 @@ struct ExpShape {
   static constexpr int kSmemBytes = kQBytes + 2 * (kKBytes + kVBytes);
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "");
 };
+
+// Expanded form at DeepSeek's dims (qk 192 = nope 128 + rope 64, v 128) on wgmma:
+// two warpgroups of 64 queries of one head; per tile of 64 keys, K (three slabs:
+// k_nope's two, k_rope) and V (two slabs) in the 128-byte swizzle, two stages.
+inline constexpr int kExpWgThreads = 256;
+inline constexpr int kExpWgRows = 128;
+inline constexpr int kExpWgKeys = 64;
+inline constexpr int kExpWgQkSlabs = 3;
+inline constexpr int kExpWgVSlabs = 2;
+inline constexpr int kExpWgQBytes = 2 * kExpWgQkSlabs * kSlabBytes;
+inline constexpr int kExpWgStageBytes = (kExpWgQkSlabs + kExpWgVSlabs) * kSlabBytes;
+inline constexpr int kExpWgSmemBytes = 1024 /* alignment */ + kExpWgQBytes + 2 * kExpWgStageBytes;
 
 }  // namespace mlaserve::cuda::mla
 
