@@ -18,6 +18,7 @@ cp tests/testdata/configs/deepseek-v2-lite.json /tmp/v2lite/config.json
 cp tests/testdata/tokenizer/tokenizer.json /tmp/v2lite/
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
+bin=.bundle/bin
 for run in "mla_attention_test --gtest_filter=*Expanded*" "cuda_ops_test"; do
   read -r binary args <<<"$run"
   # shellcheck disable=SC2086  # the arguments are meant to split
@@ -29,24 +30,35 @@ done
 timeout 200 .bundle/bin/mla_prefill_bench --csv="$OUT/mla_prefill.csv" >"$OUT/mla_prefill.log" 2>&1
 echo "mla_prefill_bench: exit $?"
 cat "$OUT/mla_prefill.log"
-# Another build's kernels side by side, when one is carried as .bundle_b.tar.gz.
+# Short chunks over a long context, where the two forms' costs cross.
+timeout 60 .bundle/bin/mla_prefill_bench --chunks=32,64,128,256,512 --contexts=32768 \
+  --csv="$OUT/mla_prefill_short.csv" >"$OUT/mla_prefill_short.log" 2>&1
+echo "mla_prefill_bench, short chunks: exit $?"
+cat "$OUT/mla_prefill_short.log"
+# Another build's kernels side by side, when one is carried as .bundle_b.tar.gz; it
+# serves the prompts below if this build's tests failed.
 if [[ -f .bundle_b.tar.gz ]]; then
   mkdir -p .bundle_b && tar xzf .bundle_b.tar.gz -C .bundle_b
   LD_LIBRARY_PATH="$PWD/.bundle_b/lib" timeout 120 .bundle_b/bin/mla_prefill_bench --chunks=8192 \
     --contexts=8192,32768,131072 --csv="$OUT/mla_prefill_b.csv" >"$OUT/mla_prefill_b.log" 2>&1
   echo "mla_prefill_bench of .bundle_b: exit $?"
   cat "$OUT/mla_prefill_b.log"
+  if [[ $status -ne 0 ]]; then
+    bin=.bundle_b/bin
+    export LD_LIBRARY_PATH="$PWD/.bundle_b/lib"
+    echo "serving from .bundle_b"
+  fi
 fi
 echo "form,prompt_tokens,ttft_s" >"$OUT/ttft.csv"
 port=8000
 for form in cheapest absorbed; do
-  .bundle/bin/serve --model /tmp/v2lite --workers 1 --http_port $port --grpc_port $((port + 1)) \
+  "$bin/serve" --model /tmp/v2lite --workers 1 --http_port $port --grpc_port $((port + 1)) \
     --internal_port $((port + 2)) --worker_flags="--device=cuda --attention_form=$form" -- --random_weights \
     --max_batched_tokens 8192 >"$OUT/serve_$form.log" 2>&1 &
   serve=$!
   for _ in $(seq 180); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 1; done
   for len in 512 ${LENGTHS//,/ }; do
-    timeout 120 .bundle/bin/bench --url "http://127.0.0.1:$port" --input_len "$len" --output_len 1 \
+    timeout 120 "$bin/bench" --url "http://127.0.0.1:$port" --input_len "$len" --output_len 1 \
       --num_requests 1 --concurrency 1 --warmup 0 --timeout_s 110 --json_out "$OUT/ttft_${form}_$len.json" \
       >"$OUT/bench_${form}_$len.log" 2>&1
     python3 - "$OUT/ttft_${form}_$len.json" "$form" "$len" >>"$OUT/ttft.csv" <<'PY'

@@ -31,12 +31,15 @@ inline constexpr int64_t kDefaultExpandedScratchBytes = int64_t{1} << 30;
 
 // Whether the expanded form computes the attention of a sequence's
 // `num_tokens` new tokens over its `context_len` positions (the new ones
-// last) in less time than the absorbed form at `config`'s dims, by the
-// FLOPs each form does per head over the rates its kernels reach
-// (docs/perf.md). Depends on the sequence alone, so a sequence takes the same
-// form whatever else is in its batch.
-// REQUIRES: 0 < num_tokens <= context_len.
-bool ExpandedIsCheaper(const ModelConfig& config, int64_t num_tokens, int64_t context_len);
+// last) in less time than the absorbed form at `config`'s dims, expanding
+// `group_heads` heads at a time: by the FLOPs each form does over the rates
+// its kernels reach (docs/perf.md, mla_prefill_bench), the expanded kernel's
+// scaled by the share of the GPU a launch fills (a CTA per 128 queries and
+// head; the absorbed kernel splits long contexts and fills it). Depends on the
+// sequence alone, so a sequence takes the same form whatever else is in its
+// batch.
+// REQUIRES: 0 < num_tokens <= context_len and group_heads > 0.
+bool ExpandedIsCheaper(const ModelConfig& config, int64_t group_heads, int64_t num_tokens, int64_t context_len);
 
 // How many heads the expanded form expands at once for a context of
 // `context_len` positions, with activations of `element_bytes` each, so

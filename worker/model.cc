@@ -250,17 +250,16 @@ absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batc
   const int64_t element_bytes = static_cast<int64_t>(DTypeBytes(ops_.storage_dtype()));
   for (size_t i = 0; i < batch.layout.seqs.size(); ++i) {
     const SequenceSlice& seq = batch.layout.seqs[i];
-    if (form == AttentionForm::kAbsorbed || seq.num_tokens <= 0 || seq.num_tokens > seq.context_len ||
-        (form == AttentionForm::kCheapest && !ExpandedIsCheaper(config_, seq.num_tokens, seq.context_len))) {
-      continue;
-    }
+    if (form == AttentionForm::kAbsorbed || seq.num_tokens <= 0 || seq.num_tokens > seq.context_len) continue;
     const int64_t group_heads =
         ExpandedGroupHeads(config_, heads, seq.context_len, element_bytes, expanded_scratch_bytes_);
-    if (group_heads > 0) {
-      step.expanded.emplace_back(i, group_heads);
-    } else if (form == AttentionForm::kExpanded) {
+    if (group_heads == 0 && form == AttentionForm::kExpanded) {
       return absl::ResourceExhaustedError(absl::StrCat("the expanded form of a ", seq.context_len,
                                                        "-position context does not fit its scratch"));
+    }
+    if (group_heads > 0 && (form == AttentionForm::kExpanded ||
+                            ExpandedIsCheaper(config_, group_heads, seq.num_tokens, seq.context_len))) {
+      step.expanded.emplace_back(i, group_heads);
     }
   }
   if (!step.expanded.empty()) {

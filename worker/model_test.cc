@@ -241,6 +241,77 @@ INSTANTIATE_TEST_SUITE_P(
                       Variant{"v2_fp8", kV2Config, DType::kF8E4M3}),
     [](const ::testing::TestParamInfo<Variant>& info) { return info.param.name; });
 
+// One step in which a long prompt takes the expanded form and a decode the
+// absorbed one gives each sequence's logits as computed alone.
+TEST(AttentionFormsTest, OneStepOfBothFormsMatchesEachSequenceAlone) {
+  std::string json = kV2Config;
+  const std::string heads = "\"num_attention_heads\": 4";
+  json.replace(json.find(heads), heads.size(), "\"num_attention_heads\": 32");
+  const std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/mixed_forms");
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << json;
+  auto config = LoadModelConfig(dir + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->num_attention_heads, 32);
+  ASSERT_TRUE(WriteRandomCheckpoint(*config, dir, std::random_device{}(), DType::kBF16).ok());
+  auto ops = NewCpuOps();
+  auto model = Model::Load(dir, *ops);
+  ASSERT_TRUE(model.ok()) << model.status();
+  constexpr int64_t kPrompt = 640, kPrefix = 40, kBlock = 16;
+  ASSERT_TRUE(ExpandedIsCheaper(*config, 32, kPrompt, kPrompt));
+  ASSERT_FALSE(ExpandedIsCheaper(*config, 32, 1, kPrefix + 1));
+  std::mt19937 rng(std::random_device{}());
+  auto ids = [&](int64_t n) {
+    std::vector<int32_t> v(n);
+    for (int32_t& id : v) id = std::uniform_int_distribution<int32_t>(0, config->vocab_size - 1)(rng);
+    return v;
+  };
+  const std::vector<int32_t> prompt = ids(kPrompt), other = ids(kPrefix + 1);
+  // Sequence a: the prompt in blocks [0, 40); b: `other` in blocks [40, 43).
+  auto table = [](int32_t first, int64_t tokens) {
+    std::vector<int32_t> t;
+    for (int64_t b = 0; b < (tokens + kBlock - 1) / kBlock; ++b) t.push_back(first + static_cast<int32_t>(b));
+    return t;
+  };
+  auto slice = [](int64_t begin, int64_t tokens, int64_t context, std::vector<int32_t> blocks) {
+    return SequenceSlice{.token_begin = begin, .num_tokens = tokens, .context_len = context, .block_table = blocks};
+  };
+  auto run = [&](KvCache& cache, std::vector<std::pair<std::vector<int32_t>, SequenceSlice>> seqs,
+                 AttentionForm form) {
+    ForwardBatch batch;
+    batch.layout.block_size = kBlock;
+    for (auto& [tokens, seq] : seqs) {
+      seq.token_begin = static_cast<int64_t>(batch.token_ids.size());
+      batch.token_ids.insert(batch.token_ids.end(), tokens.begin(), tokens.end());
+      batch.logit_rows.push_back(static_cast<int64_t>(batch.token_ids.size()) - 1);
+      batch.layout.seqs.push_back(seq);
+    }
+    auto logits = (*model)->Forward(batch, cache, form);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return logits.ok() ? *logits : std::vector<float>();
+  };
+  const std::vector<int32_t> other_prefix(other.begin(), other.end() - 1), last = {other.back()};
+  auto both = KvCache::Create(*ops, *config, 64, kBlock);
+  auto alone = KvCache::Create(*ops, *config, 64, kBlock);
+  ASSERT_TRUE(both.ok() && alone.ok());
+  run(*both, {{other_prefix, slice(0, kPrefix, kPrefix, table(40, kPrefix + 1))}}, AttentionForm::kAbsorbed);
+  const std::vector<float> mixed = run(*both,
+                                       {{prompt, slice(0, kPrompt, kPrompt, table(0, kPrompt))},
+                                        {last, slice(0, 1, kPrefix + 1, table(40, kPrefix + 1))}},
+                                       AttentionForm::kCheapest);
+  const std::vector<float> a = run(*alone, {{prompt, slice(0, kPrompt, kPrompt, table(0, kPrompt))}},
+                                   AttentionForm::kAbsorbed);
+  run(*alone, {{other_prefix, slice(0, kPrefix, kPrefix, table(40, kPrefix + 1))}}, AttentionForm::kAbsorbed);
+  const std::vector<float> b =
+      run(*alone, {{last, slice(0, 1, kPrefix + 1, table(40, kPrefix + 1))}}, AttentionForm::kAbsorbed);
+  const size_t vocab = static_cast<size_t>(config->vocab_size);
+  ASSERT_EQ(mixed.size(), 2 * vocab);
+  ASSERT_EQ(a.size(), vocab);
+  ASSERT_EQ(b.size(), vocab);
+  EXPECT_LT(RelativeError(std::vector<float>(mixed.begin(), mixed.begin() + vocab), a), 1e-5);
+  EXPECT_LT(RelativeError(std::vector<float>(mixed.begin() + vocab, mixed.end()), b), 1e-5);
+}
+
 // An FP8 checkpoint kept in FP8 computes DeepSeek-V3's FP8 inference
 // (activations quantized per token and 128 columns): the naive reference with
 // FP8 activations, not the dequantized one. Checked on V2- and V3-style models

@@ -146,8 +146,8 @@ Row Measure(Ops& ops, int64_t heads, int64_t chunk, int64_t context, int reps, u
 
   Row row{.heads = heads, .chunk = chunk, .context = context};
   row.pairs = static_cast<double>(chunk) * (context - chunk) + chunk * (chunk + 1) / 2.0;
-  row.rule_expanded = ExpandedIsCheaper(dims, chunk, context);
   row.group_heads = ExpandedGroupHeads(dims, heads, context, 2, kDefaultExpandedScratchBytes);
+  row.rule_expanded = row.group_heads > 0 && ExpandedIsCheaper(dims, row.group_heads, chunk, context);
 
   // Absorbed.
   Tensor q_latent = Must(ops.Empty(DType::kBF16, {chunk, heads, kRank}));
