@@ -9,9 +9,10 @@
 #   bf16 weights, 8,192-token steps), one prompt of each of LENGTHS at a time,
 #   with each sequence's cheapest form and with the absorbed form for all
 #   (what serving ran before) -> ttft.csv.
-#   [LENGTHS=8192,32768,131072] deploy/gpu_prefill_bench.sh
+#   [LENGTHS=8192,32768,131072] [FORMS="cheapest absorbed"] deploy/gpu_prefill_bench.sh
 set -uo pipefail
 LENGTHS=${LENGTHS:-8192,32768,131072}
+FORMS=${FORMS:-cheapest absorbed}
 mkdir -p .bundle /tmp/v2lite "${OUT:?set OUT}" && tar xzf .bundle.tar.gz -C .bundle
 export LD_LIBRARY_PATH="$PWD/.bundle/lib" NCCL_NVLS_ENABLE=0
 cp tests/testdata/configs/deepseek-v2-lite.json /tmp/v2lite/config.json
@@ -35,23 +36,20 @@ timeout 60 .bundle/bin/mla_prefill_bench --chunks=32,64,128,256,512 --contexts=3
   --csv="$OUT/mla_prefill_short.csv" >"$OUT/mla_prefill_short.log" 2>&1
 echo "mla_prefill_bench, short chunks: exit $?"
 cat "$OUT/mla_prefill_short.log"
-# Another build's kernels side by side, when one is carried as .bundle_b.tar.gz; it
-# serves the prompts below if this build's tests failed.
+# Another build's kernels side by side, when one is carried as .bundle_b.tar.gz.
 if [[ -f .bundle_b.tar.gz ]]; then
   mkdir -p .bundle_b && tar xzf .bundle_b.tar.gz -C .bundle_b
   LD_LIBRARY_PATH="$PWD/.bundle_b/lib" timeout 120 .bundle_b/bin/mla_prefill_bench --chunks=8192 \
     --contexts=8192,32768,131072 --csv="$OUT/mla_prefill_b.csv" >"$OUT/mla_prefill_b.log" 2>&1
   echo "mla_prefill_bench of .bundle_b: exit $?"
   cat "$OUT/mla_prefill_b.log"
-  if [[ $status -ne 0 ]]; then
-    bin=.bundle_b/bin
-    export LD_LIBRARY_PATH="$PWD/.bundle_b/lib"
-    echo "serving from .bundle_b"
-  fi
 fi
+# The device returns only a few files: everything also goes back packed.
+trap 'tar czf /tmp/prefill.tgz -C "$OUT" . && mv /tmp/prefill.tgz "$OUT/"' EXIT
+[[ $status -eq 0 ]] || exit 1
 echo "form,prompt_tokens,ttft_s" >"$OUT/ttft.csv"
 port=8000
-for form in cheapest absorbed; do
+for form in $FORMS; do
   "$bin/serve" --model /tmp/v2lite --workers 1 --http_port $port --grpc_port $((port + 1)) \
     --internal_port $((port + 2)) --worker_flags="--device=cuda --attention_form=$form" -- --random_weights \
     --max_batched_tokens 8192 >"$OUT/serve_$form.log" 2>&1 &
