@@ -20,6 +20,13 @@
 
 namespace mlaserve {
 
+// The value of `arg` when it is `name` followed by it ("--heads=" in
+// "--heads=16,128"), else null.
+inline const char* FlagValue(const std::string& arg, const char* name) {
+  const size_t n = std::char_traits<char>::length(name);
+  return arg.compare(0, n, name) == 0 ? arg.c_str() + n : nullptr;
+}
+
 // "1,2,4" -> {1, 2, 4}.
 inline std::vector<int> ParseList(const std::string& s) {
   std::vector<int> v;

@@ -75,10 +75,7 @@ Options ParseOptions(int argc, char** argv) {
   if (const char* out = getenv("OUT"); out != nullptr && *out) o.csv = std::string(out) + "/mla_prefill.csv";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    auto val = [&](const char* name) -> const char* {
-      size_t n = strlen(name);
-      return a.compare(0, n, name) == 0 ? a.c_str() + n : nullptr;
-    };
+    auto val = [&](const char* name) { return FlagValue(a, name); };
     if (const char* v = val("--heads=")) {
       o.heads = ParseList(v);
     } else if (const char* v = val("--chunks=")) {
