@@ -82,7 +82,9 @@ ABSL_FLAG(std::string, weights_dtype, "auto",
           "how workers keep the weights: auto (as stored: an FP8 checkpoint's projections stay FP8), bf16, fp8");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
-ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step (prefill chunks and decodes)");
+ABSL_FLAG(int64_t, max_batched_tokens, 8192,
+          "tokens per engine step (prefill chunks and decodes); long prompts expand their whole context "
+          "once per chunk, so smaller steps cost them time to first token");
 ABSL_FLAG(int64_t, context_parallel_min_tokens, 4096,
           "in groups with attention replicas, a prompt with at least this many tokens still to compute is "
           "prefilled by all of them at once, in chunks of --max_batched_tokens per replica (0: never)");

@@ -36,8 +36,8 @@
 namespace mlaserve {
 
 struct SchedulerOptions {
-  int64_t max_num_seqs = 64;         // running sequences per step
-  int64_t max_batched_tokens = 512;  // tokens per step (decodes and prefill chunks)
+  int64_t max_num_seqs = 64;          // running sequences per step
+  int64_t max_batched_tokens = 8192;  // tokens per step (decodes and prefill chunks)
   // Stop rules of Postprocess.
   std::vector<int32_t> eos_token_ids;
   int64_t max_model_len = int64_t{1} << 40;  // prompt + output tokens
