@@ -171,7 +171,7 @@ absl::StatusOr<Hardware> MeasuredHardware(const std::string& name) {
                     .bf16_matrix_flops = 869e12,
                     .bf16_shares = bf16_shares,
                     .fp8_shares = fp8_shares,
-                    .attention_flops = 75e12,          // prefill at 128K tokens through //:serve (H100; assumed alike)
+                    .attention_flops = 219e12,         // the expanded path of an 8K chunk at 32K-128K, 2026-12-07
                     .intra_node_bytes_per_s = 370e9,   // NCCL send/recv, 2 x H200
                     .inter_node_bytes_per_s = 50e9,    // assumed: one 400 Gb/s NIC per GPU
                     .collective_latency_s = 25e-6,     // assumed
@@ -186,7 +186,7 @@ absl::StatusOr<Hardware> MeasuredHardware(const std::string& name) {
                     .bf16_matrix_flops = 805e12,       // cuBLAS 8192^3
                     .bf16_shares = bf16_shares,
                     .fp8_shares = fp8_shares,
-                    .attention_flops = 75e12,          // prefill at 128K tokens through //:serve
+                    .attention_flops = 218e12,         // the expanded path of an 8K chunk at 32K-128K, 2026-12-07
                     .intra_node_bytes_per_s = 370e9,   // assumed as on H200 (NVLink 4 both)
                     .inter_node_bytes_per_s = 50e9,    // assumed
                     .collective_latency_s = 25e-6,     // assumed
