@@ -7,7 +7,8 @@
 // whole context (one GEMM of 2 rank (nope + dv) FLOPs per key and head, once
 // per chunk), after which a pair costs 2 (nope + rope + dv), 640 at
 // DeepSeek's dims. Decode (one query per key pass) is cheapest absorbed; a
-// prompt chunk of more than about a hundred tokens is cheapest expanded.
+// prompt chunk of a few hundred tokens or more (fewer with more heads: the
+// expanded kernel fills the GPU with queries x heads) is cheapest expanded.
 // Both give the same attention up to rounding.
 #ifndef MLASERVE_WORKER_ATTENTION_FORM_H_
 #define MLASERVE_WORKER_ATTENTION_FORM_H_
