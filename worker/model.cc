@@ -262,16 +262,24 @@ absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batc
       step.expanded.emplace_back(i, group_heads);
     }
   }
+  step.absorbed_rows = num_tokens;
   if (!step.expanded.empty()) {
     step.absorbed.block_size = batch.layout.block_size;
     auto next = step.expanded.begin();
+    int64_t end = 0;
+    step.absorbed_begin = num_tokens;
     for (size_t i = 0; i < batch.layout.seqs.size(); ++i) {
+      const SequenceSlice& seq = batch.layout.seqs[i];
       if (next != step.expanded.end() && next->first == i) {
         ++next;
-      } else {
-        step.absorbed.seqs.push_back(batch.layout.seqs[i]);
+        continue;
       }
+      step.absorbed.seqs.push_back(seq);
+      step.absorbed_begin = std::min(step.absorbed_begin, seq.token_begin);
+      end = std::max(end, seq.token_begin + seq.num_tokens);
     }
+    for (SequenceSlice& seq : step.absorbed.seqs) seq.token_begin -= step.absorbed_begin;
+    step.absorbed_rows = std::max<int64_t>(0, end - step.absorbed_begin);
   }
   return step;
 }
@@ -345,7 +353,12 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
 
   ASSIGN_OR_RETURN(Tensor o, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, config_.v_head_dim}));
   const AttentionLayout& absorbed = step.AbsorbedLayout(batch);
-  if (!absorbed.seqs.empty()) RETURN_IF_ERROR(AbsorbedAttention(w, layer, q_nope, q_rope, absorbed, cache, &o));
+  if (!absorbed.seqs.empty()) {
+    const int64_t begin = step.absorbed_begin, rows = step.absorbed_rows;
+    Tensor absorbed_out = SliceRows(o, begin, rows);
+    RETURN_IF_ERROR(AbsorbedAttention(w, layer, SliceRows(q_nope, begin, rows), SliceRows(q_rope, begin, rows),
+                                      absorbed, cache, &absorbed_out));
+  }
   for (const auto& [index, group_heads] : step.expanded) {
     RETURN_IF_ERROR(ExpandedAttention(w, layer, q_nope, q_rope, batch.layout.seqs[index], group_heads, cache, &o));
   }

@@ -137,9 +137,13 @@ class Model {
     std::vector<ChunkExchange> exchanges;  // one per batch.context_splits
     // Sequences (indexes in batch.layout.seqs) whose attention takes the
     // expanded form, with the heads each expands at once; the others take
-    // the absorbed form, over `absorbed` when there are expanded ones.
+    // the absorbed form over the step's rows [absorbed_begin, absorbed_begin
+    // + absorbed_rows), which they span: with expanded ones, as `absorbed`
+    // lays them out from absorbed_begin (a long chunk is not absorbed too).
     std::vector<std::pair<size_t, int64_t>> expanded;
     AttentionLayout absorbed;
+    int64_t absorbed_begin = 0;
+    int64_t absorbed_rows = 0;
     const AttentionLayout& AbsorbedLayout(const ForwardBatch& batch) const {
       return expanded.empty() ? batch.layout : absorbed;
     }
