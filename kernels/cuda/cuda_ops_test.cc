@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <numeric>
@@ -770,10 +771,12 @@ TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
     AttentionForm form;
   };
   for (const Setup& s : {Setup{64, 0, AttentionForm::kAbsorbed}, Setup{16, 7, AttentionForm::kAbsorbed},
-                         Setup{16, 0, AttentionForm::kExpanded}, Setup{16, 7, AttentionForm::kCheapest}}) {
-    auto gpu_cache = KvCache::Create(**gpu, (*gpu_model)->config(), 64, s.block_size);
-    auto cpu_cache = KvCache::Create(*cpu, (*cpu_model)->config(), 64, s.block_size);
-    auto emulated_cache = KvCache::Create(emulated, (*emulated_model)->config(), 64, s.block_size);
+                         Setup{16, 0, AttentionForm::kExpanded}, Setup{1, 9, AttentionForm::kExpanded},
+                         Setup{16, 7, AttentionForm::kCheapest}}) {
+    const int64_t blocks = 4096 / s.block_size;  // room for the longest prompt and its continuation
+    auto gpu_cache = KvCache::Create(**gpu, (*gpu_model)->config(), blocks, s.block_size);
+    auto cpu_cache = KvCache::Create(*cpu, (*cpu_model)->config(), blocks, s.block_size);
+    auto emulated_cache = KvCache::Create(emulated, (*emulated_model)->config(), blocks, s.block_size);
     ASSERT_TRUE(gpu_cache.ok() && cpu_cache.ok() && emulated_cache.ok());
     const RunnerOptions options{.prefill_chunk_tokens = s.chunk, .attention_form = s.form};
     ModelRunner gpu_runner(**gpu_model, *gpu_cache, options), cpu_runner(**cpu_model, *cpu_cache, options);
@@ -957,6 +960,91 @@ TEST(CudaModelTest, RecordedDecodeStepsEqualEagerOnes) {
   EXPECT_GE(stats.captures, 3);  // 3 sequences, 2 sequences, and past 512 keys
   EXPECT_GE(stats.replays, 20);
   EXPECT_EQ(GetStepGraphStats(**eager_ops).captures + GetStepGraphStats(**eager_ops).replays, 0);
+}
+
+// A prompt chunk at DeepSeek's attention dims (nope 128, rope 64, v 128,
+// rank 512: the wgmma kernels of both forms) takes the expanded form; a decode
+// in the same step the absorbed one. Each sequence's logits are bitwise those
+// it gets alone (every kernel's result for a row depends on its sequence
+// only), and the chunk's are those of the absorbed form up to bf16 rounding.
+TEST(CudaModelTest, StepsOfBothAttentionFormsAreBatchInvariant) {
+  auto ops = NewCudaOps(0, {.step_graphs = false});
+  ASSERT_TRUE(ops.ok()) << ops.status();
+  const std::string dir =
+      absl::StrCat(std::getenv("TEST_TMPDIR") ? std::getenv("TEST_TMPDIR") : "/tmp", "/mixed_forms_gpu");
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << R"({
+    "model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 256, "intermediate_size": 512,
+    "moe_intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 16, "q_lora_rank": 128,
+    "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "rope_scaling": null,
+    "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "n_group": 1, "topk_group": 1,
+    "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": true, "routed_scaling_factor": 2.5,
+    "first_k_dense_replace": 1, "moe_layer_freq": 1, "hidden_act": "silu"})";
+  auto model = Model::LoadRandom(dir, **ops, ModelShard{}, /*seed=*/std::random_device{}());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& config = (*model)->config();
+  constexpr int64_t kPrompt = 700, kPrefix = 60, kBlock = 16, kPromptBlocks = (kPrompt + kBlock - 1) / kBlock;
+  ASSERT_TRUE(ExpandedIsCheaper(config, 16, kPrompt, kPrompt));
+  ASSERT_FALSE(ExpandedIsCheaper(config, 16, 1, kPrefix + 1));
+  std::mt19937 rng(std::random_device{}());
+  auto ids = [&](int64_t n) {
+    std::vector<int32_t> v(n);
+    for (int32_t& id : v) id = static_cast<int32_t>(rng() % config.vocab_size);
+    return v;
+  };
+  const std::vector<int32_t> prompt = ids(kPrompt), other = ids(kPrefix + 1);
+  auto table = [](int32_t first, int64_t tokens) {
+    std::vector<int32_t> t;
+    for (int64_t b = 0; b < (tokens + kBlock - 1) / kBlock; ++b) t.push_back(first + static_cast<int32_t>(b));
+    return t;
+  };
+  // Sequences in the order given, each its tokens with its context and blocks; the logits of their last tokens.
+  struct Seq {
+    std::vector<int32_t> tokens;
+    int64_t context;
+    std::vector<int32_t> blocks;
+  };
+  auto run = [&](KvCache& cache, const std::vector<Seq>& seqs, AttentionForm form) {
+    ForwardBatch batch;
+    batch.layout.block_size = kBlock;
+    for (const Seq& seq : seqs) {
+      batch.layout.seqs.push_back({.token_begin = static_cast<int64_t>(batch.token_ids.size()),
+                                   .num_tokens = static_cast<int64_t>(seq.tokens.size()),
+                                   .context_len = seq.context,
+                                   .block_table = seq.blocks});
+      batch.token_ids.insert(batch.token_ids.end(), seq.tokens.begin(), seq.tokens.end());
+      batch.logit_rows.push_back(static_cast<int64_t>(batch.token_ids.size()) - 1);
+    }
+    auto logits = (*model)->Forward(batch, cache, form);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return logits.ok() ? *logits : std::vector<float>();
+  };
+  const Seq chunk{prompt, kPrompt, table(0, kPrompt)};
+  const Seq prefix{{other.begin(), other.end() - 1}, kPrefix, table(kPromptBlocks, kPrefix + 1)};
+  const Seq decode{{other.back()}, kPrefix + 1, table(kPromptBlocks, kPrefix + 1)};
+  const size_t vocab = static_cast<size_t>(config.vocab_size);
+  auto alone = KvCache::Create(**ops, config, 2 * kPromptBlocks, kBlock);
+  ASSERT_TRUE(alone.ok());
+  const std::vector<float> chunk_alone = run(*alone, {chunk}, AttentionForm::kCheapest);
+  const std::vector<float> chunk_absorbed = run(*alone, {chunk}, AttentionForm::kAbsorbed);
+  run(*alone, {prefix}, AttentionForm::kCheapest);
+  const std::vector<float> decode_alone = run(*alone, {decode}, AttentionForm::kCheapest);
+  ASSERT_EQ(chunk_alone.size(), vocab);
+  ASSERT_EQ(decode_alone.size(), vocab);
+  EXPECT_LT(RelErr(chunk_alone, chunk_absorbed), 2e-2);
+  for (const bool decode_first : {false, true}) {
+    auto both = KvCache::Create(**ops, config, 2 * kPromptBlocks, kBlock);
+    ASSERT_TRUE(both.ok());
+    run(*both, {prefix}, AttentionForm::kCheapest);
+    const std::vector<float> mixed =
+        run(*both, decode_first ? std::vector<Seq>{decode, chunk} : std::vector<Seq>{chunk, decode},
+            AttentionForm::kCheapest);
+    ASSERT_EQ(mixed.size(), 2 * vocab);
+    const std::vector<float> first(mixed.begin(), mixed.begin() + vocab), second(mixed.begin() + vocab, mixed.end());
+    EXPECT_TRUE(BitwiseEqual(decode_first ? second : first, chunk_alone)) << "decode first: " << decode_first;
+    EXPECT_TRUE(BitwiseEqual(decode_first ? first : second, decode_alone)) << "decode first: " << decode_first;
+  }
 }
 
 }  // namespace
