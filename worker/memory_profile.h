@@ -7,7 +7,8 @@
 // back again, so that the KV pool and later steps take fresh memory. What the
 // worker needs besides its KV pool is then the drop in free memory since it
 // started (weights, communicators' and libraries' buffers) plus those
-// activations. The CUDA context, made before the first reading, and the CUDA
+// activations, plus the most a long context's expanded attention takes
+// beyond them (Model::expanded_scratch_bytes). The CUDA context, made before the first reading, and the CUDA
 // graphs recorded later are not in it: the share of the GPU outside
 // --gpu_memory_utilization covers them.
 #ifndef MLASERVE_WORKER_MEMORY_PROFILE_H_
