@@ -27,6 +27,7 @@
 #include "common/status_macros.h"
 #include "coordinator/api/admin_service.h"
 #include "coordinator/api/grpc_service.h"
+#include "coordinator/serving/context_parallel.h"
 #include "coordinator/serving/grpc_step_executor.h"
 #include "coordinator/api/http_server.h"
 #include "coordinator/cluster/plan_measurements.h"
@@ -82,9 +83,10 @@ ABSL_FLAG(std::string, weights_dtype, "auto",
           "how workers keep the weights: auto (as stored: an FP8 checkpoint's projections stay FP8), bf16, fp8");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
-ABSL_FLAG(int64_t, max_batched_tokens, 8192,
-          "tokens per engine step (prefill chunks and decodes); long prompts expand their whole context "
-          "once per chunk, so smaller steps cost them time to first token");
+ABSL_FLAG(int64_t, max_batched_tokens, 0,
+          "tokens per engine step of an attention replica (prefill chunks and decodes); 0: 8192 per group, "
+          "a replica's share when context parallelism splits prompts over the replicas. Long prompts expand "
+          "their whole context once per chunk, so smaller steps cost them time to first token");
 ABSL_FLAG(int64_t, context_parallel_min_tokens, 4096,
           "in groups with attention replicas, a prompt with at least this many tokens still to compute is "
           "prefilled by all of them at once, in chunks of --max_batched_tokens per replica (0: never)");
@@ -133,6 +135,9 @@ int AllowConnections(int connections) {
 // The KV pool of groups with a worker that measures no GPU memory (CPU
 // workers, mock compute), unless --kv_blocks says.
 constexpr int64_t kCpuKvBlocks = 256;
+// --max_batched_tokens 0: a group's steps (ReplicaStepTokens shares them
+// among its replicas), as vLLM and SGLang step on H100s.
+constexpr int64_t kDefaultGroupStepTokens = 8192;
 
 // How many times SIGINT or SIGTERM came: the first starts a graceful
 // shutdown, a second ends it at once.
@@ -332,6 +337,12 @@ absl::StatusOr<std::pair<GroupShape, int64_t>> StartGroups(const std::vector<Wor
   options.tp = cluster.plan.tp;
   options.dp_attention = cluster.plan.dp_attention;
   options.scheduler.context_parallel_replicas = cluster.plan.dp_attention;
+  if (options.scheduler.max_batched_tokens == 0) {
+    options.scheduler.max_batched_tokens = ReplicaStepTokens(kDefaultGroupStepTokens, cluster.plan.dp_attention,
+                                                             options.scheduler.context_parallel_min_tokens);
+  }
+  std::cerr << "coordinator: engine steps of up to " << options.scheduler.max_batched_tokens
+            << " tokens per attention replica\n";
   shape.groups = cluster.num_groups;
   shape.plan = cluster.plan;
   shape.options = options;
@@ -424,6 +435,10 @@ absl::Status Run() {
   if (migration != "auto" && migration != "always" && migration != "never") {
     return absl::InvalidArgumentError("--migration must be auto, always or never");
   }
+  if (absl::GetFlag(FLAGS_max_batched_tokens) < 0 || absl::GetFlag(FLAGS_max_num_seqs) < 1) {
+    return absl::InvalidArgumentError("--max_batched_tokens must be 0 (automatic) or more, --max_num_seqs 1 or more");
+  }
+
   // Declared before the engine: its groups record into it until they stop.
   std::unique_ptr<StepTrace> step_trace;
   if (!absl::GetFlag(FLAGS_step_trace).empty()) {

@@ -23,6 +23,7 @@
 #ifndef MLASERVE_COORDINATOR_SERVING_CONTEXT_PARALLEL_H_
 #define MLASERVE_COORDINATOR_SERVING_CONTEXT_PARALLEL_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -36,6 +37,17 @@ namespace mlaserve {
 
 // A copy on the workers of sequence `id` is sequence CopyId(id) there.
 inline int64_t CopyId(int64_t id) { return -id; }
+
+// Each replica's step budget when a group's steps take `group_step_tokens`:
+// with context parallelism on (`context_parallel_min_tokens` > 0) and
+// several replicas, a split chunk is one budget per replica and a replica's
+// step may hold a slice of every replica's split chunk, so the budget is the
+// replicas' share; else the whole.
+// REQUIRES: group_step_tokens > 0 and dp_attention > 0.
+inline int64_t ReplicaStepTokens(int64_t group_step_tokens, int dp_attention, int64_t context_parallel_min_tokens) {
+  const bool split = context_parallel_min_tokens > 0 && dp_attention > 1;
+  return split ? std::max<int64_t>(1, group_step_tokens / dp_attention) : group_step_tokens;
+}
 
 // What each replica computes in `step`, whose sequences `scheduled` lists
 // by replica: the schedulers' sequences, with each chunk `step` splits cut

@@ -194,5 +194,16 @@ TEST_F(ContextParallelTest, ReleaseAllFreesEveryCopy) {
   EXPECT_EQ(Referenced(), (std::vector<int64_t>{0, 0, 0}));
 }
 
+TEST(ReplicaStepTokensTest, SplitChunksShareTheGroupsStep) {
+  EXPECT_EQ(ReplicaStepTokens(8192, 1, 4096), 8192);
+  EXPECT_EQ(ReplicaStepTokens(8192, 8, 4096), 1024);
+  EXPECT_EQ(ReplicaStepTokens(8192, 8, 0), 8192);  // never split: each replica its own steps
+  EXPECT_EQ(ReplicaStepTokens(8192, 3, 4096), 2730);
+  for (int replicas = 1; replicas <= 16; ++replicas) {
+    // The worst step a replica profiles (a budget per replica) stays within the group's.
+    EXPECT_LE(ReplicaStepTokens(8192, replicas, 1) * replicas, 8192);
+  }
+}
+
 }  // namespace
 }  // namespace mlaserve
