@@ -1032,7 +1032,7 @@ TEST(CudaModelTest, StepsOfBothAttentionFormsAreBatchInvariant) {
   const std::vector<float> decode_alone = run(*alone, {decode}, AttentionForm::kCheapest);
   ASSERT_EQ(chunk_alone.size(), vocab);
   ASSERT_EQ(decode_alone.size(), vocab);
-  EXPECT_LT(RelErr(chunk_alone, chunk_absorbed), 2e-2);
+  EXPECT_LT(RelErr(chunk_alone, chunk_absorbed), 5e-2);  // bf16 roundings of two paths; a wrong kernel is O(1)
   for (const bool decode_first : {false, true}) {
     auto both = KvCache::Create(**ops, config, 2 * kPromptBlocks, kBlock);
     ASSERT_TRUE(both.ok());
