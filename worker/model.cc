@@ -248,6 +248,7 @@ absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batc
   }
   const int64_t heads = static_cast<int64_t>(layout_.heads.size());
   const int64_t element_bytes = static_cast<int64_t>(DTypeBytes(ops_.storage_dtype()));
+  std::vector<bool> is_expanded(batch.layout.seqs.size(), false);
   for (size_t i = 0; i < batch.layout.seqs.size(); ++i) {
     const SequenceSlice& seq = batch.layout.seqs[i];
     if (form == AttentionForm::kAbsorbed || seq.num_tokens <= 0 || seq.num_tokens > seq.context_len) continue;
@@ -257,23 +258,29 @@ absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batc
       return absl::ResourceExhaustedError(absl::StrCat("the expanded form of a ", seq.context_len,
                                                        "-position context does not fit its scratch"));
     }
-    if (group_heads > 0 && (form == AttentionForm::kExpanded ||
-                            ExpandedIsCheaper(config_, group_heads, seq.num_tokens, seq.context_len))) {
-      step.expanded.emplace_back(i, group_heads);
+    if (group_heads == 0 ||
+        (form == AttentionForm::kCheapest && !ExpandedIsCheaper(config_, group_heads, seq.num_tokens, seq.context_len))) {
+      continue;
     }
+    is_expanded[i] = true;
+    auto same = std::find_if(step.expanded.begin(), step.expanded.end(), [&](const StepArrays::ExpandedKeys& e) {
+      return batch.layout.seqs[e.slices[0]].block_table == seq.block_table;
+    });
+    if (same == step.expanded.end()) same = step.expanded.insert(step.expanded.end(), StepArrays::ExpandedKeys{});
+    same->slices.push_back(i);
+    same->keys = std::max(same->keys, seq.context_len);
+  }
+  for (StepArrays::ExpandedKeys& e : step.expanded) {
+    e.group_heads = ExpandedGroupHeads(config_, heads, e.keys, element_bytes, expanded_scratch_bytes_);
   }
   step.absorbed_rows = num_tokens;
   if (!step.expanded.empty()) {
     step.absorbed.block_size = batch.layout.block_size;
-    auto next = step.expanded.begin();
     int64_t end = 0;
     step.absorbed_begin = num_tokens;
     for (size_t i = 0; i < batch.layout.seqs.size(); ++i) {
       const SequenceSlice& seq = batch.layout.seqs[i];
-      if (next != step.expanded.end() && next->first == i) {
-        ++next;
-        continue;
-      }
+      if (is_expanded[i]) continue;
       step.absorbed.seqs.push_back(seq);
       step.absorbed_begin = std::min(step.absorbed_begin, seq.token_begin);
       end = std::max(end, seq.token_begin + seq.num_tokens);
@@ -359,8 +366,8 @@ absl::StatusOr<Tensor> Model::Attention(const LayerWeights& w, int64_t layer, co
     RETURN_IF_ERROR(AbsorbedAttention(w, layer, SliceRows(q_nope, begin, rows), SliceRows(q_rope, begin, rows),
                                       absorbed, cache, &absorbed_out));
   }
-  for (const auto& [index, group_heads] : step.expanded) {
-    RETURN_IF_ERROR(ExpandedAttention(w, layer, q_nope, q_rope, batch.layout.seqs[index], group_heads, cache, &o));
+  for (const StepArrays::ExpandedKeys& expanded : step.expanded) {
+    RETURN_IF_ERROR(ExpandedAttention(w, layer, q_nope, q_rope, batch.layout, expanded, cache, &o));
   }
   ASSIGN_OR_RETURN(Tensor out, LinearOf(Reshape(o, {num_tokens, heads * config_.v_head_dim}), w.o_proj));
   RETURN_IF_ERROR(SumOverHeads(&out));
@@ -402,23 +409,28 @@ absl::Status Model::AbsorbedAttention(const LayerWeights& w, int64_t layer, cons
 }
 
 absl::Status Model::ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope,
-                                      const Tensor& q_rope, const SequenceSlice& seq, int64_t group_heads,
-                                      KvCache& cache, Tensor* out) {
+                                      const Tensor& q_rope, const AttentionLayout& layout,
+                                      const StepArrays::ExpandedKeys& expanded, KvCache& cache, Tensor* out) {
   const int64_t heads = q_nope.dim(1), nope = config_.qk_nope_head_dim, dv = config_.v_head_dim;
-  const int64_t keys = seq.context_len;
+  const int64_t keys = expanded.keys, group_heads = expanded.group_heads;
   const Tensor w_uv = Reshape(w.w_uv, {heads * dv, config_.kv_lora_rank});
+  const std::vector<int32_t>& table = layout.seqs[expanded.slices[0]].block_table;
   ASSIGN_OR_RETURN(Tensor c_kv, ops_.Empty(ops_.storage_dtype(), {keys, config_.kv_lora_rank}));
   ASSIGN_OR_RETURN(Tensor k_rope, ops_.Empty(ops_.storage_dtype(), {keys, config_.qk_rope_head_dim}));
-  RETURN_IF_ERROR(ops_.GatherLatent(cache.pool(), layer, seq.block_table, keys, &c_kv, &k_rope));
-  const Tensor seq_q_nope = SliceRows(q_nope, seq.token_begin, seq.num_tokens);
-  const Tensor seq_q_rope = SliceRows(q_rope, seq.token_begin, seq.num_tokens);
-  Tensor seq_out = SliceRows(*out, seq.token_begin, seq.num_tokens);
+  RETURN_IF_ERROR(ops_.GatherLatent(cache.pool(), layer, table, keys, &c_kv, &k_rope));
   for (int64_t first = 0; first < heads; first += group_heads) {
     const int64_t n = std::min(group_heads, heads - first);
     ASSIGN_OR_RETURN(Tensor k_nope, LinearOf(c_kv, SliceRows(w.w_uk, first * nope, n * nope)));
     ASSIGN_OR_RETURN(Tensor v, LinearOf(c_kv, SliceRows(w_uv, first * dv, n * dv)));
-    RETURN_IF_ERROR(ops_.MlaExpandedAttention(seq_q_nope, seq_q_rope, Reshape(k_nope, {keys, n, nope}), k_rope,
-                                              Reshape(v, {keys, n, dv}), first, softmax_scale_, &seq_out));
+    // Keys are in position order: a slice sees the prefix up to its last token.
+    for (const size_t index : expanded.slices) {
+      const SequenceSlice& seq = layout.seqs[index];
+      Tensor seq_out = SliceRows(*out, seq.token_begin, seq.num_tokens);
+      RETURN_IF_ERROR(ops_.MlaExpandedAttention(
+          SliceRows(q_nope, seq.token_begin, seq.num_tokens), SliceRows(q_rope, seq.token_begin, seq.num_tokens),
+          SliceRows(Reshape(k_nope, {keys, n, nope}), 0, seq.context_len), SliceRows(k_rope, 0, seq.context_len),
+          SliceRows(Reshape(v, {keys, n, dv}), 0, seq.context_len), first, softmax_scale_, &seq_out));
+    }
   }
   return absl::OkStatus();
 }

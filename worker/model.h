@@ -135,12 +135,19 @@ class Model {
     std::vector<int64_t> slots;
     std::vector<int32_t> logit_rows;
     std::vector<ChunkExchange> exchanges;  // one per batch.context_splits
-    // Sequences (indexes in batch.layout.seqs) whose attention takes the
-    // expanded form, with the heads each expands at once; the others take
-    // the absorbed form over the step's rows [absorbed_begin, absorbed_begin
-    // + absorbed_rows), which they span: with expanded ones, as `absorbed`
+    // Sequences whose attention takes the expanded form, by block table:
+    // slices of one sequence (a context-parallel chunk's pieces) expand its
+    // K and V once, over the longest slice's keys, `group_heads` heads at a
+    // time, and each attends to its prefix of them. The others take the
+    // absorbed form over the step's rows [absorbed_begin, absorbed_begin +
+    // absorbed_rows), which they span: with expanded ones, as `absorbed`
     // lays them out from absorbed_begin (a long chunk is not absorbed too).
-    std::vector<std::pair<size_t, int64_t>> expanded;
+    struct ExpandedKeys {
+      std::vector<size_t> slices;  // indexes in batch.layout.seqs, in batch order
+      int64_t keys = 0;
+      int64_t group_heads = 0;
+    };
+    std::vector<ExpandedKeys> expanded;
     AttentionLayout absorbed;
     int64_t absorbed_begin = 0;
     int64_t absorbed_rows = 0;
@@ -163,10 +170,10 @@ class Model {
                                 int64_t layer, KvCache& cache);
   absl::Status AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
-  // One sequence's attention in the expanded form, K and V expanded
-  // `group_heads` heads at a time from its latent rows.
+  // The attention of the slices of one sequence in the expanded form.
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
-                                 const SequenceSlice& seq, int64_t group_heads, KvCache& cache, Tensor* out);
+                                 const AttentionLayout& layout, const StepArrays::ExpandedKeys& expanded,
+                                 KvCache& cache, Tensor* out);
   absl::StatusOr<Tensor> Embed(const std::vector<int32_t>& local_ids);
   absl::StatusOr<Tensor> Logits(const Tensor& hidden, const std::vector<int32_t>& rows);
   absl::StatusOr<Tensor> FeedForward(const LayerWeights& w, const Tensor& x);

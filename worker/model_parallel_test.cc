@@ -356,7 +356,8 @@ TEST_P(ModelParallelTest, ContextParallelPrefillMatchesOneRank) {
                             batch.logit_rows.push_back(r.token_begin + r.num_tokens - 1);
                             batch.layout.seqs.push_back(r);
                           }
-                          auto logits = model.Forward(batch, cache);
+                          // Expanded: a replica's pieces of the chunk share one expansion of its keys.
+                          auto logits = model.Forward(batch, cache, AttentionForm::kExpanded);
                           if (!logits.ok()) return logits.status();
                           steps.push_back(*std::move(logits));
                         }
