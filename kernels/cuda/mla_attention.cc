@@ -288,10 +288,9 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
   RETURN_IF_ERROR(CheckOperand(kOp, "cache", cache));
   RETURN_IF_ERROR(CheckOperand(kOp, "out", *out));
   RETURN_IF_ERROR(CheckShape(kOp, "q_latent", q_latent, {-1, -1, -1}));
-  const int64_t rows = q_latent.dim(0);
-  if (RowsNamed(layout) > rows) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": the layout's sequences reach row ", RowsNamed(layout), " of ", rows));
+  const int64_t rows = q_latent.dim(0), named = RowsNamed(layout);
+  if (named > rows) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": the layout's sequences reach row ", named, " of ", rows));
   }
   const int64_t heads = q_latent.dim(1), rank = q_latent.dim(2);
   RETURN_IF_ERROR(CheckShape(kOp, "q_rope", q_rope, {rows, heads, -1}));
@@ -349,7 +348,6 @@ absl::Status MlaAttention::EnsurePlan(const AttentionLayout& layout, int64_t hea
                                       int64_t num_blocks, bool tensor_cores) {
   constexpr absl::string_view kOp = "MlaAbsorbedAttention";
   Buffers& b = *buffers_;
-  const int64_t rows = RowsNamed(layout);
   const bool same_shape = b.have_plan && b.block_size == layout.block_size && b.heads == heads && b.rank == rank &&
                           b.num_blocks == num_blocks && b.tensor_cores == tensor_cores;
   // The layout prepared for this step is the plan's by construction: no need to compare every block table.
@@ -360,13 +358,12 @@ absl::Status MlaAttention::EnsurePlan(const AttentionLayout& layout, int64_t hea
   b.have_plan = false;
   for (const SequenceSlice& seq : layout.seqs) {
     const int64_t needed = (seq.context_len + layout.block_size - 1) / layout.block_size;
-    if (seq.num_tokens < 0 || seq.token_begin < 0 || seq.token_begin + seq.num_tokens > rows ||
-        seq.num_tokens > seq.context_len || seq.context_len > kInt32Max - kSplitKeys ||
+    if (seq.num_tokens < 0 || seq.token_begin < 0 || seq.num_tokens > seq.context_len ||
+        seq.context_len > kInt32Max - kSplitKeys ||
         static_cast<int64_t>(seq.block_table.size()) < needed) {
       return absl::InvalidArgumentError(absl::StrCat(kOp, ": sequence of ", seq.num_tokens, " tokens at ",
                                                      seq.token_begin, " with ", seq.context_len, " positions and ",
-                                                     seq.block_table.size(), " blocks of ", layout.block_size,
-                                                     " in a batch of ", rows, " tokens"));
+                                                     seq.block_table.size(), " blocks of ", layout.block_size));
     }
     for (int64_t i = 0; i < needed; ++i) {
       if (seq.block_table[i] < 0 || seq.block_table[i] >= num_blocks) {
