@@ -165,7 +165,7 @@ absl::StatusOr<internal::v1::LoadShardResponse> LoadShard(const WorkerInfo& work
   request.set_weights_dtype(absl::GetFlag(FLAGS_weights_dtype));
   // A replica's step may also hold slices of the other replicas' split
   // chunks, one budget each at most (or one split chunk run alone).
-  const bool split = options.scheduler.context_parallel_min_tokens > 0 && plan.dp_attention > 1;
+  const bool split = SplitsPrompts(plan.dp_attention, options.scheduler.context_parallel_min_tokens);
   request.set_max_step_tokens(options.scheduler.max_batched_tokens * (split ? plan.dp_attention : 1));
   request.set_max_step_sequences(options.scheduler.max_num_seqs);
   internal::v1::LoadShardResponse response;

@@ -45,8 +45,8 @@ inline int64_t CopyId(int64_t id) { return -id; }
 // replicas' share; else the whole.
 // REQUIRES: group_step_tokens > 0 and dp_attention > 0.
 inline int64_t ReplicaStepTokens(int64_t group_step_tokens, int dp_attention, int64_t context_parallel_min_tokens) {
-  const bool split = context_parallel_min_tokens > 0 && dp_attention > 1;
-  return split ? std::max<int64_t>(1, group_step_tokens / dp_attention) : group_step_tokens;
+  if (!SplitsPrompts(dp_attention, context_parallel_min_tokens)) return group_step_tokens;
+  return std::max<int64_t>(1, group_step_tokens / dp_attention);
 }
 
 // What each replica computes in `step`, whose sequences `scheduled` lists

@@ -125,7 +125,7 @@ bool Scheduler::Admit(int64_t budget, std::vector<ScheduledSequence>* step) {
 std::pair<int64_t, bool> Scheduler::Chunk(const Sequence& seq, int64_t begin, int64_t budget) const {
   const int64_t remaining = static_cast<int64_t>(seq.tokens.size()) - begin;
   const int replicas = options_.context_parallel_replicas;
-  if (replicas > 1 && options_.context_parallel_min_tokens > 0 && options_.can_split != nullptr &&
+  if (SplitsPrompts(replicas, options_.context_parallel_min_tokens) && options_.can_split != nullptr &&
       remaining >= options_.context_parallel_min_tokens && budget >= replicas) {
     const int64_t n = std::min(remaining, budget * replicas);
     if (n >= replicas && options_.can_split(seq, begin, n)) return {n, true};

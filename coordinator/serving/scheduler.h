@@ -35,6 +35,10 @@
 
 namespace mlaserve {
 
+// Whether a group of `replicas` attention replicas splits prompts of at
+// least `min_tokens` tokens over them (context parallelism; 0: never).
+inline bool SplitsPrompts(int replicas, int64_t min_tokens) { return replicas > 1 && min_tokens > 0; }
+
 struct SchedulerOptions {
   int64_t max_num_seqs = 64;          // running sequences per step
   int64_t max_batched_tokens = 8192;  // tokens per step (decodes and prefill chunks)
