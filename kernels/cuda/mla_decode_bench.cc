@@ -49,15 +49,6 @@ namespace {
 
 constexpr int kRank = 512, kRope = 64, kD = kRank + kRope, kPage = 64;
 
-#define OK(expr)                                                                            \
-  do {                                                                                      \
-    absl::Status s_ = (expr);                                                               \
-    if (!s_.ok()) {                                                                         \
-      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
-      exit(1);                                                                              \
-    }                                                                                       \
-  } while (0)
-
 // The CSV keeps the variant column of the runs recorded in docs/data, which
 // compared kernel variants; the kernels left are what variant 11 was.
 constexpr int kVariant = 11;

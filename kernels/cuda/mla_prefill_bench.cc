@@ -44,15 +44,6 @@ namespace {
 
 constexpr int64_t kRank = 512, kRope = 64, kNope = 128, kDv = 128, kBlock = 64;
 
-#define OK(expr)                                                                            \
-  do {                                                                                      \
-    absl::Status s_ = (expr);                                                               \
-    if (!s_.ok()) {                                                                         \
-      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
-      exit(1);                                                                              \
-    }                                                                                       \
-  } while (0)
-
 template <typename T>
 T Must(absl::StatusOr<T> v) {
   if (!v.ok()) {
