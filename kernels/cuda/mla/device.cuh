@@ -24,6 +24,49 @@ __device__ __forceinline__ float QuadSum(float v) {
   return v + __shfl_xor_sync(0xffffffff, v, 2);
 }
 
+// The online softmax of the two rows a thread holds (g and g + 8 of its warp's
+// 16) of a tile of kKeys keys in the m16n8 accumulator layout: score(n, 2 hh +
+// e) is row g + 8 hh's score of key key0 + 8 n + 2 t4 + e. Keys past the row's
+// last position pos[hh] are masked; P goes into pf as the m16n8k16 A fragments
+// of P V (k step n / 2, register 2 (n & 1) + hh), rounded to bf16 and summed as
+// rounded; m and l are the rows' running maxima and sums; rescale(hh, alpha)
+// scales row hh's output by what its new maximum makes of the old one.
+template <int kKeys, typename Score, typename Rescale>
+__device__ __forceinline__ void OnlineSoftmax(Score&& score, int key0, const int (&pos)[2], float sl2, int t4,
+                                              uint32_t (&pf)[kKeys / 16][4], float (&m)[2], float (&l)[2],
+                                              Rescale&& rescale) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& v = score(n, 2 * hh + e);
+        if (key0 + 8 * n + 2 * t4 + e > pos[hh]) v = -INFINITY;
+        mx = fmaxf(mx, v);
+      }
+    }
+    mx = QuadMax(mx);
+    const float m_new = fmaxf(m[hh], mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float neg = -m_use * sl2;
+    const float alpha = exp2f(fmaf(m[hh], sl2, neg));
+    m[hh] = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n) {
+      const uint32_t packed =
+          PackBf16(exp2f(fmaf(score(n, 2 * hh), sl2, neg)), exp2f(fmaf(score(n, 2 * hh + 1), sl2, neg)));
+      const float2 rounded = UnpackBf16(packed);
+      sum += rounded.x + rounded.y;
+      pf[n / 2][(n & 1) * 2 + hh] = packed;
+    }
+    l[hh] = l[hh] * alpha + sum;
+    rescale(hh, alpha);
+  }
+}
+
 // Byte offset of 16-byte chunk `chunk` of row `row` in a shared array of
 // rows of `kRowBytes`: chunks are XOR-swizzled within groups of 8 so that
 // ldmatrix over 8 consecutive rows of one chunk column hits 8 distinct bank

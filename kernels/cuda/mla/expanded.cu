@@ -98,42 +98,14 @@ __global__ void __launch_bounds__(kExpThreads) MlaExpandedTcKernel(const MlaExpa
       }
     }
     uint32_t pf[kExpKeys / 16][4];
+    OnlineSoftmax<kExpKeys>([&](int n, int i) -> float& { return s[n][i]; }, tile * kExpKeys, pos, sl2, t4, pf, m, l,
+                            [&](int hh, float alpha) {
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < kExpKeys / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = tile * kExpKeys + nt * 8 + 2 * t4 + e;
-          float& v = s[nt][2 * hh + e];
-          if (key > pos[hh]) v = -INFINITY;
-          mx = fmaxf(mx, v);
-        }
-      }
-      mx = QuadMax(mx);
-      const float m_new = fmaxf(m[hh], mx);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float neg = -m_use * sl2;
-      const float alpha = exp2f(fmaf(m[hh], sl2, neg));
-      m[hh] = m_new;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < kExpKeys / 8; ++nt) {
-        const uint32_t packed =
-            PackBf16(exp2f(fmaf(s[nt][2 * hh], sl2, neg)), exp2f(fmaf(s[nt][2 * hh + 1], sl2, neg)));
-        const float2 rounded = UnpackBf16(packed);
-        sum += rounded.x + rounded.y;
-        // accumulator (row g + 8 hh, keys nt * 8 + 2 t4) -> A fragment of k step nt / 2
-        pf[nt / 2][(nt & 1) * 2 + hh] = packed;
-      }
-      l[hh] = l[hh] * alpha + sum;
-#pragma unroll
-      for (int nt = 0; nt < kDv / 8; ++nt) {
-        o[nt][2 * hh] *= alpha;
-        o[nt][2 * hh + 1] *= alpha;
-      }
-    }
+                              for (int nt = 0; nt < kDv / 8; ++nt) {
+                                o[nt][2 * hh] *= alpha;
+                                o[nt][2 * hh + 1] *= alpha;
+                              }
+                            });
 #pragma unroll
     for (int kk = 0; kk < kExpKeys / 16; ++kk) {
       const uint32_t vb = v_base + (kk * 16 + lo + 8 * ((lane >> 3) & 1)) * S::kVStride + (lane >> 4) * 16;

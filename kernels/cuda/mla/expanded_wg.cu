@@ -21,12 +21,6 @@ constexpr int kQkChunks = (kNope + kRope) / 8, kNopeChunks = kNope / 8, kVChunks
 // wgmmas do. Both warpgroups read every tile, so a tile leaves L2 once per
 // 128 queries.
 
-// Byte offset of 16-byte chunk `chunk` of row `row` (of 64) in a run of slabs of
-// 64 columns: slab chunk / 8, the 128-byte swizzle within it.
-__device__ __forceinline__ int SlabChunk(int row, int chunk) {
-  return (chunk >> 3) * kSlabBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4);
-}
-
 // Queries [q0, q0 + 128) of head h: warpgroup w's 64 rows in slabs [3 w, 3 w + 3)
 // (q_nope's two, q_rope's); rows past the sequence zero-filled.
 __device__ __forceinline__ void LoadQueries(uint32_t s_q, const MlaExpandedParams& p, int q0, int h, int tid) {
@@ -35,7 +29,7 @@ __device__ __forceinline__ void LoadQueries(uint32_t s_q, const MlaExpandedParam
     const bool valid = q0 + r < p.num_queries;
     const int64_t row = static_cast<int64_t>(valid ? q0 + r : 0) * p.q_heads + h;
     const bf16* src = c < kNopeChunks ? p.q_nope + row * kNope + c * 8 : p.q_rope + row * kRope + (c - kNopeChunks) * 8;
-    CpAsync16(s_q + (r >> 6) * kExpWgQkSlabs * kSlabBytes + SlabChunk(r & 63, c), src, valid);
+    CpAsync16(s_q + (r >> 6) * kExpWgQkSlabs * kSlabBytes + SlabOffset(r & 63, c), src, valid);
   }
 }
 
@@ -51,7 +45,7 @@ __device__ __forceinline__ void LoadKeys(uint32_t s_stage, const MlaExpandedPara
     const bf16* src = c < kNopeChunks  ? p.k_nope + (k * p.heads + h) * kNope + c * 8
                       : c < kQkChunks ? p.k_rope + k * kRope + (c - kNopeChunks) * 8
                                       : p.v + (k * p.heads + h) * kDv + (c - kQkChunks) * 8;
-    CpAsync16(s_stage + SlabChunk(r, c), src, valid);
+    CpAsync16(s_stage + SlabOffset(r, c), src, valid);
   }
 }
 
@@ -110,41 +104,14 @@ __global__ void __launch_bounds__(kExpWgThreads, 1) MlaExpandedWgKernel(const Ml
     FenceRegs(s);
 
     // ---- online softmax of this thread's two rows
+    OnlineSoftmax<kExpWgKeys>([&](int n, int i) -> float& { return s[4 * n + i]; }, tile * kExpWgKeys, pos, sl2, t4,
+                              pf, m, l, [&](int hh, float alpha) {
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[4 * j + 2 * hh + e];
-          if (tile * kExpWgKeys + 8 * j + 2 * t4 + e > pos[hh]) v = -INFINITY;
-          mx = fmaxf(mx, v);
-        }
-      }
-      mx = QuadMax(mx);
-      const float m_new = fmaxf(m[hh], mx);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float neg = -m_use * sl2;
-      const float alpha = exp2f(fmaf(m[hh], sl2, neg));
-      m[hh] = m_new;
-      float sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const uint32_t packed =
-            PackBf16(exp2f(fmaf(s[4 * j + 2 * hh], sl2, neg)), exp2f(fmaf(s[4 * j + 2 * hh + 1], sl2, neg)));
-        const float2 rounded = UnpackBf16(packed);
-        sum += rounded.x + rounded.y;
-        // keys 8 j + 2 t4 of row g + 8 hh -> register 2 (j & 1) + hh of k step j / 2
-        pf[j >> 1][2 * (j & 1) + hh] = packed;
-      }
-      l[hh] = l[hh] * alpha + sum;
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        o[4 * j + 2 * hh] *= alpha;
-        o[4 * j + 2 * hh + 1] *= alpha;
-      }
-    }
+                                for (int j = 0; j < 16; ++j) {
+                                  o[4 * j + 2 * hh] *= alpha;
+                                  o[4 * j + 2 * hh + 1] *= alpha;
+                                }
+                              });
 
     // ---- O += P V, 16 keys per step (V MN-major: its two slabs of 64 dims).
     FenceRegs(o);
