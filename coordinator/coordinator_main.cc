@@ -35,6 +35,7 @@
 #include "coordinator/cluster/rendezvous_service.h"
 #include "coordinator/serving/serving_engine.h"
 #include "coordinator/serving/step_trace.h"
+#include "kernels/latent_row.h"
 #include "coordinator/cluster/kv_sizing.h"
 #include "coordinator/cluster/shard_planner.h"
 #include "coordinator/cluster/weight_bytes.h"
@@ -81,6 +82,9 @@ ABSL_FLAG(double, gpu_memory_utilization, 0.9,
           "what is left of it after the weights and the largest step's activations");
 ABSL_FLAG(std::string, weights_dtype, "auto",
           "how workers keep the weights: auto (as stored: an FP8 checkpoint's projections stay FP8), bf16, fp8");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "what the KV cache holds: auto or bf16 (the latents as computed), fp8 (e4m3 c_kv with a scale per "
+          "128 values, bf16 k_rope: 656 bytes a token and layer at DeepSeek's dims against 1,152)");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
 ABSL_FLAG(int64_t, max_num_seqs, 64, "running sequences per engine step");
 ABSL_FLAG(int64_t, max_batched_tokens, 0,
@@ -163,6 +167,7 @@ absl::StatusOr<internal::v1::LoadShardResponse> LoadShard(const WorkerInfo& work
   request.set_random_weights(absl::GetFlag(FLAGS_random_weights));
   request.set_random_seed(absl::GetFlag(FLAGS_random_seed));
   request.set_weights_dtype(absl::GetFlag(FLAGS_weights_dtype));
+  request.set_kv_cache_dtype(absl::GetFlag(FLAGS_kv_cache_dtype));
   // A replica's step may also hold slices of the other replicas' split
   // chunks, one budget each at most (or one split chunk run alone).
   const bool split = SplitsPrompts(plan.dp_attention, options.scheduler.context_parallel_min_tokens);
@@ -190,11 +195,14 @@ absl::StatusOr<PlanRequest> MakePlanRequest(const ModelConfig& config, bool gpu,
   ModelConfig stored = config;
   if (absl::GetFlag(FLAGS_random_weights)) stored.fp8_block_rows = stored.fp8_block_cols = 0;
   ASSIGN_OR_RETURN(const WeightFormat weights, ChooseWeightFormat(stored, absl::GetFlag(FLAGS_weights_dtype), gpu));
-  PlanRequest request{.tp = absl::GetFlag(FLAGS_tp),
-                      .dp_attention = absl::GetFlag(FLAGS_dp_attention),
-                      .ep = absl::GetFlag(FLAGS_ep),
-                      .weights = weights,
-                      .kv_bytes_per_token = config.latent_dim() * config.num_hidden_layers * weights.dense_bytes};
+  ASSIGN_OR_RETURN(const KvCacheDtype kv_dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
+  PlanRequest request{
+      .tp = absl::GetFlag(FLAGS_tp),
+      .dp_attention = absl::GetFlag(FLAGS_dp_attention),
+      .ep = absl::GetFlag(FLAGS_ep),
+      .weights = weights,
+      .kv_bytes_per_token = config.num_hidden_layers * LatentRowBytes(config.kv_lora_rank, config.qk_rope_head_dim,
+                                                                      weights.dense_bytes, kv_dtype)};
   if (gpu) {
     request.memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization);
     request.reserve_bytes = kGpuReserveBytes;

@@ -21,6 +21,7 @@
 #include "coordinator/cluster/plan_measurements.h"
 #include "coordinator/cluster/shard_planner.h"
 #include "coordinator/cluster/weight_bytes.h"
+#include "kernels/latent_row.h"
 
 ABSL_FLAG(std::string, model_config, "", "the model's config.json, or a directory holding it");
 ABSL_FLAG(int, gpus, 8, "GPUs in the cluster (one worker each)");
@@ -29,6 +30,7 @@ ABSL_FLAG(double, gpu_memory_utilization, 0.9, "share of each GPU's memory for w
 ABSL_FLAG(double, reserve_gib, static_cast<double>(mlaserve::kGpuReserveBytes) / (1 << 30),
           "per GPU besides weights and KV: activations, CUDA graphs, buffers, GiB");
 ABSL_FLAG(std::string, weights_dtype, "auto", "how workers keep the weights: auto (as stored), bf16 or fp8");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto", "what the KV cache holds: auto or bf16, fp8 (as the coordinator's flag)");
 ABSL_FLAG(int64_t, max_context, 0, "tokens per sequence (0: the model's max_position_embeddings)");
 ABSL_FLAG(int64_t, batch, 1, "sequences of --max_context each engine group must hold at once");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
@@ -65,7 +67,9 @@ absl::Status Run() {
   const int64_t block_size = absl::GetFlag(FLAGS_block_size);
   const int64_t context = absl::GetFlag(FLAGS_max_context) > 0 ? absl::GetFlag(FLAGS_max_context)
                                                                 : config.max_position_embeddings;
-  const int64_t kv_per_token = config.num_hidden_layers * config.latent_dim() * 2;  // bf16 latent cache
+  ASSIGN_OR_RETURN(const KvCacheDtype kv_dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
+  const int64_t kv_per_token =
+      config.num_hidden_layers * LatentRowBytes(config.kv_lora_rank, config.qk_rope_head_dim, /*bf16*/ 2, kv_dtype);
   const int64_t bytes_per_block = kv_per_token * block_size;
   PlanRequest request{.tp = absl::GetFlag(FLAGS_tp),
                       .dp_attention = absl::GetFlag(FLAGS_dp_attention),

@@ -81,7 +81,8 @@ class Ops {
 
   // Memory.
   virtual absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) = 0;
-  // float32 host values into `dst` (converted to its dtype) and back.
+  // float32 host values into `dst` (converted to its dtype; U8 takes byte
+  // values, as an FP8 latent cache moves between workers) and back.
   virtual absl::Status Upload(absl::Span<const float> src, Tensor* dst) = 0;
   virtual absl::Status Download(const Tensor& src, absl::Span<float> dst) = 0;
   virtual absl::Status Fill(Tensor* dst, float value) = 0;
@@ -122,19 +123,24 @@ class Ops {
   // out[T, I] = silu(x[T, :I]) * x[T, I:], x is [T, 2I].
   virtual absl::Status SiluMul(const Tensor& x, Tensor* out) = 0;
 
+  // Latent caches are [num_blocks, num_layers, block_size, width]: rows of
+  // c_kv ++ k_rope in the storage dtype, or FP8 rows (kernels/latent_row.h).
+  // Every cache op takes either form.
+  //
   // Stores each token's c_kv [T, kv_lora_rank] and k_rope [T, rope_dim] into
-  // `cache` [num_blocks, num_layers, block_size, latent_dim] at layer `layer`.
+  // `cache` at layer `layer` (quantized, in an FP8 cache).
   virtual absl::Status WriteLatentCache(const Tensor& c_kv, const Tensor& k_rope,
                                         absl::Span<const int64_t> slots, int64_t layer,
                                         Tensor* cache) = 0;
   // Copies a sequence's first `num_positions` cache rows of `layer` into
   // c_kv [num_positions, kv_lora_rank] and k_rope [num_positions, rope_dim]
-  // (the expanded form's input).
+  // (the expanded form's input), dequantized from an FP8 cache.
   virtual absl::Status GatherLatent(const Tensor& cache, int64_t layer,
                                     absl::Span<const int32_t> block_table, int64_t num_positions,
                                     Tensor* c_kv, Tensor* k_rope) = 0;
   // Absorbed MLA: q_latent[T, H, rank] and q_rope[T, H, rope] attend to the
-  // latent cache; out[T, H, rank] is the attention-weighted sum of c_kv. Only
+  // latent cache (an FP8 cache's rows as they dequantize); out[T, H, rank] is
+  // the attention-weighted sum of c_kv. Only
   // the rows of the layout's sequences are read and written: a step whose
   // other sequences take the expanded form passes a layout without them.
   // REQUIRES: every sequence's rows lie within T.

@@ -1,6 +1,7 @@
 #include "worker/kv_cache.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -11,19 +12,32 @@ int64_t BlocksFor(int64_t num_positions, int64_t block_size) {
   return (num_positions + block_size - 1) / block_size;
 }
 
-int64_t KvBlockBytes(const ModelConfig& config, int64_t block_size, DType dtype) {
-  return config.num_hidden_layers * block_size * config.latent_dim() * static_cast<int64_t>(DTypeBytes(dtype));
+namespace {
+
+// The element type and width of a cache row.
+std::pair<DType, int64_t> RowOf(const ModelConfig& config, DType storage, KvCacheDtype dtype) {
+  if (dtype == KvCacheDtype::kFp8) {
+    return {DType::kU8, Fp8LatentRow{config.kv_lora_rank, config.qk_rope_head_dim}.bytes()};
+  }
+  return {storage, config.latent_dim()};
 }
 
-absl::StatusOr<KvCache> KvCache::Create(Ops& ops, const ModelConfig& config, int64_t num_blocks,
-                                        int64_t block_size) {
+}  // namespace
+
+int64_t KvBlockBytes(const ModelConfig& config, int64_t block_size, DType storage, KvCacheDtype dtype) {
+  return config.num_hidden_layers * block_size *
+         LatentRowBytes(config.kv_lora_rank, config.qk_rope_head_dim, DTypeBytes(storage), dtype);
+}
+
+absl::StatusOr<KvCache> KvCache::Create(Ops& ops, const ModelConfig& config, int64_t num_blocks, int64_t block_size,
+                                        KvCacheDtype dtype) {
   if (num_blocks <= 0 || block_size <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV cache needs positive num_blocks and block_size, got ", num_blocks, " and ", block_size));
   }
   KvCache cache;
-  ASSIGN_OR_RETURN(cache.pool_, ops.Empty(ops.storage_dtype(), {num_blocks, config.num_hidden_layers, block_size,
-                                                                 config.latent_dim()}));
+  const auto [element, width] = RowOf(config, ops.storage_dtype(), dtype);
+  ASSIGN_OR_RETURN(cache.pool_, ops.Empty(element, {num_blocks, config.num_hidden_layers, block_size, width}));
   cache.block_size_ = block_size;
   cache.num_blocks_ = num_blocks;
   cache.allocated_.assign(num_blocks, false);

@@ -1,7 +1,7 @@
 // The paged latent KV cache of one worker. A block holds `block_size` tokens
-// of `latent_dim` values (c_kv then k_rope) for every layer, laid out
-// [num_blocks, num_layers, block_size, latent_dim] so that one block is one
-// contiguous span (moving a block is one copy). The cache owns the memory and
+// of one row each (c_kv then k_rope, kernels/latent_row.h) for every layer,
+// laid out [num_blocks, num_layers, block_size, row width] so that one block
+// is one contiguous span (moving a block is one copy). The cache owns the memory and
 // a free list; who owns which block (block tables, prefix sharing) is the
 // caller's business: the coordinator in a cluster, the runner in the CLI.
 #ifndef MLASERVE_WORKER_KV_CACHE_H_
@@ -12,14 +12,16 @@
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "kernels/latent_row.h"
 #include "kernels/ops.h"
 
 namespace mlaserve {
 
 class KvCache {
  public:
-  static absl::StatusOr<KvCache> Create(Ops& ops, const ModelConfig& config, int64_t num_blocks,
-                                        int64_t block_size);
+  // REQUIRES: num_blocks > 0 and block_size > 0 (else InvalidArgument).
+  static absl::StatusOr<KvCache> Create(Ops& ops, const ModelConfig& config, int64_t num_blocks, int64_t block_size,
+                                        KvCacheDtype dtype = KvCacheDtype::kStorage);
 
   // `num_blocks` distinct free blocks, or ResourceExhausted (nothing taken).
   absl::StatusOr<std::vector<int32_t>> Allocate(int64_t num_blocks);
@@ -44,10 +46,11 @@ class KvCache {
 // The blocks a sequence needs for `num_positions` tokens.
 int64_t BlocksFor(int64_t num_positions, int64_t block_size);
 
-// The bytes of one block of `config`'s cache in `dtype` (what Create takes
-// per block on a backend storing `dtype`): what the coordinator divides a
-// worker's free memory by.
-int64_t KvBlockBytes(const ModelConfig& config, int64_t block_size, DType dtype);
+// The bytes of one block of `config`'s cache (what Create takes per block on
+// a backend storing `storage`): what the coordinator divides a worker's free
+// memory by.
+int64_t KvBlockBytes(const ModelConfig& config, int64_t block_size, DType storage,
+                     KvCacheDtype dtype = KvCacheDtype::kStorage);
 
 }  // namespace mlaserve
 

@@ -7,14 +7,16 @@
 
 namespace mlaserve {
 
-absl::StatusOr<int64_t> RunLargestStep(Model& model, Ops& ops, int64_t block_size, const StepShape& shape) {
+absl::StatusOr<int64_t> RunLargestStep(Model& model, Ops& ops, int64_t block_size, KvCacheDtype kv_dtype,
+                                       const StepShape& shape) {
   const int64_t tokens = std::max<int64_t>(2, shape.max_tokens);
   const int64_t sequences = std::clamp<int64_t>(shape.max_sequences, 1, tokens - 1);
   const int64_t prefill = tokens - (sequences - 1);
   const int64_t prefill_blocks = BlocksFor(prefill, block_size);
   int64_t scratch_bytes = 0;
   {
-    ASSIGN_OR_RETURN(KvCache scratch, KvCache::Create(ops, model.config(), prefill_blocks + sequences - 1, block_size));
+    ASSIGN_OR_RETURN(KvCache scratch,
+                     KvCache::Create(ops, model.config(), prefill_blocks + sequences - 1, block_size, kv_dtype));
     scratch_bytes = scratch.bytes_per_block() * scratch.num_blocks();
     ForwardBatch batch;
     batch.token_ids.assign(tokens, 0);

@@ -18,6 +18,7 @@
 #include <functional>
 
 #include "absl/status/statusor.h"
+#include "kernels/latent_row.h"
 #include "kernels/ops.h"
 #include "worker/model.h"
 
@@ -41,12 +42,13 @@ struct StepShape {
 // prefilling all tokens but one per other sequence (at least two, so the
 // step is never recorded as a decode step), the others decoding one token
 // each, every sequence sampled, on a scratch cache of `block_size`-token
-// blocks. Returns the scratch cache's bytes: freed on return, but possibly
+// blocks in `kv_dtype`. Returns the scratch cache's bytes: freed on return, but possibly
 // kept by the backend's pool, so the caller does not count them as the
 // step's. Every rank of a group must call it together (the step meets the
 // other ranks in its collectives).
 // REQUIRES: shape.max_tokens > 0 and shape.max_sequences > 0.
-absl::StatusOr<int64_t> RunLargestStep(Model& model, Ops& ops, int64_t block_size, const StepShape& shape);
+absl::StatusOr<int64_t> RunLargestStep(Model& model, Ops& ops, int64_t block_size, KvCacheDtype kv_dtype,
+                                       const StepShape& shape);
 
 }  // namespace mlaserve
 

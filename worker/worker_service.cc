@@ -65,6 +65,7 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
         absl::StrCat("group_rank ", request.group_rank(), " outside a group of ", plan.group_size()));
   }
   ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(request.weights_dtype()));
+  ASSIGN_OR_RETURN(const KvCacheDtype kv_dtype, ParseKvCacheDtype(request.kv_cache_dtype()));
   absl::StatusOr<ModelConfig> config = LoadModelConfig(request.model_dir() + "/config.json");
   if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("model_dir: ", config.status().message()));
   // A group formed again (after a peer failed, or by a restarted
@@ -93,9 +94,10 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   comms_.plan = plan;
   comms_.group_rank = request.group_rank();
   block_size_ = request.block_size();
+  kv_dtype_ = kv_dtype;
   if (options_.mock_compute) {
     vocab_size_ = config->vocab_size;
-    bytes_per_block_ = KvBlockBytes(*config, block_size_, DType::kBF16);  // as a GPU's
+    bytes_per_block_ = KvBlockBytes(*config, block_size_, DType::kBF16, kv_dtype_);  // as a GPU's
     loaded_ = true;
     response->set_bytes_per_block(bytes_per_block_);
     return absl::OkStatus();
@@ -124,7 +126,7 @@ absl::Status WorkerService::Load(const internal::v1::LoadShardRequest& request,
   loaded_shard_ = shard;
   weight_bytes_ = response->memory().weight_bytes();
   vocab_size_ = model_->config().vocab_size;
-  bytes_per_block_ = KvBlockBytes(model_->config(), block_size_, ops_->storage_dtype());
+  bytes_per_block_ = KvBlockBytes(model_->config(), block_size_, ops_->storage_dtype(), kv_dtype_);
   loaded_ = true;
   response->set_bytes_per_block(bytes_per_block_);
   return absl::OkStatus();
@@ -138,7 +140,7 @@ absl::Status WorkerService::MeasureMemory(Model& model, const internal::v1::Load
   int64_t scratch_bytes = 0;
   const StepShape step{.max_tokens = request.max_step_tokens(), .max_sequences = request.max_step_sequences()};
   if (step.max_tokens > 0 && step.max_sequences > 0) {
-    ASSIGN_OR_RETURN(scratch_bytes, RunLargestStep(model, *ops_, block_size_, step));
+    ASSIGN_OR_RETURN(scratch_bytes, RunLargestStep(model, *ops_, block_size_, kv_dtype_, step));
   }
   ASSIGN_OR_RETURN(const int64_t free_after_step, gpu.free_bytes());
   RETURN_IF_ERROR(gpu.release_cached());
@@ -180,7 +182,8 @@ absl::Status WorkerService::CreatePool(const internal::v1::CreateCacheRequest& r
     return absl::InvalidArgumentError(absl::StrCat("a KV cache of ", request.num_blocks(), " blocks"));
   }
   if (!options_.mock_compute) {
-    ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops_, model_->config(), request.num_blocks(), block_size_));
+    ASSIGN_OR_RETURN(KvCache cache,
+                     KvCache::Create(*ops_, model_->config(), request.num_blocks(), block_size_, kv_dtype_));
     cache_.emplace(std::move(cache));
   }
   num_blocks_ = request.num_blocks();

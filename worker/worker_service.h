@@ -169,6 +169,7 @@ class WorkerService final : public internal::v1::Worker::Service {
   // num_blocks_ is 0 until CreateCache.
   int64_t num_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t block_size_ ABSL_GUARDED_BY(mu_) = 0;
+  KvCacheDtype kv_dtype_ ABSL_GUARDED_BY(mu_) = KvCacheDtype::kStorage;
   int64_t bytes_per_block_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t vocab_size_ ABSL_GUARDED_BY(mu_) = 0;
   bool loaded_ ABSL_GUARDED_BY(mu_) = false;  // LoadShard succeeded

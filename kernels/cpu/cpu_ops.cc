@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/fp8_rows.h"
+#include "kernels/latent_row.h"
 #include "kernels/ops.h"
 #include "kernels/random_normal.h"
 #include "kernels/shape_check.h"
@@ -161,6 +162,10 @@ class CpuOps final : public Ops {
     }
     if (dst->dtype == DType::kI32) {
       std::transform(src.begin(), src.end(), dst->as<int32_t>(), [](float v) { return static_cast<int32_t>(v); });
+      return absl::OkStatus();
+    }
+    if (dst->dtype == DType::kU8) {  // an FP8 latent cache's bytes (kernels/latent_row.h)
+      std::transform(src.begin(), src.end(), dst->as<uint8_t>(), [](float v) { return static_cast<uint8_t>(v); });
       return absl::OkStatus();
     }
     RETURN_IF_ERROR(CheckDType("Upload", "dst", *dst, DType::kF32));
@@ -353,15 +358,28 @@ class CpuOps final : public Ops {
     const int64_t rows = slots.size(), rank = c_kv.dim(1), rope = k_rope.dim(1);
     RETURN_IF_ERROR(CheckShape("WriteLatentCache", "c_kv", c_kv, {rows, rank}));
     RETURN_IF_ERROR(CheckShape("WriteLatentCache", "k_rope", k_rope, {rows, rope}));
-    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "cache", *cache, {-1, -1, -1, rank + rope}));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "cache", *cache, {-1, -1, -1, LatentRowWidth(*cache, rank, rope)}));
     const int64_t block_size = cache->dim(2), num_slots = cache->dim(0) * block_size;
+    const Fp8LatentRow fp8{rank, rope};
     for (int64_t t = 0; t < rows; ++t) {
       if (slots[t] < 0 || slots[t] >= num_slots) {
         return absl::OutOfRangeError(absl::StrCat("cache slot ", slots[t], " outside [0, ", num_slots, ")"));
       }
-      float* row = CacheRow(*cache, layer, slots[t] / block_size, slots[t] % block_size);
-      std::memcpy(row, c_kv.as<float>() + t * rank, rank * sizeof(float));
-      std::memcpy(row + rank, k_rope.as<float>() + t * rope, rope * sizeof(float));
+      uint8_t* row = CacheRow(*cache, layer, slots[t] / block_size, slots[t] % block_size);
+      const float* c = c_kv.as<float>() + t * rank;
+      const float* r = k_rope.as<float>() + t * rope;
+      if (!IsFp8LatentCache(*cache)) {
+        std::memcpy(row, c, rank * sizeof(float));
+        std::memcpy(row + rank * sizeof(float), r, rope * sizeof(float));
+        continue;
+      }
+      std::vector<float> scales(Fp8Groups(rank));
+      QuantizeFp8Row(c, rank, row, scales.data());
+      std::memcpy(row + fp8.scales_offset(), scales.data(), scales.size() * sizeof(float));
+      for (int64_t i = 0; i < rope; ++i) {
+        const uint16_t bits = F32ToBf16(r[i]);
+        std::memcpy(row + fp8.rope_offset() + 2 * i, &bits, 2);
+      }
     }
     return absl::OkStatus();
   }
@@ -369,16 +387,16 @@ class CpuOps final : public Ops {
   absl::Status GatherLatent(const Tensor& cache, int64_t layer, absl::Span<const int32_t> block_table,
                             int64_t num_positions, Tensor* c_kv, Tensor* k_rope) override {
     const int64_t block_size = cache.dim(2), rank = c_kv->dim(1), rope = k_rope->dim(1);
-    RETURN_IF_ERROR(CheckShape("GatherLatent", "cache", cache, {-1, -1, block_size, rank + rope}));
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "cache", cache, {-1, -1, block_size, LatentRowWidth(cache, rank, rope)}));
     RETURN_IF_ERROR(CheckShape("GatherLatent", "c_kv", *c_kv, {num_positions, rank}));
     RETURN_IF_ERROR(CheckShape("GatherLatent", "k_rope", *k_rope, {num_positions, rope}));
     SequenceSlice seq{.num_tokens = 0, .context_len = num_positions,
                       .block_table = {block_table.begin(), block_table.end()}};
     RETURN_IF_ERROR(CheckBlockTable(seq, block_size, cache.dim(0)));
+    const std::vector<float> rows = ReadLatentRows(cache, layer, seq, block_size, rank, rope);
     for (int64_t p = 0; p < num_positions; ++p) {
-      const float* row = CacheRow(cache, layer, block_table[p / block_size], p % block_size);
-      std::memcpy(c_kv->as<float>() + p * rank, row, rank * sizeof(float));
-      std::memcpy(k_rope->as<float>() + p * rope, row + rank, rope * sizeof(float));
+      std::memcpy(c_kv->as<float>() + p * rank, rows.data() + p * (rank + rope), rank * sizeof(float));
+      std::memcpy(k_rope->as<float>() + p * rope, rows.data() + p * (rank + rope) + rank, rope * sizeof(float));
     }
     return absl::OkStatus();
   }
@@ -387,10 +405,11 @@ class CpuOps final : public Ops {
                                     int64_t layer, const AttentionLayout& layout, float softmax_scale,
                                     Tensor* out) override {
     const int64_t rows = q_latent.dim(0), heads = q_latent.dim(1), rank = q_latent.dim(2);
-    const int64_t rope = q_rope.dim(2);
+    const int64_t rope = q_rope.dim(2), dims = rank + rope;
     RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_latent", q_latent, {rows, heads, rank}));
     RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_rope", q_rope, {rows, heads, rope}));
-    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "cache", cache, {-1, -1, layout.block_size, rank + rope}));
+    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "cache", cache,
+                               {-1, -1, layout.block_size, LatentRowWidth(cache, rank, rope)}));
     RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "out", *out, {rows, heads, rank}));
     for (const SequenceSlice& seq : layout.seqs) {
       RETURN_IF_ERROR(CheckBlockTable(seq, layout.block_size, cache.dim(0)));
@@ -398,6 +417,7 @@ class CpuOps final : public Ops {
         return absl::InvalidArgumentError(absl::StrCat("MlaAbsorbedAttention: a sequence's rows [", seq.token_begin,
                                                        ", ", seq.token_begin + seq.num_tokens, ") outside ", rows));
       }
+      const std::vector<float> keys = ReadLatentRows(cache, layer, seq, layout.block_size, rank, rope);
 #pragma omp parallel for collapse(2) schedule(dynamic)
       for (int64_t i = 0; i < seq.num_tokens; ++i) {
         for (int64_t h = 0; h < heads; ++h) {
@@ -407,14 +427,14 @@ class CpuOps final : public Ops {
           const float* qr = q_rope.as<float>() + (t * heads + h) * rope;
           std::vector<float> scores(num_keys);
           for (int64_t j = 0; j < num_keys; ++j) {
-            const float* kv = CacheRow(cache, layer, seq.block_table[j / layout.block_size], j % layout.block_size);
+            const float* kv = keys.data() + j * dims;
             scores[j] = (Dot(ql, kv, rank) + Dot(qr, kv + rank, rope)) * softmax_scale;
           }
           SoftmaxInPlace(scores.data(), num_keys);
           float* o = out->as<float>() + (t * heads + h) * rank;
           std::fill_n(o, rank, 0.0f);
           for (int64_t j = 0; j < num_keys; ++j) {
-            const float* kv = CacheRow(cache, layer, seq.block_table[j / layout.block_size], j % layout.block_size);
+            const float* kv = keys.data() + j * dims;
             for (int64_t r = 0; r < rank; ++r) o[r] += scores[j] * kv[r];
           }
         }
@@ -558,9 +578,35 @@ class CpuOps final : public Ops {
     }
   }
 
-  static float* CacheRow(const Tensor& cache, int64_t layer, int64_t block, int64_t offset) {
-    const int64_t layers = cache.dim(1), block_size = cache.dim(2), latent = cache.dim(3);
-    return cache.as<float>() + ((block * layers + layer) * block_size + offset) * latent;
+  static uint8_t* CacheRow(const Tensor& cache, int64_t layer, int64_t block, int64_t offset) {
+    const int64_t layers = cache.dim(1), block_size = cache.dim(2), width = cache.dim(3);
+    return static_cast<uint8_t*>(cache.data) +
+           ((block * layers + layer) * block_size + offset) * width * static_cast<int64_t>(DTypeBytes(cache.dtype));
+  }
+
+  // The first context_len rows of `seq` in `layer`, c_kv ++ k_rope in float32
+  // (an FP8 cache's rows dequantized).
+  static std::vector<float> ReadLatentRows(const Tensor& cache, int64_t layer, const SequenceSlice& seq,
+                                           int64_t block_size, int64_t rank, int64_t rope) {
+    const int64_t dims = rank + rope;
+    const Fp8LatentRow fp8{rank, rope};
+    std::vector<float> rows(seq.context_len * dims);
+    for (int64_t j = 0; j < seq.context_len; ++j) {
+      const uint8_t* row = CacheRow(cache, layer, seq.block_table[j / block_size], j % block_size);
+      float* dst = rows.data() + j * dims;
+      if (!IsFp8LatentCache(cache)) {
+        std::memcpy(dst, row, dims * sizeof(float));
+        continue;
+      }
+      const float* scales = reinterpret_cast<const float*>(row + fp8.scales_offset());
+      for (int64_t i = 0; i < rank; ++i) dst[i] = F8E4M3ToF32(row[i]) * scales[i / kFp8ScaleGroup];
+      for (int64_t i = 0; i < rope; ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, row + fp8.rope_offset() + 2 * i, 2);
+        dst[rank + i] = Bf16ToF32(bits);
+      }
+    }
+    return rows;
   }
 
   static absl::Status CheckBlockTable(const SequenceSlice& seq, int64_t block_size, int64_t num_blocks) {

@@ -1,11 +1,14 @@
 // Each CPU op against a direct double-precision computation on fresh random inputs.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/fp8_rows.h"
+#include "kernels/latent_row.h"
 #include "kernels/ops.h"
 
 namespace mlaserve {
@@ -397,6 +400,70 @@ TEST_F(CpuOpsTest, LatentCacheWriteThenGatherRoundTrips) {
   for (int64_t i = 0; i < 7 * rope; ++i) EXPECT_EQ(r2.as<float>()[i], k_rope.as<float>()[i]);
   std::vector<int64_t> bad_slot = {15};
   EXPECT_FALSE(ops_->WriteLatentCache(SliceRows(c_kv, 0, 1), SliceRows(k_rope, 0, 1), bad_slot, 0, &cache).ok());
+}
+
+// An FP8 cache holds each row as kernels/latent_row.h lays it out (c_kv quantized
+// per 128 values, the last group partial here; k_rope in bf16), reads back as
+// e4m3 * scale, and attention over it is attention over those values.
+TEST_F(CpuOpsTest, Fp8LatentCacheHoldsQuantizedRowsThatAttentionReads) {
+  const int64_t rank = 160, rope = 6, block = 3, layers = 2, layer = 1, positions = 7;
+  const Fp8LatentRow format{rank, rope};
+  ASSERT_EQ(format.scales_offset(), 160);
+  ASSERT_EQ(format.rope_offset(), 176);
+  ASSERT_EQ(format.bytes(), 192);
+  Tensor fp8 = Make({5, layers, block, format.bytes()}, DType::kU8);
+  Tensor c_kv = Random({positions, rank}), k_rope = Random({positions, rope});
+  std::normal_distribution<float> spread(0.0f, 2.0f);
+  for (int64_t p = 0; p < positions; ++p) {  // rows and groups of very different sizes
+    for (int64_t i = 0; i < rank; ++i) c_kv.as<float>()[p * rank + i] *= std::exp(spread(rng_)) * (i < 128 ? 1 : 50);
+  }
+  const std::vector<int32_t> table = {4, 0, 2};
+  std::vector<int64_t> slots;
+  for (int64_t p = 0; p < positions; ++p) slots.push_back(table[p / block] * block + p % block);
+  ASSERT_TRUE(ops_->WriteLatentCache(c_kv, k_rope, slots, layer, &fp8).ok());
+
+  Tensor c_expected = Make({positions, rank}), r_expected = Make({positions, rope});
+  for (int64_t p = 0; p < positions; ++p) {
+    std::vector<uint8_t> q(rank);
+    std::vector<float> scales(Fp8Groups(rank));
+    QuantizeFp8Row(c_kv.as<float>() + p * rank, rank, q.data(), scales.data());
+    const uint8_t* row = fp8.as<uint8_t>() + ((slots[p] / block * layers + layer) * block + slots[p] % block) * format.bytes();
+    for (int64_t i = 0; i < rank; ++i) ASSERT_EQ(row[i], q[i]) << p << " " << i;
+    for (size_t g = 0; g < scales.size(); ++g) {
+      float stored;
+      std::memcpy(&stored, row + format.scales_offset() + 4 * g, 4);
+      ASSERT_EQ(stored, scales[g]);
+    }
+    for (int64_t i = 0; i < rank; ++i) c_expected.as<float>()[p * rank + i] = F8E4M3ToF32(q[i]) * scales[i / 128];
+    for (int64_t i = 0; i < rope; ++i) {
+      r_expected.as<float>()[p * rope + i] = Bf16ToF32(F32ToBf16(k_rope.as<float>()[p * rope + i]));
+    }
+  }
+  Tensor c_read = Make({positions, rank}), r_read = Make({positions, rope});
+  ASSERT_TRUE(ops_->GatherLatent(fp8, layer, table, positions, &c_read, &r_read).ok());
+  for (int64_t i = 0; i < positions * rank; ++i) ASSERT_EQ(c_read.as<float>()[i], c_expected.as<float>()[i]) << i;
+  for (int64_t i = 0; i < positions * rope; ++i) ASSERT_EQ(r_read.as<float>()[i], r_expected.as<float>()[i]) << i;
+  // e4m3 keeps 3 mantissa bits: a few percent of each row's norm, never nothing.
+  std::vector<double> exact(c_kv.as<float>(), c_kv.as<float>() + positions * rank);
+  EXPECT_LT(RelErr(c_read, exact), 0.06);
+  EXPECT_GT(RelErr(c_read, exact), 1e-3);
+
+  // Attention over the FP8 cache is attention over a float cache of the values it holds.
+  Tensor dense = Make({5, layers, block, rank + rope});
+  ASSERT_TRUE(ops_->WriteLatentCache(c_expected, r_expected, slots, layer, &dense).ok());
+  const int64_t heads = 2;
+  AttentionLayout layout{.block_size = block,
+                         .seqs = {{.token_begin = 0, .num_tokens = 3, .context_len = positions, .block_table = table}}};
+  Tensor q_latent = Random({3, heads, rank}, 0.05f), q_rope = Random({3, heads, rope});
+  Tensor from_fp8 = Make({3, heads, rank}), from_dense = Make({3, heads, rank});
+  ASSERT_TRUE(ops_->MlaAbsorbedAttention(q_latent, q_rope, fp8, layer, layout, 0.3f, &from_fp8).ok());
+  ASSERT_TRUE(ops_->MlaAbsorbedAttention(q_latent, q_rope, dense, layer, layout, 0.3f, &from_dense).ok());
+  for (int64_t i = 0; i < from_fp8.numel(); ++i) ASSERT_EQ(from_fp8.as<float>()[i], from_dense.as<float>()[i]) << i;
+
+  // A byte cache whose rows are not this format's width is refused.
+  Tensor narrow = Make({5, layers, block, rank + rope}, DType::kU8);
+  EXPECT_FALSE(ops_->WriteLatentCache(c_kv, k_rope, slots, layer, &narrow).ok());
+  EXPECT_FALSE(ops_->MlaAbsorbedAttention(q_latent, q_rope, narrow, layer, layout, 0.3f, &from_fp8).ok());
 }
 
 TEST_F(CpuOpsTest, RouterSigmoidGroupLimitedWithBias) {

@@ -28,6 +28,7 @@
 #include "kernels/cuda/pinned_upload.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/sampling.h"
+#include "kernels/latent_row.h"
 #include "kernels/shape_check.h"
 
 namespace mlaserve {
@@ -187,6 +188,7 @@ class CudaOps final : public Ops {
     const void* host = nullptr;
     std::vector<uint16_t> bf16_bits;
     std::vector<int32_t> ints;
+    std::vector<uint8_t> bytes;
     switch (dst->dtype) {
       case DType::kF32:
         host = src.data();
@@ -201,10 +203,15 @@ class CudaOps final : public Ops {
         std::transform(src.begin(), src.end(), ints.begin(), [](float v) { return static_cast<int32_t>(v); });
         host = ints.data();
         break;
+      case DType::kU8:  // an FP8 latent cache's bytes (kernels/latent_row.h)
+        bytes.resize(src.size());
+        std::transform(src.begin(), src.end(), bytes.begin(), [](float v) { return static_cast<uint8_t>(v); });
+        host = bytes.data();
+        break;
       default:
         return absl::InvalidArgumentError(absl::StrCat("Upload: unsupported dtype ",
                                                        std::string(DTypeName(dst->dtype)),
-                                                       " (the CUDA backend uploads F32, BF16 and I32)"));
+                                                       " (the CUDA backend uploads F32, BF16, I32 and U8)"));
     }
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst->data, host, dst->num_bytes(), cudaMemcpyHostToDevice, stream()));
     CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
@@ -521,6 +528,15 @@ class CudaOps final : public Ops {
 
   // ---- Latent cache ----
 
+  static cuda::Fp8RowLayout Fp8Layout(int64_t rank, int64_t rope) {
+    const Fp8LatentRow row{rank, rope};
+    return {.bytes = row.bytes(), .scales_at = row.scales_offset(), .rope_at = row.rope_offset()};
+  }
+  static absl::Status CheckFp8Rank(absl::string_view op, const Tensor& cache, int64_t rank) {
+    if (!IsFp8LatentCache(cache) || rank % 16 == 0) return absl::OkStatus();
+    return absl::UnimplementedError(absl::StrCat(op, ": an FP8 cache needs a rank divisible by 16, not ", rank));
+  }
+
   absl::Status WriteLatentCache(const Tensor& c_kv, const Tensor& k_rope, absl::Span<const int64_t> slots,
                                 int64_t layer, Tensor* cache) override {
     RETURN_IF_ERROR(CheckShape("WriteLatentCache", "c_kv", c_kv, {-1, -1}));
@@ -528,10 +544,12 @@ class CudaOps final : public Ops {
     const int64_t rows = static_cast<int64_t>(slots.size()), rank = c_kv.dim(1), rope = k_rope.dim(1);
     RETURN_IF_ERROR(CheckOperand("WriteLatentCache", "c_kv", c_kv, DType::kBF16));
     RETURN_IF_ERROR(CheckOperand("WriteLatentCache", "k_rope", k_rope, DType::kBF16));
-    RETURN_IF_ERROR(CheckOperand("WriteLatentCache", "cache", *cache, DType::kBF16));
+    const bool fp8 = IsFp8LatentCache(*cache);
+    RETURN_IF_ERROR(CheckOperand("WriteLatentCache", "cache", *cache, fp8 ? DType::kU8 : DType::kBF16));
     RETURN_IF_ERROR(CheckShape("WriteLatentCache", "c_kv", c_kv, {rows, rank}));
     RETURN_IF_ERROR(CheckShape("WriteLatentCache", "k_rope", k_rope, {rows, rope}));
-    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "cache", *cache, {-1, -1, -1, rank + rope}));
+    RETURN_IF_ERROR(CheckShape("WriteLatentCache", "cache", *cache, {-1, -1, -1, LatentRowWidth(*cache, rank, rope)}));
+    RETURN_IF_ERROR(CheckFp8Rank("WriteLatentCache", *cache, rank));
     if (layer < 0 || layer >= cache->dim(1)) {
       return absl::InvalidArgumentError(
           absl::StrCat("WriteLatentCache: layer ", layer, " outside [0, ", cache->dim(1), ")"));
@@ -547,6 +565,11 @@ class CudaOps final : public Ops {
     ASSIGN_OR_RETURN(const int64_t* device_slots, DeviceArray(slots));
     const cuda::LatentCacheGeometry geometry{
         .layers = cache->dim(1), .block_size = block_size, .rank = rank, .rope = rope, .layer = layer};
+    if (fp8) {
+      CUDA_RETURN_IF_ERROR(cuda::WriteLatentCacheFp8(Bf16(c_kv), Bf16(k_rope), device_slots, rows, geometry,
+                                                     Fp8Layout(rank, rope), cache->as<uint8_t>(), stream()));
+      return absl::OkStatus();
+    }
     CUDA_RETURN_IF_ERROR(
         cuda::WriteLatentCache(Bf16(c_kv), Bf16(k_rope), device_slots, rows, geometry, Bf16(*cache), stream()));
     return absl::OkStatus();
@@ -558,10 +581,12 @@ class CudaOps final : public Ops {
     RETURN_IF_ERROR(CheckShape("GatherLatent", "c_kv", *c_kv, {num_positions, -1}));
     RETURN_IF_ERROR(CheckShape("GatherLatent", "k_rope", *k_rope, {num_positions, -1}));
     const int64_t block_size = cache.dim(2), rank = c_kv->dim(1), rope = k_rope->dim(1);
-    RETURN_IF_ERROR(CheckOperand("GatherLatent", "cache", cache, DType::kBF16));
+    const bool fp8 = IsFp8LatentCache(cache);
+    RETURN_IF_ERROR(CheckOperand("GatherLatent", "cache", cache, fp8 ? DType::kU8 : DType::kBF16));
     RETURN_IF_ERROR(CheckOperand("GatherLatent", "c_kv", *c_kv, DType::kBF16));
     RETURN_IF_ERROR(CheckOperand("GatherLatent", "k_rope", *k_rope, DType::kBF16));
-    RETURN_IF_ERROR(CheckShape("GatherLatent", "cache", cache, {-1, -1, block_size, rank + rope}));
+    RETURN_IF_ERROR(CheckShape("GatherLatent", "cache", cache, {-1, -1, block_size, LatentRowWidth(cache, rank, rope)}));
+    RETURN_IF_ERROR(CheckFp8Rank("GatherLatent", cache, rank));
     if (layer < 0 || layer >= cache.dim(1)) {
       return absl::InvalidArgumentError(
           absl::StrCat("GatherLatent: layer ", layer, " outside [0, ", cache.dim(1), ")"));
@@ -583,8 +608,14 @@ class CudaOps final : public Ops {
     ASSIGN_OR_RETURN(const char* meta, UploadMeta(pack));
     const cuda::LatentCacheGeometry geometry{
         .layers = cache.dim(1), .block_size = block_size, .rank = rank, .rope = rope, .layer = layer};
-    CUDA_RETURN_IF_ERROR(cuda::GatherLatent(Bf16(cache), reinterpret_cast<const int32_t*>(meta + table_at),
-                                            num_positions, geometry, Bf16(*c_kv), Bf16(*k_rope), stream()));
+    const auto* table = reinterpret_cast<const int32_t*>(meta + table_at);
+    if (fp8) {
+      CUDA_RETURN_IF_ERROR(cuda::GatherLatentFp8(cache.as<uint8_t>(), table, num_positions, geometry,
+                                                 Fp8Layout(rank, rope), Bf16(*c_kv), Bf16(*k_rope), stream()));
+      return absl::OkStatus();
+    }
+    CUDA_RETURN_IF_ERROR(cuda::GatherLatent(Bf16(cache), table, num_positions, geometry, Bf16(*c_kv), Bf16(*k_rope),
+                                            stream()));
     return absl::OkStatus();
   }
 

@@ -1,5 +1,8 @@
 #include "kernels/cuda/elementwise.h"
 
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include "kernels/random_normal.h"
 
 namespace mlaserve::cuda {
@@ -160,6 +163,62 @@ __global__ void GatherLatentKernel(const __nv_bfloat16* cache, const int32_t* bl
   }
 }
 
+__device__ __forceinline__ uint8_t* Fp8CacheRow(uint8_t* cache, const LatentCacheGeometry& g, const Fp8RowLayout& l,
+                                                int64_t block, int64_t offset) {
+  return cache + ((block * g.layers + g.layer) * g.block_size + offset) * l.bytes;
+}
+
+// One CTA of kFp8Threads per row: warp w quantizes c_kv's 128-value groups w,
+// w + 4, ... (4 values a lane, as QuantizeFp8Rows), then k_rope is copied.
+constexpr int kFp8Threads = 128;
+__global__ void WriteLatentFp8Kernel(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
+                                     const LatentCacheGeometry g, const Fp8RowLayout l, uint8_t* cache) {
+  const int64_t t = blockIdx.x, slot = slots[t];
+  uint8_t* row = Fp8CacheRow(cache, g, l, slot / g.block_size, slot % g.block_size);
+  const int lane = threadIdx.x % 32;
+  const int64_t groups = (g.rank + 127) / 128;
+  for (int64_t group = threadIdx.x / 32; group < groups; group += kFp8Threads / 32) {
+    const int64_t col = group * 128 + lane * 4;
+    const bool mine = col < g.rank;  // rank is a multiple of 16: a lane's 4 values are all in or all out
+    float v[4] = {};
+    float amax = 0.0f;
+    if (mine) {
+      for (int i = 0; i < 4; ++i) {
+        v[i] = __bfloat162float(c_kv[t * g.rank + col + i]);
+        amax = fmaxf(amax, fabsf(v[i]));
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, offset));
+    const float scale = fmaxf(amax, 1e-4f) / 448.0f;
+    if (mine) {
+      uint32_t packed = 0;
+      for (int i = 0; i < 4; ++i) {
+        packed |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(v[i] / scale, __NV_SATFINITE, __NV_E4M3)) << (8 * i);
+      }
+      *reinterpret_cast<uint32_t*>(row + col) = packed;
+    }
+    if (lane == 0) reinterpret_cast<float*>(row + l.scales_at)[group] = scale;
+  }
+  for (int64_t j = threadIdx.x; j < g.rope; j += kFp8Threads) {
+    reinterpret_cast<__nv_bfloat16*>(row + l.rope_at)[j] = k_rope[t * g.rope + j];
+  }
+}
+
+__global__ void GatherLatentFp8Kernel(const uint8_t* cache, const int32_t* block_table, const LatentCacheGeometry g,
+                                      const Fp8RowLayout l, __nv_bfloat16* c_kv, __nv_bfloat16* k_rope) {
+  const int64_t p = blockIdx.x;
+  const uint8_t* row = Fp8CacheRow(const_cast<uint8_t*>(cache), g, l, block_table[p / g.block_size], p % g.block_size);
+  const float* scales = reinterpret_cast<const float*>(row + l.scales_at);
+  for (int64_t j = threadIdx.x; j < g.rank + g.rope; j += blockDim.x) {
+    if (j < g.rank) {
+      const float value = __half2float(__half(__nv_cvt_fp8_to_halfraw(row[j], __NV_E4M3)));
+      c_kv[p * g.rank + j] = __float2bfloat16(value * scales[j / 128]);
+    } else {
+      k_rope[p * g.rope + (j - g.rank)] = reinterpret_cast<const __nv_bfloat16*>(row + l.rope_at)[j - g.rank];
+    }
+  }
+}
+
 // ---- Fill and conversions ----
 
 template <typename W>
@@ -258,6 +317,25 @@ cudaError_t GatherLatent(const __nv_bfloat16* cache, const int32_t* block_table,
   if (num_positions == 0) return cudaSuccess;
   GatherLatentKernel<<<static_cast<unsigned>(num_positions), 128, 0, stream>>>(cache, block_table, geometry, c_kv,
                                                                                k_rope);
+  return cudaGetLastError();
+}
+
+cudaError_t WriteLatentCacheFp8(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
+                                int64_t rows, const LatentCacheGeometry& geometry, const Fp8RowLayout& row,
+                                uint8_t* cache, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (geometry.rank % 16 != 0) return cudaErrorInvalidValue;
+  WriteLatentFp8Kernel<<<static_cast<unsigned>(rows), kFp8Threads, 0, stream>>>(c_kv, k_rope, slots, geometry, row,
+                                                                                cache);
+  return cudaGetLastError();
+}
+
+cudaError_t GatherLatentFp8(const uint8_t* cache, const int32_t* block_table, int64_t num_positions,
+                            const LatentCacheGeometry& geometry, const Fp8RowLayout& row, __nv_bfloat16* c_kv,
+                            __nv_bfloat16* k_rope, cudaStream_t stream) {
+  if (num_positions == 0) return cudaSuccess;
+  GatherLatentFp8Kernel<<<static_cast<unsigned>(num_positions), 128, 0, stream>>>(cache, block_table, geometry, row,
+                                                                                  c_kv, k_rope);
   return cudaGetLastError();
 }
 

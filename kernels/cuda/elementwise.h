@@ -67,6 +67,24 @@ cudaError_t GatherLatent(const __nv_bfloat16* cache, const int32_t* block_table,
                          const LatentCacheGeometry& geometry, __nv_bfloat16* c_kv, __nv_bfloat16* k_rope,
                          cudaStream_t stream);
 
+// The same into and out of an FP8 cache (kernels/latent_row.h): rows of
+// `row.bytes` bytes, c_kv's e4m3 values first, their float32 scales at byte
+// `row.scales_at`, k_rope (bf16) at `row.rope_at`. Writing quantizes each
+// 128 values of c_kv by FP8 activations' rule (QuantizeFp8Rows); gathering
+// reads back bf16(e4m3 * scale), as the attention kernels do.
+// REQUIRES: geometry.rank % 16 == 0.
+struct Fp8RowLayout {
+  int64_t bytes = 0;
+  int64_t scales_at = 0;
+  int64_t rope_at = 0;
+};
+cudaError_t WriteLatentCacheFp8(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
+                                int64_t rows, const LatentCacheGeometry& geometry, const Fp8RowLayout& row,
+                                uint8_t* cache, cudaStream_t stream);
+cudaError_t GatherLatentFp8(const uint8_t* cache, const int32_t* block_table, int64_t num_positions,
+                            const LatentCacheGeometry& geometry, const Fp8RowLayout& row, __nv_bfloat16* c_kv,
+                            __nv_bfloat16* k_rope, cudaStream_t stream);
+
 // Sets n elements of 2 or 4 bytes to the given bit pattern.
 cudaError_t Fill16(uint16_t* dst, int64_t n, uint16_t bits, cudaStream_t stream);
 cudaError_t Fill32(uint32_t* dst, int64_t n, uint32_t bits, cudaStream_t stream);

@@ -18,6 +18,7 @@
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/mla/kernels.h"
+#include "kernels/latent_row.h"
 #include "kernels/shape_check.h"
 
 namespace mlaserve {
@@ -44,11 +45,12 @@ constexpr int64_t kPartialBudgetBytes = int64_t{256} << 20;
 
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
-absl::Status CheckOperand(absl::string_view op, absl::string_view name, const Tensor& t) {
+absl::Status CheckOperand(absl::string_view op, absl::string_view name, const Tensor& t,
+                          DType dtype = DType::kBF16) {
   if (t.device != Device::kCuda) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " is not a CUDA tensor"));
   }
-  RETURN_IF_ERROR(CheckDType(op, name, t, DType::kBF16));
+  RETURN_IF_ERROR(CheckDType(op, name, t, dtype));
   if (t.data == nullptr && t.numel() > 0) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " has no storage"));
   }
@@ -285,7 +287,8 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
   constexpr absl::string_view kOp = "MlaAbsorbedAttention";
   RETURN_IF_ERROR(CheckOperand(kOp, "q_latent", q_latent));
   RETURN_IF_ERROR(CheckOperand(kOp, "q_rope", q_rope));
-  RETURN_IF_ERROR(CheckOperand(kOp, "cache", cache));
+  const bool fp8 = IsFp8LatentCache(cache);
+  RETURN_IF_ERROR(CheckOperand(kOp, "cache", cache, fp8 ? DType::kU8 : DType::kBF16));
   RETURN_IF_ERROR(CheckOperand(kOp, "out", *out));
   RETURN_IF_ERROR(CheckShape(kOp, "q_latent", q_latent, {-1, -1, -1}));
   const int64_t rows = q_latent.dim(0), named = RowsNamed(layout);
@@ -296,8 +299,11 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
   RETURN_IF_ERROR(CheckShape(kOp, "q_rope", q_rope, {rows, heads, -1}));
   const int64_t rope = q_rope.dim(2);
   if (layout.block_size <= 0) return absl::InvalidArgumentError(absl::StrCat(kOp, ": block size ", layout.block_size));
-  RETURN_IF_ERROR(CheckShape(kOp, "cache", cache, {-1, -1, layout.block_size, rank + rope}));
+  RETURN_IF_ERROR(CheckShape(kOp, "cache", cache, {-1, -1, layout.block_size, LatentRowWidth(cache, rank, rope)}));
   RETURN_IF_ERROR(CheckShape(kOp, "out", *out, {rows, heads, rank}));
+  if (fp8 && rank % 16 != 0) {
+    return absl::UnimplementedError(absl::StrCat(kOp, ": an FP8 cache needs a rank divisible by 16, not ", rank));
+  }
   if (layer < 0 || layer >= cache.dim(1)) {
     return absl::OutOfRangeError(absl::StrCat(kOp, ": layer ", layer, " outside [0, ", cache.dim(1), ")"));
   }
@@ -310,14 +316,18 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
   }
   if (layout.num_tokens() * heads == 0 || rank == 0) return absl::OkStatus();
 
+  const Fp8LatentRow fp8_row{rank, rope};
   const bool tensor_cores = rank == cuda::kMlaRank && rope == cuda::kMlaRope && Aligned16(q_latent.data) &&
+                            (!fp8 || (fp8_row.bytes() == cuda::kMlaFp8RowBytes &&
+                                      fp8_row.scales_offset() == cuda::kMlaFp8ScalesAt &&
+                                      fp8_row.rope_offset() == cuda::kMlaFp8RopeAt)) &&
                             Aligned16(q_rope.data) && Aligned16(cache.data) && Aligned16(out->data);
   RETURN_IF_ERROR(EnsurePlan(layout, heads, rank, cache.dim(0), tensor_cores));
   const Buffers& b = *buffers_;
   const uint8_t* meta = static_cast<const uint8_t*>(b.meta);
   cuda::MlaAbsorbedParams params{.q_latent = q_latent.as<const bf16>(),
                                  .q_rope = q_rope.as<const bf16>(),
-                                 .cache = cache.as<const bf16>(),
+                                 .cache = fp8 ? nullptr : cache.as<const bf16>(),
                                  .block_tables = reinterpret_cast<const int32_t*>(meta + b.plan.tables_offset),
                                  .out = out->as<bf16>(),
                                  .partial_out = b.partial_out,
@@ -328,7 +338,11 @@ absl::Status MlaAttention::Absorbed(const Tensor& q_latent, const Tensor& q_rope
                                  .heads = static_cast<int>(heads),
                                  .rank = static_cast<int>(rank),
                                  .rope = static_cast<int>(rope),
-                                 .softmax_scale = softmax_scale};
+                                 .softmax_scale = softmax_scale,
+                                 .fp8_cache = fp8 ? cache.as<const uint8_t>() : nullptr,
+                                 .fp8_row_bytes = static_cast<int>(fp8_row.bytes()),
+                                 .fp8_scales_at = static_cast<int>(fp8_row.scales_offset()),
+                                 .fp8_rope_at = static_cast<int>(fp8_row.rope_offset())};
   const auto* combines = reinterpret_cast<const MlaCombineItem*>(meta + b.plan.combine_offset);
   for (const LaunchGroup& group : b.plan.groups) {
     for (int k = 0; k < cuda::kMlaNumTileKinds; ++k) {

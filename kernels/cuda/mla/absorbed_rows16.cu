@@ -1,7 +1,7 @@
 // The absorbed kernel for tiles of 16 rows (up to 16 heads): mma.sync m16n8k16 with
 // ldmatrix; the query tile stays in shared memory, the cache rows of 64 keys are
-// gathered through the block table with cp.async (double-buffered) and read from there
-// by all rows of the tile.
+// gathered through the block table with cp.async (double-buffered; an FP8 cache's
+// through registers, dequantized) and read from there by all rows of the tile.
 #include <cmath>
 #include <cstdint>
 
@@ -15,7 +15,7 @@ namespace {
 // the item count) take items blockIdx.x, blockIdx.x + gridDim.x, ...; while the last
 // tile of an item is computed, the first cache tile of the next item is already loading
 // into the free stage, and its query tile is loaded as soon as the last Q K^T is done.
-template <int kMT, int kWM>
+template <int kMT, int kWM, bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     MlaAbsorbedTcKernel(const MlaWorkItem* __restrict__ items, int num_items, const MlaAbsorbedParams p) {
   using S = TileShape<kMT, kWM>;
@@ -45,13 +45,23 @@ __global__ void __launch_bounds__(kThreads, 1)
       CpAsync16(SmemAddr(s_q + SwizzledRow(r, c)), src, valid);
     }
   };
-  // Whole cache rows of 1152 bytes, 128-byte chunk groups.
+  // Whole cache rows of 1152 bytes, 128-byte chunk groups. An FP8 tile lands from
+  // registers once the current tile's math is issued.
+  Fp8TileRegs staged;
   auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
-    LoadCacheTile</*kRowStride=*/kRowBytes, /*kGroupStride=*/128>(SmemAddr(s_k + stage * S::kKBytes), it, tile, p,
-                                                                    tid);
+    const uint32_t dst = SmemAddr(s_k + stage * S::kKBytes);
+    if constexpr (kFp8) {
+      IssueFp8Tile</*kRowStride=*/kRowBytes, /*kGroupStride=*/128>(staged, dst, it, tile, p, tid);
+    } else {
+      LoadCacheTile</*kRowStride=*/kRowBytes, /*kGroupStride=*/128>(dst, it, tile, p, tid);
+    }
+  };
+  auto land_tile = [&](int stage) {
+    if constexpr (kFp8) LandFp8Tile<kRowBytes, 128>(staged, SmemAddr(s_k + stage * S::kKBytes), tid);
   };
   load_q(item);
   load_tile(item, 0, 0);
+  land_tile(0);
   CpAsyncCommit();
 
   // Each thread's rows: (mt, h) -> row wm * 16 * kMT + mt * 16 + g + 8 * h, and the
@@ -241,6 +251,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
+    if (!last || has_next) land_tile(stage ^ 1);
 
     stage ^= 1;
     if (!last) {
@@ -300,9 +311,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 cudaError_t LaunchRows16(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params, cudaStream_t stream) {
   static std::atomic<uint64_t> done{0};
+  static std::atomic<uint64_t> done_fp8{0};
   constexpr int smem = Rows16Tile::kSmemBytes;
-  auto* kernel = &MlaAbsorbedTcKernel<1, 1>;
-  cudaError_t err = AllowSmem(reinterpret_cast<const void*>(kernel), smem, done);
+  const bool fp8 = params.fp8_cache != nullptr;
+  auto* kernel = fp8 ? &MlaAbsorbedTcKernel<1, 1, true> : &MlaAbsorbedTcKernel<1, 1, false>;
+  cudaError_t err = AllowSmem(reinterpret_cast<const void*>(kernel), smem, fp8 ? done_fp8 : done);
   if (err != cudaSuccess) return err;
   kernel<<<PersistentGrid(num_items), kThreads, smem, stream>>>(items, num_items, params);
   return cudaGetLastError();

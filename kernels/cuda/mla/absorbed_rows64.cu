@@ -17,6 +17,7 @@ namespace {
 // probabilities into one 64 x 64 slab, and warpgroup w accumulates output columns
 // [256w, 256w + 256) with P (shared, K-major) times V (the cache tile, MN-major).
 // A tile's P V runs on while the next tile's data is awaited and its Q K^T issued.
+template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     MlaAbsorbedWgKernel(const MlaWorkItem* __restrict__ items, int num_items, const MlaAbsorbedParams p) {
   extern __shared__ __align__(128) uint8_t smem_raw[];
@@ -36,11 +37,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float sl2 = p.softmax_scale * kLog2e;
 
   auto load_q = [&](const MlaWorkItem& it) { WgLoadQuery(s_q, it, p, tid); };
+  // An FP8 tile lands from registers once the current tile's P V is issued.
+  Fp8TileRegs staged;
   auto load_tile = [&](const MlaWorkItem& it, int tile, int stage) {
-    WgLoadTile(s_k + stage * kWgTileBytes, it, tile, p, tid);
+    if constexpr (kFp8) {
+      IssueFp8Tile</*kRowStride=*/128, /*kGroupStride=*/kSlabBytes>(staged, SmemAddr(s_k + stage * kWgTileBytes), it,
+                                                                    tile, p, tid);
+    } else {
+      WgLoadTile(s_k + stage * kWgTileBytes, it, tile, p, tid);
+    }
+  };
+  auto land_tile = [&](int stage) {
+    if constexpr (kFp8) LandFp8Tile<128, kSlabBytes>(staged, SmemAddr(s_k + stage * kWgTileBytes), tid);
   };
   load_q(item);
   load_tile(item, 0, 0);
+  land_tile(0);
   CpAsyncCommit();
 
   // This thread's rows (both warpgroups hold all 64 rows): 16 wq + g and + 8.
@@ -162,6 +174,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       WgmmaPv(o, KMajorDesc(p_addr + kk * 32), MnMajorDesc(k_addr + 4 * wg * kSlabBytes + kk * 16 * 128));
     }
     WgmmaCommit();
+    if (!last || has_next) land_tile(stage ^ 1);
     // P V runs on while the next tile's data is awaited and its Q K^T issued (the
     // loop goes back to the top without touching o).
     stage ^= 1;
@@ -215,10 +228,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 }  // namespace
 
 cudaError_t LaunchRows64(const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params, cudaStream_t stream) {
-  static std::atomic<uint64_t> done{0};
-  cudaError_t err = AllowSmem(reinterpret_cast<const void*>(&MlaAbsorbedWgKernel), kWgSmemBytes, done);
+  static std::atomic<uint64_t> done{0}, done_fp8{0};
+  const bool fp8 = params.fp8_cache != nullptr;
+  auto* kernel = fp8 ? &MlaAbsorbedWgKernel<true> : &MlaAbsorbedWgKernel<false>;
+  cudaError_t err = AllowSmem(reinterpret_cast<const void*>(kernel), kWgSmemBytes, fp8 ? done_fp8 : done);
   if (err != cudaSuccess) return err;
-  MlaAbsorbedWgKernel<<<PersistentGrid(num_items), kThreads, kWgSmemBytes, stream>>>(items, num_items, params);
+  kernel<<<PersistentGrid(num_items), kThreads, kWgSmemBytes, stream>>>(items, num_items, params);
   return cudaGetLastError();
 }
 

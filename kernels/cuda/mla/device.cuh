@@ -5,6 +5,8 @@
 #define MLASERVE_KERNELS_CUDA_MLA_DEVICE_CUH_
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -121,6 +123,80 @@ __device__ __forceinline__ void LoadCacheTile(uint32_t dst, const MlaWorkItem& i
     const uint32_t dst_row = dst + r * kRowStride + ((c0 ^ (r & 7)) << 4);
 #pragma unroll
     for (int j = 0; j < kRowChunks / 8; ++j) CpAsync16(dst_row + j * kGroupStride, src + (c0 + 8 * j) * 8, valid);
+  }
+}
+
+// The FP8 cache row of `key` (MlaAbsorbedParams::fp8_cache).
+__device__ __forceinline__ const uint8_t* Fp8CacheRow(const MlaAbsorbedParams& p, int table, int key) {
+  const int block = p.block_tables[table + key / p.block_size];
+  return p.fp8_cache +
+         ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * p.fp8_row_bytes;
+}
+
+// Two e4m3 values (the low byte first) times `scale`, as packed bf16.
+__device__ __forceinline__ uint32_t DequantFp8Pair(uint32_t two, float scale) {
+  const __half2 h(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffff), __NV_E4M3));
+  const float2 f = __half22float2(h);
+  return PackBf16(f.x * scale, f.y * scale);
+}
+
+// A 64-key tile of an FP8 cache at DeepSeek's dims, staged through registers:
+// IssueFp8Tile starts loading each thread's share of the tile's c_kv bytes and
+// scales into registers (and k_rope, already bf16, straight into place with
+// cp.async); LandFp8Tile dequantizes the registers into the same bf16 layout
+// LoadCacheTile writes. A kernel lands a tile after the math of the current
+// one, so the loads' latency hides under it. Warp w takes rows w, w + 8, ...,
+// its lanes the row's 32 chunks of 16 values (512 contiguous bytes a load).
+struct Fp8TileRegs {
+  uint4 values[kFp8ChunksPerThread];
+  float scales[kFp8ChunksPerThread];
+};
+
+template <int kRowStride, int kGroupStride>
+__device__ __forceinline__ uint32_t TileChunkAddr(uint32_t dst, int row, int chunk) {
+  return dst + row * kRowStride + (chunk >> 3) * kGroupStride + (((chunk & 7) ^ (row & 7)) << 4);
+}
+
+template <int kRowStride, int kGroupStride>
+__device__ __forceinline__ void IssueFp8Tile(Fp8TileRegs& regs, uint32_t dst, const MlaWorkItem& it, int tile,
+                                             const MlaAbsorbedParams& p, int tid) {
+  const int key0 = it.key_begin + tile * kMlaTileKeys, lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+  for (int i = 0; i < kFp8ChunksPerThread; ++i) {
+    const int r = i * (kThreads / 32) + warp, key = key0 + r;
+    if (key < it.key_end) {
+      const uint8_t* row = Fp8CacheRow(p, it.table, key);
+      regs.values[i] = __ldg(reinterpret_cast<const uint4*>(row) + lane);
+      regs.scales[i] = __ldg(reinterpret_cast<const float*>(row + kMlaFp8ScalesAt) + lane / 8);
+    } else {
+      // Keys past the split: zero (their probabilities are 0, and 0 * garbage could be NaN).
+      regs.values[i] = make_uint4(0, 0, 0, 0);
+      regs.scales[i] = 0.0f;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kFp8RopeChunksPerThread; ++i) {
+    const int at = i * kThreads + tid, r = at >> 3, c = at & 7, key = key0 + r;
+    const bool valid = key < it.key_end;
+    const uint8_t* src = valid ? Fp8CacheRow(p, it.table, key) + kMlaFp8RopeAt + 16 * c : p.fp8_cache;
+    CpAsync16(TileChunkAddr<kRowStride, kGroupStride>(dst, r, kRankChunks + c), src, valid);
+  }
+}
+
+template <int kRowStride, int kGroupStride>
+__device__ __forceinline__ void LandFp8Tile(const Fp8TileRegs& regs, uint32_t dst, int tid) {
+  const int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+  for (int i = 0; i < kFp8ChunksPerThread; ++i) {
+    const int r = i * (kThreads / 32) + warp;
+    const uint4 v = regs.values[i];
+    const float s = regs.scales[i];
+    const uint4 lo = make_uint4(DequantFp8Pair(v.x, s), DequantFp8Pair(v.x >> 16, s), DequantFp8Pair(v.y, s),
+                                DequantFp8Pair(v.y >> 16, s));
+    const uint4 hi = make_uint4(DequantFp8Pair(v.z, s), DequantFp8Pair(v.z >> 16, s), DequantFp8Pair(v.w, s),
+                                DequantFp8Pair(v.w >> 16, s));
+    StShared16(TileChunkAddr<kRowStride, kGroupStride>(dst, r, 2 * lane), lo);
+    StShared16(TileChunkAddr<kRowStride, kGroupStride>(dst, r, 2 * lane + 1), hi);
   }
 }
 

@@ -36,6 +36,11 @@ namespace mlaserve::cuda {
 // Dims of the tensor-core absorbed path.
 inline constexpr int kMlaRank = 512;
 inline constexpr int kMlaRope = 64;
+// An FP8 cache row at those dims (kernels/latent_row.h): 512 e4m3 values of
+// c_kv, their 4 float32 scales, 64 bf16 of k_rope.
+inline constexpr int kMlaFp8RowBytes = 656;
+inline constexpr int kMlaFp8ScalesAt = kMlaRank;
+inline constexpr int kMlaFp8RopeAt = kMlaRank + 16;
 // Keys of cache per shared-memory tile (one mma pass).
 inline constexpr int kMlaTileKeys = 64;
 // The most keys a work item of the generic absorbed kernel may cover.
@@ -87,9 +92,18 @@ struct MlaAbsorbedParams {
   int rank;
   int rope;
   float softmax_scale;
+  // Set for an FP8 cache (kernels/latent_row.h), which `cache` then is not:
+  // rows of fp8_row_bytes, c_kv's e4m3 values first, their float32 scales
+  // (one per 128 values) at byte fp8_scales_at, k_rope (bf16) at fp8_rope_at.
+  const uint8_t* fp8_cache;
+  int fp8_row_bytes;
+  int fp8_scales_at;
+  int fp8_rope_at;
 };
 
-// Runs `num_items` work items of one kind (one CTA each).
+// Runs `num_items` work items of one kind (one CTA each). An FP8 cache's rows
+// are dequantized as they are read (bf16(e4m3 * scale)), so the kernels'
+// math is the bf16 cache's.
 cudaError_t MlaAbsorbed(MlaTileKind kind, const MlaWorkItem* items, int num_items, const MlaAbsorbedParams& params,
                         cudaStream_t stream);
 

@@ -16,6 +16,9 @@ inline constexpr int kRankChunks = kMlaRank / 8;
 inline constexpr int kRowChunks = kD / 8;  // 72 chunks of 16 bytes
 inline constexpr int kThreads = 256;       // 8 warps per CTA on the tensor-core path
 static_assert(kRowChunks % 8 == 0, "the XOR swizzle permutes chunks within groups of 8");
+// An FP8 tile (kernels.h's kMlaFp8* row) staged through registers: each thread's chunks.
+inline constexpr int kFp8ChunksPerThread = kMlaTileKeys * (kMlaRank / 16) / kThreads;  // 8 of 16 values
+inline constexpr int kFp8RopeChunksPerThread = kMlaTileKeys * (kMlaRope / 8) / kThreads;  // 2 of 8 bf16
 static_assert(kMlaTileKeys == 64, "the warp layouts below assume 64 keys per tile");
 
 // Absorbed form on mma.sync. A CTA of 8 warps holds kRows = 16 * kMT * kWM query rows.
