@@ -78,6 +78,28 @@ TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
 
+// With an FP8 cache the prefill group's bytes move to the decode group as they
+// are (the values a one-worker FP8 cache would hold), blocks of the FP8 pool's
+// size (the TCP path carries each of a block's values, here bytes, as a float).
+TEST(MigrationTest, DisaggregatedServingOverAnFp8CacheReturnsTheOneWorkerOutputs) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--roles=prefill:1,decode:1", "--kv_cache_dtype=fp8"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  static Oracle* fp8_oracle = new Oracle(KvCacheDtype::kFp8);
+  std::mt19937 rng(std::random_device{}());
+  for (int i = 0; i < 4; ++i) {
+    const std::vector<int32_t> prompt = RandomPrompt(rng, 1 + rng() % 150);
+    const GrpcOutput out = GenerateGrpc(**cluster, prompt, 12);
+    ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+    EXPECT_EQ(out.ids, fp8_oracle->Greedy(prompt, 12)) << "request " << i;
+  }
+  const double blocks = (*cluster)->Metric("mlaserve_kv_transfer_blocks_total");
+  ASSERT_GT(blocks, 0);
+  const ModelConfig config = *LoadModelConfig(absl::StrCat(kTinyModelDir, "/config.json"));
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_bytes_total"),
+            blocks * KvBlockBytes(config, 64, DType::kF32, KvCacheDtype::kFp8) * sizeof(float));
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
 // A client hanging up while its sequence moves from the prefill group to the
 // decode group (a slow transfer keeps it on the way) cancels it on arrival.
 TEST(MigrationTest, CancelledWhileMovingEndsOnArrival) {

@@ -11,10 +11,10 @@
 
 namespace mlaserve {
 
-Oracle::Oracle()
+Oracle::Oracle(KvCacheDtype kv_dtype)
     : ops_(TestDevice() == "cpu" ? NewCpuOps() : NewBf16StorageCpuOps()),
       model_(*Model::Load(kTinyModelDir, *ops_)),
-      cache_(*KvCache::Create(*ops_, model_->config(), 64, 64)) {}
+      cache_(*KvCache::Create(*ops_, model_->config(), 64, 64, kv_dtype)) {}
 
 std::vector<int32_t> Oracle::Greedy(const std::vector<int32_t>& prompt, int max_tokens) {
   return *ModelRunner(*model_, cache_).GenerateGreedy(prompt, max_tokens);

@@ -46,7 +46,8 @@ bool GreedyMatchesOracle();
 // (kernels/cpu/bf16_storage_ops.h).
 class Oracle {
  public:
-  Oracle();
+  // Over a cache of `kv_dtype`, as workers given --kv_cache_dtype keep.
+  explicit Oracle(KvCacheDtype kv_dtype = KvCacheDtype::kStorage);
   std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int max_tokens);
   // log_softmax, in double, of the logits at every position of `ids`: a row per position.
   std::vector<std::vector<double>> LogSoftmax(const std::vector<int32_t>& ids);

@@ -36,6 +36,7 @@ ABSL_FLAG(int64_t, max_tokens, 16, "tokens to generate");
 ABSL_FLAG(bool, add_bos, true, "prepend the model's BOS token to a text prompt, as its tokenizer does");
 ABSL_FLAG(bool, stop_at_eos, true, "stop generating at the model's EOS token");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per KV cache block");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto", "auto or bf16 (the latents as computed), fp8 (kernels/latent_row.h)");
 ABSL_FLAG(int64_t, prefill_chunk, 0, "prefill chunk in tokens (0: whole prompt)");
 ABSL_FLAG(bool, random_weights, false, "seeded random weights from --model's config.json instead of a checkpoint");
 ABSL_FLAG(uint64_t, random_seed, 0, "seed of --random_weights");
@@ -77,7 +78,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadWithProgress(const std::string& dir, 
 absl::StatusOr<KvCache> CacheFor(Ops& ops, const ModelConfig& config, int64_t tokens) {
   const int64_t block_size = absl::GetFlag(FLAGS_block_size);
   if (block_size <= 0) return absl::InvalidArgumentError("--block_size must be positive");
-  return KvCache::Create(ops, config, BlocksFor(tokens, block_size) + 1, block_size);
+  ASSIGN_OR_RETURN(const KvCacheDtype dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
+  return KvCache::Create(ops, config, BlocksFor(tokens, block_size) + 1, block_size, dtype);
 }
 
 absl::Status Tokenize() {

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,6 +38,7 @@ ABSL_FLAG(std::string, context, "1024", "context lengths already cached per sequ
 ABSL_FLAG(int, layers, 0, "override num_hidden_layers (0: the config's)");
 ABSL_FLAG(std::string, weights_dtype, "auto", "auto (bf16: random weights), bf16 or fp8 (projections quantized)");
 ABSL_FLAG(int, steps, 10, "timed decode steps per point");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto", "auto or bf16 (the latents as computed), fp8 (kernels/latent_row.h)");
 ABSL_FLAG(int64_t, block_size, 64, "tokens per cache block");
 ABSL_FLAG(std::string, csv, "", "also write the table here");
 ABSL_FLAG(std::string, prefill, "",
@@ -93,8 +95,9 @@ absl::StatusOr<double> MeasureBandwidth(Ops& ops, int64_t elements) {
 // routed experts, the routed experts the batch is expected to touch (each
 // token picks top_k of n_routed_experts), and the cached latent KV. Weights
 // are `element_bytes` each, but FP8 projections (`fp8`) one byte plus a
-// float scale per 128.
-double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t element_bytes, bool fp8) {
+// float scale per 128, and the cache's rows as `kv_dtype` lays them out.
+double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t element_bytes, bool fp8,
+                 KvCacheDtype kv_dtype) {
   const ShardLayout whole = *MakeShardLayout(c, ParallelPlan{}, 0);
   const double projection_bytes = fp8 ? 1.0 + 4.0 / 128 : static_cast<double>(element_bytes);
   const int64_t expert_params = 3 * c.hidden_size * c.moe_intermediate_size;
@@ -120,8 +123,30 @@ double StepBytes(const ModelConfig& c, int64_t batch, int64_t context, size_t el
   // The embedding is read a row per token, not whole.
   const double embedding = static_cast<double>(c.vocab_size) * c.hidden_size;
   const double other = static_cast<double>(ShardParameterCount(c, whole)) - all_experts - embedding - projections;
-  const double kv = static_cast<double>(batch) * (context + 1) * c.latent_dim() * c.num_hidden_layers;
-  return (other + kv) * element_bytes + (projections + touched) * projection_bytes;
+  const double kv = static_cast<double>(batch) * (context + 1) * c.num_hidden_layers *
+                    LatentRowBytes(c.kv_lora_rank, c.qk_rope_head_dim, element_bytes, kv_dtype);
+  return other * element_bytes + kv + (projections + touched) * projection_bytes;
+}
+
+// Random latent rows in every slot of `cache`, as a computed context would
+// leave them: drawn in the storage dtype, and quantized into an FP8 cache.
+absl::Status FillCache(Ops& ops, const ModelConfig& c, KvCache& cache) {
+  if (!IsFp8LatentCache(cache.pool())) return ops.FillRandom(&cache.pool(), 7, 0.0f, 1.0f);
+  const int64_t slots = cache.num_blocks() * cache.block_size(), chunk = std::min<int64_t>(slots, 1 << 16);
+  ASSIGN_OR_RETURN(Tensor c_kv, ops.Empty(ops.storage_dtype(), {chunk, c.kv_lora_rank}));
+  ASSIGN_OR_RETURN(Tensor k_rope, ops.Empty(ops.storage_dtype(), {chunk, c.qk_rope_head_dim}));
+  RETURN_IF_ERROR(ops.FillRandom(&c_kv, 7, 0.0f, 1.0f));
+  RETURN_IF_ERROR(ops.FillRandom(&k_rope, 8, 0.0f, 1.0f));
+  std::vector<int64_t> ids(chunk);
+  for (int64_t first = 0; first < slots; first += chunk) {
+    const int64_t n = std::min(chunk, slots - first);
+    std::iota(ids.begin(), ids.begin() + n, first);
+    for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+      RETURN_IF_ERROR(ops.WriteLatentCache(SliceRows(c_kv, 0, n), SliceRows(k_rope, 0, n),
+                                           absl::MakeConstSpan(ids).subspan(0, n), layer, &cache.pool()));
+    }
+  }
+  return ops.Synchronize();
 }
 
 // `batch` sequences of `tokens` tokens each, the last at position
@@ -178,15 +203,18 @@ absl::Status Run() {
   ASSIGN_OR_RETURN(std::string dir, ModelDir(absl::GetFlag(FLAGS_config), absl::GetFlag(FLAGS_layers)));
   std::cerr << "decode_bench: making random weights on " << ops->name() << "\n";
   ASSIGN_OR_RETURN(const WeightsDtype dtype, ParseWeightsDtype(absl::GetFlag(FLAGS_weights_dtype)));
+  ASSIGN_OR_RETURN(const KvCacheDtype kv_dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
   ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::LoadRandom(dir, *ops, ModelShard{}, 1, dtype));
   const ModelConfig& c = model->config();
   const size_t element_bytes = DTypeBytes(ops->storage_dtype());
   ASSIGN_OR_RETURN(const double bandwidth, MeasureBandwidth(*ops, int64_t{1} << 28));
-  std::printf("# %s: %lld layers, hidden %lld, %lld heads, %lld experts (top %lld); backend %s, weights %s; bandwidth %.1f GB/s\n",
+  std::printf("# %s: %lld layers, hidden %lld, %lld heads, %lld experts (top %lld); backend %s, weights %s, "
+              "KV cache %s; bandwidth %.1f GB/s\n",
               absl::GetFlag(FLAGS_config).c_str(), static_cast<long long>(c.num_hidden_layers),
               static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_attention_heads),
               static_cast<long long>(c.n_routed_experts), static_cast<long long>(c.num_experts_per_tok),
-              std::string(ops->name()).c_str(), absl::GetFlag(FLAGS_weights_dtype).c_str(), bandwidth / 1e9);
+              std::string(ops->name()).c_str(), absl::GetFlag(FLAGS_weights_dtype).c_str(),
+              absl::GetFlag(FLAGS_kv_cache_dtype).c_str(), bandwidth / 1e9);
   std::string table = "batch,context,step_ms,tokens_per_s,roofline_tokens_per_s,fraction_of_roofline\n";
   std::printf("%6s %8s %10s %12s %14s %9s\n", "batch", "context", "step_ms", "tokens/s", "roofline t/s", "of roof");
   const int64_t block_size = absl::GetFlag(FLAGS_block_size);
@@ -194,11 +222,12 @@ absl::Status Run() {
     for (int64_t batch : ParseList(absl::GetFlag(FLAGS_batch))) {
       const ForwardBatch step = MakeStep(c, batch, /*tokens=*/1, context + 1, block_size);
       ASSIGN_OR_RETURN(KvCache cache,
-                       KvCache::Create(*ops, c, batch * BlocksFor(context + 1, block_size), block_size));
+                       KvCache::Create(*ops, c, batch * BlocksFor(context + 1, block_size), block_size, kv_dtype));
       // The context is taken as already computed: random latent rows.
-      RETURN_IF_ERROR(ops->FillRandom(&cache.pool(), 7, 0.0f, 1.0f));
+      RETURN_IF_ERROR(FillCache(*ops, c, cache));
       ASSIGN_OR_RETURN(const double step_s, SecondsPerStep(*model, *ops, step, cache));
-      const double roofline = batch / (StepBytes(c, batch, context, element_bytes, dtype == WeightsDtype::kFp8) / bandwidth);
+      const double roofline =
+          batch / (StepBytes(c, batch, context, element_bytes, dtype == WeightsDtype::kFp8, kv_dtype) / bandwidth);
       const double tokens = batch / step_s;
       std::printf("%6lld %8lld %10.3f %12.1f %14.1f %8.1f%%\n", static_cast<long long>(batch),
                   static_cast<long long>(context), step_s * 1e3, tokens, roofline, 100 * tokens / roofline);
@@ -210,7 +239,8 @@ absl::Status Run() {
   if (!absl::GetFlag(FLAGS_csv).empty()) std::ofstream(absl::GetFlag(FLAGS_csv)) << table;
   if (const auto [prompt, prompts] = prefill; prompts > 0) {
     const ForwardBatch step = MakeStep(c, prompts, prompt, prompt, block_size);
-    ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*ops, c, prompts * BlocksFor(prompt, block_size), block_size));
+    ASSIGN_OR_RETURN(KvCache cache,
+                     KvCache::Create(*ops, c, prompts * BlocksFor(prompt, block_size), block_size, kv_dtype));
     ASSIGN_OR_RETURN(const double step_s, SecondsPerStep(*model, *ops, step, cache));
     std::printf("prefill: %lld prompts x %lld tokens per step: %.3f ms per step, %.1f prompt tokens/s\n",
                 static_cast<long long>(prompts), static_cast<long long>(prompt), step_s * 1e3,

@@ -27,6 +27,7 @@
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/bf16_storage_ops.h"
+#include "kernels/latent_row.h"
 #include "kernels/ops.h"
 #include "worker/kv_cache.h"
 #include "worker/model.h"
@@ -445,6 +446,48 @@ TEST_F(CudaOpsTest, LatentCacheWriteAndGatherMatchCpuExactly) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// An FP8 cache written on the GPU holds the CPU's bytes (the same quantization
+// rule on the same bf16 values), at DeepSeek's dims and the tiny model's; it
+// gathers back as bf16(e4m3 * scale), the CPU's values rounded to bf16.
+TEST_F(CudaOpsTest, Fp8LatentCacheWriteAndGatherMatchCpu) {
+  for (const auto [rank, rope] : {std::pair<int64_t, int64_t>{512, 64}, {64, 16}, {160, 8}}) {
+    const int64_t blocks = 6, layers = 2, block_size = 16, rows = blocks * block_size;
+    const std::vector<int64_t> shape{blocks, layers, block_size, Fp8LatentRow{rank, rope}.bytes()};
+    auto g_cache = gpu_->Empty(DType::kU8, shape);
+    auto c_cache = cpu_->Empty(DType::kU8, shape);
+    ASSERT_TRUE(g_cache.ok() && c_cache.ok());
+    std::vector<int64_t> slots(rows);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), rng_);
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      std::vector<float> c_kv = Normal(rows * rank), k_rope = Normal(rows * rope);
+      for (int64_t i = 0; i < rows * rank; ++i) c_kv[i] = Bf16ToF32(F32ToBf16(c_kv[i] * (1 + i / rank % 7)));
+      for (float& v : k_rope) v = Bf16ToF32(F32ToBf16(v));
+      ASSERT_OK(gpu_->WriteLatentCache(Gpu(c_kv, {rows, rank}), Gpu(k_rope, {rows, rope}), slots, layer, &*g_cache));
+      ASSERT_OK(cpu_->WriteLatentCache(Cpu(c_kv, {rows, rank}), Cpu(k_rope, {rows, rope}), slots, layer, &*c_cache));
+    }
+    std::vector<uint8_t> g_bytes(g_cache->num_bytes());
+    ASSERT_EQ(cudaMemcpy(g_bytes.data(), g_cache->data, g_bytes.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(std::memcmp(g_bytes.data(), c_cache->data, g_bytes.size()), 0) << "rank " << rank;
+    std::vector<int32_t> table(blocks);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), rng_);
+    Tensor g_kv = Poisoned({rows, rank}), g_rope = Poisoned({rows, rope});
+    Tensor c_kv = CpuZeros({rows, rank}), c_rope = CpuZeros({rows, rope});
+    ASSERT_OK(gpu_->GatherLatent(*g_cache, 1, table, rows, &g_kv, &g_rope));
+    ASSERT_OK(cpu_->GatherLatent(*c_cache, 1, table, rows, &c_kv, &c_rope));
+    std::vector<float> expected = Get(c_kv);
+    for (float& v : expected) v = Bf16ToF32(F32ToBf16(v));
+    EXPECT_TRUE(BitwiseEqual(Get(g_kv), expected)) << "rank " << rank;
+    EXPECT_TRUE(BitwiseEqual(Get(g_rope), Get(c_rope))) << "rank " << rank;
+  }
+  auto odd = gpu_->Empty(DType::kU8, {2, 1, 4, Fp8LatentRow{40, 8}.bytes()});
+  ASSERT_TRUE(odd.ok());
+  EXPECT_EQ(gpu_->WriteLatentCache(Gpu(Normal(40), {1, 40}), Gpu(Normal(8), {1, 8}), std::vector<int64_t>{0}, 0, &*odd)
+                .code(),
+            absl::StatusCode::kUnimplemented);
+}
+
 TEST_F(CudaOpsTest, MoeRouteMatchesCpuForBothRouterKinds) {
   struct Case {
     const char* name;
@@ -750,6 +793,57 @@ std::vector<double> RowErrors(const std::vector<float>& out, const std::vector<f
 // so the whole-prompt error reaches ~6e-2: checked per row (median under
 // 2e-2, at most a tenth of the rows over 5e-2, all under 1e-1 in aggregate).
 // Greedy tokens must equal the bf16-storage reference's exactly.
+// The tiny model over an FP8 cache on the GPU against the CPU's over one. As
+// with FP8 weights (below), e4m3 rounding turns the last bits in which bf16
+// activations differ from float32 into whole steps now and then, so the GPU
+// must be no further from the float32 CPU than the bf16-storage CPU, over the
+// same kind of cache, is (with a margin), in both forms and block sizes
+// 64/16/1. Prints how far each is from the float cache's logits: the accuracy
+// an FP8 cache costs.
+TEST(CudaModelTest, TinyDeepSeekV3OverFp8CacheMatchesCpu) {
+  auto gpu = NewCudaOps();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::unique_ptr<Ops> cpu = NewCpuOps(), emulated = NewBf16StorageCpuOps();
+  auto reference = SafetensorsFile::Open(absl::StrCat(kTinyModel, "/reference.safetensors"));
+  ASSERT_TRUE(reference.ok());
+  struct Setup {
+    int64_t block_size, chunk;
+    AttentionForm form;
+  };
+  for (const Setup& s : {Setup{64, 0, AttentionForm::kAbsorbed}, Setup{16, 7, AttentionForm::kExpanded},
+                         Setup{1, 9, AttentionForm::kCheapest}}) {
+    std::vector<std::unique_ptr<Model>> models;
+    std::vector<std::unique_ptr<KvCache>> caches;
+    std::vector<std::unique_ptr<ModelRunner>> runners;  // GPU, bf16-storage CPU, float32 CPU; FP8 caches; float32 CPU
+    const RunnerOptions options{.prefill_chunk_tokens = s.chunk, .attention_form = s.form};
+    for (auto [ops, dtype] : {std::pair{&**gpu, KvCacheDtype::kFp8}, {emulated.get(), KvCacheDtype::kFp8},
+                              {cpu.get(), KvCacheDtype::kFp8}, {cpu.get(), KvCacheDtype::kStorage}}) {
+      auto model = Model::Load(kTinyModel, *ops);
+      ASSERT_TRUE(model.ok()) << model.status();
+      auto cache = KvCache::Create(*ops, (*model)->config(), 4096 / s.block_size, s.block_size, dtype);
+      ASSERT_TRUE(cache.ok()) << cache.status();
+      models.push_back(*std::move(model));
+      caches.push_back(std::make_unique<KvCache>(*std::move(cache)));
+      runners.push_back(std::make_unique<ModelRunner>(*models.back(), *caches.back(), options));
+    }
+    for (int i = 0; i < 3; ++i) {
+      const std::vector<int32_t> ids = ReadIds(**reference, absl::StrCat("prompt", i, ".ids"));
+      std::vector<std::vector<float>> logits;
+      for (auto& runner : runners) {
+        auto l = runner->Score(ids);
+        ASSERT_TRUE(l.ok()) << l.status();
+        logits.push_back(*std::move(l));
+      }
+      const double gpu_err = RelErr(logits[0], logits[2]), emulated_err = RelErr(logits[1], logits[2]);
+      EXPECT_LE(gpu_err, 1.5 * emulated_err + 0.02) << "block " << s.block_size << " prompt " << i;
+      std::cout << "block " << s.block_size << " chunk " << s.chunk << " prompt " << i << " (" << ids.size()
+                << " tokens), from the float32 CPU over an FP8 cache: GPU " << gpu_err << ", bf16-storage CPU "
+                << emulated_err << "; from the float32 CPU over a float cache: GPU " << RelErr(logits[0], logits[3])
+                << ", float32 CPU over an FP8 cache " << RelErr(logits[2], logits[3]) << std::endl;
+    }
+  }
+}
+
 TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
   auto gpu = NewCudaOps();
   ASSERT_TRUE(gpu.ok()) << gpu.status();

@@ -20,6 +20,7 @@
 #include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/mla/kernels.h"
+#include "kernels/latent_row.h"
 #include "kernels/ops.h"
 
 namespace mlaserve {
@@ -126,17 +127,32 @@ struct SeqSpec {
   int64_t context_len;
 };
 
+// A CUDA tensor of `bytes` (an FP8 cache's).
+Tensor DeviceBytes(const Tensor& host) {
+  Tensor t = host;
+  t.device = Device::kCuda;
+  void* ptr = nullptr;
+  EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(host.num_bytes(), 1)), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(ptr, host.data, host.num_bytes(), cudaMemcpyHostToDevice), cudaSuccess);
+  t.storage = std::shared_ptr<void>(ptr, [](void* p) { cudaFree(p); });
+  t.data = ptr;
+  return t;
+}
+
 // A batch for the absorbed form: the latent cache (two layers, layer 1 used),
 // queries and the layout, on the host (float, bf16-rounded) and on the GPU.
+// With `fp8`, the cache is the CPU's FP8 cache of those rows (kernels/latent_row.h),
+// the same bytes on both.
 struct AbsorbedProblem {
   int64_t heads = 0, rank = 0, rope = 0, block_size = 0, layers = 2, layer = 1, num_blocks = 0;
   float scale = kV3Scale;
   AttentionLayout layout;
   std::vector<float> q_latent, q_rope, cache;
+  Tensor fp8_cache;  // on the host; undefined for a bf16 cache
   Tensor d_q_latent, d_q_rope, d_cache;
 
   static AbsorbedProblem Make(int64_t heads, int64_t rank, int64_t rope, int64_t block_size,
-                              const std::vector<SeqSpec>& seqs, uint64_t seed) {
+                              const std::vector<SeqSpec>& seqs, uint64_t seed, bool fp8 = false) {
     std::mt19937_64 rng(seed);
     AbsorbedProblem p;
     p.heads = heads;
@@ -168,6 +184,25 @@ struct AbsorbedProblem {
     p.d_q_latent = DeviceBf16(p.q_latent, {tokens, heads, rank});
     p.d_q_rope = DeviceBf16(p.q_rope, {tokens, heads, rope});
     p.d_cache = DeviceBf16(p.cache, {p.num_blocks, p.layers, block_size, rank + rope});
+    if (fp8) {
+      p.fp8_cache = *Cpu().Empty(DType::kU8, {p.num_blocks, p.layers, block_size, Fp8LatentRow{rank, rope}.bytes()});
+      const int64_t slots = p.num_blocks * block_size;
+      std::vector<int64_t> slot_ids(slots);
+      std::iota(slot_ids.begin(), slot_ids.end(), 0);
+      for (int64_t l = 0; l < p.layers; ++l) {
+        std::vector<float> c_kv, k_rope;
+        for (int64_t slot = 0; slot < slots; ++slot) {
+          const float* row = p.cache.data() + ((slot / block_size * p.layers + l) * block_size + slot % block_size) *
+                                                  (rank + rope);
+          c_kv.insert(c_kv.end(), row, row + rank);
+          k_rope.insert(k_rope.end(), row + rank, row + rank + rope);
+        }
+        EXPECT_TRUE(Cpu().WriteLatentCache(CpuTensor(c_kv, {slots, rank}), CpuTensor(k_rope, {slots, rope}), slot_ids,
+                                           l, &p.fp8_cache)
+                        .ok());
+      }
+      p.d_cache = DeviceBytes(p.fp8_cache);
+    }
     return p;
   }
 
@@ -192,7 +227,8 @@ struct AbsorbedProblem {
   std::vector<float> Reference() const {
     Tensor ql = CpuTensor(q_latent, {tokens(), heads, rank});
     Tensor qr = CpuTensor(q_rope, {tokens(), heads, rope});
-    Tensor c = CpuTensor(cache, {num_blocks, layers, block_size, rank + rope});
+    Tensor c = fp8_cache.data != nullptr ? fp8_cache
+                                                            : CpuTensor(cache, {num_blocks, layers, block_size, rank + rope});
     Tensor out = *Cpu().Empty(DType::kF32, {tokens(), heads, rank});
     absl::Status st = Cpu().MlaAbsorbedAttention(ql, qr, c, layer, layout, scale, &out);
     EXPECT_TRUE(st.ok()) << st;
@@ -218,15 +254,15 @@ std::string Describe(const std::vector<SeqSpec>& seqs) {
 
 // GPU against CPU; returns the largest relative error.
 double CheckAbsorbed(MlaAttention& attention, cudaStream_t stream, int64_t heads, int64_t rank, int64_t rope,
-                     int64_t block_size, const std::vector<SeqSpec>& seqs) {
+                     int64_t block_size, const std::vector<SeqSpec>& seqs, bool fp8 = false) {
   const uint64_t seed = FreshSeed();
-  AbsorbedProblem p = AbsorbedProblem::Make(heads, rank, rope, block_size, seqs, seed);
+  AbsorbedProblem p = AbsorbedProblem::Make(heads, rank, rope, block_size, seqs, seed, fp8);
   const std::vector<float> ref = p.Reference();
   const std::vector<float> gpu = ToHost(p.Run(attention, stream));
   const double err = RelErr(gpu, ref);
-  printf("absorbed heads=%lld rank=%lld rope=%lld block=%lld seqs=%s seed=%llu: rel err %.3e\n", (long long)heads,
-         (long long)rank, (long long)rope, (long long)block_size, Describe(seqs).substr(0, 120).c_str(),
-         (unsigned long long)seed, err);
+  printf("absorbed%s heads=%lld rank=%lld rope=%lld block=%lld seqs=%s seed=%llu: rel err %.3e\n",
+         fp8 ? " (FP8 cache)" : "", (long long)heads, (long long)rank, (long long)rope, (long long)block_size,
+         Describe(seqs).substr(0, 120).c_str(), (unsigned long long)seed, err);
   fflush(stdout);
   EXPECT_LT(err, 1e-2) << "seed " << seed << " seqs " << Describe(seqs);
   // Every row, separately: an unwritten or wrong row would hide in the batch norm.
@@ -313,15 +349,17 @@ TEST_F(CudaMlaTest, GenericDims) {
 
 // A sequence's output is bitwise the same alone and in any batch, and the same
 // batch gives the same bits twice (also after another layout was planned).
-void CheckInvariance(MlaAttention& attention, cudaStream_t stream, int64_t heads) {
+void CheckInvariance(MlaAttention& attention, cudaStream_t stream, int64_t heads, bool fp8 = false) {
   const uint64_t seed = FreshSeed();
   std::vector<SeqSpec> seqs = {{1, 5000}, {1, 70}, {4, 900}, {1, 1}, {1, 2500}, {9, 1300}, {1, 64}};
   for (int i = 0; i < 40; ++i) seqs.push_back({1, 1500 + 37 * i});  // enough items for persistent CTAs to loop
-  const AbsorbedProblem batch = AbsorbedProblem::Make(heads, 512, 64, 64, seqs, seed);
-  const AbsorbedProblem other = AbsorbedProblem::Make(heads, 512, 64, 64, {{1, 3333}, {9, 1300}, {2, 40}}, seed + 1);
+  const AbsorbedProblem batch = AbsorbedProblem::Make(heads, 512, 64, 64, seqs, seed, fp8);
+  const AbsorbedProblem other =
+      AbsorbedProblem::Make(heads, 512, 64, 64, {{1, 3333}, {9, 1300}, {2, 40}}, seed + 1, fp8);
   std::vector<AbsorbedProblem> alone;
   for (size_t i : {size_t{0}, size_t{2}, size_t{3}, size_t{5}}) alone.push_back(batch.Only(i));
-  printf("batch invariance heads=%lld seed=%llu\n", (long long)heads, (unsigned long long)seed);
+  printf("batch invariance heads=%lld%s seed=%llu\n", (long long)heads, fp8 ? " (FP8 cache)" : "",
+         (unsigned long long)seed);
   const std::vector<uint16_t> first = Bits(batch.Run(attention, stream));
   for (const AbsorbedProblem& a : alone) {
     const std::vector<uint16_t> bits = Bits(a.Run(attention, stream));
@@ -342,6 +380,24 @@ void CheckInvariance(MlaAttention& attention, cudaStream_t stream, int64_t heads
 
 TEST_F(CudaMlaTest, BatchInvariance128Heads) { CheckInvariance(*attention_, stream_, 128); }
 TEST_F(CudaMlaTest, BatchInvariance16Heads) { CheckInvariance(*attention_, stream_, 16); }
+
+// An FP8 cache: every tile kind (16- and 64-row tiles, the generic kernel), block
+// sizes 64/16/1, splits and persistent CTAs looping, against the CPU over the same
+// bytes; and bitwise batch invariance.
+TEST_F(CudaMlaTest, Fp8CacheMatchesCpu) {
+  CheckAbsorbed(*attention_, stream_, 128, 512, 64, 64, kMixedDecode, /*fp8=*/true);
+  CheckAbsorbed(*attention_, stream_, 16, 512, 64, 16, {{1, 15}, {1, 17}, {1, 1}, {1, 3001}, {37, 37}, {70, 1100}},
+                true);
+  CheckAbsorbed(*attention_, stream_, 16, 512, 64, 1, {{1, 1}, {1, 100}, {3, 40}}, true);
+  CheckAbsorbed(*attention_, stream_, 128, 512, 64, 16, {{1, 100}, {3, 600}, {9, 9}, {2, 515}}, true);
+  CheckAbsorbed(*attention_, stream_, 16, 512, 64, 64, ManySeqs(FreshSeed(), 96), true);
+  CheckAbsorbed(*attention_, stream_, 8, 64, 16, 16, {{1, 1}, {1, 17}, {6, 6}, {4, 600}}, true);
+  CheckAbsorbed(*attention_, stream_, 2, 512, 64, 64, {{1, 65536}}, true);
+}
+TEST_F(CudaMlaTest, Fp8CacheBatchInvariance) {
+  CheckInvariance(*attention_, stream_, 128, /*fp8=*/true);
+  CheckInvariance(*attention_, stream_, 16, /*fp8=*/true);
+}
 
 TEST_F(CudaMlaTest, ReusedPlanWithNewQueries) {
   // The second call has the same layout (the plan is reused) but other queries and cache.

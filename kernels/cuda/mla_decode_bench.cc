@@ -14,11 +14,13 @@
 // or >= 10 calls), median of 3 repetitions; again with the calls captured in a
 // CUDA graph. Consecutive calls read different cache regions (and queries)
 // until >= --rotate_mb MiB has been touched, so small shapes do not run from L2.
-// TB/s = (batch * context * 576 * 2 + batch * heads * (576 + 512) * 2) / time;
+// TB/s = (batch * context * row bytes + batch * heads * (576 + 512) * 2) / time,
+// a row being 576 * 2 bytes, or 656 in an FP8 cache (--kv=fp8, kernels/latent_row.h:
+// rows quantized from the same uniform values; kernel column "mlaserve_fp8");
 // TFLOP/s = 2 * heads * (576 + 512) * batch * context / time.
 //
 //   mla_decode_bench [--heads=128,16] [--batches=1,2,...,256]
-//                    [--contexts=1024,...,65536] [--max_cache_gb=40]
+//                    [--contexts=1024,...,65536] [--max_cache_gb=40] [--kv=bf16|fp8]
 //                    [--target_ms=20] [--rotate_mb=512] [--no_graph] [--csv=PATH]
 // CSV goes to --csv, else to $OUT/mla_decode.csv when OUT is set.
 #include <cublas_v2.h>
@@ -39,6 +41,7 @@
 #include "common/dtype.h"
 #include "kernels/cuda/bench_checks.h"
 #include "kernels/cuda/bench_util.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/mla/kernels.h"
 #include "kernels/ops.h"
@@ -53,6 +56,32 @@ constexpr int kRank = 512, kRope = 64, kD = kRank + kRope, kPage = 64;
 // compared kernel variants; the kernels left are what variant 11 was.
 constexpr int kVariant = 11;
 
+// FP8 cache rows quantized (cuda::WriteLatentCacheFp8) from uniform bf16 rows, a
+// chunk of rows at a time.
+void FillFp8Rows(uint8_t* pool, size_t rows, cudaStream_t stream) {
+  constexpr int64_t kChunk = 1 << 18;
+  void *c_kv, *k_rope, *slots;
+  CK(cudaMalloc(&c_kv, kChunk * kRank * 2));
+  CK(cudaMalloc(&k_rope, kChunk * kRope * 2));
+  CK(cudaMalloc(&slots, kChunk * sizeof(int64_t)));
+  FillUniformBf16(c_kv, kChunk * kRank, 42, stream);
+  FillUniformBf16(k_rope, kChunk * kRope, 43, stream);
+  std::vector<int64_t> ids(kChunk);
+  const cuda::Fp8RowLayout layout{.bytes = cuda::kMlaFp8RowBytes, .scales_at = cuda::kMlaFp8ScalesAt, .rope_at = cuda::kMlaFp8RopeAt};
+  for (size_t first = 0; first < rows; first += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, static_cast<int64_t>(rows - first));
+    std::iota(ids.begin(), ids.begin() + n, static_cast<int64_t>(first));
+    CK(cudaMemcpyAsync(slots, ids.data(), n * sizeof(int64_t), cudaMemcpyHostToDevice, stream));
+    const cuda::LatentCacheGeometry geometry{.layers = 1, .block_size = 1, .rank = kRank, .rope = kRope, .layer = 0};
+    CK(cuda::WriteLatentCacheFp8(static_cast<const __nv_bfloat16*>(c_kv), static_cast<const __nv_bfloat16*>(k_rope),
+                                 static_cast<const int64_t*>(slots), n, geometry, layout, pool, stream));
+    CK(cudaStreamSynchronize(stream));
+  }
+  CK(cudaFree(c_kv));
+  CK(cudaFree(k_rope));
+  CK(cudaFree(slots));
+}
+
 struct Options {
   std::vector<int> heads = {128, 16};
   std::vector<int> batches = {1, 2, 4, 8, 16, 32, 64, 128, 256};
@@ -62,7 +91,9 @@ struct Options {
   double rotate_mb = 512;
   double softmax_scale = 1.0 / std::sqrt(192.0);
   bool graph = true;
+  bool fp8 = false;
   std::string csv;
+  int row_bytes() const { return fp8 ? cuda::kMlaFp8RowBytes : kD * 2; }
 };
 
 Options ParseOptions(int argc, char** argv) {
@@ -87,6 +118,8 @@ Options ParseOptions(int argc, char** argv) {
       o.csv = v;
     else if (a == "--no_graph")
       o.graph = false;
+    else if (a == "--kv=fp8" || a == "--kv=bf16")
+      o.fp8 = a == "--kv=fp8";
     else {
       fprintf(stderr, "unknown flag %s\n", a.c_str());
       exit(2);
@@ -122,7 +155,7 @@ int main(int argc, char** argv) {
     for (int b : opt.batches) {
       for (int ctx : opt.contexts) {
         const int64_t blocks = static_cast<int64_t>(b) * ((ctx + kPage - 1) / kPage);
-        if (blocks * kPage * kD * 2.0 / 1e9 > opt.max_cache_gb) {
+        if (static_cast<double>(blocks) * kPage * opt.row_bytes() / 1e9 > opt.max_cache_gb) {
           skipped.push_back({h, b, ctx});
           continue;
         }
@@ -132,7 +165,8 @@ int main(int argc, char** argv) {
     }
   }
   // Room to rotate small shapes over rotate_mb.
-  pool_blocks = std::max<int64_t>(pool_blocks, static_cast<int64_t>(opt.rotate_mb * 1048576.0 / (kPage * kD * 2)) + 1);
+  pool_blocks =
+      std::max<int64_t>(pool_blocks, static_cast<int64_t>(opt.rotate_mb * 1048576.0 / (kPage * opt.row_bytes())) + 1);
 
   const double copy_tbps = CopyTbps(stream);
   const double gemm_tflops = GemmTflops(stream);
@@ -140,11 +174,17 @@ int main(int argc, char** argv) {
   printf("GEMM: %.1f TFLOP/s (cuBLAS bf16 8192^3, fp32 compute)\n", gemm_tflops);
 
   void* pool = nullptr;
-  const size_t pool_elems = static_cast<size_t>(pool_blocks) * kPage * kD;
-  CK(cudaMalloc(&pool, pool_elems * 2));
-  FillUniformBf16(pool, pool_elems, 42, stream);
+  const size_t pool_rows = static_cast<size_t>(pool_blocks) * kPage, pool_bytes = pool_rows * opt.row_bytes();
+  CK(cudaMalloc(&pool, pool_bytes));
+  if (opt.fp8) {
+    FillFp8Rows(static_cast<uint8_t*>(pool), pool_rows, stream);
+  } else {
+    FillUniformBf16(pool, pool_rows * kD, 42, stream);
+  }
   CK(cudaStreamSynchronize(stream));
-  printf("cache pool: %lld blocks of 64 x 576 bf16 (%.2f GB)\n", (long long)pool_blocks, pool_elems * 2 / 1e9);
+  printf("cache pool: %lld blocks of 64 rows of %d bytes (%s, %.2f GB)\n", (long long)pool_blocks, opt.row_bytes(),
+         opt.fp8 ? "FP8" : "bf16", pool_bytes / 1e9);
+  const char* kernel_name = opt.fp8 ? "mlaserve_fp8" : "mlaserve";
 
   FILE* csv = nullptr;
   if (!opt.csv.empty()) {
@@ -160,7 +200,7 @@ int main(int argc, char** argv) {
         "kernel,variant,heads,batch,context,cache_gb,ctas,replicas,iters,us_per_call,tbps,tflops,us_graph,tbps_graph,"
         "tflops_graph,us_plan,us_host\n");
     for (const Shape& s : skipped) {
-      fprintf(csv, "mlaserve,,%d,%d,%d,,,,,skipped(cache>%.0fGB),,,,,,,\n", s.heads, s.batch, s.context,
+      fprintf(csv, "%s,,%d,%d,%d,,,,,skipped(cache>%.0fGB),,,,,,,\n", kernel_name, s.heads, s.batch, s.context,
               opt.max_cache_gb);
     }
   }
@@ -174,7 +214,7 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes) {
     const int64_t blocks_per_seq = (s.context + kPage - 1) / kPage;
     const int64_t blocks = s.batch * blocks_per_seq;
-    const double cache_bytes = static_cast<double>(blocks) * kPage * kD * 2;
+    const double cache_bytes = static_cast<double>(blocks) * kPage * opt.row_bytes();
     int replicas = static_cast<int>(std::ceil(opt.rotate_mb * 1048576.0 / cache_bytes));
     replicas = static_cast<int>(std::clamp<int64_t>(replicas, 1, pool_blocks / blocks));
 
@@ -206,8 +246,10 @@ int main(int argc, char** argv) {
     for (int r = 0; r < replicas; ++r) {
       ql.push_back(DeviceBf16View(static_cast<uint16_t*>(q_latent) + r * q_elems * kRank, {s.batch, s.heads, kRank}));
       qr.push_back(DeviceBf16View(static_cast<uint16_t*>(q_rope) + r * q_elems * kRope, {s.batch, s.heads, kRope}));
-      cache.push_back(
-          DeviceBf16View(static_cast<uint16_t*>(pool) + static_cast<size_t>(r) * blocks * kPage * kD, {blocks, 1, kPage, kD}));
+      Tensor view = DeviceBf16View(static_cast<uint8_t*>(pool) + static_cast<size_t>(r) * blocks * kPage * opt.row_bytes(),
+                                   {blocks, 1, kPage, opt.fp8 ? opt.row_bytes() : kD});
+      if (opt.fp8) view.dtype = DType::kU8;
+      cache.push_back(view);
     }
     Tensor o = DeviceBf16View(out, {s.batch, s.heads, kRank});
     const float scale = static_cast<float>(opt.softmax_scale);
@@ -271,8 +313,8 @@ int main(int argc, char** argv) {
 
     const int tiles = s.heads <= 32 ? (s.heads + 15) / 16 : (s.heads + 63) / 64;
     const int64_t ctas = static_cast<int64_t>(s.batch) * tiles * ((s.context + 511) / 512);
-    const double bytes =
-        static_cast<double>(s.batch) * s.context * kD * 2 + static_cast<double>(s.batch) * s.heads * (kD + kRank) * 2;
+    const double bytes = static_cast<double>(s.batch) * s.context * opt.row_bytes() +
+                         static_cast<double>(s.batch) * s.heads * (kD + kRank) * 2;
     const double flops = 2.0 * s.heads * (kD + kRank) * static_cast<double>(s.batch) * s.context;
     const double tbps = bytes / (us * 1e-6) / 1e12, tflops = flops / (us * 1e-6) / 1e12;
     const double tbps_g = bytes / (us_graph * 1e-6) / 1e12, tflops_g = flops / (us_graph * 1e-6) / 1e12;
@@ -283,7 +325,8 @@ int main(int argc, char** argv) {
            tflops_g, us_plan, us_host);
     fflush(stdout);
     if (csv) {
-      fprintf(csv, "mlaserve,%d,%d,%d,%d,%.4f,%lld,%d,%d,%.2f,%.4f,%.2f,%.2f,%.4f,%.2f,%.1f,%.1f\n", kVariant, s.heads,
+      fprintf(csv, "%s,%d,%d,%d,%d,%.4f,%lld,%d,%d,%.2f,%.4f,%.2f,%.2f,%.4f,%.2f,%.1f,%.1f\n", kernel_name, kVariant,
+              s.heads,
               s.batch, s.context, cache_bytes / 1e9, (long long)ctas, replicas, iters, us, tbps, tflops, us_graph,
               tbps_g, tflops_g, us_plan, us_host);
       fflush(csv);
