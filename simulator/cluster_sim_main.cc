@@ -55,6 +55,7 @@ ABSL_FLAG(double, kv_gbps, 1.0, "--validate: GB/s of KV moved between groups (CP
 ABSL_FLAG(std::string, config, "tests/testdata/configs/deepseek-v3-fp8.json", "model config.json");
 ABSL_FLAG(std::string, hardware, "h200", "GPU whose measured rates cost the steps: h200 or h100");
 ABSL_FLAG(std::string, weights_dtype, "auto", "auto (as stored), bf16 or fp8");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto", "auto or bf16, fp8 (rows of kernels/latent_row.h)");
 ABSL_FLAG(std::string, nodes, "2,4,8,16,32,64,128", "cluster sizes in nodes");
 ABSL_FLAG(std::string, group_gpus, "8,16",
           "GPUs per engine group (attention data-parallel and experts split over all of them), one line each");
@@ -262,6 +263,7 @@ absl::Status Project(const std::string& out) {
   ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(ResolveUserPath(absl::GetFlag(FLAGS_config))));
   ASSIGN_OR_RETURN(const Hardware hw, MeasuredHardware(absl::GetFlag(FLAGS_hardware)));
   ASSIGN_OR_RETURN(const WeightFormat format, ChooseWeightFormat(config, absl::GetFlag(FLAGS_weights_dtype), true));
+  ASSIGN_OR_RETURN(const KvCacheDtype kv_dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
   ASSIGN_OR_RETURN(const std::vector<int64_t> node_counts, ParseList("--nodes", absl::GetFlag(FLAGS_nodes)));
   ASSIGN_OR_RETURN(const std::vector<int64_t> group_sizes, ParseList("--group_gpus", absl::GetFlag(FLAGS_group_gpus)));
   ASSIGN_OR_RETURN(const bench::WorkloadKind kind, bench::ParseWorkloadKind(absl::GetFlag(FLAGS_workload)));
@@ -279,7 +281,7 @@ absl::Status Project(const std::string& out) {
                "| ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: |\n";
   for (int64_t group_gpus : group_sizes) {
     const ParallelPlan plan{.tp = 1, .dp_attention = static_cast<int>(group_gpus), .ep = static_cast<int>(group_gpus)};
-    ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw));
+    ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw, kv_dtype));
     std::cerr << "cluster_sim: " << roofline.ToString() << "\n";
     const int64_t kv_blocks = KvBlocksPerGpu(hw, roofline, block_size);
     auto cost = std::make_shared<RooflineStepCost>(roofline);
@@ -377,6 +379,7 @@ absl::Status ProjectLongPrompt(const std::string& out) {
   ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(ResolveUserPath(absl::GetFlag(FLAGS_config))));
   ASSIGN_OR_RETURN(const Hardware hw, MeasuredHardware(absl::GetFlag(FLAGS_hardware)));
   ASSIGN_OR_RETURN(const WeightFormat format, ChooseWeightFormat(config, absl::GetFlag(FLAGS_weights_dtype), true));
+  ASSIGN_OR_RETURN(const KvCacheDtype kv_dtype, ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype)));
   ASSIGN_OR_RETURN(const std::vector<int64_t> group_sizes, ParseList("--group_gpus", absl::GetFlag(FLAGS_group_gpus)));
   const int64_t prompt = absl::GetFlag(FLAGS_long_prompt), block_size = absl::GetFlag(FLAGS_block_size);
   const int64_t min_tokens = absl::GetFlag(FLAGS_context_parallel_min_tokens);
@@ -394,7 +397,7 @@ absl::Status ProjectLongPrompt(const std::string& out) {
                "| ---: | ---: | ---: | ---: |\n";
   for (int64_t group_gpus : group_sizes) {
     const ParallelPlan plan{.tp = 1, .dp_attention = static_cast<int>(group_gpus), .ep = static_cast<int>(group_gpus)};
-    ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw));
+    ASSIGN_OR_RETURN(RooflineStepCost roofline, RooflineStepCost::Create(config, plan, format, hw, kv_dtype));
     const int64_t kv_blocks = KvBlocksPerGpu(hw, roofline, block_size);
     if (kv_blocks * block_size < prompt + 1) {
       std::cout << absl::StrFormat("| %d | the prompt does not fit | | |\n", group_gpus);

@@ -198,7 +198,8 @@ absl::StatusOr<Hardware> MeasuredHardware(const std::string& name) {
 }
 
 absl::StatusOr<RooflineStepCost> RooflineStepCost::Create(const ModelConfig& config, const ParallelPlan& plan,
-                                                          const WeightFormat& format, const Hardware& hardware) {
+                                                          const WeightFormat& format, const Hardware& hardware,
+                                                          KvCacheDtype kv_dtype) {
   RETURN_IF_ERROR(ValidatePlan(config, plan));
   ASSIGN_OR_RETURN(const ShardLayout shard, MakeShardLayout(config, plan, 0));
   RooflineStepCost cost;
@@ -224,7 +225,8 @@ absl::StatusOr<RooflineStepCost> RooflineStepCost::Create(const ModelConfig& con
   cost.dense_params_per_token_ = std::max(0.0, rank_params - routed_here - embedding);
   cost.dense_read_bytes_ = cost.rank_weight_bytes_ - cost.experts_per_rank_ * cost.routed_expert_bytes_ / plan.moe_tp() -
                            embedding * static_cast<double>(format.dense_bytes);
-  cost.kv_bytes_per_token_ = 2.0 * config.latent_dim() * cost.layers_;  // bf16 latent, every layer
+  cost.kv_bytes_per_token_ =  // every layer's row, bf16 or FP8
+      static_cast<double>(LatentRowBytes(config.kv_lora_rank, config.qk_rope_head_dim, 2, kv_dtype)) * cost.layers_;
   const double heads = static_cast<double>(config.num_attention_heads) / plan.tp;
   cost.attention_flops_per_pair_ =
       2.0 * heads * static_cast<double>(config.qk_head_dim() + config.v_head_dim) * cost.layers_;

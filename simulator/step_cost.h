@@ -14,6 +14,7 @@
 #include "common/model_config.h"
 #include "common/shard_layout.h"
 #include "coordinator/cluster/weight_bytes.h"
+#include "kernels/latent_row.h"
 #include "coordinator/serving/step_trace.h"
 
 namespace mlaserve::sim {
@@ -90,9 +91,11 @@ absl::StatusOr<Hardware> MeasuredHardware(const std::string& name);
 // network, whichever the group spans, not overlapped with compute.
 class RooflineStepCost final : public StepCost {
  public:
+  // `kv_dtype`: what the latent cache's rows hold (kernels/latent_row.h).
   // Errors: the plan does not fit the model (ValidatePlan).
   static absl::StatusOr<RooflineStepCost> Create(const ModelConfig& config, const ParallelPlan& plan,
-                                                 const WeightFormat& format, const Hardware& hardware);
+                                                 const WeightFormat& format, const Hardware& hardware,
+                                                 KvCacheDtype kv_dtype = KvCacheDtype::kStorage);
 
   double Seconds(const StepShape& shape) const override;
   std::string ToString() const override;

@@ -123,6 +123,11 @@ TEST_F(RooflineTest, DeepSeekV3Fp8OnOneNodeReadsItsShardAtTheCopyRate) {
   EXPECT_GT(cost.rank_weight_bytes(), 90e9);
   EXPECT_LT(cost.rank_weight_bytes(), 120e9);
   EXPECT_DOUBLE_EQ(cost.kv_bytes_per_token(), 2.0 * 576 * 61);
+  // An FP8 cache's rows: 512 e4m3, 4 float scales, 64 bf16.
+  EXPECT_DOUBLE_EQ(RooflineStepCost::Create(config_, {.tp = 1, .dp_attention = 8, .ep = 8}, format_, hw_,
+                                            KvCacheDtype::kFp8)
+                       ->kv_bytes_per_token(),
+                   656.0 * 61);
   // One token per replica touches few experts: far less than the whole shard.
   const double one = cost.Seconds(Decode(1, 8, 1024));
   EXPECT_LT(one, cost.rank_weight_bytes() / hw_.hbm_bytes_per_s);

@@ -25,6 +25,24 @@ TEST(KvCacheTest, LayoutIsOneContiguousSpanPerBlock) {
   EXPECT_EQ(KvBlockBytes(TinyConfig(), 64, DType::kBF16), 3 * 64 * 80 * 2);
 }
 
+TEST(KvCacheTest, Fp8RowsAreBytesOfTheirOwnWidth) {
+  auto ops = NewCpuOps();
+  auto cache = KvCache::Create(*ops, TinyConfig(), 10, 16, KvCacheDtype::kFp8);
+  ASSERT_TRUE(cache.ok());
+  // 64 e4m3, one float scale (padded to 16 bytes), 16 bf16: 112 bytes.
+  EXPECT_EQ(cache->pool().dtype, DType::kU8);
+  EXPECT_EQ(cache->pool().shape, (std::vector<int64_t>{10, 3, 16, 112}));
+  EXPECT_EQ(cache->bytes_per_block(), 3 * 16 * 112);
+  EXPECT_EQ(KvBlockBytes(TinyConfig(), 16, ops->storage_dtype(), KvCacheDtype::kFp8), cache->bytes_per_block());
+  ModelConfig v3 = TinyConfig();
+  v3.kv_lora_rank = 512;
+  v3.qk_rope_head_dim = 64;
+  EXPECT_EQ(KvBlockBytes(v3, 64, DType::kBF16, KvCacheDtype::kFp8), 3 * 64 * 656);
+  EXPECT_EQ(ParseKvCacheDtype("fp8").value(), KvCacheDtype::kFp8);
+  EXPECT_EQ(ParseKvCacheDtype("bf16").value(), KvCacheDtype::kStorage);
+  EXPECT_EQ(ParseKvCacheDtype("int4").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(KvCacheTest, AllocateFreeAndExhaust) {
   auto ops = NewCpuOps();
   auto cache = KvCache::Create(*ops, TinyConfig(), 5, 16);
