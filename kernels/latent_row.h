@@ -4,8 +4,7 @@
 // Fp8LatentRow::bytes()] whose rows hold
 //   c_kv as e4m3 with one float32 scale per 128-column group, quantized by the
 //     rule of FP8 activations (kernels/ops.h, Linear: scale = max(amax, 1e-4)
-//     / 448, ties to even), so a value reads back as e4m3 * scale (on the
-//     GPU as bf16(e4m3 * bf16(scale)), kernels/cuda/fp8_latent.cuh);
+//     / 448, ties to even), so a value reads back as e4m3 * scale;
 //   k_rope in bf16: it carries the position and is a ninth of the row, so it
 //     is kept as a GPU computes it (DeepSeek's FP8 cache keeps it so too).
 // Each part starts 16-byte aligned for the kernels' 16-byte loads. At

@@ -5,10 +5,11 @@
 #define MLASERVE_KERNELS_CUDA_MLA_DEVICE_CUH_
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
-#include "kernels/cuda/fp8_latent.cuh"
 #include "kernels/cuda/mla/traits.h"
 #include "kernels/cuda/ptx.h"
 
@@ -132,6 +133,13 @@ __device__ __forceinline__ const uint8_t* Fp8CacheRow(const MlaAbsorbedParams& p
          ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * p.fp8_row_bytes;
 }
 
+// Two e4m3 values (the low byte first) times `scale`, as packed bf16.
+__device__ __forceinline__ uint32_t DequantFp8Pair(uint32_t two, float scale) {
+  const __half2 h(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffff), __NV_E4M3));
+  const float2 f = __half22float2(h);
+  return PackBf16(f.x * scale, f.y * scale);
+}
+
 // A 64-key tile of an FP8 cache at DeepSeek's dims, staged through registers:
 // IssueFp8Tile starts loading each thread's share of the tile's c_kv bytes and
 // scales into registers (and k_rope, already bf16, straight into place with
@@ -182,17 +190,13 @@ __device__ __forceinline__ void LandFp8Tile(const Fp8TileRegs& regs, uint32_t ds
   for (int i = 0; i < kFp8ChunksPerThread; ++i) {
     const int r = i * (kThreads / 32) + warp;
     const uint4 v = regs.values[i];
-    const __nv_bfloat162 s = Fp8LatentScale(regs.scales[i]);
-    uint4 lo, hi;
-    DequantFp8Quad(v.x, s, lo.x, lo.y);
-    DequantFp8Quad(v.y, s, lo.z, lo.w);
-    DequantFp8Quad(v.z, s, hi.x, hi.y);
-    DequantFp8Quad(v.w, s, hi.z, hi.w);
-    // Lanes 4-7 of each quarter warp store their second chunk first: each store then
-    // covers 8 distinct bank groups (even chunks of one group of 8, odd of the next).
-    const bool odd_first = (lane >> 2) & 1;
-    StShared16(TileChunkAddr<kRowStride, kGroupStride>(dst, r, 2 * lane + odd_first), odd_first ? hi : lo);
-    StShared16(TileChunkAddr<kRowStride, kGroupStride>(dst, r, 2 * lane + !odd_first), odd_first ? lo : hi);
+    const float s = regs.scales[i];
+    const uint4 lo = make_uint4(DequantFp8Pair(v.x, s), DequantFp8Pair(v.x >> 16, s), DequantFp8Pair(v.y, s),
+                                DequantFp8Pair(v.y >> 16, s));
+    const uint4 hi = make_uint4(DequantFp8Pair(v.z, s), DequantFp8Pair(v.z >> 16, s), DequantFp8Pair(v.w, s),
+                                DequantFp8Pair(v.w >> 16, s));
+    StShared16(TileChunkAddr<kRowStride, kGroupStride>(dst, r, 2 * lane), lo);
+    StShared16(TileChunkAddr<kRowStride, kGroupStride>(dst, r, 2 * lane + 1), hi);
   }
 }
 
