@@ -145,8 +145,10 @@ __device__ __forceinline__ uint32_t DequantFp8Pair(uint32_t two, float scale) {
 // scales into registers (and k_rope, already bf16, straight into place with
 // cp.async); LandFp8Tile dequantizes the registers into the same bf16 layout
 // LoadCacheTile writes. A kernel lands a tile after the math of the current
-// one, so the loads' latency hides under it. Warp w takes rows w, w + 8, ...,
-// its lanes the row's 32 chunks of 16 values (512 contiguous bytes a load).
+// one, so the loads overlap that math; with one tile in flight at a time this
+// is 1.2-1.6x slower than a bf16 tile all the same (docs/perf.md, "FP8 latent
+// cache"). Warp w takes rows w, w + 8, ..., its lanes the row's 32 chunks of 16
+// values (512 contiguous bytes a load).
 struct Fp8TileRegs {
   uint4 values[kFp8ChunksPerThread];
   float scales[kFp8ChunksPerThread];
