@@ -361,6 +361,7 @@ class CpuOps final : public Ops {
     RETURN_IF_ERROR(CheckShape("WriteLatentCache", "cache", *cache, {-1, -1, -1, LatentRowWidth(*cache, rank, rope)}));
     const int64_t block_size = cache->dim(2), num_slots = cache->dim(0) * block_size;
     const Fp8LatentRow fp8{rank, rope};
+    std::vector<float> scales(Fp8Groups(rank));
     for (int64_t t = 0; t < rows; ++t) {
       if (slots[t] < 0 || slots[t] >= num_slots) {
         return absl::OutOfRangeError(absl::StrCat("cache slot ", slots[t], " outside [0, ", num_slots, ")"));
@@ -373,7 +374,6 @@ class CpuOps final : public Ops {
         std::memcpy(row + rank * sizeof(float), r, rope * sizeof(float));
         continue;
       }
-      std::vector<float> scales(Fp8Groups(rank));
       QuantizeFp8Row(c, rank, row, scales.data());
       std::memcpy(row + fp8.scales_offset(), scales.data(), scales.size() * sizeof(float));
       for (int64_t i = 0; i < rope; ++i) {
@@ -393,10 +393,9 @@ class CpuOps final : public Ops {
     SequenceSlice seq{.num_tokens = 0, .context_len = num_positions,
                       .block_table = {block_table.begin(), block_table.end()}};
     RETURN_IF_ERROR(CheckBlockTable(seq, block_size, cache.dim(0)));
-    const std::vector<float> rows = ReadLatentRows(cache, layer, seq, block_size, rank, rope);
     for (int64_t p = 0; p < num_positions; ++p) {
-      std::memcpy(c_kv->as<float>() + p * rank, rows.data() + p * (rank + rope), rank * sizeof(float));
-      std::memcpy(k_rope->as<float>() + p * rope, rows.data() + p * (rank + rope) + rank, rope * sizeof(float));
+      ReadLatentRow(cache, CacheRow(cache, layer, block_table[p / block_size], p % block_size), rank, rope,
+                    c_kv->as<float>() + p * rank, k_rope->as<float>() + p * rope);
     }
     return absl::OkStatus();
   }
@@ -584,27 +583,33 @@ class CpuOps final : public Ops {
            ((block * layers + layer) * block_size + offset) * width * static_cast<int64_t>(DTypeBytes(cache.dtype));
   }
 
-  // The first context_len rows of `seq` in `layer`, c_kv ++ k_rope in float32
-  // (an FP8 cache's rows dequantized).
+  // One cache row's c_kv and k_rope in float32 (an FP8 row dequantized).
+  static void ReadLatentRow(const Tensor& cache, const uint8_t* row, int64_t rank, int64_t rope, float* c_kv,
+                            float* k_rope) {
+    if (!IsFp8LatentCache(cache)) {
+      std::memcpy(c_kv, row, rank * sizeof(float));
+      std::memcpy(k_rope, row + rank * sizeof(float), rope * sizeof(float));
+      return;
+    }
+    const Fp8LatentRow fp8{rank, rope};
+    const float* scales = reinterpret_cast<const float*>(row + fp8.scales_offset());
+    for (int64_t i = 0; i < rank; ++i) c_kv[i] = F8E4M3ToF32(row[i]) * scales[i / kFp8ScaleGroup];
+    for (int64_t i = 0; i < rope; ++i) {
+      uint16_t bits;
+      std::memcpy(&bits, row + fp8.rope_offset() + 2 * i, 2);
+      k_rope[i] = Bf16ToF32(bits);
+    }
+  }
+
+  // The first context_len rows of `seq` in `layer`, c_kv ++ k_rope in float32.
   static std::vector<float> ReadLatentRows(const Tensor& cache, int64_t layer, const SequenceSlice& seq,
                                            int64_t block_size, int64_t rank, int64_t rope) {
     const int64_t dims = rank + rope;
-    const Fp8LatentRow fp8{rank, rope};
     std::vector<float> rows(seq.context_len * dims);
     for (int64_t j = 0; j < seq.context_len; ++j) {
-      const uint8_t* row = CacheRow(cache, layer, seq.block_table[j / block_size], j % block_size);
       float* dst = rows.data() + j * dims;
-      if (!IsFp8LatentCache(cache)) {
-        std::memcpy(dst, row, dims * sizeof(float));
-        continue;
-      }
-      const float* scales = reinterpret_cast<const float*>(row + fp8.scales_offset());
-      for (int64_t i = 0; i < rank; ++i) dst[i] = F8E4M3ToF32(row[i]) * scales[i / kFp8ScaleGroup];
-      for (int64_t i = 0; i < rope; ++i) {
-        uint16_t bits;
-        std::memcpy(&bits, row + fp8.rope_offset() + 2 * i, 2);
-        dst[rank + i] = Bf16ToF32(bits);
-      }
+      ReadLatentRow(cache, CacheRow(cache, layer, seq.block_table[j / block_size], j % block_size), rank, rope, dst,
+                    dst + rank);
     }
     return rows;
   }
