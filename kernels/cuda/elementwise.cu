@@ -1,8 +1,8 @@
 #include "kernels/cuda/elementwise.h"
 
-#include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "kernels/cuda/fp8_latent.cuh"
 #include "kernels/random_normal.h"
 
 namespace mlaserve::cuda {
@@ -211,8 +211,7 @@ __global__ void GatherLatentFp8Kernel(const uint8_t* cache, const int32_t* block
   const float* scales = reinterpret_cast<const float*>(row + l.scales_at);
   for (int64_t j = threadIdx.x; j < g.rank + g.rope; j += blockDim.x) {
     if (j < g.rank) {
-      const float value = __half2float(__half(__nv_cvt_fp8_to_halfraw(row[j], __NV_E4M3)));
-      c_kv[p * g.rank + j] = __float2bfloat16(value * scales[j / 128]);
+      c_kv[p * g.rank + j] = DequantFp8(row[j], scales[j / 128]);
     } else {
       k_rope[p * g.rope + (j - g.rank)] = reinterpret_cast<const __nv_bfloat16*>(row + l.rope_at)[j - g.rank];
     }

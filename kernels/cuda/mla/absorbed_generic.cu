@@ -20,7 +20,7 @@ __device__ __forceinline__ float CacheValue(const MlaAbsorbedParams& p, int64_t 
     const uint8_t* bytes = p.fp8_cache + row;
     if (d >= p.rank) return __bfloat162float(reinterpret_cast<const bf16*>(bytes + p.fp8_rope_at)[d - p.rank]);
     const float scale = reinterpret_cast<const float*>(bytes + p.fp8_scales_at)[d / 128];
-    return UnpackBf16(DequantFp8Pair(bytes[d], scale)).x;  // bf16(e4m3 * scale), as the tiles land
+    return __bfloat162float(DequantFp8(bytes[d], scale));  // bf16(e4m3 * scale), as the tiles land
   } else {
     return __bfloat162float(p.cache[row + d]);
   }

@@ -5,11 +5,10 @@
 #define MLASERVE_KERNELS_CUDA_MLA_DEVICE_CUH_
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 
 #include <cstdint>
 
+#include "kernels/cuda/fp8_latent.cuh"
 #include "kernels/cuda/mla/traits.h"
 #include "kernels/cuda/ptx.h"
 
@@ -131,13 +130,6 @@ __device__ __forceinline__ const uint8_t* Fp8CacheRow(const MlaAbsorbedParams& p
   const int block = p.block_tables[table + key / p.block_size];
   return p.fp8_cache +
          ((static_cast<int64_t>(block) * p.layers + p.layer) * p.block_size + key % p.block_size) * p.fp8_row_bytes;
-}
-
-// Two e4m3 values (the low byte first) times `scale`, as packed bf16.
-__device__ __forceinline__ uint32_t DequantFp8Pair(uint32_t two, float scale) {
-  const __half2 h(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffff), __NV_E4M3));
-  const float2 f = __half22float2(h);
-  return PackBf16(f.x * scale, f.y * scale);
 }
 
 // A 64-key tile of an FP8 cache at DeepSeek's dims, staged through registers:
