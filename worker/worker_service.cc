@@ -198,16 +198,16 @@ grpc::Status WorkerService::Steps(
   internal::v1::StepRequest request;
   while (stream->Read(&request)) {
     internal::v1::StepResponse response;
-    absl::Status status;
-    {
-      absl::MutexLock lock(&mu_);
-      status = RunStep(request, &response);
-    }
     // A failed step ends the stream: the coordinator fails the group.
-    if (!status.ok()) return ToGrpcStatus(status);
+    if (absl::Status status = Step(request, &response); !status.ok()) return ToGrpcStatus(status);
     if (!stream->Write(response)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator went away");
   }
   return grpc::Status::OK;
+}
+
+absl::Status WorkerService::Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
+  absl::MutexLock lock(&mu_);
+  return RunStep(request, response);
 }
 
 absl::Status WorkerService::CheckChange(const internal::v1::StepSequence& s,

@@ -69,6 +69,11 @@ class WorkerService final : public internal::v1::Worker::Service {
                            internal::v1::CreateCacheResponse* response) override;
   grpc::Status Steps(grpc::ServerContext* context,
                      grpc::ServerReaderWriter<internal::v1::StepResponse, internal::v1::StepRequest>* stream) override;
+  // One message of a Steps stream: checks the request and runs its step
+  // (Steps calls it for each, in order). InvalidArgument for a request that
+  // does not fit the worker's sequences or cache, which then change nothing.
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response)
+      ABSL_LOCKS_EXCLUDED(mu_);
   grpc::Status GetStats(grpc::ServerContext* context, const internal::v1::GetStatsRequest* request,
                         internal::v1::GetStatsResponse* response) override;
   grpc::Status ReadBlocks(grpc::ServerContext* context, const internal::v1::ReadBlocksRequest* request,
