@@ -70,6 +70,10 @@ ABSL_FLAG(std::string, migration, "auto", "move a prefix cached by a busy group 
 ABSL_FLAG(int64_t, cache_affinity_slack, 8,
           "a group (or an attention replica within one) caching a longer prefix wins while at most this many requests "
           "busier than the least loaded");
+ABSL_FLAG(std::string, kv_links, "gpus",
+          "which workers move KV between them over a link made at start-up (for prefill/decode handoffs) or on first "
+          "use, the others pulling over gRPC: gpus (workers on distinct GPUs, NCCL) or all (CPU workers too, Gloo: "
+          "raw bytes, where the pull carries floats)");
 ABSL_FLAG(double, transfer_timeout_s, 60, "a KV transfer between workers taking longer fails (the prefix is recomputed)");
 ABSL_FLAG(double, comm_timeout_s, 30, "a collective waiting on a peer longer than this fails its group's step");
 ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");
@@ -443,6 +447,7 @@ absl::Status Run() {
   if (migration != "auto" && migration != "always" && migration != "never") {
     return absl::InvalidArgumentError("--migration must be auto, always or never");
   }
+  ASSIGN_OR_RETURN(const KvLinks kv_links, ParseKvLinks(absl::GetFlag(FLAGS_kv_links)));
   if (absl::GetFlag(FLAGS_max_batched_tokens) < 0 || absl::GetFlag(FLAGS_max_num_seqs) < 1) {
     return absl::InvalidArgumentError("--max_batched_tokens must be 0 (automatic) or more, --max_num_seqs 1 or more");
   }
@@ -458,6 +463,7 @@ absl::Status Run() {
                                      : migration == "never" ? MigrationPolicy::kNever
                                                             : MigrationPolicy::kAuto,
                         .transfer_timeout = absl::Seconds(absl::GetFlag(FLAGS_transfer_timeout_s)),
+                        .kv_links = kv_links,
                         .max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests),
                         .cache_affinity_slack = absl::GetFlag(FLAGS_cache_affinity_slack)},
                        metrics, &registry);
@@ -489,6 +495,11 @@ absl::Status Run() {
                    registry.WaitForWorkers(absl::GetFlag(FLAGS_workers), absl::Seconds(absl::GetFlag(FLAGS_worker_wait_s))));
   ASSIGN_OR_RETURN(const auto started, StartGroups(workers, config, model_dir, group_options, engine, metrics));
   const auto& [shape, bytes_per_block] = started;
+  const absl::Time links_start = absl::Now();
+  if (const int links = engine.ConnectHandoffLinks(); links > 0) {
+    std::cerr << absl::StreamFormat("coordinator: %d KV link(s) for prefill/decode handoffs made in %.2f s\n", links,
+                                    absl::ToDoubleSeconds(absl::Now() - links_start));
+  }
   if (migration == "auto") {
     if (absl::Status calibrated = engine.Calibrate(bytes_per_block); !calibrated.ok()) {
       std::cerr << "coordinator: KV migration not calibrated (" << calibrated << "); it moves whenever it can\n";

@@ -100,6 +100,60 @@ TEST(MigrationTest, DisaggregatedServingOverAnFp8CacheReturnsTheOneWorkerOutputs
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
 
+// With --kv_links=all the CPU workers move KV over Gloo links, made before
+// the first request: the prefill replica's first rank into the decode
+// replica's, and that on into its second rank at --tp=2. No transfer makes
+// one of its own, outputs are one worker's, and each block crosses as its
+// bytes: 4 a value in a float cache, 1 in an FP8 one (where the pull carries
+// a float a byte).
+struct LinkCase {
+  int tp;
+  KvCacheDtype kv_dtype;
+};
+
+class LinkedDisaggregationTest : public ::testing::TestWithParam<LinkCase> {};
+
+TEST_P(LinkedDisaggregationTest, LinksAreMadeAtStartAndCarryTheOneWorkerOutputs) {
+  const auto [tp, kv_dtype] = GetParam();
+  const bool fp8 = kv_dtype == KvCacheDtype::kFp8;
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2 * tp,
+                                     {"--roles=prefill:1,decode:1", "--kv_links=all", absl::StrCat("--tp=", tp),
+                                      absl::StrCat("--kv_cache_dtype=", fp8 ? "fp8" : "auto")});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_links_total", "when=\"start\""), tp);
+  static Oracle* fp8_oracle = new Oracle(KvCacheDtype::kFp8);
+  Oracle& oracle = fp8 ? *fp8_oracle : SharedOracle();
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::vector<int32_t>> prompts(6);
+  for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 150);
+  std::vector<GrpcOutput> outputs(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 12); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, oracle.Greedy(prompts[i], 12)) << "request " << i;
+  }
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_links_total", "when=\"first_use\""), 0);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_failures_total"), 0);
+  const double blocks = (*cluster)->Metric("mlaserve_kv_transfer_blocks_total");
+  ASSERT_GT(blocks, 0);
+  const ModelConfig config = *LoadModelConfig(absl::StrCat(kTinyModelDir, "/config.json"));
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_bytes_total"),
+            blocks * KvBlockBytes(config, 64, DType::kF32, kv_dtype));
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, LinkedDisaggregationTest,
+                         ::testing::Values(LinkCase{1, KvCacheDtype::kStorage}, LinkCase{2, KvCacheDtype::kStorage},
+                                           LinkCase{1, KvCacheDtype::kFp8}),
+                         [](const ::testing::TestParamInfo<LinkCase>& info) {
+                           return absl::StrCat("tp", info.param.tp,
+                                               info.param.kv_dtype == KvCacheDtype::kFp8 ? "_fp8" : "");
+                         });
+
 // A client hanging up while its sequence moves from the prefill group to the
 // decode group (a slow transfer keeps it on the way) cancels it on arrival.
 TEST(MigrationTest, CancelledWhileMovingEndsOnArrival) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/status_macros.h"
 
 namespace mlaserve {
 
@@ -41,6 +42,15 @@ absl::StatusOr<int64_t> KvTransfer::OverLink(const WorkerInfo& from, const std::
                                              const WorkerInfo& into, const std::vector<int32_t>& into_blocks) {
   Link& link = LinkBetween(from.id, into.id);
   absl::MutexLock lock(&link.mu);
+  const bool made = link.made;
+  absl::StatusOr<int64_t> bytes = OverLinkLocked(link, from, from_blocks, into, into_blocks);
+  if (bytes.ok() && !made) metrics_.CountKvLinkMade("first_use");
+  return bytes;
+}
+
+absl::StatusOr<int64_t> KvTransfer::OverLinkLocked(Link& link, const WorkerInfo& from,
+                                                   const std::vector<int32_t>& from_blocks, const WorkerInfo& into,
+                                                   const std::vector<int32_t>& into_blocks) {
   const std::string name = absl::StrCat(from.id, "-", into.id, "-g", link.generation);
   auto call = [&](const WorkerInfo& worker, const std::vector<int32_t>& blocks, bool send) -> absl::StatusOr<int64_t> {
     grpc::ClientContext context;
@@ -61,21 +71,40 @@ absl::StatusOr<int64_t> KvTransfer::OverLink(const WorkerInfo& from, const std::
   absl::Status status = received.ok() ? sent_bytes.status() : received.status();
   if (!status.ok()) {
     ++link.generation;
+    link.made = false;
     return absl::UnavailableError(absl::StrCat("KV transfer from worker ", from.id, " to worker ", into.id,
-                                               " over NCCL: ", status.message()));
+                                               " over their link: ", status.message()));
   }
+  link.made = true;
   return *received;
 }
 
-bool UsesNcclLink(const WorkerInfo& from, const WorkerInfo& into) {
+absl::StatusOr<bool> KvTransfer::Connect(const WorkerInfo& from, const WorkerInfo& into) {
+  if (!UsesLink(from, into, links_mode_)) return false;
+  Link& link = LinkBetween(from.id, into.id);
+  absl::MutexLock lock(&link.mu);
+  if (link.made) return false;
+  RETURN_IF_ERROR(OverLinkLocked(link, from, {}, into, {}).status());
+  metrics_.CountKvLinkMade("start");
+  return true;
+}
+
+absl::StatusOr<KvLinks> ParseKvLinks(absl::string_view name) {
+  if (name == "gpus") return KvLinks::kGpus;
+  if (name == "all") return KvLinks::kAll;
+  return absl::InvalidArgumentError(absl::StrCat("--kv_links must be gpus or all, not \"", name, "\""));
+}
+
+bool UsesLink(const WorkerInfo& from, const WorkerInfo& into, KvLinks links) {
   const bool gpus = absl::StartsWith(from.device, "cuda") && absl::StartsWith(into.device, "cuda");
-  const bool same_gpu = !from.gpu_uuid.empty() && from.gpu_uuid == into.gpu_uuid;
-  return gpus && !same_gpu;
+  if (gpus) return from.gpu_uuid.empty() || from.gpu_uuid != into.gpu_uuid;
+  const bool cpus = !absl::StartsWith(from.device, "cuda") && !absl::StartsWith(into.device, "cuda");
+  return cpus && links == KvLinks::kAll;
 }
 
 absl::StatusOr<int64_t> KvTransfer::CopyBetween(const WorkerInfo& from, const std::vector<int32_t>& from_blocks,
                                                 const WorkerInfo& into, const std::vector<int32_t>& into_blocks) {
-  if (UsesNcclLink(from, into)) return OverLink(from, from_blocks, into, into_blocks);
+  if (UsesLink(from, into, links_mode_)) return OverLink(from, from_blocks, into, into_blocks);
   return Pull(into, from.address, from_blocks, into_blocks);
 }
 

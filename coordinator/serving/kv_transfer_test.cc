@@ -12,12 +12,25 @@ WorkerInfo Worker(const std::string& device, const std::string& gpu_uuid) {
   return w;
 }
 
-TEST(KvTransferTest, NcclLinksDistinctGpusOnly) {
-  EXPECT_TRUE(UsesNcclLink(Worker("cuda:0", "aa"), Worker("cuda:1", "bb")));
-  EXPECT_TRUE(UsesNcclLink(Worker("cuda", "aa"), Worker("cuda", "bb")));  // one GPU each on two hosts
-  EXPECT_FALSE(UsesNcclLink(Worker("cuda", "aa"), Worker("cuda:0", "aa")));  // two workers sharing a GPU
-  EXPECT_FALSE(UsesNcclLink(Worker("cpu", ""), Worker("cuda", "aa")));
-  EXPECT_FALSE(UsesNcclLink(Worker("cpu", ""), Worker("cpu", "")));
+TEST(KvTransferTest, GpusLinkDistinctGpusOnly) {
+  for (KvLinks links : {KvLinks::kGpus, KvLinks::kAll}) {
+    EXPECT_TRUE(UsesLink(Worker("cuda:0", "aa"), Worker("cuda:1", "bb"), links));
+    EXPECT_TRUE(UsesLink(Worker("cuda", "aa"), Worker("cuda", "bb"), links));  // one GPU each on two hosts
+    EXPECT_FALSE(UsesLink(Worker("cuda", "aa"), Worker("cuda:0", "aa"), links));  // two workers sharing a GPU
+    EXPECT_FALSE(UsesLink(Worker("cpu", ""), Worker("cuda", "aa"), links));  // NCCL and Gloo do not meet
+    EXPECT_FALSE(UsesLink(Worker("cuda", "aa"), Worker("cpu", ""), links));
+  }
+}
+
+TEST(KvTransferTest, CpusLinkWhenAllPairsDo) {
+  EXPECT_FALSE(UsesLink(Worker("cpu", ""), Worker("cpu", ""), KvLinks::kGpus));
+  EXPECT_TRUE(UsesLink(Worker("cpu", ""), Worker("cpu", ""), KvLinks::kAll));
+}
+
+TEST(KvTransferTest, ParsesTheLinksFlag) {
+  EXPECT_EQ(*ParseKvLinks("gpus"), KvLinks::kGpus);
+  EXPECT_EQ(*ParseKvLinks("all"), KvLinks::kAll);
+  EXPECT_EQ(ParseKvLinks("nccl").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -57,6 +57,10 @@ ServingMetrics::ServingMetrics()
       kv_transfer_seconds_(MakeHistogram(*registry_, "mlaserve_kv_transfer_seconds", "Latency of one KV transfer",
                                          kLatencyBuckets)),
       kv_transfer_failures_(MakeCounter(*registry_, "mlaserve_kv_transfer_failures_total", "KV transfers that failed")),
+      kv_links_(prometheus::BuildCounter()
+                    .Name("mlaserve_kv_links_total")
+                    .Help("Links between workers made for KV transfers, at start-up or on first use")
+                    .Register(*registry_)),
       remote_prefix_tokens_(prometheus::BuildCounter()
                                 .Name("mlaserve_remote_prefix_tokens_total")
                                 .Help("Prompt tokens cached by another group: migrated or recomputed")

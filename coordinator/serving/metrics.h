@@ -50,6 +50,9 @@ class ServingMetrics {
     kv_transfer_seconds_.Observe(seconds);
   }
   void CountKvTransferFailure() { kv_transfer_failures_.Increment(); }
+  // A link between two workers made, "start" (before a transfer needed it)
+  // or "first_use" (by the transfer).
+  void CountKvLinkMade(const std::string& when) { kv_links_.Add({{"when", when}}).Increment(); }
   // Prompt tokens another group had cached, by what happened to them:
   // "migrated" (moved here) or "recomputed" (moving was dearer or failed).
   void AddRemotePrefixTokens(const std::string& outcome, double n) {
@@ -90,6 +93,7 @@ class ServingMetrics {
   prometheus::Counter& kv_transfer_blocks_;
   prometheus::Histogram& kv_transfer_seconds_;
   prometheus::Counter& kv_transfer_failures_;
+  prometheus::Family<prometheus::Counter>& kv_links_;
   prometheus::Family<prometheus::Counter>& remote_prefix_tokens_;
   prometheus::Family<prometheus::Counter>& moved_;
   prometheus::Counter& engine_steps_;

@@ -1,6 +1,7 @@
 #include "coordinator/serving/serving_engine.h"
 
 #include <algorithm>
+#include <future>
 #include <iostream>
 #include <limits>
 #include <thread>
@@ -19,7 +20,7 @@ ServingEngine::ServingEngine(const Tokenizer& tokenizer, const ModelConfig& conf
       options_(std::move(options)),
       metrics_(metrics),
       registry_(registry),
-      transfer_(metrics, options_.transfer_timeout),
+      transfer_(metrics, options_.transfer_timeout, options_.kv_links),
       router_(RouterOptions{.migration = options_.migration, .cache_affinity_slack = options_.cache_affinity_slack}),
       mover_(transfer_, metrics, registry,
              [this](EngineGroup* from, int64_t request_id) { return ClaimMoveDestination(from, request_id); }) {}
@@ -192,18 +193,62 @@ absl::Status ServingEngine::DrainWorker(int32_t worker_id) {
   return absl::OkStatus();
 }
 
+int ServingEngine::ConnectHandoffLinks() {
+  std::vector<std::pair<WorkerInfo, WorkerInfo>> pairs;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<WorkerInfo> prefill_firsts;
+    std::vector<std::vector<WorkerInfo>> decode_replicas;
+    for (const auto& g : groups_) {
+      if (!g->alive() || g->role() == GroupRole::kMixed) continue;
+      for (int r = 0; r < g->num_replicas(); ++r) {
+        std::vector<WorkerInfo> ranks = g->ReplicaWorkers(r);
+        if (g->role() == GroupRole::kPrefill) {
+          prefill_firsts.push_back(ranks[0]);
+        } else {
+          decode_replicas.push_back(std::move(ranks));
+        }
+      }
+    }
+    for (const std::vector<WorkerInfo>& ranks : decode_replicas) {
+      for (const WorkerInfo& first : prefill_firsts) pairs.push_back({first, ranks[0]});
+      for (size_t r = 1; r < ranks.size(); ++r) pairs.push_back({ranks[0], ranks[r]});
+    }
+  }
+  std::vector<std::future<absl::StatusOr<bool>>> connects;
+  for (const auto& [from, into] : pairs) {
+    connects.push_back(std::async(std::launch::async, [this, &from, &into] { return transfer_.Connect(from, into); }));
+  }
+  int made = 0;
+  for (size_t i = 0; i < connects.size(); ++i) {
+    absl::StatusOr<bool> connected = connects[i].get();
+    if (!connected.ok()) {
+      std::cerr << "coordinator: KV link from worker " << pairs[i].first.id << " to worker " << pairs[i].second.id
+                << " not made (" << connected.status() << "); the first transfer makes it\n";
+    }
+    made += connected.ok() && *connected;
+  }
+  return made;
+}
+
 absl::Status ServingEngine::Calibrate(int64_t bytes_per_block) {
-  EngineGroup* a = nullptr;
-  EngineGroup* b = nullptr;
+  std::vector<EngineGroup*> alive;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& g : groups_) {
-      if (!g->alive()) continue;
-      (a == nullptr ? a : b) = g.get();
-      if (b != nullptr) break;
+      if (g->alive()) alive.push_back(g.get());
     }
   }
-  if (b == nullptr) return absl::OkStatus();
+  if (alive.size() < 2) return absl::OkStatus();
+  // Under disaggregation the path timed is a handoff's, prefill into decode
+  // (over the link ConnectHandoffLinks made).
+  auto order = [](const EngineGroup* g) {
+    return g->role() == GroupRole::kPrefill ? 0 : g->role() == GroupRole::kMixed ? 1 : 2;
+  };
+  std::stable_sort(alive.begin(), alive.end(),
+                   [&](const EngineGroup* x, const EngineGroup* y) { return order(x) < order(y); });
+  EngineGroup* const a = alive.front();
+  EngineGroup* const b = alive.back();
   // The link: a few blocks (their contents do not matter) from a to b.
   constexpr int64_t kBlocks = 8;
   ASSIGN_OR_RETURN(BlockHold from, a->Reserve(kBlocks));

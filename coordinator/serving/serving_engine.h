@@ -30,6 +30,7 @@ struct ServingOptions {
   // when the calibrated cost model says moving is cheaper).
   MigrationPolicy migration = MigrationPolicy::kAuto;
   absl::Duration transfer_timeout = absl::Seconds(60);
+  KvLinks kv_links = KvLinks::kGpus;
   int64_t max_queued_requests = 1024;  // waiting + running over all groups
   // A busier group still wins on its cached prefix while its load exceeds the
   // least loaded group's by at most this many requests.
@@ -63,9 +64,17 @@ class ServingEngine final : public Engine {
   // then retires its workers. FailedPrecondition when no other group can
   // take them.
   absl::Status DrainWorker(int32_t worker_id);
+  // Makes the links (KvTransfer::Connect) that disaggregated handoffs cross
+  // -- every prefill replica's first rank into every decode replica's first
+  // rank, and that on into its replica's other ranks -- before a request
+  // needs them. Other pairs (prefix moves, drains) link on first use: they
+  // are many and seldom used. Failures are logged; those links are made on
+  // first use. Returns how many links it made.
+  int ConnectHandoffLinks();
   // Measures what the migration cost model needs: KV transfer bandwidth
-  // between two groups and the prefill rate (needs two idle groups; else
-  // migration keeps its default of moving whenever another group holds more).
+  // between two groups (a prefill group into a decode group when there are
+  // such) and the prefill rate (needs two idle groups; else migration keeps
+  // its default of moving whenever another group holds more).
   absl::Status Calibrate(int64_t bytes_per_block);
   // The start of a graceful shutdown: from now on Submit refuses (Unavailable)
   // and Health says so, while the requests in flight go on.
