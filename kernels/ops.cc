@@ -12,8 +12,9 @@ std::vector<int64_t> AttentionLayout::TokenSlots() const {
   std::vector<int64_t> slots(num_tokens());
   for (const SequenceSlice& s : seqs) {
     for (int64_t i = 0; i < s.num_tokens; ++i) {
-      int64_t pos = s.context_len - s.num_tokens + i;
-      slots[s.token_begin + i] = int64_t{s.block_table[pos / block_size]} * block_size + pos % block_size;
+      const int64_t pos = s.context_len - s.num_tokens + i;
+      const int32_t block = s.block_table[pos / block_size];
+      slots[s.token_begin + i] = block == kBlockElsewhere ? kSlotElsewhere : int64_t{block} * block_size + pos % block_size;
     }
   }
   return slots;

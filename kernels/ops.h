@@ -24,6 +24,13 @@
 
 namespace mlaserve {
 
+// A block table's entry for a block another rank holds (decode context
+// parallelism shards a sequence's blocks over the ranks of a replica), and
+// the cache slot of a token in such a block: writes skip it, the absorbed
+// attention's part reads only the blocks held here.
+constexpr int32_t kBlockElsewhere = -1;
+constexpr int64_t kSlotElsewhere = -1;
+
 // Where one sequence's tokens sit in a batch and in the paged latent cache.
 // Token i of the sequence is at position context_len - num_tokens + i and
 // attends causally to cache positions [0, its position].
@@ -38,7 +45,8 @@ struct AttentionLayout {
   int64_t block_size = 64;
   std::vector<SequenceSlice> seqs;
   int64_t num_tokens() const;
-  // Cache slot (block * block_size + offset) of every token in batch order.
+  // Cache slot (block * block_size + offset) of every token in batch order;
+  // kSlotElsewhere for a token in a block held elsewhere.
   std::vector<int64_t> TokenSlots() const;
   std::vector<int32_t> TokenPositions() const;
 };
@@ -128,7 +136,8 @@ class Ops {
   // Every cache op takes either form.
   //
   // Stores each token's c_kv [T, kv_lora_rank] and k_rope [T, rope_dim] into
-  // `cache` at layer `layer` (quantized, in an FP8 cache).
+  // `cache` at layer `layer` (quantized, in an FP8 cache); tokens whose slot
+  // is kSlotElsewhere are skipped.
   virtual absl::Status WriteLatentCache(const Tensor& c_kv, const Tensor& k_rope,
                                         absl::Span<const int64_t> slots, int64_t layer,
                                         Tensor* cache) = 0;
@@ -148,6 +157,18 @@ class Ops {
                                             const Tensor& cache, int64_t layer,
                                             const AttentionLayout& layout, float softmax_scale,
                                             Tensor* out) = 0;
+  // Decode context parallelism's share of MlaAbsorbedAttention: the same
+  // attention over only the keys of the table's blocks held here (entries
+  // kBlockElsewhere are skipped), and lse[T, H] (F32), the log of the sum of
+  // exp(scaled score) over those keys: -inf, with out zero, where a query
+  // sees none. CombineAttentionParts makes the whole from the parts.
+  virtual absl::Status MlaAbsorbedAttentionPart(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache,
+                                                int64_t layer, const AttentionLayout& layout, float softmax_scale,
+                                                Tensor* out, Tensor* lse) = 0;
+  // out[T, H, D] = sum over p of parts[p] * exp(lse[p] - L) with L the log of
+  // the sum over p of exp(lse[p]): attention over the union of the parts'
+  // keys from the parts [P, T, H, D] and their lse [P, T, H] (F32).
+  virtual absl::Status CombineAttentionParts(const Tensor& parts, const Tensor& lse, Tensor* out) = 0;
   // Expanded MLA for one sequence, heads [first_head, first_head + H) of
   // q_nope[T, Hq, nope] and q_rope[T, Hq, rope] against k_nope[S, H, nope],
   // k_rope[S, rope] (shared by heads) and v[S, H, dv] (those heads' keys and

@@ -67,6 +67,15 @@ class Bf16StorageCpuOps final : public Ops {
                                     const AttentionLayout& layout, float softmax_scale, Tensor* out) override {
     return Rounded(cpu_->MlaAbsorbedAttention(q_latent, q_rope, cache, layer, layout, softmax_scale, out), *out);
   }
+  absl::Status MlaAbsorbedAttentionPart(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache,
+                                        int64_t layer, const AttentionLayout& layout, float softmax_scale, Tensor* out,
+                                        Tensor* lse) override {
+    return Rounded(cpu_->MlaAbsorbedAttentionPart(q_latent, q_rope, cache, layer, layout, softmax_scale, out, lse),
+                   *out);
+  }
+  absl::Status CombineAttentionParts(const Tensor& parts, const Tensor& lse, Tensor* out) override {
+    return Rounded(cpu_->CombineAttentionParts(parts, lse, out), *out);
+  }
   absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
                                     const Tensor& k_rope, const Tensor& v, int64_t first_head, float softmax_scale,
                                     Tensor* out) override {

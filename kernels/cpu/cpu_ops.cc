@@ -363,6 +363,7 @@ class CpuOps final : public Ops {
     const Fp8LatentRow fp8{rank, rope};
     std::vector<float> scales(Fp8Groups(rank));
     for (int64_t t = 0; t < rows; ++t) {
+      if (slots[t] == kSlotElsewhere) continue;
       if (slots[t] < 0 || slots[t] >= num_slots) {
         return absl::OutOfRangeError(absl::StrCat("cache slot ", slots[t], " outside [0, ", num_slots, ")"));
       }
@@ -403,39 +404,39 @@ class CpuOps final : public Ops {
   absl::Status MlaAbsorbedAttention(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache,
                                     int64_t layer, const AttentionLayout& layout, float softmax_scale,
                                     Tensor* out) override {
-    const int64_t rows = q_latent.dim(0), heads = q_latent.dim(1), rank = q_latent.dim(2);
-    const int64_t rope = q_rope.dim(2), dims = rank + rope;
-    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_latent", q_latent, {rows, heads, rank}));
-    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "q_rope", q_rope, {rows, heads, rope}));
-    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "cache", cache,
-                               {-1, -1, layout.block_size, LatentRowWidth(cache, rank, rope)}));
-    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttention", "out", *out, {rows, heads, rank}));
-    for (const SequenceSlice& seq : layout.seqs) {
-      RETURN_IF_ERROR(CheckBlockTable(seq, layout.block_size, cache.dim(0)));
-      if (seq.token_begin < 0 || seq.num_tokens < 0 || seq.token_begin + seq.num_tokens > rows) {
-        return absl::InvalidArgumentError(absl::StrCat("MlaAbsorbedAttention: a sequence's rows [", seq.token_begin,
-                                                       ", ", seq.token_begin + seq.num_tokens, ") outside ", rows));
-      }
-      const std::vector<float> keys = ReadLatentRows(cache, layer, seq, layout.block_size, rank, rope);
-#pragma omp parallel for collapse(2) schedule(dynamic)
-      for (int64_t i = 0; i < seq.num_tokens; ++i) {
-        for (int64_t h = 0; h < heads; ++h) {
-          const int64_t t = seq.token_begin + i;
-          const int64_t num_keys = seq.context_len - seq.num_tokens + i + 1;
-          const float* ql = q_latent.as<float>() + (t * heads + h) * rank;
-          const float* qr = q_rope.as<float>() + (t * heads + h) * rope;
-          std::vector<float> scores(num_keys);
-          for (int64_t j = 0; j < num_keys; ++j) {
-            const float* kv = keys.data() + j * dims;
-            scores[j] = (Dot(ql, kv, rank) + Dot(qr, kv + rank, rope)) * softmax_scale;
-          }
-          SoftmaxInPlace(scores.data(), num_keys);
-          float* o = out->as<float>() + (t * heads + h) * rank;
-          std::fill_n(o, rank, 0.0f);
-          for (int64_t j = 0; j < num_keys; ++j) {
-            const float* kv = keys.data() + j * dims;
-            for (int64_t r = 0; r < rank; ++r) o[r] += scores[j] * kv[r];
-          }
+    return AbsorbedAttention("MlaAbsorbedAttention", q_latent, q_rope, cache, layer, layout, softmax_scale, out,
+                             nullptr);
+  }
+
+  absl::Status MlaAbsorbedAttentionPart(const Tensor& q_latent, const Tensor& q_rope, const Tensor& cache,
+                                        int64_t layer, const AttentionLayout& layout, float softmax_scale, Tensor* out,
+                                        Tensor* lse) override {
+    RETURN_IF_ERROR(CheckShape("MlaAbsorbedAttentionPart", "lse", *lse, {q_latent.dim(0), q_latent.dim(1)}));
+    if (lse->dtype != DType::kF32) return absl::InvalidArgumentError("MlaAbsorbedAttentionPart: lse must be F32");
+    return AbsorbedAttention("MlaAbsorbedAttentionPart", q_latent, q_rope, cache, layer, layout, softmax_scale, out,
+                             lse);
+  }
+
+  absl::Status CombineAttentionParts(const Tensor& parts, const Tensor& lse, Tensor* out) override {
+    constexpr absl::string_view kOp = "CombineAttentionParts";
+    const int64_t num_parts = parts.dim(0), rows = parts.dim(1), heads = parts.dim(2), dim = parts.dim(3);
+    RETURN_IF_ERROR(CheckShape(kOp, "lse", lse, {num_parts, rows, heads}));
+    RETURN_IF_ERROR(CheckShape(kOp, "out", *out, {rows, heads, dim}));
+    if (lse.dtype != DType::kF32) return absl::InvalidArgumentError("CombineAttentionParts: lse must be F32");
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        float max_lse = -std::numeric_limits<float>::infinity();
+        for (int64_t p = 0; p < num_parts; ++p) max_lse = std::max(max_lse, lse.as<float>()[(p * rows + t) * heads + h]);
+        float* o = out->as<float>() + (t * heads + h) * dim;
+        std::fill_n(o, dim, 0.0f);
+        if (max_lse == -std::numeric_limits<float>::infinity()) continue;  // no part saw a key
+        double total = 0.0;
+        for (int64_t p = 0; p < num_parts; ++p) total += std::exp(lse.as<float>()[(p * rows + t) * heads + h] - max_lse);
+        for (int64_t p = 0; p < num_parts; ++p) {
+          const float w = static_cast<float>(std::exp(lse.as<float>()[(p * rows + t) * heads + h] - max_lse) / total);
+          const float* part = parts.as<float>() + ((p * rows + t) * heads + h) * dim;
+          for (int64_t d = 0; d < dim; ++d) o[d] += w * part[d];
         }
       }
     }
@@ -602,11 +603,71 @@ class CpuOps final : public Ops {
   }
 
   // The first context_len rows of `seq` in `layer`, c_kv ++ k_rope in float32.
+  // MlaAbsorbedAttention, or with `lse` its part over the keys of the
+  // blocks held here (table entries >= 0; the others are held by another
+  // rank): lse[t, h] the log of the sum of exp(score) over those keys, -inf
+  // (and out zero) when there are none.
+  static absl::Status AbsorbedAttention(absl::string_view op, const Tensor& q_latent, const Tensor& q_rope,
+                                        const Tensor& cache, int64_t layer, const AttentionLayout& layout,
+                                        float softmax_scale, Tensor* out, Tensor* lse) {
+    const int64_t rows = q_latent.dim(0), heads = q_latent.dim(1), rank = q_latent.dim(2);
+    const int64_t rope = q_rope.dim(2), dims = rank + rope;
+    RETURN_IF_ERROR(CheckShape(op, "q_latent", q_latent, {rows, heads, rank}));
+    RETURN_IF_ERROR(CheckShape(op, "q_rope", q_rope, {rows, heads, rope}));
+    RETURN_IF_ERROR(CheckShape(op, "cache", cache, {-1, -1, layout.block_size, LatentRowWidth(cache, rank, rope)}));
+    RETURN_IF_ERROR(CheckShape(op, "out", *out, {rows, heads, rank}));
+    const bool part = lse != nullptr;
+    for (const SequenceSlice& seq : layout.seqs) {
+      RETURN_IF_ERROR(CheckBlockTable(seq, layout.block_size, cache.dim(0), /*elsewhere_allowed=*/part));
+      if (seq.token_begin < 0 || seq.num_tokens < 0 || seq.token_begin + seq.num_tokens > rows) {
+        return absl::InvalidArgumentError(absl::StrCat(op, ": a sequence's rows [", seq.token_begin, ", ",
+                                                       seq.token_begin + seq.num_tokens, ") outside ", rows));
+      }
+      const std::vector<float> keys = ReadLatentRows(cache, layer, seq, layout.block_size, rank, rope);
+#pragma omp parallel for collapse(2) schedule(dynamic)
+      for (int64_t i = 0; i < seq.num_tokens; ++i) {
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t t = seq.token_begin + i;
+          const int64_t num_keys = seq.context_len - seq.num_tokens + i + 1;
+          const float* ql = q_latent.as<float>() + (t * heads + h) * rank;
+          const float* qr = q_rope.as<float>() + (t * heads + h) * rope;
+          std::vector<int64_t> held;
+          for (int64_t j = 0; j < num_keys; ++j) {
+            if (seq.block_table[j / layout.block_size] >= 0) held.push_back(j);
+          }
+          std::vector<float> scores(held.size());
+          for (size_t k = 0; k < held.size(); ++k) {
+            const float* kv = keys.data() + held[k] * dims;
+            scores[k] = (Dot(ql, kv, rank) + Dot(qr, kv + rank, rope)) * softmax_scale;
+          }
+          float* o = out->as<float>() + (t * heads + h) * rank;
+          std::fill_n(o, rank, 0.0f);
+          if (part) {
+            float& l = lse->as<float>()[t * heads + h];
+            l = -std::numeric_limits<float>::infinity();
+            if (held.empty()) continue;
+            const float max_score = *std::max_element(scores.begin(), scores.end());
+            double sum = 0.0;
+            for (float score : scores) sum += std::exp(score - max_score);
+            l = max_score + static_cast<float>(std::log(sum));
+          }
+          SoftmaxInPlace(scores.data(), static_cast<int64_t>(scores.size()));
+          for (size_t k = 0; k < held.size(); ++k) {
+            const float* kv = keys.data() + held[k] * dims;
+            for (int64_t r = 0; r < rank; ++r) o[r] += scores[k] * kv[r];
+          }
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
   static std::vector<float> ReadLatentRows(const Tensor& cache, int64_t layer, const SequenceSlice& seq,
                                            int64_t block_size, int64_t rank, int64_t rope) {
     const int64_t dims = rank + rope;
     std::vector<float> rows(seq.context_len * dims);
     for (int64_t j = 0; j < seq.context_len; ++j) {
+      if (seq.block_table[j / block_size] < 0) continue;  // held by another rank: never read
       float* dst = rows.data() + j * dims;
       ReadLatentRow(cache, CacheRow(cache, layer, seq.block_table[j / block_size], j % block_size), rank, rope, dst,
                     dst + rank);
@@ -614,13 +675,16 @@ class CpuOps final : public Ops {
     return rows;
   }
 
-  static absl::Status CheckBlockTable(const SequenceSlice& seq, int64_t block_size, int64_t num_blocks) {
+  // With `elsewhere_allowed`, negative entries (blocks another rank holds) pass.
+  static absl::Status CheckBlockTable(const SequenceSlice& seq, int64_t block_size, int64_t num_blocks,
+                                      bool elsewhere_allowed = false) {
     const int64_t needed = (seq.context_len + block_size - 1) / block_size;
     if (static_cast<int64_t>(seq.block_table.size()) < needed || seq.num_tokens > seq.context_len) {
       return absl::InvalidArgumentError(absl::StrCat("sequence of ", seq.context_len, " positions has ",
                                                      seq.block_table.size(), " blocks of ", block_size));
     }
     for (int64_t b = 0; b < needed; ++b) {
+      if (elsewhere_allowed && seq.block_table[b] < 0) continue;
       if (seq.block_table[b] < 0 || seq.block_table[b] >= num_blocks) {
         return absl::OutOfRangeError(absl::StrCat("block ", seq.block_table[b], " outside the pool of ", num_blocks));
       }

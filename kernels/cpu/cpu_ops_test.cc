@@ -386,6 +386,65 @@ TEST_F(CpuOpsTest, ExpandedAttentionByGroupsOfHeadsWritesOnlyThoseHeads) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Decode context parallelism: a sequence's blocks dealt at random to `parts`
+// ranks (each rank's table holding kBlockElsewhere for the others'), the
+// ranks' parts combined, equal attention over the whole table -- ragged
+// sequences, a rank holding none of a query's keys among them.
+TEST_F(CpuOpsTest, AttentionPartsOverShardedBlocksCombineToTheWhole) {
+  const int64_t heads = 3, rank = 16, rope = 4, block = 4, layers = 2, layer = 1;
+  const std::vector<std::pair<int64_t, int64_t>> seqs = {{1, 1}, {9, 3}, {22, 5}};  // (context, new tokens)
+  Tensor cache = Random({24, layers, block, rank + rope});
+  std::vector<int32_t> free_blocks(24);
+  std::iota(free_blocks.begin(), free_blocks.end(), 0);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), rng_);
+  AttentionLayout whole{.block_size = block};
+  int64_t tokens = 0;
+  for (auto [context, count] : seqs) {
+    SequenceSlice s{.token_begin = tokens, .num_tokens = count, .context_len = context};
+    for (int64_t b = 0; b < (context + block - 1) / block; ++b) {
+      s.block_table.push_back(free_blocks.back());
+      free_blocks.pop_back();
+    }
+    whole.seqs.push_back(s);
+    tokens += count;
+  }
+  Tensor q_latent = Random({tokens, heads, rank}), q_rope = Random({tokens, heads, rope});
+  Tensor expected = Make({tokens, heads, rank});
+  ASSERT_TRUE(ops_->MlaAbsorbedAttention(q_latent, q_rope, cache, layer, whole, 0.3f, &expected).ok());
+
+  for (int64_t parts : {2, 3}) {
+    std::uniform_int_distribution<int64_t> owner(0, parts - 1);
+    std::vector<AttentionLayout> shards(parts, AttentionLayout{.block_size = block});
+    for (const SequenceSlice& s : whole.seqs) {
+      for (AttentionLayout& shard : shards) shard.seqs.push_back(s);
+      for (size_t b = 0; b < s.block_table.size(); ++b) {
+        const int64_t held_by = owner(rng_);
+        for (int64_t p = 0; p < parts; ++p) {
+          if (p != held_by) shards[p].seqs.back().block_table[b] = kBlockElsewhere;
+        }
+      }
+    }
+    Tensor out_parts = Make({parts, tokens, heads, rank}), lse = Make({parts, tokens, heads});
+    for (int64_t p = 0; p < parts; ++p) {
+      Tensor out = Reshape(SliceRows(out_parts, p, 1), {tokens, heads, rank});
+      Tensor part_lse = Reshape(SliceRows(lse, p, 1), {tokens, heads});
+      ASSERT_TRUE(ops_->MlaAbsorbedAttentionPart(q_latent, q_rope, cache, layer, shards[p], 0.3f, &out, &part_lse).ok());
+    }
+    // The one-key sequence's query sees only its rank's block: the others' lse is -inf.
+    int64_t empty = 0;
+    for (int64_t p = 0; p < parts; ++p) empty += std::isinf(lse.as<float>()[p * tokens * heads]);
+    EXPECT_EQ(empty, parts - 1);
+    Tensor combined = Make({tokens, heads, rank});
+    ASSERT_TRUE(ops_->CombineAttentionParts(out_parts, lse, &combined).ok());
+    std::vector<double> ref(expected.as<float>(), expected.as<float>() + expected.numel());
+    EXPECT_LT(RelErr(combined, ref), 1e-5) << parts << " parts";
+  }
+  // A whole-table read refuses a table with a block held elsewhere.
+  AttentionLayout sharded = whole;
+  sharded.seqs[2].block_table[1] = kBlockElsewhere;
+  EXPECT_FALSE(ops_->MlaAbsorbedAttention(q_latent, q_rope, cache, layer, sharded, 0.3f, &expected).ok());
+}
+
 TEST_F(CpuOpsTest, LatentCacheWriteThenGatherRoundTrips) {
   const int64_t rank = 6, rope = 2, block = 3;
   Tensor cache = Make({5, 2, block, rank + rope});
@@ -400,6 +459,16 @@ TEST_F(CpuOpsTest, LatentCacheWriteThenGatherRoundTrips) {
   for (int64_t i = 0; i < 7 * rope; ++i) EXPECT_EQ(r2.as<float>()[i], k_rope.as<float>()[i]);
   std::vector<int64_t> bad_slot = {15};
   EXPECT_FALSE(ops_->WriteLatentCache(SliceRows(c_kv, 0, 1), SliceRows(k_rope, 0, 1), bad_slot, 0, &cache).ok());
+  // A token of a block another rank holds is not written.
+  std::vector<int64_t> elsewhere = slots;
+  elsewhere[2] = kSlotElsewhere;
+  Tensor other_c = Random({7, rank}), other_r = Random({7, rope});
+  ASSERT_TRUE(ops_->WriteLatentCache(other_c, other_r, elsewhere, 1, &cache).ok());
+  ASSERT_TRUE(ops_->GatherLatent(cache, 1, table, 7, &c2, &r2).ok());
+  for (int64_t p = 0; p < 7; ++p) {
+    const Tensor& src = p == 2 ? c_kv : other_c;
+    for (int64_t i = 0; i < rank; ++i) EXPECT_EQ(c2.as<float>()[p * rank + i], src.as<float>()[p * rank + i]);
+  }
 }
 
 // An FP8 cache holds each row as kernels/latent_row.h lays it out (c_kv quantized

@@ -556,7 +556,7 @@ class CudaOps final : public Ops {
     }
     const int64_t block_size = cache->dim(2), num_slots = cache->dim(0) * block_size;
     for (int64_t slot : slots) {
-      if (slot < 0 || slot >= num_slots) {
+      if (slot != kSlotElsewhere && (slot < 0 || slot >= num_slots)) {
         return absl::OutOfRangeError(absl::StrCat("cache slot ", slot, " outside [0, ", num_slots, ")"));
       }
     }
@@ -630,6 +630,16 @@ class CudaOps final : public Ops {
     RETURN_IF_ERROR(CheckCuda("MlaAbsorbedAttention", "out", *out));
     DeviceScope scope(context_->device);
     return attention_->Absorbed(q_latent, q_rope, cache, layer, layout, softmax_scale, out);
+  }
+
+  // Decode context parallelism runs on the CPU backend only: the absorbed
+  // kernels neither skip blocks held elsewhere nor write their lse.
+  absl::Status MlaAbsorbedAttentionPart(const Tensor&, const Tensor&, const Tensor&, int64_t, const AttentionLayout&,
+                                        float, Tensor*, Tensor*) override {
+    return absl::UnimplementedError("MlaAbsorbedAttentionPart (decode context parallelism) is not on the CUDA backend");
+  }
+  absl::Status CombineAttentionParts(const Tensor&, const Tensor&, Tensor*) override {
+    return absl::UnimplementedError("CombineAttentionParts (decode context parallelism) is not on the CUDA backend");
   }
 
   absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,

@@ -144,6 +144,7 @@ __device__ __forceinline__ int64_t CacheRowOffset(const LatentCacheGeometry& g, 
 __global__ void WriteLatentKernel(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
                                   const LatentCacheGeometry g, __nv_bfloat16* cache) {
   const int64_t t = blockIdx.x, slot = slots[t];
+  if (slot < 0) return;  // a row another rank holds (kSlotElsewhere)
   __nv_bfloat16* row = cache + CacheRowOffset(g, slot / g.block_size, slot % g.block_size);
   for (int64_t j = threadIdx.x; j < g.rank + g.rope; j += blockDim.x) {
     row[j] = j < g.rank ? c_kv[t * g.rank + j] : k_rope[t * g.rope + (j - g.rank)];
@@ -174,6 +175,7 @@ constexpr int kFp8Threads = 128;
 __global__ void WriteLatentFp8Kernel(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
                                      const LatentCacheGeometry g, const Fp8RowLayout l, uint8_t* cache) {
   const int64_t t = blockIdx.x, slot = slots[t];
+  if (slot < 0) return;  // a row another rank holds (kSlotElsewhere)
   uint8_t* row = Fp8CacheRow(cache, g, l, slot / g.block_size, slot % g.block_size);
   const int lane = threadIdx.x % 32;
   const int64_t groups = (g.rank + 127) / 128;

@@ -58,7 +58,8 @@ struct LatentCacheGeometry {
   int64_t rope = 0;
   int64_t layer = 0;
 };
-// cache row of slots[t] (block = slot / block_size) at `layer` = c_kv[t] ++ k_rope[t].
+// cache row of slots[t] (block = slot / block_size) at `layer` = c_kv[t] ++
+// k_rope[t]; a negative slot (a row another rank holds) is skipped.
 cudaError_t WriteLatentCache(const __nv_bfloat16* c_kv, const __nv_bfloat16* k_rope, const int64_t* slots,
                              int64_t rows, const LatentCacheGeometry& geometry, __nv_bfloat16* cache,
                              cudaStream_t stream);
