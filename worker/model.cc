@@ -53,6 +53,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const std::string& dir, Ops
                                                      const WeightSource& weights_from) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
   ASSIGN_OR_RETURN(ShardLayout layout, MakeShardLayout(config, shard.plan, shard.group_rank));
+  if (shard.decode_context_parallel && shard.plan.tp < 2) {
+    return absl::InvalidArgumentError("decode context parallelism spreads KV over head shards: it needs tp > 1");
+  }
   RETURN_IF_ERROR(CheckCommunicator(shard.group, shard.plan.group_size(), "the engine group"));
   RETURN_IF_ERROR(CheckCommunicator(shard.attention, shard.plan.tp, "the attention replica"));
   ASSIGN_OR_RETURN(ModelWeights weights, weights_from(config, layout));
@@ -224,6 +227,9 @@ bool Model::Replayable(const ForwardBatch& batch, const StepArrays& step) const 
 }
 
 absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batch, AttentionForm form) const {
+  // With the KV blocks spread over the head shards no rank can expand a
+  // sequence's keys: every token takes the absorbed form.
+  if (shard_.decode_context_parallel) form = AttentionForm::kAbsorbed;
   StepArrays step;
   // Ids outside this shard's vocabulary slice read the table's zero last row;
   // the head shards' lookups then add up to the embedding.
@@ -403,9 +409,45 @@ absl::Status Model::AbsorbedAttention(const LayerWeights& w, int64_t layer, cons
   ASSIGN_OR_RETURN(Tensor q_latent, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, rank}));
   RETURN_IF_ERROR(ops_.HeadLinear(q_nope, w.w_uk_t, &q_latent));
   ASSIGN_OR_RETURN(Tensor o_latent, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, rank}));
-  RETURN_IF_ERROR(
-      ops_.MlaAbsorbedAttention(q_latent, q_rope, cache.pool(), layer, layout, softmax_scale_, &o_latent));
+  if (shard_.decode_context_parallel) {
+    RETURN_IF_ERROR(ShardedContextAttention(q_latent, q_rope, layer, layout, cache, &o_latent));
+  } else {
+    RETURN_IF_ERROR(
+        ops_.MlaAbsorbedAttention(q_latent, q_rope, cache.pool(), layer, layout, softmax_scale_, &o_latent));
+  }
   return ops_.HeadLinear(o_latent, w.w_uv, out);
+}
+
+absl::Status Model::ShardedContextAttention(const Tensor& q_latent, const Tensor& q_rope, int64_t layer,
+                                            const AttentionLayout& layout, KvCache& cache, Tensor* o_latent) {
+  const int tp = shard_.plan.tp;
+  const int64_t num_tokens = q_latent.dim(0), heads = q_latent.dim(1), rank = q_latent.dim(2);
+  const int64_t rope = q_rope.dim(2);
+  const DType dtype = ops_.storage_dtype();
+  Communicator& shards = *shard_.attention;
+  ASSIGN_OR_RETURN(Tensor all_latent, ops_.Empty(dtype, {tp, num_tokens, heads, rank}));
+  ASSIGN_OR_RETURN(Tensor all_rope, ops_.Empty(dtype, {tp, num_tokens, heads, rope}));
+  RETURN_IF_ERROR(ReadyForCollective(ops_, shards));
+  RETURN_IF_ERROR(shards.AllGather(q_latent.data, all_latent.data, q_latent.numel(), dtype));
+  RETURN_IF_ERROR(shards.AllGather(q_rope.data, all_rope.data, q_rope.numel(), dtype));
+  // parts[s] and lse[s]: shard s's heads over this rank's blocks, sent to s.
+  ASSIGN_OR_RETURN(Tensor parts, ops_.Empty(dtype, {tp, num_tokens, heads, rank}));
+  ASSIGN_OR_RETURN(Tensor lse, ops_.Empty(DType::kF32, {tp, num_tokens, heads}));
+  for (int s = 0; s < tp; ++s) {
+    Tensor part = Reshape(SliceRows(parts, s, 1), {num_tokens, heads, rank});
+    Tensor part_lse = Reshape(SliceRows(lse, s, 1), {num_tokens, heads});
+    RETURN_IF_ERROR(ops_.MlaAbsorbedAttentionPart(Reshape(SliceRows(all_latent, s, 1), {num_tokens, heads, rank}),
+                                                  Reshape(SliceRows(all_rope, s, 1), {num_tokens, heads, rope}),
+                                                  cache.pool(), layer, layout, softmax_scale_, &part, &part_lse));
+  }
+  // mine[r] and mine_lse[r]: this rank's heads over rank r's blocks.
+  ASSIGN_OR_RETURN(Tensor mine, ops_.Empty(dtype, {tp, num_tokens, heads, rank}));
+  ASSIGN_OR_RETURN(Tensor mine_lse, ops_.Empty(DType::kF32, {tp, num_tokens, heads}));
+  const std::vector<int64_t> part_counts(tp, num_tokens * heads * rank), lse_counts(tp, num_tokens * heads);
+  RETURN_IF_ERROR(ReadyForCollective(ops_, shards));
+  RETURN_IF_ERROR(shards.AllToAllV(parts.data, part_counts, mine.data, part_counts, dtype));
+  RETURN_IF_ERROR(shards.AllToAllV(lse.data, lse_counts, mine_lse.data, lse_counts, DType::kF32));
+  return ops_.CombineAttentionParts(mine, mine_lse, o_latent);
 }
 
 absl::Status Model::ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope,

@@ -63,6 +63,13 @@ struct ModelShard {
   // This rank's head shard in every attention replica, ranked by replica:
   // context-parallel chunks share their latent KV through it.
   Communicator* context = nullptr;
+  // Decode context parallelism: the replica's head shards hold its
+  // sequences' KV blocks between them (each rank's block tables name the
+  // others' blocks kBlockElsewhere), so a replica holds tp times the tokens.
+  // Every token then takes the absorbed form: each rank attends every head
+  // shard's queries over its own blocks, and each shard combines the parts of
+  // its heads. REQUIRES: tp > 1.
+  bool decode_context_parallel = false;
 };
 
 class Model {
@@ -170,6 +177,11 @@ class Model {
                                 int64_t layer, KvCache& cache);
   absl::Status AbsorbedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, KvCache& cache, Tensor* out);
+  // Decode context parallelism's absorbed attention of this rank's heads
+  // (q_latent, q_rope) into o_latent: every head shard's queries over this
+  // rank's blocks, then the parts of this rank's heads combined.
+  absl::Status ShardedContextAttention(const Tensor& q_latent, const Tensor& q_rope, int64_t layer,
+                                       const AttentionLayout& layout, KvCache& cache, Tensor* o_latent);
   // The attention of the slices of one sequence in the expanded form.
   absl::Status ExpandedAttention(const LayerWeights& w, int64_t layer, const Tensor& q_nope, const Tensor& q_rope,
                                  const AttentionLayout& layout, const StepArrays::ExpandedKeys& expanded,

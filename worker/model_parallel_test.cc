@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "worker/comm/gloo_communicator.h"
 #include "worker/group_comms.h"
+#include "worker/kv_shards.h"
 #include "worker/model.h"
 #include "worker/random_checkpoint.h"
 
@@ -36,13 +37,15 @@ double RelativeError(const float* out, const float* ref, int64_t n) {
 }
 
 // Two steps of a few sequences: a prefill of each prompt, then one decode
-// token each. Sequence i owns cache blocks [i * kBlocksPerSeq, ...).
+// token each. Sequence i owns cache blocks [i * kBlocksPerSeq, ...); with
+// decode context parallelism over `shards` head shards, shard `shard` sees
+// the tables as it holds them (HeldBlockTable).
 struct Workload {
   std::vector<std::vector<int32_t>> prompts;
   std::vector<int32_t> next_tokens;
 };
 
-ForwardBatch MakeBatch(const Workload& w, const std::vector<int>& seqs, bool decode) {
+ForwardBatch MakeBatch(const Workload& w, const std::vector<int>& seqs, bool decode, int shards, int shard) {
   ForwardBatch batch;
   batch.layout.block_size = kBlockSize;
   for (int i : seqs) {
@@ -53,6 +56,7 @@ ForwardBatch MakeBatch(const Workload& w, const std::vector<int>& seqs, bool dec
     slice.num_tokens = static_cast<int64_t>(tokens.size());
     slice.context_len = static_cast<int64_t>(prompt.size()) + (decode ? 1 : 0);
     for (int64_t b = 0; b < kBlocksPerSeq; ++b) slice.block_table.push_back(static_cast<int32_t>(i * kBlocksPerSeq + b));
+    if (shards > 1) slice.block_table = HeldBlockTable(slice.block_table, shards, shard);
     batch.token_ids.insert(batch.token_ids.end(), tokens.begin(), tokens.end());
     batch.logit_rows.push_back(slice.token_begin + slice.num_tokens - 1);
     batch.layout.seqs.push_back(std::move(slice));
@@ -62,10 +66,10 @@ ForwardBatch MakeBatch(const Workload& w, const std::vector<int>& seqs, bool dec
 
 // Logits of the last token of every sequence in `seqs`, prefill then decode.
 absl::StatusOr<std::vector<std::vector<float>>> RunSteps(Model& model, KvCache& cache, const Workload& w,
-                                                   const std::vector<int>& seqs) {
+                                                   const std::vector<int>& seqs, int shards = 1, int shard = 0) {
   std::vector<std::vector<float>> steps;
   for (bool decode : {false, true}) {
-    absl::StatusOr<std::vector<float>> logits = model.Forward(MakeBatch(w, seqs, decode), cache);
+    absl::StatusOr<std::vector<float>> logits = model.Forward(MakeBatch(w, seqs, decode, shards, shard), cache);
     if (!logits.ok()) return logits.status();
     steps.push_back(*std::move(logits));
   }
@@ -78,11 +82,13 @@ using RankFn = std::function<absl::StatusOr<RankSteps>(int rank, Model& model, K
 
 // Runs `fn` on every rank of `plan` (threads talking through Gloo on
 // loopback), each with its shard of the model in `dir` and a cache of
-// `cache_blocks` blocks of `kv_dtype`; every rank's result, or the first
-// rank's failure.
+// `cache_blocks` blocks of `kv_dtype` (spread over the head shards with
+// `decode_context_parallel`); every rank's result, or the first rank's
+// failure.
 absl::StatusOr<std::vector<RankSteps>> RunRanks(const ParallelPlan& plan, const std::string& dir,
                                                 const ModelConfig& config, int64_t cache_blocks, const RankFn& fn,
-                                                KvCacheDtype kv_dtype = KvCacheDtype::kStorage) {
+                                                KvCacheDtype kv_dtype = KvCacheDtype::kStorage,
+                                                bool decode_context_parallel = false) {
   const int ranks = plan.group_size();
   InMemoryRendezvousStore store;
   std::vector<absl::Status> status(ranks);
@@ -97,9 +103,12 @@ absl::StatusOr<std::vector<RankSteps>> RunRanks(const ParallelPlan& plan, const 
         absl::StatusOr<GroupComms> comms = ConnectGroup(store, "test", plan, g, absl::Seconds(60), factory);
         if (!comms.ok()) return comms.status();
         auto rank_ops = NewCpuOps();
-        auto model = Model::Load(dir, *rank_ops, comms->shard());
+        ModelShard shard = comms->shard();
+        shard.decode_context_parallel = decode_context_parallel;
+        auto model = Model::Load(dir, *rank_ops, shard);
         if (!model.ok()) return model.status();
-        auto rank_cache = KvCache::Create(*rank_ops, config, cache_blocks, kBlockSize, kv_dtype);
+        const int64_t held = decode_context_parallel ? (cache_blocks + plan.tp - 1) / plan.tp : cache_blocks;
+        auto rank_cache = KvCache::Create(*rank_ops, config, held, kBlockSize, kv_dtype);
         if (!rank_cache.ok()) return rank_cache.status();
         absl::StatusOr<RankSteps> steps = fn(g, **model, *rank_cache);
         if (!steps.ok()) return steps.status();
@@ -120,7 +129,9 @@ class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
   // Every sequence's logits within `worst` of one rank's, and at least half
   // within 1e-5 (float32 sums in another order; FP8 activations may also round
   // the other way at a boundary, which moves a sequence by FP8's own error).
-  void Check(const std::string& dir, int num_seqs, double worst = 1e-5) {
+  // With `decode_context_parallel` the replicas' head shards hold the KV
+  // blocks between them.
+  void Check(const std::string& dir, int num_seqs, double worst = 1e-5, bool decode_context_parallel = false) {
     const ParallelPlan plan = GetParam();
     auto config = LoadModelConfig(dir + "/config.json");
     ASSERT_TRUE(config.ok()) << config.status();
@@ -147,13 +158,17 @@ class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
 
     const int ranks = plan.group_size();
     const int64_t vocab = config->vocab_size;
-    auto got = RunRanks(plan, dir, *config, num_seqs * kBlocksPerSeq, [&](int g, Model& model, KvCache& cache) {
-      std::vector<int> mine;
-      for (int i = 0; i < num_seqs; ++i) {
-        if (i % plan.dp_attention == g / plan.tp) mine.push_back(i);
-      }
-      return RunSteps(model, cache, w, mine);
-    });
+    auto got = RunRanks(
+        plan, dir, *config, num_seqs * kBlocksPerSeq,
+        [&](int g, Model& model, KvCache& cache) {
+          std::vector<int> mine;
+          for (int i = 0; i < num_seqs; ++i) {
+            if (i % plan.dp_attention == g / plan.tp) mine.push_back(i);
+          }
+          return decode_context_parallel ? RunSteps(model, cache, w, mine, plan.tp, g % plan.tp)
+                                         : RunSteps(model, cache, w, mine);
+        },
+        KvCacheDtype::kStorage, decode_context_parallel);
     ASSERT_TRUE(got.ok()) << got.status();
     int close = 0, compared = 0;
     for (int g = 0; g < ranks; ++g) {
@@ -177,6 +192,13 @@ class ModelParallelTest : public ::testing::TestWithParam<ParallelPlan> {
 };
 
 TEST_P(ModelParallelTest, TinyFixtureMatchesOneRank) { Check("tests/testdata/tiny-deepseek-v3", 3); }
+
+// Decode context parallelism: each head shard holds every tp-th block of its
+// replica's sequences, and the logits are still one rank's.
+TEST_P(ModelParallelTest, DecodeContextParallelMatchesOneRank) {
+  if (GetParam().tp == 1) GTEST_SKIP() << "decode context parallelism spreads KV over head shards";
+  Check("tests/testdata/tiny-deepseek-v3", 3, 1e-5, /*decode_context_parallel=*/true);
+}
 
 // Softmax group-limited routing, two shared experts, no q compression, and a
 // vocabulary that does not divide by the head shards (padded slices).
