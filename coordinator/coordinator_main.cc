@@ -15,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -70,6 +71,11 @@ ABSL_FLAG(std::string, migration, "auto", "move a prefix cached by a busy group 
 ABSL_FLAG(int64_t, cache_affinity_slack, 8,
           "a group (or an attention replica within one) caching a longer prefix wins while at most this many requests "
           "busier than the least loaded");
+ABSL_FLAG(std::string, decode_context_parallel, "auto",
+          "spread each attention replica's KV blocks over its head shards (tp times the tokens per replica; every "
+          "token then attends in parts, combined across the shards): on, off, or auto (when one request of the "
+          "model's whole context would not fit a replica otherwise). Needs --tp > 1, CPU workers (the CUDA kernels do "
+          "not attend in parts yet) and mixed-role groups; it turns context-parallel prefill off in those groups");
 ABSL_FLAG(std::string, kv_links, "gpus",
           "which workers move KV between them over a link made at start-up (for prefill/decode handoffs) or on first "
           "use, the others pulling over gRPC: gpus (workers on distinct GPUs, NCCL) or all (CPU workers too, Gloo: "
@@ -183,10 +189,11 @@ absl::StatusOr<internal::v1::LoadShardResponse> LoadShard(const WorkerInfo& work
   return response;
 }
 
-absl::Status CreateCache(const WorkerInfo& worker, int64_t num_blocks) {
+absl::Status CreateCache(const WorkerInfo& worker, int64_t num_blocks, bool decode_context_parallel) {
   grpc::ClientContext context;
   internal::v1::CreateCacheRequest request;
   request.set_num_blocks(num_blocks);
+  request.set_decode_context_parallel(decode_context_parallel);
   internal::v1::CreateCacheResponse response;
   absl::Status status = FromGrpcStatus(worker.stub->CreateCache(&context, request, &response));
   if (!status.ok()) return absl::Status(status.code(), absl::StrCat("worker ", worker.id, ": ", status.message()));
@@ -307,20 +314,40 @@ absl::StatusOr<int64_t> FormGroup(int32_t id, const std::vector<WorkerInfo>& mem
                                         .default_blocks = kCpuKvBlocks,
                                         .gpu_memory_utilization = absl::GetFlag(FLAGS_gpu_memory_utilization),
                                         .bytes_per_block = bytes_per_block}));
+  ASSIGN_OR_RETURN(const DecodeContextParallel dcp_mode,
+                   ParseDecodeContextParallel(absl::GetFlag(FLAGS_decode_context_parallel)));
+  const bool attends_in_parts = std::none_of(members.begin(), members.end(), [](const WorkerInfo& m) {
+    return absl::StartsWith(m.device, "cuda");  // the CUDA kernels do not attend in parts yet
+  });
+  ASSIGN_OR_RETURN(const bool spread,
+                   UseDecodeContextParallel(dcp_mode, {.tp = shape.options.tp,
+                                                       .attends_in_parts = attends_in_parts,
+                                                       .mixed_role = role == GroupRole::kMixed,
+                                                       .replica_tokens = sizing.num_blocks * shape.options.block_size,
+                                                       .max_context = config.max_position_embeddings}));
   std::vector<std::future<absl::Status>> creates;
   for (const WorkerInfo& member : members) {
-    creates.push_back(
-        std::async(std::launch::async, [&member, &sizing] { return CreateCache(member, sizing.num_blocks); }));
+    creates.push_back(std::async(std::launch::async, [&member, &sizing, spread] {
+      return CreateCache(member, sizing.num_blocks, spread);
+    }));
   }
   RETURN_IF_ERROR(WaitForAll(creates));
   GroupOptions options = shape.options;
-  const int64_t tokens = sizing.num_blocks * options.block_size;
+  // Spread over its head shards, a replica holds tp pools' blocks.
+  const int64_t replica_blocks = sizing.num_blocks * (spread ? options.tp : 1);
+  const int64_t tokens = replica_blocks * options.block_size;
   std::cerr << absl::StreamFormat(
       "coordinator: group %d: KV cache of %d blocks = %d tokens per attention replica, %d in the group's %d "
-      "replica(s); %.2f GiB per rank (from %s)\n",
-      id, sizing.num_blocks, tokens, tokens * options.dp_attention, options.dp_attention,
-      static_cast<double>(sizing.num_blocks * bytes_per_block) / (1 << 30), sizing.ToString());
-  options.num_blocks = sizing.num_blocks;
+      "replica(s); %.2f GiB per rank (from %s)%s\n",
+      id, replica_blocks, tokens, tokens * options.dp_attention, options.dp_attention,
+      static_cast<double>(sizing.num_blocks * bytes_per_block) / (1 << 30), sizing.ToString(),
+      spread ? absl::StrCat("; decode context parallelism: its blocks dealt over the replica's ", options.tp,
+                            " head shards")
+             : "");
+  options.num_blocks = replica_blocks;
+  options.decode_context_parallel = spread;
+  // A context-parallel chunk writes its whole KV on every rank of a replica.
+  if (spread) options.scheduler.context_parallel_min_tokens = 0;
   options.role = role;
   auto executor = std::make_unique<GrpcStepExecutor>(members, options.tp, options.step_timeout);
   engine.AddGroup(std::make_unique<EngineGroup>(id, members, std::move(executor), options, config, metrics));
@@ -448,6 +475,7 @@ absl::Status Run() {
     return absl::InvalidArgumentError("--migration must be auto, always or never");
   }
   ASSIGN_OR_RETURN(const KvLinks kv_links, ParseKvLinks(absl::GetFlag(FLAGS_kv_links)));
+  RETURN_IF_ERROR(ParseDecodeContextParallel(absl::GetFlag(FLAGS_decode_context_parallel)).status());
   if (absl::GetFlag(FLAGS_max_batched_tokens) < 0 || absl::GetFlag(FLAGS_max_num_seqs) < 1) {
     return absl::InvalidArgumentError("--max_batched_tokens must be 0 (automatic) or more, --max_num_seqs 1 or more");
   }

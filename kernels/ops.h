@@ -169,6 +169,9 @@ class Ops {
   // the sum over p of exp(lse[p]): attention over the union of the parts'
   // keys from the parts [P, T, H, D] and their lse [P, T, H] (F32).
   virtual absl::Status CombineAttentionParts(const Tensor& parts, const Tensor& lse, Tensor* out) = 0;
+  // Whether the two ops above are implemented here (else they fail with
+  // Unimplemented), as ggml backends say which ops they support.
+  virtual bool AttendsInParts() const = 0;
   // Expanded MLA for one sequence, heads [first_head, first_head + H) of
   // q_nope[T, Hq, nope] and q_rope[T, Hq, rope] against k_nope[S, H, nope],
   // k_rope[S, rope] (shared by heads) and v[S, H, dv] (those heads' keys and

@@ -23,6 +23,9 @@ struct ClusterShape {
   int workers;
   std::vector<std::string> flags;
   bool context_parallel = false;  // prompts of 40 tokens or more prefill split over the replicas
+  // The group's KV blocks over all its replicas (the default pool of 256 a
+  // rank; decode context parallelism deals a replica's over its head shards).
+  int64_t kv_blocks = 0;
 };
 
 class ShardedServingTest : public ::testing::TestWithParam<ClusterShape> {
@@ -93,6 +96,7 @@ TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
     EXPECT_EQ(outputs[i].ids, oracle().Greedy(prompts[i], 10)) << "request " << i;
   }
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+  if (shape.kv_blocks > 0) EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_free"), shape.kv_blocks);
   if (shape.context_parallel) {
     EXPECT_GT((*cluster)->Metric("mlaserve_context_parallel_chunks_total"), 0) << "no prompt was split";
   }
@@ -100,13 +104,20 @@ TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, ShardedServingTest,
-    ::testing::Values(ClusterShape{"tp2", 2, {"--tp=2", "--ep=1"}},
+    ::testing::Values(ClusterShape{"tp2", 2, {"--tp=2", "--ep=1"}, false, 256},
                       ClusterShape{"ep2_dp_attention", 2, {"--tp=1", "--dp_attention=2", "--ep=2"}},
                       ClusterShape{"ep4_dp_attention", 4, {"--tp=1", "--dp_attention=4", "--ep=4"}},
                       ClusterShape{"tp2_x_ep2", 4, {"--tp=2", "--dp_attention=2", "--ep=2"}},
                       ClusterShape{"two_groups_tp2_ep2", 4, {"--tp=2", "--ep=2"}},
                       ClusterShape{"context_parallel_dp2", 2, {"--tp=1", "--dp_attention=2", "--ep=2"}, true},
-                      ClusterShape{"context_parallel_tp2_x_dp2", 4, {"--tp=2", "--dp_attention=2", "--ep=4"}, true}),
+                      ClusterShape{"context_parallel_tp2_x_dp2", 4, {"--tp=2", "--dp_attention=2", "--ep=4"}, true},
+                      ClusterShape{"decode_context_parallel_tp2", 2,
+                                   {"--tp=2", "--ep=1", "--decode_context_parallel=on"}, false, 512},
+                      // auto: 24 blocks of 64 a rank hold less than one 2,048-token context.
+                      ClusterShape{"decode_context_parallel_auto", 2, {"--tp=2", "--ep=1", "--kv_blocks=24"}, false, 48},
+                      ClusterShape{"decode_context_parallel_tp2_x_dp2", 4,
+                                   {"--tp=2", "--dp_attention=2", "--ep=4", "--decode_context_parallel=on"}, false,
+                                   1024}),
     [](const ::testing::TestParamInfo<ClusterShape>& info) { return info.param.name; });
 
 // Two groups of two ranks: killing one rank fails its group; the group's

@@ -53,9 +53,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const std::string& dir, Ops
                                                      const WeightSource& weights_from) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
   ASSIGN_OR_RETURN(ShardLayout layout, MakeShardLayout(config, shard.plan, shard.group_rank));
-  if (shard.decode_context_parallel && shard.plan.tp < 2) {
-    return absl::InvalidArgumentError("decode context parallelism spreads KV over head shards: it needs tp > 1");
-  }
   RETURN_IF_ERROR(CheckCommunicator(shard.group, shard.plan.group_size(), "the engine group"));
   RETURN_IF_ERROR(CheckCommunicator(shard.attention, shard.plan.tp, "the attention replica"));
   ASSIGN_OR_RETURN(ModelWeights weights, weights_from(config, layout));
@@ -88,6 +85,14 @@ Model::Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Op
   if (shard.plan.group_size() > 1 && config.n_routed_experts > 0) {
     dispatch_.emplace(layout, config.n_routed_experts, ops, *shard.group);
   }
+}
+
+absl::Status Model::set_decode_context_parallel(bool on) {
+  if (on && shard_.attention == nullptr) {
+    return absl::InvalidArgumentError("decode context parallelism spreads KV over head shards: it needs tp > 1");
+  }
+  decode_context_parallel_ = on;
+  return absl::OkStatus();
 }
 
 absl::Status Model::SumOverHeads(Tensor* partial) {
@@ -229,7 +234,7 @@ bool Model::Replayable(const ForwardBatch& batch, const StepArrays& step) const 
 absl::StatusOr<Model::StepArrays> Model::MakeStepArrays(const ForwardBatch& batch, AttentionForm form) const {
   // With the KV blocks spread over the head shards no rank can expand a
   // sequence's keys: every token takes the absorbed form.
-  if (shard_.decode_context_parallel) form = AttentionForm::kAbsorbed;
+  if (decode_context_parallel_) form = AttentionForm::kAbsorbed;
   StepArrays step;
   // Ids outside this shard's vocabulary slice read the table's zero last row;
   // the head shards' lookups then add up to the embedding.
@@ -409,7 +414,7 @@ absl::Status Model::AbsorbedAttention(const LayerWeights& w, int64_t layer, cons
   ASSIGN_OR_RETURN(Tensor q_latent, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, rank}));
   RETURN_IF_ERROR(ops_.HeadLinear(q_nope, w.w_uk_t, &q_latent));
   ASSIGN_OR_RETURN(Tensor o_latent, ops_.Empty(ops_.storage_dtype(), {num_tokens, heads, rank}));
-  if (shard_.decode_context_parallel) {
+  if (decode_context_parallel_) {
     RETURN_IF_ERROR(ShardedContextAttention(q_latent, q_rope, layer, layout, cache, &o_latent));
   } else {
     RETURN_IF_ERROR(

@@ -63,13 +63,6 @@ struct ModelShard {
   // This rank's head shard in every attention replica, ranked by replica:
   // context-parallel chunks share their latent KV through it.
   Communicator* context = nullptr;
-  // Decode context parallelism: the replica's head shards hold its
-  // sequences' KV blocks between them (each rank's block tables name the
-  // others' blocks kBlockElsewhere), so a replica holds tp times the tokens.
-  // Every token then takes the absorbed form: each rank attends every head
-  // shard's queries over its own blocks, and each shard combines the parts of
-  // its heads. REQUIRES: tp > 1.
-  bool decode_context_parallel = false;
 };
 
 class Model {
@@ -114,6 +107,14 @@ class Model {
   int64_t expanded_scratch_bytes() const { return expanded_scratch_bytes_; }
   // REQUIRES: bytes > 0; called before the steps it should govern.
   void set_expanded_scratch_bytes(int64_t bytes) { expanded_scratch_bytes_ = bytes; }
+  // Decode context parallelism: the replica's head shards hold its
+  // sequences' KV blocks between them (each rank's block tables name the
+  // others' blocks kBlockElsewhere; worker/kv_shards.h), so a replica holds
+  // tp times the tokens. Every token then takes the absorbed form: each rank
+  // attends every head shard's queries over its own blocks, and each shard
+  // combines the parts of its heads. InvalidArgument without attention TP;
+  // called before the steps it should govern.
+  absl::Status set_decode_context_parallel(bool on);
 
  private:
   Model(const ModelConfig& config, ModelWeights weights, RopeTable rope, Ops& ops, const ShardLayout& layout,
@@ -203,6 +204,7 @@ class Model {
   RopeTable rope_;
   float softmax_scale_;
   int64_t expanded_scratch_bytes_ = kDefaultExpandedScratchBytes;
+  bool decode_context_parallel_ = false;
   Ops& ops_;
   ShardLayout layout_;
   ModelShard shard_;

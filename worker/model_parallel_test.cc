@@ -103,10 +103,9 @@ absl::StatusOr<std::vector<RankSteps>> RunRanks(const ParallelPlan& plan, const 
         absl::StatusOr<GroupComms> comms = ConnectGroup(store, "test", plan, g, absl::Seconds(60), factory);
         if (!comms.ok()) return comms.status();
         auto rank_ops = NewCpuOps();
-        ModelShard shard = comms->shard();
-        shard.decode_context_parallel = decode_context_parallel;
-        auto model = Model::Load(dir, *rank_ops, shard);
+        auto model = Model::Load(dir, *rank_ops, comms->shard());
         if (!model.ok()) return model.status();
+        if (absl::Status set = (*model)->set_decode_context_parallel(decode_context_parallel); !set.ok()) return set;
         const int64_t held = decode_context_parallel ? (cache_blocks + plan.tp - 1) / plan.tp : cache_blocks;
         auto rank_cache = KvCache::Create(*rank_ops, config, held, kBlockSize, kv_dtype);
         if (!rank_cache.ok()) return rank_cache.status();

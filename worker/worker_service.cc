@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "kernels/sampler.h"
 #include "worker/block_io.h"
+#include "worker/kv_shards.h"
 #include "worker/load_report.h"
 #include "worker/memory_profile.h"
 
@@ -178,15 +179,23 @@ absl::Status WorkerService::CreatePool(const internal::v1::CreateCacheRequest& r
   sequences_.clear();
   cache_.reset();
   num_blocks_ = 0;
+  decode_context_parallel_ = false;
   if (request.num_blocks() <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("a KV cache of ", request.num_blocks(), " blocks"));
   }
+  if (request.decode_context_parallel() && (comms_.plan.tp < 2 || !ops_->AttendsInParts())) {
+    return absl::InvalidArgumentError(absl::StrCat("decode_context_parallel needs tp > 1 (it spreads KV over head "
+                                                   "shards) and a backend that attends in parts; this is tp ",
+                                                   comms_.plan.tp, " on ", std::string(ops_->name())));
+  }
   if (!options_.mock_compute) {
+    RETURN_IF_ERROR(model_->set_decode_context_parallel(request.decode_context_parallel()));
     ASSIGN_OR_RETURN(KvCache cache,
                      KvCache::Create(*ops_, model_->config(), request.num_blocks(), block_size_, kv_dtype_));
     cache_.emplace(std::move(cache));
   }
   num_blocks_ = request.num_blocks();
+  decode_context_parallel_ = request.decode_context_parallel();
   response->set_num_blocks(num_blocks_);
   response->set_bytes_per_block(bytes_per_block_);
   return absl::OkStatus();
@@ -203,6 +212,26 @@ grpc::Status WorkerService::Steps(
     if (!stream->Write(response)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator went away");
   }
   return grpc::Status::OK;
+}
+
+int WorkerService::KvShards() const { return decode_context_parallel_ ? comms_.plan.tp : 1; }
+
+absl::StatusOr<std::vector<int32_t>> WorkerService::PoolBlocks(absl::Span<const int32_t> blocks) const {
+  const int shards = KvShards(), shard = comms_.group_rank % comms_.plan.tp;
+  std::vector<int32_t> pool;
+  pool.reserve(blocks.size());
+  for (int32_t block : blocks) {
+    if (shards == 1 || block < 0) {
+      pool.push_back(block);  // out-of-range ids are refused where the pool is read or written
+      continue;
+    }
+    pool.push_back(HeldBlock(block, shards, shard));
+    if (pool.back() == kBlockElsewhere) {
+      return absl::FailedPreconditionError(absl::StrCat("block ", block, " is held by head shard ", block % shards,
+                                                        ", not this rank (decode context parallelism)"));
+    }
+  }
+  return pool;
 }
 
 absl::Status WorkerService::Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
@@ -222,9 +251,10 @@ absl::Status WorkerService::CheckChange(const internal::v1::StepSequence& s,
     }
     state = &it->second;
   }
+  const int64_t blocks_named = num_blocks_ * KvShards();
   for (int32_t block : s.new_blocks()) {
-    if (block < 0 || block >= num_blocks_) {
-      return absl::InvalidArgumentError(absl::StrCat(who, "block ", block, " outside [0, ", num_blocks_, ")"));
+    if (block < 0 || block >= blocks_named) {
+      return absl::InvalidArgumentError(absl::StrCat(who, "block ", block, " outside [0, ", blocks_named, ")"));
     }
   }
   if (s.sampled_input()) {
@@ -257,6 +287,10 @@ absl::Status WorkerService::CheckChange(const internal::v1::StepSequence& s,
 absl::Status WorkerService::CheckChunks(const internal::v1::StepRequest& request,
                                         absl::flat_hash_map<int64_t, int>* chunks) const {
   const int replicas = comms_.plan.dp_attention;
+  if (decode_context_parallel_ && request.context_parallel_size() > 0) {
+    return absl::InvalidArgumentError("context-parallel chunks need each replica's blocks whole on its ranks, which "
+                                      "decode context parallelism spreads");
+  }
   absl::flat_hash_map<int64_t, const internal::v1::StepSequence*> by_id;
   for (const internal::v1::StepSequence& s : request.sequences()) by_id[s.request_id()] = &s;
   for (int c = 0; c < request.context_parallel_size(); ++c) {
@@ -329,7 +363,9 @@ WorkerService::StepRow WorkerService::ApplyChange(const internal::v1::StepSequen
     }
     slice.num_tokens = end - begin;
     slice.context_len = chunk_begin + end;
-    slice.block_table = state->block_table;
+    slice.block_table = decode_context_parallel_
+                            ? HeldBlockTable(state->block_table, comms_.plan.tp, comms_.group_rank % comms_.plan.tp)
+                            : state->block_table;
     batch->layout.seqs.push_back(std::move(slice));
   };
   if (chunk == nullptr) {
@@ -488,8 +524,10 @@ grpc::Status WorkerService::ReadBlocks(grpc::ServerContext* context, const inter
       absl::MutexLock lock(&mu_);
       if (!cache_.has_value()) return ToGrpcStatus(absl::FailedPreconditionError("ReadBlocks before LoadShard"));
       const size_t count = std::min<size_t>(blocks.size() - next, BlocksPerChunk());
+      absl::StatusOr<std::vector<int32_t>> pool_blocks = PoolBlocks(absl::MakeConstSpan(blocks).subspan(next, count));
+      if (!pool_blocks.ok()) return ToGrpcStatus(pool_blocks.status());
       std::vector<float> values;
-      absl::Status read = mlaserve::ReadBlocks(*ops_, cache_->pool(), absl::MakeConstSpan(blocks).subspan(next, count), &values);
+      absl::Status read = mlaserve::ReadBlocks(*ops_, cache_->pool(), *pool_blocks, &values);
       if (!read.ok()) return ToGrpcStatus(read);
       chunk.set_values(values.data(), values.size() * sizeof(float));
       next += count;
@@ -515,10 +553,12 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
                                                    request.dest_blocks_size(), " destination blocks"));
   }
   int64_t per_block = 0;
+  std::vector<int32_t> dest;
   {
     absl::MutexLock lock(&mu_);
     if (!cache_.has_value()) return absl::FailedPreconditionError("PullBlocks before LoadShard");
     per_block = ValuesPerBlock(cache_->pool());
+    ASSIGN_OR_RETURN(dest, PoolBlocks(request.dest_blocks()));
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -529,7 +569,6 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
   internal::v1::ReadBlocksRequest read;
   *read.mutable_blocks() = request.source_blocks();
   std::unique_ptr<grpc::ClientReader<internal::v1::BlockChunk>> reader = stub->ReadBlocks(&context, read);
-  const std::vector<int32_t> dest(request.dest_blocks().begin(), request.dest_blocks().end());
   size_t next = 0;
   internal::v1::BlockChunk chunk;
   while (reader->Read(&chunk)) {
@@ -579,14 +618,15 @@ grpc::Status WorkerService::RecvBlocks(grpc::ServerContext* context, const inter
 
 absl::Status WorkerService::OverLink(const internal::v1::LinkBlocksRequest& request, bool send, int64_t* bytes) {
   Tensor pool;
+  std::vector<int32_t> blocks;
   {
     absl::MutexLock lock(&mu_);
     if (!cache_.has_value()) return absl::FailedPreconditionError("KV transfer before LoadShard");
     pool = cache_->pool();  // shares the memory; blocks in flight are reserved by the coordinator
+    ASSIGN_OR_RETURN(blocks, PoolBlocks(request.blocks()));
   }
   const absl::Duration timeout = absl::Seconds(std::max(1.0, request.timeout_s()));
   ASSIGN_OR_RETURN(Communicator * link, links_.Get(request.link(), send ? 0 : 1, timeout));
-  const std::vector<int32_t> blocks(request.blocks().begin(), request.blocks().end());
   absl::Status status = send ? mlaserve::SendBlocks(*link, pool, blocks, 1) : mlaserve::RecvBlocks(*link, pool, blocks, 0);
   if (!status.ok()) {
     links_.Drop(request.link());

@@ -135,7 +135,8 @@ class WorkerService final : public internal::v1::Worker::Service {
   // chunk's tokens, with only the home sequence sampling; else
   // InvalidArgument. Fills `chunks` with the index of the chunk of each of
   // those sequences' ids.
-  absl::Status CheckChunks(const internal::v1::StepRequest& request, absl::flat_hash_map<int64_t, int>* chunks) const;
+  absl::Status CheckChunks(const internal::v1::StepRequest& request, absl::flat_hash_map<int64_t, int>* chunks) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies `s`'s change to the worker's copy of its sequence and adds its
   // tokens to `batch`: all of them, or only this replica's slices of `chunk`,
   // described in `split` (the whole chunk's KV is written,
@@ -157,6 +158,15 @@ class WorkerService final : public internal::v1::Worker::Service {
   absl::Status Pull(const internal::v1::PullBlocksRequest& request, int64_t* bytes);
   // SendBlocks (rank 0 of the link) or RecvBlocks (rank 1).
   absl::Status OverLink(const internal::v1::LinkBlocksRequest& request, bool send, int64_t* bytes);
+  // How many head shards hold a replica's blocks between them (tp with
+  // decode context parallelism, else 1): the coordinator's block ids run to
+  // num_blocks_ times it.
+  int KvShards() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The pool indexes of coordinator block ids that this rank holds, or
+  // FailedPrecondition naming one another head shard holds (a transfer of a
+  // sequence whose blocks are spread fails, and its KV is recomputed).
+  absl::StatusOr<std::vector<int32_t>> PoolBlocks(absl::Span<const int32_t> blocks) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Blocks per ReadBlocks message: about 4 MiB of values.
   int64_t BlocksPerChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -175,6 +185,7 @@ class WorkerService final : public internal::v1::Worker::Service {
   int64_t num_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t block_size_ ABSL_GUARDED_BY(mu_) = 0;
   KvCacheDtype kv_dtype_ ABSL_GUARDED_BY(mu_) = KvCacheDtype::kStorage;
+  bool decode_context_parallel_ ABSL_GUARDED_BY(mu_) = false;
   int64_t bytes_per_block_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t vocab_size_ ABSL_GUARDED_BY(mu_) = 0;
   bool loaded_ ABSL_GUARDED_BY(mu_) = false;  // LoadShard succeeded

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "coordinator/cluster/shard_planner.h"
 
 namespace mlaserve {
@@ -62,6 +63,29 @@ absl::StatusOr<KvSizing> SizeKvPool(absl::Span<const RankMemoryReport> ranks, co
   }
   sizing.num_blocks = sizing.limiting_room_bytes / options.bytes_per_block;
   return sizing;
+}
+
+absl::StatusOr<DecodeContextParallel> ParseDecodeContextParallel(absl::string_view name) {
+  if (name == "auto") return DecodeContextParallel::kAuto;
+  if (name == "on") return DecodeContextParallel::kOn;
+  if (name == "off") return DecodeContextParallel::kOff;
+  return absl::InvalidArgumentError(absl::StrCat("--decode_context_parallel must be auto, on or off, not \"", name, "\""));
+}
+
+absl::StatusOr<bool> UseDecodeContextParallel(DecodeContextParallel mode, const DecodeContextParallelQuery& q) {
+  if (mode == DecodeContextParallel::kOff) return false;
+  std::vector<std::string> lacks;
+  if (q.tp < 2) lacks.push_back(absl::StrCat("attention tensor parallelism (tp is ", q.tp, ")"));
+  if (!q.attends_in_parts) lacks.push_back("workers that attend in parts (CPU workers; the CUDA kernels do not yet)");
+  if (!q.mixed_role) lacks.push_back("a mixed-role group (prefill/decode handoffs move KV from a replica's first rank)");
+  if (mode == DecodeContextParallel::kOn) {
+    if (!lacks.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--decode_context_parallel=on needs ", absl::StrJoin(lacks, ", and ")));
+    }
+    return true;
+  }
+  return lacks.empty() && q.replica_tokens < q.max_context;
 }
 
 }  // namespace mlaserve

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace mlaserve {
@@ -59,6 +60,26 @@ int64_t KvRoomBytes(const RankMemoryReport& rank, double utilization);
 // ResourceExhausted, naming the worker and its figures, when a rank has no
 // room for a single block.
 absl::StatusOr<KvSizing> SizeKvPool(absl::Span<const RankMemoryReport> ranks, const KvSizingOptions& options);
+
+// Whether a group's attention replicas spread their KV blocks over their
+// head shards (decode context parallelism, worker/kv_shards.h), which
+// multiplies a replica's KV room by tp: kOn asks for it, kOff never, kAuto
+// when one request of `max_context` tokens would not fit a replica's
+// `replica_tokens` otherwise. Needs tp > 1, workers that attend in parts (CPU
+// workers, for now) and a mixed-role group (prefill/decode handoffs move a
+// replica's KV from its first rank, which holds only a share of it).
+enum class DecodeContextParallel { kAuto, kOn, kOff };
+// "auto", "on" or "off"; InvalidArgument naming the flag otherwise.
+absl::StatusOr<DecodeContextParallel> ParseDecodeContextParallel(absl::string_view name);
+struct DecodeContextParallelQuery {
+  int tp = 1;
+  bool attends_in_parts = false;  // every rank's backend
+  bool mixed_role = true;
+  int64_t replica_tokens = 0;  // KV room of a replica without it
+  int64_t max_context = 0;
+};
+// The choice for `q`, or InvalidArgument naming what kOn lacks.
+absl::StatusOr<bool> UseDecodeContextParallel(DecodeContextParallel mode, const DecodeContextParallelQuery& q);
 
 }  // namespace mlaserve
 

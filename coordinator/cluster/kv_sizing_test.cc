@@ -81,5 +81,35 @@ TEST(KvSizingTest, NoRoomLeftIsAClearError) {
             absl::StatusCode::kResourceExhausted);
 }
 
+// Decode context parallelism: auto takes it exactly when one request of the
+// model's whole context would not fit a replica otherwise and the group can
+// spread its KV; on refuses, naming each lack, where it cannot.
+TEST(DecodeContextParallelTest, AutoWhenAWholeContextDoesNotFitAndOnlyWhereItCan) {
+  const DecodeContextParallelQuery fits{.tp = 2, .attends_in_parts = true, .mixed_role = true,
+                                        .replica_tokens = 16384, .max_context = 16384};
+  EXPECT_FALSE(*UseDecodeContextParallel(DecodeContextParallel::kAuto, fits));
+  DecodeContextParallelQuery tight = fits;
+  tight.replica_tokens = 16383;
+  EXPECT_TRUE(*UseDecodeContextParallel(DecodeContextParallel::kAuto, tight));
+  EXPECT_TRUE(*UseDecodeContextParallel(DecodeContextParallel::kOn, fits));
+  EXPECT_FALSE(*UseDecodeContextParallel(DecodeContextParallel::kOff, tight));
+  for (auto lack : {&DecodeContextParallelQuery::attends_in_parts, &DecodeContextParallelQuery::mixed_role}) {
+    DecodeContextParallelQuery q = tight;
+    q.*lack = false;
+    EXPECT_FALSE(*UseDecodeContextParallel(DecodeContextParallel::kAuto, q));
+    EXPECT_EQ(UseDecodeContextParallel(DecodeContextParallel::kOn, q).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  DecodeContextParallelQuery one_shard = tight;
+  one_shard.tp = 1;
+  one_shard.attends_in_parts = false;
+  EXPECT_FALSE(*UseDecodeContextParallel(DecodeContextParallel::kAuto, one_shard));
+  const absl::Status refused = UseDecodeContextParallel(DecodeContextParallel::kOn, one_shard).status();
+  EXPECT_NE(refused.message().find("tp is 1"), absl::string_view::npos) << refused;
+  EXPECT_NE(refused.message().find("attend in parts"), absl::string_view::npos) << refused;
+  EXPECT_EQ(ParseDecodeContextParallel("sometimes").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*ParseDecodeContextParallel("auto"), DecodeContextParallel::kAuto);
+}
+
 }  // namespace
 }  // namespace mlaserve

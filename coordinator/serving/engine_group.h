@@ -48,6 +48,10 @@ struct GroupOptions {
   int dp_attention = 1;  // attention replicas
   int64_t num_blocks = 0;  // per replica
   int64_t block_size = 64;
+  // A replica's blocks are dealt over its head shards (decode context
+  // parallelism, worker/kv_shards.h): its KV cannot move to another group
+  // from its first rank, so moves recompute it.
+  bool decode_context_parallel = false;
   SchedulerOptions scheduler;
   absl::Duration step_timeout = absl::Minutes(5);
   StepTrace* trace = nullptr;  // records every step when set; outlives the group
@@ -132,6 +136,7 @@ class EngineGroup {
   int num_replicas() const { return options_.dp_attention; }
   int32_t id() const { return group_id_; }
   GroupRole role() const { return options_.role; }
+  bool spreads_kv() const { return options_.decode_context_parallel; }
 
  private:
   struct Update {

@@ -78,7 +78,11 @@ absl::Status SequenceMover::MigrateBlocks(EngineGroup* from, const BlockHold& ho
   if (from->failed() && registry_ != nullptr) {
     std::erase_if(sources, [this](const WorkerInfo& w) { return !registry_->IsLive(w.id); });
   }
-  absl::StatusOr<BlockHold> reserved = to->Reserve(static_cast<int64_t>(hold.blocks.size()));
+  // A replica that deals its blocks over its head shards has no rank holding them all.
+  absl::StatusOr<BlockHold> reserved =
+      from->spreads_kv() || to->spreads_kv()
+          ? absl::FailedPreconditionError("KV spread over head shards (decode context parallelism) does not move")
+          : to->Reserve(static_cast<int64_t>(hold.blocks.size()));
   absl::Status status = reserved.status();
   if (reserved.ok()) {
     status = absl::UnavailableError("no rank holding the KV is alive");

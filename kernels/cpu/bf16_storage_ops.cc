@@ -76,6 +76,7 @@ class Bf16StorageCpuOps final : public Ops {
   absl::Status CombineAttentionParts(const Tensor& parts, const Tensor& lse, Tensor* out) override {
     return Rounded(cpu_->CombineAttentionParts(parts, lse, out), *out);
   }
+  bool AttendsInParts() const override { return true; }
   absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
                                     const Tensor& k_rope, const Tensor& v, int64_t first_head, float softmax_scale,
                                     Tensor* out) override {

@@ -417,6 +417,8 @@ class CpuOps final : public Ops {
                              lse);
   }
 
+  bool AttendsInParts() const override { return true; }
+
   absl::Status CombineAttentionParts(const Tensor& parts, const Tensor& lse, Tensor* out) override {
     constexpr absl::string_view kOp = "CombineAttentionParts";
     const int64_t num_parts = parts.dim(0), rows = parts.dim(1), heads = parts.dim(2), dim = parts.dim(3);

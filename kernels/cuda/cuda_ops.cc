@@ -641,6 +641,7 @@ class CudaOps final : public Ops {
   absl::Status CombineAttentionParts(const Tensor&, const Tensor&, Tensor*) override {
     return absl::UnimplementedError("CombineAttentionParts (decode context parallelism) is not on the CUDA backend");
   }
+  bool AttendsInParts() const override { return false; }
 
   absl::Status MlaExpandedAttention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
                                     const Tensor& k_rope, const Tensor& v, int64_t first_head, float softmax_scale,
