@@ -64,12 +64,7 @@ TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(8);
   for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 150);
-  std::vector<GrpcOutput> outputs(prompts.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 12); });
-  }
-  for (std::thread& t : threads) t.join();
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 12);
   for (size_t i = 0; i < prompts.size(); ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
     EXPECT_EQ(outputs[i].ids, SharedOracle().Greedy(prompts[i], 12)) << "request " << i;
@@ -126,12 +121,7 @@ TEST_P(LinkedDisaggregationTest, LinksAreMadeAtStartAndCarryTheOneWorkerOutputs)
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(6);
   for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 150);
-  std::vector<GrpcOutput> outputs(prompts.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 12); });
-  }
-  for (std::thread& t : threads) t.join();
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 12);
   for (size_t i = 0; i < prompts.size(); ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
     EXPECT_EQ(outputs[i].ids, oracle.Greedy(prompts[i], 12)) << "request " << i;

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <fstream>
 #include <random>
-#include <thread>
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -85,12 +84,7 @@ TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(10);
   for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 120);
-  std::vector<GrpcOutput> outputs(prompts.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 10); });
-  }
-  for (std::thread& t : threads) t.join();
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 10);
   for (size_t i = 0; i < prompts.size(); ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
     EXPECT_EQ(outputs[i].ids, oracle().Greedy(prompts[i], 10)) << "request " << i;
@@ -167,18 +161,14 @@ TEST(ShardedFailureTest, ContextParallelPrefillsSurviveAKilledRank) {
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(6);
   for (auto& p : prompts) p = RandomPrompt(rng, 1000 + static_cast<int>(rng() % 500));
-  std::vector<GrpcOutput> outputs(prompts.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 8); });
-  }
-  // Once some prompts have had chunks split, with more to come.
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while ((*cluster)->Metric("mlaserve_context_parallel_chunks_total") < 10 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  EXPECT_TRUE((*cluster)->KillWorker(0));
-  for (std::thread& t : threads) t.join();
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 8, [&] {
+    // Once some prompts have had chunks split, with more to come.
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while ((*cluster)->Metric("mlaserve_context_parallel_chunks_total") < 10 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_TRUE((*cluster)->KillWorker(0));
+  });
   Oracle oracle;
   for (size_t i = 0; i < outputs.size(); ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();

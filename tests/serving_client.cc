@@ -77,16 +77,23 @@ std::vector<int32_t> RandomPrompt(std::mt19937& rng, int length) {
   return ids;
 }
 
-std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, int count, int max_tokens,
-                                             const std::function<void()>& meanwhile) {
-  std::vector<GrpcOutput> outputs(count);
+std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, const std::vector<std::vector<int32_t>>& prompts,
+                                             int max_tokens, const std::function<void()>& meanwhile) {
+  std::vector<GrpcOutput> outputs(prompts.size());
   std::vector<std::thread> threads;
-  for (int i = 0; i < count; ++i) {
-    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(cluster, {5, 6, 7, 8 + i}, max_tokens); });
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(cluster, prompts[i], max_tokens); });
   }
   if (meanwhile) meanwhile();
   for (std::thread& t : threads) t.join();
   return outputs;
+}
+
+std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, int count, int max_tokens,
+                                             const std::function<void()>& meanwhile) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < count; ++i) prompts.push_back({5, 6, 7, 8 + i});
+  return GenerateConcurrently(cluster, prompts, max_tokens, meanwhile);
 }
 
 void ExpectStillServing(const LocalCluster& cluster, int live_workers) {

@@ -71,8 +71,11 @@ struct GrpcOutput {
 GrpcOutput GenerateGrpc(const LocalCluster& cluster, const std::vector<int32_t>& prompt, int max_tokens,
                         float temperature = 0, std::optional<uint64_t> seed = std::nullopt, int logprobs = -1);
 
-// `count` greedy requests over gRPC at once, request i's prompt {5, 6, 7, 8 + i},
-// `max_tokens` each; `meanwhile` (if any) runs while they do.
+// A greedy request over gRPC for each of `prompts` at once, `max_tokens`
+// each, outputs in prompt order; `meanwhile` (if any) runs while they do.
+std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, const std::vector<std::vector<int32_t>>& prompts,
+                                             int max_tokens, const std::function<void()>& meanwhile = nullptr);
+// `count` of them, request i's prompt {5, 6, 7, 8 + i}.
 std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, int count, int max_tokens,
                                              const std::function<void()>& meanwhile = nullptr);
 

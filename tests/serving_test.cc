@@ -201,14 +201,10 @@ TEST(SmallCacheServingTest, PreemptionAndEvictionKeepOutputsExact) {
     for (int32_t id : RandomPrompt(rng, 8 + rng() % 30)) p.push_back(id);
   }
   // Alone, each request fits the pool: no preemption, the reference run.
-  std::vector<GrpcOutput> alone(prompts.size()), outputs(prompts.size());
+  std::vector<GrpcOutput> alone(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) alone[i] = GenerateGrpc(**cluster, prompts[i], 40);
   EXPECT_EQ((*cluster)->Metric("mlaserve_preemptions_total"), 0);
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back([&, i] { outputs[i] = GenerateGrpc(**cluster, prompts[i], 40); });
-  }
-  for (std::thread& t : threads) t.join();
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 40);
   for (size_t i = 0; i < prompts.size(); ++i) {
     ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
     ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();

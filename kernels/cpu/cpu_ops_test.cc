@@ -29,6 +29,26 @@ class CpuOpsTest : public ::testing::Test {
     if (dtype == DType::kF32) std::fill_n(t->as<float>(), t->numel(), std::nanf(""));
     return *std::move(t);
   }
+  // Sequences of (context, new tokens) laid out one after the other, their
+  // blocks drawn at random from a pool of `pool_blocks`; *tokens is the rows.
+  AttentionLayout RaggedLayout(const std::vector<std::pair<int64_t, int64_t>>& seqs, int64_t block,
+                               int64_t pool_blocks, int64_t* tokens) {
+    AttentionLayout layout{.block_size = block};
+    std::vector<int32_t> free_blocks(pool_blocks);
+    std::iota(free_blocks.begin(), free_blocks.end(), 0);
+    std::shuffle(free_blocks.begin(), free_blocks.end(), rng_);
+    *tokens = 0;
+    for (auto [context, count] : seqs) {
+      SequenceSlice s{.token_begin = *tokens, .num_tokens = count, .context_len = context};
+      for (int64_t b = 0; b < (context + block - 1) / block; ++b) {
+        s.block_table.push_back(free_blocks.back());
+        free_blocks.pop_back();
+      }
+      layout.seqs.push_back(s);
+      *tokens += count;
+    }
+    return layout;
+  }
   static double RelErr(const Tensor& out, const std::vector<double>& ref) {
     double diff = 0, norm = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
@@ -261,20 +281,8 @@ TEST_F(CpuOpsTest, AbsorbedAttentionOverPagedCacheMatchesDenseExpanded) {
   const std::vector<std::pair<int64_t, int64_t>> seqs = {{1, 1}, {9, 3}, {13, 13}};  // (context, new tokens)
   Tensor cache = Random({20, layers, block, rank + rope});
   Tensor w_uk = Random({heads, nope, rank}), w_uv = Random({heads, dv, rank});
-  AttentionLayout layout{.block_size = block};
-  std::vector<int32_t> free_blocks(20);
-  std::iota(free_blocks.begin(), free_blocks.end(), 0);
-  std::shuffle(free_blocks.begin(), free_blocks.end(), rng_);
   int64_t tokens = 0;
-  for (auto [context, count] : seqs) {
-    SequenceSlice s{.token_begin = tokens, .num_tokens = count, .context_len = context};
-    for (int64_t b = 0; b < (context + block - 1) / block; ++b) {
-      s.block_table.push_back(free_blocks.back());
-      free_blocks.pop_back();
-    }
-    layout.seqs.push_back(s);
-    tokens += count;
-  }
+  const AttentionLayout layout = RaggedLayout(seqs, block, 20, &tokens);
   Tensor q_nope = Random({tokens, heads, nope}), q_rope = Random({tokens, heads, rope});
   // q_latent = q_nope * W_UK (per head).
   Tensor q_latent = Make({tokens, heads, rank});
@@ -394,20 +402,8 @@ TEST_F(CpuOpsTest, AttentionPartsOverShardedBlocksCombineToTheWhole) {
   const int64_t heads = 3, rank = 16, rope = 4, block = 4, layers = 2, layer = 1;
   const std::vector<std::pair<int64_t, int64_t>> seqs = {{1, 1}, {9, 3}, {22, 5}};  // (context, new tokens)
   Tensor cache = Random({24, layers, block, rank + rope});
-  std::vector<int32_t> free_blocks(24);
-  std::iota(free_blocks.begin(), free_blocks.end(), 0);
-  std::shuffle(free_blocks.begin(), free_blocks.end(), rng_);
-  AttentionLayout whole{.block_size = block};
   int64_t tokens = 0;
-  for (auto [context, count] : seqs) {
-    SequenceSlice s{.token_begin = tokens, .num_tokens = count, .context_len = context};
-    for (int64_t b = 0; b < (context + block - 1) / block; ++b) {
-      s.block_table.push_back(free_blocks.back());
-      free_blocks.pop_back();
-    }
-    whole.seqs.push_back(s);
-    tokens += count;
-  }
+  const AttentionLayout whole = RaggedLayout(seqs, block, 24, &tokens);
   Tensor q_latent = Random({tokens, heads, rank}), q_rope = Random({tokens, heads, rope});
   Tensor expected = Make({tokens, heads, rank});
   ASSERT_TRUE(ops_->MlaAbsorbedAttention(q_latent, q_rope, cache, layer, whole, 0.3f, &expected).ok());
