@@ -114,6 +114,36 @@ INSTANTIATE_TEST_SUITE_P(
                                    1024}),
     [](const ::testing::TestParamInfo<ClusterShape>& info) { return info.param.name; });
 
+// The same with decode context parallelism: the killed rank's peer holds only
+// its share of each sequence's KV, so the group's requests are recomputed in
+// the other group, with the same output.
+TEST(ShardedFailureTest, KilledRankOfASpreadReplicaHasItsRequestsRecomputedUnchanged) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 4,
+                                     {"--tp=2", "--ep=2", "--heartbeat_timeout_s=1", "--comm_timeout_s=5",
+                                      "--decode_context_parallel=on"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  constexpr int kTokens = 300;
+  const std::vector<GrpcOutput> undisturbed = GenerateConcurrently(**cluster, 8, kTokens);
+  const double generated_before = (*cluster)->Metric("mlaserve_generation_tokens_total");
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, 8, kTokens, [&] {
+    // Once each request has a whole block of KV on the killed rank's peer.
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while ((*cluster)->Metric("mlaserve_generation_tokens_total") - generated_before < 8 * 100 &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    EXPECT_TRUE((*cluster)->KillWorker(0));
+  });
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, undisturbed[i].ids) << "request " << i;
+  }
+  EXPECT_GT((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\""), 0);
+  EXPECT_GT((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"recomputed\""), 0);
+  ExpectStillServing(**cluster, 3);
+}
+
 // Two groups of two ranks: killing one rank fails its group; the group's
 // requests go on in the other group, their KV read from the surviving rank,
 // with the output an undisturbed run gives, and new requests go to the

@@ -235,8 +235,9 @@ absl::Status ServingEngine::Calibrate(int64_t bytes_per_block) {
   std::vector<EngineGroup*> alive;
   {
     absl::MutexLock lock(&mu_);
+    // A group that spreads its KV over its head shards moves none.
     for (const auto& g : groups_) {
-      if (g->alive()) alive.push_back(g.get());
+      if (g->alive() && !g->spreads_kv()) alive.push_back(g.get());
     }
   }
   if (alive.size() < 2) return absl::OkStatus();
