@@ -78,8 +78,8 @@ ABSL_FLAG(std::string, decode_context_parallel, "auto",
           "not attend in parts yet) and mixed-role groups; it turns context-parallel prefill off in those groups");
 ABSL_FLAG(std::string, kv_links, "gpus",
           "which workers move KV between them over a link made at start-up (for prefill/decode handoffs) or on first "
-          "use, the others pulling over gRPC: gpus (workers on distinct GPUs, NCCL) or all (CPU workers too, Gloo: "
-          "raw bytes, where the pull carries floats)");
+          "use, the others pulling over gRPC: gpus (workers on distinct GPUs, NCCL) or all (CPU workers too, over "
+          "Gloo)");
 ABSL_FLAG(double, transfer_timeout_s, 60, "a KV transfer between workers taking longer fails (the prefix is recomputed)");
 ABSL_FLAG(double, comm_timeout_s, 30, "a collective waiting on a peer longer than this fails its group's step");
 ABSL_FLAG(double, worker_wait_s, 120, "how long to wait for the workers to register");

@@ -75,7 +75,7 @@ TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
 
 // With an FP8 cache the prefill group's bytes move to the decode group as they
 // are (the values a one-worker FP8 cache would hold), blocks of the FP8 pool's
-// size (the TCP path carries each of a block's values, here bytes, as a float).
+// size: a byte a value over TCP too.
 TEST(MigrationTest, DisaggregatedServingOverAnFp8CacheReturnsTheOneWorkerOutputs) {
   auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--roles=prefill:1,decode:1", "--kv_cache_dtype=fp8"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
@@ -91,7 +91,7 @@ TEST(MigrationTest, DisaggregatedServingOverAnFp8CacheReturnsTheOneWorkerOutputs
   ASSERT_GT(blocks, 0);
   const ModelConfig config = *LoadModelConfig(absl::StrCat(kTinyModelDir, "/config.json"));
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_bytes_total"),
-            blocks * KvBlockBytes(config, 64, DType::kF32, KvCacheDtype::kFp8) * sizeof(float));
+            blocks * KvBlockBytes(config, 64, DType::kF32, KvCacheDtype::kFp8));
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
 
@@ -99,8 +99,7 @@ TEST(MigrationTest, DisaggregatedServingOverAnFp8CacheReturnsTheOneWorkerOutputs
 // the first request: the prefill replica's first rank into the decode
 // replica's, and that on into its second rank at --tp=2. No transfer makes
 // one of its own, outputs are one worker's, and each block crosses as its
-// bytes: 4 a value in a float cache, 1 in an FP8 one (where the pull carries
-// a float a byte).
+// bytes: 4 a value in a float cache, 1 in an FP8 one.
 struct LinkCase {
   int tp;
   KvCacheDtype kv_dtype;

@@ -1,5 +1,7 @@
 #include "worker/block_io.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -38,6 +40,42 @@ absl::Status WriteBlocks(Ops& ops, Tensor& pool, absl::Span<const int32_t> block
     RETURN_IF_ERROR(ops.Upload(values.subspan(i * per_block, per_block), &block));
   }
   return absl::OkStatus();
+}
+
+std::string EncodeBlockValues(absl::Span<const float> values, DType dtype) {
+  std::string bytes(values.size() * DTypeBytes(dtype), '\0');
+  char* out = bytes.data();
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (dtype == DType::kF32) {
+      std::memcpy(out + 4 * i, &values[i], 4);
+    } else if (dtype == DType::kBF16) {
+      const uint16_t bits = F32ToBf16(values[i]);
+      std::memcpy(out + 2 * i, &bits, 2);
+    } else {
+      out[i] = static_cast<char>(static_cast<uint8_t>(values[i]));
+    }
+  }
+  return bytes;
+}
+
+absl::StatusOr<std::vector<float>> DecodeBlockValues(std::string_view bytes, std::string_view dtype_name,
+                                                     DType pool_dtype) {
+  absl::StatusOr<DType> dtype = ParseDType(dtype_name);
+  if (!dtype.ok() || (*dtype != DType::kF32 && *dtype != DType::kBF16 && *dtype != DType::kU8)) {
+    return absl::InvalidArgumentError(absl::StrCat("KV values of type \"", std::string(dtype_name), "\""));
+  }
+  if ((*dtype == DType::kU8) != (pool_dtype == DType::kU8)) {
+    return absl::InvalidArgumentError(absl::StrCat("KV values of ", std::string(dtype_name), " for a pool of ",
+                                                   std::string(DTypeName(pool_dtype)),
+                                                   ": the caches are of different kinds"));
+  }
+  const size_t width = DTypeBytes(*dtype);
+  if (bytes.size() % width != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(bytes.size(), " bytes of ", std::string(dtype_name), " values"));
+  }
+  std::vector<float> values(bytes.size() / width);
+  ConvertToF32(*dtype, bytes.data(), values.size(), values.data());
+  return values;
 }
 
 namespace {

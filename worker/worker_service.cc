@@ -506,7 +506,7 @@ grpc::Status WorkerService::GetStats(grpc::ServerContext* context, const interna
 }
 
 int64_t WorkerService::BlocksPerChunk() {
-  const int64_t bytes = ValuesPerBlock(cache_->pool()) * static_cast<int64_t>(sizeof(float));
+  const int64_t bytes = ValuesPerBlock(cache_->pool()) * static_cast<int64_t>(DTypeBytes(cache_->pool().dtype));
   return std::max<int64_t>(1, (int64_t{4} << 20) / bytes);
 }
 
@@ -529,7 +529,8 @@ grpc::Status WorkerService::ReadBlocks(grpc::ServerContext* context, const inter
       std::vector<float> values;
       absl::Status read = mlaserve::ReadBlocks(*ops_, cache_->pool(), *pool_blocks, &values);
       if (!read.ok()) return ToGrpcStatus(read);
-      chunk.set_values(values.data(), values.size() * sizeof(float));
+      chunk.set_values(EncodeBlockValues(values, cache_->pool().dtype));
+      chunk.set_dtype(std::string(DTypeName(cache_->pool().dtype)));
       next += count;
     }
     if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "reader went away");
@@ -553,11 +554,13 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
                                                    request.dest_blocks_size(), " destination blocks"));
   }
   int64_t per_block = 0;
+  DType pool_dtype = DType::kF32;
   std::vector<int32_t> dest;
   {
     absl::MutexLock lock(&mu_);
     if (!cache_.has_value()) return absl::FailedPreconditionError("PullBlocks before LoadShard");
     per_block = ValuesPerBlock(cache_->pool());
+    pool_dtype = cache_->pool().dtype;
     ASSIGN_OR_RETURN(dest, PoolBlocks(request.dest_blocks()));
   }
   grpc::ChannelArguments args;
@@ -572,17 +575,21 @@ absl::Status WorkerService::Pull(const internal::v1::PullBlocksRequest& request,
   size_t next = 0;
   internal::v1::BlockChunk chunk;
   while (reader->Read(&chunk)) {
-    const size_t values = chunk.values().size() / sizeof(float);
+    absl::StatusOr<std::vector<float>> host = DecodeBlockValues(chunk.values(), chunk.dtype(), pool_dtype);
+    if (!host.ok()) {
+      context.TryCancel();
+      return absl::DataLossError(absl::StrCat("KV transfer from ", request.source_address(), ": ",
+                                              host.status().message()));
+    }
+    const size_t values = host->size();
     const size_t count = values / per_block;
     if (values % per_block != 0 || next + count > dest.size()) {
       context.TryCancel();
       return absl::DataLossError(absl::StrCat("KV transfer from ", request.source_address(), ": a chunk of ", values,
                                               " values does not fit the remaining blocks"));
     }
-    std::vector<float> host(values);
-    std::memcpy(host.data(), chunk.values().data(), values * sizeof(float));
     absl::MutexLock lock(&mu_);
-    RETURN_IF_ERROR(WriteBlocks(*ops_, cache_->pool(), absl::MakeConstSpan(dest).subspan(next, count), host));
+    RETURN_IF_ERROR(WriteBlocks(*ops_, cache_->pool(), absl::MakeConstSpan(dest).subspan(next, count), *host));
     next += count;
     *bytes += static_cast<int64_t>(chunk.values().size());
   }

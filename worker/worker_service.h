@@ -167,7 +167,7 @@ class WorkerService final : public internal::v1::Worker::Service {
   // sequence whose blocks are spread fails, and its KV is recomputed).
   absl::StatusOr<std::vector<int32_t>> PoolBlocks(absl::Span<const int32_t> blocks) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Blocks per ReadBlocks message: about 4 MiB of values.
+  // Blocks per ReadBlocks message: about 4 MiB of the pool's bytes.
   int64_t BlocksPerChunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;

@@ -6,8 +6,8 @@
 // a time, blocks as their bytes -- between GPU workers on distinct GPUs
 // (NCCL) and, with KvLinks::kAll, between CPU workers (Gloo); otherwise over
 // TCP (Worker.PullBlocks / ReadBlocks, chunked and streamed, so a transfer's
-// chunks are in flight while earlier ones are written; each value as a
-// float). Every rank of an attention replica
+// chunks are in flight while earlier ones are written; values in the source
+// pool's element type). Every rank of an attention replica
 // holds the same latent KV, so a copy crosses between groups once: from the
 // source replica's first rank to the destination replica's first rank, which
 // then fans it out to its replica peers. Copies are independent and may run
@@ -40,7 +40,7 @@ struct ReplicaBlocks {
 // Which pairs of workers move KV over a link rather than the TCP pull.
 enum class KvLinks {
   kGpus,  // workers on distinct GPUs (NCCL cannot link a GPU to itself)
-  kAll,   // also pairs of CPU workers (Gloo): raw bytes, where the pull carries floats
+  kAll,   // also pairs of CPU workers (Gloo), without the pull's gRPC streams and host conversions
 };
 // "gpus" or "all"; InvalidArgument naming the flag otherwise.
 absl::StatusOr<KvLinks> ParseKvLinks(absl::string_view name);
