@@ -210,11 +210,15 @@ void DrainUnderLoad(bool by_signal) {
 TEST(MigrationTest, DrainByAdminRpcUnderLoadLosesAndAltersNothing) { DrainUnderLoad(false); }
 TEST(MigrationTest, DrainBySigtermUnderLoadLosesAndAltersNothing) { DrainUnderLoad(true); }
 
-TEST(MigrationTest, SourceKilledMidTransferFailsTheTransferCleanly) {
-  // Each chunk the source sends is followed by a long pause: the kill lands
-  // while the transfer's stream is open.
+// The source of a transfer killed in its middle, over the gRPC pull or over a
+// Gloo link (--kv_links=all).
+class SourceKilledTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(SourceKilledTest, SourceKilledMidTransferFailsTheTransferCleanly) {
+  // Each chunk the source sends (or its link's send) is preceded or followed
+  // by a long pause: the kill lands while the transfer is open.
   auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--cache_affinity_slack=0", "--migration=always",
-                                                        "--heartbeat_timeout_s=1"},
+                                                        "--heartbeat_timeout_s=1", GetParam()},
                                      {"--transfer_chunk_delay_ms=3000"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   std::mt19937 rng(std::random_device{}());
@@ -241,6 +245,11 @@ TEST(MigrationTest, SourceKilledMidTransferFailsTheTransferCleanly) {
   EXPECT_GE((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"recomputed\""), 192);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Paths, SourceKilledTest, ::testing::Values("--kv_links=gpus", "--kv_links=all"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param) == "--kv_links=all" ? "link" : "pull";
+                         });
 
 }  // namespace
 }  // namespace mlaserve

@@ -50,7 +50,8 @@ ABSL_FLAG(double, reregister_timeout_s, 120,
 ABSL_FLAG(std::string, device, "cpu", "backend: cpu, or cuda[:N] (GPU N, with NCCL between the ranks of a group)");
 ABSL_FLAG(bool, cuda_graphs, true, "on cuda: record decode steps as CUDA graphs and replay them");
 ABSL_FLAG(double, drain_timeout_s, 120, "after SIGTERM, stop anyway after this long");
-ABSL_FLAG(double, transfer_chunk_delay_ms, 0, "pause after each KV transfer chunk sent (to exercise failures mid-transfer)");
+ABSL_FLAG(double, transfer_chunk_delay_ms, 0,
+          "pause after each KV transfer chunk sent, and before a link's send (to exercise failures mid-transfer)");
 ABSL_FLAG(bool, mock_compute, false,
           "answer steps without computing (no weights or KV memory): measures the serving path's own cost");
 ABSL_FLAG(double, mock_step_ms, 0,

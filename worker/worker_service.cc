@@ -634,6 +634,9 @@ absl::Status WorkerService::OverLink(const internal::v1::LinkBlocksRequest& requ
   }
   const absl::Duration timeout = absl::Seconds(std::max(1.0, request.timeout_s()));
   ASSIGN_OR_RETURN(Communicator * link, links_.Get(request.link(), send ? 0 : 1, timeout));
+  if (send && !blocks.empty() && options_.transfer_chunk_delay > absl::ZeroDuration()) {
+    absl::SleepFor(options_.transfer_chunk_delay);
+  }
   absl::Status status = send ? mlaserve::SendBlocks(*link, pool, blocks, 1) : mlaserve::RecvBlocks(*link, pool, blocks, 0);
   if (!status.ok()) {
     links_.Drop(request.link());

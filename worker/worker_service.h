@@ -34,8 +34,8 @@
 namespace mlaserve {
 
 struct WorkerOptions {
-  // Slows each chunk ReadBlocks sends (to exercise failures in the middle of
-  // a transfer); zero in production.
+  // Slows each chunk ReadBlocks sends, and a link's send of blocks (to
+  // exercise failures in the middle of a transfer); zero in production.
   absl::Duration transfer_chunk_delay = absl::ZeroDuration();
   // Answers steps without computing (no weights, no cache memory; sampled
   // tokens are a function of the request id and sample index): measures the

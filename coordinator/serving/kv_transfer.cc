@@ -52,8 +52,12 @@ absl::StatusOr<int64_t> KvTransfer::OverLinkLocked(Link& link, const WorkerInfo&
                                                    const std::vector<int32_t>& from_blocks, const WorkerInfo& into,
                                                    const std::vector<int32_t>& into_blocks) {
   const std::string name = absl::StrCat(from.id, "-", into.id, "-g", link.generation);
+  // Each end's call; one that fails cancels the other's, which would
+  // otherwise wait the whole timeout for a peer that is gone (a dead worker
+  // never joins the link's rendezvous).
+  grpc::ClientContext send_context, recv_context;
   auto call = [&](const WorkerInfo& worker, const std::vector<int32_t>& blocks, bool send) -> absl::StatusOr<int64_t> {
-    grpc::ClientContext context;
+    grpc::ClientContext& context = send ? send_context : recv_context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout_ + absl::Seconds(5)));
     internal::v1::LinkBlocksRequest request;
     request.set_link(name);
@@ -62,13 +66,19 @@ absl::StatusOr<int64_t> KvTransfer::OverLinkLocked(Link& link, const WorkerInfo&
     internal::v1::LinkBlocksResponse response;
     grpc::Status status = send ? worker.stub->SendBlocks(&context, request, &response)
                                : worker.stub->RecvBlocks(&context, request, &response);
-    if (!status.ok()) return FromGrpcStatus(status);
+    if (!status.ok()) {
+      (send ? recv_context : send_context).TryCancel();
+      return FromGrpcStatus(status);
+    }
     return response.bytes();
   };
   auto sent = std::async(std::launch::async, [&] { return call(from, from_blocks, true); });
   absl::StatusOr<int64_t> received = call(into, into_blocks, false);
   absl::StatusOr<int64_t> sent_bytes = sent.get();
-  absl::Status status = received.ok() ? sent_bytes.status() : received.status();
+  // The end that failed first says why; the other was cancelled.
+  absl::Status status = received.ok() || (absl::IsCancelled(received.status()) && !sent_bytes.ok())
+                            ? sent_bytes.status()
+                            : received.status();
   if (!status.ok()) {
     ++link.generation;
     link.made = false;
