@@ -114,6 +114,29 @@ INSTANTIATE_TEST_SUITE_P(
                                    1024}),
     [](const ::testing::TestParamInfo<ClusterShape>& info) { return info.param.name; });
 
+// What decode context parallelism is for: with 16 blocks of 64 a rank, a
+// request of 1,900 tokens fits no rank's pool and is refused without it; with
+// it (auto: one 2,048-token context would not fit otherwise) the replica's two
+// shards hold it between them and it is served as one worker serves it.
+TEST(DecodeContextParallelTest, ServesAContextNoRankHoldsAlone) {
+  std::mt19937 rng(std::random_device{}());
+  const std::vector<int32_t> prompt = RandomPrompt(rng, 1860);
+  {
+    auto whole = LocalCluster::Start(kTinyModelDir, 2,
+                                     {"--tp=2", "--ep=1", "--kv_blocks=16", "--decode_context_parallel=off"});
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    const GrpcOutput refused = GenerateGrpc(**whole, prompt, 40);
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << refused.status.error_message();
+  }
+  auto cluster = LocalCluster::Start(kTinyModelDir, 2, {"--tp=2", "--ep=1", "--kv_blocks=16"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const GrpcOutput out = GenerateGrpc(**cluster, prompt, 40);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  Oracle oracle;
+  EXPECT_EQ(out.ids, oracle.Greedy(prompt, 40));
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_free"), 32);
+}
+
 // The same with decode context parallelism: the killed rank's peer holds only
 // its share of each sequence's KV, so the group's requests are recomputed in
 // the other group, with the same output.
