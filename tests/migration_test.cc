@@ -73,6 +73,28 @@ TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
 
+// A long prompt prefilled context-parallel over the prefill group's two
+// attention replicas lands, whole, where it decodes: its home replica's copy
+// moves to the decode group, and the outputs are one worker's.
+TEST(MigrationTest, ContextParallelPrefillHandsItsWholeKvToTheDecodeGroup) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 4,
+                                     {"--roles=prefill:1,decode:1", "--tp=1", "--dp_attention=2", "--ep=2",
+                                      "--context_parallel_min_tokens=64", "--max_batched_tokens=64"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::vector<int32_t>> prompts(4);
+  for (auto& p : prompts) p = RandomPrompt(rng, 300 + rng() % 200);
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 12);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, SharedOracle().Greedy(prompts[i], 12)) << "request " << i;
+  }
+  EXPECT_GT((*cluster)->Metric("mlaserve_context_parallel_chunks_total"), 0) << "no prompt was split";
+  EXPECT_EQ((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"disaggregation\""), prompts.size());
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_failures_total"), 0);
+  EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
+}
+
 // With an FP8 cache the prefill group's bytes move to the decode group as they
 // are (the values a one-worker FP8 cache would hold), blocks of the FP8 pool's
 // size: a byte a value over TCP too.
