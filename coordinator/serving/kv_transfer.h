@@ -8,7 +8,8 @@
 // TCP (Worker.PullBlocks / ReadBlocks, chunked and streamed, so a transfer's
 // chunks are in flight while earlier ones are written; values in the source
 // pool's element type). Every rank of an attention replica
-// holds the same latent KV, so a copy crosses between groups once: from the
+// holds the same latent KV (groups under decode context parallelism, whose
+// ranks share it out, move none), so a copy crosses between groups once: from the
 // source replica's first rank to the destination replica's first rank, which
 // then fans it out to its replica peers. Copies are independent and may run
 // concurrently from several threads.
