@@ -137,6 +137,44 @@ TEST(DecodeContextParallelTest, ServesAContextNoRankHoldsAlone) {
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_free"), 32);
 }
 
+// Eight greedy requests of `tokens` on `cluster`, then the same eight again
+// with rank 0 killed once each has about 100 tokens (a whole 64-token block
+// of KV on the killed rank's peer): every request of the second run ends with
+// the first run's output.
+void ExpectAKilledRankChangesNoOutput(const LocalCluster& cluster, int tokens) {
+  const std::vector<GrpcOutput> undisturbed = GenerateConcurrently(cluster, 8, tokens);
+  const double generated_before = cluster.Metric("mlaserve_generation_tokens_total");
+  const std::vector<GrpcOutput> outputs = GenerateConcurrently(cluster, 8, tokens, [&] {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (cluster.Metric("mlaserve_generation_tokens_total") - generated_before < 8 * 100 &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    EXPECT_TRUE(cluster.KillWorker(0));
+  });
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, undisturbed[i].ids) << "request " << i;
+  }
+  EXPECT_GT(cluster.Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0);
+}
+
+// Two groups of two ranks: killing one rank fails its group; the group's
+// requests go on in the other group, their KV read from the surviving rank,
+// with the output an undisturbed run gives, and new requests go to the
+// surviving group. (The prompts share less than a block: the undisturbed run
+// moves no KV.)
+TEST(ShardedFailureTest, KilledRanksRequestsFinishInTheOtherGroupUnchanged) {
+  auto cluster = LocalCluster::Start(kTinyModelDir, 4,
+                                     {"--tp=2", "--ep=2", "--heartbeat_timeout_s=1", "--comm_timeout_s=5"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  ExpectAKilledRankChangesNoOutput(**cluster, 400);
+  // The killed rank's peer held the same latent KV: it moved rather than
+  // being recomputed.
+  EXPECT_GT((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\""), 0);
+  ExpectStillServing(**cluster, 3);
+}
+
 // The same with decode context parallelism: the killed rank's peer holds only
 // its share of each sequence's KV, so the group's requests are recomputed in
 // the other group, with the same output.
@@ -145,59 +183,9 @@ TEST(ShardedFailureTest, KilledRankOfASpreadReplicaHasItsRequestsRecomputedUncha
                                      {"--tp=2", "--ep=2", "--heartbeat_timeout_s=1", "--comm_timeout_s=5",
                                       "--decode_context_parallel=on"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
-  constexpr int kTokens = 300;
-  const std::vector<GrpcOutput> undisturbed = GenerateConcurrently(**cluster, 8, kTokens);
-  const double generated_before = (*cluster)->Metric("mlaserve_generation_tokens_total");
-  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, 8, kTokens, [&] {
-    // Once each request has a whole block of KV on the killed rank's peer.
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while ((*cluster)->Metric("mlaserve_generation_tokens_total") - generated_before < 8 * 100 &&
-           absl::Now() < deadline) {
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    EXPECT_TRUE((*cluster)->KillWorker(0));
-  });
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
-    EXPECT_EQ(outputs[i].ids, undisturbed[i].ids) << "request " << i;
-  }
-  EXPECT_GT((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0);
+  ExpectAKilledRankChangesNoOutput(**cluster, 300);
   EXPECT_EQ((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\""), 0);
   EXPECT_GT((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"recomputed\""), 0);
-  ExpectStillServing(**cluster, 3);
-}
-
-// Two groups of two ranks: killing one rank fails its group; the group's
-// requests go on in the other group, their KV read from the surviving rank,
-// with the output an undisturbed run gives, and new requests go to the
-// surviving group.
-TEST(ShardedFailureTest, KilledRanksRequestsFinishInTheOtherGroupUnchanged) {
-  auto cluster = LocalCluster::Start(kTinyModelDir, 4,
-                                     {"--tp=2", "--ep=2", "--heartbeat_timeout_s=1", "--comm_timeout_s=5"});
-  ASSERT_TRUE(cluster.ok()) << cluster.status();
-  constexpr int kTokens = 400;
-  const std::vector<GrpcOutput> undisturbed = GenerateConcurrently(**cluster, 8, kTokens);
-  const double migrated_before =
-      (*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\"");
-  const double generated_before = (*cluster)->Metric("mlaserve_generation_tokens_total");
-  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, 8, kTokens, [&] {
-    // Once each request has about 100 tokens, a whole 64-token block of KV
-    // on the killed rank's peer to move.
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while ((*cluster)->Metric("mlaserve_generation_tokens_total") - generated_before < 8 * 100 &&
-           absl::Now() < deadline) {
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    EXPECT_TRUE((*cluster)->KillWorker(0));
-  });
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
-    EXPECT_EQ(outputs[i].ids, undisturbed[i].ids) << "request " << i;
-  }
-  EXPECT_GT((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0);
-  // The killed rank's peer held the same latent KV: it moved rather than
-  // being recomputed.
-  EXPECT_GT((*cluster)->Metric("mlaserve_remote_prefix_tokens_total", "outcome=\"migrated\""), migrated_before);
   ExpectStillServing(**cluster, 3);
 }
 
