@@ -64,11 +64,7 @@ TEST(MigrationTest, DisaggregatedServingReturnsTheColocatedOutputs) {
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(8);
   for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 150);
-  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 12);
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
-    EXPECT_EQ(outputs[i].ids, SharedOracle().Greedy(prompts[i], 12)) << "request " << i;
-  }
+  ExpectOraclesGreedy(SharedOracle(), prompts, GenerateConcurrently(**cluster, prompts, 12), 12);
   EXPECT_EQ((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"disaggregation\""), 8);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
 }
@@ -84,11 +80,7 @@ TEST(MigrationTest, ContextParallelPrefillHandsItsWholeKvToTheDecodeGroup) {
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(4);
   for (auto& p : prompts) p = RandomPrompt(rng, 300 + rng() % 200);
-  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 12);
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
-    EXPECT_EQ(outputs[i].ids, SharedOracle().Greedy(prompts[i], 12)) << "request " << i;
-  }
+  ExpectOraclesGreedy(SharedOracle(), prompts, GenerateConcurrently(**cluster, prompts, 12), 12);
   EXPECT_GT((*cluster)->Metric("mlaserve_context_parallel_chunks_total"), 0) << "no prompt was split";
   EXPECT_EQ((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"disaggregation\""), prompts.size());
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_failures_total"), 0);
@@ -142,11 +134,7 @@ TEST_P(LinkedDisaggregationTest, LinksAreMadeAtStartAndCarryTheOneWorkerOutputs)
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(6);
   for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 150);
-  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 12);
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
-    EXPECT_EQ(outputs[i].ids, oracle.Greedy(prompts[i], 12)) << "request " << i;
-  }
+  ExpectOraclesGreedy(oracle, prompts, GenerateConcurrently(**cluster, prompts, 12), 12);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_links_total", "when=\"first_use\""), 0);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_transfer_failures_total"), 0);
   const double blocks = (*cluster)->Metric("mlaserve_kv_transfer_blocks_total");

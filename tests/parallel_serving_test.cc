@@ -84,11 +84,7 @@ TEST_P(ShardedServingTest, ServesWhatOneWorkerServes) {
   std::mt19937 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> prompts(10);
   for (auto& p : prompts) p = RandomPrompt(rng, 1 + rng() % 120);
-  const std::vector<GrpcOutput> outputs = GenerateConcurrently(**cluster, prompts, 10);
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE(outputs[i].status.ok()) << outputs[i].status.error_message();
-    EXPECT_EQ(outputs[i].ids, oracle().Greedy(prompts[i], 10)) << "request " << i;
-  }
+  ExpectOraclesGreedy(oracle(), prompts, GenerateConcurrently(**cluster, prompts, 10), 10);
   EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_used"), 0);
   if (shape.kv_blocks > 0) EXPECT_EQ((*cluster)->Metric("mlaserve_kv_blocks_free"), shape.kv_blocks);
   if (shape.context_parallel) {
@@ -211,10 +207,7 @@ TEST(ShardedFailureTest, ContextParallelPrefillsSurviveAKilledRank) {
     EXPECT_TRUE((*cluster)->KillWorker(0));
   });
   Oracle oracle;
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
-    EXPECT_EQ(outputs[i].ids, oracle.Greedy(prompts[i], 8)) << "request " << i;
-  }
+  ExpectOraclesGreedy(oracle, prompts, outputs, 8);
   EXPECT_GT((*cluster)->Metric("mlaserve_sequences_moved_total", "reason=\"failover\""), 0);
   ExpectStillServing(**cluster, 3);
 }

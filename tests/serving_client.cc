@@ -89,6 +89,15 @@ std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, const 
   return outputs;
 }
 
+void ExpectOraclesGreedy(Oracle& oracle, const std::vector<std::vector<int32_t>>& prompts,
+                         const std::vector<GrpcOutput>& outputs, int max_tokens) {
+  ASSERT_EQ(outputs.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(outputs[i].status.ok()) << "request " << i << ": " << outputs[i].status.error_message();
+    EXPECT_EQ(outputs[i].ids, oracle.Greedy(prompts[i], max_tokens)) << "request " << i;
+  }
+}
+
 std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, int count, int max_tokens,
                                              const std::function<void()>& meanwhile) {
   std::vector<std::vector<int32_t>> prompts;

@@ -79,6 +79,11 @@ std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, const 
 std::vector<GrpcOutput> GenerateConcurrently(const LocalCluster& cluster, int count, int max_tokens,
                                              const std::function<void()>& meanwhile = nullptr);
 
+// Every output OK and `oracle`'s greedy continuation of its prompt, of
+// `max_tokens` tokens (a gtest expectation per request).
+void ExpectOraclesGreedy(Oracle& oracle, const std::vector<std::vector<int32_t>>& prompts,
+                         const std::vector<GrpcOutput>& outputs, int max_tokens);
+
 // A greedy /v1/completions body that ignores EOS.
 nlohmann::json Completion(const std::vector<int32_t>& prompt, int max_tokens);
 
