@@ -28,8 +28,10 @@ float Dot(const float* a, const float* b, int64_t n) {
 
 float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
-// Softmax of scores[0, n) in place.
-void SoftmaxInPlace(float* scores, int64_t n) {
+// Softmax of scores[0, n) in place; returns the log of the sum of the
+// scores' exponentials (the lse attention parts are combined by).
+// REQUIRES: n > 0.
+float SoftmaxInPlace(float* scores, int64_t n) {
   float max_score = *std::max_element(scores, scores + n);
   double sum = 0.0;
   for (int64_t j = 0; j < n; ++j) {
@@ -37,6 +39,7 @@ void SoftmaxInPlace(float* scores, int64_t n) {
     sum += scores[j];
   }
   for (int64_t j = 0; j < n; ++j) scores[j] = static_cast<float>(scores[j] / sum);
+  return max_score + static_cast<float>(std::log(sum));
 }
 
 // Row-wise y[t] = W x[t] over `rows` rows, parallel over (row, output) pairs.
@@ -433,10 +436,13 @@ class CpuOps final : public Ops {
         float* o = out->as<float>() + (t * heads + h) * dim;
         std::fill_n(o, dim, 0.0f);
         if (max_lse == -std::numeric_limits<float>::infinity()) continue;  // no part saw a key
+        std::vector<double> weights(num_parts);
         double total = 0.0;
-        for (int64_t p = 0; p < num_parts; ++p) total += std::exp(lse.as<float>()[(p * rows + t) * heads + h] - max_lse);
         for (int64_t p = 0; p < num_parts; ++p) {
-          const float w = static_cast<float>(std::exp(lse.as<float>()[(p * rows + t) * heads + h] - max_lse) / total);
+          total += weights[p] = std::exp(lse.as<float>()[(p * rows + t) * heads + h] - max_lse);
+        }
+        for (int64_t p = 0; p < num_parts; ++p) {
+          const float w = static_cast<float>(weights[p] / total);
           const float* part = parts.as<float>() + ((p * rows + t) * heads + h) * dim;
           for (int64_t d = 0; d < dim; ++d) o[d] += w * part[d];
         }
@@ -604,7 +610,6 @@ class CpuOps final : public Ops {
     }
   }
 
-  // The first context_len rows of `seq` in `layer`, c_kv ++ k_rope in float32.
   // MlaAbsorbedAttention, or with `lse` its part over the keys of the
   // blocks held here (table entries >= 0; the others are held by another
   // rank): lse[t, h] the log of the sum of exp(score) over those keys, -inf
@@ -626,35 +631,34 @@ class CpuOps final : public Ops {
                                                        seq.token_begin + seq.num_tokens, ") outside ", rows));
       }
       const std::vector<float> keys = ReadLatentRows(cache, layer, seq, layout.block_size, rank, rope);
+      // The positions of the keys held here, ascending: a query sees those
+      // before its own position.
+      std::vector<int64_t> held;
+      for (int64_t j = 0; j < seq.context_len; ++j) {
+        if (seq.block_table[j / layout.block_size] >= 0) held.push_back(j);
+      }
 #pragma omp parallel for collapse(2) schedule(dynamic)
       for (int64_t i = 0; i < seq.num_tokens; ++i) {
         for (int64_t h = 0; h < heads; ++h) {
           const int64_t t = seq.token_begin + i;
           const int64_t num_keys = seq.context_len - seq.num_tokens + i + 1;
+          const int64_t seen = std::lower_bound(held.begin(), held.end(), num_keys) - held.begin();
           const float* ql = q_latent.as<float>() + (t * heads + h) * rank;
           const float* qr = q_rope.as<float>() + (t * heads + h) * rope;
-          std::vector<int64_t> held;
-          for (int64_t j = 0; j < num_keys; ++j) {
-            if (seq.block_table[j / layout.block_size] >= 0) held.push_back(j);
-          }
-          std::vector<float> scores(held.size());
-          for (size_t k = 0; k < held.size(); ++k) {
+          std::vector<float> scores(seen);
+          for (int64_t k = 0; k < seen; ++k) {
             const float* kv = keys.data() + held[k] * dims;
             scores[k] = (Dot(ql, kv, rank) + Dot(qr, kv + rank, rope)) * softmax_scale;
           }
           float* o = out->as<float>() + (t * heads + h) * rank;
           std::fill_n(o, rank, 0.0f);
-          if (part) {
-            float& l = lse->as<float>()[t * heads + h];
-            l = -std::numeric_limits<float>::infinity();
-            if (held.empty()) continue;
-            const float max_score = *std::max_element(scores.begin(), scores.end());
-            double sum = 0.0;
-            for (float score : scores) sum += std::exp(score - max_score);
-            l = max_score + static_cast<float>(std::log(sum));
+          if (seen == 0) {  // only a part's query can see no key
+            lse->as<float>()[t * heads + h] = -std::numeric_limits<float>::infinity();
+            continue;
           }
-          SoftmaxInPlace(scores.data(), static_cast<int64_t>(scores.size()));
-          for (size_t k = 0; k < held.size(); ++k) {
+          const float log_sum_exp = SoftmaxInPlace(scores.data(), seen);
+          if (part) lse->as<float>()[t * heads + h] = log_sum_exp;
+          for (int64_t k = 0; k < seen; ++k) {
             const float* kv = keys.data() + held[k] * dims;
             for (int64_t r = 0; r < rank; ++r) o[r] += scores[k] * kv[r];
           }
@@ -664,6 +668,8 @@ class CpuOps final : public Ops {
     return absl::OkStatus();
   }
 
+  // The first context_len rows of `seq` in `layer`, c_kv ++ k_rope in float32
+  // (rows of blocks held elsewhere left unread).
   static std::vector<float> ReadLatentRows(const Tensor& cache, int64_t layer, const SequenceSlice& seq,
                                            int64_t block_size, int64_t rank, int64_t rope) {
     const int64_t dims = rank + rope;
