@@ -797,13 +797,6 @@ std::vector<double> RowErrors(const std::vector<float>& out, const std::vector<f
   return errors;
 }
 
-// The tiny DeepSeek-V3 (MLA, sigmoid noaux_tc router, shared expert) on the
-// GPU against the float32 CPU reference and against bf16 storage emulated on
-// the CPU. Against float32, bf16 activations leave most rows near 1e-2 and a
-// few (routing near-ties: 2 of 37, 5 of 150 rows in the emulation) far off,
-// so the whole-prompt error reaches ~6e-2: checked per row (median under
-// 2e-2, at most a tenth of the rows over 5e-2, all under 1e-1 in aggregate).
-// Greedy tokens must equal the bf16-storage reference's exactly.
 // The tiny model over an FP8 cache on the GPU against the CPU's over one. As
 // with FP8 weights (below), e4m3 rounding turns the last bits in which bf16
 // activations differ from float32 into whole steps now and then, so the GPU
@@ -855,6 +848,13 @@ TEST(CudaModelTest, TinyDeepSeekV3OverFp8CacheMatchesCpu) {
   }
 }
 
+// The tiny DeepSeek-V3 (MLA, sigmoid noaux_tc router, shared expert) on the
+// GPU against the float32 CPU reference and against bf16 storage emulated on
+// the CPU. Against float32, bf16 activations leave most rows near 1e-2 and a
+// few (routing near-ties: 2 of 37, 5 of 150 rows in the emulation) far off,
+// so the whole-prompt error reaches ~6e-2: checked per row (median under
+// 2e-2, at most a tenth of the rows over 5e-2, all under 1e-1 in aggregate).
+// Greedy tokens must equal the bf16-storage reference's exactly.
 TEST(CudaModelTest, TinyDeepSeekV3MatchesCpu) {
   auto gpu = NewCudaOps();
   ASSERT_TRUE(gpu.ok()) << gpu.status();
