@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -31,16 +32,41 @@
 
 namespace mlaserve {
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+namespace {
+
+// Binds a loopback TCP socket to `port` (0: one the kernel picks) and closes
+// it; the port bound, or 0 when it was taken.
+int BindAndRelease(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  int bound = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    socklen_t len = sizeof(addr);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    bound = ntohs(addr.sin_port);
+  }
   close(fd);
-  return ntohs(addr.sin_port);
+  return bound;
+}
+
+}  // namespace
+
+// Below the kernel's ephemeral range: the workers listen on ports the kernel
+// picks from that range, and one took a coordinator's port chosen there
+// before the coordinator bound it (its HTTP port is bound last, after the
+// groups form).
+int FreePort() {
+  int ephemeral_low = 32768;
+  std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> ephemeral_low;
+  static std::mt19937 rng(std::random_device{}());
+  std::uniform_int_distribution<int> port(10000, std::max(10001, ephemeral_low - 1));
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    if (const int bound = BindAndRelease(port(rng)); bound != 0) return bound;
+  }
+  return BindAndRelease(0);
 }
 
 std::string TestDevice() {

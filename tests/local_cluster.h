@@ -116,7 +116,8 @@ class LocalCluster {
   std::string cluster_secret_;
 };
 
-// A port no one listens on right now.
+// A loopback port no one listens on right now, outside the range the kernel
+// gives sockets bound to port 0 (the workers'), so that none takes it later.
 int FreePort();
 
 }  // namespace mlaserve
